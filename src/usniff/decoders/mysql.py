@@ -1,0 +1,865 @@
+"""MySQL / MariaDB client/server protocol decoder (sans-IO).
+
+Covers: handshake v10 (server version, connection id, capabilities, auth
+plugin), HandshakeResponse41 (user, database, plugin), auth switch and extra
+auth rounds, COM_QUERY with text resultsets, OK/ERR/EOF and OK-as-EOF
+(CLIENT_DEPRECATE_EOF), COM_INIT_DB, COM_PING, COM_QUIT, prepared statements
+(COM_STMT_PREPARE/EXECUTE/CLOSE/RESET/SEND_LONG_DATA) with binary resultsets
+and bound parameter values, multi-statements and multi-resultsets
+(SERVER_MORE_RESULTS_EXISTS), LOAD DATA LOCAL INFILE, logical packets above
+16 MiB (0xffffff continuation; only a prefix of each is kept), sequence-id
+checking.  TLS (SSLRequest) and compressed (CLIENT_COMPRESS/ZSTD) connections
+are labelled and not parsed further.
+
+Resultset terminators are recognised the way libmysqlclient does (``0xfe``
+header and length below 0xffffff), which works with and without
+CLIENT_DEPRECATE_EOF, so a connection seen mid-stream (no handshake) still
+decodes.  Sync rule after a gap or at the start: a client chunk that begins
+with a well-formed command packet (sequence 0), then server chunks sent after
+it that begin with sequence 1; or a server greeting.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+
+from ..streams import Direction
+from .base import REDACTED, DecoderEvent, Details, Notice, Transaction, clip
+
+KEEP = 64 * 1024  # bytes kept of each logical packet
+SAMPLE_ROWS = 3
+MAX_COLUMNS = 64  # column definitions kept per resultset
+SUMMARY = 200
+
+CLIENT_CONNECT_WITH_DB = 0x8
+CLIENT_COMPRESS = 0x20
+CLIENT_SSL = 0x800
+CLIENT_SECURE_CONNECTION = 0x8000
+CLIENT_PLUGIN_AUTH = 0x80000
+CLIENT_PLUGIN_AUTH_LENENC = 0x200000
+CLIENT_DEPRECATE_EOF = 0x1000000
+CLIENT_ZSTD = 0x4000000
+CLIENT_QUERY_ATTRIBUTES = 0x8000000
+MARIADB_CACHE_METADATA = 1 << 36
+SERVER_MORE_RESULTS_EXISTS = 0x8
+
+COMMANDS = {
+    0x01: "QUIT",
+    0x02: "INIT_DB",
+    0x03: "QUERY",
+    0x04: "FIELD_LIST",
+    0x05: "CREATE_DB",
+    0x06: "DROP_DB",
+    0x07: "REFRESH",
+    0x09: "STATISTICS",
+    0x0A: "PROCESS_INFO",
+    0x0C: "PROCESS_KILL",
+    0x0D: "DEBUG",
+    0x0E: "PING",
+    0x11: "CHANGE_USER",
+    0x16: "STMT_PREPARE",
+    0x17: "STMT_EXECUTE",
+    0x18: "STMT_SEND_LONG_DATA",
+    0x19: "STMT_CLOSE",
+    0x1A: "STMT_RESET",
+    0x1B: "SET_OPTION",
+    0x1C: "STMT_FETCH",
+    0x1F: "RESET_CONNECTION",
+}
+_NO_REPLY = frozenset((0x01, 0x18, 0x19))
+
+_, T_TINY, T_SHORT, T_LONG, T_FLOAT, T_DOUBLE, T_NULL, T_TIMESTAMP = range(8)
+T_LONGLONG, T_INT24, T_DATE, T_TIME, T_DATETIME, T_YEAR = range(8, 14)
+_INT_SIZES = {T_TINY: 1, T_SHORT: 2, T_YEAR: 2, T_LONG: 4, T_INT24: 4, T_LONGLONG: 8}
+_INT_FORMATS = {1: "b", 2: "h", 4: "i", 8: "q"}
+UNSIGNED_FLAG = 0x20
+
+
+class ProtocolError(ValueError):
+    pass
+
+
+class _Reader:
+    """Bounds-checked little-endian reader over one packet payload."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes, pos: int = 0) -> None:
+        self.data = data
+        self.pos = pos
+
+    def take(self, n: int) -> bytes:
+        end = self.pos + n
+        if n < 0 or end > len(self.data):
+            raise ProtocolError("packet too short")
+        chunk = self.data[self.pos : end]
+        self.pos = end
+        return chunk
+
+    def uint(self, n: int) -> int:
+        return int.from_bytes(self.take(n), "little")
+
+    def lenenc(self) -> int | None:
+        first = self.uint(1)
+        if first < 0xFB:
+            return first
+        if first == 0xFB:
+            return None
+        if first == 0xFF:
+            raise ProtocolError("bad length-encoded integer")
+        return self.uint({0xFC: 2, 0xFD: 3, 0xFE: 8}[first])
+
+    def lenstr(self) -> bytes | None:
+        n = self.lenenc()
+        return None if n is None else self.take(n)
+
+    def cstr(self) -> bytes:
+        end = self.data.find(b"\0", self.pos)
+        if end < 0:
+            raise ProtocolError("missing NUL terminator")
+        return self.take(end - self.pos + 1)[:-1]
+
+    def rest(self) -> bytes:
+        return self.take(len(self.data) - self.pos)
+
+    @property
+    def left(self) -> int:
+        return len(self.data) - self.pos
+
+
+# --------------------------------------------------------------------------- packets
+
+
+@dataclass(slots=True)
+class Packet:
+    seq: int  # sequence id of the first physical packet
+    last_seq: int  # sequence id of the last physical packet (continuations)
+    payload: bytes  # the payload, or its first KEEP bytes
+    length: int  # logical payload length
+    nbytes: int  # wire bytes including headers
+
+    @property
+    def complete(self) -> bool:
+        return len(self.payload) == self.length
+
+
+@dataclass(slots=True)
+class _Partial:
+    seq: int
+    last_seq: int
+    prefix: bytearray = field(default_factory=bytearray)
+    length: int = 0
+    nbytes: int = 0
+
+
+class PacketReader:
+    """Split one direction into logical packets (joining 0xffffff continuations)."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.cur: _Partial | None = None
+        self.body_left = 0
+        self.more = False  # current physical packet is 0xffffff long: another follows
+
+    def feed(self, data: bytes) -> list[Packet]:
+        self.buf += data
+        buf = self.buf
+        pos = 0
+        out: list[Packet] = []
+        while True:
+            cur = self.cur
+            if cur is None or (self.body_left == 0 and self.more):
+                if len(buf) - pos < 4:
+                    break
+                n = buf[pos] | buf[pos + 1] << 8 | buf[pos + 2] << 16
+                seq = buf[pos + 3]
+                pos += 4
+                if cur is None:
+                    cur = self.cur = _Partial(seq, seq)
+                elif seq != (cur.last_seq + 1) & 0xFF:
+                    raise ProtocolError(f"continuation sequence {seq} after {cur.last_seq}")
+                cur.last_seq = seq
+                cur.nbytes += 4
+                self.body_left = n
+                self.more = n == 0xFFFFFF
+            take = min(self.body_left, len(buf) - pos)
+            keep = min(take, KEEP - len(cur.prefix))
+            if keep > 0:
+                cur.prefix += buf[pos : pos + keep]
+            pos += take
+            self.body_left -= take
+            cur.length += take
+            cur.nbytes += take
+            if self.body_left:
+                break
+            if self.more:
+                continue
+            out.append(Packet(cur.seq, cur.last_seq, bytes(cur.prefix), cur.length, cur.nbytes))
+            self.cur = None
+        del buf[:pos]
+        return out
+
+
+# --------------------------------------------------------------------------- values
+
+
+@dataclass(slots=True)
+class Column:
+    name: str
+    type: int
+    flags: int
+
+
+def _column(payload: bytes) -> Column:
+    r = _Reader(payload)
+    for _ in range(4):  # catalog, schema, table, org_table
+        r.lenstr()
+    name = r.lenstr() or b""
+    r.lenstr()  # org_name
+    r.lenenc()  # length of fixed fields (0x0c)
+    r.take(6)  # charset, column length
+    col_type = r.uint(1)
+    flags = r.uint(2)
+    return Column(name.decode("utf-8", "replace"), col_type, flags)
+
+
+def _show_value(value: object) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bytes):
+        return repr(clip(value.decode("utf-8", "replace"), 40))
+    return str(value)
+
+
+def _binary_value(r: _Reader, col_type: int, unsigned: bool) -> object:
+    size = _INT_SIZES.get(col_type)
+    if size is not None:
+        fmt = _INT_FORMATS[size]
+        raw = r.take(size)
+        return struct.unpack("<" + (fmt.upper() if unsigned else fmt), raw)[0]
+    if col_type == T_FLOAT:
+        return round(struct.unpack("<f", r.take(4))[0], 7)
+    if col_type == T_DOUBLE:
+        return struct.unpack("<d", r.take(8))[0]
+    if col_type == T_NULL:
+        return None
+    if col_type in (T_DATE, T_DATETIME, T_TIMESTAMP):
+        n = r.uint(1)
+        f = r.take(n) + bytes(11 - n) if n <= 11 else r.take(n)
+        year, month, day = int.from_bytes(f[0:2], "little"), f[2], f[3]
+        if col_type == T_DATE:
+            return date(year, month, day).isoformat() if n else "0000-00-00"
+        if not n:
+            return "0000-00-00 00:00:00"
+        micro = int.from_bytes(f[7:11], "little")
+        return datetime(year, month, day, f[4], f[5], f[6], micro).isoformat(" ")
+    if col_type == T_TIME:
+        n = r.uint(1)
+        f = r.take(n) + bytes(12 - n) if n <= 12 else r.take(n)
+        delta = timedelta(
+            days=int.from_bytes(f[1:5], "little"),
+            hours=f[5],
+            minutes=f[6],
+            seconds=f[7],
+            microseconds=int.from_bytes(f[8:12], "little"),
+        )
+        return ("-" if f[0] else "") + str(delta)
+    return r.lenstr()
+
+
+def _binary_values(r: _Reader, types: list[tuple[int, bool]], nulls: bytes, bit0: int) -> str:
+    values = []
+    for i, (col_type, unsigned) in enumerate(types):
+        bit = i + bit0
+        if nulls[bit >> 3] & (1 << (bit & 7)):
+            values.append("NULL")
+        else:
+            values.append(_show_value(_binary_value(r, col_type, unsigned)))
+    return "(" + ", ".join(values) + ")"
+
+
+def _text_row(payload: bytes, ncols: int) -> str:
+    r = _Reader(payload)
+    return "(" + ", ".join(_show_value(r.lenstr()) for _ in range(ncols)) + ")"
+
+
+# --------------------------------------------------------------------------- SQL text
+
+_LITERAL = re.compile(
+    r"""'(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.|"")*"|\b0x[0-9a-fA-F]+\b|"""
+    r"""(?<![\w.$])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\b"""
+)
+_IN_LIST = re.compile(r"\(\s*\?(?:\s*,\s*\?)+\s*\)")
+_SPACE = re.compile(r"\s+")
+_SECRETS = re.compile(
+    r"""(?P<pre>\bIDENTIFIED\s+(?:(?:WITH|VIA)\s+\w+\s+)?(?:BY|AS|USING)\s+(?:PASSWORD\s*)?\(?\s*"""
+    r"""|\bPASSWORD\s*\(\s*|\bSET\s+PASSWORD\b[^=]*=\s*(?:PASSWORD\s*\(\s*)?)"""
+    r"""(?P<lit>'(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.|"")*")""",
+    re.IGNORECASE,
+)
+_USE = re.compile(r"\s*use\s+`?([^`;\s]+)`?\s*;?\s*$", re.IGNORECASE)
+
+
+def query_shape(sql: str) -> str:
+    """Statistics key: literals replaced by ``?``, IN lists folded, whitespace collapsed."""
+    shape = _IN_LIST.sub("(?+)", _LITERAL.sub("?", sql))
+    return clip(_SPACE.sub(" ", shape).strip(), 120)
+
+
+def redact_sql(sql: str) -> str:
+    return _SECRETS.sub(lambda m: f"{m['pre']}'{REDACTED}'", sql)
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass(slots=True)
+class _Stmt:
+    sql: str
+    nparams: int
+    ncols: int
+    param_types: list[tuple[int, bool]] = field(default_factory=list)
+    columns: list[Column] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Command:
+    code: int  # command byte; -1 for the login exchange
+    name: str
+    text: str
+    shape: str
+    ts: float
+    nbytes: int
+    seq: int  # next expected sequence id
+    state: str = "first"  # first | infile | params | columns | rows | done
+    reply_bytes: int = 0
+    ts_reply: float | None = None
+    error: bool = False
+    results: list[str] = field(default_factory=list)
+    details: Details = field(default_factory=dict)
+    binary: bool = False
+    left: int = 0  # definitions still to read in state params/columns
+    eof_pending: bool = False  # an EOF packet may follow the definitions just read
+    progress: int = 0  # MariaDB progress reports received
+    columns: list[Column] = field(default_factory=list)
+    ncols: int = 0
+    rows: int = 0
+    samples: list[str] = field(default_factory=list)
+    stmt: _Stmt | None = None
+    prepared: _Stmt | None = None  # statement being described by a PREPARE reply
+
+
+def _ok(r: _Reader) -> tuple[str, int, Details]:
+    affected = r.lenenc() or 0
+    insert_id = r.lenenc() or 0
+    status = r.uint(2) if r.left >= 2 else 0
+    warnings = r.uint(2) if r.left >= 2 else 0
+    info = r.rest().decode("utf-8", "replace") if r.left else ""
+    details: Details = {"affected_rows": affected, "status": status, "warnings": warnings}
+    text = "OK"
+    if affected:
+        text += f", {affected} row{'s' * (affected != 1)} affected"
+    if insert_id:
+        details["insert_id"] = insert_id
+        text += f", insert id {insert_id}"
+    if info.strip("\0\x01\x02\x03 "):
+        details["info"] = info
+    return text, status, details
+
+
+def _err(payload: bytes) -> tuple[str, Details]:
+    r = _Reader(payload, 1)
+    code = r.uint(2)
+    state = ""
+    if r.left and payload[r.pos] == 0x23:  # '#'
+        r.take(1)
+        state = r.take(5).decode("ascii", "replace")
+    message = r.rest().decode("utf-8", "replace")
+    details: Details = {"error_code": code, "sqlstate": state, "error_message": message}
+    return f"ERR {code} ({state}): {message}" if state else f"ERR {code}: {message}", details
+
+
+def _terminator(packet: Packet) -> bool:
+    return bool(packet.payload) and packet.payload[0] == 0xFE and packet.length < 0xFFFFFF
+
+
+def _status_of_terminator(payload: bytes) -> int:
+    r = _Reader(payload, 1)
+    if len(payload) < 9:  # EOF: warnings, status
+        r.take(2)
+        return r.uint(2) if r.left >= 2 else 0
+    return _ok(r)[1]
+
+
+class MysqlDecoder:
+    protocol = "mysql"
+
+    def __init__(self, redact: bool = False) -> None:
+        self.redact = redact
+        self._readers = (PacketReader(), PacketReader())
+        self.phase = "sync"  # sync | login | command | opaque
+        self.server_caps = 0
+        self.client_caps = 0
+        self.server_version = ""
+        self.conn_id = 0
+        self.user = ""
+        self.db = ""
+        self._stmts: dict[int, _Stmt] = {}
+        self._commands: deque[_Command] = deque()
+        self._sync_ts: float | None = None  # ts of the first command after (re)sync
+        self._sync_buf = [b"", b""]  # per direction: chunk start too short to judge
+        self._done_seq: int | None = None  # next sequence id of the last finished command
+        self.deprecate_eof: bool | None = None  # CLIENT_DEPRECATE_EOF; None until known
+
+    # -- public API
+
+    def feed(self, direction: Direction, data: bytes, ts: float) -> list[DecoderEvent]:
+        events: list[DecoderEvent] = []
+        synced = None if self.phase == "opaque" else self._synced(direction, data, ts)
+        if synced is None:
+            return events
+        try:
+            for packet in self._readers[direction].feed(synced):
+                if direction is Direction.CLIENT:
+                    self._client(packet, ts, events)
+                else:
+                    self._server(packet, ts, events)
+                if self.phase == "opaque":
+                    break
+        except ValueError as exc:  # ProtocolError, or a malformed value (e.g. a date)
+            self._desync(events, str(exc), ts, direction)
+        return events
+
+    def gap(self, direction: Direction, n: int) -> list[DecoderEvent]:
+        events: list[DecoderEvent] = []
+        if self.phase != "opaque":
+            ts = self._commands[0].ts if self._commands else 0.0
+            self._desync(events, f"{n} bytes missing", ts, direction)
+        return events
+
+    def close(self) -> list[DecoderEvent]:
+        events: list[DecoderEvent] = []
+        while self._commands:
+            self._finish(self._commands.popleft(), events)
+        return events
+
+    # -- sync
+
+    def _synced(self, direction: Direction, data: bytes, ts: float) -> bytes | None:
+        """The bytes to parse, or None while waiting for a sync point."""
+        if self.phase != "sync":
+            return data
+        data, self._sync_buf[direction] = self._sync_buf[direction] + data, b""
+        if len(data) < 5:
+            self._sync_buf[direction] = data  # too short to judge a packet header
+            return None
+        if direction is Direction.SERVER:
+            if data[3] == 0 and data[4] == 0x0A:  # greeting: a fresh connection
+                self.phase = "login"
+                return data
+            if self._sync_ts is None or ts < self._sync_ts or data[3] != 1:
+                return None
+            self.phase = "command"
+            return data
+        if self._sync_ts is None:
+            n = int.from_bytes(data[:3], "little")
+            if not n or data[3] != 0 or data[4] not in COMMANDS or n + 4 > max(len(data), KEEP):
+                return None
+            self._sync_ts = ts
+        return data
+
+    def _desync(
+        self, events: list[DecoderEvent], reason: str, ts: float, direction: Direction
+    ) -> None:
+        events.extend(self.close())
+        self._readers = (PacketReader(), PacketReader())
+        self.phase = "sync"
+        self._sync_ts = None
+        self._sync_buf = [b"", b""]
+        self._done_seq = None
+        events.append(Notice(self.protocol, direction, "undecodable", reason, ts))
+
+    def _opaque(self, events: list[DecoderEvent], label: str, ts: float) -> None:
+        self.phase = "opaque"
+        events.append(Notice(self.protocol, Direction.CLIENT, "label", label, ts))
+        events.extend(self.close())
+
+    # -- client packets
+
+    def _client(self, packet: Packet, ts: float, events: list[DecoderEvent]) -> None:
+        head = self._commands[0] if self._commands else None
+        if self.phase == "login" and head is None:
+            self._handshake_response(packet, ts, events)
+            return
+        if packet.seq != 0 and head is not None:  # infile data, auth data
+            self._check_seq(head, packet)
+            head.nbytes += packet.nbytes
+            if head.state == "infile" and packet.length == 0:
+                head.state = "first"
+            return
+        if packet.seq != 0 or not packet.payload:
+            raise ProtocolError(f"unexpected client packet seq {packet.seq}")
+        cmd = self._command(packet, ts)
+        if packet.payload[0] in _NO_REPLY:
+            self._finish(cmd, events)
+        else:
+            self._commands.append(cmd)
+
+    def _command(self, packet: Packet, ts: float) -> _Command:
+        code = packet.payload[0]
+        name = COMMANDS.get(code, f"0x{code:02x}")
+        r = _Reader(packet.payload, 1)
+        text, shape = "COM_" + name, "COM_" + name
+        details: Details = {"conn_id": self.conn_id, "db": self.db} if self.conn_id else {}
+        cmd = _Command(code, name, text, shape, ts, packet.nbytes, (packet.last_seq + 1) & 0xFF)
+        if code == 0x03:
+            if self.client_caps & CLIENT_QUERY_ATTRIBUTES:
+                r.lenenc()
+                r.lenenc()
+            sql = r.rest().decode("utf-8", "replace")
+            if not packet.complete:
+                details["query_bytes"] = packet.length - 1
+            cmd.shape = query_shape(sql)
+            cmd.text = redact_sql(sql) if self.redact else sql
+            use = _USE.match(sql)
+            if use:
+                details["use_db"] = use.group(1)
+        elif code == 0x02:
+            cmd.details["init_db"] = db = r.rest().decode("utf-8", "replace")
+            cmd.text = f"USE {db}"
+        elif code == 0x16:
+            sql = r.rest().decode("utf-8", "replace")
+            cmd.shape = "PREPARE " + query_shape(sql)
+            cmd.text = "PREPARE " + (redact_sql(sql) if self.redact else sql)
+            cmd.prepared = _Stmt(sql, 0, 0)
+        elif code in (0x17, 0x19, 0x1A, 0x18, 0x1C):
+            self._statement_command(cmd, r)
+        elif code == 0x0C:
+            cmd.text = f"KILL {r.uint(4)}"
+        cmd.details.update(details)
+        cmd.text = clip(_SPACE.sub(" ", cmd.text).strip(), SUMMARY)
+        return cmd
+
+    def _statement_command(self, cmd: _Command, r: _Reader) -> None:
+        stmt_id = r.uint(4)
+        stmt = self._stmts.get(stmt_id)
+        cmd.details["stmt_id"] = stmt_id
+        sql = stmt.sql if stmt is not None else f"stmt {stmt_id}"
+        verb = {0x17: "EXECUTE", 0x19: "CLOSE", 0x1A: "RESET", 0x18: "LONG DATA", 0x1C: "FETCH"}
+        cmd.shape = f"{verb[cmd.code]} " + (query_shape(sql) if stmt else "?")
+        cmd.text = f"{verb[cmd.code]} {sql}"
+        if cmd.code == 0x19:
+            self._stmts.pop(stmt_id, None)
+        if cmd.code != 0x17:
+            return
+        cmd.binary = True
+        cmd.stmt = stmt
+        if stmt is None:
+            return
+        r.take(5)  # flags, iteration count
+        if stmt.nparams:
+            nulls = r.take((stmt.nparams + 7) // 8)
+            if r.uint(1):
+                raw = r.take(2 * stmt.nparams)
+                stmt.param_types = [
+                    (raw[i], bool(raw[i + 1] & 0x80)) for i in range(0, len(raw), 2)
+                ]
+            if len(stmt.param_types) == stmt.nparams:
+                params = _binary_values(r, stmt.param_types, nulls, 0)
+                cmd.details["params"] = REDACTED if self.redact else params
+                cmd.text += " " + (REDACTED if self.redact else params)
+
+    def _handshake_response(self, packet: Packet, ts: float, events: list[DecoderEvent]) -> None:
+        r = _Reader(packet.payload)
+        caps = r.uint(4)
+        if packet.length == 32 and caps & CLIENT_SSL:
+            self._opaque(events, "TLS (SSLRequest): encrypted, not decoded", ts)
+            return
+        r.take(5)  # max packet size, charset
+        filler = r.take(23)
+        if not caps & 1:  # MariaDB: extended capabilities in the last 4 filler bytes
+            caps |= int.from_bytes(filler[19:23], "little") << 32
+        self.client_caps = caps
+        self.deprecate_eof = bool(caps & CLIENT_DEPRECATE_EOF)
+        self.user = r.cstr().decode("utf-8", "replace")
+        if caps & CLIENT_PLUGIN_AUTH_LENENC:
+            auth = r.lenstr() or b""
+        elif caps & CLIENT_SECURE_CONNECTION:
+            auth = r.take(r.uint(1))
+        else:
+            auth = r.cstr()
+        if caps & CLIENT_CONNECT_WITH_DB and r.left:
+            self.db = r.cstr().decode("utf-8", "replace")
+        plugin = r.cstr().decode("utf-8", "replace") if caps & CLIENT_PLUGIN_AUTH and r.left else ""
+        text = f"login user={self.user}" + (f" db={self.db}" if self.db else "")
+        cmd = _Command(-1, "LOGIN", text, "LOGIN", ts, packet.nbytes, (packet.last_seq + 1) & 0xFF)
+        cmd.details.update(
+            user=self.user,
+            db=self.db,
+            client_plugin=plugin,
+            auth_response=REDACTED if self.redact else auth.hex(),
+            client_caps=caps,
+            conn_id=self.conn_id,
+            server_version=self.server_version,
+        )
+        self._commands.append(cmd)
+
+    # -- server packets
+
+    def _server(self, packet: Packet, ts: float, events: list[DecoderEvent]) -> None:
+        if not self._commands:
+            if self.phase == "login" and packet.seq == 0 and packet.payload[:1] == b"\x0a":
+                self._greeting(packet, ts, events)
+                return
+            if _terminator(packet) and packet.seq == self._done_seq:
+                self._done_seq = None  # EOF after PREPARE definitions (seen mid-stream)
+                self.deprecate_eof = False
+                return
+            raise ProtocolError(f"server packet seq {packet.seq} without a command")
+        cmd = self._commands[0]
+        self._check_seq(cmd, packet)
+        cmd.reply_bytes += packet.nbytes
+        cmd.ts_reply = ts
+        if not packet.payload:
+            raise ProtocolError("empty server packet")
+        if cmd.code in (-1, 0x11):
+            self._login_reply(cmd, packet)
+        else:
+            self._response(cmd, packet)
+        if cmd.state == "done":
+            self._commands.popleft()
+            self._done_seq = cmd.seq
+            self._finish(cmd, events)
+            if cmd.code == -1 and not cmd.error:
+                self.phase = "command"
+                compress = self.client_caps & self.server_caps & (CLIENT_COMPRESS | CLIENT_ZSTD)
+                if compress:
+                    self._opaque(events, "compressed protocol: not decoded", ts)
+
+    def _check_seq(self, cmd: _Command, packet: Packet) -> None:
+        if packet.seq != cmd.seq:
+            raise ProtocolError(f"sequence id {packet.seq}, expected {cmd.seq} ({cmd.name})")
+        cmd.seq = (packet.last_seq + 1) & 0xFF
+
+    def _greeting(self, packet: Packet, ts: float, events: list[DecoderEvent]) -> None:
+        r = _Reader(packet.payload, 1)
+        self.server_version = r.cstr().decode("utf-8", "replace")
+        self.conn_id = r.uint(4)
+        r.take(9)  # auth data part 1, filler
+        caps = r.uint(2)
+        plugin = ""
+        if r.left:
+            r.take(3)  # charset, status
+            caps |= r.uint(2) << 16
+            auth_len = r.uint(1)
+            reserved = r.take(10)
+            if not caps & 1:
+                caps |= int.from_bytes(reserved[6:10], "little") << 32
+            if caps & CLIENT_SECURE_CONNECTION:
+                r.take(max(13, auth_len - 8))
+            if caps & CLIENT_PLUGIN_AUTH and r.left:
+                plugin = r.rest().rstrip(b"\0").decode("utf-8", "replace")
+        self.server_caps = caps
+        details: Details = {
+            "server_version": self.server_version,
+            "conn_id": self.conn_id,
+            "server_caps": caps,
+            "auth_plugin": plugin,
+        }
+        summary = f"server {self.server_version} conn {self.conn_id} auth {plugin}"
+        events.append(Notice(self.protocol, Direction.SERVER, "greeting", summary, ts, details))
+
+    def _login_reply(self, cmd: _Command, packet: Packet) -> None:
+        first = packet.payload[0]
+        if first == 0x00:
+            cmd.results.append("OK")
+            cmd.state = "done"
+        elif first == 0xFF:
+            text, details = _err(packet.payload)
+            cmd.results.append(text)
+            cmd.details.update(details)
+            cmd.error = True
+            cmd.state = "done"
+        elif first == 0xFE:
+            plugin = _Reader(packet.payload, 1).cstr().decode("utf-8", "replace")
+            cmd.details["auth_switch"] = plugin
+            cmd.results.append(f"auth switch to {plugin}")
+        elif first == 0x01:
+            cmd.results.append("auth more data")
+        else:
+            raise ProtocolError(f"unexpected login reply {first:#x}")
+
+    def _response(self, cmd: _Command, packet: Packet) -> None:
+        payload = packet.payload
+        if payload[:3] == b"\xff\xff\xff":  # MariaDB progress report (error code 0xffff)
+            cmd.progress += 1
+            return
+        if cmd.eof_pending:
+            cmd.eof_pending = False
+            if _terminator(packet) and len(payload) < 9:
+                self.deprecate_eof = False
+                if cmd.state == "eof":
+                    cmd.state = "done"
+                return
+            if self.deprecate_eof is None:
+                self.deprecate_eof = True
+        state = cmd.state
+        if state in ("first", "infile"):
+            self._first(cmd, packet)
+        elif state in ("params", "columns"):
+            column = _column(payload)
+            if state == "params" and cmd.prepared is not None:
+                cmd.prepared.param_types.append((column.type, bool(column.flags & UNSIGNED_FLAG)))
+            elif len(cmd.columns) < MAX_COLUMNS:
+                cmd.columns.append(column)
+            cmd.left -= 1
+            if cmd.left == 0:
+                self._definitions_done(cmd)
+        elif state == "rows":
+            self._row(cmd, packet)
+        else:
+            raise ProtocolError(f"unexpected server packet in state {state}")
+
+    def _first(self, cmd: _Command, packet: Packet) -> None:
+        payload = packet.payload
+        first = payload[0]
+        if first == 0xFF:
+            text, details = _err(payload)
+            cmd.results.append(text)
+            cmd.details.update(details)
+            cmd.error = True
+            cmd.state = "done"
+        elif first == 0x00 and cmd.code == 0x16:
+            self._prepare_ok(cmd, payload)
+        elif first == 0x00 or (first == 0xFE and cmd.code not in (0x03, 0x17, 0x1C)):
+            self._ok_result(cmd, payload)
+        elif first == 0xFB and cmd.code == 0x03:
+            name = payload[1:].decode("utf-8", "replace")
+            cmd.details["infile"] = name
+            cmd.results.append(f"LOCAL INFILE {name}")
+            cmd.state = "infile"
+        elif cmd.code == 0x09:
+            cmd.results.append(clip(payload.decode("utf-8", "replace"), SUMMARY))
+            cmd.state = "done"
+        else:
+            r = _Reader(payload)
+            ncols = r.lenenc() or 0
+            send_meta = r.uint(1) if r.left and self.client_caps & MARIADB_CACHE_METADATA else 1
+            cmd.ncols, cmd.rows, cmd.columns, cmd.samples = ncols, 0, [], []
+            if send_meta:
+                cmd.state, cmd.left = "columns", ncols
+            else:
+                if cmd.stmt is not None:
+                    cmd.columns = cmd.stmt.columns
+                cmd.state = "rows"
+
+    def _ok_result(self, cmd: _Command, payload: bytes) -> None:
+        if payload[0] == 0xFE and len(payload) < 9:
+            status = _status_of_terminator(payload)
+            text = "EOF"
+        else:
+            text, status, details = _ok(_Reader(payload, 1))
+            cmd.details.update(details)
+        cmd.results.append(text)
+        if cmd.code == 0x02:
+            self.db = str(cmd.details["init_db"])
+        elif "use_db" in cmd.details:
+            self.db = str(cmd.details["use_db"])
+        cmd.state = "first" if status & SERVER_MORE_RESULTS_EXISTS else "done"
+
+    def _prepare_ok(self, cmd: _Command, payload: bytes) -> None:
+        r = _Reader(payload, 1)
+        stmt_id = r.uint(4)
+        ncols = r.uint(2)
+        nparams = r.uint(2)
+        stmt = cmd.prepared
+        assert stmt is not None
+        stmt.ncols, stmt.nparams = ncols, nparams
+        self._stmts[stmt_id] = stmt
+        cmd.details.update(stmt_id=stmt_id, params=nparams, columns=ncols)
+        cmd.results.append(f"stmt {stmt_id}: {nparams} params, {ncols} columns")
+        cmd.state, cmd.left = ("params", nparams) if nparams else ("columns", ncols)
+        if not cmd.left:
+            cmd.state = "done"  # no definitions follow
+
+    def _definitions_done(self, cmd: _Command) -> None:
+        """A block of column/parameter definitions ended; an EOF may follow it."""
+        cmd.eof_pending = self.deprecate_eof is not True
+        stmt = cmd.prepared
+        if stmt is None:
+            if cmd.stmt is not None:
+                cmd.stmt.columns = cmd.columns
+            cmd.state = "rows"
+        elif cmd.state == "params" and stmt.ncols:
+            cmd.state, cmd.left = "columns", stmt.ncols
+        else:
+            stmt.columns = cmd.columns
+            # with CLIENT_DEPRECATE_EOF unknown (no handshake seen) a trailing EOF is
+            # recognised by its sequence id after the command finished
+            cmd.state = "eof" if self.deprecate_eof is False else "done"
+
+    def _row(self, cmd: _Command, packet: Packet) -> None:
+        payload = packet.payload
+        if _terminator(packet):
+            self._resultset_done(cmd, _status_of_terminator(payload))
+        elif payload[0] == 0xFF:
+            text, details = _err(payload)
+            cmd.results.append(f"{cmd.rows} rows then {text}")
+            cmd.details.update(details)
+            cmd.error = True
+            cmd.state = "done"
+        else:
+            cmd.rows += 1
+            if len(cmd.samples) < SAMPLE_ROWS and packet.complete:
+                cmd.samples.append(self._sample(cmd, payload))
+
+    def _sample(self, cmd: _Command, payload: bytes) -> str:
+        if not cmd.binary:
+            return _text_row(payload, cmd.ncols)
+        if len(cmd.columns) != cmd.ncols:
+            return "?"
+        r = _Reader(payload, 1)
+        nulls = r.take((cmd.ncols + 9) // 8)
+        types = [(c.type, bool(c.flags & UNSIGNED_FLAG)) for c in cmd.columns]
+        return _binary_values(r, types, nulls, 2)
+
+    def _resultset_done(self, cmd: _Command, status: int) -> None:
+        rows = cmd.rows
+        text = f"{rows} row{'s' * (rows != 1)}"
+        cmd.results.append(text)
+        sets: list[object] = cmd.details.setdefault("resultsets", [])  # type: ignore[assignment]
+        sets.append(
+            {
+                "columns": [c.name for c in cmd.columns],
+                "rows": rows,
+                "sample": cmd.samples,
+            }
+        )
+        cmd.state = "first" if status & SERVER_MORE_RESULTS_EXISTS else "done"
+
+    # -- results
+
+    def _finish(self, cmd: _Command, events: list[DecoderEvent]) -> None:
+        if cmd.state not in ("done", "eof") and cmd.code not in _NO_REPLY:
+            cmd.results.append("(no reply)" if not cmd.results else "(incomplete)")
+            cmd.ts_reply = None if cmd.reply_bytes == 0 else cmd.ts_reply
+        if cmd.progress:
+            cmd.details["progress_reports"] = cmd.progress
+        events.append(
+            Transaction(
+                self.protocol,
+                cmd.shape,
+                cmd.text,
+                clip("; ".join(cmd.results), SUMMARY),
+                cmd.error,
+                cmd.ts,
+                cmd.ts_reply,
+                cmd.nbytes,
+                cmd.reply_bytes,
+                cmd.details,
+            )
+        )

@@ -1,0 +1,62 @@
+"""Typed records that flow from capture to streams, decoders and outputs.
+
+The capture layer turns ring-buffer bytes (layout in ``ebpf/usniff.h``) into
+:class:`Record` objects; nothing downstream ever sees the raw layout.  One
+record describes one contiguous range ``[offset, offset + length)`` of the
+byte stream sent by one socket (``inode``):
+
+* a data record carries ``data`` (``len(data) <= length``; shorter only when
+  the user asked for a snap length with ``-s``),
+* a loss record (``lost > 0``) says ``lost`` bytes at ``offset`` were sent but
+  could not be copied (ring buffer full, or the bytes were not in user memory,
+  e.g. ``sendfile``); ``data`` is empty and ``length == lost``,
+* a close record (``kind == "close"``) says the socket went away.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SOCK_TYPES = {1: "stream", 2: "dgram", 5: "seqpacket"}
+
+# Record.flags bits (same values as ebpf/usniff.h)
+FLAG_MSG_START = 1  # first record of one send() call / datagram
+FLAG_MSG_END = 2  # last record of one send() call / datagram
+FLAG_TRUNCATED = 4  # snap length cut this record's data (len(data) < length)
+FLAG_ADDR = 8  # datagram sent with an explicit destination address (sendto/sendmsg)
+
+
+@dataclass(slots=True)
+class Record:
+    ts: float  # wall clock, epoch seconds
+    pid: int
+    tid: int
+    uid: int
+    comm: str
+    inode: int  # sending socket's inode (as `ss -x` shows it)
+    peer_inode: int  # its peer's inode, 0 when unconnected
+    sock_type: str  # "stream" | "dgram" | "seqpacket"
+    path: str  # own bound address, else the peer's / destination's; "@x" = abstract; "" unknown
+    path_is_own: bool  # True when `path` is the sender's own address (the server side)
+    offset: int  # position of the first byte in the sender's stream (from first byte seen)
+    length: int  # stream bytes this record covers
+    data: bytes = b""
+    lost: int = 0
+    flags: int = 0
+    kind: str = "data"  # "data" | "lost" | "close"
+    peer_pid: int = 0  # peer's pid when the kernel knows it (connected sockets), else 0
+
+    @property
+    def is_loss(self) -> bool:
+        return self.kind == "lost"
+
+
+@dataclass(slots=True)
+class CaptureStats:
+    records: int = 0
+    bytes: int = 0  # bytes covered by data records
+    bytes_kept: int = 0
+    lost_records: int = 0
+    lost_bytes: int = 0
+    backend: str = ""
+    per_socket_lost: dict[int, int] = field(default_factory=dict)

@@ -1,0 +1,739 @@
+"""pcapng writer: each Unix socket connection becomes a synthetic TCP/IPv4 flow.
+
+Stock Wireshark then reassembles and dissects the bytes as if they had been
+sent over TCP (framing documented in docs/pcapng.md):
+
+* a stream connection (pair of socket inodes) becomes one TCP flow with a
+  SYN/SYN-ACK/ACK handshake when first seen, ``seq = ISN + 1 + offset``, ACKs
+  reflecting what the other side has sent, and a FIN when a socket closes;
+* datagram/seqpacket sockets become UDP flows, one datagram per packet;
+* the server side (the socket owning the bound path) gets the protocol's
+  well-known port, clients get ephemeral ports; addresses are synthetic
+  (servers 10.0.0.0/9, clients 10.128.0.0/9) and Name Resolution Blocks map
+  them to the socket path and ``comm[pid]``;
+* each packet carries a comment with pid, tid, uid, comm, inodes and path.
+
+The hot path packs headers with :mod:`struct` into one bytearray per batch
+and writes it with one system call; no scapy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import importlib
+import json
+import os
+import platform
+import re
+import struct
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from usniff import __version__
+from usniff.events import FLAG_MSG_END, FLAG_MSG_START, CaptureStats, Record
+from usniff.outputs.base import OutputError
+
+LINKTYPE_RAW = 101  # raw IPv4/IPv6 packets, no link-layer header
+PROTOCOL_PORTS = {
+    "resp": 6379,
+    "redis": 6379,
+    "mysql": 3306,
+    "mariadb": 3306,
+    "postgres": 5432,
+    "pgsql": 5432,
+    "http": 80,
+}
+OTHER_PORT = 7450  # unassigned by IANA, no Wireshark dissector registered on it
+EPHEMERAL_FIRST = 49152
+EPHEMERAL_COUNT = 65536 - EPHEMERAL_FIRST
+SERVER_NET = 0x0A000000  # 10.0.0.0/9: one address per server path
+CLIENT_NET = 0x0A800000  # 10.128.0.0/9: one address per client process
+NET_SIZE = 1 << 23
+MAX_SEGMENT = 65535 - 20 - 20  # TCP payload that fits one IPv4 packet
+MAX_DATAGRAM = 65535 - 20 - 8  # UDP payload that fits one IPv4 packet
+FLUSH_BYTES = 1 << 20  # write out as soon as a batch leaves this much buffered
+WSCALE = 14  # window scale announced in the SYNs: window 65535 << 14 never fills
+MASK32 = 0xFFFFFFFF
+
+# pcapng block types and option codes
+BT_SHB = 0x0A0D0D0A
+BT_IDB = 1
+BT_NRB = 4
+BT_ISB = 5
+BT_EPB = 6
+BYTE_ORDER_MAGIC = 0x1A2B3C4D
+OPT_END = 0
+OPT_COMMENT = 1
+SHB_HARDWARE = 2
+SHB_OS = 3
+SHB_USERAPPL = 4
+IF_NAME = 2
+IF_DESCRIPTION = 3
+IF_TSRESOL = 9
+EPB_FLAGS = 2
+ISB_STARTTIME = 2
+ISB_ENDTIME = 3
+ISB_IFRECV = 4
+ISB_IFDROP = 5
+NRB_IPV4 = 1
+EPB_INBOUND = 1  # epb_flags direction bits: towards the server
+EPB_OUTBOUND = 2  # from the server
+
+TCP_FIN = 0x01
+TCP_SYN = 0x02
+TCP_PSH = 0x08
+TCP_ACK = 0x10
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+
+_END_OPTS = b"\0\0\0\0"
+_EPB = struct.Struct("<7I")
+_TRAILER = struct.Struct("<I")
+# IPv4 header (id 0, DF, TTL 64) followed by addresses+ports (12s), then TCP or UDP.
+_IP_TCP = struct.Struct("!BxHxxBxBBH12sIIHHHxx")
+_IP_UDP = struct.Struct("!BxHxxBxBBH12sHH")
+_SYN_OPTIONS = bytes((2, 4, MAX_SEGMENT >> 8, MAX_SEGMENT & 0xFF, 1, 3, 3, WSCALE))  # MSS, NOP, WS
+
+
+def _opt(code: int, value: bytes) -> bytes:
+    """One pcapng option, padded to 32 bits."""
+    return struct.pack("<HH", code, len(value)) + value + b"\0" * (-len(value) % 4)
+
+
+def _block(btype: int, body: bytes) -> bytes:
+    total = 12 + len(body)
+    return struct.pack("<II", btype, total) + body + struct.pack("<I", total)
+
+
+def _u64(value: int) -> bytes:
+    return struct.pack("<II", value >> 32, value & MASK32)
+
+
+def _usec(ts: float) -> int:
+    return int(ts * 1_000_000)
+
+
+def _csum_words(data: bytes | memoryview) -> int:
+    """Sum of the 16-bit words of ``data`` (zero-padded), modulo 65535.
+
+    Big-integer conversion does the whole payload in C: 65536 = 1 (mod
+    65535), so the base-65536 number equals its digit sum modulo 65535.
+    """
+    value = int.from_bytes(data, "big")
+    return value << 8 if len(data) & 1 else value
+
+
+def _addr_sum(addr: int) -> int:
+    return (addr >> 16) + (addr & 0xFFFF)
+
+
+# ---------------------------------------------------------------- comments
+
+_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def record_comment(rec: Record) -> str:
+    """The per-packet comment; :func:`parse_comment` reads it back."""
+    text = (
+        f"pid={rec.pid} tid={rec.tid} uid={rec.uid} comm={json.dumps(rec.comm)} "
+        f"inode={rec.inode} peer={rec.peer_inode}"
+    )
+    if rec.peer_pid:
+        text += f" peer_pid={rec.peer_pid}"
+    if rec.sock_type != "stream":
+        text += f" type={rec.sock_type}"
+    return f"{text} path={json.dumps(rec.path)}"
+
+
+def parse_comment(text: str) -> dict[str, str]:
+    """``key=value`` pairs of a comment (quoted values are JSON strings)."""
+    return {k: json.loads(v) if v.startswith('"') else v for k, v in _FIELD.findall(text)}
+
+
+# ---------------------------------------------------------------- protocol guess
+
+_HTTP_METHODS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ")
+
+
+def _first_bytes_guess(client: bytes, server: bytes) -> str | None:
+    """Tiny fallback used only when usniff.decoders.detect is not installed."""
+    if server[3:5] == b"\x00\x0a":  # packet 0 is a protocol-10 handshake
+        return "mysql"
+    if client[:1] == b"*" or (server[:1] and server[:1] in b"+-:$*"):
+        return "resp"
+    if client[4:8] in (b"\x00\x03\x00\x00", b"\x04\xd2\x16\x2f"):  # startup v3, SSLRequest
+        return "postgres"
+    if client.startswith(_HTTP_METHODS) or server.startswith(b"HTTP/"):
+        return "http"
+    return None
+
+
+@functools.cache
+def _detector() -> Callable[[bytes, bytes], Any]:
+    try:
+        module = importlib.import_module("usniff.decoders.detect")
+    except ImportError:
+        return _first_bytes_guess
+    detect: Callable[[bytes, bytes], Any] = module.detect
+    return detect
+
+
+def server_port(client: bytes, server: bytes) -> int:
+    """Well-known port for the protocol these first bytes belong to."""
+    result = _detector()(client, server)
+    name = str(getattr(result, "value", result) or "").lower()
+    return next((port for key, port in PROTOCOL_PORTS.items() if key in name), OTHER_PORT)
+
+
+# ---------------------------------------------------------------- framing
+
+
+class _Dir:
+    """One direction of one flow: the bytes one socket sends."""
+
+    __slots__ = (
+        "addrs",
+        "comment_key",
+        "comment_opts",
+        "epb_flags",
+        "fin",
+        "ip_sum",
+        "l4_sum",
+        "next_off",
+        "note",
+        "peer",
+        "pending",
+        "proto",
+        "seq0",
+    )
+
+    def __init__(self, src: int, dst: int, sport: int, dport: int, proto: int, epb: int) -> None:
+        self.addrs = struct.pack("!IIHH", src, dst, sport, dport)
+        self.proto = proto
+        self.epb_flags = _opt(EPB_FLAGS, struct.pack("<I", epb))
+        # constant parts of the IPv4 header sum and of the TCP/UDP pseudo-header + header sum
+        self.ip_sum = 0x4500 + 0x4000 + (64 << 8) + proto + _addr_sum(src) + _addr_sum(dst)
+        window = 0xFFFF if proto == IPPROTO_TCP else 0
+        self.l4_sum = _addr_sum(src) + _addr_sum(dst) + proto + sport + dport + window
+        self.seq0 = 1  # seq = ISN + 1 + offset with ISN 0
+        self.next_off = 0  # next stream offset expected (what the peer has ACKed)
+        self.fin = 0
+        self.note = ""  # extra comment for this direction's next packet
+        self.pending: list[Record] = []  # records of a datagram not yet complete
+        self.comment_key: tuple[int, int, int, str, int] | None = None
+        self.comment_opts = b""
+        self.peer: _Dir = self
+
+
+def _names_block(names: Sequence[tuple[int, str]]) -> bytes:
+    body = bytearray()
+    for addr, name in names:
+        value = struct.pack("!I", addr) + name.encode("utf-8", "surrogateescape") + b"\0"
+        body += struct.pack("<HH", NRB_IPV4, len(value)) + value + b"\0" * (-len(value) % 4)
+    body += _END_OPTS
+    return _block(BT_NRB, bytes(body))
+
+
+class Framer:
+    """Turns records into pcapng blocks (no I/O).  One instance per capture.
+
+    ``packets`` counts the packets produced so far.
+    """
+
+    def __init__(self, snaplen: int = 0) -> None:
+        self.snaplen = snaplen
+        self.packets = 0
+        self._dirs: dict[object, _Dir] = {}  # socket inode (or inode+dest) -> direction
+        self._open: dict[_Dir, None] = {}  # client directions of open TCP flows
+        self._addr_of: dict[object, int] = {}
+        self._names: dict[int, str] = {}
+        self._servers = 0
+        self._clients = 0
+        self._ports = 0
+
+    # -- file preamble ---------------------------------------------------
+
+    def preamble(self, buf: bytearray, ts: float) -> None:
+        """Everything a new file starts with: SHB, IDB, all names, and a
+        handshake for every flow still open (sequence numbers continue)."""
+        uname = os.uname()
+        buf += _block(
+            BT_SHB,
+            struct.pack("<IHHq", BYTE_ORDER_MAGIC, 1, 0, -1)
+            + _opt(SHB_HARDWARE, platform.machine().encode())
+            + _opt(SHB_OS, f"{uname.sysname} {uname.release} {uname.version}".encode())
+            + _opt(SHB_USERAPPL, f"usniff {__version__}".encode())
+            + _END_OPTS,
+        )
+        buf += _block(
+            BT_IDB,
+            struct.pack("<HHI", LINKTYPE_RAW, 0, self.snaplen + 40 if self.snaplen else 0)
+            + _opt(IF_NAME, b"usniff")
+            + _opt(IF_DESCRIPTION, b"Unix domain sockets as synthetic TCP/IPv4 (usniff)")
+            + _opt(IF_TSRESOL, b"\x06")
+            + _END_OPTS,
+        )
+        if self._names:
+            buf += _names_block(list(self._names.items()))
+        for client in self._open:
+            self._handshake(buf, client, ts, "connection continues from the previous file")
+            for d in (client, client.peer):
+                if d.fin:
+                    self._tcp(buf, d, ts, TCP_FIN | TCP_ACK, d.next_off, b"", 0, d.epb_flags)
+
+    def statistics(self, buf: bytearray, stats: CaptureStats, start: float, end: float) -> None:
+        comment = (
+            f"usniff: backend={stats.backend or '?'} records={stats.records} "
+            f"bytes={stats.bytes} lost_records={stats.lost_records} lost_bytes={stats.lost_bytes}"
+        )
+        start_us, end_us = _usec(start), _usec(end)
+        buf += _block(
+            BT_ISB,
+            struct.pack("<III", 0, end_us >> 32, end_us & MASK32)
+            + _opt(ISB_STARTTIME, _u64(start_us))
+            + _opt(ISB_ENDTIME, _u64(end_us))
+            + _opt(ISB_IFRECV, struct.pack("<Q", stats.records))
+            + _opt(ISB_IFDROP, struct.pack("<Q", stats.lost_records))
+            + _opt(OPT_COMMENT, comment.encode())
+            + _END_OPTS,
+        )
+
+    # -- records ---------------------------------------------------------
+
+    def add(self, buf: bytearray, rec: Record) -> None:
+        """Append the packets for one record."""
+        d = self._dirs.get(rec.inode if rec.peer_inode else (rec.inode, rec.path))
+        kind = rec.kind
+        if kind == "close":
+            if d is not None:
+                self._close(buf, d, rec)
+            return
+        if d is None:
+            d = self._new_flow(buf, rec)
+        if kind == "lost":
+            self._lost(buf, d, rec)
+        elif d.proto == IPPROTO_TCP:
+            self._segments(buf, d, rec)
+        else:
+            self._datagram(buf, d, rec)
+
+    def finish(self, buf: bytearray) -> None:
+        """Write out datagrams still waiting for their last record."""
+        for d in self._dirs.values():
+            if d.pending:
+                self._emit_datagram(buf, d)
+
+    def _comment_opts(self, d: _Dir, rec: Record) -> bytes:
+        key = (rec.pid, rec.tid, rec.uid, rec.comm, rec.peer_pid)
+        if key != d.comment_key:
+            d.comment_key = key
+            d.comment_opts = _opt(OPT_COMMENT, record_comment(rec).encode()) + d.epb_flags
+        note = d.note
+        if not note:
+            return d.comment_opts
+        d.note = ""
+        return _opt(OPT_COMMENT, f"usniff: {note}; {record_comment(rec)}".encode()) + d.epb_flags
+
+    def _segments(self, buf: bytearray, d: _Dir, rec: Record) -> None:
+        off, length, data = rec.offset, rec.length, rec.data
+        if off > d.next_off:
+            d.note = f"{off - d.next_off} bytes missing before this packet (not captured)"
+        opts = self._comment_opts(d, rec)
+        end = off + length
+        push = TCP_PSH if rec.flags & FLAG_MSG_END else 0
+        if length <= MAX_SEGMENT:
+            self._tcp(buf, d, rec.ts, TCP_ACK | push, off, data, length, opts)
+        else:
+            view = memoryview(data)
+            for pos in range(off, end, MAX_SEGMENT):
+                seg_end = min(pos + MAX_SEGMENT, end)
+                flags = TCP_ACK | (push if seg_end == end else 0)
+                chunk = view[pos - off : seg_end - off]
+                self._tcp(buf, d, rec.ts, flags, pos, chunk, seg_end - pos, opts)
+        if end > d.next_off:
+            d.next_off = end
+
+    def _lost(self, buf: bytearray, d: _Dir, rec: Record) -> None:
+        """A sequence gap, announced by a zero-payload packet after the gap."""
+        end = rec.offset + rec.lost
+        if end > d.next_off:
+            d.next_off = end
+        d.note = f"{rec.lost} bytes lost at stream offset {rec.offset} (not captured)"
+        if d.proto == IPPROTO_TCP:
+            self._tcp(buf, d, rec.ts, TCP_ACK, end, b"", 0, self._comment_opts(d, rec))
+        # for datagrams the note goes onto the next datagram
+
+    def _close(self, buf: bytearray, d: _Dir, rec: Record) -> None:
+        del self._dirs[rec.inode if rec.peer_inode else (rec.inode, rec.path)]
+        if d.pending:
+            self._emit_datagram(buf, d)
+        if d.proto != IPPROTO_TCP:
+            return
+        d.note = "socket closed"
+        self._tcp(buf, d, rec.ts, TCP_FIN | TCP_ACK, d.next_off, b"", 0, self._comment_opts(d, rec))
+        d.fin = 1
+        if d.peer.fin:
+            self._open.pop(d, None)
+            self._open.pop(d.peer, None)
+
+    def _datagram(self, buf: bytearray, d: _Dir, rec: Record) -> None:
+        flags = rec.flags
+        if d.pending and flags & FLAG_MSG_START:
+            self._emit_datagram(buf, d)  # the previous datagram's end was not seen
+        d.pending.append(rec)
+        if flags & FLAG_MSG_END:
+            self._emit_datagram(buf, d)
+
+    def _emit_datagram(self, buf: bytearray, d: _Dir) -> None:
+        recs, d.pending = d.pending, []
+        first = recs[0]
+        data = b"".join(r.data for r in recs)
+        length = sum(r.length for r in recs)
+        if length <= MAX_DATAGRAM:
+            self._udp(buf, d, first.ts, data, length, self._comment_opts(d, first))
+            return
+        parts = range(0, length, MAX_DATAGRAM)
+        for n, pos in enumerate(parts, 1):
+            d.note = f"part {n}/{len(parts)} of one {length}-byte datagram"
+            part_len = min(MAX_DATAGRAM, length - pos)
+            chunk = data[pos : pos + part_len]
+            self._udp(buf, d, first.ts, chunk, part_len, self._comment_opts(d, first))
+
+    # -- flows -----------------------------------------------------------
+
+    def _address(self, key: object, server: bool) -> int:
+        addr = self._addr_of.get(key)
+        if addr is None:
+            if server:
+                self._servers += 1
+                addr = SERVER_NET + self._servers % (NET_SIZE - 2)
+            else:
+                self._clients += 1
+                addr = CLIENT_NET + self._clients % (NET_SIZE - 2)
+            self._addr_of[key] = addr
+        return addr
+
+    def _new_flow(self, buf: bytearray, rec: Record) -> _Dir:
+        connected = rec.peer_inode != 0
+        if not connected:
+            from_server = rec.path_is_own
+            server_inode, client_inode = (rec.inode, 0) if from_server else (0, rec.inode)
+        else:
+            if rec.path_is_own:
+                server_inode = rec.inode
+            elif rec.path:
+                server_inode = rec.peer_inode
+            else:  # socketpair: the lower inode plays the server
+                server_inode = min(rec.inode, rec.peer_inode)
+            from_server = rec.inode == server_inode
+            client_inode = rec.peer_inode if from_server else rec.inode
+        first = rec.data
+        port = server_port(b"" if from_server else first, first if from_server else b"")
+        server_key = ("path", rec.path) if rec.path else ("socket", server_inode)
+        server_name = rec.path or f"socket:{server_inode}"
+        client_pid = rec.peer_pid if from_server else rec.pid
+        client_key: object = client_pid or ("socket", client_inode)
+        if not client_pid:
+            client_name = f"socket:{client_inode}"
+        elif from_server or not rec.comm:
+            client_name = f"client:{client_pid}"
+        else:
+            client_name = f"{rec.comm}[{client_pid}]"
+        names = []
+        for key, name, is_server in (
+            (server_key, server_name, True),
+            (client_key, client_name, False),
+        ):
+            addr = self._address(key, is_server)
+            if addr not in self._names:
+                self._names[addr] = name
+                names.append((addr, name))
+        if names:
+            buf += _names_block(names)
+        server_addr = self._addr_of[server_key]
+        client_addr = self._addr_of[client_key]
+        proto = IPPROTO_TCP if rec.sock_type == "stream" else IPPROTO_UDP
+        cport = EPHEMERAL_FIRST + self._ports % EPHEMERAL_COUNT
+        self._ports += 1
+        client = _Dir(client_addr, server_addr, cport, port, proto, EPB_INBOUND)
+        server = _Dir(server_addr, client_addr, port, cport, proto, EPB_OUTBOUND)
+        client.peer, server.peer = server, client
+        if connected:
+            self._dirs[server_inode] = server
+            self._dirs[client_inode] = client
+        else:
+            self._dirs[(rec.inode, rec.path)] = server if from_server else client
+        if proto == IPPROTO_TCP:
+            self._open[client] = None
+            self._handshake(
+                buf,
+                client,
+                rec.ts,
+                f"new connection: socket {client_inode} ({client_name}) -> "
+                f"{server_inode} ({server_name})",
+            )
+        return server if from_server else client
+
+    def _handshake(self, buf: bytearray, client: _Dir, ts: float, comment: str) -> None:
+        """SYN, SYN-ACK, ACK with ISNs chosen so that the next bytes continue the flow."""
+        server = client.peer
+        c_off, s_off = client.next_off, server.next_off
+        syn_opts = _opt(OPT_COMMENT, f"usniff: {comment}".encode()) + client.epb_flags
+        self._tcp(buf, client, ts, TCP_SYN, c_off - 1, b"", 0, syn_opts, _SYN_OPTIONS)
+        self._tcp(
+            buf, server, ts, TCP_SYN | TCP_ACK, s_off - 1, b"", 0, server.epb_flags, _SYN_OPTIONS
+        )
+        self._tcp(buf, client, ts, TCP_ACK, c_off, b"", 0, client.epb_flags)
+
+    # -- packets ---------------------------------------------------------
+
+    def _tcp(
+        self,
+        buf: bytearray,
+        d: _Dir,
+        ts: float,
+        flags: int,
+        off: int,
+        payload: bytes | memoryview,
+        length: int,
+        opts: bytes,
+        tcp_opts: bytes = b"",
+    ) -> None:
+        """One TCP segment of ``length`` stream bytes (``payload`` may be shorter:
+        snap length) from direction ``d`` starting at stream offset ``off``."""
+        peer = d.peer
+        seq = (d.seq0 + off) & MASK32
+        ack = (peer.seq0 + peer.next_off + peer.fin) & MASK32 if flags & TCP_ACK else 0
+        hlen = 20 + len(tcp_opts)
+        tcp_len = hlen + length
+        total = 20 + tcp_len
+        word = (hlen << 10) | flags
+        l4 = d.l4_sum + tcp_len + seq + ack + word + _csum_words(payload)
+        if tcp_opts:
+            l4 += _csum_words(tcp_opts)
+        ip_csum = 0xFFFF - (d.ip_sum + total) % 0xFFFF
+        hdr = _IP_TCP.pack(
+            0x45, total, 0x40, 64, IPPROTO_TCP, ip_csum, d.addrs, seq, ack, word, 0xFFFF,
+            0xFFFF - l4 % 0xFFFF,
+        )  # fmt: skip
+        self._epb(buf, ts, hdr + tcp_opts, payload, total, opts)
+
+    def _udp(
+        self, buf: bytearray, d: _Dir, ts: float, payload: bytes, length: int, opts: bytes
+    ) -> None:
+        udp_len = 8 + length
+        total = 20 + udp_len
+        l4 = d.l4_sum + 2 * udp_len + _csum_words(payload)
+        ip_csum = 0xFFFF - (d.ip_sum + total) % 0xFFFF
+        hdr = _IP_UDP.pack(
+            0x45, total, 0x40, 64, IPPROTO_UDP, ip_csum, d.addrs, udp_len, 0xFFFF - l4 % 0xFFFF
+        )
+        self._epb(buf, ts, hdr, payload, total, opts)
+
+    def _epb(
+        self,
+        buf: bytearray,
+        ts: float,
+        hdr: bytes,
+        payload: bytes | memoryview,
+        origlen: int,
+        opts: bytes,
+    ) -> None:
+        caplen = len(hdr) + len(payload)
+        pad = -caplen % 4
+        total = 32 + caplen + pad + len(opts) + 4
+        usec = _usec(ts)
+        buf += _EPB.pack(BT_EPB, total, 0, usec >> 32, usec & MASK32, caplen, origlen)
+        buf += hdr
+        buf += payload
+        buf += b"\0" * pad
+        buf += opts
+        buf += _END_OPTS
+        buf += _TRAILER.pack(total)
+        self.packets += 1
+
+
+# ---------------------------------------------------------------- files
+
+
+def _create(path: str) -> int:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)  # umask-proof, and fixes the mode of a file we overwrote
+    return fd
+
+
+def _cause(err: OSError) -> str:
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "disk full"
+    if err.errno == errno.EPIPE:
+        return "reader went away"
+    return "I/O error"
+
+
+class PcapngOutput:
+    """pcapng file (or ``-`` for stdout) with tcpdump-style rotation.
+
+    ``rotate_bytes`` (``-C``, in bytes: the CLI multiplies by 1,000,000),
+    ``rotate_seconds`` (``-G``, ``path`` may hold strftime patterns) and
+    ``rotate_count`` (``-W``, keep that many files: with ``-C`` the names cycle
+    through ``path0..path{N-1}`` like tcpdump; with ``-G`` the oldest file is
+    deleted).  Every file is complete: SHB, IDB, names and a handshake for
+    every flow that continues into it.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        rotate_bytes: int | None = None,
+        rotate_count: int | None = None,
+        rotate_seconds: float | None = None,
+        snaplen: int = 0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if path == "-" and (rotate_bytes or rotate_seconds):
+            raise ValueError("cannot rotate files when writing to stdout (-w -)")
+        if rotate_count and not (rotate_bytes or rotate_seconds):
+            raise ValueError("-W needs -C or -G")
+        self._pattern = path
+        self._rotate_bytes = rotate_bytes or 0
+        self._rotate_seconds = rotate_seconds or 0.0
+        self._count = rotate_count or 0
+        self._framer = Framer(snaplen)
+        self._buf = bytearray()
+        self._kept: deque[str] = deque()
+        self._index = 0
+        self._failed: OutputError | None = None
+        self._closed = False
+        self._clock = clock
+        self._start = clock()
+        self._fd = -1
+        self._size = 0  # bytes in the current file
+        self._file_first = self._durable = 0  # packet counts: before this file, written
+        self._deadline = float("inf")
+        self.name = ""  # the file being written now
+        self._open_file(self._start)
+
+    @property
+    def packets(self) -> int:
+        """Packets produced so far, all files together."""
+        return self._framer.packets
+
+    # -- Output ----------------------------------------------------------
+
+    def write(self, batch: Sequence[Record]) -> None:
+        self._check()
+        buf, add = self._buf, self._framer.add
+        limit = self._rotate_bytes or float("inf")
+        for rec in batch:
+            if self._size + len(buf) > limit or rec.ts >= self._deadline:
+                self._rotate(rec.ts)
+                buf = self._buf
+            add(buf, rec)
+        if len(buf) >= FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        self._check()
+        self._drain()
+
+    def close(self, stats: CaptureStats) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._failed is None:
+                self._framer.finish(self._buf)
+                self._framer.statistics(self._buf, stats, self._start, self._clock())
+                self._drain()
+        finally:
+            self._close_fd()
+
+    # -- files -----------------------------------------------------------
+
+    def _check(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+        if self._closed:
+            raise OutputError(f"{self.name}: output already closed")
+
+    def _name(self, ts: float) -> str:
+        name = self._pattern
+        if self._rotate_seconds:
+            name = time.strftime(name, time.localtime(ts))
+        if self._rotate_bytes and (self._index or self._count):
+            width = len(str(self._count - 1)) if self._count else 0
+            number = self._index % self._count if self._count else self._index
+            name += str(number).zfill(width)
+        return name
+
+    def _open_file(self, ts: float) -> None:
+        self.name = self._name(ts)
+        if self._pattern == "-":
+            self.name = "<stdout>"
+            self._fd = sys.stdout.fileno()
+        else:
+            try:
+                self._fd = _create(self.name)
+            except OSError as err:
+                raise OutputError(f"cannot create {self.name}: {err.strerror}") from err
+            self._keep(self.name)
+        self._size = 0
+        self._file_first = self._durable = self._framer.packets
+        self._deadline = ts + self._rotate_seconds if self._rotate_seconds else float("inf")
+        self._framer.preamble(self._buf, ts)
+        self._drain()
+
+    def _keep(self, name: str) -> None:
+        if not self._count:
+            return
+        if name in self._kept:
+            self._kept.remove(name)
+        self._kept.append(name)
+        while len(self._kept) > self._count:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._kept.popleft())
+
+    def _rotate(self, ts: float) -> None:
+        self._drain()
+        self._close_fd()
+        if ts >= self._deadline:
+            self._index = 0  # -C numbering restarts in every -G period, like tcpdump
+        else:
+            self._index += 1
+        self._open_file(ts)
+
+    def _close_fd(self) -> None:
+        if self._fd >= 0 and self._pattern != "-":
+            os.close(self._fd)
+        self._fd = -1
+
+    def _drain(self) -> None:
+        """Write the buffer out (one system call unless the kernel takes less)."""
+        if not self._buf:
+            return
+        view = memoryview(self._buf)
+        written = 0
+        try:
+            while written < len(view):
+                written += os.write(self._fd, view[written:])
+        except OSError as err:
+            readable = self._durable - self._file_first
+            if self._pattern != "-":
+                with contextlib.suppress(OSError):  # drop the partial block
+                    os.ftruncate(self._fd, self._size)
+            self._failed = OutputError(
+                f"{_cause(err)} writing {self.name}: {err.strerror}; capture stopped; "
+                f"file is readable up to packet {readable}"
+            )
+            raise self._failed from err
+        finally:
+            view.release()
+        self._buf = bytearray()
+        self._size += written
+        self._durable = self._framer.packets

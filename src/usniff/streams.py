@@ -1,0 +1,265 @@
+"""Per-connection reassembly of :class:`~usniff.events.Record` objects.
+
+A connection is the pair of socket inodes (``conn_key``).  Each direction is an
+independent byte stream numbered by the sender's stream offset.  Records of one
+socket may arrive slightly out of order (they are produced on different CPUs),
+so every direction keeps a small reorder buffer (a heap keyed by offset).  The
+buffer is bounded: when it holds too many records or bytes, or its head has
+waited too long (in capture time), the hole in front of it is declared a gap.
+
+Rules:
+
+* offset 0 starts a stream at once; a direction whose first record has a
+  higher offset (seen mid-stream) waits in the reorder buffer like any hole,
+  and when the buffer gives up, its lowest offset is where the stream starts
+  for us (no gap before it); records that end before that point are dropped
+  and counted in ``stats.late``,
+* loss records become ``Gap(reason="lost")``, snap-length truncation becomes
+  ``Gap(reason="truncated")`` after the kept bytes, holes still open at
+  ``flush()``/close become ``Gap(reason="missing")``,
+* overlapping/duplicate bytes are delivered once,
+* the server side is the socket that owns the bound address
+  (``path_is_own``); without one (socketpair) the lower inode is the
+  ``CLIENT`` ("A") side.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from .events import Record
+
+ConnKey = tuple[int, int] | tuple[int, int, str]
+
+
+def conn_key(rec: Record) -> ConnKey:
+    """Connection identity: sorted inode pair, or (inode, 0, path) for unconnected datagrams."""
+    if rec.peer_inode:
+        return (min(rec.inode, rec.peer_inode), max(rec.inode, rec.peer_inode))
+    return (rec.inode, 0, rec.path)
+
+
+class Direction(IntEnum):
+    CLIENT = 0  # sent by the client (requests); the "A" side of a socketpair
+    SERVER = 1  # sent by the server (replies)
+
+
+@dataclass(frozen=True, slots=True)
+class Open:
+    conn: ConnKey
+    ts: float
+    sock_type: str
+    path: str
+    client_inode: int
+    server_inode: int
+    roles_known: bool  # False when no side owns a bound address (socketpair)
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    conn: ConnKey
+    direction: Direction
+    offset: int
+    data: bytes
+    ts: float
+    pid: int
+    comm: str
+    peer_pid: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    conn: ConnKey
+    direction: Direction
+    offset: int
+    length: int
+    ts: float
+    reason: str  # "lost" | "truncated" | "missing"
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    conn: ConnKey
+    direction: Direction
+    ts: float
+
+
+StreamEvent = Open | Data | Gap | Close
+
+
+@dataclass(slots=True)
+class AssemblerStats:
+    records: int = 0
+    duplicates: int = 0  # records whose bytes had all been delivered already
+    late: int = 0  # records that ended before the point where the stream started for us
+    gaps: int = 0
+    gap_bytes: int = 0
+    reorder_gaps: int = 0  # holes given up on because the reorder buffer was full or stale
+
+
+@dataclass(slots=True)
+class _Side:
+    start: int | None = None
+    next: int = 0
+    heap: list[tuple[int, int, Record]] = field(default_factory=list)
+    pending_bytes: int = 0
+    closed: bool = False
+
+
+@dataclass(slots=True)
+class _Conn:
+    key: ConnKey
+    server_inode: int
+    sides: tuple[_Side, _Side] = field(default_factory=lambda: (_Side(), _Side()))
+
+
+class StreamAssembler:
+    """Turn Records (any order within the reorder window) into ordered stream events."""
+
+    def __init__(
+        self,
+        max_pending_records: int = 256,
+        max_pending_bytes: int = 8 << 20,
+        max_delay: float = 1.0,
+    ) -> None:
+        self.max_pending_records = max_pending_records
+        self.max_pending_bytes = max_pending_bytes
+        self.max_delay = max_delay
+        self.stats = AssemblerStats()
+        self._conns: dict[ConnKey, _Conn] = {}
+        self._seq = 0
+
+    def feed(self, rec: Record) -> list[StreamEvent]:
+        self.stats.records += 1
+        key = conn_key(rec)
+        events: list[StreamEvent] = []
+        conn = self._conns.get(key)
+        if conn is None:
+            if rec.kind == "close":
+                return events
+            conn = self._open(key, rec, events)
+        direction = Direction.SERVER if rec.inode == conn.server_inode else Direction.CLIENT
+        side = conn.sides[direction]
+        if rec.kind == "close":  # deliver everything buffered for the connection first
+            events += self._drain_all(conn, rec.ts)
+            side.closed = True
+            events.append(Close(key, direction, rec.ts))
+            if all(s.closed for s in conn.sides) or not rec.peer_inode:
+                del self._conns[key]
+            return events
+        end = rec.offset + rec.length
+        if side.start is None:
+            if rec.offset == 0:
+                side.start = 0
+        elif end <= side.next:
+            if end <= side.start:
+                self.stats.late += 1
+            else:
+                self.stats.duplicates += 1
+            return events
+        self._seq += 1
+        heapq.heappush(side.heap, (rec.offset, self._seq, rec))
+        side.pending_bytes += rec.length
+        if side.start is None:  # seen mid-stream: both directions start together
+            if self._stale(side, rec.ts):
+                events += self._drain_all(conn, rec.ts)
+        else:
+            self._drain(conn, direction, rec.ts, force=False, out=events)
+        return events
+
+    def flush(self) -> list[StreamEvent]:
+        """End of input: deliver everything still buffered, holes become gaps."""
+        events: list[StreamEvent] = []
+        for conn in self._conns.values():
+            events += self._drain_all(conn, float("inf"))
+        return events
+
+    def _drain_all(self, conn: _Conn, now: float) -> list[StreamEvent]:
+        """Force out both directions, interleaved by capture time (requests before replies)."""
+        per_direction: tuple[list[StreamEvent], list[StreamEvent]] = ([], [])
+        for direction in Direction:
+            self._drain(conn, direction, now, force=True, out=per_direction[direction])
+        return list(heapq.merge(*per_direction, key=lambda ev: ev.ts))
+
+    def _open(self, key: ConnKey, rec: Record, events: list[StreamEvent]) -> _Conn:
+        if rec.path_is_own:
+            client, server, known = rec.peer_inode, rec.inode, True
+        elif rec.path and rec.peer_inode:
+            client, server, known = rec.inode, rec.peer_inode, True
+        elif rec.peer_inode:
+            client, server, known = (
+                min(rec.inode, rec.peer_inode),
+                max(rec.inode, rec.peer_inode),
+                False,
+            )
+        else:  # unconnected datagram: only the sender exists
+            client, server, known = rec.inode, 0, bool(rec.path)
+        conn = _Conn(key, server)
+        self._conns[key] = conn
+        events.append(Open(key, rec.ts, rec.sock_type, rec.path, client, server, known))
+        return conn
+
+    def _drain(
+        self, conn: _Conn, direction: Direction, now: float, force: bool, out: list[StreamEvent]
+    ) -> None:
+        side = conn.sides[direction]
+        heap = side.heap
+        while heap:
+            off, _, rec = heap[0]
+            if side.start is None or off > side.next:
+                if not force and not self._stale(side, now):
+                    return
+                if side.start is None:
+                    side.start = side.next = off
+                else:
+                    self.stats.reorder_gaps += not force
+                    self._gap(conn, direction, side.next, off - side.next, rec.ts, "missing", out)
+                    side.next = off
+            heapq.heappop(heap)
+            side.pending_bytes -= rec.length
+            self._deliver(conn, direction, side, rec, out)
+
+    def _stale(self, side: _Side, now: float) -> bool:
+        """Stop waiting for the bytes in front of the reorder buffer?"""
+        return (
+            len(side.heap) > self.max_pending_records
+            or side.pending_bytes > self.max_pending_bytes
+            or now - side.heap[0][2].ts > self.max_delay
+        )
+
+    def _deliver(
+        self, conn: _Conn, direction: Direction, side: _Side, rec: Record, out: list[StreamEvent]
+    ) -> None:
+        start, end = side.next, rec.offset + rec.length
+        if end <= start:
+            self.stats.duplicates += 1
+            return
+        side.next = end
+        if rec.kind == "lost":
+            self._gap(conn, direction, start, end - start, rec.ts, "lost", out)
+            return
+        data_end = rec.offset + len(rec.data)
+        if data_end > start:
+            chunk = rec.data[start - rec.offset :]
+            out.append(
+                Data(conn.key, direction, start, chunk, rec.ts, rec.pid, rec.comm, rec.peer_pid)
+            )
+            start = data_end
+        if end > start:
+            self._gap(conn, direction, start, end - start, rec.ts, "truncated", out)
+
+    def _gap(
+        self,
+        conn: _Conn,
+        direction: Direction,
+        offset: int,
+        length: int,
+        ts: float,
+        reason: str,
+        out: list[StreamEvent],
+    ) -> None:
+        self.stats.gaps += 1
+        self.stats.gap_bytes += length
+        out.append(Gap(conn.key, direction, offset, length, ts, reason))

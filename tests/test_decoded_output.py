@@ -1,0 +1,109 @@
+"""DecodedOutput (the CLI glue): text lines, JSON lines, statistics, redaction, detection."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import pytest
+from conftest import capture
+
+from usniff.decode import DecodedOutput, Decoding, Stats, percentile
+from usniff.decoders.base import Transaction
+from usniff.decoders.detect import detect
+from usniff.events import CaptureStats
+
+
+def run(name: str, **kw: object) -> tuple[str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    output = DecodedOutput(out, stats_stream=err, **kw)  # type: ignore[arg-type]
+    records = capture(name)
+    for i in range(0, len(records), 50):  # batches, as capture delivers them
+        output.write(records[i : i + 50])
+        output.flush()
+    output.close(CaptureStats())
+    return out.getvalue(), err.getvalue()
+
+
+def test_text_lines() -> None:
+    text, err = run("redis")
+    line = next(x for x in text.splitlines() if "SET user:42" in x)
+    assert re.fullmatch(
+        r"\d\d:\d\d:\d\d\.\d{6} redis-cli\[\d+\] -> redis-server\[\d+\]  "
+        r'SET user:42 "\{\\"name\\":\\"ann\\",\\"age\\":42\}"  \+OK  \d+\.\d{3} ms',
+        line,
+    ), line
+    assert err == ""
+    text, _ = run("mysql")
+    line = next(x for x in text.splitlines() if "SELECT customer FROM orders" in x)
+    assert re.fullmatch(
+        r"\S+ python\d*\[\d+\] -> mariadbd\[\d+\]  conn 8 db=shop  "
+        r"SELECT customer FROM orders WHERE id = 2  -> 1 row  \d+\.\d{3} ms",
+        line,
+    ), line
+
+
+def test_json_lines_have_all_fields() -> None:
+    text, _ = run("mysql", fmt="json")
+    rows = [json.loads(x) for x in text.splitlines()]
+    txs = [r for r in rows if r["type"] == "transaction"]
+    fields = set(Transaction.__dataclass_fields__) | {"type", "latency"}
+    assert all(set(r) == fields for r in txs)
+    [err] = [r for r in txs if r["request"] == "SELECT * FROM missing_table"]
+    assert err["error"] is True and err["details"]["error_code"] == 1146
+    assert err["latency"] == pytest.approx(err["ts_reply"] - err["ts_request"])
+    assert err["client_comm"] == "python" and err["server_comm"] == "mariadbd"
+    assert {r["kind"] for r in rows if r["type"] == "notice"} == {"greeting", "label"}
+
+
+def test_stats_table_printed_at_exit() -> None:
+    _, err = run("redis", stats=True)
+    set_row = next(x for x in err.splitlines() if re.search(r"\bresp\s+│\s*SET\s", x))
+    cells = [c.strip() for c in set_row.split("│")]
+    count, errors = int(cells[3]), int(cells[4])
+    expected = sum(
+        1
+        for t in Decoding().feed(capture("redis"))
+        if isinstance(t, Transaction) and t.command == "SET"
+    )
+    assert count >= expected - 5 and errors == 0  # the last connection is closed at exit
+    assert "slowest requests" in err and "BLPOP empty:queue 0.2" in err
+
+
+def test_stats_aggregates() -> None:
+    stats = Stats(top=2)
+    for i, latency in enumerate((0.001, 0.002, 0.003, 0.010)):
+        tx = Transaction("resp", "GET", f"GET k{i}", "(nil)", i == 3, 0.0, latency, 10, 5)
+        stats.add(tx)
+    row = stats.rows[("resp", "GET")]
+    assert (row.count, row.errors, row.bytes_in, row.bytes_out) == (4, 1, 40, 20)
+    assert percentile(row.latencies, 50) == 0.002 and percentile(row.latencies, 99) == 0.010
+    assert [t for _, _, t in sorted(stats.slowest)] == [" GET k2", " GET k3"]
+
+
+def test_redact_option() -> None:
+    text, _ = run("redis", redact=True)
+    assert "s3cret" not in "".join(x for x in text.splitlines() if "ACL SETUSER" not in x)
+    assert "HELLO 3 AUTH app ***" in text
+
+
+def test_forced_protocol_and_labels() -> None:
+    text, _ = run("redis", protocol="mysql")
+    assert "[undecodable]" not in text and "SET user:42" not in text  # never synced: silent
+    with pytest.raises(ValueError):
+        DecodedOutput(io.StringIO(), protocol="raw")
+
+
+def test_detect() -> None:
+    assert detect(b"*1\r\n$4\r\nPING\r\n", b"") == "resp"
+    assert detect(b"PING\r\n", b"") == "resp"
+    assert detect(b"", b"+PONG\r\n") == "resp"
+    assert detect(b"", b"\x0a\x00\x00\x00\x0a5.5.5-10.11\x00" + bytes(60)) == "mysql"
+    assert detect(b"\x01\x00\x00\x00\x0e", b"") == "mysql"
+    assert detect(b"\x00\x00\x00\x08\x04\xd2\x16\x2f", b"") == "postgres"
+    assert detect(b"\x00\x00\x00\x29\x00\x03\x00\x00user\x00", b"") == "postgres"
+    assert detect(b"GET / HTTP/1.1\r\n", b"") == "http"
+    assert detect(b"\x16\x03\x01\x02\x00", b"") == "tls"
+    assert detect(b"\x00" * 3, b"") is None
+    assert detect(b"\x00" * 64, b"\x01" * 64) == "unknown"

@@ -1,0 +1,80 @@
+"""The extcap interface, as the real tshark sees it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from pcap_helpers import REDIS_EXCHANGE, TSHARK, Conn, tshark
+
+from usniff import extcap
+from usniff.events import CaptureStats
+from usniff.outputs.base import Output
+
+pytestmark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    assert extcap.main(list(argv)) == 0
+    return capsys.readouterr().out
+
+
+def test_protocol_answers(capsys: pytest.CaptureFixture[str]) -> None:
+    out = run_main(capsys, "--extcap-interfaces")
+    assert "interface {value=usniff}{display=Unix sockets (usniff)}" in out
+    assert run_main(capsys, "--extcap-dlts", "--extcap-interface", "usniff").startswith(
+        "dlt {number=101}"
+    )
+    config = run_main(capsys, "--extcap-config", "--extcap-interface", "usniff")
+    assert "{call=--path}" in config and "{call=--pid}" in config
+    assert "value {arg=2}{value=resp}{display=resp}{default=false}" in config
+    assert extcap.main(["--extcap-dlts", "--extcap-interface", "eth0"]) == 1
+
+
+@pytest.fixture
+def installed() -> object:
+    """The launcher in Wireshark's own extcap directory (tshark ignores
+    WIRESHARK_EXTCAP_DIR when run as root, and the venv's python is not
+    reachable by other users here)."""
+    directory = extcap.extcap_dir()
+    if not os.access(os.path.dirname(directory.rstrip("/")) or "/", os.W_OK):
+        pytest.skip(f"cannot write to Wireshark's extcap directory {directory}")
+    path = extcap.install(directory)
+    yield path
+    os.unlink(path)
+
+
+def test_tshark_lists_and_configures_the_interface(installed: str) -> None:
+    assert os.access(installed, os.X_OK)
+    assert "usniff (Unix sockets (usniff))" in tshark("-D")
+    assert "RAW (Unix sockets as TCP/IPv4)" in tshark("-i", "usniff", "-L")
+
+
+def test_capture_writes_pcapng_into_the_fifo(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    seen: list[extcap.CaptureOptions] = []
+
+    def source(options: extcap.CaptureOptions, output: Output) -> None:
+        seen.append(options)
+        output.write(Conn().exchange(REDIS_EXCHANGE))
+        output.close(CaptureStats())
+
+    assert TSHARK
+    reader = subprocess.Popen(
+        [TSHARK, "-r", str(fifo), "-Y", "resp", "-T", "fields", "-e", "resp.bulk_string.value"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    argv = ["--capture", "--extcap-interface", "usniff", "--fifo", str(fifo), "--path", "/run/x"]
+    try:
+        assert extcap.main(argv, source) == 0
+        out, _ = reader.communicate(timeout=60)
+    finally:
+        reader.kill()
+        reader.wait()
+    assert seen[0].path == "/run/x" and seen[0].pid is None
+    assert out.splitlines()[0] == "534554,6b6579,76616c7565"

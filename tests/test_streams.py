@@ -1,0 +1,191 @@
+from __future__ import annotations
+
+import dataclasses
+import random
+
+from conftest import capture
+
+from usniff.events import Record
+from usniff.streams import (
+    Close,
+    Data,
+    Direction,
+    Gap,
+    Open,
+    StreamAssembler,
+    StreamEvent,
+    conn_key,
+)
+
+CLIENT, SERVER = 100, 200
+
+
+def rec(
+    offset: int, data: bytes = b"", *, inode: int = CLIENT, ts: float = 0.0, **kw: object
+) -> Record:
+    own = inode == SERVER
+    peer = SERVER if inode == CLIENT else CLIENT
+    fields: dict[str, object] = dict(
+        ts=ts, pid=1, tid=1, uid=0, comm="c", inode=inode, peer_inode=peer, sock_type="stream",
+        path="/run/x.sock", path_is_own=own, offset=offset, length=len(data), data=data,
+    )  # fmt: skip
+    fields.update(kw)
+    return Record(**fields)  # type: ignore[arg-type]
+
+
+def run(records: list[Record], **kw: int | float) -> list[StreamEvent]:
+    asm = StreamAssembler(**kw)  # type: ignore[arg-type]
+    out: list[StreamEvent] = []
+    for r in records:
+        out += asm.feed(r)
+    return out + asm.flush()
+
+
+def stream(events: list[StreamEvent], direction: Direction) -> list[tuple[str, int, object]]:
+    got: list[tuple[str, int, object]] = []
+    for ev in events:
+        if isinstance(ev, Data) and ev.direction is direction:
+            got.append(("data", ev.offset, ev.data))
+        elif isinstance(ev, Gap) and ev.direction is direction:
+            got.append((ev.reason, ev.offset, ev.length))
+    return got
+
+
+def test_roles_open_and_in_order_delivery() -> None:
+    events = run([rec(0, b"GET"), rec(0, b"+OK", inode=SERVER), rec(3, b" k")])
+    assert isinstance(events[0], Open)
+    assert (events[0].client_inode, events[0].server_inode, events[0].roles_known) == (
+        CLIENT, SERVER, True,
+    )  # fmt: skip
+    assert stream(events, Direction.CLIENT) == [("data", 0, b"GET"), ("data", 3, b" k")]
+    assert stream(events, Direction.SERVER) == [("data", 0, b"+OK")]
+
+
+def test_socketpair_lower_inode_is_client() -> None:
+    events = run([rec(0, b"x", inode=SERVER, path="", path_is_own=False)])
+    assert isinstance(events[0], Open)
+    assert (events[0].client_inode, events[0].roles_known) == (CLIENT, False)
+    assert stream(events, Direction.SERVER) == [("data", 0, b"x")]
+
+
+def test_reorder_within_window() -> None:
+    events = run([rec(4, b"efgh"), rec(0, b"abcd"), rec(12, b"mn"), rec(8, b"ijkl")])
+    assert stream(events, Direction.CLIENT)[1:] == [
+        ("data", 4, b"efgh"), ("data", 8, b"ijkl"), ("data", 12, b"mn"),
+    ]  # fmt: skip
+
+
+def test_mid_stream_start_waits_for_reordering_then_starts_at_lowest_offset() -> None:
+    asm = StreamAssembler(max_pending_records=2)
+    events = asm.feed(rec(1000, b"abc")) + asm.feed(rec(990, b"0123456789"))
+    assert stream(events, Direction.CLIENT) == []
+    events = asm.feed(rec(1003, b"d"))
+    assert stream(events, Direction.CLIENT) == [
+        ("data", 990, b"0123456789"), ("data", 1000, b"abc"), ("data", 1003, b"d"),
+    ]  # fmt: skip
+    assert asm.feed(rec(980, b"late")) == []
+    assert asm.stats.late == 1
+
+
+def test_overlap_and_duplicates_delivered_once() -> None:
+    asm = StreamAssembler()
+    events: list[StreamEvent] = []
+    for r in (rec(0, b"abcd"), rec(2, b"cdef"), rec(0, b"abcd")):
+        events += asm.feed(r)
+    assert stream(events, Direction.CLIENT) == [("data", 0, b"abcd"), ("data", 4, b"ef")]
+    assert asm.stats.duplicates == 1
+
+
+def test_loss_record_becomes_gap() -> None:
+    lost = rec(3, kind="lost", lost=5, length=5)
+    events = run([rec(0, b"abc"), lost, rec(8, b"xyz")])
+    assert stream(events, Direction.CLIENT) == [
+        ("data", 0, b"abc"), ("lost", 3, 5), ("data", 8, b"xyz"),
+    ]  # fmt: skip
+
+
+def test_snaplen_truncation_becomes_gap() -> None:
+    events = run([rec(0, b"ab", length=10), rec(10, b"z")])
+    assert stream(events, Direction.CLIENT) == [
+        ("data", 0, b"ab"), ("truncated", 2, 8), ("data", 10, b"z"),
+    ]  # fmt: skip
+
+
+def test_hole_still_missing_at_flush_becomes_gap() -> None:
+    events = run([rec(0, b"ab"), rec(5, b"fg")])
+    assert stream(events, Direction.CLIENT) == [
+        ("data", 0, b"ab"),
+        ("missing", 2, 3),
+        ("data", 5, b"fg"),
+    ]
+
+
+def test_reorder_buffer_is_bounded() -> None:
+    asm = StreamAssembler(max_pending_records=3)
+    events: list[StreamEvent] = []
+    events += asm.feed(rec(0, b"a"))
+    for off in range(2, 7):  # offset 1 never comes
+        events += asm.feed(rec(off, b"x"))
+    assert stream(events, Direction.CLIENT)[:3] == [
+        ("data", 0, b"a"),
+        ("missing", 1, 1),
+        ("data", 2, b"x"),
+    ]
+    assert asm.stats.reorder_gaps == 1
+
+
+def test_stale_hole_gives_up_after_max_delay() -> None:
+    asm = StreamAssembler(max_delay=0.5)
+    events = asm.feed(rec(0, b"a", ts=1.0)) + asm.feed(rec(2, b"c", ts=1.0))
+    assert stream(events, Direction.CLIENT) == [("data", 0, b"a")]
+    events = asm.feed(rec(3, b"d", ts=2.0))
+    assert stream(events, Direction.CLIENT) == [
+        ("missing", 1, 1),
+        ("data", 2, b"c"),
+        ("data", 3, b"d"),
+    ]
+
+
+def test_close_flushes_direction_and_forgets_connection() -> None:
+    asm = StreamAssembler()
+    events = asm.feed(rec(0, b"a")) + asm.feed(rec(5, b"f"))
+    events += asm.feed(rec(0, kind="close"))
+    assert stream(events, Direction.CLIENT) == [
+        ("data", 0, b"a"),
+        ("missing", 1, 4),
+        ("data", 5, b"f"),
+    ]
+    assert isinstance(events[-1], Close) and events[-1].direction is Direction.CLIENT
+    events = asm.feed(rec(0, kind="close", inode=SERVER))
+    assert [type(e) for e in events] == [Close]
+    assert asm.feed(rec(0, kind="close")) == []  # connection already forgotten
+
+
+def test_conn_key() -> None:
+    assert conn_key(rec(0, b"x", inode=SERVER)) == (CLIENT, SERVER)
+    dgram = rec(0, b"x", peer_inode=0, sock_type="dgram", path="/dev/log")
+    assert conn_key(dgram) == (CLIENT, 0, "/dev/log")
+
+
+def test_real_capture_survives_local_reordering() -> None:
+    """Shuffling records within a small window reproduces exactly the same byte streams."""
+    records = list(capture("redis"))
+    shuffled = []
+    rng = random.Random(7)
+    for i in range(0, len(records), 4):
+        window = records[i : i + 4]
+        rng.shuffle(window)
+        shuffled += window
+    # same wall clock for all so the stale timer never fires
+    shuffled = [dataclasses.replace(r, ts=0.0) for r in shuffled]
+
+    def streams(evs: list[StreamEvent]) -> dict[tuple[object, int], bytes]:
+        out: dict[tuple[object, int], bytes] = {}
+        for ev in evs:
+            assert not isinstance(ev, Gap)
+            if isinstance(ev, Data):
+                out[(ev.conn, ev.direction)] = out.get((ev.conn, ev.direction), b"") + ev.data
+        return out
+
+    assert streams(run(shuffled)) == streams(run(records))
+    assert sum(len(v) for v in streams(run(records)).values()) == sum(len(r.data) for r in records)

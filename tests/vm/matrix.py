@@ -1,0 +1,245 @@
+#!/usr/bin/env python3
+"""Run usniff's live capture tests on every kernel x backend, each in a fresh guest.
+
+    python tests/vm/matrix.py                     # all fetched kernels, all backends
+    python tests/vm/matrix.py --kernels 6.1 --backends fentry -v
+
+For each cell the guest (tests/vm/run.py) runs, with USNIFF_BACKEND forced:
+  1. guest/probe.py: can this kernel attach what the backend needs at all?
+     (an independent libbpf program: fexit, kretprobe, tp_btf, syscall tracepoint)
+  2. guest/loadcheck.py: does `usniff --backend B` load, and stop on SIGINT?
+  3. if it loaded: pytest on the live tests (default: `tests -m root`).
+A cell passes when usniff loads exactly where the kernel can attach the backend's
+hooks (a clear refusal elsewhere is the expected result), stops cleanly, and its
+tests ran and passed.  The table goes to stdout and into docs/kernel-matrix.md;
+guest console logs go to tests/vm/cache/logs/.  Exit status 1 if any cell failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from kernels import CACHE, REPO, VM_DIR, Kernel, find_kernel, load_index
+from run import NO_STATUS, TIMEOUT_STATUS, Console, run_vm
+
+BACKENDS = ("fentry", "kprobe", "tracepoint")
+# probe.py kinds each backend's hooks need
+NEEDS = {"fentry": ("fentry",), "kprobe": ("kprobe",), "tracepoint": ("tp_btf", "syscall_tp")}
+PROBE_SRC = VM_DIR / "guest" / "probe.bpf.c"
+PROBE_OBJ = CACHE / "probe.bpf.o"
+LOGS = CACHE / "logs"
+DOC = REPO / "docs" / "kernel-matrix.md"
+BEGIN, END = "<!-- matrix:begin -->", "<!-- matrix:end -->"
+
+
+@dataclass
+class Cell:
+    kernel: Kernel
+    backend: str
+    kernel_can: str = "?"  # "yes" or why not
+    usniff: str = "?"  # "loaded (...)" / "refused: ..."
+    tests: str = "-"  # "12 passed, 0 failed, 1 skipped"
+    problem: str = ""  # empty when the cell passed
+    seconds: float = 0.0
+
+
+class Tee:
+    def __init__(self, *streams: Console) -> None:
+        self.streams = streams
+
+    def write(self, text: str, /) -> int:
+        for s in self.streams:
+            s.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for s in self.streams:
+            s.flush()
+
+
+def build_probe() -> None:
+    if PROBE_OBJ.is_file() and PROBE_OBJ.stat().st_mtime >= PROBE_SRC.stat().st_mtime:
+        return
+    if not shutil.which("clang"):
+        raise SystemExit("clang is missing: apt-get install clang libbpf-dev")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    flags = ["-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu"]
+    subprocess.run(["clang", *flags, "-c", str(PROBE_SRC), "-o", str(PROBE_OBJ)], check=True)
+
+
+def guest_command(backend: str, pytest_args: list[str]) -> list[str]:
+    out = "/mnt/out"  # run.py's result share in the guest
+    pytest = ["python", "-m", "pytest", *pytest_args, "-p", "no:cacheprovider"]
+    pytest.append(f"--junitxml={out}/junit.xml")
+    probe = ["python", "tests/vm/guest/probe.py", str(PROBE_OBJ.relative_to(REPO))]
+    probe += ["--json", f"{out}/probe.json", *NEEDS[backend]]
+    load = ["python", "tests/vm/guest/loadcheck.py", backend, "--json", f"{out}/load.json"]
+    script = (
+        f"{shlex.join(probe)}; {shlex.join(load)} && USNIFF_BACKEND={backend} {shlex.join(pytest)}"
+    )
+    return ["sh", "-c", script]
+
+
+def junit_counts(path: Path) -> tuple[int, int, int]:
+    """(passed, failed incl. errors, skipped) from pytest's junit XML."""
+    suites = ET.parse(path).getroot().iter("testsuite")
+    total = failed = skipped = 0
+    for suite in suites:
+        total += int(suite.get("tests", 0))
+        failed += int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+        skipped += int(suite.get("skipped", 0))
+    return total - failed - skipped, failed, skipped
+
+
+def run_cell(cell: Cell, pytest_args: list[str], args: argparse.Namespace) -> None:
+    out = CACHE / "out" / f"{cell.kernel.release}-{cell.backend}"
+    shutil.rmtree(out, ignore_errors=True)
+    LOGS.mkdir(parents=True, exist_ok=True)
+    log_path = LOGS / f"{cell.kernel.release}-{cell.backend}.log"
+    started = time.monotonic()
+    with log_path.open("w") as log:
+        console = Tee(log, sys.stdout) if args.verbose else log
+        status = run_vm(
+            cell.kernel.series,
+            guest_command(cell.backend, pytest_args),
+            out_dir=out,
+            timeout=args.timeout,
+            accel=args.accel,
+            console=console,
+        )
+    cell.seconds = time.monotonic() - started
+    judge(cell, status, out)
+    if cell.problem and not args.verbose:
+        lines = log_path.read_text(errors="replace").splitlines()
+        print(f"--- last 40 lines of {log_path}", *lines[-40:], "---", sep="\n")
+
+
+def judge(cell: Cell, status: int, out: Path) -> None:
+    if status in (TIMEOUT_STATUS, NO_STATUS):
+        cell.problem = "guest timed out" if status == TIMEOUT_STATUS else "guest crashed"
+    probe_file, load_file, junit = out / "probe.json", out / "load.json", out / "junit.xml"
+    if not probe_file.is_file():
+        cell.problem = cell.problem or "the kernel probe did not run"
+        return
+    probe: dict[str, str] = json.loads(probe_file.read_text())
+    missing = [f"no {k}: {v.removeprefix('error: ')}" for k, v in probe.items() if v != "ok"]
+    cell.kernel_can = "; ".join(missing) if missing else "yes"
+    if not load_file.is_file():
+        cell.problem = cell.problem or "the load check did not run"
+        return
+    load: dict[str, str | bool] = json.loads(load_file.read_text())
+    loaded, detail = bool(load["loaded"]), str(load["detail"])
+    cell.usniff = f"loaded ({detail})" if loaded else f"refused: {detail}"
+    if loaded != (not missing):
+        cell.problem = cell.problem or (
+            "usniff loaded where the kernel lacks the hooks"
+            if loaded
+            else "usniff refused although the kernel has the hooks"
+        )
+        return
+    if not loaded:
+        if load.get("traceback"):
+            cell.problem = cell.problem or "usniff died with a traceback instead of refusing"
+        return  # the expected refusal
+    if load.get("stop_problem"):
+        cell.problem = cell.problem or f"usniff {load['stop_problem']}"
+    if not junit.is_file():
+        cell.problem = cell.problem or f"pytest wrote no report (guest exit status {status})"
+        return
+    passed, failed, skipped = junit_counts(junit)
+    cell.tests = f"{passed} passed, {failed} failed, {skipped} skipped"
+    if failed:
+        cell.problem = cell.problem or f"{failed} tests failed"
+    elif not passed:
+        cell.problem = cell.problem or "no live test passed"
+    elif status != 0:
+        cell.problem = cell.problem or f"pytest exit status {status}"
+
+
+def table(cells: list[Cell]) -> str:
+    rows = [
+        "| kernel | Debian package | backend | kernel can attach its hooks | usniff "
+        "| live tests | result | time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in cells:
+        result = f"FAIL: {c.problem}" if c.problem else "ok"
+        cols = [c.kernel.release, c.kernel.version, c.backend, c.kernel_can, c.usniff, c.tests]
+        cols += [result, f"{c.seconds:.0f} s"]
+        rows.append("| " + " | ".join(col.replace("|", "\\|") for col in cols) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def write_doc(report: str) -> None:
+    text = DOC.read_text() if DOC.is_file() else f"# Kernel matrix\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{DOC} lacks the {BEGIN} ... {END} markers the table goes between")
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    DOC.write_text(f"{head}{BEGIN}\n{report}{END}{tail}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--kernels", help="comma-separated series (default: all fetched)")
+    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated")
+    parser.add_argument("--accel", choices=("tcg", "kvm"), default="tcg")
+    parser.add_argument("--timeout", type=float, default=1500, help="seconds per guest")
+    parser.add_argument(
+        "--pytest-args",
+        default="tests -m root -q -rfEs",
+        help="what the guest passes to pytest (default: %(default)s)",
+    )
+    parser.add_argument("--no-doc", action="store_true", help=f"do not update {DOC.name}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="stream guest consoles")
+    args = parser.parse_args()
+
+    series = args.kernels.split(",") if args.kernels else list(load_index())
+    if not series:
+        raise SystemExit("no kernels fetched: run `python tests/vm/fetch_kernels.py`")
+    backends = args.backends.split(",")
+    if unknown := set(backends) - set(BACKENDS):
+        parser.error(f"unknown backends {', '.join(sorted(unknown))}")
+    kernels = [find_kernel(s) for s in series]
+    build_probe()
+
+    started = time.monotonic()
+    cells = [Cell(k, b) for k in kernels for b in backends]
+    for cell in cells:
+        print(f"== {cell.kernel.release} {cell.backend}", flush=True)
+        run_cell(cell, shlex.split(args.pytest_args), args)
+        verdict = f"FAIL: {cell.problem}" if cell.problem else "ok"
+        print(
+            f"== {cell.kernel.release} {cell.backend}: {verdict} "
+            f"({cell.usniff}; {cell.tests}) in {cell.seconds:.0f} s",
+            flush=True,
+        )
+    took = time.monotonic() - started
+
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    report = (
+        f"Last run: {when}, {args.accel.upper()}, {took / 60:.1f} min in all, "
+        f"pytest `{args.pytest_args}`.\n\n{table(cells)}"
+    )
+    print("\n" + report)
+    if not args.no_doc:
+        write_doc(report)
+    failed = sum(bool(c.problem) for c in cells)
+    print(f"matrix: {len(cells) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
