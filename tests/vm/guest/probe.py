@@ -53,7 +53,7 @@ class Libbpf:
         self.lib.libbpf_set_print(self._printer)
 
     def _collect(self, level: int, fmt: bytes, args: int) -> int:
-        buf = ctypes.create_string_buffer(1024)
+        buf = ctypes.create_string_buffer(8192)
         self.libc.vsnprintf(
             buf, ctypes.c_size_t(len(buf)), ctypes.c_char_p(fmt), ctypes.c_void_p(args)
         )

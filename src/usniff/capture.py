@@ -1,0 +1,354 @@
+"""Load the BPF object, pick a backend, program the filters, yield Records.
+
+Knows nothing about protocols or files: it turns ring-buffer records (layout
+in ``ebpf/usniff.h``) into :class:`usniff.events.Record` batches.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from . import libbpf, sockets
+from .events import (
+    FLAG_ADDR,
+    FLAG_MSG_END,
+    FLAG_MSG_START,
+    SOCK_TYPES,
+    CaptureStats,
+    Record,
+)
+from .ringbuf import RingBuffer
+
+BACKENDS = ("fentry", "kprobe", "tracepoint")
+_SECTION_BACKEND = {
+    "fentry": "fentry",
+    "fexit": "fentry",
+    "kprobe": "kprobe",
+    "kretprobe": "kprobe",
+    "tracepoint": "tracepoint",
+    "tp_btf": "tracepoint",
+}
+TYPE_BITS = {"stream": 1, "dgram": 2, "seqpacket": 5}
+
+# struct usniff_event (ebpf/usniff.h)
+_EVENT = struct.Struct("<QQQQIIIIIIHHHHB7x16s")
+EV_DATA, EV_LOST, EV_SOCK, EV_DEST = 1, 2, 3, 4
+_CONFIG = struct.Struct("<IIBBBB")
+_STATE = struct.Struct("<QQQBB6x")  # struct sock_state
+ADDR_MAX = 108
+DEFAULT_BUFFER = 64 << 20
+
+
+class CaptureError(Exception):
+    """A problem the user can fix; the message says how."""
+
+
+@dataclass
+class CaptureOptions:
+    paths: list[str] = field(default_factory=list)  # filesystem paths and "@abstract" names
+    pids: list[int] = field(default_factory=list)
+    comms: list[str] = field(default_factory=list)
+    types: list[str] = field(default_factory=list)
+    snaplen: int = 0
+    buffer_size: int = DEFAULT_BUFFER
+    backend: str = "auto"
+    log: object = None  # Callable[[int, str], None] for libbpf messages
+
+
+def bpf_object_path() -> str:
+    env = os.environ.get("USNIFF_BPF_OBJECT")
+    if env:
+        return env
+    return str(resources.files("usniff") / "bpf" / "usniff.bpf.o")
+
+
+def kernel_dev(st_dev: int) -> int:
+    """User-space dev_t -> the kernel's internal encoding (major << 20 | minor)."""
+    return (os.major(st_dev) << 20) | os.minor(st_dev)
+
+
+def name_key(name: bytes) -> bytes:
+    return struct.pack("<I", len(name)) + name.ljust(ADDR_MAX, b"\0")
+
+
+def _ring_size(n: int) -> int:
+    """Round up to a power of two, at least one page (the kernel requires both)."""
+    size = 4096
+    while size < n:
+        size <<= 1
+    return size
+
+
+def check_environment() -> None:
+    if os.geteuid() != 0:
+        raise CaptureError(
+            "usniff needs root (or CAP_BPF + CAP_PERFMON) to load eBPF programs: "
+            "run it with sudo"
+        )
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        raise CaptureError(
+            "this kernel has no BTF (/sys/kernel/btf/vmlinux missing): usniff needs a kernel "
+            "built with CONFIG_DEBUG_INFO_BTF=y (every current Debian/Ubuntu/RHEL kernel is)"
+        )
+    try:
+        libbpf.lib()
+    except OSError as e:
+        raise CaptureError(str(e)) from None
+    obj = bpf_object_path()
+    if not Path(obj).exists():
+        raise CaptureError(f"BPF object {obj} is missing: build it with `make bpf`")
+
+
+@dataclass
+class _Filters:
+    paths: list[tuple[int, int]] = field(default_factory=list)
+    names: list[bytes] = field(default_factory=list)
+
+
+def resolve_filters(specs: list[str]) -> _Filters:
+    f = _Filters()
+    for spec in specs:
+        if spec.startswith("@"):
+            f.names.append(b"\0" + spec[1:].encode())
+            continue
+        try:
+            st = os.stat(spec)
+        except FileNotFoundError:
+            raise CaptureError(f"--path {spec}: no such file") from None
+        except OSError as e:
+            raise CaptureError(f"--path {spec}: {e.strerror}") from None
+        if not stat.S_ISSOCK(st.st_mode):
+            raise CaptureError(f"--path {spec}: not a Unix socket (it is a {_kind(st.st_mode)})")
+        f.paths.append((kernel_dev(st.st_dev), st.st_ino))
+        # datagrams sent to an address by name (sendto) are matched by the name
+        for name in {spec, os.path.abspath(spec), os.path.realpath(spec)}:
+            f.names.append(name.encode())
+    return f
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISREG(mode):
+        return "regular file"
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    return "special file"
+
+
+def _backend_of(section: str) -> str:
+    return _SECTION_BACKEND.get(section.split("/", 1)[0], "")
+
+
+class Capture:
+    """One loaded backend: ``batches()`` yields lists of Records until stopped."""
+
+    def __init__(self, opts: CaptureOptions) -> None:
+        self.opts = opts
+        self.reasons: dict[str, str] = {}
+        self.stats = CaptureStats()
+        self._filters = resolve_filters(opts.paths)
+        for t in opts.types:
+            if t not in TYPE_BITS:
+                raise CaptureError(f"--type {t}: choose stream, dgram or seqpacket")
+        check_environment()
+        if opts.log is not None:
+            libbpf.set_log(opts.log)  # type: ignore[arg-type]
+        else:
+            libbpf.set_log(None)
+        self._obj = self._load_backend()
+        self._ring = RingBuffer(self._obj.map("events").fd, self._ring_bytes)
+        self._clock = time.time() - time.monotonic()
+        self._sock_info: dict[int, tuple[str, bool]] = {}
+        self._dest: dict[int, str] = {}
+        self._in_dest: dict[int, str] = {}
+        self._batch: list[Record] = []
+
+    # ------------------------------------------------------------------ load
+    def _load_backend(self) -> libbpf.Object:
+        wanted = BACKENDS if self.opts.backend == "auto" else (self.opts.backend,)
+        if self.opts.backend not in ("auto", *BACKENDS):
+            raise CaptureError(f"--backend {self.opts.backend}: choose auto, {', '.join(BACKENDS)}")
+        self._ring_bytes = _ring_size(self.opts.buffer_size)
+        for name in wanted:
+            try:
+                obj = self._try(name)
+            except libbpf.LibbpfError as e:
+                self.reasons[name] = _explain(name, e)
+                continue
+            self.stats.backend = name
+            return obj
+        detail = "; ".join(f"{b}: {r}" for b, r in self.reasons.items())
+        raise CaptureError(f"no capture backend could be loaded ({detail})")
+
+    def _try(self, backend: str) -> libbpf.Object:
+        obj = libbpf.Object(bpf_object_path())
+        try:
+            for prog in obj.programs():
+                prog.set_autoload(_backend_of(prog.section) == backend)
+            obj.map("events").set_max_entries(self._ring_bytes)
+            obj.map("scratch_map").set_max_entries(libbpf.num_possible_cpus())
+            obj.load()
+            self._program(obj)
+            obj.attach()
+        except BaseException:
+            obj.close()
+            raise
+        return obj
+
+    def _program(self, obj: libbpf.Object) -> None:
+        o, f = self.opts, self._filters
+        for dev, ino in f.paths:
+            obj.map("path_filter").update(struct.pack("<QQ", dev, ino), b"\1")
+        for name in f.names:
+            obj.map("name_filter").update(name_key(name), b"\1")
+        for pid in o.pids:
+            obj.map("pid_filter").update(struct.pack("<I", pid), b"\1")
+        for comm in o.comms:
+            obj.map("comm_filter").update(comm.encode()[:15].ljust(16, b"\0"), b"\1")
+        mask = 0
+        for t in o.types:
+            mask |= 1 << TYPE_BITS[t]
+        cfg = _CONFIG.pack(
+            os.getpid(),
+            o.snaplen,
+            int(bool(f.paths or f.names)),
+            int(bool(o.pids)),
+            int(bool(o.comms)),
+            mask,
+        )
+        obj.map("cfg_map").update(b"\0\0\0\0", cfg.ljust(12, b"\0"))
+
+    # --------------------------------------------------------------- records
+    def _handle(self, rec: memoryview) -> None:
+        (ts, offset, ino, peer, pid, tid, uid, ppid, length, caplen, kind, flags, stype,
+         addr_len, own, comm) = _EVENT.unpack_from(rec, 0)  # fmt: skip
+        body = rec[_EVENT.size :]
+        if kind == EV_SOCK:
+            self._sock_info[ino] = (_addr(body[:addr_len]), bool(own))
+            return
+        if kind == EV_DEST:
+            self._dest[ino] = _addr(body[:addr_len])
+            return
+        path, is_own = self._sock_info.get(ino) or self._lookup(ino, peer)
+        if flags & FLAG_MSG_START:
+            dest = self._dest.pop(ino, None)
+            if dest is not None:
+                self._in_dest[ino] = dest
+            else:
+                self._in_dest.pop(ino, None)
+        dest = self._in_dest.get(ino)
+        if dest is not None:
+            path, is_own, flags = dest, False, flags | FLAG_ADDR
+            if flags & FLAG_MSG_END:
+                del self._in_dest[ino]
+        r = Record(
+            ts=self._clock + ts / 1e9,
+            pid=pid,
+            tid=tid,
+            uid=uid,
+            comm=comm.split(b"\0", 1)[0].decode(errors="replace"),
+            inode=ino,
+            peer_inode=peer,
+            sock_type=SOCK_TYPES.get(stype, str(stype)),
+            path=path,
+            path_is_own=is_own,
+            offset=offset,
+            length=length,
+            flags=flags,
+            peer_pid=ppid,
+        )
+        st = self.stats
+        if kind == EV_LOST:
+            r.kind, r.lost = "lost", length
+            st.lost_records += 1
+            st.lost_bytes += length
+            st.per_socket_lost[ino] = st.per_socket_lost.get(ino, 0) + length
+        else:
+            r.data = bytes(body[:caplen])
+            st.records += 1
+            st.bytes += length
+            st.bytes_kept += caplen
+        self._batch.append(r)
+
+    def _lookup(self, ino: int, peer: int) -> tuple[str, bool]:
+        """Fallback when the socket's announcement was lost: ask sock_diag."""
+        own = sockets.address_of(ino)
+        info = (own, True) if own else (sockets.address_of(peer) if peer else "", False)
+        self._sock_info[ino] = info
+        return info
+
+    def poll(self, timeout: float) -> list[Record]:
+        """Wait up to ``timeout`` s for data; return what the ring holds (maybe [])."""
+        if not self._ring.pending():
+            self._ring.wait(timeout)
+        self._ring.drain(self._handle, limit=self._ring_bytes // 2)
+        batch, self._batch = self._batch, []
+        return batch
+
+    def batches(self, timeout: float = 0.2) -> Iterator[list[Record]]:
+        while True:
+            yield self.poll(timeout)
+
+    def finish(self) -> list[Record]:
+        """Drain what is left and report losses still pending in the kernel."""
+        self._ring.drain(self._handle)
+        sockets_map = self._obj.map("sockets")
+        now = time.time()
+        for key in list(sockets_map.keys(8)):
+            try:
+                off, lost_off, lost_len, _, _ = _STATE.unpack(sockets_map.lookup(key, _STATE.size))
+            except libbpf.LibbpfError:
+                continue
+            if not lost_len:
+                continue
+            ino = struct.unpack("<Q", key)[0]
+            path, own = self._sock_info.get(ino, ("", False))
+            self._batch.append(
+                Record(now, 0, 0, 0, "", ino, 0, "stream", path, own, lost_off, lost_len,
+                       lost=lost_len, kind="lost")  # fmt: skip
+            )
+            self.stats.lost_records += 1
+            self.stats.lost_bytes += lost_len
+            self.stats.per_socket_lost[ino] = self.stats.per_socket_lost.get(ino, 0) + lost_len
+        batch, self._batch = self._batch, []
+        return batch
+
+    def kernel_stats(self) -> dict[str, int]:
+        """Counters kept by the BPF programs (summed over CPUs)."""
+        ncpu = libbpf.num_possible_cpus()
+        out = {}
+        stats_map = self._obj.map("stats")
+        for i, name in enumerate(("records", "bytes", "lost_records", "lost_bytes")):
+            raw = stats_map.lookup(struct.pack("<I", i), 8 * ncpu)
+            out[name] = sum(struct.unpack(f"<{ncpu}Q", raw))
+        return out
+
+    def close(self) -> None:
+        self._ring.close()
+        self._obj.close()
+
+
+def _addr(raw: memoryview | bytes) -> str:
+    b = bytes(raw)
+    if b[:1] == b"\0":
+        return "@" + b[1:].decode(errors="backslashreplace")
+    return b.split(b"\0", 1)[0].decode(errors="backslashreplace")
+
+
+def _explain(backend: str, e: libbpf.LibbpfError) -> str:
+    if backend == "fentry" and e.errno in (errno.EPERM, errno.EOPNOTSUPP, 524):
+        return f"BPF trampolines unavailable on this kernel ({e})"
+    if backend == "kprobe" and e.errno in (errno.EPERM, errno.ENOENT, errno.EOPNOTSUPP, 524):
+        return f"kprobes unavailable on this kernel ({e})"
+    if backend == "tracepoint" and e.errno in (errno.ESRCH, errno.ENOENT, errno.EINVAL):
+        return f"no sock_send_length tracepoint (needs kernel >= 6.3) ({e})"
+    return str(e)

@@ -1,0 +1,84 @@
+"""The capture loop: Capture -> outputs, with -c, --duration and clean stops."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+from .capture import Capture, CaptureOptions
+from .events import CaptureStats, Record
+from .outputs.base import Output
+
+FLUSH_EVERY = 1.0
+
+
+class _Stop:
+    """SIGINT/SIGTERM set a flag; the loop notices within one poll timeout."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> _Stop:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)  # type: ignore[arg-type]
+
+
+def run(
+    cap: Capture,
+    outputs: Sequence[Output],
+    count: int = 0,
+    duration: float = 0.0,
+) -> CaptureStats:
+    """Poll until -c records, --duration seconds or a signal; close outputs."""
+    emitted = 0
+    deadline = time.monotonic() + duration if duration else float("inf")
+    next_flush = time.monotonic() + FLUSH_EVERY
+    try:
+        with _Stop() as stop:
+            while not stop.requested:
+                now = time.monotonic()
+                if now >= deadline:
+                    break
+                batch = cap.poll(min(0.2, max(0.0, deadline - now)))
+                if count and emitted + len(batch) >= count:
+                    _write(outputs, batch[: count - emitted])
+                    emitted = count
+                    break
+                emitted += len(batch)
+                _write(outputs, batch)
+                if time.monotonic() >= next_flush:
+                    for out in outputs:
+                        out.flush()
+                    next_flush = time.monotonic() + FLUSH_EVERY
+            if not count or emitted < count:
+                _write(outputs, cap.finish())
+    finally:
+        for out in outputs:
+            out.close(cap.stats)
+        cap.close()
+    return cap.stats
+
+
+def _write(outputs: Sequence[Output], batch: list[Record]) -> None:
+    if batch:
+        for out in outputs:
+            out.write(batch)
+
+
+def run_capture(options: object, output: Output) -> None:
+    """Entry point for the Wireshark extcap (usniff.extcap.CaptureOptions)."""
+    path = getattr(options, "path", None)
+    pid = getattr(options, "pid", None)
+    opts = CaptureOptions(paths=[path] if path else [], pids=[pid] if pid else [])
+    run(Capture(opts), [output])

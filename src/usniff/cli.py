@@ -1,0 +1,289 @@
+"""Command line: `usniff [capture options]`, `usniff list`, `usniff read`, `usniff extcap`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, TextIO
+
+import click
+
+from . import __version__
+from .capture import BACKENDS, DEFAULT_BUFFER, Capture, CaptureError, CaptureOptions
+from .capture_main import run
+from .events import CaptureStats
+from .outputs.base import Output, OutputError
+
+EXAMPLES = """
+\b
+Examples:
+  usniff --path /run/redis.sock              decoded Redis commands and replies, live
+  usniff --path /run/mysqld/mysqld.sock -w q.pcapng      capture for Wireshark
+  usniff --pid 1234 -A                       all Unix-socket traffic of a process, ASCII
+  usniff -X --type dgram                     hex dump of every datagram socket
+  usniff --format json | jq .                one JSON object per record
+  usniff list                                Unix sockets (like ss -xp)
+  usniff read q.pcapng --stats               decode a capture offline (no root)
+"""
+
+PROTOCOLS = ("auto", "resp", "mysql", "raw")
+
+
+def parse_size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().removesuffix("b").removesuffix("i")
+    mult = units.get(t[-1:], 1)
+    try:
+        return int(float(t[:-1] if t[-1:] in units else t) * mult)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a size (e.g. 64M)") from None
+
+
+def _log(verbose: bool) -> Any:
+    if not verbose:
+        return None
+    return lambda level, msg: click.echo(f"libbpf: {msg}", err=True)
+
+
+def _byte_view(ascii_: bool, hexdump: bool, fmt: str, protocol: str | None) -> bool:
+    """Byte views (-A, -X, JSON records) unless a decoder was asked for."""
+    if protocol is not None:
+        return protocol == "raw"
+    return ascii_ or hexdump or fmt == "json"
+
+
+def make_outputs(
+    stream: TextIO,
+    *,
+    write: str | None,
+    rotate_mb: float | None,
+    rotate_count: int | None,
+    rotate_seconds: float | None,
+    snaplen: int,
+    ascii_: bool,
+    hexdump: bool,
+    fmt: str,
+    protocol: str | None,
+    stats: bool,
+    redact: bool,
+) -> list[Output]:
+    outputs: list[Output] = []
+    if write:
+        from .outputs.pcapng import PcapngOutput
+
+        try:
+            outputs.append(
+                PcapngOutput(
+                    write,
+                    rotate_bytes=int(rotate_mb * 1_000_000) if rotate_mb else None,
+                    rotate_count=rotate_count,
+                    rotate_seconds=rotate_seconds,
+                    snaplen=snaplen,
+                )
+            )
+        except ValueError as e:
+            raise click.UsageError(str(e)) from None
+        if write == "-" and not stats:
+            return outputs  # stdout carries pcapng only
+    if write and not stats:
+        return outputs
+    if _byte_view(ascii_, hexdump, fmt, protocol) and not stats:
+        from .outputs.raw import JsonOutput, TextOutput
+
+        if fmt == "json":
+            outputs.append(JsonOutput(stream))
+        else:
+            outputs.append(TextOutput(stream, "ascii" if ascii_ else "hex" if hexdump else "preview"))
+    else:
+        from .decode import DecodedOutput
+
+        proto = protocol if protocol and protocol != "raw" else "auto"
+        quiet = bool(write)  # -w FILE --stats: only the table, on stderr
+        outputs.append(
+            DecodedOutput(
+                open(os.devnull, "w") if quiet else stream, proto, fmt, stats=stats, redact=redact
+            )
+        )
+    return outputs
+
+
+def summary(stats: CaptureStats) -> str:
+    text = (
+        f"usniff: {stats.records} records, {stats.bytes} bytes captured "
+        f"({stats.bytes_kept} kept), {stats.lost_bytes} bytes lost "
+        f"({stats.lost_records} loss records), backend {stats.backend}"
+    )
+    for ino, lost in sorted(stats.per_socket_lost.items()):
+        text += f"\nusniff:   socket {ino}: {lost} bytes lost"
+    return text
+
+
+@click.group(
+    invoke_without_command=True,
+    epilog=EXAMPLES,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(__version__, prog_name="usniff")
+@click.option("--path", "paths", multiple=True, metavar="PATH|@NAME",
+              help="Socket file or @abstract name (either end; repeatable).")
+@click.option("--pid", "pids", multiple=True, type=int, help="Process id on either end (repeatable).")
+@click.option("--comm", "comms", multiple=True, help="Sending process name (repeatable).")
+@click.option("--type", "types", multiple=True,
+              type=click.Choice(["stream", "dgram", "seqpacket"]), help="Socket type (repeatable).")
+@click.option("-s", "--snaplen", type=int, default=0, show_default=True,
+              help="Bytes kept per message; 0 keeps every byte.")
+@click.option("-c", "--count", type=int, default=0, help="Stop after N records.")
+@click.option("--duration", type=float, default=0.0, help="Stop after S seconds.")
+@click.option("-A", "ascii_", is_flag=True, help="Print payloads as ASCII.")
+@click.option("-X", "hexdump", is_flag=True, help="Print payloads as hex and ASCII.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+@click.option("-w", "write", metavar="FILE", help="Write pcapng (Wireshark) to FILE, '-' = stdout.")
+@click.option("-C", "rotate_mb", type=float, help="Rotate -w files every N million bytes.")
+@click.option("-W", "rotate_count", type=int, help="Keep at most N rotated files.")
+@click.option("-G", "rotate_seconds", type=float, help="Rotate -w files every N seconds.")
+@click.option("--protocol", type=click.Choice(PROTOCOLS),
+              help="Decoder: auto (default for text), resp, mysql, raw (default for -A/-X/json).")
+@click.option("--stats", is_flag=True, help="Live per-command latency table; printed at exit.")
+@click.option("--redact", is_flag=True, help="Mask passwords (AUTH, MySQL auth, IDENTIFIED BY).")
+@click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto",
+              show_default=True)
+@click.option("--buffer-size", "buffer_size", default=f"{DEFAULT_BUFFER >> 20}M",
+              show_default=True, help="Kernel ring buffer size.")
+@click.option("-v", "--verbose", is_flag=True, help="Show backend selection and libbpf's log.")
+@click.pass_context
+def main(ctx: click.Context, **kw: Any) -> None:  # fmt: skip
+    """usniff: capture and decode traffic on Unix domain sockets (eBPF)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    opts = CaptureOptions(
+        paths=list(kw["paths"]),
+        pids=list(kw["pids"]),
+        comms=list(kw["comms"]),
+        types=list(kw["types"]),
+        snaplen=kw["snaplen"],
+        buffer_size=parse_size(kw["buffer_size"]),
+        backend=kw["backend"],
+        log=_log(kw["verbose"]),
+    )
+    try:
+        cap = Capture(opts)
+    except CaptureError as e:
+        raise click.ClickException(str(e)) from None
+    if kw["verbose"]:
+        for backend, reason in cap.reasons.items():
+            click.echo(f"usniff: backend {backend} not used: {reason}", err=True)
+    click.echo(f"usniff: capturing with the {cap.stats.backend} backend", err=True)
+    try:
+        outputs = make_outputs(
+            click.get_text_stream("stdout"),
+            write=kw["write"],
+            rotate_mb=kw["rotate_mb"],
+            rotate_count=kw["rotate_count"],
+            rotate_seconds=kw["rotate_seconds"],
+            snaplen=kw["snaplen"],
+            ascii_=kw["ascii_"],
+            hexdump=kw["hexdump"],
+            fmt=kw["fmt"],
+            protocol=kw["protocol"],
+            stats=kw["stats"],
+            redact=kw["redact"],
+        )
+    except OutputError as e:
+        cap.close()
+        raise click.ClickException(str(e)) from None
+    status = 0
+    try:
+        stats = run(cap, outputs, count=kw["count"], duration=kw["duration"])
+    except OutputError as e:
+        click.echo(f"usniff: {e}", err=True)
+        stats, status = cap.stats, 1
+    except BrokenPipeError:
+        sys.stderr.write(summary(cap.stats) + "\n")
+        os._exit(0)  # the reader went away (e.g. `| head`): nothing more to say
+    click.echo(summary(stats), err=True)
+    ctx.exit(status)
+
+
+@main.command("list")
+@click.option("--path", "path_filter", help="Only sockets whose path contains this.")
+def list_cmd(path_filter: str | None) -> None:
+    """Unix sockets: path, type, state, inode, peer inode, processes (like `ss -xp`)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .sockets import list_sockets
+
+    try:
+        socks = list_sockets()
+    except OSError as e:
+        raise click.ClickException(f"cannot list sockets (sock_diag): {e}") from None
+    table = Table(box=None, header_style="bold")
+    for col in ("path", "type", "state", "inode", "peer", "processes"):
+        table.add_column(col, justify="right" if col in ("inode", "peer") else "left")
+    for s in sorted(socks, key=lambda s: (s.path == "", s.path, s.inode)):
+        if path_filter and path_filter not in s.path:
+            continue
+        procs = ",".join(f"{c}[{p}]" for p, c in s.procs)
+        table.add_row(s.path or "-", s.type, s.state, str(s.inode), str(s.peer or "-"), procs)
+    Console(width=200 if not sys.stdout.isatty() else None).print(table)
+
+
+@main.command("read")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--protocol", type=click.Choice(PROTOCOLS), help="Decoder (default auto).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.option("--stats", is_flag=True, help="Per-command latency table.")
+@click.option("--redact", is_flag=True, help="Mask passwords.")
+@click.option("-A", "ascii_", is_flag=True, help="Print payloads as ASCII (raw records).")
+@click.option("-X", "hexdump", is_flag=True, help="Print payloads as hex and ASCII (raw records).")
+@click.option("--dissect", type=click.Choice(["usniff", "wireshark"]), default="usniff",
+              show_default=True, help="Whose dissectors decode the file.")
+def read_cmd(file: str, protocol: str | None, fmt: str, stats: bool, redact: bool,
+             ascii_: bool, hexdump: bool, dissect: str) -> None:  # fmt: skip
+    """Decode a pcap/pcapng file offline (usniff's, or a tcpdump capture of Redis/MySQL)."""
+    from .pcapread import PcapReadError, dissect_wireshark, read_records
+
+    out = click.get_text_stream("stdout")
+    if dissect == "wireshark":
+        for pkt in dissect_wireshark(file):
+            fields = " ".join(f"{k}={v}" for k, v in pkt.fields.items())
+            out.write(f"{pkt.number} {pkt.ts:.6f} {pkt.protocol} {fields}\n")
+        return
+    outputs = make_outputs(
+        out, write=None, rotate_mb=None, rotate_count=None, rotate_seconds=None, snaplen=0,
+        ascii_=ascii_, hexdump=hexdump, fmt=fmt, protocol=protocol, stats=stats, redact=redact,
+    )  # fmt: skip
+    stats_ = CaptureStats(backend="file")
+    try:
+        batch = []
+        for rec in read_records(file):
+            batch.append(rec)
+            if rec.kind == "lost":
+                stats_.lost_records += 1
+                stats_.lost_bytes += rec.lost
+            else:
+                stats_.records += 1
+                stats_.bytes += rec.length
+            if len(batch) >= 4096:
+                for o in outputs:
+                    o.write(batch)
+                batch = []
+        for o in outputs:
+            o.write(batch)
+    except PcapReadError as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        for o in outputs:
+            o.close(stats_)
+
+
+@main.command(
+    "extcap", context_settings={"ignore_unknown_options": True, "allow_extra_args": True}
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def extcap_cmd(args: tuple[str, ...]) -> None:
+    """Wireshark extcap interface; `usniff extcap --install` registers it."""
+    from .extcap import main as extcap_main
+
+    sys.exit(extcap_main(list(args)))

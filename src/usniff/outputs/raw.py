@@ -1,0 +1,127 @@
+"""Byte views of captured records: text (tcpdump-like) and JSON lines."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+from usniff.events import FLAG_TRUNCATED, CaptureStats, Record
+
+PREVIEW = 64  # bytes shown by default (use -A or -X for all)
+
+
+def direction(rec: Record) -> str:
+    """Which end sent it: the side owning the address is the server."""
+    if not rec.path:
+        return "peer"
+    return "server" if rec.path_is_own else "client"
+
+
+def escaped(data: bytes, limit: int = PREVIEW) -> str:
+    text = data[:limit].decode("latin-1").encode("unicode_escape").decode("ascii")
+    text = text.replace('"', '\\"')
+    return f'"{text}"' + ("..." if len(data) > limit else "")
+
+
+def ascii_view(data: bytes) -> str:
+    """tcpdump -A: printable bytes and newlines as is, the rest as '.'."""
+    return "".join(chr(b) if 32 <= b < 127 or b in (10, 9) else "." for b in data)
+
+
+def hex_view(data: bytes) -> str:
+    """tcpdump -X: offset, 16 bytes of hex in pairs, ASCII."""
+    lines = []
+    for i in range(0, len(data), 16):
+        row = data[i : i + 16]
+        hexpart = " ".join(row[j : j + 2].hex() for j in range(0, len(row), 2))
+        text = "".join(chr(b) if 32 <= b < 127 else "." for b in row)
+        lines.append(f"\t0x{i:04x}:  {hexpart:<39}  {text}")
+    return "\n".join(lines)
+
+
+def header(rec: Record) -> str:
+    clock = time.strftime("%H:%M:%S", time.localtime(rec.ts)) + f".{int(rec.ts % 1 * 1e6):06d}"
+    peer = rec.peer_inode or "-"
+    where = rec.path or "(unnamed)"
+    head = (
+        f"{clock} {rec.comm}[{rec.pid}/{rec.tid}] {rec.sock_type} ino {rec.inode}>{peer} "
+        f"{where} {direction(rec)} off {rec.offset}"
+    )
+    if rec.kind == "lost":
+        return f"{head} LOST {rec.lost} bytes"
+    cut = f" (kept {len(rec.data)})" if rec.flags & FLAG_TRUNCATED else ""
+    return f"{head} len {rec.length}{cut}"
+
+
+class TextOutput:
+    """One header line per record, then the bytes: preview, -A or -X."""
+
+    def __init__(self, stream: TextIO, view: str = "preview") -> None:
+        self.stream = stream
+        self.view = view
+
+    def write(self, batch: Sequence[Record]) -> None:
+        out = []
+        for rec in batch:
+            line = header(rec)
+            if rec.kind == "lost" or not rec.data:
+                out.append(line)
+            elif self.view == "ascii":
+                out.append(line + "\n" + ascii_view(rec.data))
+            elif self.view == "hex":
+                out.append(line + "\n" + hex_view(rec.data))
+            else:
+                out.append(line + " " + escaped(rec.data))
+        if out:
+            self.stream.write("\n".join(out) + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close(self, stats: CaptureStats) -> None:
+        self.stream.flush()
+
+
+def record_json(rec: Record) -> dict[str, object]:
+    obj: dict[str, object] = {
+        "ts": round(rec.ts, 6),
+        "pid": rec.pid,
+        "tid": rec.tid,
+        "uid": rec.uid,
+        "comm": rec.comm,
+        "inode": rec.inode,
+        "peer_inode": rec.peer_inode,
+        "peer_pid": rec.peer_pid,
+        "path": rec.path,
+        "direction": direction(rec),
+        "type": rec.sock_type,
+        "offset": rec.offset,
+        "len": rec.length,
+    }
+    if rec.kind == "lost":
+        obj["lost"] = rec.lost
+    else:
+        obj["data"] = base64.b64encode(rec.data).decode("ascii")
+        if rec.flags & FLAG_TRUNCATED:
+            obj["caplen"] = len(rec.data)
+    return obj
+
+
+class JsonOutput:
+    """One JSON object per record (jq-friendly)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, batch: Sequence[Record]) -> None:
+        if batch:
+            self.stream.write("".join(json.dumps(record_json(r)) + "\n" for r in batch))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close(self, stats: CaptureStats) -> None:
+        self.stream.flush()

@@ -1,0 +1,123 @@
+"""The machine's Unix sockets, as `ss -xp` shows them (NETLINK_SOCK_DIAG).
+
+Used by `usniff list` and by capture when a socket's own announcement was
+lost.  The kernel answers inode, type, state, bound name, peer inode and the
+socket file's (dev, inode); pid/comm come from /proc/*/fd.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from dataclasses import dataclass, field
+
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST, NLM_F_DUMP = 1, 0x300
+NLMSG_DONE, NLMSG_ERROR = 3, 2
+UDIAG_SHOW_NAME, UDIAG_SHOW_VFS, UDIAG_SHOW_PEER = 1, 2, 4
+UNIX_DIAG_NAME, UNIX_DIAG_VFS, UNIX_DIAG_PEER = 0, 1, 2
+STATES = {1: "ESTAB", 7: "UNCONN", 10: "LISTEN", 2: "SYN_SENT", 8: "CLOSE_WAIT"}
+TYPES = {1: "stream", 2: "dgram", 5: "seqpacket"}
+
+
+@dataclass
+class UnixSocket:
+    inode: int
+    type: str
+    state: str
+    path: str = ""
+    peer: int = 0
+    vfs: tuple[int, int] | None = None  # (dev, inode) of the socket file
+    procs: list[tuple[int, str]] = field(default_factory=list)
+
+
+def _dump() -> list[UnixSocket]:
+    req = struct.pack(
+        "<BBHIIIII", socket.AF_UNIX, 0, 0, 0xFFFFFFFF, 0,
+        UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER, 0xFFFFFFFF, 0xFFFFFFFF,
+    )  # fmt: skip
+    msg = struct.pack("<IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
+    out: list[UnixSocket] = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as nl:
+        nl.sendall(msg + req)
+        while True:
+            buf = nl.recv(1 << 20)
+            pos = 0
+            while pos + 16 <= len(buf):
+                ln, typ = struct.unpack_from("<IH", buf, pos)
+                if typ == NLMSG_DONE:
+                    return out
+                if typ == NLMSG_ERROR:
+                    err = -struct.unpack_from("<i", buf, pos + 16)[0]
+                    raise OSError(err, f"sock_diag: {os.strerror(err)}")
+                out.append(_parse(buf[pos + 16 : pos + ln]))
+                pos += (ln + 3) & ~3
+
+
+def _parse(m: bytes) -> UnixSocket:
+    _fam, typ, state, _pad, ino = struct.unpack_from("<BBBBI", m, 0)
+    s = UnixSocket(ino, TYPES.get(typ, str(typ)), STATES.get(state, str(state)))
+    pos = 16
+    while pos + 4 <= len(m):
+        alen, atype = struct.unpack_from("<HH", m, pos)
+        val = m[pos + 4 : pos + alen]
+        if atype == UNIX_DIAG_NAME:
+            s.path = "@" + val[1:].decode(errors="replace") if val[:1] == b"\0" else val.decode(
+                errors="replace"
+            )
+        elif atype == UNIX_DIAG_PEER:
+            s.peer = struct.unpack("<I", val[:4])[0]
+        elif atype == UNIX_DIAG_VFS:
+            ino_, dev = struct.unpack("<II", val[:8])
+            s.vfs = (dev, ino_)
+        if alen < 4:
+            break
+        pos += (alen + 3) & ~3
+    return s
+
+
+def _owners() -> dict[int, list[tuple[int, str]]]:
+    """socket inode -> [(pid, comm)] from /proc/*/fd."""
+    owners: dict[int, list[tuple[int, str]]] = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                comm = f.read().strip()
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                entry = (int(pid), comm)
+                lst = owners.setdefault(int(target[8:-1]), [])
+                if entry not in lst:
+                    lst.append(entry)
+    return owners
+
+
+def list_sockets(with_procs: bool = True) -> list[UnixSocket]:
+    socks = _dump()
+    if with_procs:
+        owners = _owners()
+        for s in socks:
+            s.procs = owners.get(s.inode, [])
+    return socks
+
+
+def address_of(inode: int) -> str:
+    """The bound address of the socket with this inode, or ""."""
+    try:
+        for s in _dump():
+            if s.inode == inode:
+                return s.path
+    except OSError:
+        pass
+    return ""
