@@ -8,7 +8,7 @@ ARCH := $(shell uname -m | sed 's/x86_64/x86/;s/aarch64/arm64/')
 VMLINUX_BTF ?= /sys/kernel/btf/vmlinux
 BPF_OBJ := src/usniff/bpf/usniff.bpf.o
 
-.PHONY: all bpf test test-fast lint bench test-kernels clean
+.PHONY: all bpf test test-fast lint bench clean
 
 all: bpf
 

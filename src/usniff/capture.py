@@ -11,8 +11,8 @@ import os
 import stat
 import struct
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -45,6 +45,7 @@ _CONFIG = struct.Struct("<IIBBBB")
 _STATE = struct.Struct("<QQQBB6x")  # struct sock_state
 ADDR_MAX = 108
 DEFAULT_BUFFER = 64 << 20
+CLOSE_CHECK = 1.0  # seconds between checks for sockets that went away
 
 
 class CaptureError(Exception):
@@ -60,7 +61,7 @@ class CaptureOptions:
     snaplen: int = 0
     buffer_size: int = DEFAULT_BUFFER
     backend: str = "auto"
-    log: object = None  # Callable[[int, str], None] for libbpf messages
+    log: Callable[[int, str], None] | None = None  # libbpf's messages (--verbose)
 
 
 def bpf_object_path() -> str:
@@ -90,8 +91,7 @@ def _ring_size(n: int) -> int:
 def check_environment() -> None:
     if os.geteuid() != 0:
         raise CaptureError(
-            "usniff needs root (or CAP_BPF + CAP_PERFMON) to load eBPF programs: "
-            "run it with sudo"
+            "usniff needs root (or CAP_BPF + CAP_PERFMON) to load eBPF programs: run it with sudo"
         )
     if not Path("/sys/kernel/btf/vmlinux").exists():
         raise CaptureError(
@@ -160,10 +160,7 @@ class Capture:
             if t not in TYPE_BITS:
                 raise CaptureError(f"--type {t}: choose stream, dgram or seqpacket")
         check_environment()
-        if opts.log is not None:
-            libbpf.set_log(opts.log)  # type: ignore[arg-type]
-        else:
-            libbpf.set_log(None)
+        libbpf.set_log(opts.log)
         self._obj = self._load_backend()
         self._ring = RingBuffer(self._obj.map("events").fd, self._ring_bytes)
         self._clock = time.time() - time.monotonic()
@@ -171,6 +168,8 @@ class Capture:
         self._dest: dict[int, str] = {}
         self._in_dest: dict[int, str] = {}
         self._batch: list[Record] = []
+        self._last: dict[int, Record] = {}  # newest record per socket, for close records
+        self._next_close_check = time.monotonic() + CLOSE_CHECK
 
     # ------------------------------------------------------------------ load
     def _load_backend(self) -> libbpf.Object:
@@ -278,6 +277,33 @@ class Capture:
             st.bytes += length
             st.bytes_kept += caplen
         self._batch.append(r)
+        self._last[ino] = r
+
+    def _closed(self) -> None:
+        """Close records for sockets no longer in the kernel's socket table.
+
+        Checked from user space (sock_diag) so that every backend, and process
+        exit without close(), are covered alike.
+        """
+        try:
+            alive = sockets.inodes()
+        except OSError:
+            return
+        now = time.time()
+        for ino in [i for i in self._last if i not in alive]:
+            last = self._last.pop(ino)
+            self._batch.append(
+                replace(
+                    last,
+                    ts=now,
+                    kind="close",
+                    offset=last.offset + last.length,
+                    length=0,
+                    data=b"",
+                    lost=0,
+                    flags=0,
+                )  # fmt: skip
+            )
 
     def _lookup(self, ino: int, peer: int) -> tuple[str, bool]:
         """Fallback when the socket's announcement was lost: ask sock_diag."""
@@ -291,6 +317,9 @@ class Capture:
         if not self._ring.pending():
             self._ring.wait(timeout)
         self._ring.drain(self._handle, limit=self._ring_bytes // 2)
+        if time.monotonic() >= self._next_close_check:
+            self._closed()
+            self._next_close_check = time.monotonic() + CLOSE_CHECK
         batch, self._batch = self._batch, []
         return batch
 
@@ -313,8 +342,22 @@ class Capture:
             ino = struct.unpack("<Q", key)[0]
             path, own = self._sock_info.get(ino, ("", False))
             self._batch.append(
-                Record(now, 0, 0, 0, "", ino, 0, "stream", path, own, lost_off, lost_len,
-                       lost=lost_len, kind="lost")  # fmt: skip
+                Record(
+                    now,
+                    0,
+                    0,
+                    0,
+                    "",
+                    ino,
+                    0,
+                    "stream",
+                    path,
+                    own,
+                    lost_off,
+                    lost_len,
+                    lost=lost_len,
+                    kind="lost",
+                )  # fmt: skip
             )
             self.stats.lost_records += 1
             self.stats.lost_bytes += lost_len

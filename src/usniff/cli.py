@@ -93,17 +93,16 @@ def make_outputs(
         if fmt == "json":
             outputs.append(JsonOutput(stream))
         else:
-            outputs.append(TextOutput(stream, "ascii" if ascii_ else "hex" if hexdump else "preview"))
+            outputs.append(
+                TextOutput(stream, "ascii" if ascii_ else "hex" if hexdump else "preview")
+            )
     else:
         from .decode import DecodedOutput
 
         proto = protocol if protocol and protocol != "raw" else "auto"
-        quiet = bool(write)  # -w FILE --stats: only the table, on stderr
-        outputs.append(
-            DecodedOutput(
-                open(os.devnull, "w") if quiet else stream, proto, fmt, stats=stats, redact=redact
-            )
-        )
+        if write:  # -w FILE --stats: only the table, on stderr
+            stream = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the output)
+        outputs.append(DecodedOutput(stream, proto, fmt, stats=stats, redact=redact))
     return outputs
 
 
@@ -124,35 +123,63 @@ def summary(stats: CaptureStats) -> str:
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.version_option(__version__, prog_name="usniff")
-@click.option("--path", "paths", multiple=True, metavar="PATH|@NAME",
-              help="Socket file or @abstract name (either end; repeatable).")
-@click.option("--pid", "pids", multiple=True, type=int, help="Process id on either end (repeatable).")
+@click.option(
+    "--path",
+    "paths",
+    multiple=True,
+    metavar="PATH|@NAME",
+    help="Socket file or @abstract name (either end; repeatable).",
+)
+@click.option(
+    "--pid", "pids", multiple=True, type=int, help="Process id on either end (repeatable)."
+)
 @click.option("--comm", "comms", multiple=True, help="Sending process name (repeatable).")
-@click.option("--type", "types", multiple=True,
-              type=click.Choice(["stream", "dgram", "seqpacket"]), help="Socket type (repeatable).")
-@click.option("-s", "--snaplen", type=int, default=0, show_default=True,
-              help="Bytes kept per message; 0 keeps every byte.")
+@click.option(
+    "--type",
+    "types",
+    multiple=True,
+    type=click.Choice(["stream", "dgram", "seqpacket"]),
+    help="Socket type (repeatable).",
+)
+@click.option(
+    "-s",
+    "--snaplen",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Bytes kept per message; 0 keeps every byte.",
+)
 @click.option("-c", "--count", type=int, default=0, help="Stop after N records.")
 @click.option("--duration", type=float, default=0.0, help="Stop after S seconds.")
 @click.option("-A", "ascii_", is_flag=True, help="Print payloads as ASCII.")
 @click.option("-X", "hexdump", is_flag=True, help="Print payloads as hex and ASCII.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
 @click.option("-w", "write", metavar="FILE", help="Write pcapng (Wireshark) to FILE, '-' = stdout.")
 @click.option("-C", "rotate_mb", type=float, help="Rotate -w files every N million bytes.")
 @click.option("-W", "rotate_count", type=int, help="Keep at most N rotated files.")
 @click.option("-G", "rotate_seconds", type=float, help="Rotate -w files every N seconds.")
-@click.option("--protocol", type=click.Choice(PROTOCOLS),
-              help="Decoder: auto (default for text), resp, mysql, raw (default for -A/-X/json).")
+@click.option(
+    "--protocol",
+    type=click.Choice(PROTOCOLS),
+    help="Decoder: auto (default for text), resp, mysql, raw (default for -A/-X/json).",
+)
 @click.option("--stats", is_flag=True, help="Live per-command latency table; printed at exit.")
 @click.option("--redact", is_flag=True, help="Mask passwords (AUTH, MySQL auth, IDENTIFIED BY).")
-@click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto",
-              show_default=True)
-@click.option("--buffer-size", "buffer_size", default=f"{DEFAULT_BUFFER >> 20}M",
-              show_default=True, help="Kernel ring buffer size.")
+@click.option(
+    "--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True
+)
+@click.option(
+    "--buffer-size",
+    "buffer_size",
+    default=f"{DEFAULT_BUFFER >> 20}M",
+    show_default=True,
+    help="Kernel ring buffer size.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Show backend selection and libbpf's log.")
 @click.pass_context
-def main(ctx: click.Context, **kw: Any) -> None:  # fmt: skip
+def main(ctx: click.Context, /, **kw: Any) -> None:  # fmt: skip
     """usniff: capture and decode traffic on Unix domain sockets (eBPF)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -176,7 +203,7 @@ def main(ctx: click.Context, **kw: Any) -> None:  # fmt: skip
     click.echo(f"usniff: capturing with the {cap.stats.backend} backend", err=True)
     try:
         outputs = make_outputs(
-            click.get_text_stream("stdout"),
+            sys.stdout,
             write=kw["write"],
             rotate_mb=kw["rotate_mb"],
             rotate_count=kw["rotate_count"],
@@ -237,14 +264,19 @@ def list_cmd(path_filter: str | None) -> None:
 @click.option("--redact", is_flag=True, help="Mask passwords.")
 @click.option("-A", "ascii_", is_flag=True, help="Print payloads as ASCII (raw records).")
 @click.option("-X", "hexdump", is_flag=True, help="Print payloads as hex and ASCII (raw records).")
-@click.option("--dissect", type=click.Choice(["usniff", "wireshark"]), default="usniff",
-              show_default=True, help="Whose dissectors decode the file.")
+@click.option(
+    "--dissect",
+    type=click.Choice(["usniff", "wireshark"]),
+    default="usniff",
+    show_default=True,
+    help="Whose dissectors decode the file.",
+)
 def read_cmd(file: str, protocol: str | None, fmt: str, stats: bool, redact: bool,
              ascii_: bool, hexdump: bool, dissect: str) -> None:  # fmt: skip
     """Decode a pcap/pcapng file offline (usniff's, or a tcpdump capture of Redis/MySQL)."""
     from .pcapread import PcapReadError, dissect_wireshark, read_records
 
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     if dissect == "wireshark":
         for pkt in dissect_wireshark(file):
             fields = " ".join(f"{k}={v}" for k, v in pkt.fields.items())
@@ -278,9 +310,7 @@ def read_cmd(file: str, protocol: str | None, fmt: str, stats: bool, redact: boo
             o.close(stats_)
 
 
-@main.command(
-    "extcap", context_settings={"ignore_unknown_options": True, "allow_extra_args": True}
-)
+@main.command("extcap", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def extcap_cmd(args: tuple[str, ...]) -> None:
     """Wireshark extcap interface; `usniff extcap --install` registers it."""

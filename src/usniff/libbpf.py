@@ -144,7 +144,6 @@ class Map:
         _check_rc(rc, f"lookup map {self.name}")
         return buf.raw
 
-
     def keys(self, key_size: int) -> Iterator[bytes]:
         """Every key in a hash map (keys deleted meanwhile may be skipped)."""
         cur: bytes | None = None

@@ -42,7 +42,9 @@ class RingBuffer:
         self._epoll.poll(timeout)
 
     def pending(self) -> int:
-        return _U64.unpack_from(self._prod, 0)[0] - _U64.unpack_from(self._cons, 0)[0]
+        prod: int = _U64.unpack_from(self._prod, 0)[0]
+        cons: int = _U64.unpack_from(self._cons, 0)[0]
+        return prod - cons
 
     def drain(self, handle: Callable[[memoryview], None], limit: int = 1 << 62) -> int:
         """Pass each committed record to ``handle`` (valid only during the call).
@@ -50,8 +52,9 @@ class RingBuffer:
         Returns the number of bytes of ring consumed; stops at a record still
         being written, or after ``limit`` bytes so a caller can interleave output.
         """
-        cons = start = _U64.unpack_from(self._cons, 0)[0]
-        prod = _U64.unpack_from(self._prod, 0)[0]
+        start: int = _U64.unpack_from(self._cons, 0)[0]
+        prod: int = _U64.unpack_from(self._prod, 0)[0]
+        cons = start
         data, mask, u32 = self._data, self._mask, _U32.unpack_from
         end = min(prod, cons + limit)
         while cons < end:

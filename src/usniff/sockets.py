@@ -38,7 +38,8 @@ def _dump() -> list[UnixSocket]:
         "<BBHIIIII", socket.AF_UNIX, 0, 0, 0xFFFFFFFF, 0,
         UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER, 0xFFFFFFFF, 0xFFFFFFFF,
     )  # fmt: skip
-    msg = struct.pack("<IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
+    flags = NLM_F_REQUEST | NLM_F_DUMP
+    msg = struct.pack("<IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, flags, 1, 0)
     out: list[UnixSocket] = []
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as nl:
         nl.sendall(msg + req)
@@ -64,8 +65,10 @@ def _parse(m: bytes) -> UnixSocket:
         alen, atype = struct.unpack_from("<HH", m, pos)
         val = m[pos + 4 : pos + alen]
         if atype == UNIX_DIAG_NAME:
-            s.path = "@" + val[1:].decode(errors="replace") if val[:1] == b"\0" else val.decode(
-                errors="replace"
+            s.path = (
+                "@" + val[1:].decode(errors="replace")
+                if val[:1] == b"\0"
+                else val.decode(errors="replace")
             )
         elif atype == UNIX_DIAG_PEER:
             s.peer = struct.unpack("<I", val[:4])[0]
@@ -110,6 +113,11 @@ def list_sockets(with_procs: bool = True) -> list[UnixSocket]:
         for s in socks:
             s.procs = owners.get(s.inode, [])
     return socks
+
+
+def inodes() -> set[int]:
+    """Inodes of every Unix socket alive now."""
+    return {s.inode for s in _dump()}
 
 
 def address_of(inode: int) -> str:
