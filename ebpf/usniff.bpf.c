@@ -707,54 +707,35 @@ static __always_inline int emit_stashed(long ret)
 	return emit_send((struct sock *)src.sk, ret, &src);
 }
 
-SEC("fentry/unix_stream_sendmsg")
-int BPF_PROG(fe_stream, struct socket *sock, struct msghdr *msg, size_t len)
-{
-	stash_iter(sock, msg);
-	return 0;
-}
+/* One entry/exit pair per hooked function and backend. */
+#define FENTRY_PAIR(fn)                                                                  \
+	SEC("fentry/" #fn)                                                               \
+	int BPF_PROG(fe_##fn, struct socket *sock, struct msghdr *msg, size_t len)        \
+	{                                                                                \
+		stash_iter(sock, msg);                                                   \
+		return 0;                                                                \
+	}                                                                                \
+	SEC("fexit/" #fn)                                                                \
+	int BPF_PROG(fx_##fn, struct socket *sock, struct msghdr *msg, size_t len, int ret) \
+	{                                                                                \
+		return emit_stashed(ret);                                                \
+	}
 
-SEC("fexit/unix_stream_sendmsg")
-int BPF_PROG(fx_stream, struct socket *sock, struct msghdr *msg, size_t len, int ret)
-{
-	return emit_stashed(ret);
-}
+#define KPROBE_PAIR(fn)                                                                  \
+	SEC("kprobe/" #fn)                                                               \
+	int BPF_KPROBE(kp_##fn, struct socket *sock, struct msghdr *msg)                 \
+	{                                                                                \
+		stash_iter(sock, msg);                                                   \
+		return 0;                                                                \
+	}                                                                                \
+	SEC("kretprobe/" #fn)                                                            \
+	int BPF_KRETPROBE(kr_##fn, long ret)                                             \
+	{                                                                                \
+		return emit_stashed(ret);                                                \
+	}
 
-SEC("fentry/unix_dgram_sendmsg")
-int BPF_PROG(fe_dgram, struct socket *sock, struct msghdr *msg, size_t len)
-{
-	stash_iter(sock, msg);
-	return 0;
-}
-
-SEC("fexit/unix_dgram_sendmsg")
-int BPF_PROG(fx_dgram, struct socket *sock, struct msghdr *msg, size_t len, int ret)
-{
-	return emit_stashed(ret);
-}
-
-SEC("kprobe/unix_stream_sendmsg")
-int BPF_KPROBE(kp_stream, struct socket *sock, struct msghdr *msg)
-{
-	stash_iter(sock, msg);
-	return 0;
-}
-
-SEC("kretprobe/unix_stream_sendmsg")
-int BPF_KRETPROBE(kr_stream, long ret)
-{
-	return emit_stashed(ret);
-}
-
-SEC("kprobe/unix_dgram_sendmsg")
-int BPF_KPROBE(kp_dgram, struct socket *sock, struct msghdr *msg)
-{
-	stash_iter(sock, msg);
-	return 0;
-}
-
-SEC("kretprobe/unix_dgram_sendmsg")
-int BPF_KRETPROBE(kr_dgram, long ret)
-{
-	return emit_stashed(ret);
-}
+/* seqpacket sends go through unix_dgram_sendmsg */
+FENTRY_PAIR(unix_stream_sendmsg)
+FENTRY_PAIR(unix_dgram_sendmsg)
+KPROBE_PAIR(unix_stream_sendmsg)
+KPROBE_PAIR(unix_dgram_sendmsg)
