@@ -86,6 +86,7 @@ struct {
 
 /* What a send reads its bytes from: one buffer, or an array of iovecs. */
 struct send_src {
+	__u64 start_ns; /* when the send began: orders records across sockets */
 	__u64 sk; /* expected socket (0 = any) */
 	__u64 iov; /* user iovec array, 0 for a single buffer */
 	__u64 base; /* single buffer, or skip into the first iovec */
@@ -494,6 +495,12 @@ static __always_inline int emit_send(struct sock *sk, long sent, struct send_src
 		return 0;
 
 	fill_hdr(&s->hdr, sk, ino, USNIFF_EV_DATA);
+	/*
+	 * Stamp the send's start: the peer may be woken, answer and be recorded
+	 * before this program runs, but it cannot have started sending first.
+	 */
+	if (src->start_ns)
+		s->hdr.ts_ns = src->start_ns;
 	if (!st->announced && !announce(s, sk))
 		st->announced = 1;
 	if (src->name_len)
@@ -565,6 +572,22 @@ static __always_inline int stash_sys(long fd, struct send_src *src)
 
 	if (!sk)
 		return 0;
+	/*
+	 * A socket the filter already rejected (cached in `sockets`), sent to
+	 * without a destination address: emit_send would drop the send anyway,
+	 * so skip the stash update and delete (most of the cost per write).
+	 */
+	if (!src->name && src->sys == SYS_READY) {
+		__u64 ino = sock_ino(sk);
+		struct sock_state *st = ino ? bpf_map_lookup_elem(&sockets, &ino) : NULL;
+
+		if (st && st->match == 2) {
+			if (bpf_map_lookup_elem(&stash, &tid))
+				bpf_map_delete_elem(&stash, &tid);
+			return 0;
+		}
+	}
+	src->start_ns = bpf_ktime_get_ns();
 	src->sk = (__u64)sk;
 	src->copyable = 1;
 	bpf_map_update_elem(&stash, &tid, src, BPF_ANY);
@@ -668,6 +691,7 @@ static __always_inline void stash_iter(struct socket *sock, struct msghdr *msg)
 	__u64 ptr, off;
 	unsigned int type;
 
+	src.start_ns = bpf_ktime_get_ns();
 	src.sk = (__u64)BPF_CORE_READ(sock, sk);
 	if (bpf_core_field_exists(it->iter_type))
 		type = BPF_CORE_READ(it, iter_type);

@@ -11,6 +11,7 @@ import os
 import stat
 import struct
 import time
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -46,6 +47,8 @@ _STATE = struct.Struct("<QQQBB6x")  # struct sock_state
 ADDR_MAX = 108
 DEFAULT_BUFFER = 64 << 20
 CLOSE_CHECK = 1.0  # seconds between checks for sockets that went away
+REORDER = 0.1  # seconds records wait so that records from other CPUs can precede them
+HOLD = 1.0  # seconds a record may wait for its peer's inode (a connection not yet accepted)
 
 
 class CaptureError(Exception):
@@ -167,7 +170,10 @@ class Capture:
         self._sock_info: dict[int, tuple[str, bool]] = {}
         self._dest: dict[int, str] = {}
         self._in_dest: dict[int, str] = {}
-        self._batch: list[Record] = []
+        self._batch: list[Record] = []  # drained, not yet ordered
+        self._pending: list[Record] = []  # ordered by ts, waiting for REORDER / peers
+        self._unknown_peer: list[Record] = []
+        self._peer_of: dict[int, int] = {}
         self._last: dict[int, Record] = {}  # newest record per socket, for close records
         self._next_close_check = time.monotonic() + CLOSE_CHECK
 
@@ -276,6 +282,13 @@ class Capture:
             st.records += 1
             st.bytes += length
             st.bytes_kept += caplen
+        if peer:
+            self._peer_of[ino] = peer
+            self._peer_of[peer] = ino
+        elif stype != 2 and not is_own:
+            # a client may send before the server accept()s: the server's socket
+            # has no inode yet; a later record of either side will name the pair
+            self._unknown_peer.append(r)
         self._batch.append(r)
         self._last[ino] = r
 
@@ -292,6 +305,7 @@ class Capture:
         now = time.time()
         for ino in [i for i in self._last if i not in alive]:
             last = self._last.pop(ino)
+            self._peer_of.pop(ino, None)
             self._batch.append(
                 replace(
                     last,
@@ -320,8 +334,34 @@ class Capture:
         if time.monotonic() >= self._next_close_check:
             self._closed()
             self._next_close_check = time.monotonic() + CLOSE_CHECK
-        batch, self._batch = self._batch, []
-        return batch
+        return self._release(self._clock + time.monotonic() - REORDER)
+
+    def _release(self, cutoff: float) -> list[Record]:
+        """Records stamped before ``cutoff``, in time order.
+
+        Records are stamped when the send began (in the kernel), but reach the
+        ring when it ended, from any CPU: a reply can be drained before its
+        request.  Holding records for REORDER seconds and sorting restores the
+        order; a record still waiting for its peer's inode holds back every
+        later one (for at most HOLD seconds) so that order is kept too.
+        """
+        pending = self._pending
+        pending += self._batch
+        self._batch = []
+        if not pending:
+            return []
+        pending.sort(key=_ts)
+        waiting = []
+        for r in self._unknown_peer:
+            r.peer_inode = self._peer_of.get(r.inode, 0)
+            if not r.peer_inode and r.ts > cutoff - HOLD:
+                waiting.append(r)
+        self._unknown_peer = waiting
+        cut = bisect_right(pending, cutoff, key=_ts)
+        if waiting:
+            cut = min(cut, bisect_left(pending, min(r.ts for r in waiting), key=_ts))
+        out, self._pending = pending[:cut], pending[cut:]
+        return out
 
     def batches(self, timeout: float = 0.2) -> Iterator[list[Record]]:
         while True:
@@ -362,8 +402,7 @@ class Capture:
             self.stats.lost_records += 1
             self.stats.lost_bytes += lost_len
             self.stats.per_socket_lost[ino] = self.stats.per_socket_lost.get(ino, 0) + lost_len
-        batch, self._batch = self._batch, []
-        return batch
+        return self._release(float("inf"))
 
     def kernel_stats(self) -> dict[str, int]:
         """Counters kept by the BPF programs (summed over CPUs)."""
@@ -378,6 +417,10 @@ class Capture:
     def close(self) -> None:
         self._ring.close()
         self._obj.close()
+
+
+def _ts(r: Record) -> float:
+    return r.ts
 
 
 def _addr(raw: memoryview | bytes) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 from .capture import Capture, CaptureOptions
@@ -39,13 +39,20 @@ def run(
     outputs: Sequence[Output],
     count: int = 0,
     duration: float = 0.0,
+    on_ready: Callable[[], None] | None = None,
 ) -> CaptureStats:
-    """Poll until -c records, --duration seconds or a signal; close outputs."""
+    """Poll until -c records, --duration seconds or a signal; close outputs.
+
+    ``on_ready`` runs once SIGINT/SIGTERM stop the loop cleanly (the CLI announces
+    itself there, so a signal right after the announcement still gives a summary).
+    """
     emitted = 0
     deadline = time.monotonic() + duration if duration else float("inf")
     next_flush = time.monotonic() + FLUSH_EVERY
     try:
         with _Stop() as stop:
+            if on_ready is not None:
+                on_ready()
             while not stop.requested:
                 now = time.monotonic()
                 if now >= deadline:

@@ -200,7 +200,6 @@ def main(ctx: click.Context, /, **kw: Any) -> None:  # fmt: skip
     if kw["verbose"]:
         for backend, reason in cap.reasons.items():
             click.echo(f"usniff: backend {backend} not used: {reason}", err=True)
-    click.echo(f"usniff: capturing with the {cap.stats.backend} backend", err=True)
     try:
         outputs = make_outputs(
             sys.stdout,
@@ -221,7 +220,15 @@ def main(ctx: click.Context, /, **kw: Any) -> None:  # fmt: skip
         raise click.ClickException(str(e)) from None
     status = 0
     try:
-        stats = run(cap, outputs, count=kw["count"], duration=kw["duration"])
+        stats = run(
+            cap,
+            outputs,
+            count=kw["count"],
+            duration=kw["duration"],
+            on_ready=lambda: click.echo(
+                f"usniff: capturing with the {cap.stats.backend} backend", err=True
+            ),
+        )
     except OutputError as e:
         click.echo(f"usniff: {e}", err=True)
         stats, status = cap.stats, 1

@@ -4,8 +4,8 @@
 
 Starts usniff capturing to a scratch pcapng file and waits for one of two things:
 it exits by itself (refused: its last stderr line is the reason), or new BPF
-programs appear in the kernel and usniff is still running a moment later (loaded:
-the program types are reported).  Then it stops usniff with SIGINT, as a user
+programs appear in the kernel, their number settles and usniff is still running
+(loaded: the program types are reported).  Then it stops usniff with SIGINT, as a user
 would, and checks that it exits with status 0.  Exit status 0 when usniff loaded
 (whether or not it stopped cleanly: see the JSON), 1 when not.
 """
@@ -51,12 +51,14 @@ def check(backend: str) -> dict[str, str | bool]:
         with errors.open("wb") as stderr:
             proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
         deadline = time.monotonic() + WAIT_LOAD
+        # loaded = usniff's programs are there, their number has stopped changing
+        # for a second (they load one by one), and usniff still runs
         programs: list[str] = []
-        while proc.poll() is None and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            seen = len(programs)
             programs = [t for i, t in bpf_programs().items() if i not in before]
-            if programs and wait_exit(proc, 1.0) is None:
+            if programs and len(programs) == seen or wait_exit(proc, 1.0) is not None:
                 break
-            time.sleep(0.2)
 
         def last_error_line() -> str:
             lines = errors.read_text(errors="replace").strip().splitlines()

@@ -1,0 +1,155 @@
+"""Collector capacity and kernel cost per event (issue items 3 and 4).
+
+    python -m bench capacity [--quick]
+    python -m bench kernel [--quick]
+
+A small C program (bench/uwriter.c, compiled with gcc into a temp dir) writes
+fixed-size messages over an AF_UNIX socketpair at a target rate; a child
+reads and discards them.
+
+capacity: the highest rate of 31-byte writes, and of 64 KiB writes, that
+``usniff --comm ubench-wr -w FILE`` captures with zero loss (bisection over
+target rates; the figure is the rate the writer achieved; a confirmation
+set of runs, alternated with untraced runs, gives the medians).
+
+kernel: the writer flat out with the BPF programs attached but filtered to
+another socket's path, versus not attached (alternating), plus the BPF
+programs' own run time per call from ``kernel.bpf_stats_enabled``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .common import Usniff, median, table
+
+HERE = Path(__file__).resolve().parent
+COMM = "ubench-wr"
+
+
+def build(work: Path) -> Path:
+    exe = work / "uwriter"
+    subprocess.run(["gcc", "-O2", "-o", str(exe), str(HERE / "uwriter.c")], check=True)
+    return exe
+
+
+def write(exe: Path, size: int, rate: float, seconds: float) -> tuple[int, int, float]:
+    out = subprocess.run([str(exe), str(size), str(int(rate)), str(seconds)],
+                         check=True, capture_output=True, text=True).stdout.split()  # fmt: skip
+    return int(out[0]), int(out[1]), float(out[2])
+
+
+def captured(exe: Path, work: Path, size: int, rate: float, seconds: float) -> dict[str, Any]:
+    """One capture run at a target rate: achieved rate and what usniff lost."""
+    args = ["--comm", COMM, "-w", str(work / "cap.pcapng"), "-C", "200", "-W", "2"]
+    with Usniff(args, work) as u:
+        writes, nbytes, elapsed = write(exe, size, rate, seconds)
+    for f in work.glob("cap.pcapng*"):
+        f.unlink()
+    r = u.result
+    ok = r.lost_bytes == 0 and r.bytes == nbytes
+    return {"target": rate, "rate": writes / elapsed, "mbps": nbytes / elapsed / 1e6,
+            "lost_bytes": r.lost_bytes, "captured": r.bytes, "written": nbytes, "ok": ok}  # fmt: skip
+
+
+def capacity(size: int, seconds: float, steps: int, confirm: int,
+             log: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="usniff-bench-") as tmp:
+        work = Path(tmp)
+        exe = build(work)
+        flat = captured(exe, work, size, 0, seconds)
+        log(f"  {size}-byte writes, unlimited: {flat['rate']:,.0f}/s lost {flat['lost_bytes']:,} B")
+        runs = [flat]
+        if flat["ok"]:
+            best = flat["rate"]
+            target = 0.0
+        else:  # bisection on the target rate, between 0 and what the traced writer reached
+            lo, hi = 0.0, flat["rate"]
+            best = target = 0.0
+            for _ in range(steps):
+                mid = (lo + hi) / 2 if lo else hi / 2
+                r = captured(exe, work, size, mid, seconds)
+                runs.append(r)
+                log(f"  {size}-byte writes, target {mid:,.0f}/s: {r['rate']:,.0f}/s "
+                    f"lost {r['lost_bytes']:,} B")  # fmt: skip
+                if r["ok"]:
+                    lo, best, target = mid, r["rate"], mid
+                else:
+                    hi = mid
+        untraced, confirmed = [], []
+        for _ in range(confirm):  # alternating: untraced flat out, capture at the found rate
+            w, b, t = write(exe, size, 0, seconds)
+            untraced.append(w / t)
+            confirmed.append(captured(exe, work, size, target, seconds))
+            log(f"  {size}-byte writes: untraced {untraced[-1]:,.0f}/s; capture at "
+                f"{target or 'unlimited'}: {confirmed[-1]['rate']:,.0f}/s "
+                f"lost {confirmed[-1]['lost_bytes']:,} B")  # fmt: skip
+        zero = [c for c in confirmed if c["ok"]]
+        rate = median([c["rate"] for c in confirmed])
+        base = median(untraced)
+        return {"size": size, "target": target, "rate": rate, "mbps": rate * size / 1e6,
+                "untraced": base, "untraced_mbps": base * size / 1e6, "ratio": rate / base,
+                "zero_loss_runs": len(zero), "runs": len(confirmed),
+                "search": runs, "confirm": confirmed, "bisection_best": best}  # fmt: skip
+
+
+def _bpf_progs() -> dict[int, dict[str, Any]]:
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
+    return {p["id"]: p for p in json.loads(out.stdout or "[]")}
+
+
+def kernel_cost(seconds: float, rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="usniff-bench-") as tmp:
+        work = Path(tmp)
+        exe = build(work)
+        other = socket.socket(socket.AF_UNIX)
+        other.bind(str(work / "other.sock"))
+        old = Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip()
+        Path("/proc/sys/kernel/bpf_stats_enabled").write_text("1")
+        plain, attached, per_call = [], [], []
+        try:
+            for _ in range(rounds):
+                w, _b, t = write(exe, 31, 0, seconds)
+                plain.append(w / t)
+                before = set(_bpf_progs())
+                with Usniff(["--path", str(work / "other.sock")], work):
+                    ours = {i: p for i, p in _bpf_progs().items() if i not in before}
+                    w, _b, t = write(exe, 31, 0, seconds)
+                    attached.append(w / t)
+                    after = _bpf_progs()
+                ns = sum(after[i].get("run_time_ns", 0) - p.get("run_time_ns", 0)
+                         for i, p in ours.items() if i in after)  # fmt: skip
+                per_call.append(ns / w if w else 0.0)
+                log(f"  31-byte writes: untraced {plain[-1]:,.0f}/s, attached+filtered out "
+                    f"{attached[-1]:,.0f}/s, BPF {per_call[-1]:.0f} ns per write")  # fmt: skip
+        finally:
+            Path("/proc/sys/kernel/bpf_stats_enabled").write_text(old)
+            other.close()
+        base, att = median(plain), median(attached)
+        return {"untraced": base, "attached": att, "ratio": att / base,
+                "ns_per_write_bpf": median(per_call),
+                "ns_per_write_wall": (1 / att - 1 / base) * 1e9}  # fmt: skip
+
+
+def report_capacity(rows: list[dict[str, Any]]) -> str:
+    return table(
+        ("writes", "zero-loss rate/s", "MB/s", "untraced/s", "untraced MB/s", "ratio",
+         "zero-loss runs"),
+        [(f"{r['size']} B", r["rate"], r["mbps"], r["untraced"], r["untraced_mbps"], r["ratio"],
+          f"{r['zero_loss_runs']}/{r['runs']}") for r in rows],
+    )  # fmt: skip
+
+
+def report_kernel(k: dict[str, Any]) -> str:
+    return table(
+        ("31-byte writes", "writes/s", "ratio"),
+        [("BPF not attached", k["untraced"], 1.0),
+         ("attached, filtered out (--path other)", k["attached"], k["ratio"])],
+    ) + (f"\nBPF programs' own run time: {k['ns_per_write_bpf']:.0f} ns per write "
+         f"(bpf_stats); wall-clock cost per write {k['ns_per_write_wall']:.0f} ns")  # fmt: skip

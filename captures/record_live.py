@@ -1,0 +1,85 @@
+"""Record captures/redis.pcapng and captures/mysql.pcapng with usniff itself (needs root).
+
+    sudo .venv/bin/python captures/record_live.py
+
+Starts a real redis-server and a real mariadbd in a temporary directory, starts
+``usniff --path SOCKET -w FILE`` (waiting for its ``capturing with the`` line),
+runs the scripted sessions of tests/live_helpers.py (redis-cli, redis-cli
+--pipe, SUBSCRIBE/PUBLISH, BLPOP, AUTH, redis-benchmark; the mariadb client and
+pymysql with multi-statements and COM_STMT_*), then stops usniff with SIGTERM.
+tests/test_captures_offline.py decodes the files with ``usniff read`` (no root).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from live_helpers import Usniff, create_redis_user, mysql_session, redis_session  # noqa: E402
+from servers import start_mariadb, start_redis  # noqa: E402
+
+MAX_SIZE = 300_000
+BENCHMARK_REQUESTS = 64  # redis-benchmark -n: that many SETs and GETs (a multiple of -c*-P)
+
+
+def problems(path: Path, protocol: str) -> list[str]:
+    """What `usniff read` could not decode (the file is not kept then)."""
+    usniff = str(Path(sys.executable).with_name("usniff"))
+    out = subprocess.run([usniff, "read", str(path), "--protocol", protocol, "--format", "json"],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    found = []
+    for line in out.stdout.splitlines():
+        ev = json.loads(line)
+        if ev["type"] == "notice" and ev["kind"] in ("undecodable", "unpaired"):
+            found.append(ev["summary"])
+        elif (
+            ev["type"] == "transaction"
+            and ev["ts_reply"] is None
+            and ev["command"] != "COM_QUIT"
+            and not ev["request"].startswith("CLOSE ")
+        ):
+            found.append(f"no reply: {ev['request']}")
+    return found
+
+
+def record(
+    out: Path, start: Callable[..., object], session: Callable[[str], None], protocol: str
+) -> None:
+    with (
+        tempfile.TemporaryDirectory(prefix="usniff-rec-", dir="/tmp") as tmp,
+        start(tmp) as sock,  # type: ignore[attr-defined]
+    ):
+        if start is start_redis:
+            create_redis_user(sock)
+        with Usniff("--path", sock, "-w", str(out)) as usniff:
+            session(sock)
+            result = usniff.stop()
+    if result.returncode != 0 or " 0 bytes lost" not in result.stderr:
+        raise SystemExit(f"usniff failed: {result.stderr}")
+    if bad := problems(out, protocol):
+        out.unlink()
+        raise SystemExit(f"{out}: not kept, usniff read reports {bad}")
+    os.chmod(out, 0o644)  # usniff writes 0600; these files are meant to be shared
+    size = out.stat().st_size
+    if size >= MAX_SIZE:
+        raise SystemExit(f"{out}: {size} bytes, keep it under {MAX_SIZE}")
+    print(f"{out}: {size} bytes; {result.stderr.strip().splitlines()[-1]}")
+
+
+def main() -> None:
+    record(HERE / "redis.pcapng", start_redis,
+           lambda sock: redis_session(sock, benchmark_requests=BENCHMARK_REQUESTS),
+           "resp")  # fmt: skip
+    record(HERE / "mysql.pcapng", start_mariadb, mysql_session, "mysql")
+
+
+if __name__ == "__main__":
+    main()
