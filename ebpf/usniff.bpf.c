@@ -357,7 +357,8 @@ static long copy_step(__u64 i, void *arg)
 		return 1;
 	c = &s->c;
 	if (!c->left) {
-		flush_chunk(c, s, 1);
+		if (c->rec_len) /* else the last chunk was flushed full */
+			flush_chunk(c, s, 1);
 		return 1;
 	}
 	if (!c->cap_left) { /* snap length reached: the rest is counted, not copied */

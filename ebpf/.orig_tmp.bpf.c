@@ -1,0 +1,741 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * usniff: copy the bytes sent over AF_UNIX sockets into a ring buffer.
+ *
+ * Three backends share one copy engine (emit_send):
+ *   fentry/fexit and kprobe/kretprobe on unix_{stream,dgram}_sendmsg, which
+ *   stash the msghdr's iov_iter at entry and copy at exit;
+ *   tracepoint: syscall tracepoints stash the user buffers, and
+ *   tp_btf/sock_send_length (>= 6.3) hands over the socket and the byte count.
+ * The collector enables the programs of one backend (autoload) before load.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "usniff.h"
+
+#define AF_UNIX 1
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define MAX_SEGS 1024 /* UIO_MAXIOV */
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 << 20); /* --buffer-size overrides before load */
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct usniff_config);
+} cfg_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, struct usniff_path_key);
+	__type(value, __u8);
+} path_filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, struct usniff_name_key);
+	__type(value, __u8);
+} name_filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u8);
+} pid_filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, char[USNIFF_COMM_LEN]);
+	__type(value, __u8);
+} comm_filter SEC(".maps");
+
+struct sock_state {
+	__u64 offset; /* next stream offset */
+	__u64 lost_off; /* pending loss, reported before the next record */
+	__u64 lost_len;
+	__u8 announced; /* EV_SOCK delivered */
+	__u8 match; /* 1 = address/type filter passes, 2 = fails */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64); /* socket inode */
+	__type(value, struct sock_state);
+} sockets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, USNIFF_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+/* What a send reads its bytes from: one buffer, or an array of iovecs. */
+struct send_src {
+	__u64 sk; /* expected socket (0 = any) */
+	__u64 iov; /* user iovec array, 0 for a single buffer */
+	__u64 base; /* single buffer, or skip into the first iovec */
+	__u64 count; /* single buffer length */
+	__u64 nr_segs;
+	__u64 name; /* destination sockaddr_un (user or kernel pointer) */
+	__u32 name_len;
+	__u8 name_user;
+	__u8 copyable; /* 0: bytes are not in user memory (kvec, bvec...) */
+	/* tracepoint backend: syscall-level arguments resolved at send time */
+	__u8 sys; /* 0 ready, SYS_SENDMSG, SYS_SENDMMSG */
+	__u8 _pad;
+	__u32 mmsg_idx;
+	__u32 mmsg_vlen;
+};
+
+enum { SYS_READY = 0, SYS_SENDMSG = 1, SYS_SENDMMSG = 2 };
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32); /* tid */
+	__type(value, struct send_src);
+} stash SEC(".maps");
+
+/*
+ * State of one send being copied.  It lives in a map value, not on the stack:
+ * the verifier then treats its fields as unknown and checks the bpf_loop
+ * callback once, instead of once per distinct constant it could track.
+ */
+struct copy_ctx {
+	__u64 iov;
+	__u64 seg_base;
+	__u64 seg_left;
+	__u64 left; /* stream bytes of this send not yet put in a record */
+	__u64 cap_left; /* bytes we may still copy (snap length) */
+	__u64 offset; /* stream offset of the record being built */
+	__u64 ino;
+	__u32 seg_idx;
+	__u32 nr_segs;
+	__u32 fill; /* payload bytes in the scratch record */
+	__u32 rec_len; /* stream bytes the scratch record covers */
+	__u16 first;
+};
+
+struct scratch {
+	struct copy_ctx c;
+	struct usniff_event hdr;
+	/* twice the chunk: lets the verifier bound "fill + n" without a proof */
+	char data[2 * USNIFF_CHUNK];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1); /* set to the number of possible CPUs before load */
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch_map SEC(".maps");
+
+/* flavours for CO-RE field checks across kernel versions */
+struct iov_iter___old {
+	unsigned int type; /* < 5.14: direction bit | iter type bit */
+	const struct iovec *iov; /* < 6.4 */
+};
+
+static __always_inline void stat_add(__u32 idx, __u64 v)
+{
+	__u64 *p = bpf_map_lookup_elem(&stats, &idx);
+
+	if (p)
+		*p += v;
+}
+
+static __always_inline __u64 sock_ino(struct sock *sk)
+{
+	struct socket *sock = BPF_CORE_READ(sk, sk_socket);
+	struct socket_alloc *sa = container_of(sock, struct socket_alloc, socket);
+
+	if (!sock)
+		return 0;
+	return BPF_CORE_READ(sa, vfs_inode.i_ino);
+}
+
+static __always_inline int path_matches(struct sock *sk)
+{
+	struct unix_sock *u = (struct unix_sock *)sk;
+	struct dentry *d = BPF_CORE_READ(u, path.dentry);
+	struct usniff_path_key pk = {};
+	struct usniff_name_key nk = {};
+	struct unix_address *addr;
+	int len;
+
+	if (d) {
+		pk.ino = BPF_CORE_READ(d, d_inode, i_ino);
+		pk.dev = BPF_CORE_READ(d, d_sb, s_dev);
+		if (bpf_map_lookup_elem(&path_filter, &pk))
+			return 1;
+	}
+	addr = BPF_CORE_READ(u, addr);
+	if (!addr)
+		return 0;
+	len = BPF_CORE_READ(addr, len) - 2;
+	if (len <= 0 || len > USNIFF_ADDR_MAX)
+		return 0;
+	nk.len = len;
+	bpf_probe_read_kernel(nk.name, len & 127, &addr->name[0].sun_path);
+	return bpf_map_lookup_elem(&name_filter, &nk) != NULL;
+}
+
+/* Address/type part of the filter: fixed for a socket's life, so cached. */
+static __always_inline int sock_matches(struct sock *sk, struct usniff_config *cfg)
+{
+	__u16 type = BPF_CORE_READ(sk, sk_type);
+	struct sock *peer;
+
+	if (cfg->type_mask && !(cfg->type_mask & (1 << (type & 7))))
+		return 0;
+	if (!cfg->filter_path)
+		return 1;
+	if (path_matches(sk))
+		return 1;
+	peer = BPF_CORE_READ((struct unix_sock *)sk, peer);
+	return peer && path_matches(peer);
+}
+
+static __always_inline __u32 peer_pid(struct sock *sk)
+{
+	struct pid *p = BPF_CORE_READ(sk, sk_peer_pid);
+
+	if (!p)
+		return 0;
+	return BPF_CORE_READ(p, numbers[0].nr);
+}
+
+/* Per-send part of the filter: who is sending (or receiving). */
+static __always_inline int task_matches(struct usniff_config *cfg, __u32 pid, __u32 ppid)
+{
+	char comm[USNIFF_COMM_LEN] = {};
+
+	if (pid == cfg->self_pid || (ppid && ppid == cfg->self_pid))
+		return 0;
+	if (cfg->filter_pid && !bpf_map_lookup_elem(&pid_filter, &pid) &&
+	    !(ppid && bpf_map_lookup_elem(&pid_filter, &ppid)))
+		return 0;
+	if (cfg->filter_comm) {
+		bpf_get_current_comm(comm, sizeof(comm));
+		if (!bpf_map_lookup_elem(&comm_filter, comm))
+			return 0;
+	}
+	return 1;
+}
+
+static __always_inline void fill_hdr(struct usniff_event *h, struct sock *sk, __u64 ino,
+				     __u16 kind)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct sock *peer = BPF_CORE_READ((struct unix_sock *)sk, peer);
+
+	h->ts_ns = bpf_ktime_get_ns();
+	h->inode = ino;
+	h->peer_inode = peer ? sock_ino(peer) : 0;
+	h->pid = id >> 32;
+	h->tid = (__u32)id;
+	h->uid = (__u32)bpf_get_current_uid_gid();
+	h->peer_pid = peer_pid(sk);
+	h->kind = kind;
+	h->flags = 0;
+	h->sock_type = BPF_CORE_READ(sk, sk_type);
+	h->addr_len = 0;
+	h->path_is_own = 0;
+	h->len = 0;
+	h->caplen = 0;
+	h->offset = 0;
+	bpf_get_current_comm(h->comm, sizeof(h->comm));
+}
+
+/* EV_SOCK: the socket's own address if bound, else its peer's. */
+static __always_inline int announce(struct scratch *s, struct sock *sk)
+{
+	struct unix_address *addr = BPF_CORE_READ((struct unix_sock *)sk, addr);
+	struct sock *peer;
+	int len;
+
+	s->hdr.kind = USNIFF_EV_SOCK;
+	s->hdr.path_is_own = addr != NULL;
+	if (!addr) {
+		peer = BPF_CORE_READ((struct unix_sock *)sk, peer);
+		if (peer)
+			addr = BPF_CORE_READ((struct unix_sock *)peer, addr);
+	}
+	len = addr ? BPF_CORE_READ(addr, len) - 2 : 0;
+	if (len < 0 || len > USNIFF_ADDR_MAX)
+		len = 0;
+	if (len)
+		bpf_probe_read_kernel(s->data, len & 127, &addr->name[0].sun_path);
+	s->hdr.addr_len = len;
+	return bpf_ringbuf_output(&events, &s->hdr, sizeof(s->hdr) + (len & 127), 0);
+}
+
+
+static __always_inline struct scratch *get_scratch(void)
+{
+	__u32 cpu = bpf_get_smp_processor_id();
+
+	return bpf_map_lookup_elem(&scratch_map, &cpu);
+}
+
+/* Ring-buffer output with loss accounting; pending losses go first. */
+static __always_inline void output_record(struct scratch *s, struct sock_state *st)
+{
+	struct usniff_event lost;
+	__u32 size = sizeof(s->hdr) + (s->hdr.caplen & (2 * USNIFF_CHUNK - 1));
+
+	if (st->lost_len) {
+		__builtin_memcpy(&lost, &s->hdr, sizeof(lost));
+		lost.kind = USNIFF_EV_LOST;
+		lost.flags = 0;
+		lost.offset = st->lost_off;
+		lost.len = st->lost_len;
+		lost.caplen = 0;
+		if (bpf_ringbuf_output(&events, &lost, sizeof(lost), 0))
+			goto lose;
+		st->lost_len = 0;
+	}
+	if (s->hdr.kind == USNIFF_EV_LOST)
+		size = sizeof(s->hdr);
+	if (bpf_ringbuf_output(&events, &s->hdr, size, 0))
+		goto lose;
+	stat_add(USNIFF_STAT_RECORDS, 1);
+	stat_add(USNIFF_STAT_BYTES, s->hdr.len);
+	return;
+lose:
+	if (!st->lost_len)
+		st->lost_off = s->hdr.offset;
+	st->lost_len += s->hdr.len;
+	stat_add(USNIFF_STAT_LOST_RECORDS, 1);
+	stat_add(USNIFF_STAT_LOST_BYTES, s->hdr.len);
+}
+
+static __always_inline void flush_chunk(struct copy_ctx *c, struct scratch *s, __u16 last)
+{
+	struct sock_state *st = bpf_map_lookup_elem(&sockets, &c->ino);
+
+	if (!st)
+		return;
+	s->hdr.kind = USNIFF_EV_DATA;
+	s->hdr.offset = c->offset;
+	s->hdr.len = c->rec_len;
+	s->hdr.caplen = c->fill;
+	s->hdr.flags = (c->first ? USNIFF_F_MSG_START : 0) | (last ? USNIFF_F_MSG_END : 0) |
+		       (c->fill < c->rec_len ? USNIFF_F_TRUNCATED : 0);
+	output_record(s, st);
+	c->offset += c->rec_len;
+	c->fill = 0;
+	c->rec_len = 0;
+	c->first = 0;
+}
+
+static long copy_step(__u64 i, void *arg)
+{
+	struct scratch *s = get_scratch();
+	struct copy_ctx *c;
+	struct iovec seg;
+	__u64 n;
+	__u32 fill;
+
+	if (!s)
+		return 1;
+	c = &s->c;
+	if (!c->left) {
+		flush_chunk(c, s, 1);
+		return 1;
+	}
+	if (!c->cap_left) { /* snap length reached: the rest is counted, not copied */
+		c->rec_len += c->left;
+		c->left = 0;
+		flush_chunk(c, s, 1);
+		return 1;
+	}
+	if (!c->seg_left) {
+		if (!c->iov || c->seg_idx >= c->nr_segs || c->seg_idx >= MAX_SEGS)
+			goto unreadable;
+		if (bpf_probe_read_user(&seg, sizeof(seg),
+					(void *)(c->iov + c->seg_idx * sizeof(seg))))
+			goto unreadable;
+		c->seg_idx++;
+		c->seg_base = (__u64)seg.iov_base;
+		c->seg_left = seg.iov_len;
+		return 0;
+	}
+	n = c->seg_left;
+	if (n > c->left)
+		n = c->left;
+	if (n > c->cap_left)
+		n = c->cap_left;
+	if (n > USNIFF_CHUNK - c->fill)
+		n = USNIFF_CHUNK - c->fill;
+	fill = c->fill & (USNIFF_CHUNK - 1);
+	if (n > USNIFF_CHUNK)
+		n = USNIFF_CHUNK;
+	if (bpf_probe_read_user(&s->data[fill], n, (void *)c->seg_base))
+		goto unreadable;
+	c->fill += n;
+	c->rec_len += n;
+	c->seg_base += n;
+	c->seg_left -= n;
+	c->left -= n;
+	c->cap_left -= n;
+	if (c->fill >= USNIFF_CHUNK)
+		flush_chunk(c, s, !c->left);
+	return 0;
+
+unreadable: /* keep what was copied; count the rest as lost, never invent */
+	if (c->rec_len)
+		flush_chunk(c, s, 0);
+	c->rec_len = c->left;
+	c->left = 0;
+	s->hdr.kind = USNIFF_EV_LOST;
+	s->hdr.offset = c->offset;
+	s->hdr.len = c->rec_len;
+	s->hdr.caplen = 0;
+	s->hdr.flags = USNIFF_F_UNCOPYABLE;
+	{
+		struct sock_state *st = bpf_map_lookup_elem(&sockets, &c->ino);
+
+		if (st)
+			output_record(s, st);
+	}
+	return 1;
+}
+
+static __always_inline void emit_dest(struct scratch *s, struct send_src *src)
+{
+	__u32 len = src->name_len;
+
+	if (len <= 2 || len > 2 + USNIFF_ADDR_MAX)
+		return;
+	len -= 2;
+	if (src->name_user)
+		bpf_probe_read_user(s->data, len & 127, (void *)(src->name + 2));
+	else
+		bpf_probe_read_kernel(s->data, len & 127, (void *)(src->name + 2));
+	s->hdr.kind = USNIFF_EV_DEST;
+	s->hdr.addr_len = len;
+	bpf_ringbuf_output(&events, &s->hdr, sizeof(s->hdr) + (len & 127), 0);
+}
+
+static __always_inline int dest_matches(struct send_src *src)
+{
+	struct usniff_name_key nk = {};
+	__u32 len = src->name_len;
+
+	if (len <= 2 || len > 2 + USNIFF_ADDR_MAX)
+		return 0;
+	len -= 2;
+	if (src->name_user)
+		bpf_probe_read_user(nk.name, len & 127, (void *)(src->name + 2));
+	else
+		bpf_probe_read_kernel(nk.name, len & 127, (void *)(src->name + 2));
+	/* pathnames are NUL-terminated in sun_path; the key holds the bytes before it */
+	if (nk.name[0]) {
+		for (int i = 0; i < USNIFF_ADDR_MAX; i++) {
+			if (i >= len || !nk.name[i]) {
+				len = i;
+				break;
+			}
+		}
+	}
+	nk.len = len;
+	return bpf_map_lookup_elem(&name_filter, &nk) != NULL;
+}
+
+/* Copy `sent` bytes (the send's return value) described by src. */
+static __always_inline int emit_send(struct sock *sk, long sent, struct send_src *src)
+{
+	__u32 zero = 0;
+	struct usniff_config *cfg = bpf_map_lookup_elem(&cfg_map, &zero);
+	struct sock_state *st, fresh = {};
+	struct copy_ctx *c;
+	struct scratch *s;
+	__u64 ino;
+	__u8 match;
+
+	if (!cfg || sent <= 0 || !sk)
+		return 0;
+	if (BPF_CORE_READ(sk, __sk_common.skc_family) != AF_UNIX)
+		return 0;
+	ino = sock_ino(sk);
+	if (!ino)
+		return 0;
+	st = bpf_map_lookup_elem(&sockets, &ino);
+	if (!st) {
+		fresh.match = sock_matches(sk, cfg) ? 1 : 2;
+		bpf_map_update_elem(&sockets, &ino, &fresh, BPF_NOEXIST);
+		st = bpf_map_lookup_elem(&sockets, &ino);
+		if (!st)
+			return 0;
+	}
+	match = st->match;
+	if (match != 1 && !(src->name_len && cfg->filter_path && dest_matches(src)))
+		return 0;
+	if (!task_matches(cfg, bpf_get_current_pid_tgid() >> 32, peer_pid(sk)))
+		return 0;
+	s = get_scratch();
+	if (!s)
+		return 0;
+
+	fill_hdr(&s->hdr, sk, ino, USNIFF_EV_DATA);
+	if (!st->announced && !announce(s, sk))
+		st->announced = 1;
+	if (src->name_len)
+		emit_dest(s, src);
+
+	c = &s->c;
+	__builtin_memset(c, 0, sizeof(*c));
+	c->offset = __sync_fetch_and_add(&st->offset, sent);
+	c->ino = ino;
+	c->left = sent;
+	c->cap_left = cfg->snaplen ? cfg->snaplen : sent;
+	c->first = 1;
+	if (!src->copyable) {
+		/* no segments: copy_step reports the whole send as uncopyable */
+	} else if (src->iov) {
+		c->iov = src->iov;
+		c->nr_segs = src->nr_segs;
+		/* the first iovec may be partly consumed already (iov_offset) */
+		if (src->base && c->nr_segs) {
+			struct iovec seg;
+
+			if (!bpf_probe_read_user(&seg, sizeof(seg), (void *)c->iov)) {
+				c->seg_idx = 1;
+				c->seg_base = (__u64)seg.iov_base + src->base;
+				c->seg_left = seg.iov_len > src->base ? seg.iov_len - src->base : 0;
+			}
+		}
+	} else {
+		c->seg_base = src->base;
+		c->seg_left = src->count;
+	}
+	/* each step copies up to a chunk or opens an iovec; worst case both per chunk */
+	bpf_loop(2 * ((__u64)sent / USNIFF_CHUNK) + 2 * src->nr_segs + 4, copy_step, NULL, 0);
+	return 0;
+}
+
+/* ---------------------------------------------------------------- tracepoint */
+
+/* fd -> struct sock, if fd is an AF_UNIX socket of the current task */
+static __always_inline struct sock *fd_unix_sock(long fd)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
+	struct file **fds;
+	struct file *f;
+	struct socket *sock;
+	struct sock *sk;
+	unsigned int mode;
+
+	if (fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+		return NULL;
+	mode = BPF_CORE_READ(f, f_inode, i_mode);
+	if ((mode & S_IFMT) != S_IFSOCK)
+		return NULL;
+	sock = BPF_CORE_READ(f, private_data);
+	sk = BPF_CORE_READ(sock, sk);
+	if (!sk || BPF_CORE_READ(sk, __sk_common.skc_family) != AF_UNIX)
+		return NULL;
+	return sk;
+}
+
+static __always_inline int stash_sys(long fd, struct send_src *src)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct sock *sk = fd_unix_sock(fd);
+
+	if (!sk)
+		return 0;
+	src->sk = (__u64)sk;
+	src->copyable = 1;
+	bpf_map_update_elem(&stash, &tid, src, BPF_ANY);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_write")
+int tp_write(struct trace_event_raw_sys_enter *ctx)
+{
+	struct send_src src = { .base = ctx->args[1], .count = ctx->args[2] };
+
+	return stash_sys(ctx->args[0], &src);
+}
+
+SEC("tracepoint/syscalls/sys_enter_writev")
+int tp_writev(struct trace_event_raw_sys_enter *ctx)
+{
+	struct send_src src = { .iov = ctx->args[1], .nr_segs = ctx->args[2] };
+
+	return stash_sys(ctx->args[0], &src);
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendto")
+int tp_sendto(struct trace_event_raw_sys_enter *ctx)
+{
+	struct send_src src = {
+		.base = ctx->args[1],
+		.count = ctx->args[2],
+		.name = ctx->args[4],
+		.name_len = ctx->args[4] ? ctx->args[5] : 0,
+		.name_user = 1,
+	};
+
+	return stash_sys(ctx->args[0], &src);
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendmsg")
+int tp_sendmsg(struct trace_event_raw_sys_enter *ctx)
+{
+	struct send_src src = { .sys = SYS_SENDMSG, .base = ctx->args[1] };
+
+	return stash_sys(ctx->args[0], &src);
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendmmsg")
+int tp_sendmmsg(struct trace_event_raw_sys_enter *ctx)
+{
+	struct send_src src = {
+		.sys = SYS_SENDMMSG, .base = ctx->args[1], .mmsg_vlen = ctx->args[2]
+	};
+
+	return stash_sys(ctx->args[0], &src);
+}
+
+/* Resolve a user msghdr (sendmsg, or one of sendmmsg's) into src. */
+static __always_inline void src_from_msghdr(struct send_src *src, __u64 umsg)
+{
+	struct user_msghdr m = {};
+
+	bpf_probe_read_user(&m, sizeof(m), (void *)umsg);
+	src->iov = (__u64)m.msg_iov;
+	src->nr_segs = m.msg_iovlen;
+	src->base = 0;
+	src->name = (__u64)m.msg_name;
+	src->name_len = m.msg_name ? m.msg_namelen : 0;
+	src->name_user = 1;
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(tp_send_length, struct sock *sk, int ret, int flags)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct send_src *p = bpf_map_lookup_elem(&stash, &tid);
+	struct send_src src = {};
+	int done = 1;
+
+	if (p && p->sk == (__u64)sk) {
+		src = *p;
+		if (src.sys == SYS_SENDMSG) {
+			src_from_msghdr(&src, p->base);
+		} else if (src.sys == SYS_SENDMMSG) {
+			src_from_msghdr(&src, p->base + p->mmsg_idx * sizeof(struct mmsghdr));
+			p->mmsg_idx++;
+			done = p->mmsg_idx >= p->mmsg_vlen;
+		}
+		if (done)
+			bpf_map_delete_elem(&stash, &tid);
+	}
+	/* no stash: io_uring, sendfile, kernel senders: counted as uncopyable */
+	return emit_send(sk, ret, &src);
+}
+
+/* ------------------------------------------------------- fentry and kprobe */
+
+static __always_inline void stash_iter(struct socket *sock, struct msghdr *msg)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct send_src src = {};
+	struct iov_iter *it = &msg->msg_iter;
+	struct iov_iter___old *old = (void *)it;
+	__u64 ptr, off;
+	unsigned int type;
+
+	src.sk = (__u64)BPF_CORE_READ(sock, sk);
+	if (bpf_core_field_exists(it->iter_type))
+		type = BPF_CORE_READ(it, iter_type);
+	else
+		type = BPF_CORE_READ(old, type) & ~1u; /* drop the direction bit */
+	if (bpf_core_field_exists(it->__iov))
+		ptr = (__u64)BPF_CORE_READ(it, __iov);
+	else
+		ptr = (__u64)BPF_CORE_READ(old, iov);
+	off = BPF_CORE_READ(it, iov_offset);
+	if (bpf_core_enum_value_exists(enum iter_type, ITER_UBUF) &&
+	    type == bpf_core_enum_value(enum iter_type, ITER_UBUF)) {
+		src.copyable = 1;
+		src.base = ptr + off; /* ubuf shares the pointer slot with __iov */
+		src.count = BPF_CORE_READ(it, count);
+	} else if (type == bpf_core_enum_value(enum iter_type, ITER_IOVEC)) {
+		src.copyable = 1;
+		src.iov = ptr;
+		src.base = off;
+		src.nr_segs = BPF_CORE_READ(it, nr_segs);
+	}
+	src.name = (__u64)BPF_CORE_READ(msg, msg_name);
+	src.name_len = src.name ? BPF_CORE_READ(msg, msg_namelen) : 0;
+	bpf_map_update_elem(&stash, &tid, &src, BPF_ANY);
+}
+
+static __always_inline int emit_stashed(long ret)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct send_src *p = bpf_map_lookup_elem(&stash, &tid);
+	struct send_src src;
+
+	if (!p)
+		return 0;
+	src = *p;
+	bpf_map_delete_elem(&stash, &tid);
+	return emit_send((struct sock *)src.sk, ret, &src);
+}
+
+/* One entry/exit pair per hooked function and backend. */
+#define FENTRY_PAIR(fn)                                                                  \
+	SEC("fentry/" #fn)                                                               \
+	int BPF_PROG(fe_##fn, struct socket *sock, struct msghdr *msg, size_t len)        \
+	{                                                                                \
+		stash_iter(sock, msg);                                                   \
+		return 0;                                                                \
+	}                                                                                \
+	SEC("fexit/" #fn)                                                                \
+	int BPF_PROG(fx_##fn, struct socket *sock, struct msghdr *msg, size_t len, int ret) \
+	{                                                                                \
+		return emit_stashed(ret);                                                \
+	}
+
+#define KPROBE_PAIR(fn)                                                                  \
+	SEC("kprobe/" #fn)                                                               \
+	int BPF_KPROBE(kp_##fn, struct socket *sock, struct msghdr *msg)                 \
+	{                                                                                \
+		stash_iter(sock, msg);                                                   \
+		return 0;                                                                \
+	}                                                                                \
+	SEC("kretprobe/" #fn)                                                            \
+	int BPF_KRETPROBE(kr_##fn, long ret)                                             \
+	{                                                                                \
+		return emit_stashed(ret);                                                \
+	}
+
+/* seqpacket sends go through unix_dgram_sendmsg */
+FENTRY_PAIR(unix_stream_sendmsg)
+FENTRY_PAIR(unix_dgram_sendmsg)
+KPROBE_PAIR(unix_stream_sendmsg)
+KPROBE_PAIR(unix_dgram_sendmsg)
