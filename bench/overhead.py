@@ -70,7 +70,7 @@ def traced(config: str, sock: str, server_pid: int, work: Path) -> Iterator[dict
     elif config == "socat -v":
         proxy = work / "proxy.sock"
         proxy.unlink(missing_ok=True)
-        with background(["socat", "-v", f"UNIX-LISTEN:{proxy},fork,mode=777",
+        with background(["socat", "-v", f"UNIX-LISTEN:{proxy},fork,backlog=256,mode=777",
                          f"UNIX-CONNECT:{sock}"], stderr_to=work / "socat.log"):  # fmt: skip
             wait_for_path(proxy)
             info["sock"] = str(proxy)

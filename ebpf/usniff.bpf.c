@@ -98,7 +98,7 @@ struct send_src {
 	__u8 copyable; /* 0: bytes are not in user memory (kvec, bvec...) */
 	/* tracepoint backend: syscall-level arguments resolved at send time */
 	__u8 sys; /* 0 ready, SYS_SENDMSG, SYS_SENDMMSG */
-	__u8 _pad;
+	__u8 iov_kernel; /* the iovec array is the kernel's copy (msg_iter) */
 	__u32 mmsg_idx;
 	__u32 mmsg_vlen;
 };
@@ -130,6 +130,7 @@ struct copy_ctx {
 	__u32 fill; /* payload bytes in the scratch record */
 	__u32 rec_len; /* stream bytes the scratch record covers */
 	__u16 first;
+	__u16 iov_kernel;
 };
 
 struct scratch {
@@ -345,6 +346,14 @@ static __always_inline void flush_chunk(struct copy_ctx *c, struct scratch *s, _
 	c->first = 0;
 }
 
+/* iov_base always points to user memory; the array itself may be the kernel's */
+static __always_inline long read_iovec(struct iovec *seg, __u64 addr, int kernel)
+{
+	if (kernel)
+		return bpf_probe_read_kernel(seg, sizeof(*seg), (void *)addr);
+	return bpf_probe_read_user(seg, sizeof(*seg), (void *)addr);
+}
+
 static long copy_step(__u64 i, void *arg)
 {
 	struct scratch *s = get_scratch();
@@ -370,8 +379,7 @@ static long copy_step(__u64 i, void *arg)
 	if (!c->seg_left) {
 		if (!c->iov || c->seg_idx >= c->nr_segs || c->seg_idx >= MAX_SEGS)
 			goto unreadable;
-		if (bpf_probe_read_user(&seg, sizeof(seg),
-					(void *)(c->iov + c->seg_idx * sizeof(seg))))
+		if (read_iovec(&seg, c->iov + c->seg_idx * sizeof(seg), c->iov_kernel))
 			goto unreadable;
 		c->seg_idx++;
 		c->seg_base = (__u64)seg.iov_base;
@@ -519,11 +527,12 @@ static __always_inline int emit_send(struct sock *sk, long sent, struct send_src
 	} else if (src->iov) {
 		c->iov = src->iov;
 		c->nr_segs = src->nr_segs;
+		c->iov_kernel = src->iov_kernel;
 		/* the first iovec may be partly consumed already (iov_offset) */
 		if (src->base && c->nr_segs) {
 			struct iovec seg;
 
-			if (!bpf_probe_read_user(&seg, sizeof(seg), (void *)c->iov)) {
+			if (!read_iovec(&seg, c->iov, src->iov_kernel)) {
 				c->seg_idx = 1;
 				c->seg_base = (__u64)seg.iov_base + src->base;
 				c->seg_left = seg.iov_len > src->base ? seg.iov_len - src->base : 0;
@@ -710,6 +719,7 @@ static __always_inline void stash_iter(struct socket *sock, struct msghdr *msg)
 		src.count = BPF_CORE_READ(it, count);
 	} else if (type == bpf_core_enum_value(enum iter_type, ITER_IOVEC)) {
 		src.copyable = 1;
+		src.iov_kernel = 1;
 		src.iov = ptr;
 		src.base = off;
 		src.nr_segs = BPF_CORE_READ(it, nr_segs);

@@ -430,7 +430,14 @@ def _addr(raw: memoryview | bytes) -> str:
     return b.split(b"\0", 1)[0].decode(errors="backslashreplace")
 
 
+def _kernel_version() -> tuple[int, int]:
+    major, minor, *_ = (os.uname().release.split("-")[0] + ".0").split(".")
+    return int(major), int(minor)
+
+
 def _explain(backend: str, e: libbpf.LibbpfError) -> str:
+    if _kernel_version() < (5, 17):
+        return f"usniff needs bpf_loop (kernel >= 5.17); this kernel is {os.uname().release} ({e})"
     if backend == "fentry" and e.errno in (errno.EPERM, errno.EOPNOTSUPP, 524):
         return f"BPF trampolines unavailable on this kernel ({e})"
     if backend == "kprobe" and e.errno in (errno.EPERM, errno.ENOENT, errno.EOPNOTSUPP, 524):
