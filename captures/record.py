@@ -29,6 +29,7 @@ import redis
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from mysql_stmt import COM_STMT_CLOSE, COM_STMT_RESET, stmt_execute, stmt_prepare  # noqa: E402
 from recorder import Relay, save_records  # noqa: E402
 from servers import start_mariadb, start_redis  # noqa: E402
 
@@ -195,45 +196,6 @@ def _mysql_cli(relay: str, *args: str, user: str = "root", password: str = "") -
     subprocess.run(cmd + list(args), check=True, capture_output=True)
 
 
-def _stmt_prepare(conn: pymysql.connections.Connection, sql: str) -> tuple[int, int, int]:
-    """COM_STMT_PREPARE through pymysql's packet layer (pymysql has no server-side statements)."""
-    conn._execute_command(0x16, sql)
-    first = conn._read_packet().get_all_data()
-    stmt_id, ncols, nparams = struct.unpack_from("<IHH", first, 1)
-    for count in (nparams, ncols):
-        for _ in range(count):
-            conn._read_packet()
-        if count:
-            conn._read_packet()  # EOF (pymysql does not set CLIENT_DEPRECATE_EOF)
-    return stmt_id, nparams, ncols
-
-
-def _stmt_execute(
-    conn: pymysql.connections.Connection, stmt_id: int, params: list[tuple[int, bytes | None]]
-) -> int:
-    """COM_STMT_EXECUTE with (type, encoded value or None) params; returns rows read."""
-    body = struct.pack("<IBI", stmt_id, 0, 1)
-    if params:
-        nulls = bytearray((len(params) + 7) // 8)
-        for i, (_, value) in enumerate(params):
-            if value is None:
-                nulls[i // 8] |= 1 << (i % 8)
-        body += bytes(nulls) + b"\x01" + b"".join(struct.pack("<BB", t, 0) for t, _ in params)
-        body += b"".join(v for _, v in params if v is not None)
-    conn._execute_command(0x17, body)
-    first = conn._read_packet()
-    if first.is_ok_packet():
-        return 0
-    ncols = first.read_length_encoded_integer()
-    for _ in range(ncols):
-        conn._read_packet()
-    conn._read_packet()  # EOF
-    rows = 0
-    while not conn._read_packet().is_eof_packet():
-        rows += 1
-    return rows
-
-
 def _lenenc_str(value: bytes) -> bytes:
     assert len(value) < 251
     return bytes([len(value)]) + value
@@ -302,18 +264,18 @@ def mysql_session(relay: str, tmp: Path) -> None:
         assert len(cur.fetchone()[0]) == BIG_MYSQL
         cur.execute("SET PASSWORD FOR app@localhost = PASSWORD('secret')")
         cur.execute("ALTER USER app@localhost IDENTIFIED BY 'secret'")
-    stmt, _, _ = _stmt_prepare(
+    stmt, _, _ = stmt_prepare(
         conn, "SELECT id, customer, total, created, note FROM orders WHERE id > ? AND customer <> ?"
     )
-    _stmt_execute(conn, stmt, [(8, struct.pack("<q", 1)), (253, _lenenc_str(b"bob"))])
-    _stmt_execute(conn, stmt, [(8, struct.pack("<q", 0)), (253, None)])
-    conn._execute_command(0x1A, struct.pack("<I", stmt))  # COM_STMT_RESET
+    stmt_execute(conn, stmt, [(8, struct.pack("<q", 1)), (253, _lenenc_str(b"bob"))])
+    stmt_execute(conn, stmt, [(8, struct.pack("<q", 0)), (253, None)])
+    conn._execute_command(COM_STMT_RESET, struct.pack("<I", stmt))
     conn._read_packet()
-    conn._execute_command(0x19, struct.pack("<I", stmt))  # COM_STMT_CLOSE: no reply
-    ins, _, _ = _stmt_prepare(conn, "INSERT INTO orders (customer, total) VALUES (?, ?)")
-    _stmt_execute(conn, ins, [(253, _lenenc_str(b"eve")), (5, struct.pack("<d", 3.5))])
+    conn._execute_command(COM_STMT_CLOSE, struct.pack("<I", stmt))  # no reply
+    ins, _, _ = stmt_prepare(conn, "INSERT INTO orders (customer, total) VALUES (?, ?)")
+    stmt_execute(conn, ins, [(253, _lenenc_str(b"eve")), (5, struct.pack("<d", 3.5))])
     with contextlib.suppress(pymysql.err.ProgrammingError):
-        _stmt_prepare(conn, "SELEC broken")
+        stmt_prepare(conn, "SELEC broken")
     conn.close()  # COM_QUIT
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pymysql
+from mysql_stmt import COM_QUERY, COM_STMT_CLOSE, stmt_execute, stmt_prepare
 
 USNIFF = str(Path(sys.executable).with_name("usniff"))
 READY = "usniff: capturing with the"
@@ -290,7 +291,6 @@ def redis_session(sock: str, benchmark_requests: int = 100) -> None:
 
 # --------------------------------------------------------------------------- MySQL
 
-COM_QUERY, COM_STMT_PREPARE, COM_STMT_EXECUTE, COM_STMT_CLOSE = 0x03, 0x16, 0x17, 0x19
 STATUS_SQL = "SHOW GLOBAL STATUS WHERE Variable_name IN ('Bytes_received','Bytes_sent')"
 
 
@@ -333,43 +333,6 @@ class MysqlCounters:
 
     def close(self) -> None:
         self.conn.close()
-
-
-def stmt_prepare(conn: pymysql.connections.Connection, sql: str) -> tuple[int, int, int]:
-    """COM_STMT_PREPARE through pymysql's packet layer (as captures/record.py does)."""
-    conn._execute_command(COM_STMT_PREPARE, sql)
-    first = conn._read_packet()
-    if first.is_error_packet():
-        first.raise_for_error()
-    stmt_id, ncols, nparams = struct.unpack_from("<IHH", first.get_all_data(), 1)
-    for count in (nparams, ncols):
-        for _ in range(count):
-            conn._read_packet()
-        if count:
-            conn._read_packet()  # EOF (pymysql does not set CLIENT_DEPRECATE_EOF)
-    return stmt_id, nparams, ncols
-
-
-def stmt_execute(
-    conn: pymysql.connections.Connection, stmt_id: int, params: list[tuple[int, bytes]]
-) -> int:
-    """COM_STMT_EXECUTE with (type, encoded value) params; returns the rows read."""
-    body = struct.pack("<IBI", stmt_id, 0, 1)
-    if params:
-        body += bytes((len(params) + 7) // 8) + b"\x01"
-        body += b"".join(struct.pack("<BB", t, 0) for t, _ in params)
-        body += b"".join(v for _, v in params)
-    conn._execute_command(COM_STMT_EXECUTE, body)
-    first = conn._read_packet()
-    if first.is_ok_packet():
-        return 0
-    ncols = first.read_length_encoded_integer()
-    for _ in range(ncols + 1):
-        conn._read_packet()
-    rows = 0
-    while not conn._read_packet().is_eof_packet():
-        rows += 1
-    return rows
 
 
 MYSQL_CLI_SQL = (

@@ -45,7 +45,12 @@ pytestmark = [
     ),
 ]
 
-USNIFF = shutil.which("usniff", path=str(Path(sys.executable).parent)) or "usniff"
+# the CLI under test: $USNIFF_CLI, else the one next to this Python
+USNIFF = (
+    os.environ.get("USNIFF_CLI")
+    or shutil.which("usniff", path=str(Path(sys.executable).parent))
+    or "usniff"
+)
 MiB = 1 << 20
 
 
@@ -631,7 +636,7 @@ def usniff() -> Iterator[Any]:
         started.append(u)
         return u
 
-    if not Path(USNIFF).exists():
+    if not shutil.which(USNIFF):
         pytest.skip("usniff is not installed in this environment")
     yield _run
     for u in started:
