@@ -211,10 +211,10 @@ def run_redis(quick: bool, rounds: int, log: Callable[[str], None]) -> dict[str,
 def run_mariadb(quick: bool, rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
     from servers import mariadb_bytes, start_mariadb
 
-    queries = 5_000 if quick else 20_000
+    queries = 1_000 if quick else 2_000
     with tempfile.TemporaryDirectory(prefix="usniff-bench-") as tmp:
         work = Path(tmp)
-        with start_mariadb(tmp) as sock:
+        with start_mariadb(tmp, "--innodb-flush-log-at-trx-commit=0") as sock:
             pid = _pid_of(work / "mysqld.pid")
             workloads = [("slap", lambda s: mariadb_slap(s, queries))]
             return measure("mariadb", sock, pid, work, workloads,

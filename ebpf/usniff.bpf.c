@@ -764,7 +764,7 @@ static __always_inline int emit_stashed(long ret)
 		return 0;                                                                \
 	}                                                                                \
 	SEC("kretprobe/" #fn)                                                            \
-	int BPF_KRETPROBE(kr_##fn, long ret)                                             \
+	int BPF_KRETPROBE(kr_##fn, int ret) /* int: the upper half of rax is junk */ \
 	{                                                                                \
 		return emit_stashed(ret);                                                \
 	}

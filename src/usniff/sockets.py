@@ -106,8 +106,35 @@ def _owners() -> dict[int, list[tuple[int, str]]]:
     return owners
 
 
+def _proc_net_unix() -> list[UnixSocket]:
+    """Fallback when the unix_diag module is unavailable: no peers, no VFS ids."""
+    out = []
+    with open("/proc/net/unix") as f:
+        next(f)
+        for line in f:
+            fields = line.split(maxsplit=7)
+            if len(fields) < 7:
+                continue
+            typ, state, ino = int(fields[4], 16), int(fields[5], 16), int(fields[6])
+            path = fields[7].rstrip("\n") if len(fields) > 7 else ""
+            sock = UnixSocket(ino, TYPES.get(typ, str(typ)), _PROC_STATES.get(state, str(state)))
+            sock.path = "@" + path[1:] if path.startswith("@") else path
+            out.append(sock)
+    return out
+
+
+_PROC_STATES = {1: "UNCONN", 2: "SYN_SENT", 3: "ESTAB", 4: "CLOSING"}  # SS_* in /proc
+
+
+def _sockets() -> list[UnixSocket]:
+    try:
+        return _dump()
+    except OSError:  # e.g. unix_diag not loadable
+        return _proc_net_unix()
+
+
 def list_sockets(with_procs: bool = True) -> list[UnixSocket]:
-    socks = _dump()
+    socks = _sockets()
     if with_procs:
         owners = _owners()
         for s in socks:
@@ -117,13 +144,13 @@ def list_sockets(with_procs: bool = True) -> list[UnixSocket]:
 
 def inodes() -> set[int]:
     """Inodes of every Unix socket alive now."""
-    return {s.inode for s in _dump()}
+    return {s.inode for s in _sockets()}
 
 
 def address_of(inode: int) -> str:
     """The bound address of the socket with this inode, or ""."""
     try:
-        for s in _dump():
+        for s in _sockets():
             if s.inode == inode:
                 return s.path
     except OSError:
