@@ -115,14 +115,17 @@ def _proc_net_unix() -> list[UnixSocket]:
             fields = line.split(maxsplit=7)
             if len(fields) < 7:
                 continue
-            typ, state, ino = int(fields[4], 16), int(fields[5], 16), int(fields[6])
+            flags, typ = int(fields[3], 16), int(fields[4], 16)
+            state, ino = int(fields[5], 16), int(fields[6])
             path = fields[7].rstrip("\n") if len(fields) > 7 else ""
-            sock = UnixSocket(ino, TYPES.get(typ, str(typ)), _PROC_STATES.get(state, str(state)))
+            name = "LISTEN" if flags & _SO_ACCEPTCON else _PROC_STATES.get(state, str(state))
+            sock = UnixSocket(ino, TYPES.get(typ, str(typ)), name)
             sock.path = "@" + path[1:] if path.startswith("@") else path
             out.append(sock)
     return out
 
 
+_SO_ACCEPTCON = 0x10000  # a listening socket, in /proc/net/unix's Flags
 _PROC_STATES = {1: "UNCONN", 2: "SYN_SENT", 3: "ESTAB", 4: "CLOSING"}  # SS_* in /proc
 
 
