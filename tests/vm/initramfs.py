@@ -17,7 +17,8 @@ BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static
 SCRIPTS = VM_DIR / "initramfs"  # init (stage 1) and stage2
 
 # What /init needs, by module name; built-in ones are skipped, dependencies added.
-MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay")
+# unix_diag: what `ss -x` and `usniff list` use (autoloaded on a real system)
+MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay", "unix_diag")
 
 
 def module_load_order(kernel: Kernel) -> list[Path]:
