@@ -54,8 +54,15 @@ def captured(exe: Path, work: Path, size: int, rate: float, seconds: float) -> d
         f.unlink()
     r = u.result
     ok = r.lost_bytes == 0 and r.bytes == nbytes
-    return {"target": rate, "rate": writes / elapsed, "mbps": nbytes / elapsed / 1e6,
-            "lost_bytes": r.lost_bytes, "captured": r.bytes, "written": nbytes, "ok": ok}  # fmt: skip
+    return {
+        "target": rate,
+        "rate": writes / elapsed,
+        "mbps": nbytes / elapsed / 1e6,
+        "lost_bytes": r.lost_bytes,
+        "captured": r.bytes,
+        "written": nbytes,
+        "ok": ok,
+    }
 
 
 def capacity(size: int, seconds: float, steps: int, confirm: int,

@@ -30,7 +30,14 @@ from typing import Any
 
 from .common import Usniff, background, median, pcapng_payload_by_port, table, wait_for_path
 
-CONFIGS = ("untraced", "usniff -w pcapng", "usniff text", "usniff other path", "strace -f", "socat -v")
+CONFIGS = (
+    "untraced",
+    "usniff -w pcapng",
+    "usniff text",
+    "usniff other path",
+    "strace -f",
+    "socat -v",
+)
 STRACE = ["strace", "-f", "-e", "trace=%network,write,read", "-s", "65535"]
 
 

@@ -593,9 +593,13 @@ class Usniff:
         end = time.monotonic() + TIMEOUT
         while True:
             line = self._line(self.err_lines, end)
-            if line is None:
-                self.proc.wait()
-                raise AssertionError(f"usniff exited {self.proc.returncode}: {self.err!r}")
+            if line is None:  # stderr closed: usniff exited (or closed it)
+                try:
+                    rc = self.proc.wait(timeout=TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    self.kill()
+                    rc = self.proc.returncode
+                raise AssertionError(f"usniff exited {rc} before capturing: {self.err!r}")
             self.err += line
             if b"capturing with the" in line:
                 if BACKEND != "auto":
@@ -614,7 +618,11 @@ class Usniff:
         return lines
 
     def wait(self, timeout: float = TIMEOUT) -> int:
-        rc = self.proc.wait(timeout=timeout)
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"usniff still running after {timeout}s: {self.err!r}") from None
         for q, attr in ((self.out_lines, "out"), (self.err_lines, "err")):
             end = time.monotonic() + TIMEOUT
             while (line := self._line(q, end)) is not None:
@@ -786,6 +794,8 @@ def test_cli_needs_root(usniff: Any) -> None:
     if not shutil.which("setpriv"):
         pytest.skip("no setpriv")
     drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    if subprocess.run([*drop, sys.executable, "-c", "pass"], capture_output=True).returncode:
+        pytest.skip(f"user nobody cannot run {sys.executable}")
     u = usniff("--duration", "1", preexec=drop)
     rc = u.wait()
     err = u.err.decode()
