@@ -40,9 +40,7 @@ from usniff.events import FLAG_ADDR, FLAG_MSG_END, FLAG_MSG_START, FLAG_TRUNCATE
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="live capture needs root"),
-    pytest.mark.skipif(
-        not Path("/sys/kernel/btf/vmlinux").exists(), reason="kernel without BTF"
-    ),
+    pytest.mark.skipif(not Path("/sys/kernel/btf/vmlinux").exists(), reason="kernel without BTF"),
 ]
 
 # the CLI under test: $USNIFF_CLI, else the one next to this Python
@@ -446,9 +444,7 @@ class RedisProbe:
         n = int(head[1:])
         while len(rest) < n + 2:
             rest += self.sock.recv(65536)
-        stats = dict(
-            line.split(":", 1) for line in rest[:n].decode().splitlines() if ":" in line
-        )
+        stats = dict(line.split(":", 1) for line in rest[:n].decode().splitlines() if ":" in line)
         return (int(stats["total_net_input_bytes"]), int(stats["total_net_output_bytes"]),
                 len(head) + 2 + n + 2)  # fmt: skip
 
@@ -495,9 +491,7 @@ def test_redis_bytes_match_info_counters(start: Any, redis_sock: str) -> None:
     assert want_in > 2 * 3 * 2000 * 20  # the benchmarks really ran through the socket
     assert os.getpid() not in {r.pid for r in col.records} | {r.peer_pid for r in col.records}
     servers = {r.pid for r in col.records if r.path_is_own}
-    assert len(servers) == 1 and {r.comm for r in col.records if r.path_is_own} == {
-        "redis-server"
-    }
+    assert len(servers) == 1 and {r.comm for r in col.records if r.path_is_own} == {"redis-server"}
     for ino in col.inodes():  # every connection's stream tiles exactly from offset 0
         col.stream(ino)
     # each redis-cli sent exactly its command; the server answered exactly
@@ -584,7 +578,9 @@ class Usniff:
         try:
             line = q.get(timeout=max(0.0, end - time.monotonic()))
         except queue.Empty:
-            raise AssertionError(f"usniff: nothing within the deadline; stderr {self.err!r}")
+            raise AssertionError(
+                f"usniff: nothing within the deadline; stderr {self.err!r}"
+            ) from None
         if line is None:
             q.put(None)
         return line
@@ -736,7 +732,7 @@ def test_cli_duration_stops_by_itself(usniff: Any, tmp_path: Path) -> None:
     elapsed = time.monotonic() - t0
     srv.close()
     assert rc == 0, u.err
-    assert 1.8 <= elapsed, elapsed
+    assert elapsed >= 1.8, elapsed
     assert b"0 records" in u.err and b"Traceback" not in u.err
 
 

@@ -108,7 +108,9 @@ def listen(path: str | bytes, kind: int = socket.SOCK_STREAM) -> socket.socket:
     return srv
 
 
-def connected(path: str | bytes, kind: int = socket.SOCK_STREAM) -> tuple[socket.socket, socket.socket]:
+def connected(
+    path: str | bytes, kind: int = socket.SOCK_STREAM
+) -> tuple[socket.socket, socket.socket]:
     """(client, accepted server end) of a new connection to a fresh listener at path."""
     srv = listen(path, kind)
     cli = socket.socket(socket.AF_UNIX, kind)
@@ -259,10 +261,7 @@ def sc_dgram(out: str, sent: Sent) -> dict:
     t = threading.Thread(target=receive)
     t.start()
     for i, m in enumerate(msgs):
-        if i % 2:
-            n = tx.sendmsg([m[:7], m[7:]], [], 0, rpath)
-        else:
-            n = tx.sendto(m, rpath)
+        n = tx.sendmsg([m[:7], m[7:]], [], 0, rpath) if i % 2 else tx.sendto(m, rpath)
         assert n == len(m)
         sent.add(tx, m)
     t.join()
