@@ -235,6 +235,23 @@ def test_eight_threads_one_socket(start: Any, work: Any) -> None:
     assert sum(map(len, threads.values())) == done["total"]
 
 
+@pytest.mark.xfail(
+    reason="known limitation: a send's stream offset is taken when the send returns, so "
+    "concurrent senders on one socket can be recorded in another order than the peer "
+    "reads them (the bytes and totals are exact; see test_eight_threads_one_socket)",
+    strict=False,
+)
+def test_concurrent_small_writes_in_receive_order(start: Any, work: Any) -> None:
+    w = work("threads", "small")
+    cap = start(pids=[w.pid])
+    w.go()
+    done = w.done()
+    cli = w.ready["client"]
+    col = collect(cap, covers({cli: done["total"]}))
+    w.finish()
+    assert col.stream(cli) == Path(done["received"]).read_bytes()
+
+
 def test_datagrams_to_unconnected_receiver(start: Any, work: Any) -> None:
     w = work("dgram")
     rpath = w.ready["rpath"]
@@ -480,14 +497,17 @@ def test_redis_bytes_match_info_counters(start: Any, redis_sock: str) -> None:
     want_in = in1 - in0 - len(RedisProbe.REQ)  # reading 1 counted its own request
     want_out = out1 - out0 - reply0  # reading 0's reply went out after it
 
-    def totals(c: Collected) -> tuple[int, int]:
-        to_srv = sum(r.length for r in c.records if r.kind == "data" and not r.path_is_own)
-        to_cli = sum(r.length for r in c.records if r.kind == "data" and r.path_is_own)
+    def totals(c: Collected, kinds: tuple[str, ...] = ("data", "lost")) -> tuple[int, int]:
+        """(bytes to the server, bytes to clients) covered by records of these kinds."""
+        to_srv = sum(r.length for r in c.records if r.kind in kinds and not r.path_is_own)
+        to_cli = sum(r.length for r in c.records if r.kind in kinds and r.path_is_own)
         return to_srv, to_cli
 
     col = collect(cap, lambda c: (t := totals(c))[0] >= want_in and t[1] >= want_out)
-    assert not [r for r in col.records if r.kind == "lost"] and cap.stats.lost_bytes == 0
     assert totals(col) == (want_in, want_out)
+    losses = [r for r in col.records if r.kind == "lost"]
+    assert not losses, f"losses (flags 16 = bytes not readable from user memory): {losses}"
+    assert totals(col, ("data",)) == (want_in, want_out)
     assert want_in > 2 * 3 * 2000 * 20  # the benchmarks really ran through the socket
     assert os.getpid() not in {r.pid for r in col.records} | {r.peer_pid for r in col.records}
     servers = {r.pid for r in col.records if r.path_is_own}

@@ -202,8 +202,10 @@ def sc_nonblock(out: str, sent: Sent) -> dict:
     return {"asked": len(payload), "first": first, "n1": n1, "n2": n2, "eagain": again}
 
 
-def sc_threads(out: str, sent: Sent) -> dict:
-    """8 threads write to one connected socket at once; each thread's bytes go to its own file."""
+def sc_threads(out: str, sent: Sent, mode: str = "mixed") -> dict:
+    """8 threads write to one connected socket at once; each thread's bytes go to its own file.
+
+    mode "mixed": 40 writes each of 18 B .. 70 kB; "small": 3000 writes of 20 B each."""
     cli, conn = connected(os.path.join(out, "thr.sock"))
     got = bytearray()
     reader = drain(conn, got)
@@ -215,8 +217,11 @@ def sc_threads(out: str, sent: Sent) -> dict:
         mine = bytearray()
         per_thread[threading.get_native_id()] = mine
         start.wait()
-        for _ in range(40):
-            data = bytes([0x41 + i]) * 8 + rand(rng, rng.choice((10, 200, 3000, 40000, 70000)))
+        for _ in range(40 if mode == "mixed" else 3000):
+            if mode == "mixed":
+                data = bytes([0x41 + i]) * 8 + rand(rng, rng.choice((10, 200, 3000, 40000, 70000)))
+            else:
+                data = bytes([0x41 + i]) * 8 + rand(rng, 12)
             cli.sendall(data)
             mine += data
 
