@@ -52,6 +52,8 @@ def header(rec: Record) -> str:
     )
     if rec.kind == "lost":
         return f"{head} LOST {rec.lost} bytes"
+    if rec.kind == "close":
+        return f"{head} CLOSED"
     cut = f" (kept {len(rec.data)})" if rec.flags & FLAG_TRUNCATED else ""
     return f"{head} len {rec.length}{cut}"
 
@@ -103,6 +105,8 @@ def record_json(rec: Record) -> dict[str, object]:
     }
     if rec.kind == "lost":
         obj["lost"] = rec.lost
+    elif rec.kind == "close":
+        obj["closed"] = True
     else:
         obj["data"] = base64.b64encode(rec.data).decode("ascii")
         if rec.flags & FLAG_TRUNCATED:
