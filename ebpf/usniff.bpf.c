@@ -427,17 +427,27 @@ unreadable: /* keep what was copied; count the rest as lost, never invent */
 	return 1;
 }
 
-static __always_inline void emit_dest(struct scratch *s, struct send_src *src)
+/* The destination's sun_path bytes (user or kernel memory) into buf; 0 if none. */
+static __always_inline __u32 read_dest(struct send_src *src, char *buf)
 {
 	__u32 len = src->name_len;
 
 	if (len <= 2 || len > 2 + USNIFF_ADDR_MAX)
-		return;
+		return 0;
 	len -= 2;
 	if (src->name_user)
-		bpf_probe_read_user(s->data, len & 127, (void *)(src->name + 2));
+		bpf_probe_read_user(buf, len & 127, (void *)(src->name + 2));
 	else
-		bpf_probe_read_kernel(s->data, len & 127, (void *)(src->name + 2));
+		bpf_probe_read_kernel(buf, len & 127, (void *)(src->name + 2));
+	return len;
+}
+
+static __always_inline void emit_dest(struct scratch *s, struct send_src *src)
+{
+	__u32 len = read_dest(src, s->data);
+
+	if (!len)
+		return;
 	s->hdr.kind = USNIFF_EV_DEST;
 	s->hdr.addr_len = len;
 	bpf_ringbuf_output(&events, &s->hdr, sizeof(s->hdr) + (len & 127), 0);
@@ -446,15 +456,10 @@ static __always_inline void emit_dest(struct scratch *s, struct send_src *src)
 static __always_inline int dest_matches(struct send_src *src)
 {
 	struct usniff_name_key nk = {};
-	__u32 len = src->name_len;
+	__u32 len = read_dest(src, nk.name);
 
-	if (len <= 2 || len > 2 + USNIFF_ADDR_MAX)
+	if (!len)
 		return 0;
-	len -= 2;
-	if (src->name_user)
-		bpf_probe_read_user(nk.name, len & 127, (void *)(src->name + 2));
-	else
-		bpf_probe_read_kernel(nk.name, len & 127, (void *)(src->name + 2));
 	/* pathnames are NUL-terminated in sun_path; the key holds the bytes before it */
 	if (nk.name[0]) {
 		for (int i = 0; i < USNIFF_ADDR_MAX; i++) {

@@ -214,14 +214,22 @@ def test_nonblocking_partial_writes(start: Any, work: Any) -> None:
     assert [sum(r.length for r in c) for c in calls][-2:] == [done["n2"], tail]
 
 
-def test_eight_threads_one_socket(start: Any, work: Any) -> None:
-    w = work("threads")
+def run_threads(
+    start: Any, work: Any, *args: str
+) -> tuple[Workload, dict[str, Any], int, Collected]:
+    """The `threads` workload, captured by its pid: (workload, done, client inode, records)."""
+    w = work("threads", *args)
     cap = start(pids=[w.pid])
     w.go()
     done = w.done()
     cli = w.ready["client"]
     col = collect(cap, covers({cli: done["total"]}))
     w.finish()
+    return w, done, cli, col
+
+
+def test_eight_threads_one_socket(start: Any, work: Any) -> None:
+    w, done, cli, col = run_threads(start, work)
     stream = col.stream(cli)  # tiles [0, total) exactly
     assert len(stream) == done["total"]
     threads = {int(t): Path(p).read_bytes() for t, p in done["threads"].items()}
@@ -242,13 +250,7 @@ def test_eight_threads_one_socket(start: Any, work: Any) -> None:
     strict=False,
 )
 def test_concurrent_small_writes_in_receive_order(start: Any, work: Any) -> None:
-    w = work("threads", "small")
-    cap = start(pids=[w.pid])
-    w.go()
-    done = w.done()
-    cli = w.ready["client"]
-    col = collect(cap, covers({cli: done["total"]}))
-    w.finish()
+    _, done, cli, col = run_threads(start, work, "small")
     assert col.stream(cli) == Path(done["received"]).read_bytes()
 
 

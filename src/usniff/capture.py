@@ -12,7 +12,7 @@ import stat
 import struct
 import time
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -152,7 +152,7 @@ def _backend_of(section: str) -> str:
 
 
 class Capture:
-    """One loaded backend: ``batches()`` yields lists of Records until stopped."""
+    """One loaded backend: ``poll()`` returns batches of Records, ``finish()`` the rest."""
 
     def __init__(self, opts: CaptureOptions) -> None:
         self.opts = opts
@@ -274,9 +274,7 @@ class Capture:
         st = self.stats
         if kind == EV_LOST:
             r.kind, r.lost = "lost", length
-            st.lost_records += 1
-            st.lost_bytes += length
-            st.per_socket_lost[ino] = st.per_socket_lost.get(ino, 0) + length
+            self._count_loss(ino, length)
         else:
             r.data = bytes(body[:caplen])
             st.records += 1
@@ -291,6 +289,12 @@ class Capture:
             self._unknown_peer.append(r)
         self._batch.append(r)
         self._last[ino] = r
+
+    def _count_loss(self, ino: int, n: int) -> None:
+        st = self.stats
+        st.lost_records += 1
+        st.lost_bytes += n
+        st.per_socket_lost[ino] = st.per_socket_lost.get(ino, 0) + n
 
     def _closed(self) -> None:
         """Close records for sockets no longer in the kernel's socket table.
@@ -321,8 +325,9 @@ class Capture:
 
     def _lookup(self, ino: int, peer: int) -> tuple[str, bool]:
         """Fallback when the socket's announcement was lost: ask sock_diag."""
-        own = sockets.address_of(ino)
-        info = (own, True) if own else (sockets.address_of(peer) if peer else "", False)
+        addresses = sockets.addresses()
+        own = addresses.get(ino, "")
+        info = (own, True) if own else (addresses.get(peer, "") if peer else "", False)
         self._sock_info[ino] = info
         return info
 
@@ -363,10 +368,6 @@ class Capture:
         out, self._pending = pending[:cut], pending[cut:]
         return out
 
-    def batches(self, timeout: float = 0.2) -> Iterator[list[Record]]:
-        while True:
-            yield self.poll(timeout)
-
     def finish(self) -> list[Record]:
         """Drain what is left and report losses still pending in the kernel."""
         self._ring.drain(self._handle)
@@ -374,7 +375,7 @@ class Capture:
         now = time.time()
         for key in list(sockets_map.keys(8)):
             try:
-                off, lost_off, lost_len, _, _ = _STATE.unpack(sockets_map.lookup(key, _STATE.size))
+                _, lost_off, lost_len, _, _ = _STATE.unpack(sockets_map.lookup(key, _STATE.size))
             except libbpf.LibbpfError:
                 continue
             if not lost_len:
@@ -399,9 +400,7 @@ class Capture:
                     kind="lost",
                 )  # fmt: skip
             )
-            self.stats.lost_records += 1
-            self.stats.lost_bytes += lost_len
-            self.stats.per_socket_lost[ino] = self.stats.per_socket_lost.get(ino, 0) + lost_len
+            self._count_loss(ino, lost_len)
         return self._release(float("inf"))
 
     def kernel_stats(self) -> dict[str, int]:

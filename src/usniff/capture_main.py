@@ -59,17 +59,17 @@ def run(
                     break
                 batch = cap.poll(min(0.2, max(0.0, deadline - now)))
                 if count and emitted + len(batch) >= count:
-                    _write(outputs, batch[: count - emitted])
+                    write_batch(outputs, batch[: count - emitted])
                     emitted = count
                     break
                 emitted += len(batch)
-                _write(outputs, batch)
+                write_batch(outputs, batch)
                 if time.monotonic() >= next_flush:
                     for out in outputs:
                         out.flush()
                     next_flush = time.monotonic() + FLUSH_EVERY
             if not count or emitted < count:
-                _write(outputs, cap.finish())
+                write_batch(outputs, cap.finish())
     finally:
         for out in outputs:
             out.close(cap.stats)
@@ -77,7 +77,7 @@ def run(
     return cap.stats
 
 
-def _write(outputs: Sequence[Output], batch: list[Record]) -> None:
+def write_batch(outputs: Sequence[Output], batch: list[Record]) -> None:
     if batch:
         for out in outputs:
             out.write(batch)

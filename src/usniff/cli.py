@@ -10,7 +10,7 @@ import click
 
 from . import __version__
 from .capture import BACKENDS, DEFAULT_BUFFER, Capture, CaptureError, CaptureOptions
-from .capture_main import run
+from .capture_main import run, write_batch
 from .events import CaptureStats
 from .outputs.base import Output, OutputError
 
@@ -83,10 +83,8 @@ def make_outputs(
             )
         except ValueError as e:
             raise click.UsageError(str(e)) from None
-        if write == "-" and not stats:
-            return outputs  # stdout carries pcapng only
-    if write and not stats:
-        return outputs
+        if not stats:
+            return outputs  # the file (or stdout, for -w -) carries pcapng only
     if _byte_view(ascii_, hexdump, fmt, protocol) and not stats:
         from .outputs.raw import JsonOutput, TextOutput
 
@@ -305,11 +303,9 @@ def read_cmd(file: str, protocol: str | None, fmt: str, stats: bool, redact: boo
                 stats_.records += 1
                 stats_.bytes += rec.length
             if len(batch) >= 4096:
-                for o in outputs:
-                    o.write(batch)
+                write_batch(outputs, batch)
                 batch = []
-        for o in outputs:
-            o.write(batch)
+        write_batch(outputs, batch)
     except PcapReadError as e:
         raise click.ClickException(str(e)) from None
     finally:

@@ -150,12 +150,9 @@ def inodes() -> set[int]:
     return {s.inode for s in _sockets()}
 
 
-def address_of(inode: int) -> str:
-    """The bound address of the socket with this inode, or ""."""
+def addresses() -> dict[int, str]:
+    """Bound address of every Unix socket alive now, by inode ("" when unbound)."""
     try:
-        for s in _sockets():
-            if s.inode == inode:
-                return s.path
+        return {s.inode: s.path for s in _sockets()}
     except OSError:
-        pass
-    return ""
+        return {}

@@ -125,6 +125,12 @@ def send_all(s: socket.socket, data: bytes, sent: Sent) -> None:
     sent.add(s, data)
 
 
+def exchange(src: socket.socket, dst: socket.socket, data: bytes, sent: Sent) -> None:
+    """src sends data (recorded in sent); dst reads what arrived."""
+    send_all(src, data, sent)
+    assert dst.recv(100)
+
+
 # ----------------------------------------------------------------- scenarios
 
 
@@ -301,18 +307,14 @@ def sc_abstract(out: str, sent: Sent, name_a: str, name_b: str, name_c: str) -> 
     emit({"ready": {"a_cli": ino(a_cli), "a_srv": ino(a_srv), "b_cli": ino(b_cli),
                     "b_srv": ino(b_srv), "tx": ino(tx)}})  # fmt: skip
     wait_go()
-    send_all(b_cli, b"on B: must not be captured", sent)
-    assert b_srv.recv(100)
-    send_all(b_srv, b"B reply: not captured either", sent)
-    assert b_cli.recv(100)
+    exchange(b_cli, b_srv, b"on B: must not be captured", sent)
+    exchange(b_srv, b_cli, b"B reply: not captured either", sent)
     for m in (b"datagram one to C", b"datagram two to C"):
         assert tx.sendto(m, b"\0" + name_c.encode()) == len(m)
         sent.add(tx, m)
         assert rx.recv(100) == m
-    send_all(a_cli, b"hello over abstract A", sent)
-    assert a_srv.recv(100)
-    send_all(a_srv, b"A replies", sent)
-    assert a_cli.recv(100)
+    exchange(a_cli, a_srv, b"hello over abstract A", sent)
+    exchange(a_srv, a_cli, b"A replies", sent)
     return {}
 
 
@@ -326,12 +328,9 @@ def sc_preopen(out: str, sent: Sent) -> dict:
     a.recv(777, socket.MSG_WAITALL)
     emit({"ready": {"a": ino(a), "b": ino(b), "before": 12345}})
     wait_go()
-    send_all(a, b"first bytes after start", sent)
-    assert b.recv(100)
-    send_all(b, b"reply from b", sent)
-    assert a.recv(100)
-    send_all(a, b"second from a", sent)
-    assert b.recv(100)
+    exchange(a, b, b"first bytes after start", sent)
+    exchange(b, a, b"reply from b", sent)
+    exchange(a, b, b"second from a", sent)
     return {}
 
 
