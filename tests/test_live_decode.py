@@ -175,7 +175,7 @@ def test_redis_cli_pipe_pipeline(redis_run: Run) -> None:
     assert sets == [(f"SET pipe:{i} v{i}", "+OK") for i in range(PIPE_N)]
     assert gets == [(f"GET pipe:{i}", f"v{i}") for i in range(PIPE_N)]
     echo = conn[-1]  # redis-cli --pipe ends with ECHO <20 random bytes> and waits for it
-    assert echo["command"] == "ECHO" and echo["reply"] == echo["request"].split()[1], echo
+    assert echo["command"] == "ECHO" and echo["reply"] == echo["request"].split(" ", 1)[1], echo
 
 
 def test_redis_subscribe_and_published_push(redis_run: Run) -> None:
