@@ -107,6 +107,22 @@ def test_flow_framing_names_checksums_and_direction(tmp_path: Path) -> None:
         assert row[6:8] == ["1", "1"]  # "Good"
 
 
+def test_large_payloads_checksums_and_bytes(tmp_path: Path) -> None:
+    """Sizes on both sides of the numpy checksum and by-reference thresholds,
+    odd and even, and one record larger than a segment."""
+    f = tmp_path / "big.pcapng"
+    sizes = (1023, 1024, 1025, 4095, 4096, 32768, 70001)
+    exchange = [(i % 2 == 1, os.urandom(n)) for i, n in enumerate(sizes)]
+    write(f, Conn(path="@big").exchange(exchange))
+    rows = fields(
+        f, "ip.checksum.status", "tcp.checksum.status", "tcp.len", flt="tcp.len > 0",
+        extra=("-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE"),
+    )  # fmt: skip
+    assert sorted(int(r[2]) for r in rows) == sorted([*sizes[:-1], 65495, 70001 - 65495])
+    assert all(r[:2] == ["1", "1"] for r in rows), rows  # "Good"
+    assert follow_raw(str(f)) == sides(exchange)
+
+
 def test_scapy_reads_packets_payloads_and_comments(tmp_path: Path) -> None:
     f = tmp_path / "redis.pcapng"
     records = Conn().exchange(REDIS_EXCHANGE)

@@ -13,8 +13,8 @@ sent over TCP (framing documented in docs/pcapng.md):
   them to the socket path and ``comm[pid]``;
 * each packet carries a comment with pid, tid, uid, comm, inodes and path.
 
-The hot path packs headers with :mod:`struct` into one bytearray per batch
-and writes it with one system call; no scapy.
+The hot path packs headers with :mod:`struct` into one buffer per batch and
+writes it with writev(2), large payloads by reference; no scapy.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import numpy
 
 from usniff import __version__
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, CaptureStats, Record
@@ -57,6 +59,9 @@ NET_SIZE = 1 << 23
 MAX_SEGMENT = 65535 - 20 - 20  # TCP payload that fits one IPv4 packet
 MAX_DATAGRAM = 65535 - 20 - 8  # UDP payload that fits one IPv4 packet
 FLUSH_BYTES = 1 << 20  # write out as soon as a batch leaves this much buffered
+NUMPY_MIN = 1024  # payloads from this size are checksummed with numpy (crossover measured here)
+SPLICE_MIN = 4096  # payloads from this size are written from the record, not copied
+IOV_MAX = 1024  # buffers per writev(2)
 WSCALE = 14  # window scale announced in the SYNs: window 65535 << 14 never fills
 MASK32 = 0xFFFFFFFF
 
@@ -93,7 +98,8 @@ IPPROTO_UDP = 17
 
 _END_OPTS = b"\0\0\0\0"
 _EPB = struct.Struct("<7I")
-_TRAILER = struct.Struct("<I")
+_END_TRAILER = struct.Struct("<II")  # opt_endofopt, then the block's total length
+_PADS = (b"", b"\0", b"\0\0", b"\0\0\0")
 # IPv4 header (id 0, DF, TTL 64) followed by addresses+ports (12s), then TCP or UDP.
 _IP_TCP = struct.Struct("!BxHxxBxBBH12sIIHHHxx")
 _IP_UDP = struct.Struct("!BxHxxBxBBH12sHH")
@@ -119,13 +125,23 @@ def _usec(ts: float) -> int:
 
 
 def _csum_words(data: bytes | memoryview) -> int:
-    """Sum of the 16-bit words of ``data`` (zero-padded), modulo 65535.
+    """A number congruent, modulo 65535, to the sum of the big-endian 16-bit
+    words of ``data`` (zero-padded): what the Internet checksum folds.
 
-    Big-integer conversion does the whole payload in C: 65536 = 1 (mod
-    65535), so the base-65536 number equals its digit sum modulo 65535.
+    Below NUMPY_MIN bytes big-integer conversion does it in C (65536 = 1 mod
+    65535, so the base-65536 number equals its digit sum modulo 65535).  Above,
+    numpy sums little-endian words and the result is rotated by 8 bits
+    (multiplying by 256 modulo 65535 swaps the bytes of a ones' complement
+    sum, RFC 1071): 11 us instead of 119 us for 64 KiB, measured here.
     """
-    value = int.from_bytes(data, "big")
-    return value << 8 if len(data) & 1 else value
+    n = len(data)
+    if n < NUMPY_MIN:
+        value = int.from_bytes(data, "big")
+        return value << 8 if n & 1 else value
+    total = int(numpy.frombuffer(data, "<u2", n >> 1).sum(dtype=numpy.uint64))
+    if n & 1:
+        total += data[-1]
+    return total << 8
 
 
 def _addr_sum(addr: int) -> int:
@@ -258,7 +274,7 @@ class Framer:
 
     # -- file preamble ---------------------------------------------------
 
-    def preamble(self, buf: bytearray, ts: float) -> None:
+    def preamble(self, buf: _Sink, ts: float) -> None:
         """Everything a new file starts with: SHB, IDB, all names, and a
         handshake for every flow still open (sequence numbers continue)."""
         uname = os.uname()
@@ -286,7 +302,7 @@ class Framer:
                 if d.fin:
                     self._tcp(buf, d, ts, TCP_FIN | TCP_ACK, d.next_off, b"", 0, d.epb_flags)
 
-    def statistics(self, buf: bytearray, stats: CaptureStats, start: float, end: float) -> None:
+    def statistics(self, buf: _Sink, stats: CaptureStats, start: float, end: float) -> None:
         comment = (
             f"usniff: backend={stats.backend or '?'} records={stats.records} "
             f"bytes={stats.bytes} lost_records={stats.lost_records} lost_bytes={stats.lost_bytes}"
@@ -305,7 +321,7 @@ class Framer:
 
     # -- records ---------------------------------------------------------
 
-    def add(self, buf: bytearray, rec: Record) -> None:
+    def add(self, buf: _Sink, rec: Record) -> None:
         """Append the packets for one record."""
         d = self._dirs.get(rec.inode if rec.peer_inode else (rec.inode, rec.path))
         kind = rec.kind
@@ -322,7 +338,7 @@ class Framer:
         else:
             self._datagram(buf, d, rec)
 
-    def finish(self, buf: bytearray) -> None:
+    def finish(self, buf: _Sink) -> None:
         """Write out datagrams still waiting for their last record."""
         for d in self._dirs.values():
             if d.pending:
@@ -339,7 +355,7 @@ class Framer:
         d.note = ""
         return _opt(OPT_COMMENT, f"usniff: {note}; {record_comment(rec)}".encode()) + d.epb_flags
 
-    def _segments(self, buf: bytearray, d: _Dir, rec: Record) -> None:
+    def _segments(self, buf: _Sink, d: _Dir, rec: Record) -> None:
         off, length, data = rec.offset, rec.length, rec.data
         if off > d.next_off:
             d.note = f"{off - d.next_off} bytes missing before this packet (not captured)"
@@ -358,7 +374,7 @@ class Framer:
         if end > d.next_off:
             d.next_off = end
 
-    def _lost(self, buf: bytearray, d: _Dir, rec: Record) -> None:
+    def _lost(self, buf: _Sink, d: _Dir, rec: Record) -> None:
         """A sequence gap, announced by a zero-payload packet after the gap."""
         end = rec.offset + rec.lost
         if end > d.next_off:
@@ -368,7 +384,7 @@ class Framer:
             self._tcp(buf, d, rec.ts, TCP_ACK, end, b"", 0, self._comment_opts(d, rec))
         # for datagrams the note goes onto the next datagram
 
-    def _close(self, buf: bytearray, d: _Dir, rec: Record) -> None:
+    def _close(self, buf: _Sink, d: _Dir, rec: Record) -> None:
         del self._dirs[rec.inode if rec.peer_inode else (rec.inode, rec.path)]
         if d.pending:
             self._emit_datagram(buf, d)
@@ -381,7 +397,7 @@ class Framer:
             self._open.pop(d, None)
             self._open.pop(d.peer, None)
 
-    def _datagram(self, buf: bytearray, d: _Dir, rec: Record) -> None:
+    def _datagram(self, buf: _Sink, d: _Dir, rec: Record) -> None:
         flags = rec.flags
         if d.pending and flags & FLAG_MSG_START:
             self._emit_datagram(buf, d)  # the previous datagram's end was not seen
@@ -389,7 +405,7 @@ class Framer:
         if flags & FLAG_MSG_END:
             self._emit_datagram(buf, d)
 
-    def _emit_datagram(self, buf: bytearray, d: _Dir) -> None:
+    def _emit_datagram(self, buf: _Sink, d: _Dir) -> None:
         recs, d.pending = d.pending, []
         first = recs[0]
         data = b"".join(r.data for r in recs)
@@ -418,7 +434,7 @@ class Framer:
             self._addr_of[key] = addr
         return addr
 
-    def _new_flow(self, buf: bytearray, rec: Record) -> _Dir:
+    def _new_flow(self, buf: _Sink, rec: Record) -> _Dir:
         connected = rec.peer_inode != 0
         if not connected:
             from_server = rec.path_is_own
@@ -479,7 +495,7 @@ class Framer:
             )
         return server if from_server else client
 
-    def _handshake(self, buf: bytearray, client: _Dir, ts: float, comment: str) -> None:
+    def _handshake(self, buf: _Sink, client: _Dir, ts: float, comment: str) -> None:
         """SYN, SYN-ACK, ACK with ISNs chosen so that the next bytes continue the flow."""
         server = client.peer
         c_off, s_off = client.next_off, server.next_off
@@ -494,7 +510,7 @@ class Framer:
 
     def _tcp(
         self,
-        buf: bytearray,
+        buf: _Sink,
         d: _Dir,
         ts: float,
         flags: int,
@@ -524,7 +540,7 @@ class Framer:
         self._epb(buf, ts, hdr + tcp_opts, payload, total, opts)
 
     def _udp(
-        self, buf: bytearray, d: _Dir, ts: float, payload: bytes, length: int, opts: bytes
+        self, buf: _Sink, d: _Dir, ts: float, payload: bytes, length: int, opts: bytes
     ) -> None:
         udp_len = 8 + length
         total = 20 + udp_len
@@ -537,7 +553,7 @@ class Framer:
 
     def _epb(
         self,
-        buf: bytearray,
+        buf: _Sink,
         ts: float,
         hdr: bytes,
         payload: bytes | memoryview,
@@ -550,12 +566,39 @@ class Framer:
         usec = _usec(ts)
         buf += _EPB.pack(BT_EPB, total, 0, usec >> 32, usec & MASK32, caplen, origlen)
         buf += hdr
-        buf += payload
-        buf += b"\0" * pad
+        if len(payload) >= SPLICE_MIN:
+            buf.splice(payload)
+        else:
+            buf += payload
+        buf += _PADS[pad]
         buf += opts
-        buf += _END_OPTS
-        buf += _TRAILER.pack(total)
+        buf += _END_TRAILER.pack(0, total)
         self.packets += 1
+
+
+class _Sink(bytearray):
+    """The output buffer of one batch.  Headers and small payloads are appended
+    in place; a large payload is kept by reference (:meth:`splice`) and handed
+    to writev(2) with the rest, so only the kernel copies its bytes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[bytes | memoryview] = []
+        self.parts_size = 0
+
+    def splice(self, payload: bytes | memoryview) -> None:
+        if self:
+            self.parts.append(bytes(self))
+            self.parts_size += len(self)
+            self.clear()
+        self.parts.append(payload)
+        self.parts_size += len(payload)
+
+    def size(self) -> int:
+        return self.parts_size + len(self)
+
+    def pieces(self) -> list[bytes | memoryview]:
+        return [*self.parts, memoryview(self)] if self else list(self.parts)
 
 
 # ---------------------------------------------------------------- files
@@ -605,7 +648,7 @@ class PcapngOutput:
         self._rotate_seconds = rotate_seconds or 0.0
         self._count = rotate_count or 0
         self._framer = Framer(snaplen)
-        self._buf = bytearray()
+        self._buf = _Sink()
         self._kept: deque[str] = deque()
         self._index = 0
         self._failed: OutputError | None = None
@@ -631,11 +674,11 @@ class PcapngOutput:
         buf, add = self._buf, self._framer.add
         limit = self._rotate_bytes or float("inf")
         for rec in batch:
-            if self._size + len(buf) > limit or rec.ts >= self._deadline:
+            if self._size + buf.size() > limit or rec.ts >= self._deadline:
                 self._rotate(rec.ts)
                 buf = self._buf
             add(buf, rec)
-        if len(buf) >= FLUSH_BYTES:
+        if buf.size() >= FLUSH_BYTES:
             self.flush()
 
     def flush(self) -> None:
@@ -714,14 +757,21 @@ class PcapngOutput:
         self._fd = -1
 
     def _drain(self) -> None:
-        """Write the buffer out (one system call unless the kernel takes less)."""
-        if not self._buf:
+        """Write the buffer out with writev(2), IOV_MAX buffers per call."""
+        pieces = self._buf.pieces()
+        if not pieces:
             return
-        view = memoryview(self._buf)
         written = 0
         try:
-            while written < len(view):
-                written += os.write(self._fd, view[written:])
+            first = 0
+            while first < len(pieces):
+                n = os.writev(self._fd, pieces[first : first + IOV_MAX])
+                written += n
+                while first < len(pieces) and n >= len(pieces[first]):
+                    n -= len(pieces[first])
+                    first += 1
+                if n:  # the kernel took part of a buffer
+                    pieces[first] = memoryview(pieces[first])[n:]
         except OSError as err:
             readable = self._durable - self._file_first
             if self._pattern != "-":
@@ -733,7 +783,9 @@ class PcapngOutput:
             )
             raise self._failed from err
         finally:
-            view.release()
-        self._buf = bytearray()
+            for piece in pieces:
+                if isinstance(piece, memoryview):
+                    piece.release()
+        self._buf = _Sink()
         self._size += written
         self._durable = self._framer.packets
