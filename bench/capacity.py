@@ -8,8 +8,8 @@ fixed-size messages over an AF_UNIX socketpair at a target rate; a child
 reads and discards them.
 
 capacity: the highest rate of 31-byte writes, and of 64 KiB writes, that
-``usniff --comm ubench-wr -w FILE`` captures with zero loss (bisection over
-target rates; the figure is the rate the writer achieved; a confirmation
+``usniff --comm ubench-wr -w FILE -C 200 -W 2`` (FILE on /dev/shm) captures
+with zero loss (bisection over target rates; the figure is the rate the writer achieved; a confirmation
 set of runs, alternated with untraced runs, gives the medians).
 
 kernel: the writer flat out with the BPF programs attached but filtered to
@@ -31,6 +31,7 @@ from .common import Usniff, median, table
 
 HERE = Path(__file__).resolve().parent
 COMM = "ubench-wr"
+TMPFS = "/dev/shm" if Path("/dev/shm").is_dir() else None
 
 
 def build(work: Path) -> Path:
@@ -67,7 +68,9 @@ def captured(exe: Path, work: Path, size: int, rate: float, seconds: float) -> d
 
 def capacity(size: int, seconds: float, steps: int, confirm: int,
              log: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="usniff-bench-") as tmp:
+    # the pcapng files go to tmpfs: this measures the collector, not the disk
+    # (a VM disk throttles GB/s of dirty pages long before usniff is the limit)
+    with tempfile.TemporaryDirectory(prefix="usniff-bench-", dir=TMPFS) as tmp:
         work = Path(tmp)
         exe = build(work)
         flat = captured(exe, work, size, 0, seconds)

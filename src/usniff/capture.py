@@ -15,6 +15,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from importlib import resources
+from operator import attrgetter
 from pathlib import Path
 
 from . import libbpf, sockets
@@ -49,7 +50,10 @@ DEFAULT_BUFFER = 64 << 20
 CLOSE_CHECK = 1.0  # seconds between checks for sockets that went away
 REORDER = 0.1  # seconds records wait so that records from other CPUs can precede them
 HOLD = 1.0  # seconds a record may wait for its peer's inode (a connection not yet accepted)
-POLL = 0.025  # seconds between looks at the ring (the kernel wakes us only when it fills up)
+POLL = 0.025  # seconds between drains of the ring (the kernel wakes us early when it fills up)
+
+
+_ts = attrgetter("ts")
 
 
 class CaptureError(Exception):
@@ -340,7 +344,7 @@ class Capture:
 
     def poll(self, timeout: float) -> list[Record]:
         """Wait up to ``timeout`` s for data; return what the ring holds (maybe [])."""
-        if not self._ring.pending():
+        if self._ring.pending() < self._ring_bytes // 8:
             self._ring.wait(min(timeout, POLL))
         self._ring.drain(self._handle, limit=self._ring_bytes // 2)
         if time.monotonic() >= self._next_close_check:
@@ -357,12 +361,16 @@ class Capture:
         order; a record still waiting for its peer's inode holds back every
         later one (for at most HOLD seconds) so that order is kept too.
         """
-        pending = self._pending
-        pending += self._batch
+        pending, batch = self._pending, self._batch
         self._batch = []
+        if batch:  # only the part of ``pending`` the new records fall into is re-sorted
+            batch.sort(key=_ts)
+            start = bisect_right(pending, batch[0].ts, key=_ts)
+            pending[start:] = (
+                sorted(pending[start:] + batch, key=_ts) if start < len(pending) else batch
+            )
         if not pending:
             return []
-        pending.sort(key=_ts)
         waiting = []
         for r in self._unknown_peer:
             r.peer_inode = self._peer_of.get(r.inode, 0)
@@ -423,10 +431,6 @@ class Capture:
     def close(self) -> None:
         self._ring.close()
         self._obj.close()
-
-
-def _ts(r: Record) -> float:
-    return r.ts
 
 
 def _addr(raw: memoryview | bytes) -> str:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 _BUSY = 1 << 31
 _DISCARD = 1 << 30
 _HDR = 8
+RELEASE = 1 << 20  # bytes handled between two stores of the consumer position
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 
@@ -35,10 +36,12 @@ class RingBuffer:
         self._prod = mmap.mmap(fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
         self._data = memoryview(self._prod)[page:]
         self._epoll = select.epoll()
-        self._epoll.register(fd, select.EPOLLIN)
+        # edge-triggered: woken by the kernel's wakeups (the BPF programs ask
+        # for one only once the ring fills up), not by every record present
+        self._epoll.register(fd, select.EPOLLIN | select.EPOLLET)
 
     def wait(self, timeout: float) -> None:
-        """Block until the kernel signals new data, or ``timeout`` seconds."""
+        """Block until the kernel sends a wakeup, or ``timeout`` seconds."""
         self._epoll.poll(timeout)
 
     def pending(self) -> int:
@@ -51,10 +54,12 @@ class RingBuffer:
 
         Returns the number of bytes of ring consumed; stops at a record still
         being written, or after ``limit`` bytes so a caller can interleave output.
+        The consumer position is published every RELEASE bytes, so the kernel
+        can reuse the space while the rest of a large batch is handled.
         """
         start: int = _U64.unpack_from(self._cons, 0)[0]
         prod: int = _U64.unpack_from(self._prod, 0)[0]
-        cons = start
+        cons = published = start
         data, mask, u32 = self._data, self._mask, _U32.unpack_from
         end = min(prod, cons + limit)
         while cons < end:
@@ -66,7 +71,10 @@ class RingBuffer:
             if not hdr & _DISCARD:
                 handle(data[off + _HDR : off + _HDR + n])
             cons += (n + _HDR + 7) & ~7
-        if cons != start:
+            if cons - published >= RELEASE:
+                _U64.pack_into(self._cons, 0, cons)
+                published = cons
+        if cons != published:
             _U64.pack_into(self._cons, 0, cons)
         return cons - start
 
