@@ -9,8 +9,9 @@ reads and discards them.
 
 capacity: the highest rate of 31-byte writes, and of 64 KiB writes, that
 ``usniff --comm ubench-wr -w FILE -C 200 -W 2`` (FILE on /dev/shm) captures
-with zero loss (bisection over target rates; the figure is the rate the writer achieved; a confirmation
-set of runs, alternated with untraced runs, gives the medians).
+with zero loss (bisection over target rates; the figure is the rate the writer
+achieved; a confirmation set of runs, alternated with untraced runs, gives the
+medians).
 
 kernel: the writer flat out with the BPF programs attached but filtered to
 another socket's path, versus not attached (alternating), plus the BPF
