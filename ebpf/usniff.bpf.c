@@ -266,17 +266,29 @@ static __always_inline void fill_hdr(struct usniff_event *h, struct sock *sk, __
 
 /* EV_SOCK: the socket's own address if bound, else its peer's. */
 /*
- * Wake the collector only once the ring is an eighth full: it also polls
+ * bpf_ringbuf_output() with up to two more tries when it fails although the
+ * ring has room: on 6.18 about one output in a million failed with megabytes
+ * free (seen with bpf_printk; the immediate second try succeeded every time),
+ * which was reported as a loss.  A ring that is really full is not retried.
+ *
+ * The collector is woken only once the ring is an eighth full: it also polls
  * every few milliseconds (POLL in capture.py; records wait longer than that
  * for reordering anyway), so the default wakeup whenever it has caught up
  * would only add an irq_work and a context switch to the traced sender.
  */
-static __always_inline __u64 ring_flags(void)
+static __always_inline long ring_output(void *data, __u64 size)
 {
-	__u64 size = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE);
+	__u64 ring = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE);
+	__u64 flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > ring / 8 ?
+			      BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 
-	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > size / 8 ?
-		       BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	if (!bpf_ringbuf_output(&events, data, size, flags))
+		return 0;
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + size + 8 > ring)
+		return -1;
+	if (!bpf_ringbuf_output(&events, data, size, flags))
+		return 0;
+	return bpf_ringbuf_output(&events, data, size, flags);
 }
 
 static __always_inline int announce(struct scratch *s, struct sock *sk)
@@ -298,7 +310,7 @@ static __always_inline int announce(struct scratch *s, struct sock *sk)
 	if (len)
 		bpf_probe_read_kernel(s->data, len & 127, &addr->name[0].sun_path);
 	s->hdr.addr_len = len;
-	return bpf_ringbuf_output(&events, &s->hdr, sizeof(s->hdr) + (len & 127), ring_flags());
+	return ring_output(&s->hdr, sizeof(s->hdr) + (len & 127));
 }
 
 
@@ -322,13 +334,13 @@ static __always_inline void output_record(struct scratch *s, struct sock_state *
 		lost.offset = st->lost_off;
 		lost.len = st->lost_len;
 		lost.caplen = 0;
-		if (bpf_ringbuf_output(&events, &lost, sizeof(lost), ring_flags()))
+		if (ring_output(&lost, sizeof(lost)))
 			goto lose;
 		st->lost_len = 0;
 	}
 	if (s->hdr.kind == USNIFF_EV_LOST)
 		size = sizeof(s->hdr);
-	if (bpf_ringbuf_output(&events, &s->hdr, size, ring_flags()))
+	if (ring_output(&s->hdr, size))
 		goto lose;
 	stat_add(USNIFF_STAT_RECORDS, 1);
 	stat_add(USNIFF_STAT_BYTES, s->hdr.len);
@@ -464,7 +476,7 @@ static __always_inline void emit_dest(struct scratch *s, struct send_src *src)
 		return;
 	s->hdr.kind = USNIFF_EV_DEST;
 	s->hdr.addr_len = len;
-	bpf_ringbuf_output(&events, &s->hdr, sizeof(s->hdr) + (len & 127), ring_flags());
+	ring_output(&s->hdr, sizeof(s->hdr) + (len & 127));
 }
 
 static __always_inline int dest_matches(struct send_src *src)
