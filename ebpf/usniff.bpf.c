@@ -580,36 +580,46 @@ static __always_inline int emit_send(struct sock *sk, long sent, struct send_src
 
 /* ---------------------------------------------------------------- tracepoint */
 
-/* fd -> struct sock, if fd is an AF_UNIX socket of the current task */
-static __always_inline struct sock *fd_unix_sock(long fd)
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
+/*
+ * fd -> struct sock and its inode, if fd is an AF_UNIX socket of the current
+ * task.  This runs for every write() on the system, so it walks the kernel
+ * pointers with direct (BTF) loads, not one bpf_probe_read_kernel call per
+ * hop; only the fd array is indexed, which needs a helper.  bpf_rdonly_cast
+ * (>= 6.2) gives the loaded pointers back their types; only the tracepoint
+ * backend (>= 6.3) uses it.
+ */
+static __always_inline struct sock *fd_unix_sock(long fd, __u64 *ino)
 {
-	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
-	struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
-	struct file **fds;
-	struct file *f;
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct fdtable *fdt = t->files->fdt;
+	struct file *f = NULL;
+	struct inode *inode;
 	struct socket *sock;
 	struct sock *sk;
-	unsigned int mode;
 
-	if (fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
+	if (fd < 0 || fd >= fdt->max_fds)
 		return NULL;
-	fds = BPF_CORE_READ(fdt, fd);
-	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+	if (bpf_probe_read_kernel(&f, sizeof(f), (void *)((__u64)fdt->fd + fd * sizeof(f))) || !f)
 		return NULL;
-	mode = BPF_CORE_READ(f, f_inode, i_mode);
-	if ((mode & S_IFMT) != S_IFSOCK)
+	f = bpf_rdonly_cast(f, bpf_core_type_id_kernel(struct file));
+	inode = f->f_inode;
+	if (!inode || (inode->i_mode & S_IFMT) != S_IFSOCK)
 		return NULL;
-	sock = BPF_CORE_READ(f, private_data);
-	sk = BPF_CORE_READ(sock, sk);
-	if (!sk || BPF_CORE_READ(sk, __sk_common.skc_family) != AF_UNIX)
+	sock = bpf_rdonly_cast(f->private_data, bpf_core_type_id_kernel(struct socket));
+	sk = sock->sk;
+	if (!sk || sk->__sk_common.skc_family != AF_UNIX)
 		return NULL;
+	*ino = inode->i_ino; /* a socket's file inode is its SOCK_INODE */
 	return sk;
 }
 
 static __always_inline int stash_sys(long fd, struct send_src *src)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct sock *sk = fd_unix_sock(fd);
+	__u64 ino = 0;
+	struct sock *sk = fd_unix_sock(fd, &ino);
 
 	if (!sk)
 		return 0;
@@ -619,8 +629,7 @@ static __always_inline int stash_sys(long fd, struct send_src *src)
 	 * so skip the stash update and delete (most of the cost per write).
 	 */
 	if (!src->name && src->sys == SYS_READY) {
-		__u64 ino = sock_ino(sk);
-		struct sock_state *st = ino ? bpf_map_lookup_elem(&sockets, &ino) : NULL;
+		struct sock_state *st = bpf_map_lookup_elem(&sockets, &ino);
 
 		if (st && st->match == 2) {
 			if (bpf_map_lookup_elem(&stash, &tid))

@@ -445,6 +445,14 @@ def _kernel_version() -> tuple[int, int]:
     return int(major), int(minor)
 
 
+def _has_btf_type(name: bytes) -> bool:
+    """Whether the kernel's BTF names ``name`` (its string section holds every type name)."""
+    try:
+        return name in Path("/sys/kernel/btf/vmlinux").read_bytes()
+    except OSError:
+        return False
+
+
 def _explain(backend: str, e: libbpf.LibbpfError) -> str:
     if _kernel_version() < (5, 17):
         return f"usniff needs bpf_loop (kernel >= 5.17); this kernel is {os.uname().release} ({e})"
@@ -452,6 +460,6 @@ def _explain(backend: str, e: libbpf.LibbpfError) -> str:
         return f"BPF trampolines unavailable on this kernel ({e})"
     if backend == "kprobe" and e.errno in (errno.EPERM, errno.ENOENT, errno.EOPNOTSUPP, 524):
         return f"kprobes unavailable on this kernel ({e})"
-    if backend == "tracepoint" and e.errno in (errno.ESRCH, errno.ENOENT, errno.EINVAL):
+    if backend == "tracepoint" and not _has_btf_type(b"btf_trace_sock_send_length"):
         return f"no sock_send_length tracepoint (needs kernel >= 6.3) ({e})"
     return str(e)

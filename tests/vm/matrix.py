@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -52,6 +52,7 @@ class Cell:
     tests: str = "-"  # "12 passed, 0 failed, 1 skipped"
     problem: str = ""  # empty when the cell passed
     seconds: float = 0.0
+    earlier: list[str] = field(default_factory=list)  # problems of failed tries before the last
 
 
 class Tee:
@@ -177,6 +178,8 @@ def table(cells: list[Cell]) -> str:
     ]
     for c in cells:
         result = f"FAIL: {c.problem}" if c.problem else "ok"
+        if c.earlier:  # a flaky cell stays visible in the report
+            result += f" (try {len(c.earlier) + 1}; before: {'; '.join(c.earlier)})"
         cols = [c.kernel.release, c.kernel.version, c.backend, c.kernel_can, c.usniff, c.tests]
         cols += [result, f"{c.seconds:.0f} s"]
         rows.append("| " + " | ".join(col.replace("|", "\\|") for col in cols) + " |")
@@ -205,6 +208,12 @@ def main() -> int:
         default="tests -m root -q -rfEs",
         help="what the guest passes to pytest (default: %(default)s)",
     )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        help="run a failing cell again up to N times; the report keeps every failure",
+    )
     parser.add_argument("--no-doc", action="store_true", help=f"do not update {DOC.name}")
     parser.add_argument("-v", "--verbose", action="store_true", help="stream guest consoles")
     args = parser.parse_args()
@@ -223,6 +232,13 @@ def main() -> int:
     for cell in cells:
         print(f"== {cell.kernel.release} {cell.backend}", flush=True)
         run_cell(cell, shlex.split(args.pytest_args), args)
+        while cell.problem and len(cell.earlier) < args.retries:
+            keep = LOGS / f"{cell.kernel.release}-{cell.backend}.try{len(cell.earlier) + 1}.log"
+            (LOGS / f"{cell.kernel.release}-{cell.backend}.log").replace(keep)
+            print(f"== {cell.kernel.release} {cell.backend}: {cell.problem}; again", flush=True)
+            cell.earlier.append(cell.problem)
+            cell.problem = ""
+            run_cell(cell, shlex.split(args.pytest_args), args)
         verdict = f"FAIL: {cell.problem}" if cell.problem else "ok"
         print(
             f"== {cell.kernel.release} {cell.backend}: {verdict} "
@@ -240,7 +256,8 @@ def main() -> int:
     if not args.no_doc:
         write_doc(report)
     failed = sum(bool(c.problem) for c in cells)
-    print(f"matrix: {len(cells) - failed} passed, {failed} failed")
+    flaky = sum(bool(c.earlier) and not c.problem for c in cells)
+    print(f"matrix: {len(cells) - failed} passed ({flaky} only on a retry), {failed} failed")
     return 1 if failed else 0
 
 
