@@ -20,7 +20,7 @@ def plot(results: dict[str, Any], outdir: Path) -> None:
                  for load in dict.fromkeys(x["workload"] for x in res["rows"])]  # fmt: skip
         configs = [c for c in results["overhead"][0]["rows"] if True]
         names = list(dict.fromkeys(c["config"] for c in configs))
-        fig, ax = plt.subplots(figsize=(9, 4.5))
+        fig, ax = plt.subplots(figsize=(11, 4.5))
         width = 0.8 / len(names)
         for i, name in enumerate(names):
             vals = []
@@ -36,7 +36,7 @@ def plot(results: dict[str, Any], outdir: Path) -> None:
         ax.axhline(0.8, color="red", lw=0.8, ls="--", label="target 0.80 (pcapng, -P 1)")
         ax.set_ylabel("throughput / untraced (median)")
         ax.set_title(f"Overhead on the traced service\n{subtitle}", fontsize=10)
-        ax.legend(fontsize=8, ncol=2)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
         fig.tight_layout()
         fig.savefig(outdir / "bench-overhead.png", dpi=110)
         plt.close(fig)
@@ -51,7 +51,9 @@ def plot(results: dict[str, Any], outdir: Path) -> None:
                            [p["lost_bytes"] / max(p["written"], 1) for p in sel],
                            color=color, label=label)  # fmt: skip
             ax.axvline(c["untraced"] * unit, color="grey", ls="--", label="untraced writer")
-            ax.set_xlabel("writes/s achieved" if unit == 1.0 else "MB/s achieved")
+            ax.set_xlabel("thousand writes/s achieved" if unit == 1.0 else "MB/s achieved")
+            if unit == 1.0:
+                ax.xaxis.set_major_formatter(lambda x, _pos: f"{x / 1000:.0f}")
             ax.set_ylabel("fraction of bytes lost")
             ax.set_title(f"{c['size']}-byte writes", fontsize=10)
             ax.legend(fontsize=8)
