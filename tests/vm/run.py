@@ -74,7 +74,13 @@ def guest_script(command: Sequence[str], env: dict[str, str], cwd: str) -> str:
 
 
 def qemu_command(
-    kernel_image: Path, initrd: Path, out_dir: Path, memory: str, cpus: int, accel: str
+    kernel_image: Path,
+    initrd: Path,
+    out_dir: Path,
+    memory: str,
+    cpus: int,
+    accel: str,
+    cwd: str,
 ) -> list[str]:
     if accel == "kvm":
         machine = ["-accel", "kvm", "-cpu", "host"]
@@ -92,7 +98,7 @@ def qemu_command(
         "-serial", "stdio",
         "-kernel", str(kernel_image),
         "-initrd", str(initrd),
-        "-append", " ".join(KERNEL_ARGS),
+        "-append", " ".join((*KERNEL_ARGS, f"vm.cwd={cwd}")),  # init: a cwd under /tmp
         "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
         "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
         "-fsdev", f"local,id=vmout,path={out_dir},security_model=none",
@@ -147,7 +153,7 @@ def run_vm(
         status_file.unlink(missing_ok=True)
         (out / ".vm-command").write_text(guest_script(command, env or {}, cwd))
 
-        argv = qemu_command(kernel.vmlinuz, initrd, out, memory, cpus, accel)
+        argv = qemu_command(kernel.vmlinuz, initrd, out, memory, cpus, accel, cwd)
         started = time.monotonic()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
         try:
