@@ -34,8 +34,6 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy
-
 from usniff import __version__
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, CaptureStats, Record
 from usniff.outputs.base import OutputError
@@ -124,6 +122,15 @@ def _usec(ts: float) -> int:
     return int(ts * 1_000_000)
 
 
+@functools.cache
+def _numpy() -> Any:
+    """numpy, imported on first use: it adds ~0.15 s to start-up here (seconds
+    under emulation), and captures of small payloads never need it."""
+    import numpy
+
+    return numpy
+
+
 def _csum_words(data: bytes | memoryview) -> int:
     """A number congruent, modulo 65535, to the sum of the big-endian 16-bit
     words of ``data`` (zero-padded): what the Internet checksum folds.
@@ -138,7 +145,8 @@ def _csum_words(data: bytes | memoryview) -> int:
     if n < NUMPY_MIN:
         value = int.from_bytes(data, "big")
         return value << 8 if n & 1 else value
-    total = int(numpy.frombuffer(data, "<u2", n >> 1).sum(dtype=numpy.uint64))
+    np = _numpy()
+    total = int(np.frombuffer(data, "<u2", n >> 1).sum(dtype=np.uint64))
     if n & 1:
         total += data[-1]
     return total << 8

@@ -4,9 +4,9 @@
 
 Starts usniff capturing to a scratch pcapng file and waits for one of two things:
 it exits by itself (refused: its last stderr line is the reason), or new BPF
-programs appear in the kernel, their number settles and usniff is still running
-(loaded: the program types are reported).  Then it stops usniff with SIGINT, as a user
-would, and checks that it exits with status 0.  Exit status 0 when usniff loaded
+programs appear in the kernel, their number settles and usniff announces that it
+is capturing (loaded: the program types are reported).  Then it stops usniff with
+SIGINT, as a user would, and checks that it exits with status 0.  Exit status 0 when usniff loaded
 (whether or not it stopped cleanly: see the JSON), 1 when not.
 """
 
@@ -23,6 +23,7 @@ from pathlib import Path
 
 WAIT_LOAD = 180.0  # seconds; TCG is ~10x slower than hardware
 WAIT_EXIT = 60.0
+READY = "usniff: capturing with the"  # the CLI's announcement, once it handles SIGINT
 
 
 def bpf_programs() -> dict[int, str]:
@@ -52,12 +53,13 @@ def check(backend: str) -> dict[str, str | bool]:
             proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
         deadline = time.monotonic() + WAIT_LOAD
         # loaded = usniff's programs are there, their number has stopped changing
-        # for a second (they load one by one), and usniff still runs
+        # for a second (they load one by one), and usniff says it is capturing
         programs: list[str] = []
         while time.monotonic() < deadline:
             seen = len(programs)
             programs = [t for i, t in bpf_programs().items() if i not in before]
-            if programs and len(programs) == seen or wait_exit(proc, 1.0) is not None:
+            ready = READY in errors.read_text(errors="replace")
+            if programs and len(programs) == seen and ready or wait_exit(proc, 1.0) is not None:
                 break
 
         def last_error_line() -> str:
