@@ -266,12 +266,7 @@ static __always_inline void fill_hdr(struct usniff_event *h, struct sock *sk, __
 
 /* EV_SOCK: the socket's own address if bound, else its peer's. */
 /*
- * bpf_ringbuf_output() with up to two more tries when it fails although the
- * ring has room: on 6.18 about one output in a million failed with megabytes
- * free (seen with bpf_printk; the immediate second try succeeded every time),
- * which was reported as a loss.  A ring that is really full is not retried.
- *
- * The collector is woken only once the ring is an eighth full: it also polls
+ * Wake the collector only once the ring is an eighth full: it also polls
  * every few milliseconds (POLL in capture.py; records wait longer than that
  * for reordering anyway), so the default wakeup whenever it has caught up
  * would only add an irq_work and a context switch to the traced sender.
@@ -282,12 +277,6 @@ static __always_inline long ring_output(void *data, __u64 size)
 	__u64 flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > ring / 8 ?
 			      BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 
-	if (!bpf_ringbuf_output(&events, data, size, flags))
-		return 0;
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + size + 8 > ring)
-		return -1;
-	if (!bpf_ringbuf_output(&events, data, size, flags))
-		return 0;
 	return bpf_ringbuf_output(&events, data, size, flags);
 }
 
