@@ -264,7 +264,6 @@ static __always_inline void fill_hdr(struct usniff_event *h, struct sock *sk, __
 	bpf_get_current_comm(h->comm, sizeof(h->comm));
 }
 
-/* EV_SOCK: the socket's own address if bound, else its peer's. */
 /*
  * Wake the collector only once the ring is an eighth full: it also polls
  * every few milliseconds (POLL in capture.py; records wait longer than that
@@ -280,6 +279,7 @@ static __always_inline long ring_output(void *data, __u64 size)
 	return bpf_ringbuf_output(&events, data, size, flags);
 }
 
+/* EV_SOCK: the socket's own address if bound, else its peer's. */
 static __always_inline int announce(struct scratch *s, struct sock *sk)
 {
 	struct unix_address *addr = BPF_CORE_READ((struct unix_sock *)sk, addr);
@@ -301,7 +301,6 @@ static __always_inline int announce(struct scratch *s, struct sock *sk)
 	s->hdr.addr_len = len;
 	return ring_output(&s->hdr, sizeof(s->hdr) + (len & 127));
 }
-
 
 static __always_inline struct scratch *get_scratch(void)
 {

@@ -260,17 +260,15 @@ class Capture:
         name = self._comms.get(comm)
         if name is None:
             name = self._comms[comm] = comm.split(b"\0", 1)[0].decode(errors="replace")
-        st = self.stats
-        if kind == EV_LOST:
-            r = Record(self._clock + ts / 1e9, pid, tid, uid, name, ino, peer,
-                       SOCK_TYPES.get(stype, str(stype)), path, is_own, offset, length, b"",
-                       length, flags, "lost", ppid)  # fmt: skip
+        lost = kind == EV_LOST
+        r = Record(self._clock + ts / 1e9, pid, tid, uid, name, ino, peer,
+                   SOCK_TYPES.get(stype, str(stype)), path, is_own, offset, length,
+                   b"" if lost else rec[_EVENT.size : _EVENT.size + caplen].tobytes(),
+                   length if lost else 0, flags, "lost" if lost else "data", ppid)  # fmt: skip
+        if lost:
             self._count_loss(ino, length)
         else:
-            r = Record(self._clock + ts / 1e9, pid, tid, uid, name, ino, peer,
-                       SOCK_TYPES.get(stype, str(stype)), path, is_own, offset, length,
-                       rec[_EVENT.size : _EVENT.size + caplen].tobytes(), 0, flags, "data",
-                       ppid)  # fmt: skip
+            st = self.stats
             st.records += 1
             st.bytes += length
             st.bytes_kept += caplen

@@ -333,9 +333,6 @@ class Framer:
         """Append the packets for one record."""
         d = self._dirs.get(rec.inode if rec.peer_inode else (rec.inode, rec.path))
         kind = rec.kind
-        if kind == "data" and d is not None and d.proto == IPPROTO_TCP:
-            self._segments(buf, d, rec)
-            return
         if kind == "close":
             if d is not None:
                 self._close(buf, d, rec)
@@ -574,7 +571,7 @@ class Framer:
         caplen = len(hdr) + len(payload)
         pad = -caplen % 4
         total = 32 + caplen + pad + len(opts) + 4
-        usec = int(ts * 1_000_000)
+        usec = _usec(ts)
         buf += _EPB.pack(BT_EPB, total, 0, usec >> 32, usec & MASK32, caplen, origlen)
         buf += hdr
         if len(payload) >= SPLICE_MIN:
