@@ -1,6 +1,6 @@
 """usniff benchmarks: ``python -m bench [WHAT] [--quick]`` (``make bench`` runs them all).
 
-WHAT: all (default) | overhead | capacity | kernel | decoders | pcapng-writer.
+WHAT: all (default) | overhead | capacity | kernel | decoders | pcapng-writer | collector.
 Needs root (eBPF), redis-server, redis-benchmark, mariadbd, mariadb-slap,
 strace, socat, gcc, bpftool.  Every figure is a median of alternating runs,
 given as a ratio to the untraced run of the same invocation.
@@ -19,7 +19,7 @@ from typing import Any
 from . import capacity, overhead
 from .common import machine, median
 
-WHAT = ("all", "overhead", "capacity", "kernel", "decoders", "pcapng-writer")
+WHAT = ("all", "overhead", "capacity", "kernel", "decoders", "pcapng-writer", "collector")
 
 
 def log(msg: str) -> None:
@@ -43,11 +43,11 @@ def main() -> None:
 
         decoders.main()
         return
-    if a.what == "pcapng-writer":
+    if a.what in ("pcapng-writer", "collector"):
         sys.argv = [sys.argv[0]]
-        from . import pcapng_writer
+        from . import collector, pcapng_writer
 
-        pcapng_writer.main()
+        (collector if a.what == "collector" else pcapng_writer).main()
         return
     if os.geteuid() != 0:
         sys.exit("python -m bench: needs root (usniff loads eBPF programs)")

@@ -182,14 +182,20 @@ def test_sendmmsg(start: Any, work: Any, mmsg_prog: str, tmp_path: Path) -> None
     w = work("mmsg", argv=[mmsg_prog, str(tmp_path)])
     cap = start(pids=[w.pid])
     done, sent, col = run_workload(w, cap)
-    assert done["n"] == [8, 4, 3]
-    dg, st, tx = w.ready["dgram"], w.ready["stream"], w.ready["tx"]
-    for ino in (dg, st, tx):
+    n1, n2, n3, n4, n5, n6 = done["n"]
+    assert [n1, n2, n3, n4] == [8, 4, 3, 8]
+    assert 0 < n5 < 4 and 0 < done["partial"] < 100000, "the non-blocking call was not cut short"
+    assert n6 >= 1
+    dg, st, tx, nb = w.ready["dgram"], w.ready["stream"], w.ready["tx"], w.ready["nb"]
+    for ino in (dg, st, tx, nb):
         assert col.stream(ino) == sent[ino]
-    # one datagram per message, each one send
+    # one datagram per message, each one send; the second call starts again at message 0
     dgrams = sends(col.data(dg))
-    assert [sum(r.length for r in d) for d in dgrams] == [len(f"mmsg-{i}:") + i * 1000 + 2
-                                                          for i in range(8)]  # fmt: skip
+    assert [sum(r.length for r in d) for d in dgrams] == 2 * [len(f"mmsg-{i}:") + i * 1000 + 2
+                                                              for i in range(8)]  # fmt: skip
+    # after the partial message, the next call's first message is message 0 again
+    nb_sends = [sum(r.length for r in m) for m in sends(col.data(nb))]
+    assert nb_sends[: n5 + 1] == [100000] * (n5 - 1) + [done["partial"], 100000]
     assert all(r.sock_type == "dgram" for r in col.data(dg))
     assert [sum(r.length for r in m) for m in sends(col.data(st))] == [107, 109, 50009, 113]
     to_named = col.data(tx)

@@ -108,8 +108,8 @@ def test_flow_framing_names_checksums_and_direction(tmp_path: Path) -> None:
 
 
 def test_large_payloads_checksums_and_bytes(tmp_path: Path) -> None:
-    """Sizes on both sides of the numpy checksum and by-reference thresholds,
-    odd and even, and one record larger than a segment."""
+    """Sizes around the C checksum's word boundaries and the by-reference
+    threshold (SPLICE_MIN), odd and even, and one record larger than a segment."""
     f = tmp_path / "big.pcapng"
     sizes = (1023, 1024, 1025, 4095, 4096, 32768, 70001)
     exchange = [(i % 2 == 1, os.urandom(n)) for i, n in enumerate(sizes)]

@@ -1,0 +1,95 @@
+"""Throughput of the collector alone (no kernel): ring records -> pcapng.
+
+    .venv/bin/python bench/collector.py [--records N] [--rounds R]
+
+Packs synthetic ring records (struct usniff_event, as the BPF programs write
+them: Redis-like 31-byte sends over 50 connections, then 32 KiB sends) and
+runs them through what a capture does with each one: ``Capture._handle``
+(record -> Record), ``Capture._release`` (ordering) and ``PcapngOutput`` (into
+a file under /dev/shm).  Prints records/s and MB/s of payload per round.  Not
+a test: figures depend on the machine; see docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+from usniff import capture
+from usniff.events import FLAG_MSG_END, FLAG_MSG_START, CaptureStats
+from usniff.outputs.pcapng import PcapngOutput
+
+CONNECTIONS = 50
+BATCH = 4096  # records per drain, about what one poll() hands over under load
+PATH = "/run/redis/redis.sock"
+
+
+def ring_records(size: int, count: int) -> list[bytes]:
+    """``count`` ring records of ``size``-byte sends, requests and replies alternating."""
+    payload = (b"*3\r\n$3\r\nSET\r\n$3\r\nkey\r\n$1\r\nv\r\n" * (size // 31 + 1))[:size]
+    offsets: dict[int, int] = {}
+    t0 = time.monotonic_ns()
+    out = []
+    for i in range(count):
+        conn = i % CONNECTIONS
+        server = (i // CONNECTIONS) % 2
+        ino, peer = 1000 + 2 * conn, 1001 + 2 * conn
+        if server:
+            ino, peer = peer, ino
+        off = offsets.get(ino, 0)
+        offsets[ino] = off + size
+        comm = b"redis-server" if server else b"redis-benchmark"
+        hdr = capture._EVENT.pack(
+            t0 + i * 1000, off, ino, peer, 100 + conn, 100 + conn, 0, 200, size, size,
+            capture.EV_DATA, FLAG_MSG_START | FLAG_MSG_END, 1, 0, 0, comm,
+        )  # fmt: skip
+        out.append(hdr + payload)
+    return out
+
+
+def collector(out_path: str) -> tuple[capture.Capture, PcapngOutput]:
+    """A Capture without a kernel side: only its record handling."""
+    cap = capture.Capture.__new__(capture.Capture)
+    cap.stats = CaptureStats()
+    cap._init_records()
+    cap._sock_info = {ino: (PATH, ino % 2 == 1) for ino in range(1000, 1000 + 2 * CONNECTIONS)}
+    return cap, PcapngOutput(out_path)
+
+
+def run(out_path: str, size: int, count: int) -> float:
+    records = [memoryview(r) for r in ring_records(size, count)]
+    cap, out = collector(out_path)
+    start = time.perf_counter()
+    for first in range(0, count, BATCH):
+        for rec in records[first : first + BATCH]:
+            cap._handle(rec)
+        out.write(cap._release(float("inf")))
+        out.flush()
+    elapsed = time.perf_counter() - start
+    out.close(cap.stats)
+    assert cap.stats.records == count and out.packets >= count
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--records", type=int, default=200_000, help="31-byte records per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    parent = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    with tempfile.TemporaryDirectory(dir=parent) as tmp:
+        path = os.path.join(tmp, "collector.pcapng")
+        for size, count in ((31, args.records), (32768, max(args.records // 32, 100))):
+            for _ in range(args.rounds):
+                elapsed = run(path, size, count)
+                print(
+                    f"{size:>6}-byte records: {count / elapsed:>10,.0f} records/s "
+                    f"{count * size / elapsed / 1e6:>8.1f} MB/s payload "
+                    f"({count} records in {elapsed:.2f}s)"
+                )
+
+
+if __name__ == "__main__":
+    main()

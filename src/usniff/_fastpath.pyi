@@ -1,0 +1,24 @@
+"""The collector's per-record hot path, in C (_fastpath.c)."""
+
+from usniff.outputs.pcapng import _Dir, _Sink
+
+EVENT_SIZE: int  # sizeof(struct usniff_event)
+SPLICE_MIN: int  # payloads from this size are kept by reference (_Sink.splice), not copied
+
+class EventHandler:
+    """Base of capture.Capture: its per-record ``_handle``."""
+
+    def _handle(self, rec: memoryview) -> None: ...
+
+def tcp(
+    buf: _Sink,
+    d: _Dir,
+    ts: float,
+    flags: int,
+    off: int,
+    payload: bytes | memoryview,
+    length: int,
+    opts: bytes,
+    tcp_opts: bytes,
+) -> None: ...
+def udp(buf: _Sink, d: _Dir, ts: float, payload: bytes, length: int, opts: bytes) -> None: ...

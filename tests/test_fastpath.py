@@ -1,0 +1,89 @@
+"""The C hot path (usniff._fastpath) against independent Python references:
+ring-record parsing (struct layout, Record fields) and the EPB checksums."""
+
+from __future__ import annotations
+
+import random
+import struct
+
+from usniff import _fastpath, capture
+from usniff.events import CaptureStats, Record
+from usniff.outputs.pcapng import IPPROTO_TCP, IPPROTO_UDP, _Dir, _Sink
+
+
+def bare_capture() -> capture.Capture:
+    cap = capture.Capture.__new__(capture.Capture)
+    cap.stats = CaptureStats()
+    cap._clock = 1.7e9
+    cap._sock_info, cap._dest, cap._in_dest = {}, {}, {}
+    cap._batch, cap._pending, cap._unknown_peer = [], [], []
+    cap._peer_of, cap._last = {}, {}
+    return cap
+
+
+def event(kind: int, ino: int, peer: int, data: bytes = b"", **kw: int | bytes) -> memoryview:
+    f = {"ts": 123_456_789_012, "off": 5, "pid": 7, "tid": 8, "uid": 9, "ppid": 10, "flags": 3}
+    f.update(kw)  # type: ignore[arg-type]
+    length = f.pop("length", len(data))
+    hdr = capture._EVENT.pack(
+        f["ts"], f["off"], ino, peer, f["pid"], f["tid"], f["uid"], f["ppid"], length,
+        len(data) if kind == capture.EV_DATA else 0, kind, f["flags"], f.get("stype", 1),
+        f.get("addr_len", 0), f.get("own", 0), f.get("comm", b"redis-cli\0"),
+    )  # fmt: skip
+    return memoryview(hdr + data)
+
+
+def test_event_layout_matches() -> None:
+    assert capture._EVENT.size == _fastpath.EVENT_SIZE
+
+
+def test_handle_builds_records() -> None:
+    cap = bare_capture()
+    addr = b"/run/r.sock\0"
+    cap._handle(event(capture.EV_SOCK, 11, 0, addr, addr_len=len(addr), own=1))
+    assert cap._sock_info == {11: ("/run/r.sock", True)}
+    cap._handle(event(capture.EV_DATA, 11, 12, b"+OK\r\n", comm=b"bad\xff\0" + b"x" * 11))
+    cap._handle(event(capture.EV_LOST, 11, 12, length=40, off=10, stype=9))
+    data, lost = cap._batch
+    assert data == Record(
+        1.7e9 + 123_456_789_012 / 1e9, 7, 8, 9, "bad\ufffd", 11, 12, "stream", "/run/r.sock",
+        True, 5, 5, b"+OK\r\n", 0, 3, "data", 10,
+    )  # fmt: skip
+    assert lost == Record(
+        1.7e9 + 123_456_789_012 / 1e9, 7, 8, 9, "redis-cli", 11, 12, "9", "/run/r.sock",
+        True, 10, 40, b"", 40, 3, "lost", 10,
+    )  # fmt: skip
+    st = cap.stats
+    assert (st.records, st.bytes, st.bytes_kept, st.lost_records, st.lost_bytes) == (1, 5, 5, 1, 40)
+    assert cap._peer_of == {11: 12, 12: 11} and cap._last == {11: lost}
+
+
+def ones_sum(data: bytes) -> int:
+    """RFC 1071 ones' complement sum of big-endian words, the plain way."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def test_checksums_verify() -> None:
+    rnd = random.Random(1)
+    for proto in (IPPROTO_TCP, IPPROTO_UDP):
+        d = _Dir(0x0A000001, 0x0A800002, 6379, 49152, proto, 2)
+        d.peer = _Dir(0x0A800002, 0x0A000001, 49152, 6379, proto, 1)
+        for n in [*range(40), 255, 1023, 1025, 4095, 4096, 65495]:
+            payload = rnd.randbytes(n)
+            buf = _Sink()
+            if proto == IPPROTO_TCP:
+                _fastpath.tcp(buf, d, 1.5, 0x18, rnd.randrange(1 << 40), payload, n, b"", b"")
+            else:
+                _fastpath.udp(buf, d, 1.5, payload, n, b"")
+            block = b"".join(bytes(p) for p in buf.pieces())
+            caplen = struct.unpack_from("<I", block, 20)[0]
+            pkt = block[28 : 28 + caplen]
+            assert pkt[20 + (8 if proto == IPPROTO_UDP else 20) :] == payload
+            assert ones_sum(pkt[:20]) == 0xFFFF
+            pseudo = pkt[12:20] + struct.pack("!BBH", 0, proto, len(pkt) - 20)
+            assert ones_sum(pseudo + pkt[20:]) == 0xFFFF, (proto, n)
