@@ -1,7 +1,7 @@
 #!/bin/sh
 # usniff: one-step set-up on Debian 12 / Ubuntu 24.04, as root.
-# Installs the system packages, creates .venv, builds the BPF object and
-# installs usniff (console script linked into /usr/local/bin).
+# Installs the system packages, creates .venv (pip builds the C extension),
+# builds the BPF object and installs usniff (console script in /usr/local/bin).
 set -eu
 cd "$(dirname "$0")"
 
@@ -10,7 +10,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-PKGS="clang llvm make libbpf-dev libbpf1 bpftool python3-venv python3-dev gcc
+PKGS="clang llvm make libbpf-dev libbpf1 bpftool python3-venv python3-dev gcc libc6-dev
       redis-server redis-tools mariadb-server mariadb-client tshark socat strace
       busybox-static qemu-system-x86 cpio"
 missing=""

@@ -68,6 +68,11 @@ struct sock_state {
 	__u64 lost_len;
 	__u8 announced; /* EV_SOCK delivered */
 	__u8 match; /* 1 = address/type filter passes, 2 = fails */
+	/* header fields read once per peer (a datagram socket may connect again) */
+	__u16 sock_type; /* 0 = not read yet */
+	__u32 peer_pid;
+	__u64 peer; /* the peer sock they describe */
+	__u64 peer_ino;
 };
 
 struct {
@@ -234,22 +239,34 @@ static __always_inline int task_matches(struct usniff_config *cfg, __u32 pid, __
 	return 1;
 }
 
-static __always_inline void fill_hdr(struct usniff_event *h, struct sock *sk, __u64 ino,
+/* Fill st's cached header fields (the peer is read on every send: it may change). */
+static __always_inline void cache_peer(struct sock_state *st, struct sock *sk)
+{
+	struct sock *peer = BPF_CORE_READ((struct unix_sock *)sk, peer);
+
+	if (st->sock_type && st->peer == (__u64)peer)
+		return;
+	st->peer = (__u64)peer;
+	st->peer_ino = peer ? sock_ino(peer) : 0;
+	st->peer_pid = peer_pid(sk);
+	st->sock_type = BPF_CORE_READ(sk, sk_type);
+}
+
+static __always_inline void fill_hdr(struct usniff_event *h, struct sock_state *st, __u64 ino,
 				     __u16 kind)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct sock *peer = BPF_CORE_READ((struct unix_sock *)sk, peer);
 
 	h->ts_ns = bpf_ktime_get_ns();
 	h->inode = ino;
-	h->peer_inode = peer ? sock_ino(peer) : 0;
+	h->peer_inode = st->peer_ino;
 	h->pid = id >> 32;
 	h->tid = (__u32)id;
 	h->uid = (__u32)bpf_get_current_uid_gid();
-	h->peer_pid = peer_pid(sk);
+	h->peer_pid = st->peer_pid;
 	h->kind = kind;
 	h->flags = 0;
-	h->sock_type = BPF_CORE_READ(sk, sk_type);
+	h->sock_type = st->sock_type;
 	h->addr_len = 0;
 	h->path_is_own = 0;
 	h->len = 0;
@@ -510,13 +527,14 @@ static __always_inline int emit_send(struct sock *sk, long sent, struct send_src
 	match = st->match;
 	if (match != 1 && !(src->name_len && cfg->filter_path && dest_matches(src)))
 		return 0;
-	if (!task_matches(cfg, bpf_get_current_pid_tgid() >> 32, peer_pid(sk)))
+	cache_peer(st, sk);
+	if (!task_matches(cfg, bpf_get_current_pid_tgid() >> 32, st->peer_pid))
 		return 0;
 	s = get_scratch();
 	if (!s)
 		return 0;
 
-	fill_hdr(&s->hdr, sk, ino, USNIFF_EV_DATA);
+	fill_hdr(&s->hdr, st, ino, USNIFF_EV_DATA);
 	/*
 	 * Stamp the send's start: the peer may be woken, answer and be recorded
 	 * before this program runs, but it cannot have started sending first.

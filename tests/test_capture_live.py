@@ -166,6 +166,27 @@ def test_sends_around_record_chunk_sizes(start: Any, work: Any) -> None:
     assert [sum(r.length for r in c) for c in sends(col.data(a))] == CHUNK_EDGES
 
 
+def test_send_stamped_when_it_begins(start: Any, work: Any) -> None:
+    """A record is stamped when its send began (fentry/kprobe: at entry;
+    tracepoint: when it first woke the receiver), not when it returned: else a
+    reply could be stamped before the request it answers."""
+    w = work("slowread")
+    cap = start(pids=[w.pid])
+    done, sent, col = run_workload(w, cap)
+    a = w.ready["a"]
+    assert done["n"] == 1 << 20 and col.stream(a) == sent[a]
+    assert done["end"] - done["start"] >= 0.45, "the write() did not block"
+    first = col.data(a)[0]
+    assert first.flags & FLAG_MSG_START
+    if cap.stats.backend == "tracepoint" and (
+        b"btf_trace_sk_data_ready" not in Path("/sys/kernel/btf/vmlinux").read_bytes()
+    ):
+        pytest.xfail(
+            "kernel < 6.6 (no sk_data_ready): the tracepoint backend stamps sends at their end"
+        )
+    assert done["start"] - 0.05 <= first.ts <= done["start"] + 0.2, (first.ts, done)
+
+
 def test_writev_and_sendmsg_64_segments(start: Any, work: Any) -> None:
     w = work("writev")
     cap = start(pids=[w.pid])

@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 import struct
 
+import pytest
+
 from usniff import _fastpath, capture
 from usniff.events import CaptureStats, Record
 from usniff.outputs.pcapng import IPPROTO_TCP, IPPROTO_UDP, _Dir, _Sink
@@ -87,3 +89,54 @@ def test_checksums_verify() -> None:
             assert ones_sum(pkt[:20]) == 0xFFFF
             pseudo = pkt[12:20] + struct.pack("!BBH", 0, proto, len(pkt) - 20)
             assert ones_sum(pseudo + pkt[20:]) == 0xFFFF, (proto, n)
+
+
+def test_drain_walks_ring() -> None:
+    """_fastpath.drain over a ring laid out like the kernel's (ringbuf.py): a
+    record that wraps, a discarded one, a busy one, ``limit``, and an error."""
+    page, size = 4096, 4096
+    cons, prod = bytearray(page), bytearray(page + 2 * size)
+    ring = bytearray(size)
+    start = 5 * size - 64  # the first record wraps around the end of the data area
+    pos = start
+
+    def put(rec: bytes, busy: bool = False, discard: bool = False) -> None:
+        nonlocal pos
+        hdr = len(rec) | (1 << 31 if busy else 0) | (1 << 30 if discard else 0)
+        for i, b in enumerate(struct.pack("<II", hdr, 0) + rec):
+            ring[(pos + i) % size] = b
+        pos += (len(rec) + 8 + 7) & ~7
+        prod[page:] = ring + ring  # the data pages are mapped twice
+        struct.pack_into("<Q", prod, 0, pos)
+
+    cap = bare_capture()
+    announced: list[memoryview] = []
+    cap._announce = lambda rec: (announced.append(rec), capture.Capture._announce(cap, rec))[0]  # type: ignore[method-assign]
+    struct.pack_into("<Q", cons, 0, start)
+    addr = b"/run/r.sock\0"
+    put(bytes(event(capture.EV_SOCK, 11, 0, addr, addr_len=len(addr), own=1)))
+    first = pos - start
+    put(bytes(event(capture.EV_DATA, 11, 12, b"one")))
+    put(bytes(event(capture.EV_DATA, 11, 12, b"dropped")), discard=True)
+    put(bytes(event(capture.EV_DATA, 11, 12, b"two!")))
+    done = pos
+    put(bytes(event(capture.EV_DATA, 11, 12, b"three")), busy=True)
+
+    assert _fastpath.drain(cap, cons, prod, 1) == first  # limit: the first record only
+    assert [r.data for r in cap._batch] == [] and cap._sock_info == {11: ("/run/r.sock", True)}
+    assert len(announced) == 1
+    with pytest.raises(ValueError):
+        bytes(announced[0])  # released after the call: the ring space is reused
+    assert _fastpath.drain(cap, cons, prod, 1 << 62) == done - start - first
+    assert [r.data for r in cap._batch] == [b"one", b"two!"]
+    assert struct.unpack_from("<Q", cons)[0] == done  # stopped at the busy record
+
+    cap._sock_info = {}  # the next record's inode is unknown: _lookup raises
+    cap._lookup = lambda ino, peer: 1 / 0  # type: ignore[method-assign,assignment]
+    busy_at = done
+    ring[busy_at % size + 3] &= 0x7F  # committed now
+    prod[page:] = ring + ring
+    put(bytes(event(capture.EV_DATA, 11, 12, b"four")))
+    with pytest.raises(ZeroDivisionError):
+        _fastpath.drain(cap, cons, prod, 1 << 62)
+    assert struct.unpack_from("<Q", cons)[0] == busy_at  # published up to the last handled

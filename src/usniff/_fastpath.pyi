@@ -1,14 +1,20 @@
 """The collector's per-record hot path, in C (_fastpath.c)."""
 
+from typing_extensions import Buffer
+
 from usniff.outputs.pcapng import _Dir, _Sink
 
 EVENT_SIZE: int  # sizeof(struct usniff_event)
 SPLICE_MIN: int  # payloads from this size are kept by reference (_Sink.splice), not copied
+RELEASE: int  # ring bytes handled between two stores of the consumer position (drain)
 
 class EventHandler:
     """Base of capture.Capture: its per-record ``_handle``."""
 
     def _handle(self, rec: memoryview) -> None: ...
+
+def drain(handler: EventHandler, cons: Buffer, prod: Buffer, limit: int) -> int:
+    """Walk a BPF ring's mapping (ringbuf.py): records to ``handler._handle``."""
 
 def tcp(
     buf: _Sink,

@@ -28,6 +28,7 @@ import random
 import socket
 import sys
 import threading
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -147,6 +148,24 @@ def sc_bigwrite(out: str, sent: Sent) -> dict:
     cli.shutdown(socket.SHUT_WR)
     reader.join()
     return {"n": n, "received_ok": bytes(got) == payload[:n]}
+
+
+def sc_slowread(out: str, sent: Sent) -> dict:
+    """One 1 MiB write() to a peer that starts reading only 0.5 s later: the
+    send lasts that long (wall-clock start and end reported)."""
+    a, b = socket.socketpair()
+    payload = rand(random.Random(3), 1 << 20)
+    emit({"ready": {"a": ino(a)}})
+    wait_go()
+    start = time.time()
+    reader = threading.Timer(0.5, lambda: drain(b).join())
+    reader.start()
+    n = os.write(a.fileno(), payload)
+    end = time.time()
+    sent.add(a, payload[:n])
+    a.shutdown(socket.SHUT_WR)
+    reader.join()
+    return {"n": n, "start": start, "end": end}
 
 
 def sc_writev(out: str, sent: Sent) -> dict:
