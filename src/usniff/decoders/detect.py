@@ -33,6 +33,20 @@ def _mysql_packet(data: bytes, seq: int) -> int | None:
     return data[4]
 
 
+CLIENT_PROTOCOL_41 = 0x200
+
+
+def _mysql_login(data: bytes) -> bool:
+    """A MySQL/MariaDB HandshakeResponse41 (the client's first packet, sequence
+    1): capabilities with CLIENT_PROTOCOL_41, max packet size, charset, then a
+    zero filler (23 bytes; MariaDB puts its extended capabilities in the last
+    4).  Seen first when a capture stamps the server's greeting late."""
+    if _mysql_packet(data, 1) is None or len(data) < 36:
+        return False
+    caps = int.from_bytes(data[4:8], "little")
+    return bool(caps & CLIENT_PROTOCOL_41) and data[13:32] == bytes(19)
+
+
 def _client(data: bytes) -> str | None:
     if data[:2] in (b"\x16\x03", b"\x16\x02"):
         return "tls"
@@ -41,7 +55,7 @@ def _client(data: bytes) -> str | None:
     if _RESP_CLIENT.match(data):
         return "resp"
     first = _mysql_packet(data, 0)
-    if first is not None and first in COMMANDS:
+    if (first is not None and first in COMMANDS) or _mysql_login(data):
         return "mysql"
     if len(data) >= 8:
         length, code = int.from_bytes(data[:4], "big"), int.from_bytes(data[4:8], "big")
