@@ -102,8 +102,8 @@ def test_detect() -> None:
     assert detect(b"", b"\x0a\x00\x00\x00\x0a5.5.5-10.11\x00" + bytes(60)) == "mysql"
     assert detect(b"\x01\x00\x00\x00\x0e", b"") == "mysql"
     # the client's login packet (mariadb-slap's, as captured): caps, max packet, charset, filler
-    login = (b"\xa9\x00\x00\x01" + b"\x84\xa2\xbf\x80" + b"\x00\x00\x10\x00" + b"\x08"
-             + bytes(19) + b"\x1d\x00\x00\x00" + b"root\x00\x00mysql_native_password\x00")  # fmt: skip
+    login = b"\xa9\x00\x00\x01" + b"\x84\xa2\xbf\x80" + b"\x00\x00\x10\x00" + b"\x08"
+    login += bytes(19) + b"\x1d\x00\x00\x00" + b"root\x00\x00mysql_native_password\x00"
     assert detect(login, b"") == "mysql"
     assert detect(login[:13] + b"\x01" + login[14:], b"") is None  # filler not zero
     assert detect(b"\x00\x00\x00\x08\x04\xd2\x16\x2f", b"") == "postgres"
