@@ -1,7 +1,7 @@
 /*
  * usniff._fastpath: the collector's per-record hot path, in C.
  *
- * Three pieces, each the only implementation of what it does:
+ * Four pieces, each the only implementation of what it does:
  *
  *  - drain(): the walk over a BPF ring buffer's memory mapping (ringbuf.py
  *    maps it, RingBuffer.drain calls this): each committed record goes to the
@@ -19,6 +19,8 @@
  *    SPLICE_MIN bytes or more are handed to _Sink.splice (kept by reference
  *    for writev) instead of being copied.  The Internet checksum is summed
  *    here (no numpy).
+ *  - write_batch(): PcapngOutput.write's loop over a batch; the common TCP
+ *    record (fast_record) is framed here, the others by Framer.add.
  *
  * Measured here (2 cores, Python 3.11), ring records -> Capture._handle ->
  * _release -> PcapngOutput.write -> /dev/shm (`python -m bench collector`),
@@ -39,6 +41,14 @@
  *   32 KiB records: drain+_handle 17.7-18.7 us before, 17.0-18.1 after; ring
  *     -> pcapng 980-1048 MB/s before, 1015-1076 after (the payload copies
  *     dominate; the walk's share was already small).
+ * Then the batch loop of PcapngOutput.write: write_batch() frames the common
+ * TCP record itself (fast_record: no Python call per record) and calls
+ * Framer.add for the others.  `python -m bench collector`, three runs of three
+ * rounds alternating with the Python loop (Framer.add, _segments, tcp()):
+ *   31-byte records: 597-733k records/s before, 0.84-1.21M after (~1.6x).
+ *   32 KiB records: 867-975 MB/s before, 866-997 after (unchanged).
+ *   datagrams only (all through Framer.add): 1.46-1.50 us per record before,
+ *     1.38-1.42 after (the rotation check moved here).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -64,11 +74,15 @@ enum { SOCK_DGRAM = 2 };
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
 #define TCP_ACK 0x10
+#define TCP_PSH 0x08
+#define FLAG_MSG_END 2	  /* events.FLAG_MSG_END */
+#define MAX_SEGMENT 65495 /* outputs/pcapng.py MAX_SEGMENT: TCP payload of one IPv4 packet */
 
 /* interned attribute names, and objects looked up once */
 static PyObject *s_splice, *s_sock_info, *s_dest, *s_in_dest, *s_clock, *s_stats,
 	*s_peer_of, *s_unknown_peer, *s_batch, *s_last, *s_lookup,
-	*s_destination, *s_count_loss, *s_announce, *s_data, *s_lost, *s_release;
+	*s_destination, *s_count_loss, *s_announce, *s_data, *s_lost, *s_release,
+	*s_dirs, *s_packets, *s_parts_size, *s_add;
 static PyObject *Record;     /* usniff.events.Record */
 static PyObject *CaptureStats; /* usniff.events.CaptureStats */
 static PyObject *SOCK_TYPES; /* usniff.events.SOCK_TYPES */
@@ -112,9 +126,24 @@ static inline PyObject *slot(PyObject *obj, Py_ssize_t offset, const char *name)
 	return v;
 }
 
-enum { D_PEER, D_SEQ0, D_NEXT_OFF, D_FIN, D_L4_SUM, D_IP_SUM, D_ADDRS, D_FIELDS };
-static const char *const dir_fields[D_FIELDS] = {"peer",   "seq0",   "next_off", "fin",
-						 "l4_sum", "ip_sum", "addrs"};
+enum {
+	D_PEER,
+	D_SEQ0,
+	D_NEXT_OFF,
+	D_FIN,
+	D_L4_SUM,
+	D_IP_SUM,
+	D_ADDRS,
+	D_PROTO,
+	D_NOTE,
+	D_COMMENT_KEY,
+	D_COMMENT_OPTS,
+	D_FIELDS
+};
+static const char *const dir_fields[D_FIELDS] = {
+	"peer", "seq0",	 "next_off", "fin",	    "l4_sum",	    "ip_sum",
+	"addrs", "proto", "note",     "comment_key", "comment_opts",
+};
 static PyObject *dir_type; /* the class whose offsets dir_offsets holds (pcapng._Dir) */
 static Py_ssize_t dir_offsets[D_FIELDS];
 
@@ -299,6 +328,51 @@ static int check_bytes(PyObject *obj, const char *what)
 	return 0;
 }
 
+/* One TCP segment's EPB (tcp() below; write_batch()). */
+static int tcp_block(PyObject *buf, PyObject *d, double ts, long flags, uint64_t off,
+		     PyObject *payload_obj, Py_ssize_t length, PyObject *opts, PyObject *tcp_opts)
+{
+	Py_ssize_t olen = PyBytes_GET_SIZE(tcp_opts);
+	if (olen > 40 || olen % 4) {
+		PyErr_SetString(PyExc_ValueError, "tcp_opts: at most 40 bytes, a multiple of 4");
+		return -1;
+	}
+	uint64_t seq0, peer_seq0 = 0, peer_next = 0, peer_fin = 0, l4_sum;
+	if (dir_u64(d, D_SEQ0, &seq0) < 0)
+		return -1;
+	if (flags & TCP_ACK) {
+		PyObject *peer = dir_get(d, D_PEER);
+		if (peer == NULL || dir_u64(peer, D_SEQ0, &peer_seq0) < 0 ||
+		    dir_u64(peer, D_NEXT_OFF, &peer_next) < 0 || dir_u64(peer, D_FIN, &peer_fin) < 0)
+			return -1;
+	}
+	uint32_t seq = (uint32_t)(seq0 + off);
+	uint32_t ack = (flags & TCP_ACK) ? (uint32_t)(peer_seq0 + peer_next + peer_fin) : 0;
+	Py_ssize_t hlen = 20 + olen;
+	Py_ssize_t tcp_len = hlen + length;
+	Py_ssize_t total = 20 + tcp_len;
+	unsigned word = (unsigned)((hlen << 10) | flags);
+	unsigned char hdr[80];
+	if (dir_common(d, IPPROTO_TCP, total, hdr, &l4_sum) < 0)
+		return -1;
+	Py_buffer payload;
+	if (get_payload(payload_obj, &payload) < 0)
+		return -1;
+	uint64_t l4 = l4_sum + (uint64_t)tcp_len + seq + ack + word +
+		      csum_words(payload.buf, payload.len) +
+		      csum_words((const unsigned char *)PyBytes_AS_STRING(tcp_opts), olen);
+	put_be32(hdr + 24, seq);
+	put_be32(hdr + 28, ack);
+	put_be16(hdr + 32, word);
+	put_be16(hdr + 34, 0xFFFF); /* window */
+	put_be16(hdr + 36, (unsigned)(0xFFFF - l4 % 0xFFFF));
+	put_be16(hdr + 38, 0); /* urgent pointer */
+	memcpy(hdr + 40, PyBytes_AS_STRING(tcp_opts), (size_t)olen);
+	int rc = epb(buf, ts, hdr, 40 + olen, payload_obj, &payload, total, opts);
+	PyBuffer_Release(&payload);
+	return rc;
+}
+
 PyDoc_STRVAR(tcp_doc,
 	     "tcp(buf, d, ts, flags, off, payload, length, opts, tcp_opts)\n--\n\n"
 	     "Append one TCP segment's EPB to ``buf`` (a pcapng._Sink).");
@@ -323,45 +397,7 @@ static PyObject *fp_tcp(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 	Py_ssize_t length = PyLong_AsSsize_t(args[6]);
 	if (PyErr_Occurred())
 		return NULL;
-	Py_ssize_t olen = PyBytes_GET_SIZE(tcp_opts);
-	if (olen > 40 || olen % 4) {
-		PyErr_SetString(PyExc_ValueError, "tcp_opts: at most 40 bytes, a multiple of 4");
-		return NULL;
-	}
-	uint64_t seq0, peer_seq0 = 0, peer_next = 0, peer_fin = 0, l4_sum;
-	if (dir_u64(d, D_SEQ0, &seq0) < 0)
-		return NULL;
-	if (flags & TCP_ACK) {
-		PyObject *peer = dir_get(d, D_PEER);
-		if (peer == NULL || dir_u64(peer, D_SEQ0, &peer_seq0) < 0 ||
-		    dir_u64(peer, D_NEXT_OFF, &peer_next) < 0 || dir_u64(peer, D_FIN, &peer_fin) < 0)
-			return NULL;
-	}
-	uint32_t seq = (uint32_t)(seq0 + off);
-	uint32_t ack = (flags & TCP_ACK) ? (uint32_t)(peer_seq0 + peer_next + peer_fin) : 0;
-	Py_ssize_t hlen = 20 + olen;
-	Py_ssize_t tcp_len = hlen + length;
-	Py_ssize_t total = 20 + tcp_len;
-	unsigned word = (unsigned)((hlen << 10) | flags);
-	unsigned char hdr[80];
-	if (dir_common(d, IPPROTO_TCP, total, hdr, &l4_sum) < 0)
-		return NULL;
-	Py_buffer payload;
-	if (get_payload(args[5], &payload) < 0)
-		return NULL;
-	uint64_t l4 = l4_sum + (uint64_t)tcp_len + seq + ack + word +
-		      csum_words(payload.buf, payload.len) +
-		      csum_words((const unsigned char *)PyBytes_AS_STRING(tcp_opts), olen);
-	put_be32(hdr + 24, seq);
-	put_be32(hdr + 28, ack);
-	put_be16(hdr + 32, word);
-	put_be16(hdr + 34, 0xFFFF); /* window */
-	put_be16(hdr + 36, (unsigned)(0xFFFF - l4 % 0xFFFF));
-	put_be16(hdr + 38, 0); /* urgent pointer */
-	memcpy(hdr + 40, PyBytes_AS_STRING(tcp_opts), (size_t)olen);
-	int rc = epb(buf, ts, hdr, 40 + olen, args[5], &payload, total, opts);
-	PyBuffer_Release(&payload);
-	if (rc < 0)
+	if (tcp_block(buf, d, ts, flags, off, args[5], length, opts, tcp_opts) < 0)
 		return NULL;
 	Py_RETURN_NONE;
 }
@@ -895,12 +931,186 @@ out:
 	return result;
 }
 
+/* ------------------------------------------------------------ pcapng batch */
+
+enum { R_TS = 0, R_PID, R_TID, R_UID, R_COMM, R_INODE, R_PEER_INODE, R_OFFSET = 10, R_LENGTH,
+       R_DATA, R_FLAGS = 14, R_KIND, R_PEER_PID };
+
+#define RSLOT(r, i) (*(PyObject **)((char *)(r) + record_offsets[i]))
+
+/* A Python int as a long long; 0 with *ok = 0 when it is not one or too large. */
+static long long as_ll(PyObject *v, int *ok)
+{
+	int overflow = 0;
+	long long x = (v != NULL && PyLong_CheckExact(v)) ? PyLong_AsLongLongAndOverflow(v, &overflow)
+							  : (*ok = 0);
+	if (overflow || (x == -1 && PyErr_Occurred())) {
+		PyErr_Clear();
+		*ok = 0;
+	}
+	return x;
+}
+
+/*
+ * The common record of a batch without a Python call (PcapngOutput.write):
+ * data on a known TCP direction, one segment (length <= MAX_SEGMENT), no gap
+ * before it (offset <= next_off), no note pending, the same comment key
+ * (pid, tid, uid, comm, peer_pid) as the direction's previous packet (so its
+ * cached comment_opts); write_batch has checked that no rotation is due.
+ * That is Framer._segments' single-segment branch exactly.  *done = 0: not
+ * that case, write_batch hands the record to Framer.add.
+ */
+static int fast_record(PyObject *rec, PyObject *dirs, PyObject *buf, double ts, int *done)
+{
+	int ok = 1;
+	*done = 0;
+	PyObject *kind = RSLOT(rec, R_KIND), *inode = RSLOT(rec, R_INODE), *data = RSLOT(rec, R_DATA);
+	if (kind == NULL || inode == NULL || data == NULL)
+		return 0;
+	if (kind != s_data && !(PyUnicode_CheckExact(kind) && PyUnicode_Compare(kind, s_data) == 0))
+		return 0;
+	if (as_ll(RSLOT(rec, R_PEER_INODE), &ok) == 0 || !ok) /* unconnected: (inode, path) keys */
+		return 0;
+	PyObject *d = PyDict_GetItemWithError(dirs, inode);
+	if (d == NULL)
+		return PyErr_Occurred() ? -1 : 0;
+	if (dir_get(d, D_PEER) == NULL) /* also loads the slot offsets for this class */
+		return -1;
+#define DSLOT(f) (*(PyObject **)((char *)d + dir_offsets[f]))
+	PyObject *note = DSLOT(D_NOTE), *key = DSLOT(D_COMMENT_KEY), *opts = DSLOT(D_COMMENT_OPTS);
+	if (as_ll(DSLOT(D_PROTO), &ok) != IPPROTO_TCP || note == NULL || !PyUnicode_CheckExact(note) ||
+	    PyUnicode_GET_LENGTH(note) != 0 || key == NULL || !PyTuple_CheckExact(key) ||
+	    PyTuple_GET_SIZE(key) != 5 || opts == NULL || !PyBytes_CheckExact(opts) || !ok)
+		return 0;
+	long long length = as_ll(RSLOT(rec, R_LENGTH), &ok), off = as_ll(RSLOT(rec, R_OFFSET), &ok);
+	long long next_off = as_ll(DSLOT(D_NEXT_OFF), &ok), flags = as_ll(RSLOT(rec, R_FLAGS), &ok);
+	if (!ok || length < 0 || length > MAX_SEGMENT || off < 0 || off > next_off)
+		return 0;
+	static const int key_fields[5] = {R_PID, R_TID, R_UID, R_COMM, R_PEER_PID};
+	for (int i = 0; i < 5; i++) {
+		PyObject *v = RSLOT(rec, key_fields[i]);
+		if (v == NULL)
+			return 0;
+		int eq = PyObject_RichCompareBool(v, PyTuple_GET_ITEM(key, i), Py_EQ);
+		if (eq <= 0)
+			return eq;
+	}
+	long tcp_flags = TCP_ACK | ((flags & FLAG_MSG_END) ? TCP_PSH : 0);
+	if (tcp_block(buf, d, ts, tcp_flags, (uint64_t)off, data, (Py_ssize_t)length, opts,
+		      empty_bytes) < 0)
+		return -1;
+	*done = 1;
+	if (off + length > next_off) {
+		PyObject *end = PyLong_FromLongLong(off + length);
+		if (end == NULL)
+			return -1;
+		Py_SETREF(DSLOT(D_NEXT_OFF), end);
+	}
+#undef DSLOT
+	return 0;
+}
+
+PyDoc_STRVAR(write_batch_doc,
+	     "write_batch(framer, buf, batch, start, room, deadline)\n--\n\n"
+	     "Frame batch[start:] into ``buf`` (PcapngOutput.write): common records\n"
+	     "here (fast_record in _fastpath.c), the others through ``framer.add``.\n"
+	     "Stops at the first record that needs a rotation (``buf.size() > room`` or\n"
+	     "``ts >= deadline``) or is not a Record; returns its index (len(batch) when\n"
+	     "all are done).");
+
+static PyObject *fp_write_batch(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+	(void)mod;
+	if (nargs != 6) {
+		PyErr_SetString(PyExc_TypeError, "write_batch() takes 6 arguments");
+		return NULL;
+	}
+	PyObject *framer = args[0], *buf = args[1];
+	if (!PyByteArray_Check(buf)) {
+		PyErr_SetString(PyExc_TypeError, "buf must be a bytearray");
+		return NULL;
+	}
+	Py_ssize_t i = PyLong_AsSsize_t(args[3]);
+	double room = PyFloat_AsDouble(args[4]), deadline = PyFloat_AsDouble(args[5]);
+	if (PyErr_Occurred())
+		return NULL;
+	PyObject *seq = PySequence_Fast(args[2], "batch must be a sequence"), *add = NULL;
+	if (seq == NULL)
+		return NULL;
+	PyObject *dirs = PyObject_GetAttr(framer, s_dirs);
+	if (dirs == NULL || !PyDict_Check(dirs)) {
+		if (dirs != NULL)
+			PyErr_SetString(PyExc_TypeError, "Framer._dirs must be a dict");
+		goto fail;
+	}
+	add = PyObject_GetAttr(framer, s_add);
+	if (add == NULL)
+		goto fail;
+	Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), packets = 0;
+	int done, rc = 0;
+	for (; i < n; i++) {
+		PyObject *rec = PySequence_Fast_GET_ITEM(seq, i), *ts_obj;
+		if (!Py_IS_TYPE(rec, (PyTypeObject *)Record) || (ts_obj = RSLOT(rec, R_TS)) == NULL)
+			break;
+		double ts = PyFloat_AsDouble(ts_obj);
+		if (ts == -1.0 && PyErr_Occurred()) {
+			PyErr_Clear();
+			break;
+		}
+		PyObject *parts = PyObject_GetAttr(buf, s_parts_size);
+		Py_ssize_t parts_size = parts == NULL ? -1 : PyLong_AsSsize_t(parts);
+		Py_XDECREF(parts);
+		if (parts_size == -1 && PyErr_Occurred()) {
+			rc = -1;
+			break;
+		}
+		if ((double)(parts_size + PyByteArray_GET_SIZE(buf)) > room || ts >= deadline)
+			break; /* rotation due: PcapngOutput.write */
+		rc = fast_record(rec, dirs, buf, ts, &done);
+		if (rc < 0)
+			break;
+		if (done) {
+			packets++;
+			continue;
+		}
+		PyObject *call[2] = {buf, rec}; /* the rest: Framer.add */
+		PyObject *r = PyObject_Vectorcall(add, call, 2, NULL);
+		if (r == NULL) {
+			rc = -1;
+			break;
+		}
+		Py_DECREF(r);
+	}
+	if (packets) {
+		PyObject *count = PyObject_GetAttr(framer, s_packets);
+		PyObject *add = count == NULL ? NULL : PyLong_FromSsize_t(packets);
+		PyObject *sum = add == NULL ? NULL : PyNumber_Add(count, add);
+		Py_XDECREF(count);
+		Py_XDECREF(add);
+		if (sum == NULL || PyObject_SetAttr(framer, s_packets, sum) < 0)
+			rc = -1;
+		Py_XDECREF(sum);
+	}
+	if (rc < 0)
+		goto fail;
+	Py_DECREF(add);
+	Py_DECREF(dirs);
+	Py_DECREF(seq);
+	return PyLong_FromSsize_t(i);
+fail:
+	Py_XDECREF(add);
+	Py_XDECREF(dirs);
+	Py_DECREF(seq);
+	return NULL;
+}
+
 /* ------------------------------------------------------------------ module */
 
 static PyMethodDef module_methods[] = {
 	{"tcp", (PyCFunction)(void (*)(void))fp_tcp, METH_FASTCALL, tcp_doc},
 	{"udp", (PyCFunction)(void (*)(void))fp_udp, METH_FASTCALL, udp_doc},
 	{"drain", (PyCFunction)(void (*)(void))fp_drain, METH_FASTCALL, drain_doc},
+	{"write_batch", (PyCFunction)(void (*)(void))fp_write_batch, METH_FASTCALL, write_batch_doc},
 	{NULL, NULL, 0, NULL},
 };
 
@@ -937,6 +1147,10 @@ PyMODINIT_FUNC PyInit__fastpath(void)
 	INTERN(s_data, "data");
 	INTERN(s_lost, "lost");
 	INTERN(s_release, "release");
+	INTERN(s_dirs, "_dirs");
+	INTERN(s_packets, "packets");
+	INTERN(s_parts_size, "parts_size");
+	INTERN(s_add, "add");
 	if ((empty_bytes = PyBytes_FromStringAndSize(NULL, 0)) == NULL)
 		return NULL;
 	PyObject *events = PyImport_ImportModule("usniff.events");

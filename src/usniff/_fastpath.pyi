@@ -1,8 +1,11 @@
 """The collector's per-record hot path, in C (_fastpath.c)."""
 
+from collections.abc import Sequence
+
 from typing_extensions import Buffer
 
-from usniff.outputs.pcapng import _Dir, _Sink
+from usniff.events import Record
+from usniff.outputs.pcapng import Framer, _Dir, _Sink
 
 EVENT_SIZE: int  # sizeof(struct usniff_event)
 SPLICE_MIN: int  # payloads from this size are kept by reference (_Sink.splice), not copied
@@ -28,3 +31,13 @@ def tcp(
     tcp_opts: bytes,
 ) -> None: ...
 def udp(buf: _Sink, d: _Dir, ts: float, payload: bytes, length: int, opts: bytes) -> None: ...
+def write_batch(
+    framer: Framer,
+    buf: _Sink,
+    batch: Sequence[Record],
+    start: int,
+    room: float,
+    deadline: float,
+) -> int:
+    """Frame batch[start:] (PcapngOutput.write), the common records in C, the others
+    with ``framer.add``; the index of the first record that needs a rotation."""

@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from usniff import __version__
-from usniff._fastpath import tcp, udp
+from usniff._fastpath import tcp, udp, write_batch
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, CaptureStats, Record
 from usniff.outputs.base import OutputError
 
@@ -338,7 +338,9 @@ class Framer:
         opts = self._comment_opts(d, rec)
         end = off + length
         push = TCP_PSH if rec.flags & FLAG_MSG_END else 0
-        if length <= MAX_SEGMENT:  # _tcp() inlined: the hot path
+        # PcapngOutput.write frames the common case (one segment, no gap or
+        # note, same comment, no rotation due) in C (_fastpath.write_batch)
+        if length <= MAX_SEGMENT:
             tcp(buf, d, rec.ts, TCP_ACK | push, off, data, length, opts, b"")
             self.packets += 1
         else:
@@ -605,15 +607,29 @@ class PcapngOutput:
     # -- Output ----------------------------------------------------------
 
     def write(self, batch: Sequence[Record]) -> None:
+        """Frame a batch in :func:`usniff._fastpath.write_batch`: the common
+        record (one TCP segment on a known flow, no gap, no note pending, same
+        comment as before) with no Python call, the others through
+        :meth:`Framer.add`; it returns here when a file must rotate (or for
+        an item that is not a Record).
+        ``python -m bench collector``, three runs of three rounds alternating
+        with the Python loop: 31-byte records 597-733k records/s before,
+        0.84-1.21M after (~1.6x); 32 KiB records unchanged (867-975 MB/s
+        before, 866-997 after: the payload copies dominate)."""
         self._check()
-        buf, add = self._buf, self._framer.add
+        framer = self._framer
         limit = self._rotate_bytes or float("inf")
-        for rec in batch:
-            if self._size + buf.size() > limit or rec.ts >= self._deadline:
+        i, n = 0, len(batch)
+        while True:
+            i = write_batch(framer, self._buf, batch, i, limit - self._size, self._deadline)
+            if i >= n:
+                break
+            rec = batch[i]
+            if self._size + self._buf.size() > limit or rec.ts >= self._deadline:
                 self._rotate(rec.ts)
-                buf = self._buf
-            add(buf, rec)
-        if buf.size() >= FLUSH_BYTES:
+            framer.add(self._buf, rec)
+            i += 1
+        if self._buf.size() >= FLUSH_BYTES:
             self.flush()
 
     def flush(self) -> None:
