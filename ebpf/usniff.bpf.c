@@ -5,8 +5,8 @@
  * Three backends share one copy engine (emit_send):
  *   fentry/fexit and kprobe/kretprobe on unix_{stream,dgram}_sendmsg, which
  *   stash the msghdr's iov_iter at entry and copy at exit;
- *   tracepoint: tp_btf/sock_send_length (>= 6.3) hands over the socket and
- *   the byte count, and the syscall's registers tell where the bytes were.
+ *   tracepoint: syscall tracepoints stash the user buffers, and
+ *   tp_btf/sock_send_length (>= 6.3) hands over the socket and the byte count.
  * The collector enables the programs of one backend (autoload) before load.
  */
 #include "vmlinux.h"
@@ -101,8 +101,14 @@ struct send_src {
 	__u32 name_len;
 	__u8 name_user;
 	__u8 copyable; /* 0: bytes are not in user memory (kvec, bvec...) */
+	/* tracepoint backend: syscall-level arguments resolved at send time */
+	__u8 sys; /* 0 ready, SYS_SENDMSG, SYS_SENDMMSG */
 	__u8 iov_kernel; /* the iovec array is the kernel's copy (msg_iter) */
+	__u32 mmsg_idx;
+	__u32 mmsg_vlen;
 };
+
+enum { SYS_READY = 0, SYS_SENDMSG = 1, SYS_SENDMMSG = 2 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -584,9 +590,9 @@ extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 
 /*
  * fd -> struct sock and its inode, if fd is an AF_UNIX socket of the current
- * task.  It walks the kernel pointers with direct (BTF) loads, not one
- * bpf_probe_read_kernel call per hop; only the fd array is indexed, which
- * needs a helper.  bpf_rdonly_cast
+ * task.  This runs for every write() on the system, so it walks the kernel
+ * pointers with direct (BTF) loads, not one bpf_probe_read_kernel call per
+ * hop; only the fd array is indexed, which needs a helper.  bpf_rdonly_cast
  * (>= 6.2) gives the loaded pointers back their types; only the tracepoint
  * backend (>= 6.3) uses it.
  */
@@ -615,66 +621,81 @@ static __always_inline struct sock *fd_unix_sock(long fd, __u64 *ino)
 	return sk;
 }
 
-/*
- * The tracepoint backend needs no syscall tracepoints (even empty ones put
- * every syscall of every task on the slow path): sock_send_length runs while
- * the sender is still in its syscall, whose number and arguments are in the
- * user registers saved at entry (bpf_task_pt_regs).  A 32-bit task's syscall
- * numbers match none of these, so its sends are counted as uncopyable.
- */
-#if defined(__TARGET_ARCH_x86)
-#define SYSCALL_NR(regs) ((regs)->orig_ax)
-#define SYSCALL_ARG6(regs) ((regs)->r9) /* libbpf 1.1 has no PT_REGS_PARM6_SYSCALL */
-enum { NR_WRITE = 1, NR_WRITEV = 20, NR_SENDTO = 44, NR_SENDMSG = 46, NR_SENDMMSG = 307 };
-#elif defined(__TARGET_ARCH_arm64)
-struct pt_regs___arm64_nr {
-	unsigned long regs[31];
-	int syscallno;
-} __attribute__((preserve_access_index));
-#define SYSCALL_NR(regs) BPF_CORE_READ((struct pt_regs___arm64_nr *)(regs), syscallno)
-#define SYSCALL_ARG6(regs) BPF_CORE_READ((struct pt_regs___arm64_nr *)(regs), regs[5])
-enum { NR_WRITE = 64, NR_WRITEV = 66, NR_SENDTO = 206, NR_SENDMSG = 211, NR_SENDMMSG = 269 };
-#else
-#error "usniff: syscall numbers for this architecture are missing"
-#endif
-
-/* Per task, for the tracepoint backend. */
-struct task_send {
-	__u64 ready_ns; /* when the current send first woke its receiver */
-	__u64 ready_sk; /* that receiver; 0 = none since the last send */
-	/* the sendmmsg() call in progress: the next message to be sent is mmsg_next */
-	__u64 mmsg_sk;
-	__u64 mmsg_vec;
-	__u32 mmsg_vlen;
-	__u32 mmsg_next;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct task_send);
-} task_sends SEC(".maps");
-
-/*
- * Stamp a send when it first queues bytes for its receiver (optional, >= 6.6):
- * the receiver may be woken, answer and be recorded before sock_send_length
- * runs, but it cannot have answered before this.
- */
-SEC("tp_btf/sk_data_ready")
-int BPF_PROG(tp_data_ready, const struct sock *sk)
+static __always_inline int stash_sys(long fd, struct send_src *src)
 {
-	struct task_send *t;
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u64 ino = 0;
+	struct sock *sk = fd_unix_sock(fd, &ino);
 
-	if (sk->__sk_common.skc_family != AF_UNIX)
+	if (!sk)
 		return 0;
-	t = bpf_task_storage_get(&task_sends, bpf_get_current_task_btf(), NULL,
-				 BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (t && t->ready_sk != (__u64)sk) {
-		t->ready_sk = (__u64)sk;
-		t->ready_ns = bpf_ktime_get_ns();
+	/*
+	 * A socket the filter already rejected (cached in `sockets`), sent to
+	 * without a destination address: emit_send would drop the send anyway,
+	 * so skip the stash update and delete (most of the cost per write).
+	 */
+	if (!src->name && src->sys == SYS_READY) {
+		struct sock_state *st = bpf_map_lookup_elem(&sockets, &ino);
+
+		if (st && st->match == 2) {
+			if (bpf_map_lookup_elem(&stash, &tid))
+				bpf_map_delete_elem(&stash, &tid);
+			return 0;
+		}
 	}
+	src->start_ns = bpf_ktime_get_ns();
+	src->sk = (__u64)sk;
+	src->copyable = 1;
+	bpf_map_update_elem(&stash, &tid, src, BPF_ANY);
 	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_write")
+int tp_write(struct trace_event_raw_sys_enter *ctx)
+{
+	struct send_src src = { .base = ctx->args[1], .count = ctx->args[2] };
+
+	return stash_sys(ctx->args[0], &src);
+}
+
+SEC("tracepoint/syscalls/sys_enter_writev")
+int tp_writev(struct trace_event_raw_sys_enter *ctx)
+{
+	struct send_src src = { .iov = ctx->args[1], .nr_segs = ctx->args[2] };
+
+	return stash_sys(ctx->args[0], &src);
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendto")
+int tp_sendto(struct trace_event_raw_sys_enter *ctx)
+{
+	struct send_src src = {
+		.base = ctx->args[1],
+		.count = ctx->args[2],
+		.name = ctx->args[4],
+		.name_len = ctx->args[4] ? ctx->args[5] : 0,
+		.name_user = 1,
+	};
+
+	return stash_sys(ctx->args[0], &src);
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendmsg")
+int tp_sendmsg(struct trace_event_raw_sys_enter *ctx)
+{
+	struct send_src src = { .sys = SYS_SENDMSG, .base = ctx->args[1] };
+
+	return stash_sys(ctx->args[0], &src);
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendmmsg")
+int tp_sendmmsg(struct trace_event_raw_sys_enter *ctx)
+{
+	struct send_src src = {
+		.sys = SYS_SENDMMSG, .base = ctx->args[1], .mmsg_vlen = ctx->args[2]
+	};
+
+	return stash_sys(ctx->args[0], &src);
 }
 
 /* Resolve a user msghdr (sendmsg, or one of sendmmsg's) into src. */
@@ -685,116 +706,33 @@ static __always_inline void src_from_msghdr(struct send_src *src, __u64 umsg)
 	bpf_probe_read_user(&m, sizeof(m), (void *)umsg);
 	src->iov = (__u64)m.msg_iov;
 	src->nr_segs = m.msg_iovlen;
+	src->base = 0;
 	src->name = (__u64)m.msg_name;
 	src->name_len = m.msg_name ? m.msg_namelen : 0;
 	src->name_user = 1;
 }
 
-struct iov_sum {
-	__u64 iov;
-	__u64 nr_segs;
-	__u64 total;
-};
-
-static long iov_sum_step(__u64 i, void *arg)
-{
-	struct iov_sum *s = arg;
-	struct iovec seg;
-
-	if (i >= s->nr_segs || bpf_probe_read_user(&seg, sizeof(seg), (void *)(s->iov + i * sizeof(seg))))
-		return 1;
-	s->total += seg.iov_len;
-	return 0;
-}
-
-/*
- * Which of sendmmsg()'s messages is being sent: sock_send_length fires once
- * per message, in order, and a call goes on to message i + 1 only if message
- * i was sent whole.  So the index is tracked per task, and a call that reuses
- * the same array is told from the rest of the previous one because that one
- * ended (an error, a partial send or its last message).  Not seen: a call cut
- * short before reaching the socket (a fault in a later msghdr).
- */
-static __always_inline void src_from_mmsg(struct send_src *src, struct sock *sk, __u64 vec,
-					  __u32 vlen, long sent)
-{
-	struct task_send *t = bpf_task_storage_get(&task_sends, bpf_get_current_task_btf(), NULL,
-						   BPF_LOCAL_STORAGE_GET_F_CREATE);
-	struct iov_sum sum = {};
-	__u32 idx = 0;
-
-	if (!t)
-		return;
-	if (t->mmsg_sk == (__u64)sk && t->mmsg_vec == vec && t->mmsg_vlen == vlen &&
-	    t->mmsg_next < vlen)
-		idx = t->mmsg_next;
-	src_from_msghdr(src, vec + (__u64)idx * sizeof(struct mmsghdr));
-	sum.iov = src->iov;
-	sum.nr_segs = src->nr_segs < MAX_SEGS ? src->nr_segs : MAX_SEGS;
-	bpf_loop(MAX_SEGS, iov_sum_step, &sum, 0);
-	t->mmsg_sk = (__u64)sk;
-	t->mmsg_vec = vec;
-	t->mmsg_vlen = vlen;
-	t->mmsg_next = sent > 0 && sent == sum.total ? idx + 1 : 0;
-}
-
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(tp_send_length, struct sock *sk, int ret, int flags)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
-	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
-	struct task_send *t = bpf_task_storage_get(&task_sends, task, NULL, 0);
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct send_src *p = bpf_map_lookup_elem(&stash, &tid);
 	struct send_src src = {};
-	long nr = SYSCALL_NR(regs);
-	__u64 fd = PT_REGS_PARM1_SYSCALL(regs);
-	__u64 arg2 = PT_REGS_PARM2_SYSCALL(regs);
-	__u64 arg3 = PT_REGS_PARM3_SYSCALL(regs);
-	struct sock_state *st;
-	__u64 ino;
+	int done = 1;
 
-	if (sk->__sk_common.skc_family != AF_UNIX)
-		return 0;
-	if (t && t->ready_sk) {
-		src.start_ns = t->ready_ns;
-		t->ready_sk = 0;
+	if (p && p->sk == (__u64)sk) {
+		src = *p;
+		if (src.sys == SYS_SENDMSG) {
+			src_from_msghdr(&src, p->base);
+		} else if (src.sys == SYS_SENDMMSG) {
+			src_from_msghdr(&src, p->base + p->mmsg_idx * sizeof(struct mmsghdr));
+			p->mmsg_idx++;
+			done = p->mmsg_idx >= p->mmsg_vlen;
+		}
+		if (done)
+			bpf_map_delete_elem(&stash, &tid);
 	}
-	if (nr == NR_SENDMMSG) /* tracked even when nothing is sent: the call ends */
-		src_from_mmsg(&src, sk, arg2, arg3, ret);
-	if (ret <= 0)
-		return 0;
-	/* a socket the filter rejected, sent to without a destination address */
-	if (nr == NR_WRITE || nr == NR_WRITEV || (nr == NR_SENDTO && !PT_REGS_PARM5_SYSCALL(regs))) {
-		ino = sock_ino(sk);
-		st = bpf_map_lookup_elem(&sockets, &ino);
-		if (st && st->match == 2)
-			return 0;
-	}
-	switch (nr) {
-	case NR_WRITE:
-		src.base = arg2;
-		src.count = arg3;
-		break;
-	case NR_WRITEV:
-		src.iov = arg2;
-		src.nr_segs = arg3;
-		break;
-	case NR_SENDTO:
-		src.base = arg2;
-		src.count = arg3;
-		src.name = PT_REGS_PARM5_SYSCALL(regs);
-		src.name_len = src.name ? SYSCALL_ARG6(regs) : 0;
-		src.name_user = 1;
-		break;
-	case NR_SENDMSG:
-		src_from_msghdr(&src, arg2);
-		break;
-	case NR_SENDMMSG:
-		break;
-	default: /* io_uring, sendfile, splice, kernel senders: counted as uncopyable */
-		return emit_send(sk, ret, &src);
-	}
-	/* the bytes are the syscall's only if its fd is this socket (not a kernel sender below it) */
-	src.copyable = fd_unix_sock(fd, &ino) == sk;
+	/* no stash: io_uring, sendfile, kernel senders: counted as uncopyable */
 	return emit_send(sk, ret, &src);
 }
 

@@ -167,9 +167,9 @@ def test_sends_around_record_chunk_sizes(start: Any, work: Any) -> None:
 
 
 def test_send_stamped_when_it_begins(start: Any, work: Any) -> None:
-    """A record is stamped when its send began (fentry/kprobe: at entry;
-    tracepoint: when it first woke the receiver), not when it returned: else a
-    reply could be stamped before the request it answers."""
+    """A record is stamped when its send began (fentry/kprobe: at
+    unix_*_sendmsg entry; tracepoint: at syscall entry), not when it returned:
+    else a reply could be stamped before the request it answers."""
     w = work("slowread")
     cap = start(pids=[w.pid])
     done, sent, col = run_workload(w, cap)
@@ -178,12 +178,6 @@ def test_send_stamped_when_it_begins(start: Any, work: Any) -> None:
     assert done["end"] - done["start"] >= 0.45, "the write() did not block"
     first = col.data(a)[0]
     assert first.flags & FLAG_MSG_START
-    if cap.stats.backend == "tracepoint" and (
-        b"btf_trace_sk_data_ready" not in Path("/sys/kernel/btf/vmlinux").read_bytes()
-    ):
-        pytest.xfail(
-            "kernel < 6.6 (no sk_data_ready): the tracepoint backend stamps sends at their end"
-        )
     assert done["start"] - 0.05 <= first.ts <= done["start"] + 0.2, (first.ts, done)
 
 

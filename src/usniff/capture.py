@@ -221,7 +221,7 @@ class Capture(EventHandler):
         obj = libbpf.Object(bpf_object_path())
         try:
             for prog in obj.programs():
-                prog.set_autoload(_backend_of(prog.section) == backend and _available(prog.section))
+                prog.set_autoload(_backend_of(prog.section) == backend)
             obj.map("events").set_max_entries(self._ring_bytes)
             obj.map("scratch_map").set_max_entries(libbpf.num_possible_cpus())
             obj.load()
@@ -432,13 +432,6 @@ def _has_btf_type(name: bytes) -> bool:
         return name in Path("/sys/kernel/btf/vmlinux").read_bytes()
     except OSError:
         return False
-
-
-def _available(section: str) -> bool:
-    """Optional programs are loaded only where their hook exists."""
-    if section == "tp_btf/sk_data_ready":  # >= 6.6; without it sends are stamped at their end
-        return _has_btf_type(b"btf_trace_sk_data_ready")
-    return True
 
 
 def _explain(backend: str, e: libbpf.LibbpfError) -> str:
