@@ -341,8 +341,7 @@ class Framer:
         # PcapngOutput.write frames the common case (one segment, no gap or
         # note, same comment, no rotation due) in C (_fastpath.write_batch)
         if length <= MAX_SEGMENT:
-            tcp(buf, d, rec.ts, TCP_ACK | push, off, data, length, opts, b"")
-            self.packets += 1
+            self._tcp(buf, d, rec.ts, TCP_ACK | push, off, data, length, opts)
         else:
             view = memoryview(data)
             for pos in range(off, end, MAX_SEGMENT):
