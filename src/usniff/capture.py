@@ -50,7 +50,7 @@ DEFAULT_BUFFER = 64 << 20
 CLOSE_CHECK = 1.0  # seconds between checks for sockets that went away
 REORDER = 0.1  # seconds records wait so that records from other CPUs can precede them
 HOLD = 1.0  # seconds a record may wait for its peer's inode (a connection not yet accepted)
-POLL = 0.025  # seconds between drains of the ring (the kernel wakes us early when it fills up)
+POLL = 0.1  # seconds between drains of the ring (the kernel wakes us early when it fills up)
 
 
 _ts = attrgetter("ts")
