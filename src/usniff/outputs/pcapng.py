@@ -31,6 +31,7 @@ import platform
 import re
 import struct
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -546,6 +547,45 @@ def _create(path: str) -> int:
     return fd
 
 
+class _Discarder:
+    """Deletes old rotation files on a background thread.
+
+    Freeing a file's pages happens in the unlink (or in the truncation of a
+    reused -W name), and the capture loop must not wait for it: at 1 GB/s
+    with ``-C 200 -W 2`` on tmpfs, reopening a 200 MB file with O_TRUNC was
+    7.5 % of usniff's CPU (perf), all of it while the ring filled up.  A
+    file is renamed aside at once (so its name is free), then unlinked.
+    """
+
+    def __init__(self) -> None:
+        self._threads: list[threading.Thread] = []
+        self._serial = 0
+
+    def discard(self, path: str, keep_name: bool) -> None:
+        self._threads = [t for t in self._threads if t.is_alive()]
+        victim = path
+        if keep_name:  # the name is reused right away: move the old file aside
+            self._serial += 1
+            victim = f"{path}.usniff-discard-{self._serial}"
+            try:
+                os.rename(path, victim)
+            except FileNotFoundError:
+                return
+        t = threading.Thread(target=self._unlink, args=(victim,), name="usniff-discard")
+        t.start()
+        self._threads.append(t)
+
+    @staticmethod
+    def _unlink(path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+    def join(self) -> None:
+        for t in self._threads:
+            t.join()
+        self._threads.clear()
+
+
 def _cause(err: OSError) -> str:
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return "disk full"
@@ -586,6 +626,7 @@ class PcapngOutput:
         self._framer = Framer(snaplen)
         self._buf = _Sink()
         self._kept: deque[str] = deque()
+        self._discarder = _Discarder()
         self._index = 0
         self._failed: OutputError | None = None
         self._closed = False
@@ -646,6 +687,7 @@ class PcapngOutput:
                 self._drain()
         finally:
             self._close_fd()
+            self._discarder.join()
 
     # -- files -----------------------------------------------------------
 
@@ -671,6 +713,8 @@ class PcapngOutput:
             self.name = "<stdout>"
             self._fd = sys.stdout.fileno()
         else:
+            if self.name in self._kept:  # -C -W reuses a name: its old file goes
+                self._discarder.discard(self.name, keep_name=True)
             try:
                 self._fd = _create(self.name)
             except OSError as err:
@@ -689,8 +733,7 @@ class PcapngOutput:
             self._kept.remove(name)
         self._kept.append(name)
         while len(self._kept) > self._count:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._kept.popleft())
+            self._discarder.discard(self._kept.popleft(), keep_name=False)
 
     def _rotate(self, ts: float) -> None:
         self._drain()
