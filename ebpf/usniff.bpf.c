@@ -106,6 +106,8 @@ struct send_src {
 	__u8 iov_kernel; /* the iovec array is the kernel's copy (msg_iter) */
 	__u32 mmsg_idx;
 	__u32 mmsg_vlen;
+	__u64 skip; /* tracepoint backend: a socket the filter rejects, seen at entry */
+	__u64 ino; /* tracepoint backend: sk's inode, found at entry (0: unknown) */
 };
 
 enum { SYS_READY = 0, SYS_SENDMSG = 1, SYS_SENDMMSG = 2 };
@@ -168,6 +170,7 @@ struct copy_ctx {
 
 struct scratch {
 	struct copy_ctx c;
+	__u64 unwoken; /* bytes this CPU put in the ring since it last woke the collector */
 	struct usniff_event hdr;
 	/* twice the chunk: lets the verifier bound "fill + n" without a proof */
 	char data[2 * USNIFF_CHUNK];
@@ -273,10 +276,18 @@ static __always_inline int task_matches(struct usniff_config *cfg, __u32 pid, __
 	return 1;
 }
 
-/* Fill st's cached header fields (the peer is read on every send: it may change). */
+/*
+ * Fill st's cached header fields.  A datagram socket's peer is read on every
+ * send (connect() may change it); a connected stream or seqpacket socket
+ * keeps its peer for life.
+ */
 static __always_inline void cache_peer(struct sock_state *st, struct sock *sk)
 {
-	struct sock *peer = BPF_CORE_READ((struct unix_sock *)sk, peer);
+	struct sock *peer;
+
+	if (st->peer && st->sock_type != SOCK_DGRAM)
+		return;
+	peer = BPF_CORE_READ((struct unix_sock *)sk, peer);
 
 	if (st->sock_type && st->peer == (__u64)peer)
 		return;
@@ -310,17 +321,25 @@ static __always_inline void fill_hdr(struct usniff_event *h, struct sock_state *
 }
 
 /*
- * Wake the collector only once the ring is an eighth full: it also polls
- * every POLL seconds (capture.py; records wait as long for reordering
- * anyway), so the default wakeup whenever it has caught up
- * would only add an irq_work and a context switch to the traced sender.
+ * Wake the collector only after this CPU has added cfg->wake_bytes to the
+ * ring (an eighth of it, shared among the CPUs): it also polls every POLL
+ * seconds (capture.py; records wait as long for reordering anyway), so the
+ * default wakeup whenever it has caught up would only add an irq_work and a
+ * context switch to the traced sender.  Counted per CPU rather than asking
+ * the ring how full it is: BPF_RB_AVAIL_DATA reads the producer and consumer
+ * positions, cache lines that the other CPUs and the collector keep writing.
  */
-static __always_inline long ring_output(void *data, __u64 size)
+static __always_inline long ring_output(struct scratch *s, void *data, __u64 size)
 {
-	__u64 ring = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE);
-	__u64 flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > ring / 8 ?
-			      BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	__u32 zero = 0;
+	struct usniff_config *cfg = bpf_map_lookup_elem(&cfg_map, &zero);
+	__u64 flags = BPF_RB_NO_WAKEUP;
 
+	s->unwoken += size;
+	if (cfg && s->unwoken >= cfg->wake_bytes) {
+		s->unwoken = 0;
+		flags = BPF_RB_FORCE_WAKEUP;
+	}
 	return bpf_ringbuf_output(&events, data, size, flags);
 }
 
@@ -344,7 +363,7 @@ static __always_inline int announce(struct scratch *s, struct sock *sk)
 	if (len)
 		bpf_probe_read_kernel(s->data, len & 127, &addr->name[0].sun_path);
 	s->hdr.addr_len = len;
-	return ring_output(&s->hdr, sizeof(s->hdr) + (len & 127));
+	return ring_output(s, &s->hdr, sizeof(s->hdr) + (len & 127));
 }
 
 static __always_inline struct scratch *get_scratch(void)
@@ -367,13 +386,13 @@ static __always_inline void output_record(struct scratch *s, struct sock_state *
 		lost.offset = st->lost_off;
 		lost.len = st->lost_len;
 		lost.caplen = 0;
-		if (ring_output(&lost, sizeof(lost)))
+		if (ring_output(s, &lost, sizeof(lost)))
 			goto lose;
 		st->lost_len = 0;
 	}
 	if (s->hdr.kind == USNIFF_EV_LOST)
 		size = sizeof(s->hdr);
-	if (ring_output(&s->hdr, size))
+	if (ring_output(s, &s->hdr, size))
 		goto lose;
 	stat_add(USNIFF_STAT_RECORDS, 1);
 	stat_add(USNIFF_STAT_BYTES, s->hdr.len);
@@ -514,7 +533,7 @@ static __always_inline void emit_dest(struct scratch *s, struct send_src *src)
 		return;
 	s->hdr.kind = USNIFF_EV_DEST;
 	s->hdr.addr_len = len;
-	ring_output(&s->hdr, sizeof(s->hdr) + (len & 127));
+	ring_output(s, &s->hdr, sizeof(s->hdr) + (len & 127));
 }
 
 static __always_inline int dest_matches(struct send_src *src)
@@ -550,11 +569,14 @@ static __always_inline int emit_send(struct sock *sk, long sent, struct send_src
 
 	if (!cfg || sent <= 0 || !sk)
 		return 0;
-	if (BPF_CORE_READ(sk, __sk_common.skc_family) != AF_UNIX)
-		return 0;
-	ino = sock_ino(sk);
-	if (!ino)
-		return 0;
+	ino = src->ino; /* known to be an AF_UNIX socket's */
+	if (!ino) {
+		if (BPF_CORE_READ(sk, __sk_common.skc_family) != AF_UNIX)
+			return 0;
+		ino = sock_ino(sk);
+		if (!ino)
+			return 0;
+	}
 	st = bpf_map_lookup_elem(&sockets, &ino);
 	if (!st) {
 		fresh.match = sock_matches(sk, cfg) ? 1 : 2;
@@ -684,15 +706,18 @@ static __always_inline int stash_sys(long fd, struct send_src *src)
 		struct sock_state *st = bpf_map_lookup_elem(&sockets, &ino);
 
 		if (st && st->match == 2) {
-			struct send_src *p = stashed();
+			struct send_src *p = stash_get(BPF_LOCAL_STORAGE_GET_F_CREATE);
 
-			if (p)
+			if (p) { /* tp_send_length can return at once */
 				p->sk = 0;
+				p->skip = (__u64)sk;
+			}
 			return 0;
 		}
 	}
 	src->start_ns = bpf_ktime_get_ns();
 	src->sk = (__u64)sk;
+	src->ino = ino;
 	src->copyable = 1;
 	stash_put(src);
 	return 0;
@@ -763,11 +788,18 @@ static __always_inline void src_from_msghdr(struct send_src *src, __u64 umsg)
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(tp_send_length, struct sock *sk, int ret, int flags)
 {
-	struct send_src *p = stashed();
+	struct send_src *p = stash_get(0);
 	struct send_src src = {};
 	int done = 1;
 
-	if (p && p->sk == (__u64)sk) {
+	if (p && p->skip) {
+		__u64 skip = p->skip;
+
+		p->skip = 0;
+		if (skip == (__u64)sk)
+			return 0;
+	}
+	if (p && p->sk && p->sk == (__u64)sk) {
 		src = *p;
 		if (src.sys == SYS_SENDMSG) {
 			src_from_msghdr(&src, p->base);

@@ -55,6 +55,7 @@ struct usniff_config {
 	__u8 filter_pid;
 	__u8 filter_comm;
 	__u8 type_mask; /* bit (1 << sk_type); 0 = every type */
+	__u32 wake_bytes; /* a CPU's ring output between wakeups of the collector */
 };
 
 struct usniff_path_key {

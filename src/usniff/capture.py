@@ -43,7 +43,7 @@ TYPE_BITS = {"stream": 1, "dgram": 2, "seqpacket": 5}
 # struct usniff_event (ebpf/usniff.h, which _fastpath.c includes)
 _EVENT = struct.Struct("<QQQQIIIIIIHHHHB7x16s")
 EV_DATA, EV_LOST, EV_SOCK, EV_DEST = 1, 2, 3, 4
-_CONFIG = struct.Struct("<IIBBBB")
+_CONFIG = struct.Struct("<IIBBBBI")
 _STATE = struct.Struct("<QQQ24x")  # struct sock_state: offset, lost_off, lost_len, ...
 ADDR_MAX = 108
 DEFAULT_BUFFER = 64 << 20
@@ -252,8 +252,9 @@ class Capture(EventHandler):
             int(bool(o.pids)),
             int(bool(o.comms)),
             mask,
+            max(4096, self._ring_bytes // (8 * libbpf.num_possible_cpus())),
         )
-        obj.map("cfg_map").update(b"\0\0\0\0", cfg.ljust(12, b"\0"))
+        obj.map("cfg_map").update(b"\0\0\0\0", cfg)
 
     # --------------------------------------------------------------- records
     def _announce(self, rec: memoryview) -> None:
