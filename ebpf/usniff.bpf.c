@@ -277,19 +277,19 @@ static __always_inline int task_matches(struct usniff_config *cfg, __u32 pid, __
 }
 
 /*
- * Fill st's cached header fields.  A datagram socket's peer is read on every
- * send (connect() may change it); a connected stream or seqpacket socket
- * keeps its peer for life.
+ * Fill st's cached header fields.  A connected stream or seqpacket socket
+ * keeps its peer for life; a datagram socket's may change with connect().
+ * The peer's inode stays unknown while it waits in the listener's queue (a
+ * client may send before accept()), so it is looked up again until found.
  */
 static __always_inline void cache_peer(struct sock_state *st, struct sock *sk)
 {
 	struct sock *peer;
 
-	if (st->peer && st->sock_type != SOCK_DGRAM)
+	if (st->peer_ino && st->sock_type != SOCK_DGRAM)
 		return;
 	peer = BPF_CORE_READ((struct unix_sock *)sk, peer);
-
-	if (st->sock_type && st->peer == (__u64)peer)
+	if (st->sock_type && st->peer == (__u64)peer && (st->peer_ino || !peer))
 		return;
 	st->peer = (__u64)peer;
 	st->peer_ino = peer ? sock_ino(peer) : 0;
