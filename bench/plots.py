@@ -43,7 +43,8 @@ def plot(results: dict[str, Any], outdir: Path) -> None:
     if results.get("capacity"):
         fig, axes = plt.subplots(1, 2, figsize=(9, 4))
         for ax, c in zip(axes, results["capacity"], strict=False):
-            pts = sorted(c["search"] + c["confirm"], key=lambda r: r["rate"])
+            pts = sorted(c["search"] + c.get("failed_confirm", []) + c["confirm"],
+                         key=lambda r: r["rate"])  # fmt: skip
             unit = 1.0 if c["size"] < 1024 else c["size"] / 1e6
             for ok, color, label in ((True, "tab:green", "zero loss"), (False, "tab:red", "loss")):
                 sel = [p for p in pts if p["ok"] == ok]

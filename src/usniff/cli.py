@@ -39,6 +39,21 @@ def parse_size(text: str) -> int:
         raise click.BadParameter(f"{text!r} is not a size (e.g. 64M)") from None
 
 
+MIN_BUFFER = 1 << 20
+
+
+def _buffer_size(text: str) -> int:
+    """--buffer-size: smaller rings cannot hold a burst of 32 KiB records."""
+    size = parse_size(text)
+    if size < MIN_BUFFER:
+        raise click.BadParameter(
+            f"{text!r} is {size:,} bytes; the ring buffer needs at least 1M "
+            "(sizes take a K, M or G suffix)",
+            param_hint="'--buffer-size'",
+        )
+    return size
+
+
 def _log(verbose: bool) -> Any:
     if not verbose:
         return None
@@ -187,7 +202,7 @@ def main(ctx: click.Context, /, **kw: Any) -> None:  # fmt: skip
         comms=list(kw["comms"]),
         types=list(kw["types"]),
         snaplen=kw["snaplen"],
-        buffer_size=parse_size(kw["buffer_size"]),
+        buffer_size=_buffer_size(kw["buffer_size"]),
         backend=kw["backend"],
         log=_log(kw["verbose"]),
     )

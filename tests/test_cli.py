@@ -1,0 +1,22 @@
+"""Command-line checks that need no kernel: option values refused with a reason."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from usniff.cli import main, parse_size
+
+
+def test_sizes_take_suffixes() -> None:
+    assert parse_size("64M") == 64 << 20
+    assert parse_size("1.5k") == 1536
+    assert parse_size("2GiB") == 2 << 30
+    assert parse_size("4096") == 4096
+
+
+def test_a_ring_too_small_for_records_is_refused() -> None:
+    # a bare number is bytes: "--buffer-size 256" once made a ring that could
+    # hold no 32 KiB record, and every byte was reported lost
+    out = CliRunner().invoke(main, ["--buffer-size", "256", "--duration", "1"])
+    assert out.exit_code == 2
+    assert "'256' is 256 bytes; the ring buffer needs at least 1M" in out.output
