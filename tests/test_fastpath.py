@@ -140,6 +140,7 @@ def test_drain_walks_ring() -> None:
         bytes(announced[0])  # released after the call: the ring space is reused
     assert _fastpath.drain(cap, cons, prod, 1 << 62) == done - start - first
     assert [r.data for r in cap._batch] == [b"one", b"two!"]
+    assert (cap.stats.records, cap.stats.bytes) == (2, 7)  # added once, at the end of the drain
     assert struct.unpack_from("<Q", cons)[0] == done  # stopped at the busy record
 
     cap._sock_info = {}  # the next record's inode is unknown: _lookup raises
@@ -151,3 +152,4 @@ def test_drain_walks_ring() -> None:
     with pytest.raises(ZeroDivisionError):
         _fastpath.drain(cap, cons, prod, 1 << 62)
     assert struct.unpack_from("<Q", cons)[0] == busy_at  # published up to the last handled
+    assert (cap.stats.records, cap.stats.bytes) == (2, 7)

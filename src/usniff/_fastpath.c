@@ -629,17 +629,26 @@ static PyObject *id_int(uint64_t v)
 /*
  * CaptureStats records, bytes and bytes_kept are summed in ``acc`` and added
  * to the Python object once per drain (stats_flush): three int additions per
- * record cost as much as building the Record's fields.
+ * record cost as much as building the Record's fields.  ``rc`` < 0: a record
+ * failed and its error is set; what was handled before it is still counted,
+ * and that first error is the one reported.  Returns rc, or -1 if the
+ * addition itself fails.
  */
-static int stats_flush(PyObject *attrs, uint64_t *acc)
+static int stats_flush(PyObject *attrs, uint64_t *acc, int rc)
 {
-	PyObject *obj;
+	PyObject *obj, *type = NULL, *value = NULL, *tb = NULL;
 	if (acc[0] == 0)
-		return 0;
-	if ((obj = attr(attrs, s_stats)) == NULL || stats_add(obj, acc) < 0)
-		return -1;
+		return rc;
+	if (rc < 0)
+		PyErr_Fetch(&type, &value, &tb);
+	int err = (obj = attr(attrs, s_stats)) == NULL || stats_add(obj, acc) < 0;
 	memset(acc, 0, STATS_FIELDS * sizeof(*acc));
-	return 0;
+	if (rc < 0) {
+		if (err)
+			PyErr_Clear();
+		PyErr_Restore(type, value, tb);
+	}
+	return err ? -1 : rc;
 }
 
 static int handle_record(PyObject *self, PyObject *attrs, const struct usniff_event *ev,
@@ -848,8 +857,7 @@ static PyObject *fp_handle(PyObject *self, PyObject *const *args, Py_ssize_t nar
 	if (attrs != NULL) {
 		uint64_t acc[STATS_FIELDS] = {0};
 		rc = handle_one(self, attrs, view.buf, view.len, args[0], acc);
-		if (stats_flush(attrs, acc) < 0)
-			rc = -1;
+		rc = stats_flush(attrs, acc, rc);
 		Py_DECREF(attrs);
 	}
 	PyBuffer_Release(&view);
@@ -975,15 +983,7 @@ static PyObject *fp_drain(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
 	}
 	if (cons != published)
 		__atomic_store_n(cons_pos, cons, __ATOMIC_RELEASE);
-	if (rc < 0) { /* count what was handled, keeping the first error */
-		PyObject *type, *value, *tb;
-		PyErr_Fetch(&type, &value, &tb);
-		if (stats_flush(attrs, acc) < 0)
-			PyErr_Clear();
-		PyErr_Restore(type, value, tb);
-	} else if (stats_flush(attrs, acc) < 0) {
-		rc = -1;
-	}
+	rc = stats_flush(attrs, acc, rc);
 	if (rc == 0)
 		result = PyLong_FromUnsignedLongLong(cons - start);
 out:
