@@ -31,7 +31,7 @@ int kretprobe_sendmsg(void *ctx) { return hit(1); }
 SEC("tp_btf/sock_send_length")
 int tp_sock_send_length(__u64 *ctx) { return hit(2); }
 
-SEC("tracepoint/syscalls/sys_exit_sendto")
-int tp_sys_exit_sendto(void *ctx) { return hit(3); }
+SEC("tp_btf/sys_enter")
+int tp_sys_enter(__u64 *ctx) { return hit(3); }
 
 char LICENSE[] SEC("license") = "GPL";

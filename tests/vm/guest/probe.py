@@ -23,7 +23,7 @@ PROGRAMS = {  # kind reported -> (program name in probe.bpf.c, counter slot)
     "fentry": ("fexit_sendmsg", 0),
     "kprobe": ("kretprobe_sendmsg", 1),
     "tp_btf": ("tp_sock_send_length", 2),  # tp_btf/sock_send_length, kernel >= 6.3
-    "syscall_tp": ("tp_sys_exit_sendto", 3),  # tracepoint/syscalls/sys_exit_sendto
+    "sys_enter": ("tp_sys_enter", 3),  # tp_btf/sys_enter
 }
 
 PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
