@@ -5,8 +5,9 @@
  * Three backends share one copy engine (emit_send):
  *   fentry/fexit and kprobe/kretprobe on unix_{stream,dgram}_sendmsg, which
  *   stash the msghdr's iov_iter at entry and copy at exit;
- *   tracepoint: syscall tracepoints stash the user buffers, and
- *   tp_btf/sock_send_length (>= 6.3) hands over the socket and the byte count.
+ *   tracepoint (>= 6.3): tp_btf/sock_send_length hands over the socket and
+ *   the byte count, the syscall's saved registers the user buffers, and
+ *   tp_btf/sk_data_ready and skb_copy_datagram_iovec the send's stamp.
  * The collector enables the programs of one backend (autoload) before load.
  */
 #include "vmlinux.h"
@@ -101,16 +102,9 @@ struct send_src {
 	__u32 name_len;
 	__u8 name_user;
 	__u8 copyable; /* 0: bytes are not in user memory (kvec, bvec...) */
-	/* tracepoint backend: syscall-level arguments resolved at send time */
-	__u8 sys; /* 0 ready, SYS_SENDMSG, SYS_SENDMMSG */
 	__u8 iov_kernel; /* the iovec array is the kernel's copy (msg_iter) */
-	__u32 mmsg_idx;
-	__u32 mmsg_vlen;
-	__u64 skip; /* tracepoint backend: a socket the filter rejects, seen at entry */
-	__u64 ino; /* tracepoint backend: sk's inode, found at entry (0: unknown) */
+	__u64 ino; /* tracepoint backend: sk's inode, already looked up (0: unknown) */
 };
-
-enum { SYS_READY = 0, SYS_SENDMSG = 1, SYS_SENDMMSG = 2 };
 
 /*
  * The send in progress of each task, from its entry hook to its exit hook
@@ -298,17 +292,22 @@ static __always_inline void cache_peer(struct sock_state *st, struct sock *sk)
 	st->sock_type = BPF_CORE_READ(sk, sk_type);
 }
 
+/*
+ * The sender's ids and comm are loaded straight from its task_struct rather
+ * than through three helpers: on this machine every kernel return goes
+ * through a thunk (SRSO "Safe RET"), so each helper call is dear.
+ */
 static __always_inline void fill_hdr(struct usniff_event *h, struct sock_state *st, __u64 ino,
-				     __u16 kind)
+				     __u16 kind, __u64 ts)
 {
-	__u64 id = bpf_get_current_pid_tgid();
+	struct task_struct *task = bpf_get_current_task_btf();
 
-	h->ts_ns = bpf_ktime_get_ns();
+	h->ts_ns = ts ? ts : bpf_ktime_get_ns();
 	h->inode = ino;
 	h->peer_inode = st->peer_ino;
-	h->pid = id >> 32;
-	h->tid = (__u32)id;
-	h->uid = (__u32)bpf_get_current_uid_gid();
+	h->pid = task->tgid;
+	h->tid = task->pid;
+	h->uid = task->cred->uid.val;
 	h->peer_pid = st->peer_pid;
 	h->kind = kind;
 	h->flags = 0;
@@ -318,7 +317,7 @@ static __always_inline void fill_hdr(struct usniff_event *h, struct sock_state *
 	h->len = 0;
 	h->caplen = 0;
 	h->offset = 0;
-	bpf_get_current_comm(h->comm, sizeof(h->comm));
+	__builtin_memcpy(h->comm, task->comm, sizeof(h->comm));
 }
 
 /*
@@ -557,6 +556,9 @@ static __always_inline int dest_matches(struct send_src *src)
 	return bpf_map_lookup_elem(&name_filter, &nk) != NULL;
 }
 
+/* emit_send's verdict: SEND_REJECTED for every send of a socket whose address or type the filter rejects */
+enum { SEND_OTHER, SEND_REJECTED };
+
 /* Copy `sent` bytes (the send's return value) described by src. */
 static __always_inline int emit_send(struct sock *sk, long sent, struct send_src *src)
 {
@@ -588,7 +590,7 @@ static __always_inline int emit_send(struct sock *sk, long sent, struct send_src
 	}
 	match = st->match;
 	if (match != 1 && !(src->name_len && cfg->filter_path && dest_matches(src)))
-		return 0;
+		return SEND_REJECTED;
 	cache_peer(st, sk);
 	if (!task_matches(cfg, bpf_get_current_pid_tgid() >> 32, st->peer_pid))
 		return 0;
@@ -596,13 +598,11 @@ static __always_inline int emit_send(struct sock *sk, long sent, struct send_src
 	if (!s)
 		return 0;
 
-	fill_hdr(&s->hdr, st, ino, USNIFF_EV_DATA);
 	/*
 	 * Stamp the send's start: the peer may be woken, answer and be recorded
 	 * before this program runs, but it cannot have started sending first.
 	 */
-	if (src->start_ns)
-		s->hdr.ts_ns = src->start_ns;
+	fill_hdr(&s->hdr, st, ino, USNIFF_EV_DATA, src->start_ns);
 	if (!st->announced && !announce(s, sk))
 		st->announced = 1;
 	if (src->name_len)
@@ -660,11 +660,10 @@ extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 
 /*
  * fd -> struct sock and its inode, if fd is an AF_UNIX socket of the current
- * task.  This runs for every write() on the system, so it walks the kernel
- * pointers with direct (BTF) loads, not one bpf_probe_read_kernel call per
- * hop; only the fd array is indexed, which needs a helper.  bpf_rdonly_cast
- * (>= 6.2) gives the loaded pointers back their types; only the tracepoint
- * backend (>= 6.3) uses it.
+ * task.  It walks the kernel pointers with direct (BTF) loads, not one
+ * bpf_probe_read_kernel call per hop; only the fd array is indexed, which
+ * needs a helper.  bpf_rdonly_cast (>= 6.2) gives the loaded pointers back
+ * their types; only the tracepoint backend (>= 6.3) uses it.
  */
 static __always_inline struct sock *fd_unix_sock(long fd, __u64 *ino)
 {
@@ -691,104 +690,161 @@ static __always_inline struct sock *fd_unix_sock(long fd, __u64 *ino)
 	return sk;
 }
 
-static __always_inline int stash_sys(long fd, struct send_src *src)
-{
-	__u64 ino = 0;
-	struct sock *sk = fd_unix_sock(fd, &ino);
-
-	if (!sk)
-		return 0;
-	/*
-	 * A socket the filter already rejected (cached in `sockets`), sent to
-	 * without a destination address: emit_send would drop the send anyway,
-	 * so skip the stash update and delete (most of the cost per write).
-	 */
-	if (!src->name && src->sys == SYS_READY) {
-		struct sock_state *st = bpf_map_lookup_elem(&sockets, &ino);
-
-		if (st && st->match == 2) {
-			struct send_src *p = stash_get(BPF_LOCAL_STORAGE_GET_F_CREATE);
-
-			if (p) { /* tp_send_length can return at once */
-				p->sk = 0;
-				p->skip = (__u64)sk;
-			}
-			return 0;
-		}
-	}
-	src->start_ns = bpf_ktime_get_ns();
-	src->sk = (__u64)sk;
-	src->ino = ino;
-	src->copyable = 1;
-	stash_put(src);
-	return 0;
-}
-
+/*
+ * No syscall hook: even an empty one puts every syscall of every task on the
+ * slow path (filtered out, redis -P 1: 0.89 with tp_btf/sys_enter).
+ * sock_send_length runs while the sender is still in its syscall, whose
+ * number and arguments are in the user registers saved at entry
+ * (bpf_task_pt_regs).  A 32-bit task's syscall numbers are from another
+ * table, so its sends are counted as uncopyable, never read from a wrong
+ * argument.
+ */
 #if defined(__TARGET_ARCH_x86)
-#define NR_write 1
-#define NR_writev 20
-#define NR_sendto 44
-#define NR_sendmsg 46
-#define NR_sendmmsg 307
-/* an ia32 syscall: its number is from another table */
-#define COMPAT_SYSCALL(t) ((t)->thread_info.status & 0x0002 /* TS_COMPAT */)
+#define SYSCALL_NR(regs) ((regs)->orig_ax)
 #define SYSCALL_ARG6(regs) ((regs)->r9) /* libbpf < 1.3 has no PT_REGS_PARM6_SYSCALL */
+#define COMPAT_SYSCALL(t) ((t)->thread_info.status & 0x0002 /* TS_COMPAT */)
+enum { NR_WRITE = 1, NR_WRITEV = 20, NR_SENDTO = 44, NR_SENDMSG = 46, NR_SENDMMSG = 307 };
 #elif defined(__TARGET_ARCH_arm64)
-#define NR_write 64
-#define NR_writev 66
-#define NR_sendto 206
-#define NR_sendmsg 211
-#define NR_sendmmsg 269
-#define COMPAT_SYSCALL(t) ((t)->thread_info.flags & (1UL << 22) /* TIF_32BIT */)
+#define SYSCALL_NR(regs) ((regs)->syscallno)
 #define SYSCALL_ARG6(regs) ((regs)->regs[5])
+#define COMPAT_SYSCALL(t) ((t)->thread_info.flags & (1UL << 22) /* TIF_32BIT */)
+enum { NR_WRITE = 64, NR_WRITEV = 66, NR_SENDTO = 206, NR_SENDMSG = 211, NR_SENDMMSG = 269 };
 #else
 #error "syscall numbers for this architecture"
 #endif
 
-/*
- * One raw program at syscall entry rather than five syscalls:sys_enter_*
- * tracepoints: those go through perf_syscall_enter, which copies the
- * arguments into a perf buffer before the program runs.  Filtered-out
- * 31-byte write + read, pinned: 2.87-3.23 -> 2.67-2.80 us (untraced 2.04);
- * `python -m bench kernel`: 665-691 -> 380-430 ns per write.  Any syscall
- * tracepoint puts every task on the syscall slow path either way.
- */
-SEC("tp_btf/sys_enter")
-int BPF_PROG(tp_sys_enter, struct pt_regs *regs, long id)
-{
-	struct send_src src = {};
+/* Per task: the send in progress, as seen by sk_data_ready. */
+struct task_send {
+	__u64 ready_ns; /* when the current send first woke its receiver */
+	__u64 ready_sk; /* that receiver; 0 = none since the last sock_send_length */
+	__u64 prev_ns; /* ready_ns of the task's send before */
+	__u64 tail; /* the receiver's last queued skb then (0: queue empty) */
+	__u64 tail_owner; /* its sender */
+	__u32 tail_consumed; /* its bytes already read (stream) */
+	/* the sendmmsg() call in progress: the next message to be sent is mmsg_next */
+	__u32 mmsg_vlen;
+	__u32 mmsg_next;
+	__u64 mmsg_sk;
+	__u64 mmsg_vec;
+};
 
-	switch (id) {
-	case NR_write:
-		src.base = PT_REGS_PARM2_SYSCALL(regs);
-		src.count = PT_REGS_PARM3_SYSCALL(regs);
-		break;
-	case NR_writev:
-		src.iov = PT_REGS_PARM2_SYSCALL(regs);
-		src.nr_segs = PT_REGS_PARM3_SYSCALL(regs);
-		break;
-	case NR_sendto:
-		src.base = PT_REGS_PARM2_SYSCALL(regs);
-		src.count = PT_REGS_PARM3_SYSCALL(regs);
-		src.name = PT_REGS_PARM5_SYSCALL(regs);
-		src.name_len = src.name ? SYSCALL_ARG6(regs) : 0;
-		src.name_user = 1;
-		break;
-	case NR_sendmsg:
-		src.sys = SYS_SENDMSG;
-		src.base = PT_REGS_PARM2_SYSCALL(regs);
-		break;
-	case NR_sendmmsg:
-		src.sys = SYS_SENDMMSG;
-		src.base = PT_REGS_PARM2_SYSCALL(regs);
-		src.mmsg_vlen = PT_REGS_PARM3_SYSCALL(regs);
-		break;
-	default:
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct task_send);
+} task_sends SEC(".maps");
+
+/* Per sending socket, for the tracepoint backend. */
+struct sender {
+	__u64 read_ns; /* when the receiver last began to read one of its skbs */
+	__u8 rejected; /* a stream or seqpacket socket the filter rejects */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sender);
+} senders SEC(".maps");
+
+/*
+ * A send is stamped when it first wakes its receiver, after its first skb is
+ * queued: no tracepoint fires between the skb's allocation and its queueing.
+ * A receiver already running can find that skb in between (its recv()
+ * re-checks the queue before sleeping), answer, and be stamped first if the
+ * sender is preempted there.  So sk_data_ready also notes the receiver's
+ * queue tail, and the receiver's copies out of a unix skb
+ * (tp_skb_copy_datagram_iovec) note their time in the sending socket's
+ * storage: the send's stamp becomes that first read when it came earlier.
+ */
+/*
+ * UNIXCB(skb).consumed, a direct load inside skb->cb (bpf_probe_read_kernel
+ * through BPF_CORE_READ cost 40-60 ns more per call, bpf_stats).
+ */
+static __always_inline __u32 unix_consumed(const struct sk_buff *skb)
+{
+	return *(__u32 *)((void *)skb->cb + bpf_core_field_offset(struct unix_skb_parms, consumed));
+}
+
+SEC("tp_btf/sk_data_ready")
+int BPF_PROG(tp_data_ready, const struct sock *sk)
+{
+	struct usniff_config *cfg;
+	struct sk_buff *tail;
+	struct task_send *t;
+	struct sender *rx;
+	__u32 zero = 0;
+
+	if (sk->__sk_common.skc_family != AF_UNIX)
+		return 0;
+	/* the filter's verdict is the same for both ends of a connection */
+	cfg = bpf_map_lookup_elem(&cfg_map, &zero);
+	if (cfg && (cfg->filter_path || cfg->type_mask)) {
+		rx = bpf_sk_storage_get(&senders, (struct sock *)sk, NULL, 0);
+		if (rx && rx->rejected)
+			return 0;
+	}
+	t = bpf_task_storage_get(&task_sends, bpf_get_current_task_btf(), NULL,
+				 BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!t || t->ready_sk == (__u64)sk)
+		return 0;
+	t->prev_ns = t->ready_ns;
+	/* the clock first: the tail is then checked after it, not before */
+	t->ready_ns = bpf_ktime_get_ns();
+	t->ready_sk = (__u64)sk;
+	tail = sk->sk_receive_queue.prev;
+	if ((void *)tail == (void *)&sk->sk_receive_queue) {
+		t->tail = 0;
 		return 0;
 	}
-	if (COMPAT_SYSCALL(bpf_get_current_task_btf()))
+	t->tail = (__u64)tail;
+	t->tail_owner = (__u64)tail->sk;
+	t->tail_consumed = unix_consumed(tail);
+	return 0;
+}
+
+/*
+ * skb->sk of a unix skb is its sender (skb_set_owner_w), also while it is
+ * read.  Only a read from an skb's start counts (UNIXCB(skb).consumed == 0;
+ * datagrams are always read whole): noting the skb's address instead would
+ * confuse a new skb with the last one freed, which the slab hands out again.
+ */
+SEC("tp_btf/skb_copy_datagram_iovec")
+int BPF_PROG(tp_skb_read, const struct sk_buff *skb, int len)
+{
+	struct sock *sk = skb->sk;
+	struct sender *snd;
+
+	if (!sk || sk->__sk_common.skc_family != AF_UNIX || unix_consumed(skb))
 		return 0;
-	return stash_sys(PT_REGS_PARM1_SYSCALL(regs), &src);
+	snd = bpf_sk_storage_get(&senders, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
+	if (snd && !snd->rejected)
+		snd->read_ns = bpf_ktime_get_ns();
+	return 0;
+}
+
+/* The current send's stamp (0: it woke no receiver; fill_hdr's time is used). */
+static __always_inline __u64 send_stamp(struct task_send *t, struct sock *sk)
+{
+	struct sender *snd;
+	__u64 ts;
+
+	if (!t || !t->ready_sk)
+		return 0;
+	ts = t->ready_ns;
+	t->ready_sk = 0;
+	/*
+	 * Our skb still queued and unread: no answer can precede ts.  Another
+	 * sender's skb behind ours (datagrams): we cannot tell, ts it is.
+	 */
+	if (t->tail && (t->tail_owner != (__u64)sk || !t->tail_consumed))
+		return ts;
+	/* read already (gone, or partly consumed): the latest first read is ours */
+	snd = bpf_sk_storage_get(&senders, sk, NULL, 0);
+	if (snd && snd->read_ns > t->prev_ns && snd->read_ns < ts)
+		ts = snd->read_ns;
+	return ts;
 }
 
 /* Resolve a user msghdr (sendmsg, or one of sendmmsg's) into src. */
@@ -799,40 +855,119 @@ static __always_inline void src_from_msghdr(struct send_src *src, __u64 umsg)
 	bpf_probe_read_user(&m, sizeof(m), (void *)umsg);
 	src->iov = (__u64)m.msg_iov;
 	src->nr_segs = m.msg_iovlen;
-	src->base = 0;
 	src->name = (__u64)m.msg_name;
 	src->name_len = m.msg_name ? m.msg_namelen : 0;
 	src->name_user = 1;
 }
 
+struct iov_sum {
+	__u64 iov;
+	__u64 nr_segs;
+	__u64 total;
+};
+
+static long iov_sum_step(__u64 i, void *arg)
+{
+	struct iov_sum *s = arg;
+	struct iovec seg;
+
+	if (i >= s->nr_segs ||
+	    bpf_probe_read_user(&seg, sizeof(seg), (void *)(s->iov + i * sizeof(seg))))
+		return 1;
+	s->total += seg.iov_len;
+	return 0;
+}
+
+/*
+ * Which of sendmmsg()'s messages is being sent: sock_send_length fires once
+ * per message, in order, and a call goes on to message i + 1 only if message
+ * i was sent whole.  So the index is tracked per task, and a call that reuses
+ * the same array is told from the rest of the previous one because that one
+ * ended (an error, a partial send or its last message).  Not seen: a call cut
+ * short before reaching the socket (a fault in a later msghdr).
+ */
+static __always_inline void src_from_mmsg(struct send_src *src, struct task_send *t,
+					  struct sock *sk, __u64 vec, __u32 vlen, long sent)
+{
+	struct iov_sum sum = {};
+	__u32 idx = 0;
+
+	if (t->mmsg_sk == (__u64)sk && t->mmsg_vec == vec && t->mmsg_vlen == vlen &&
+	    t->mmsg_next < vlen)
+		idx = t->mmsg_next;
+	src_from_msghdr(src, vec + (__u64)idx * sizeof(struct mmsghdr));
+	sum.iov = src->iov;
+	sum.nr_segs = src->nr_segs < MAX_SEGS ? src->nr_segs : MAX_SEGS;
+	bpf_loop(MAX_SEGS, iov_sum_step, &sum, 0);
+	t->mmsg_sk = (__u64)sk;
+	t->mmsg_vec = vec;
+	t->mmsg_vlen = vlen;
+	t->mmsg_next = sent > 0 && sent == sum.total ? idx + 1 : 0;
+}
+
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(tp_send_length, struct sock *sk, int ret, int flags)
 {
-	struct send_src *p = stash_get(0);
+	struct task_struct *task = bpf_get_current_task_btf();
 	struct send_src src = {};
-	int done = 1;
+	struct task_send *t;
+	struct sender *snd;
+	struct pt_regs *regs;
+	__u64 arg2, ino;
+	long nr, sent;
 
-	if (p && p->skip) {
-		__u64 skip = p->skip;
-
-		p->skip = 0;
-		if (skip == (__u64)sk)
-			return 0;
+	if (sk->__sk_common.skc_family != AF_UNIX)
+		return 0;
+	snd = bpf_sk_storage_get(&senders, sk, NULL, 0);
+	if (snd && snd->rejected)
+		return 0;
+	regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	nr = COMPAT_SYSCALL(task) ? -1 : SYSCALL_NR(regs);
+	arg2 = PT_REGS_PARM2_SYSCALL(regs);
+	t = bpf_task_storage_get(&task_sends, task, NULL, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	src.start_ns = send_stamp(t, sk);
+	if (nr == NR_SENDMMSG && t) /* tracked even when nothing is sent: the call ends */
+		src_from_mmsg(&src, t, sk, arg2, PT_REGS_PARM3_SYSCALL(regs), ret);
+	if (ret <= 0)
+		return 0;
+	sent = ret;
+	barrier_var(sent); /* sign-extended here: the verifier then bounds it in 64 bits */
+	switch (nr) {
+	case NR_WRITE:
+	case NR_WRITEV:
+		break;
+	case NR_SENDTO:
+		src.name = PT_REGS_PARM5_SYSCALL(regs);
+		src.name_len = src.name ? SYSCALL_ARG6(regs) : 0;
+		src.name_user = 1;
+		break;
+	case NR_SENDMSG:
+		src_from_msghdr(&src, arg2);
+		break;
+	case NR_SENDMMSG:
+		break;
+	default: /* io_uring, sendfile, splice, kernel senders: counted as uncopyable */
+		return emit_send(sk, sent, &src);
 	}
-	if (p && p->sk && p->sk == (__u64)sk) {
-		src = *p;
-		if (src.sys == SYS_SENDMSG) {
-			src_from_msghdr(&src, p->base);
-		} else if (src.sys == SYS_SENDMMSG) {
-			src_from_msghdr(&src, p->base + p->mmsg_idx * sizeof(struct mmsghdr));
-			p->mmsg_idx++;
-			done = p->mmsg_idx >= p->mmsg_vlen;
-		}
-		if (done)
-			p->sk = 0;
+	/* the bytes are the syscall's only if its fd is this socket (not a kernel sender below it) */
+	if (fd_unix_sock(PT_REGS_PARM1_SYSCALL(regs), &ino) != sk)
+		return emit_send(sk, sent, &src);
+	src.ino = ino;
+	src.copyable = 1;
+	if (nr == NR_WRITE || nr == NR_SENDTO) {
+		src.base = arg2;
+		src.count = PT_REGS_PARM3_SYSCALL(regs);
+	} else if (nr == NR_WRITEV) {
+		src.iov = arg2;
+		src.nr_segs = PT_REGS_PARM3_SYSCALL(regs);
 	}
-	/* no stash: io_uring, sendfile, kernel senders: counted as uncopyable */
-	return emit_send(sk, ret, &src);
+	/* a connected socket's sends never name a destination: drop them at once */
+	if (emit_send(sk, sent, &src) == SEND_REJECTED && sk->sk_type != SOCK_DGRAM) {
+		snd = bpf_sk_storage_get(&senders, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
+		if (snd)
+			snd->rejected = 1;
+	}
+	return 0;
 }
 
 /* ------------------------------------------------------- fentry and kprobe */
@@ -882,7 +1017,8 @@ static __always_inline int emit_stashed(long ret)
 		return 0;
 	src = *p;
 	p->sk = 0;
-	return emit_send((struct sock *)src.sk, ret, &src);
+	emit_send((struct sock *)src.sk, ret, &src);
+	return 0;
 }
 
 /* One entry/exit pair per hooked function and backend. */

@@ -88,14 +88,21 @@ def work(tmp_path: Path) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def mmsg_prog(tmp_path_factory: pytest.TempPathFactory) -> str:
+def c_prog(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """c_prog(name) -> the path of tests/progs/<name>.c, compiled once per session."""
     gcc = shutil.which("gcc") or shutil.which("cc")
     if not gcc:
-        pytest.skip("no C compiler for tests/progs/mmsg.c")
-    out = tmp_path_factory.mktemp("progs") / "mmsg"
-    subprocess.run([gcc, "-O2", "-Wall", "-Werror", "-o", str(out), str(PROGS / "mmsg.c")],
-                   check=True)  # fmt: skip
-    return str(out)
+        pytest.skip("no C compiler for tests/progs/*.c")
+    outdir = tmp_path_factory.mktemp("progs")
+
+    def _build(name: str) -> str:
+        out = outdir / name
+        if not out.exists():
+            subprocess.run([gcc, "-O2", "-Wall", "-Werror", "-pthread", "-o", str(out),
+                            str(PROGS / f"{name}.c")], check=True)  # fmt: skip
+        return str(out)
+
+    return _build
 
 
 def run_workload(w: Workload, cap: Capture, expected: dict[int, int] | None = None) -> tuple[
@@ -168,8 +175,9 @@ def test_sends_around_record_chunk_sizes(start: Any, work: Any) -> None:
 
 def test_send_stamped_when_it_begins(start: Any, work: Any) -> None:
     """A record is stamped when its send began (fentry/kprobe: at
-    unix_*_sendmsg entry; tracepoint: at syscall entry), not when it returned:
-    else a reply could be stamped before the request it answers."""
+    unix_*_sendmsg entry; tracepoint: when it first wakes its receiver), not
+    when it returned: else a reply could be stamped before the request it
+    answers."""
     w = work("slowread")
     cap = start(pids=[w.pid])
     done, sent, col = run_workload(w, cap)
@@ -179,6 +187,27 @@ def test_send_stamped_when_it_begins(start: Any, work: Any) -> None:
     first = col.data(a)[0]
     assert first.flags & FLAG_MSG_START
     assert done["start"] - 0.05 <= first.ts <= done["start"] + 0.2, (first.ts, done)
+
+
+def test_answer_never_stamped_before_its_request(start: Any, work: Any, c_prog: Any,
+                                                 tmp_path: Path) -> None:  # fmt: skip
+    """Two threads on two CPUs answer each other's byte at once, spinning on
+    a non-blocking recv(): a receiver then sometimes takes a byte before its
+    sender has woken it.  The tracepoint backend stamps a send at that wakeup
+    and moves the stamp back to the receiver's first read when the read came
+    first; without that, 16-34 of 200,000 answers preceded their request."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs: the race is between a sender and a receiver running at once")
+    rounds = 200_000
+    w = work("pingpong", argv=[c_prog("pingpong"), str(tmp_path), str(rounds)])
+    cap = start(pids=[w.pid])
+    done, sent, col = run_workload(w, cap)
+    a, b = w.ready["a"], w.ready["b"]
+    assert col.stream(a) == b"q" * rounds and col.stream(b) == b"r" * rounds
+    order = [r.inode for r in sorted(col.data(a) + col.data(b), key=lambda r: r.ts)]
+    assert len(order) == 2 * rounds and order[0] == a
+    early = [i for i in range(1, len(order)) if order[i] == order[i - 1]]
+    assert not early, f"{len(early)} sends stamped before the byte they answer (at {early[:5]})"
 
 
 def test_writev_and_sendmsg_64_segments(start: Any, work: Any) -> None:
@@ -193,8 +222,8 @@ def test_writev_and_sendmsg_64_segments(start: Any, work: Any) -> None:
     assert calls[0][0].offset == 0 and calls[1][0].offset == sum(sizes_writev)
 
 
-def test_sendmmsg(start: Any, work: Any, mmsg_prog: str, tmp_path: Path) -> None:
-    w = work("mmsg", argv=[mmsg_prog, str(tmp_path)])
+def test_sendmmsg(start: Any, work: Any, c_prog: Any, tmp_path: Path) -> None:
+    w = work("mmsg", argv=[c_prog("mmsg"), str(tmp_path)])
     cap = start(pids=[w.pid])
     done, sent, col = run_workload(w, cap)
     n1, n2, n3, n4, n5, n6 = done["n"]

@@ -6,7 +6,8 @@
 
 For each cell the guest (tests/vm/run.py) runs, with USNIFF_BACKEND forced:
   1. guest/probe.py: can this kernel attach what the backend needs at all?
-     (an independent libbpf program: fexit, kretprobe, tp_btf/sock_send_length, tp_btf/sys_enter)
+     (an independent libbpf program: fexit, kretprobe, tp_btf/sock_send_length,
+     tp_btf/sk_data_ready, tp_btf/skb_copy_datagram_iovec)
   2. guest/loadcheck.py: does `usniff --backend B` load, and stop on SIGINT?
   3. if it loaded: pytest on the live tests (default: `tests -m root`).
 A cell passes when usniff loads exactly where the kernel can attach the backend's
@@ -35,7 +36,7 @@ from run import NO_STATUS, TIMEOUT_STATUS, Console, run_vm
 BACKENDS = ("fentry", "kprobe", "tracepoint")
 BPF_LOOP_SINCE = (5, 17)  # usniff's copy engine iterates with bpf_loop
 # probe.py kinds each backend's hooks need
-NEEDS = {"fentry": ("fentry",), "kprobe": ("kprobe",), "tracepoint": ("tp_btf", "sys_enter")}
+NEEDS = {"fentry": ("fentry",), "kprobe": ("kprobe",), "tracepoint": ("tp_btf", "sk_data_ready", "skb_read")}
 PROBE_SRC = VM_DIR / "guest" / "probe.bpf.c"
 PROBE_OBJ = CACHE / "probe.bpf.o"
 LOGS = CACHE / "logs"

@@ -1,11 +1,12 @@
 """Kernel capability probe, run inside the guest: can the kernel load and attach the
-program kinds usniff's backends rely on, and do they fire on a Unix socket send?
+program kinds usniff's backends rely on, and do they fire on a Unix socket send
+(and its receipt)?
 
     python tests/vm/guest/probe.py OBJECT [--json OUT] [KIND...]
 
 Loads each program of probe.bpf.c (or those of the KINDs given) on its own through
-the host's libbpf (ctypes), attaches it, sends on a socketpair and reads its
-counter.  Prints one line per program; --json writes {kind: "ok" | "error: ..."}.
+the host's libbpf (ctypes), attaches it, sends and receives on a socketpair and
+reads its counter.  Prints one line per program; --json writes {kind: "ok" | "error: ..."}.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ PROGRAMS = {  # kind reported -> (program name in probe.bpf.c, counter slot)
     "fentry": ("fexit_sendmsg", 0),
     "kprobe": ("kretprobe_sendmsg", 1),
     "tp_btf": ("tp_sock_send_length", 2),  # tp_btf/sock_send_length, kernel >= 6.3
-    "sys_enter": ("tp_sys_enter", 3),  # tp_btf/sys_enter
+    "sk_data_ready": ("tp_sk_data_ready", 3),  # tp_btf/sk_data_ready, kernel >= 6.3
+    "skb_read": ("tp_skb_copy", 4),  # tp_btf/skb_copy_datagram_iovec (fires on the recv)
 }
 
 PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
@@ -87,6 +89,7 @@ class Libbpf:
             with a, b:
                 for _ in range(3):
                     a.send(b"probe")
+                    b.recv(16)
             key, value = ctypes.c_uint32(slot), ctypes.c_uint64()
             fd = self.lib.bpf_object__find_map_fd_by_name(obj, b"hits")
             self.lib.bpf_map_lookup_elem(fd, ctypes.byref(key), ctypes.byref(value))
@@ -110,7 +113,7 @@ def main() -> int:
     libbpf = Libbpf()
     results = {kind: libbpf.probe(args.object, *PROGRAMS[kind]) for kind in kinds}
     for kind, result in results.items():
-        print(f"probe {kind:<10} {result}")
+        print(f"probe {kind:<13} {result}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

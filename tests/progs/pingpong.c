@@ -1,0 +1,109 @@
+/*
+ * Request/answer race workload for tests/test_capture_live.py (same
+ * stdin/stdout protocol as uxwork.py):  pingpong OUTDIR ROUNDS
+ *
+ * Two threads, pinned to CPUs 0 and 1, own the two ends of a SOCK_STREAM
+ * socketpair.  Each spins on a non-blocking recv() and answers every byte it
+ * gets with one byte: ROUNDS round trips, 'q' from end a, 'r' from end b.
+ * A spinning receiver can take a byte between its queueing and the sender's
+ * wakeup of the receiver, and answer before the sender goes on: the capture
+ * must still stamp every answer after the byte it answers.
+ *
+ * Every byte each socket sent goes to OUTDIR/<inode>.sent.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static int sv[2];
+static long rounds;
+
+static void die(const char *what)
+{
+	perror(what);
+	exit(2);
+}
+
+static unsigned long ino(int fd)
+{
+	struct stat st;
+
+	if (fstat(fd, &st))
+		die("fstat");
+	return st.st_ino;
+}
+
+static void *side(void *arg)
+{
+	long me = (long)arg;
+	char c = me ? 'r' : 'q', buf[64];
+	cpu_set_t set;
+
+	CPU_ZERO(&set);
+	CPU_SET(me, &set);
+	if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set))
+		die("pthread_setaffinity_np");
+	if (!me && write(sv[0], &c, 1) != 1)
+		die("write");
+	for (long i = 0; i < rounds; i++) {
+		ssize_t n;
+
+		while ((n = recv(sv[me], buf, sizeof(buf), MSG_DONTWAIT)) < 0 && errno == EAGAIN)
+			;
+		if (n != 1)
+			die("recv");
+		if ((!me && i == rounds - 1))
+			break;
+		if (write(sv[me], &c, 1) != 1)
+			die("write");
+	}
+	return NULL;
+}
+
+static void record(int fd, char c, long n, const char *outdir)
+{
+	char path[4096];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%lu.sent", outdir, ino(fd));
+	f = fopen(path, "wb");
+	if (!f)
+		die("fopen");
+	for (long i = 0; i < n; i++)
+		fputc(c, f);
+	fclose(f);
+}
+
+int main(int argc, char **argv)
+{
+	pthread_t t[2];
+	char line[64];
+
+	if (argc != 3)
+		return 2;
+	rounds = atol(argv[2]);
+	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv))
+		die("socketpair");
+	printf("{\"ready\": {\"a\": %lu, \"b\": %lu}}\n", ino(sv[0]), ino(sv[1]));
+	fflush(stdout);
+	if (!fgets(line, sizeof(line), stdin))
+		return 0;
+	for (long i = 0; i < 2; i++)
+		if (pthread_create(&t[i], NULL, side, (void *)i))
+			die("pthread_create");
+	for (int i = 0; i < 2; i++)
+		pthread_join(t[i], NULL);
+	record(sv[0], 'q', rounds, argv[1]);
+	record(sv[1], 'r', rounds, argv[1]);
+	printf("{\"done\": {\"sent\": {\"%lu\": \"%s/%lu.sent\", \"%lu\": \"%s/%lu.sent\"}}}\n",
+	       ino(sv[0]), argv[1], ino(sv[0]), ino(sv[1]), argv[1], ino(sv[1]));
+	fflush(stdout);
+	return 0;
+}
