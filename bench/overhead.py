@@ -10,6 +10,12 @@ server; a socat -v proxy in front of the socket.  Configurations alternate
 within each round; every figure is the median over the rounds, given as a
 ratio to the untraced median of the same run.
 
+redis-server runs on the first CPU and redis-benchmark on the second (the
+tracers are not pinned): unpinned, the untraced -P 1 rate on the 2-core
+development VM was bimodal from one invocation to the next (about 105k or
+about 123k req/s), which swamped the ratios; pinned, 124-126k in 6 of 6.
+mariadbd (a thread per connection) and mariadb-slap are not pinned.
+
 Completeness: in the pcapng runs, payload bytes per direction in the file
 versus the server's own counters (Redis INFO total_net_input/output_bytes,
 MariaDB Bytes_received/Bytes_sent), plus what usniff reports lost.
@@ -18,6 +24,7 @@ MariaDB Bytes_received/Bytes_sent), plus what usniff reports lost.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import socket
@@ -39,6 +46,14 @@ CONFIGS = (
     "socat -v",
 )
 STRACE = ["strace", "-f", "-e", "trace=%network,write,read", "-s", "65535"]
+_CPUS = sorted(os.sched_getaffinity(0))
+SERVER_CPU, CLIENT_CPU = ({_CPUS[0]}, {_CPUS[1]}) if len(_CPUS) >= 2 else (set(_CPUS), set(_CPUS))
+
+
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of a running process to cpus."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), cpus)
 
 
 @contextlib.contextmanager
@@ -96,6 +111,7 @@ def redis_benchmark(sock: str, pipeline: int, requests: int) -> float:
         ["redis-benchmark", "-s", sock, "-t", "set,get", "-c", "50", "-P", str(pipeline),
          "-n", str(requests), "--csv"],
         check=True, capture_output=True, text=True, timeout=600,
+        preexec_fn=lambda: os.sched_setaffinity(0, CLIENT_CPU),
     ).stdout  # fmt: skip
     rps = [float(m[1]) for m in re.finditer(r'^"(?:SET|GET)","([\d.]+)"', out, re.M)]
     if len(rps) != 2:
@@ -207,6 +223,7 @@ def run_redis(quick: bool, rounds: int, log: Callable[[str], None]) -> dict[str,
         work = Path(tmp)
         with start_redis(tmp, "--pidfile", str(work / "redis.pid")) as sock:
             pid = _pid_of(work / "redis.pid")
+            pin_process(pid, SERVER_CPU)
             workloads = [
                 ("-P 1", lambda s: redis_benchmark(s, 1, n1)),
                 ("-P 16", lambda s: redis_benchmark(s, 16, n16)),

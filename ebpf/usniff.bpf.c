@@ -329,18 +329,22 @@ static __always_inline void fill_hdr(struct usniff_event *h, struct sock_state *
  * the ring how full it is: BPF_RB_AVAIL_DATA reads the producer and consumer
  * positions, cache lines that the other CPUs and the collector keep writing.
  */
-static __always_inline long ring_output(struct scratch *s, void *data, __u64 size)
+static __always_inline __u64 wake_flag(struct scratch *s, __u64 size)
 {
 	__u32 zero = 0;
 	struct usniff_config *cfg = bpf_map_lookup_elem(&cfg_map, &zero);
-	__u64 flags = BPF_RB_NO_WAKEUP;
 
 	s->unwoken += size;
 	if (cfg && s->unwoken >= cfg->wake_bytes) {
 		s->unwoken = 0;
-		flags = BPF_RB_FORCE_WAKEUP;
+		return BPF_RB_FORCE_WAKEUP;
 	}
-	return bpf_ringbuf_output(&events, data, size, flags);
+	return BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline long ring_output(struct scratch *s, void *data, __u64 size)
+{
+	return bpf_ringbuf_output(&events, data, size, wake_flag(s, size));
 }
 
 /* EV_SOCK: the socket's own address if bound, else its peer's. */
@@ -429,6 +433,50 @@ static __always_inline void flush_chunk(struct copy_ctx *c, struct scratch *s, _
 		output_chunk(c, s, st, last);
 }
 
+struct chunk_record {
+	struct usniff_event hdr;
+	char data[USNIFF_CHUNK];
+};
+
+/*
+ * A whole chunk from one user segment goes straight into the ring (reserve,
+ * read, submit) instead of through the scratch record, which bpf_ringbuf_output
+ * would copy once more.  Returns 0 if done; else the caller copies through the
+ * scratch record, whose failure paths report losses and unreadable memory.
+ */
+static __always_inline int direct_chunk(struct copy_ctx *c, struct scratch *s)
+{
+	struct sock_state *st = bpf_map_lookup_elem(&sockets, &c->ino);
+	struct chunk_record *r;
+
+	if (!st || st->lost_len) /* a pending loss is reported first, by output_record */
+		return -1;
+	r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
+	if (!r)
+		return -1;
+	if (bpf_probe_read_user(r->data, USNIFF_CHUNK, (void *)c->seg_base)) {
+		bpf_ringbuf_discard(r, BPF_RB_NO_WAKEUP);
+		return -1;
+	}
+	__builtin_memcpy(&r->hdr, &s->hdr, sizeof(r->hdr));
+	r->hdr.kind = USNIFF_EV_DATA;
+	r->hdr.offset = c->offset;
+	r->hdr.len = USNIFF_CHUNK;
+	r->hdr.caplen = USNIFF_CHUNK;
+	r->hdr.flags = (c->first ? USNIFF_F_MSG_START : 0) |
+		       (c->left == USNIFF_CHUNK ? USNIFF_F_MSG_END : 0);
+	bpf_ringbuf_submit(r, wake_flag(s, sizeof(*r)));
+	stat_add(USNIFF_STAT_RECORDS, 1);
+	stat_add(USNIFF_STAT_BYTES, USNIFF_CHUNK);
+	c->offset += USNIFF_CHUNK;
+	c->seg_base += USNIFF_CHUNK;
+	c->seg_left -= USNIFF_CHUNK;
+	c->left -= USNIFF_CHUNK;
+	c->cap_left -= USNIFF_CHUNK;
+	c->first = 0;
+	return 0;
+}
+
 /* iov_base always points to user memory; the array itself may be the kernel's */
 static __always_inline long read_iovec(struct iovec *seg, __u64 addr, int kernel)
 {
@@ -469,6 +517,9 @@ static long copy_step(__u64 i, void *arg)
 		c->seg_left = seg.iov_len;
 		return 0;
 	}
+	if (!c->fill && c->seg_left >= USNIFF_CHUNK && c->left >= USNIFF_CHUNK &&
+	    c->cap_left >= USNIFF_CHUNK && !direct_chunk(c, s))
+		return 0;
 	n = c->seg_left;
 	if (n > c->left)
 		n = c->left;

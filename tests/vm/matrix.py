@@ -36,7 +36,11 @@ from run import NO_STATUS, TIMEOUT_STATUS, Console, run_vm
 BACKENDS = ("fentry", "kprobe", "tracepoint")
 BPF_LOOP_SINCE = (5, 17)  # usniff's copy engine iterates with bpf_loop
 # probe.py kinds each backend's hooks need
-NEEDS = {"fentry": ("fentry",), "kprobe": ("kprobe",), "tracepoint": ("tp_btf", "sk_data_ready", "skb_read")}
+NEEDS = {
+    "fentry": ("fentry",),
+    "kprobe": ("kprobe",),
+    "tracepoint": ("tp_btf", "sk_data_ready", "skb_read"),
+}
 PROBE_SRC = VM_DIR / "guest" / "probe.bpf.c"
 PROBE_OBJ = CACHE / "probe.bpf.o"
 LOGS = CACHE / "logs"
