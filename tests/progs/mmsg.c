@@ -25,33 +25,15 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "progs.h"
+
 static const char *outdir;
-
-static void die(const char *what)
-{
-	perror(what);
-	exit(2);
-}
-
-static unsigned long ino(int fd)
-{
-	struct stat st;
-
-	if (fstat(fd, &st))
-		die("fstat");
-	return st.st_ino;
-}
 
 /* append the bytes the kernel took from the first n messages (msg_len) to OUTDIR/<inode>.sent */
 static void record(int fd, struct mmsghdr *m, int n)
 {
-	char path[4096];
-	FILE *f;
+	FILE *f = sent_file(outdir, fd, "ab");
 
-	snprintf(path, sizeof(path), "%s/%lu.sent", outdir, ino(fd));
-	f = fopen(path, "ab");
-	if (!f)
-		die("fopen");
 	for (int i = 0; i < n; i++) {
 		size_t left = m[i].msg_len;
 

@@ -22,23 +22,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "progs.h"
+
 static int sv[2];
 static long rounds;
-
-static void die(const char *what)
-{
-	perror(what);
-	exit(2);
-}
-
-static unsigned long ino(int fd)
-{
-	struct stat st;
-
-	if (fstat(fd, &st))
-		die("fstat");
-	return st.st_ino;
-}
 
 static void *side(void *arg)
 {
@@ -69,13 +56,8 @@ static void *side(void *arg)
 
 static void record(int fd, char c, long n, const char *outdir)
 {
-	char path[4096];
-	FILE *f;
+	FILE *f = sent_file(outdir, fd, "wb");
 
-	snprintf(path, sizeof(path), "%s/%lu.sent", outdir, ino(fd));
-	f = fopen(path, "wb");
-	if (!f)
-		die("fopen");
 	for (long i = 0; i < n; i++)
 		fputc(c, f);
 	fclose(f);
