@@ -378,6 +378,12 @@ static __always_inline struct scratch *get_scratch(void)
 }
 
 /* Ring-buffer output with loss accounting; pending losses go first. */
+static __always_inline void count_record(__u64 len)
+{
+	stat_add(USNIFF_STAT_RECORDS, 1);
+	stat_add(USNIFF_STAT_BYTES, len);
+}
+
 static __always_inline void output_record(struct scratch *s, struct sock_state *st)
 {
 	struct usniff_event lost;
@@ -398,8 +404,7 @@ static __always_inline void output_record(struct scratch *s, struct sock_state *
 		size = sizeof(s->hdr);
 	if (ring_output(s, &s->hdr, size))
 		goto lose;
-	stat_add(USNIFF_STAT_RECORDS, 1);
-	stat_add(USNIFF_STAT_BYTES, s->hdr.len);
+	count_record(s->hdr.len);
 	return;
 lose:
 	if (!st->lost_len)
@@ -409,20 +414,27 @@ lose:
 	stat_add(USNIFF_STAT_LOST_BYTES, s->hdr.len);
 }
 
+/* h: the data record of the send's next len stream bytes (caplen of them copied) */
+static __always_inline void data_hdr(struct usniff_event *h, struct copy_ctx *c, __u32 len,
+				     __u32 caplen, __u16 last)
+{
+	h->kind = USNIFF_EV_DATA;
+	h->offset = c->offset;
+	h->len = len;
+	h->caplen = caplen;
+	h->flags = (c->first ? USNIFF_F_MSG_START : 0) | (last ? USNIFF_F_MSG_END : 0) |
+		   (caplen < len ? USNIFF_F_TRUNCATED : 0);
+	c->offset += len;
+	c->first = 0;
+}
+
 static __always_inline void output_chunk(struct copy_ctx *c, struct scratch *s,
 					 struct sock_state *st, __u16 last)
 {
-	s->hdr.kind = USNIFF_EV_DATA;
-	s->hdr.offset = c->offset;
-	s->hdr.len = c->rec_len;
-	s->hdr.caplen = c->fill;
-	s->hdr.flags = (c->first ? USNIFF_F_MSG_START : 0) | (last ? USNIFF_F_MSG_END : 0) |
-		       (c->fill < c->rec_len ? USNIFF_F_TRUNCATED : 0);
+	data_hdr(&s->hdr, c, c->rec_len, c->fill, last);
 	output_record(s, st);
-	c->offset += c->rec_len;
 	c->fill = 0;
 	c->rec_len = 0;
-	c->first = 0;
 }
 
 static __always_inline void flush_chunk(struct copy_ctx *c, struct scratch *s, __u16 last)
@@ -459,21 +471,13 @@ static __always_inline int direct_chunk(struct copy_ctx *c, struct scratch *s)
 		return -1;
 	}
 	__builtin_memcpy(&r->hdr, &s->hdr, sizeof(r->hdr));
-	r->hdr.kind = USNIFF_EV_DATA;
-	r->hdr.offset = c->offset;
-	r->hdr.len = USNIFF_CHUNK;
-	r->hdr.caplen = USNIFF_CHUNK;
-	r->hdr.flags = (c->first ? USNIFF_F_MSG_START : 0) |
-		       (c->left == USNIFF_CHUNK ? USNIFF_F_MSG_END : 0);
+	data_hdr(&r->hdr, c, USNIFF_CHUNK, USNIFF_CHUNK, c->left == USNIFF_CHUNK);
 	bpf_ringbuf_submit(r, wake_flag(s, sizeof(*r)));
-	stat_add(USNIFF_STAT_RECORDS, 1);
-	stat_add(USNIFF_STAT_BYTES, USNIFF_CHUNK);
-	c->offset += USNIFF_CHUNK;
+	count_record(USNIFF_CHUNK);
 	c->seg_base += USNIFF_CHUNK;
 	c->seg_left -= USNIFF_CHUNK;
 	c->left -= USNIFF_CHUNK;
 	c->cap_left -= USNIFF_CHUNK;
-	c->first = 0;
 	return 0;
 }
 
@@ -800,6 +804,15 @@ struct {
 } senders SEC(".maps");
 
 /*
+ * UNIXCB(skb).consumed, a direct load inside skb->cb (bpf_probe_read_kernel
+ * through BPF_CORE_READ cost 40-60 ns more per call, bpf_stats).
+ */
+static __always_inline __u32 unix_consumed(const struct sk_buff *skb)
+{
+	return *(__u32 *)((void *)skb->cb + bpf_core_field_offset(struct unix_skb_parms, consumed));
+}
+
+/*
  * A send is stamped when it first wakes its receiver, after its first skb is
  * queued: no tracepoint fires between the skb's allocation and its queueing.
  * A receiver already running can find that skb in between (its recv()
@@ -809,15 +822,6 @@ struct {
  * (tp_skb_copy_datagram_iovec) note their time in the sending socket's
  * storage: the send's stamp becomes that first read when it came earlier.
  */
-/*
- * UNIXCB(skb).consumed, a direct load inside skb->cb (bpf_probe_read_kernel
- * through BPF_CORE_READ cost 40-60 ns more per call, bpf_stats).
- */
-static __always_inline __u32 unix_consumed(const struct sk_buff *skb)
-{
-	return *(__u32 *)((void *)skb->cb + bpf_core_field_offset(struct unix_skb_parms, consumed));
-}
-
 SEC("tp_btf/sk_data_ready")
 int BPF_PROG(tp_data_ready, const struct sock *sk)
 {
@@ -876,9 +880,9 @@ int BPF_PROG(tp_skb_read, const struct sk_buff *skb, int len)
 }
 
 /* The current send's stamp (0: it woke no receiver; fill_hdr's time is used). */
-static __always_inline __u64 send_stamp(struct task_send *t, struct sock *sk)
+static __always_inline __u64 send_stamp(struct task_send *t, struct sock *sk,
+					 struct sender *snd)
 {
-	struct sender *snd;
 	__u64 ts;
 
 	if (!t || !t->ready_sk)
@@ -892,7 +896,6 @@ static __always_inline __u64 send_stamp(struct task_send *t, struct sock *sk)
 	if (t->tail && (t->tail_owner != (__u64)sk || !t->tail_consumed))
 		return ts;
 	/* read already (gone, or partly consumed): the latest first read is ours */
-	snd = bpf_sk_storage_get(&senders, sk, NULL, 0);
 	if (snd && snd->read_ns > t->prev_ns && snd->read_ns < ts)
 		ts = snd->read_ns;
 	return ts;
@@ -976,7 +979,7 @@ int BPF_PROG(tp_send_length, struct sock *sk, int ret, int flags)
 	nr = COMPAT_SYSCALL(task) ? -1 : SYSCALL_NR(regs);
 	arg2 = PT_REGS_PARM2_SYSCALL(regs);
 	t = bpf_task_storage_get(&task_sends, task, NULL, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	src.start_ns = send_stamp(t, sk);
+	src.start_ns = send_stamp(t, sk, snd);
 	if (nr == NR_SENDMMSG && t) /* tracked even when nothing is sent: the call ends */
 		src_from_mmsg(&src, t, sk, arg2, PT_REGS_PARM3_SYSCALL(regs), ret);
 	if (ret <= 0)
@@ -1014,7 +1017,9 @@ int BPF_PROG(tp_send_length, struct sock *sk, int ret, int flags)
 	}
 	/* a connected socket's sends never name a destination: drop them at once */
 	if (emit_send(sk, sent, &src) == SEND_REJECTED && sk->sk_type != SOCK_DGRAM) {
-		snd = bpf_sk_storage_get(&senders, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!snd)
+			snd = bpf_sk_storage_get(&senders, sk, NULL,
+						 BPF_SK_STORAGE_GET_F_CREATE);
 		if (snd)
 			snd->rejected = 1;
 	}
