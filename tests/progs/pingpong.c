@@ -15,11 +15,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "progs.h"
@@ -46,7 +42,7 @@ static void *side(void *arg)
 			;
 		if (n != 1)
 			die("recv");
-		if ((!me && i == rounds - 1))
+		if (!me && i == rounds - 1)
 			break;
 		if (write(sv[me], &c, 1) != 1)
 			die("write");
