@@ -298,10 +298,8 @@ static __always_inline void cache_peer(struct sock_state *st, struct sock *sk)
  * through a thunk (SRSO "Safe RET"), so each helper call is dear.
  */
 static __always_inline void fill_hdr(struct usniff_event *h, struct sock_state *st, __u64 ino,
-				     __u16 kind, __u64 ts)
+				     __u16 kind, __u64 ts, struct task_struct *task)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
-
 	h->ts_ns = ts ? ts : bpf_ktime_get_ns();
 	h->inode = ino;
 	h->peer_inode = st->peer_ino;
@@ -620,6 +618,7 @@ static __always_inline int emit_send(struct sock *sk, long sent, struct send_src
 	__u32 zero = 0;
 	struct usniff_config *cfg = bpf_map_lookup_elem(&cfg_map, &zero);
 	struct sock_state *st, fresh = {};
+	struct task_struct *task;
 	struct copy_ctx *c;
 	struct scratch *s;
 	__u64 ino;
@@ -647,7 +646,8 @@ static __always_inline int emit_send(struct sock *sk, long sent, struct send_src
 	if (match != 1 && !(src->name_len && cfg->filter_path && dest_matches(src)))
 		return SEND_REJECTED;
 	cache_peer(st, sk);
-	if (!task_matches(cfg, bpf_get_current_pid_tgid() >> 32, st->peer_pid))
+	task = bpf_get_current_task_btf();
+	if (!task_matches(cfg, task->tgid, st->peer_pid))
 		return 0;
 	s = get_scratch();
 	if (!s)
@@ -657,7 +657,7 @@ static __always_inline int emit_send(struct sock *sk, long sent, struct send_src
 	 * Stamp the send's start: the peer may be woken, answer and be recorded
 	 * before this program runs, but it cannot have started sending first.
 	 */
-	fill_hdr(&s->hdr, st, ino, USNIFF_EV_DATA, src->start_ns);
+	fill_hdr(&s->hdr, st, ino, USNIFF_EV_DATA, src->start_ns, task);
 	if (!st->announced && !announce(s, sk))
 		st->announced = 1;
 	if (src->name_len)
@@ -720,9 +720,8 @@ extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
  * needs a helper.  bpf_rdonly_cast (>= 6.2) gives the loaded pointers back
  * their types; only the tracepoint backend (>= 6.3) uses it.
  */
-static __always_inline struct sock *fd_unix_sock(long fd, __u64 *ino)
+static __always_inline struct sock *fd_unix_sock(struct task_struct *t, long fd, __u64 *ino)
 {
-	struct task_struct *t = bpf_get_current_task_btf();
 	struct fdtable *fdt = t->files->fdt;
 	struct file *f = NULL;
 	struct inode *inode;
@@ -1004,7 +1003,7 @@ int BPF_PROG(tp_send_length, struct sock *sk, int ret, int flags)
 		return emit_send(sk, sent, &src);
 	}
 	/* the bytes are the syscall's only if its fd is this socket (not a kernel sender below it) */
-	if (fd_unix_sock(PT_REGS_PARM1_SYSCALL(regs), &ino) != sk)
+	if (fd_unix_sock(task, PT_REGS_PARM1_SYSCALL(regs), &ino) != sk)
 		return emit_send(sk, sent, &src);
 	src.ino = ino;
 	src.copyable = 1;
