@@ -242,6 +242,56 @@ def test_rotation_by_size_keeps_every_file_complete(tmp_path: Path) -> None:
     assert (client, server) == sides(pairs)
 
 
+def test_large_batch_is_written_out_as_it_is_framed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that frames to many times FLUSH_BYTES goes out in writes of about
+    FLUSH_BYTES each, also across a rotation, and the files hold the same bytes
+    as when every record is written on its own."""
+    import usniff.outputs.pcapng as pcapng
+
+    pairs = [(i % 2 == 1, bytes([65 + i % 26]) * (300 + i % 7)) for i in range(600)]
+    records = Conn().exchange(pairs)
+    clock = iter(range(1_700_000_000, 1_700_000_100)).__next__
+    single = tmp_path / "single"
+    single.mkdir()
+    out = PcapngOutput(str(single / "f.pcapng"), rotate_bytes=120_000, clock=clock)
+    for rec in records:
+        out.write([rec])
+    out.close(CaptureStats())
+
+    flush = 16_384
+    monkeypatch.setattr(pcapng, "FLUSH_BYTES", flush)
+    sizes: list[int] = []
+    real_writev = os.writev
+
+    def writev(fd: int, buffers: list[bytes]) -> int:
+        n = real_writev(fd, buffers)
+        sizes.append(n)
+        return n
+
+    monkeypatch.setattr(os, "writev", writev)
+    clock = iter(range(1_700_000_000, 1_700_000_100)).__next__
+    batched = tmp_path / "batched"
+    batched.mkdir()
+    out = PcapngOutput(str(batched / "f.pcapng"), rotate_bytes=120_000, clock=clock)
+    out.write(records)
+    written_before_close = sum(sizes)
+    out.close(CaptureStats())
+
+    assert written_before_close > 200_000  # the batch itself frames to ~250 KB
+    assert len(sizes) > 12 and max(sizes) < flush + 1_000  # at most one record over
+    names = sorted(os.listdir(single))
+    assert len(names) > 1 and sorted(os.listdir(batched)) == names
+    for name in names:
+        assert (batched / name).read_bytes() == (single / name).read_bytes()
+    client = server = b""
+    for name in names:
+        c, s = follow_raw(str(batched / name))
+        client, server = client + c, server + s
+    assert (client, server) == sides(pairs)
+
+
 def test_rotation_ring_keeps_count_files(tmp_path: Path) -> None:
     f = tmp_path / "ring.pcapng"
     conn = Conn()

@@ -60,7 +60,7 @@ CLIENT_NET = 0x0A800000  # 10.128.0.0/9: one address per client process
 NET_SIZE = 1 << 23
 MAX_SEGMENT = 65535 - 20 - 20  # TCP payload that fits one IPv4 packet
 MAX_DATAGRAM = 65535 - 20 - 8  # UDP payload that fits one IPv4 packet
-FLUSH_BYTES = 1 << 20  # write out as soon as a batch leaves this much buffered
+FLUSH_BYTES = 1 << 20  # write out as soon as this much is buffered, also within a batch
 IOV_MAX = 1024  # buffers per writev(2)
 WSCALE = 14  # window scale announced in the SYNs: window 65535 << 14 never fills
 MASK32 = 0xFFFFFFFF
@@ -655,18 +655,28 @@ class PcapngOutput:
         ``python -m bench collector``, three runs of three rounds alternating
         with the Python loop: 31-byte records 597-733k records/s before,
         0.84-1.21M after (~1.6x); 32 KiB records unchanged (867-975 MB/s
-        before, 866-997 after: the payload copies dominate)."""
+        before, 866-997 after: the payload copies dominate).
+        The buffer is written out whenever it passes FLUSH_BYTES, also
+        within a batch (a 0.1 s batch of small records frames to 2-7 MB):
+        writev copies it into the page cache while it is still in the CPU's
+        cache. Collector CPU for 1M 31-byte records at 200k/s to a file on
+        ext4, 3 rounds: 63-68 ticks writing once per batch, 53-57 every 1 MiB
+        (54-56 every 2 MiB, 68-76 every 4 MiB); no difference on tmpfs."""
         self._check()
         framer = self._framer
         limit = self._rotate_bytes or float("inf")
         i, n = 0, len(batch)
         while True:
-            i = write_batch(framer, self._buf, batch, i, limit - self._size, self._deadline)
+            room = min(limit - self._size, FLUSH_BYTES)
+            i = write_batch(framer, self._buf, batch, i, room, self._deadline)
             if i >= n:
                 break
             rec = batch[i]
             if self._size + self._buf.size() > limit or rec.ts >= self._deadline:
                 self._rotate(rec.ts)
+            elif self._buf.size() > FLUSH_BYTES:
+                self._drain()
+                continue
             framer.add(self._buf, rec)
             i += 1
         if self._buf.size() >= FLUSH_BYTES:
