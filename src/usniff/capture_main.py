@@ -52,9 +52,10 @@ def run(
     # as the capture: leave it out of the cyclic GC's full collections, which
     # otherwise re-traverse it every few hundred thousand records.
     gc.freeze()
-    # A poll's batch (up to ~50k records) stays alive until written, so the
-    # default young threshold (700) traversed each record two or three times on
-    # its way through the generations. Records form no cycles; cycles elsewhere
+    # A Record counts towards the young generation's threshold when allocated,
+    # although _fastpath untracks it, and a poll's batch (up to ~50k records)
+    # stays alive until written: at the default threshold (700) a collection
+    # ran every few hundred records. Records form no cycles; cycles elsewhere
     # are still collected, after GC_YOUNG net allocations. Collector CPU for 1M
     # 31-byte records at 200k/s: 61-62 -> 56-57 ticks (bench/capacity.py's writer).
     thresholds = gc.get_threshold()
