@@ -71,6 +71,23 @@ def test_records_are_left_out_of_the_cyclic_gc() -> None:
     assert gc.is_tracked(Record(0.0, 1, 1, 0, "", 1, 0, "stream", "", False, 0, 0))
 
 
+def test_attributes_a_callback_rebinds_are_read_again() -> None:
+    # _fastpath reads the Capture's attributes once per drain and again after
+    # each call into Python: a record must land in the list bound now
+    cap = bare_capture()
+    old_batch, old_last = cap._batch, cap._last
+
+    def lookup(ino: int, peer: int) -> tuple[str, bool]:
+        cap._batch, cap._last = [], {}
+        return ("/run/r.sock", False)
+
+    cap._lookup = lookup  # type: ignore[method-assign]
+    cap._handle(event(capture.EV_DATA, 11, 12, b"+OK\r\n"))
+    (rec,) = cap._batch
+    assert rec.path == "/run/r.sock" and cap._last == {11: rec}
+    assert old_batch == [] and old_last == {}
+
+
 def ones_sum(data: bytes) -> int:
     """RFC 1071 ones' complement sum of big-endian words, the plain way."""
     if len(data) % 2:
