@@ -242,6 +242,8 @@ static unsigned char *grow(PyObject *buf, Py_ssize_t n)
  * checksums), payload, padding, the options ``opts`` (bytes, opt_endofopt not
  * included) and the trailer.  ``origlen`` is the IPv4 total length.
  */
+static unsigned long splices; /* payloads epb has handed to _Sink.splice */
+
 static int epb(PyObject *buf, double ts, const unsigned char *hdr, Py_ssize_t hlen,
 	       PyObject *payload_obj, const Py_buffer *payload, Py_ssize_t origlen, PyObject *opts)
 {
@@ -270,6 +272,7 @@ static int epb(PyObject *buf, double ts, const unsigned char *hdr, Py_ssize_t hl
 		if (r == NULL)
 			return -1;
 		Py_DECREF(r);
+		splices++;
 		p = grow(buf, tail);
 		if (p == NULL)
 			return -1;
@@ -1131,6 +1134,10 @@ static PyObject *fp_write_batch(PyObject *mod, PyObject *const *args, Py_ssize_t
 	if (add == NULL)
 		goto fail;
 	Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), packets = 0;
+	/* buf.parts_size, read again only after a splice or Framer.add changed it,
+	 * not once per record: bench collector, 31-byte records, 3 alternating
+	 * runs, 1.87-2.01M -> 1.89-2.05M records/s (rounds 2 and 3 of each) */
+	Py_ssize_t parts_size = -1;
 	int done, rc = 0;
 	for (; i < n; i++) {
 		PyObject *rec = PySequence_Fast_GET_ITEM(seq, i), *ts_obj;
@@ -1141,22 +1148,30 @@ static PyObject *fp_write_batch(PyObject *mod, PyObject *const *args, Py_ssize_t
 			PyErr_Clear();
 			break;
 		}
-		PyObject *parts = PyObject_GetAttr(buf, s_parts_size);
-		Py_ssize_t parts_size = parts == NULL ? -1 : PyLong_AsSsize_t(parts);
-		Py_XDECREF(parts);
-		if (parts_size == -1 && PyErr_Occurred()) {
-			rc = -1;
-			break;
+		if (parts_size < 0) {
+			PyObject *parts = PyObject_GetAttr(buf, s_parts_size);
+			parts_size = parts == NULL ? -1 : PyLong_AsSsize_t(parts);
+			Py_XDECREF(parts);
+			if (parts_size < 0) {
+				if (!PyErr_Occurred())
+					PyErr_SetString(PyExc_ValueError, "_Sink.parts_size < 0");
+				rc = -1;
+				break;
+			}
 		}
 		if ((double)(parts_size + PyByteArray_GET_SIZE(buf)) > room || ts >= deadline)
-			break; /* rotation due: PcapngOutput.write */
+			break; /* rotation or write-out due: PcapngOutput.write */
+		unsigned long spliced = splices;
 		rc = fast_record(rec, dirs, buf, ts, &done);
 		if (rc < 0)
 			break;
+		if (splices != spliced)
+			parts_size = -1;
 		if (done) {
 			packets++;
 			continue;
 		}
+		parts_size = -1;
 		PyObject *call[2] = {buf, rec}; /* the rest: Framer.add */
 		PyObject *r = PyObject_Vectorcall(add, call, 2, NULL);
 		if (r == NULL) {
