@@ -7,7 +7,7 @@
  *   stash the msghdr's iov_iter at entry and copy at exit;
  *   tracepoint (>= 6.3): tp_btf/sock_send_length hands over the socket and
  *   the byte count, the syscall's saved registers the user buffers, and
- *   tp_btf/sk_data_ready and skb_copy_datagram_iovec the send's stamp.
+ *   the receiver's tp_btf/skb_copy_datagram_iovec what the send's stamp needs.
  * The collector enables the programs of one backend (autoload) before load.
  */
 #include "vmlinux.h"
@@ -654,8 +654,9 @@ static __always_inline int emit_send(struct sock *sk, long sent, struct send_src
 		return 0;
 
 	/*
-	 * Stamp the send's start: the peer may be woken, answer and be recorded
-	 * before this program runs, but it cannot have started sending first.
+	 * The stamp comes with src (entry hooks: the send's start; tracepoint:
+	 * send_stamp), never from this program's own clock when it has one: the
+	 * peer may be woken, answer and be recorded before this program runs.
 	 */
 	fill_hdr(&s->hdr, st, ino, USNIFF_EV_DATA, src->start_ns, task);
 	if (!st->announced && !announce(s, sk))
@@ -767,15 +768,8 @@ enum { NR_WRITE = 64, NR_WRITEV = 66, NR_SENDTO = 206, NR_SENDMSG = 211, NR_SEND
 #error "syscall numbers for this architecture"
 #endif
 
-/* Per task: the send in progress, as seen by sk_data_ready. */
+/* Per task: the sendmmsg() call in progress; the next message to be sent is mmsg_next. */
 struct task_send {
-	__u64 ready_ns; /* when the current send first woke its receiver */
-	__u64 ready_sk; /* that receiver; 0 = none since the last sock_send_length */
-	__u64 prev_ns; /* ready_ns of the task's send before */
-	__u64 tail; /* the receiver's last queued skb then (0: queue empty) */
-	__u64 tail_owner; /* its sender */
-	__u32 tail_consumed; /* its bytes already read (stream) */
-	/* the sendmmsg() call in progress: the next message to be sent is mmsg_next */
 	__u32 mmsg_vlen;
 	__u32 mmsg_next;
 	__u64 mmsg_sk;
@@ -789,9 +783,15 @@ struct {
 	__type(value, struct task_send);
 } task_sends SEC(".maps");
 
-/* Per sending socket, for the tracepoint backend. */
+/*
+ * Per sending socket, for the tracepoint backend's stamps (send_stamp): how
+ * far its receiver has begun reading, in the socket's own byte count.
+ */
 struct sender {
-	__u64 read_ns; /* when the receiver last began to read one of its skbs */
+	__u64 sent; /* bytes of its sends that have returned (sock_send_length) */
+	__u64 begun; /* bytes of its skbs a receiver has begun to read (whole skbs) */
+	__u64 early_ns; /* first read that began at or past `sent`, while early_at == sent + 1 */
+	__u64 early_at;
 	__u8 rejected; /* a stream or seqpacket socket the filter rejects */
 };
 
@@ -803,59 +803,25 @@ struct {
 } senders SEC(".maps");
 
 /*
+ * The socket's sender storage, created if need be.  Created by the sender and
+ * a reader at once, one of the two gets NULL (EEXIST): it looks again, so
+ * that both count from the socket's first byte (else the counts differ by
+ * that send until the next resync: 450 of 400,000 pingpong stamps inverted).
+ */
+static __always_inline struct sender *sender_of(struct sock *sk)
+{
+	struct sender *snd = bpf_sk_storage_get(&senders, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
+
+	return snd ? snd : bpf_sk_storage_get(&senders, sk, NULL, 0);
+}
+
+/*
  * UNIXCB(skb).consumed, a direct load inside skb->cb (bpf_probe_read_kernel
  * through BPF_CORE_READ cost 40-60 ns more per call, bpf_stats).
  */
 static __always_inline __u32 unix_consumed(const struct sk_buff *skb)
 {
 	return *(__u32 *)((void *)skb->cb + bpf_core_field_offset(struct unix_skb_parms, consumed));
-}
-
-/*
- * A send is stamped when it first wakes its receiver, after its first skb is
- * queued: no tracepoint fires between the skb's allocation and its queueing.
- * A receiver already running can find that skb in between (its recv()
- * re-checks the queue before sleeping), answer, and be stamped first if the
- * sender is preempted there.  So sk_data_ready also notes the receiver's
- * queue tail, and the receiver's copies out of a unix skb
- * (tp_skb_copy_datagram_iovec) note their time in the sending socket's
- * storage: the send's stamp becomes that first read when it came earlier.
- */
-SEC("tp_btf/sk_data_ready")
-int BPF_PROG(tp_data_ready, const struct sock *sk)
-{
-	struct usniff_config *cfg;
-	struct sk_buff *tail;
-	struct task_send *t;
-	struct sender *rx;
-	__u32 zero = 0;
-
-	if (sk->__sk_common.skc_family != AF_UNIX)
-		return 0;
-	/* the filter's verdict is the same for both ends of a connection */
-	cfg = bpf_map_lookup_elem(&cfg_map, &zero);
-	if (cfg && (cfg->filter_path || cfg->type_mask)) {
-		rx = bpf_sk_storage_get(&senders, (struct sock *)sk, NULL, 0);
-		if (rx && rx->rejected)
-			return 0;
-	}
-	t = bpf_task_storage_get(&task_sends, bpf_get_current_task_btf(), NULL,
-				 BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!t || t->ready_sk == (__u64)sk)
-		return 0;
-	t->prev_ns = t->ready_ns;
-	/* the clock first: the tail is then checked after it, not before */
-	t->ready_ns = bpf_ktime_get_ns();
-	t->ready_sk = (__u64)sk;
-	tail = sk->sk_receive_queue.prev;
-	if ((void *)tail == (void *)&sk->sk_receive_queue) {
-		t->tail = 0;
-		return 0;
-	}
-	t->tail = (__u64)tail;
-	t->tail_owner = (__u64)tail->sk;
-	t->tail_consumed = unix_consumed(tail);
-	return 0;
 }
 
 /*
@@ -869,35 +835,64 @@ int BPF_PROG(tp_skb_read, const struct sk_buff *skb, int len)
 {
 	struct sock *sk = skb->sk;
 	struct sender *snd;
+	__u64 at, sent;
 
 	if (!sk || sk->__sk_common.skc_family != AF_UNIX || unix_consumed(skb))
 		return 0;
-	snd = bpf_sk_storage_get(&senders, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
-	if (snd && !snd->rejected)
-		snd->read_ns = bpf_ktime_get_ns();
+	snd = sender_of(sk);
+	if (!snd || snd->rejected)
+		return 0;
+	at = snd->begun;
+	snd->begun = at + skb->len;
+	sent = snd->sent;
+	/*
+	 * The first read of bytes that no returned send covers: the send in
+	 * flight's.  early_at is published after early_ns, by an exchange (fully
+	 * ordered), and send_stamp reads it first: with plain accesses a send
+	 * once took an earlier send's stamp (1 in 400,000 pingpong stamps).
+	 */
+	if (at >= sent && snd->early_at != sent + 1) {
+		snd->early_ns = bpf_ktime_get_ns();
+		__sync_lock_test_and_set(&snd->early_at, sent + 1);
+	}
 	return 0;
 }
 
-/* The current send's stamp (0: it woke no receiver; fill_hdr's time is used). */
-static __always_inline __u64 send_stamp(struct task_send *t, struct sock *sk,
-					 struct sender *snd)
+/*
+ * The stamp of a send, taken at sock_send_length, after its bytes were
+ * queued.  The only tracepoint between queueing and that point is
+ * sk_data_ready, and a third program per message costs every socket the
+ * filter rejects too (redis -P 1: 0.013 of its throughput filtered out, as
+ * much captured; docs/capture.md).  A receiver already running can read the
+ * bytes, answer, and be stamped before this runs.  So the receiver's program
+ * (tp_skb_read) counts the bytes it begins to read and notes the time of the
+ * first read past what the returned sends cover: that read is of this send,
+ * follows its start and precedes any answer; it is the stamp.  Else the
+ * stamp is now (the clock is read first: a read not seen yet comes later).
+ * The two counts start together with the socket's storage; an empty receive
+ * queue shows that everything was read and puts them in step again (after
+ * peeks, splice reads, or on a connection older than the capture).  A "send"
+ * is one sock_send_length: one message of a sendmmsg.
+ */
+static __always_inline __u64 send_stamp(struct sock *sk, long sent, struct sender *snd)
 {
-	__u64 ts;
+	__u64 now = bpf_ktime_get_ns(), base, stamp = now;
+	struct sk_buff_head *q;
+	struct unix_sock *u;
+	struct sock *peer;
 
-	if (!t || !t->ready_sk)
-		return 0;
-	ts = t->ready_ns;
-	t->ready_sk = 0;
-	/*
-	 * Our skb still queued and unread: no answer can precede ts.  Another
-	 * sender's skb behind ours (datagrams): we cannot tell, ts it is.
-	 */
-	if (t->tail && (t->tail_owner != (__u64)sk || !t->tail_consumed))
-		return ts;
-	/* read already (gone, or partly consumed): the latest first read is ours */
-	if (snd && snd->read_ns > t->prev_ns && snd->read_ns < ts)
-		ts = snd->read_ns;
-	return ts;
+	if (!snd)
+		return now;
+	base = snd->sent;
+	if (__sync_fetch_and_add(&snd->early_at, 0) == base + 1 && snd->early_ns < now)
+		stamp = snd->early_ns;
+	snd->sent = base + sent;
+	u = bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct unix_sock));
+	peer = u->peer; /* NULL: a datagram to a named receiver, whose queue is not known here */
+	q = peer ? &peer->sk_receive_queue : NULL;
+	if (q && (void *)q->prev == (void *)q) /* all read, ours too: no read of ours is to come */
+		snd->begun = base + sent;
+	return stamp;
 }
 
 /* Resolve a user msghdr (sendmsg, or one of sendmmsg's) into src. */
@@ -968,19 +963,21 @@ int BPF_PROG(tp_send_length, struct sock *sk, int ret, int flags)
 	struct pt_regs *regs;
 	__u64 arg2, ino;
 	long nr, sent;
+	int copyable = 1;
 
 	if (sk->__sk_common.skc_family != AF_UNIX)
 		return 0;
-	snd = bpf_sk_storage_get(&senders, sk, NULL, 0);
+	snd = sender_of(sk);
 	if (snd && snd->rejected)
 		return 0;
 	regs = (struct pt_regs *)bpf_task_pt_regs(task);
 	nr = COMPAT_SYSCALL(task) ? -1 : SYSCALL_NR(regs);
 	arg2 = PT_REGS_PARM2_SYSCALL(regs);
-	t = bpf_task_storage_get(&task_sends, task, NULL, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	src.start_ns = send_stamp(t, sk, snd);
-	if (nr == NR_SENDMMSG && t) /* tracked even when nothing is sent: the call ends */
-		src_from_mmsg(&src, t, sk, arg2, PT_REGS_PARM3_SYSCALL(regs), ret);
+	if (nr == NR_SENDMMSG) { /* tracked even when nothing is sent: the call ends */
+		t = bpf_task_storage_get(&task_sends, task, NULL, BPF_LOCAL_STORAGE_GET_F_CREATE);
+		if (t)
+			src_from_mmsg(&src, t, sk, arg2, PT_REGS_PARM3_SYSCALL(regs), ret);
+	}
 	if (ret <= 0)
 		return 0;
 	sent = ret;
@@ -988,6 +985,7 @@ int BPF_PROG(tp_send_length, struct sock *sk, int ret, int flags)
 	switch (nr) {
 	case NR_WRITE:
 	case NR_WRITEV:
+	case NR_SENDMMSG:
 		break;
 	case NR_SENDTO:
 		src.name = PT_REGS_PARM5_SYSCALL(regs);
@@ -997,13 +995,12 @@ int BPF_PROG(tp_send_length, struct sock *sk, int ret, int flags)
 	case NR_SENDMSG:
 		src_from_msghdr(&src, arg2);
 		break;
-	case NR_SENDMMSG:
-		break;
 	default: /* io_uring, sendfile, splice, kernel senders: counted as uncopyable */
-		return emit_send(sk, sent, &src);
+		copyable = 0;
 	}
+	src.start_ns = send_stamp(sk, sent, snd);
 	/* the bytes are the syscall's only if its fd is this socket (not a kernel sender below it) */
-	if (fd_unix_sock(task, PT_REGS_PARM1_SYSCALL(regs), &ino) != sk)
+	if (!copyable || fd_unix_sock(task, PT_REGS_PARM1_SYSCALL(regs), &ino) != sk)
 		return emit_send(sk, sent, &src);
 	src.ino = ino;
 	src.copyable = 1;
@@ -1015,13 +1012,8 @@ int BPF_PROG(tp_send_length, struct sock *sk, int ret, int flags)
 		src.nr_segs = PT_REGS_PARM3_SYSCALL(regs);
 	}
 	/* a connected socket's sends never name a destination: drop them at once */
-	if (emit_send(sk, sent, &src) == SEND_REJECTED && sk->sk_type != SOCK_DGRAM) {
-		if (!snd)
-			snd = bpf_sk_storage_get(&senders, sk, NULL,
-						 BPF_SK_STORAGE_GET_F_CREATE);
-		if (snd)
-			snd->rejected = 1;
-	}
+	if (emit_send(sk, sent, &src) == SEND_REJECTED && sk->sk_type != SOCK_DGRAM && snd)
+		snd->rejected = 1;
 	return 0;
 }
 

@@ -443,7 +443,7 @@ def _explain(backend: str, e: libbpf.LibbpfError) -> str:
     if backend == "kprobe" and e.errno in (errno.EPERM, errno.ENOENT, errno.EOPNOTSUPP, 524):
         return f"kprobes unavailable on this kernel ({e})"
     if backend == "tracepoint":
-        for tp in ("sock_send_length", "sk_data_ready", "skb_copy_datagram_iovec"):
+        for tp in ("sock_send_length", "skb_copy_datagram_iovec"):
             if not _has_btf_type(f"btf_trace_{tp}".encode()):
                 return f"no {tp} tracepoint (needs kernel >= 6.3) ({e})"
     return str(e)

@@ -1,13 +1,15 @@
 /*
  * Request/answer race workload for tests/test_capture_live.py (same
- * stdin/stdout protocol as uxwork.py):  pingpong OUTDIR ROUNDS
+ * stdin/stdout protocol as uxwork.py):  pingpong OUTDIR ROUNDS [WINDOW]
  *
  * Two threads, pinned to CPUs 0 and 1, own the two ends of a SOCK_STREAM
- * socketpair.  Each spins on a non-blocking recv() and answers every byte it
- * gets with one byte: ROUNDS round trips, 'q' from end a, 'r' from end b.
- * A spinning receiver can take a byte between its queueing and the sender's
- * wakeup of the receiver, and answer before the sender goes on: the capture
- * must still stamp every answer after the byte it answers.
+ * socketpair and spin on non-blocking recv().  End a keeps WINDOW (default 1)
+ * one-byte requests 'q' in flight: it sends one more for every answer it
+ * reads, ROUNDS in all; end b answers every byte it reads with one byte 'r'.
+ * Every byte is its own write().  A spinning receiver can take a byte between
+ * its queueing and the end of its sender's write(), and answer before that
+ * write() returns: the capture must still stamp every answer after the
+ * request it answers, and request i + WINDOW after answer i.
  *
  * Every byte each socket sent goes to OUTDIR/<inode>.sent.
  */
@@ -21,31 +23,36 @@
 #include "progs.h"
 
 static int sv[2];
-static long rounds;
+static long rounds, window = 1;
+
+static void send_one(int fd, char c)
+{
+	if (write(fd, &c, 1) != 1)
+		die("write");
+}
 
 static void *side(void *arg)
 {
-	long me = (long)arg;
-	char c = me ? 'r' : 'q', buf[64];
+	long me = (long)arg, sent = 0, got = 0;
+	char buf[64];
 	cpu_set_t set;
 
 	CPU_ZERO(&set);
 	CPU_SET(me, &set);
 	if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set))
 		die("pthread_setaffinity_np");
-	if (!me && write(sv[0], &c, 1) != 1)
-		die("write");
-	for (long i = 0; i < rounds; i++) {
+	for (; !me && sent < window && sent < rounds; sent++)
+		send_one(sv[0], 'q');
+	while (got < rounds) {
 		ssize_t n;
 
 		while ((n = recv(sv[me], buf, sizeof(buf), MSG_DONTWAIT)) < 0 && errno == EAGAIN)
 			;
-		if (n != 1)
+		if (n <= 0)
 			die("recv");
-		if (!me && i == rounds - 1)
-			break;
-		if (write(sv[me], &c, 1) != 1)
-			die("write");
+		got += n;
+		for (ssize_t i = 0; i < n && (me || sent < rounds); i++, sent++)
+			send_one(sv[me], me ? 'r' : 'q');
 	}
 	return NULL;
 }
@@ -64,9 +71,11 @@ int main(int argc, char **argv)
 	pthread_t t[2];
 	char line[64];
 
-	if (argc != 3)
+	if (argc != 3 && argc != 4)
 		return 2;
 	rounds = atol(argv[2]);
+	if (argc == 4)
+		window = atol(argv[3]);
 	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv))
 		die("socketpair");
 	printf("{\"ready\": {\"a\": %lu, \"b\": %lu}}\n", ino(sv[0]), ino(sv[1]));

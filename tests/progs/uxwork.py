@@ -151,21 +151,30 @@ def sc_bigwrite(out: str, sent: Sent) -> dict:
 
 
 def sc_slowread(out: str, sent: Sent) -> dict:
-    """One 1 MiB write() to a peer that starts reading only 0.5 s later: the
-    send lasts that long (wall-clock start and end reported)."""
+    """One 1 MiB write() to a peer that starts reading only 0.5 s later, then
+    reads 64 KiB every 20 ms: the send lasts about 0.8 s and is read from its
+    0.5th second on (wall-clock start, first read and end reported)."""
     a, b = socket.socketpair()
     payload = rand(random.Random(3), 1 << 20)
     emit({"ready": {"a": ino(a)}})
     wait_go()
+    first_read: list[float] = []
+
+    def paced() -> None:
+        time.sleep(0.5)
+        first_read.append(time.time())
+        while b.recv(64 << 10):
+            time.sleep(0.02)
+
+    reader = threading.Thread(target=paced)
     start = time.time()
-    reader = threading.Timer(0.5, lambda: drain(b).join())
     reader.start()
     n = os.write(a.fileno(), payload)
     end = time.time()
     sent.add(a, payload[:n])
     a.shutdown(socket.SHUT_WR)
     reader.join()
-    return {"n": n, "start": start, "end": end}
+    return {"n": n, "start": start, "first_read": first_read[0], "end": end}
 
 
 def sc_writev(out: str, sent: Sent) -> dict:

@@ -7,7 +7,7 @@
 For each cell the guest (tests/vm/run.py) runs, with USNIFF_BACKEND forced:
   1. guest/probe.py: can this kernel attach what the backend needs at all?
      (an independent libbpf program: fexit, kretprobe, tp_btf/sock_send_length,
-     tp_btf/sk_data_ready, tp_btf/skb_copy_datagram_iovec)
+     tp_btf/skb_copy_datagram_iovec)
   2. guest/loadcheck.py: does `usniff --backend B` load, and stop on SIGINT?
   3. if it loaded: pytest on the live tests (default: `tests -m root`).
 A cell passes when usniff loads exactly where the kernel can attach the backend's
@@ -39,7 +39,7 @@ BPF_LOOP_SINCE = (5, 17)  # usniff's copy engine iterates with bpf_loop
 NEEDS = {
     "fentry": ("fentry",),
     "kprobe": ("kprobe",),
-    "tracepoint": ("tp_btf", "sk_data_ready", "skb_read"),
+    "tracepoint": ("tp_btf", "skb_read"),
 }
 PROBE_SRC = VM_DIR / "guest" / "probe.bpf.c"
 PROBE_OBJ = CACHE / "probe.bpf.o"

@@ -8,7 +8,7 @@
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 5);
+	__uint(max_entries, 4);
 	__type(key, __u32);
 	__type(value, __u64);
 } hits SEC(".maps");
@@ -31,10 +31,7 @@ int kretprobe_sendmsg(void *ctx) { return hit(1); }
 SEC("tp_btf/sock_send_length")
 int tp_sock_send_length(__u64 *ctx) { return hit(2); }
 
-SEC("tp_btf/sk_data_ready")
-int tp_sk_data_ready(__u64 *ctx) { return hit(3); }
-
 SEC("tp_btf/skb_copy_datagram_iovec")
-int tp_skb_copy(__u64 *ctx) { return hit(4); }
+int tp_skb_copy(__u64 *ctx) { return hit(3); }
 
 char LICENSE[] SEC("license") = "GPL";

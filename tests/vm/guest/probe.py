@@ -24,8 +24,7 @@ PROGRAMS = {  # kind reported -> (program name in probe.bpf.c, counter slot)
     "fentry": ("fexit_sendmsg", 0),
     "kprobe": ("kretprobe_sendmsg", 1),
     "tp_btf": ("tp_sock_send_length", 2),  # tp_btf/sock_send_length, kernel >= 6.3
-    "sk_data_ready": ("tp_sk_data_ready", 3),  # tp_btf/sk_data_ready, kernel >= 6.3
-    "skb_read": ("tp_skb_copy", 4),  # tp_btf/skb_copy_datagram_iovec (fires on the recv)
+    "skb_read": ("tp_skb_copy", 3),  # tp_btf/skb_copy_datagram_iovec (fires on the recv)
 }
 
 PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
