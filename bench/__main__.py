@@ -1,6 +1,7 @@
 """usniff benchmarks: ``python -m bench [WHAT] [--quick]`` (``make bench`` runs them all).
 
-WHAT: all (default) | overhead | capacity | kernel | decoders | pcapng-writer | collector.
+WHAT: all (default) | overhead | windows | capacity | kernel | decoders | pcapng-writer |
+collector.
 Needs root (eBPF), redis-server, redis-benchmark, mariadbd, mariadb-slap,
 strace, socat, gcc, bpftool.  Every figure is a median of alternating runs,
 given as a ratio to the untraced run of the same invocation.
@@ -16,10 +17,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import capacity, overhead
+from . import capacity, overhead, windows
 from .common import machine, median
 
-WHAT = ("all", "overhead", "capacity", "kernel", "decoders", "pcapng-writer", "collector")
+WHAT = (
+    "all",
+    "overhead",
+    "windows",
+    "capacity",
+    "kernel",
+    "decoders",
+    "pcapng-writer",
+    "collector",
+)
 
 
 def log(msg: str) -> None:
@@ -34,6 +44,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
     ap.add_argument("--seconds", type=float, help="length of each writer run (default 10, quick 3)")
     ap.add_argument("--only", choices=("redis", "mariadb"), help="overhead: one service only")
+    ap.add_argument("--cycles", type=int, help="windows: alternations per configuration (40)")
+    ap.add_argument("--window", type=float, default=0.5, help="windows: seconds per window")
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
     ap.add_argument("--plots", type=Path, help="write PNG plots into this directory")
     a = ap.parse_args()
@@ -68,6 +80,11 @@ def main() -> None:
             res.append(overhead.run_mariadb(a.quick, a.rounds, log))
         results["overhead"] = res
         out += ["", "1+2. overhead on the traced service, completeness", overhead.report(res)]
+    if a.what in ("all", "windows"):
+        res = windows.run(a.quick, a.cycles, a.window, log)
+        results["windows"] = res
+        out += ["", "1b. overhead in alternating windows of one continuous load",
+                windows.report(res)]  # fmt: skip
     if a.what in ("all", "capacity"):
         steps = 4 if a.quick else 6
         rows = [capacity.capacity(size, seconds, steps, a.rounds, log) for size in (31, 65536)]
@@ -101,6 +118,8 @@ def key_figures(r: dict[str, Any]) -> str:
             )
         lost = max((c["max_lost_bytes"] for c in res["completeness"]), default=0)
         parts.append(f"{res['service']} lost {lost} B")
+    if "windows" in r:
+        parts += windows.key(r["windows"])
     for c in r.get("capacity", []):
         parts.append(f"capacity {c['size']}B {c['rate']:,.0f}/s {c['mbps']:,.0f} MB/s "
                      f"({c['ratio']:.2f} of untraced)")  # fmt: skip

@@ -207,10 +207,14 @@ class Object:
             if prog.autoload:
                 self._links.append(prog.attach())
 
-    def close(self) -> None:
+    def detach(self) -> None:
+        """Destroy the links attach() made: the programs stop running; maps stay."""
         for link in self._links:
             link.destroy()
         self._links.clear()
+
+    def close(self) -> None:
+        self.detach()
         if self._ptr:
             lib().bpf_object__close(self._ptr)
             self._ptr = None
