@@ -63,6 +63,7 @@ def collector(out_path: str) -> tuple[capture.Capture, PcapngOutput]:
     cap = capture.Capture.__new__(capture.Capture)
     cap.stats = CaptureStats()
     cap._init_records()
+    cap.packed = True  # as for `usniff -w` (capture_main.run): data records come as Packed
     cap._sock_info = {ino: (PATH, ino % 2 == 1) for ino in range(1000, 1000 + 2 * CONNECTIONS)}
     return cap, PcapngOutput(out_path)
 

@@ -10,8 +10,8 @@ import struct
 import pytest
 
 from usniff import _fastpath, capture
-from usniff.events import CaptureStats, Record
-from usniff.outputs.pcapng import IPPROTO_TCP, IPPROTO_UDP, _Dir, _Sink
+from usniff.events import FLAG_MSG_END, FLAG_MSG_START, FLAG_TRUNCATED, CaptureStats, Record
+from usniff.outputs.pcapng import IPPROTO_TCP, IPPROTO_UDP, PcapngOutput, _Dir, _Sink
 
 
 def bare_capture() -> capture.Capture:
@@ -21,6 +21,7 @@ def bare_capture() -> capture.Capture:
     cap._sock_info, cap._dest, cap._in_dest = {}, {}, {}
     cap._batch, cap._pending, cap._unknown_peer = [], [], []
     cap._peer_of, cap._last = {}, {}
+    cap.packed = False
     return cap
 
 
@@ -86,6 +87,95 @@ def test_attributes_a_callback_rebinds_are_read_again() -> None:
     (rec,) = cap._batch
     assert rec.path == "/run/r.sock" and cap._last == {11: rec}
     assert old_batch == [] and old_last == {}
+
+
+def test_packed_records_are_the_same_records() -> None:
+    """With Capture.packed, data on a connected stream socket comes as a
+    Packed: its record() is the Record made without it; losses, datagrams
+    and sockets without a known address still come as Records."""
+    addr = b"/run/r.sock\0"
+    evs = [
+        event(capture.EV_SOCK, 11, 0, addr, addr_len=len(addr), own=1),
+        event(capture.EV_DATA, 11, 12, b"+OK\r\n", comm=b"bad\xff\0" + b"x" * 11),
+        event(capture.EV_DATA, 11, 12, b"abc", length=10, flags=FLAG_TRUNCATED),
+        event(capture.EV_LOST, 11, 12, length=40, off=10),
+        event(capture.EV_DATA, 13, 0, b"dgram", stype=2),
+        event(capture.EV_DATA, 15, 16, b"late"),  # its address comes from _lookup
+    ]
+    caps = []
+    for packed in (False, True):
+        cap = bare_capture()
+        cap.packed = packed
+        cap._sock_info[13] = ("/run/log", False)
+        cap._lookup = lambda ino, peer: ("", False)  # type: ignore[method-assign]
+        for ev in evs:
+            cap._handle(ev)
+        caps.append(cap)
+    plain, packed = caps
+    kinds = [type(r).__name__ for r in packed._batch]
+    assert kinds == ["Packed", "Packed", "Record", "Record", "Packed"]
+    full = [r.record() if isinstance(r, _fastpath.Packed) else r for r in packed._batch]
+    assert full == plain._batch
+    first = packed._batch[0]
+    assert isinstance(first, _fastpath.Packed)
+    assert (first.ts, len(first), bytes(memoryview(first))) == (plain._batch[0].ts, 5, b"+OK\r\n")
+    assert packed.stats == plain.stats and packed._peer_of == plain._peer_of
+    assert packed._last[15] is packed._batch[-1]
+
+
+def _records_for_pcapng() -> list[memoryview]:
+    """Two connections, both directions, a tid change (new comment), a gap
+    (loss record), a snap-length cut, a payload spliced by reference (>= 4 KiB),
+    a datagram socket and a client seen before its address: what Framer.add
+    and the C framing share between them."""
+    server, dgram = b"/run/r.sock\0", b"/run/log\0"
+    evs = [
+        event(capture.EV_SOCK, 21, 0, server, addr_len=len(server), own=1),
+        event(capture.EV_SOCK, 31, 0, server, addr_len=len(server), own=1),
+        event(capture.EV_SOCK, 41, 0, dgram, addr_len=len(dgram), own=0),
+    ]
+    offs: dict[int, int] = {}
+    rnd = random.Random(7)
+    ts = 1_000_000_000
+    for i in range(400):
+        ino, peer = rnd.choice([(21, 22), (22, 21), (31, 32), (32, 31)])
+        ts += rnd.randrange(1, 50_000)
+        off = offs.get(ino, 0)
+        kind, size = capture.EV_DATA, rnd.choice([1, 31, 200, 5000])
+        extra: dict[str, int | bytes] = {"tid": 8 + (i // 100)}
+        if i in (150, 151):
+            kind, size = capture.EV_LOST, 64
+        if i == 260:
+            extra.update(length=size + 100, flags=FLAG_MSG_START | FLAG_TRUNCATED)
+        data = b"" if kind == capture.EV_LOST else bytes(rnd.randrange(256) for _ in range(size))
+        length = int(extra.pop("length", size))
+        offs[ino] = off + length
+        evs.append(event(kind, ino, peer, data, ts=ts, off=off, length=length, **extra))
+        if i % 37 == 0:
+            evs.append(event(capture.EV_DATA, 41, 0, b"<13>msg", ts=ts, off=i, stype=2,
+                             flags=FLAG_MSG_START | FLAG_MSG_END))  # fmt: skip
+    evs.append(event(capture.EV_DATA, 51, 52, b"later", ts=ts + 1, off=0))
+    return evs
+
+
+def test_packed_pcapng_is_byte_identical(tmp_path: object) -> None:
+    files = []
+    for packed in (False, True):
+        cap = bare_capture()
+        cap.packed = packed
+        cap._lookup = lambda ino, peer: ("/run/other.sock", False)  # type: ignore[method-assign]
+        path = f"{tmp_path}/{packed}.pcapng"
+        out = PcapngOutput(path, snaplen=0, clock=lambda: 1.7e9)
+        evs = _records_for_pcapng()
+        for start in range(0, len(evs), 97):
+            for ev in evs[start : start + 97]:
+                cap._handle(ev)
+            out.write(cap._release(float("inf")))
+        cap._last.clear()
+        out.close(cap.stats)
+        files.append(open(path, "rb").read())  # noqa: SIM115
+    plain, packed = files
+    assert len(plain) > 500_000 and packed == plain
 
 
 def ones_sum(data: bytes) -> int:

@@ -11,6 +11,15 @@ EVENT_SIZE: int  # sizeof(struct usniff_event)
 SPLICE_MIN: int  # payloads from this size are kept by reference (_Sink.splice), not copied
 RELEASE: int  # ring bytes handled between two stores of the consumer position (drain)
 
+class Packed:
+    """A data record for the pcapng output (Capture.packed); its payload is the buffer."""
+
+    ts: float
+    def record(self) -> Record:
+        """The equivalent Record."""
+    def __len__(self) -> int: ...
+    def __buffer__(self, flags: int) -> memoryview: ...
+
 class EventHandler:
     """Base of capture.Capture: its per-record ``_handle``."""
 
@@ -34,7 +43,7 @@ def udp(buf: _Sink, d: _Dir, ts: float, payload: bytes, length: int, opts: bytes
 def write_batch(
     framer: Framer,
     buf: _Sink,
-    batch: Sequence[Record],
+    batch: Sequence[Record | Packed],
     start: int,
     room: float,
     deadline: float,

@@ -1,7 +1,9 @@
 """Load the BPF object, pick a backend, program the filters, yield Records.
 
 Knows nothing about protocols or files: it turns ring-buffer records (layout
-in ``ebpf/usniff.h``) into :class:`usniff.events.Record` batches.
+in ``ebpf/usniff.h``) into :class:`usniff.events.Record` batches.  With
+``Capture.packed`` set (every output frames pcapng), common data records come
+as :class:`usniff._fastpath.Packed` instead (``.record()`` gives the Record).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from operator import attrgetter
 from pathlib import Path
 
 from . import libbpf, sockets
-from ._fastpath import EventHandler
+from ._fastpath import EventHandler, Packed
 from .events import (
     FLAG_ADDR,
     FLAG_MSG_END,
@@ -190,14 +192,17 @@ class Capture(EventHandler):
     def _init_records(self) -> None:
         """The state ``_handle`` and ``_release`` work on (alone: bench/collector.py)."""
         self._clock = time.time() - time.monotonic()
+        # Set when every output takes Packed records (capture_main.run: pcapng only):
+        # the drain then makes one, not a Record, for data on connected stream sockets.
+        self.packed = False
         self._sock_info: dict[int, tuple[str, bool]] = {}
         self._dest: dict[int, str] = {}
         self._in_dest: dict[int, str] = {}
-        self._batch: list[Record] = []  # drained, not yet ordered
-        self._pending: list[Record] = []  # ordered by ts, waiting for REORDER / peers
+        self._batch: list[Record | Packed] = []  # drained, not yet ordered
+        self._pending: list[Record | Packed] = []  # ordered by ts, waiting for REORDER / peers
         self._unknown_peer: list[Record] = []
         self._peer_of: dict[int, int] = {}
-        self._last: dict[int, Record] = {}  # newest record per socket, for close records
+        self._last: dict[int, Record | Packed] = {}  # newest record per socket, for closes
         self._next_close_check = time.monotonic() + CLOSE_CHECK
 
     # ------------------------------------------------------------------ load
@@ -301,7 +306,8 @@ class Capture(EventHandler):
             return
         now = time.time()
         for ino in [i for i in self._last if i not in alive]:
-            last = self._last.pop(ino)
+            newest = self._last.pop(ino)
+            last = newest.record() if isinstance(newest, Packed) else newest
             self._peer_of.pop(ino, None)
             self._batch.append(
                 replace(
@@ -324,7 +330,7 @@ class Capture(EventHandler):
         self._sock_info[ino] = info
         return info
 
-    def poll(self, timeout: float) -> list[Record]:
+    def poll(self, timeout: float) -> list[Record | Packed]:
         """Wait up to ``timeout`` s for data; return what the ring holds (maybe [])."""
         if self._ring.pending() < self._ring_bytes // 8:
             self._ring.wait(min(timeout, POLL))
@@ -334,7 +340,7 @@ class Capture(EventHandler):
             self._next_close_check = time.monotonic() + CLOSE_CHECK
         return self._release(self._clock + time.monotonic() - REORDER)
 
-    def _release(self, cutoff: float) -> list[Record]:
+    def _release(self, cutoff: float) -> list[Record | Packed]:
         """Records stamped before ``cutoff``, in time order.
 
         Records are stamped when the send began (in the kernel), but reach the
@@ -365,7 +371,7 @@ class Capture(EventHandler):
         out, self._pending = pending[:cut], pending[cut:]
         return out
 
-    def finish(self) -> list[Record]:
+    def finish(self) -> list[Record | Packed]:
         """Drain what is left and report losses still pending in the kernel."""
         self._ring.drain(self)
         sockets_map = self._obj.map("sockets")

@@ -7,7 +7,9 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import cast
 
+from ._fastpath import Packed
 from .capture import Capture, CaptureOptions
 from .events import CaptureStats, Record
 from .outputs.base import Output
@@ -60,6 +62,20 @@ def run(
     # 31-byte records at 200k/s: 61-62 -> 56-57 ticks (bench/capacity.py's writer).
     thresholds = gc.get_threshold()
     gc.set_threshold(GC_YOUNG, 50, 50)
+    # Only pcapng written (-w, the extcap): the capture may hand over Packed
+    # records, framed from their C fields ("packed records" in _fastpath.c).
+    from .outputs.pcapng import PcapngOutput
+
+    frames = [out for out in outputs if isinstance(out, PcapngOutput)]
+    cap.packed = bool(outputs) and len(frames) == len(outputs)
+
+    def write(batch: list[Record | Packed]) -> None:
+        if cap.packed:
+            for out in frames:
+                out.write(batch)
+        else:  # not packed: Records only
+            write_batch(outputs, cast(list[Record], batch))
+
     emitted = 0
     deadline = time.monotonic() + duration if duration else float("inf")
     next_flush = time.monotonic() + FLUSH_EVERY
@@ -73,17 +89,17 @@ def run(
                     break
                 batch = cap.poll(min(0.2, max(0.0, deadline - now)))
                 if count and emitted + len(batch) >= count:
-                    write_batch(outputs, batch[: count - emitted])
+                    write(batch[: count - emitted])
                     emitted = count
                     break
                 emitted += len(batch)
-                write_batch(outputs, batch)
+                write(batch)
                 if time.monotonic() >= next_flush:
                     for out in outputs:
                         out.flush()
                     next_flush = time.monotonic() + FLUSH_EVERY
             if not count or emitted < count:
-                write_batch(outputs, cap.finish())
+                write(cap.finish())
     finally:
         for out in outputs:
             out.close(cap.stats)

@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from usniff import __version__
-from usniff._fastpath import tcp, udp, write_batch
+from usniff._fastpath import Packed, tcp, udp, write_batch
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, CaptureStats, Record
 from usniff.outputs.base import OutputError
 
@@ -646,7 +646,7 @@ class PcapngOutput:
 
     # -- Output ----------------------------------------------------------
 
-    def write(self, batch: Sequence[Record]) -> None:
+    def write(self, batch: Sequence[Record | Packed]) -> None:
         """Frame a batch in :func:`usniff._fastpath.write_batch`: the common
         record (one TCP segment on a known flow, no gap, no note pending, same
         comment as before) with no Python call, the others through
@@ -677,7 +677,7 @@ class PcapngOutput:
             elif self._buf.size() > FLUSH_BYTES:
                 self._drain()
                 continue
-            framer.add(self._buf, rec)
+            framer.add(self._buf, rec.record() if isinstance(rec, Packed) else rec)
             i += 1
         if self._buf.size() >= FLUSH_BYTES:
             self.flush()
