@@ -128,32 +128,37 @@ static inline PyObject *slot(PyObject *obj, Py_ssize_t offset, const char *name)
 	return v;
 }
 
-enum {
-	D_PEER,
-	D_SEQ0,
-	D_NEXT_OFF,
-	D_FIN,
-	D_L4_SUM,
-	D_IP_SUM,
-	D_ADDRS,
-	D_PROTO,
-	D_NOTE,
-	D_COMMENT_KEY,
-	D_COMMENT_OPTS,
-	D_FIELDS
-};
-static const char *const dir_fields[D_FIELDS] = {
-	"peer", "seq0",	 "next_off", "fin",	    "l4_sum",	    "ip_sum",
-	"addrs", "proto", "note",     "comment_key", "comment_opts",
-};
+enum { D_PEER, D_NOTE, D_COMMENT_KEY, D_COMMENT_OPTS, D_FIELDS };
+static const char *const dir_fields[D_FIELDS] = {"peer", "note", "comment_key", "comment_opts"};
 static PyObject *dir_type; /* the class whose offsets dir_offsets holds (pcapng._Dir) */
 static Py_ssize_t dir_offsets[D_FIELDS];
 
-/* An attribute of a _Dir (borrowed). */
+/*
+ * The numbers of one direction of a flow, as C values: pcapng._Dir subclasses
+ * this type (adding its object slots), so the framing here reads and advances
+ * them without converting Python ints (seven per packet) or allocating a new
+ * next_off per packet.
+ */
+typedef struct {
+	PyObject_HEAD
+	unsigned long long seq0; /* seq = seq0 + stream offset (ISN + 1) */
+	unsigned long long next_off; /* next stream offset expected (what the peer has ACKed) */
+	unsigned long long l4_sum, ip_sum; /* constant parts of the header checksums */
+	int fin, proto;
+	char addrs[12]; /* source, destination address; source, destination port */
+} Direction;
+
+static PyTypeObject DirectionType;
+
+/* An attribute of a _Dir (borrowed); NULL and TypeError if d is not a Direction. */
 static PyObject *dir_get(PyObject *d, int f)
 {
 	if ((PyObject *)Py_TYPE(d) != dir_type) {
 		Py_ssize_t offsets[D_FIELDS];
+		if (!PyObject_TypeCheck(d, &DirectionType)) {
+			PyErr_Format(PyExc_TypeError, "%R is not a _fastpath.Direction", Py_TYPE(d));
+			return NULL;
+		}
 		if (member_offsets((PyObject *)Py_TYPE(d), dir_fields, D_FIELDS, offsets) < 0)
 			return NULL;
 		memcpy(dir_offsets, offsets, sizeof offsets);
@@ -162,15 +167,47 @@ static PyObject *dir_get(PyObject *d, int f)
 	return slot(d, dir_offsets[f], dir_fields[f]);
 }
 
-/* An attribute of a _Dir as an unsigned 64-bit number (modulo 2^64). */
-static int dir_u64(PyObject *d, int f, uint64_t *out)
+static PyObject *direction_get_addrs(PyObject *self, void *closure)
 {
-	PyObject *v = dir_get(d, f);
-	if (v == NULL)
-		return -1;
-	*out = PyLong_AsUnsignedLongLongMask(v);
-	return (*out == (uint64_t)-1 && PyErr_Occurred()) ? -1 : 0;
+	(void)closure;
+	return PyBytes_FromStringAndSize(((Direction *)self)->addrs, 12);
 }
+
+static int direction_set_addrs(PyObject *self, PyObject *value, void *closure)
+{
+	(void)closure;
+	if (value == NULL || !PyBytes_Check(value) || PyBytes_GET_SIZE(value) != 12) {
+		PyErr_SetString(PyExc_TypeError, "addrs: 12 bytes (two IPv4 addresses, two ports)");
+		return -1;
+	}
+	memcpy(((Direction *)self)->addrs, PyBytes_AS_STRING(value), 12);
+	return 0;
+}
+
+static PyMemberDef direction_members[] = {
+	{"seq0", T_ULONGLONG, offsetof(Direction, seq0), 0, "seq = seq0 + stream offset"},
+	{"next_off", T_ULONGLONG, offsetof(Direction, next_off), 0, "next stream offset expected"},
+	{"l4_sum", T_ULONGLONG, offsetof(Direction, l4_sum), 0, "TCP/UDP checksum, constant part"},
+	{"ip_sum", T_ULONGLONG, offsetof(Direction, ip_sum), 0, "IPv4 checksum, constant part"},
+	{"fin", T_INT, offsetof(Direction, fin), 0, "1 once this side has sent its FIN"},
+	{"proto", T_INT, offsetof(Direction, proto), 0, "IPPROTO_TCP or IPPROTO_UDP"},
+	{NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef direction_getset[] = {
+	{"addrs", direction_get_addrs, direction_set_addrs, "source, destination, ports", NULL},
+	{NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject DirectionType = {
+	PyVarObject_HEAD_INIT(NULL, 0).tp_name = "usniff._fastpath.Direction",
+	.tp_basicsize = sizeof(Direction),
+	.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+	.tp_doc = PyDoc_STR("Base of pcapng._Dir: a flow direction's numbers, as C values."),
+	.tp_members = direction_members,
+	.tp_getset = direction_getset,
+	.tp_new = PyType_GenericNew,
+};
 
 /* ------------------------------------------------------------------ checksum */
 
@@ -291,21 +328,10 @@ static int epb(PyObject *buf, double ts, const unsigned char *hdr, Py_ssize_t hl
 	return 0;
 }
 
-/* The first 12 bytes of the header after the IPv4 fixed part, and the sums. */
-static int dir_common(PyObject *d, int proto, Py_ssize_t total, unsigned char *hdr,
-		      uint64_t *l4_sum)
+/* The IPv4 header (hdr[0:20]) of a packet of ``total`` bytes from direction d. */
+static void ipv4_header(const Direction *d, int proto, Py_ssize_t total, unsigned char *hdr)
 {
-	uint64_t ip_sum;
-	if (dir_u64(d, D_IP_SUM, &ip_sum) < 0 || dir_u64(d, D_L4_SUM, l4_sum) < 0)
-		return -1;
-	PyObject *addrs = dir_get(d, D_ADDRS);
-	if (addrs == NULL)
-		return -1;
-	if (!PyBytes_Check(addrs) || PyBytes_GET_SIZE(addrs) != 12) {
-		PyErr_SetString(PyExc_TypeError, "_Dir.addrs must be 12 bytes");
-		return -1;
-	}
-	/* IPv4: version/IHL, TOS 0, total length, id 0, DF, TTL 64, proto, checksum */
+	/* version/IHL, TOS 0, total length, id 0, DF, TTL 64, proto, checksum, addresses */
 	hdr[0] = 0x45;
 	hdr[1] = 0;
 	put_be16(hdr + 2, (unsigned)total);
@@ -314,13 +340,32 @@ static int dir_common(PyObject *d, int proto, Py_ssize_t total, unsigned char *h
 	hdr[7] = 0;
 	hdr[8] = 64;
 	hdr[9] = (unsigned char)proto;
-	put_be16(hdr + 10, (unsigned)(0xFFFF - (ip_sum + (uint64_t)total) % 0xFFFF));
-	memcpy(hdr + 12, PyBytes_AS_STRING(addrs), 12);
-	return 0;
+	put_be16(hdr + 10, (unsigned)(0xFFFF - (d->ip_sum + (uint64_t)total) % 0xFFFF));
+	memcpy(hdr + 12, d->addrs, 12);
 }
 
+/* The direction d (as its C struct), or NULL and TypeError. */
+static Direction *as_direction(PyObject *d)
+{
+	if (!PyObject_TypeCheck(d, &DirectionType)) {
+		PyErr_Format(PyExc_TypeError, "%R is not a _fastpath.Direction", Py_TYPE(d));
+		return NULL;
+	}
+	return (Direction *)d;
+}
+
+static PyTypeObject PackedType;
+
+/* The payload's bytes: a Packed's own (it outlives the call: no export), or
+ * any other buffer's (released with PyBuffer_Release). */
 static int get_payload(PyObject *obj, Py_buffer *view)
 {
+	if (Py_IS_TYPE(obj, &PackedType)) {
+		view->obj = NULL;
+		view->buf = (char *)obj + PackedType.tp_basicsize;
+		view->len = Py_SIZE(obj);
+		return 0;
+	}
 	return PyObject_GetBuffer(obj, view, PyBUF_SIMPLE);
 }
 
@@ -334,7 +379,7 @@ static int check_bytes(PyObject *obj, const char *what)
 }
 
 /* One TCP segment's EPB (tcp() below; write_batch()). */
-static int tcp_block(PyObject *buf, PyObject *d, double ts, long flags, uint64_t off,
+static int tcp_block(PyObject *buf, PyObject *dobj, double ts, long flags, uint64_t off,
 		     PyObject *payload_obj, Py_ssize_t length, PyObject *opts, PyObject *tcp_opts)
 {
 	Py_ssize_t olen = PyBytes_GET_SIZE(tcp_opts);
@@ -342,28 +387,26 @@ static int tcp_block(PyObject *buf, PyObject *d, double ts, long flags, uint64_t
 		PyErr_SetString(PyExc_ValueError, "tcp_opts: at most 40 bytes, a multiple of 4");
 		return -1;
 	}
-	uint64_t seq0, peer_seq0 = 0, peer_next = 0, peer_fin = 0, l4_sum;
-	if (dir_u64(d, D_SEQ0, &seq0) < 0)
+	Direction *d = as_direction(dobj), *peer = NULL;
+	if (d == NULL)
 		return -1;
 	if (flags & TCP_ACK) {
-		PyObject *peer = dir_get(d, D_PEER);
-		if (peer == NULL || dir_u64(peer, D_SEQ0, &peer_seq0) < 0 ||
-		    dir_u64(peer, D_NEXT_OFF, &peer_next) < 0 || dir_u64(peer, D_FIN, &peer_fin) < 0)
+		PyObject *p = dir_get(dobj, D_PEER);
+		if (p == NULL || (peer = as_direction(p)) == NULL)
 			return -1;
 	}
-	uint32_t seq = (uint32_t)(seq0 + off);
-	uint32_t ack = (flags & TCP_ACK) ? (uint32_t)(peer_seq0 + peer_next + peer_fin) : 0;
+	uint32_t seq = (uint32_t)(d->seq0 + off);
+	uint32_t ack = peer ? (uint32_t)(peer->seq0 + peer->next_off + (unsigned)peer->fin) : 0;
 	Py_ssize_t hlen = 20 + olen;
 	Py_ssize_t tcp_len = hlen + length;
 	Py_ssize_t total = 20 + tcp_len;
 	unsigned word = (unsigned)((hlen << 10) | flags);
 	unsigned char hdr[80];
-	if (dir_common(d, IPPROTO_TCP, total, hdr, &l4_sum) < 0)
-		return -1;
+	ipv4_header(d, IPPROTO_TCP, total, hdr);
 	Py_buffer payload;
 	if (get_payload(payload_obj, &payload) < 0)
 		return -1;
-	uint64_t l4 = l4_sum + (uint64_t)tcp_len + seq + ack + word +
+	uint64_t l4 = d->l4_sum + (uint64_t)tcp_len + seq + ack + word +
 		      csum_words(payload.buf, payload.len) +
 		      csum_words((const unsigned char *)PyBytes_AS_STRING(tcp_opts), olen);
 	put_be32(hdr + 24, seq);
@@ -431,13 +474,14 @@ static PyObject *fp_udp(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 	Py_ssize_t udp_len = 8 + length;
 	Py_ssize_t total = 20 + udp_len;
 	unsigned char hdr[28];
-	uint64_t l4_sum;
-	if (dir_common(d, IPPROTO_UDP, total, hdr, &l4_sum) < 0)
+	Direction *dir = as_direction(d);
+	if (dir == NULL)
 		return NULL;
+	ipv4_header(dir, IPPROTO_UDP, total, hdr);
 	Py_buffer payload;
 	if (get_payload(args[3], &payload) < 0)
 		return NULL;
-	uint64_t l4 = l4_sum + 2 * (uint64_t)udp_len + csum_words(payload.buf, payload.len);
+	uint64_t l4 = dir->l4_sum + 2 * (uint64_t)udp_len + csum_words(payload.buf, payload.len);
 	put_be16(hdr + 24, (unsigned)udp_len);
 	put_be16(hdr + 26, (unsigned)(0xFFFF - l4 % 0xFFFF));
 	int rc = epb(buf, ts, hdr, 28, args[3], &payload, total, opts);
@@ -697,8 +741,6 @@ typedef struct {
 	PyObject *path_is_own;
 	char data[];
 } Packed;
-
-static PyTypeObject PackedType;
 
 static Packed *packed_new(const struct usniff_event *ev, double ts, const char *body,
 			  Py_ssize_t n, PyObject *path, PyObject *is_own)
@@ -1179,20 +1221,18 @@ static long long as_ll(PyObject *v, int *ok)
 static PyObject *fast_dir(PyObject *dirs, PyObject *inode, PyObject **key, PyObject **opts,
 			  long long *next_off)
 {
-	int ok = 1;
 	PyObject *d = PyDict_GetItemWithError(dirs, inode);
 	if (d == NULL || dir_get(d, D_PEER) == NULL) /* dir_get loads the slot offsets */
 		return NULL;
 	PyObject *note = DSLOT(d, D_NOTE);
 	*key = DSLOT(d, D_COMMENT_KEY);
 	*opts = DSLOT(d, D_COMMENT_OPTS);
-	if (as_ll(DSLOT(d, D_PROTO), &ok) != IPPROTO_TCP || note == NULL ||
-	    !PyUnicode_CheckExact(note) || PyUnicode_GET_LENGTH(note) != 0 || *key == NULL ||
-	    !PyTuple_CheckExact(*key) || PyTuple_GET_SIZE(*key) != 5 || *opts == NULL ||
-	    !PyBytes_CheckExact(*opts))
+	if (((Direction *)d)->proto != IPPROTO_TCP || note == NULL || !PyUnicode_CheckExact(note) ||
+	    PyUnicode_GET_LENGTH(note) != 0 || *key == NULL || !PyTuple_CheckExact(*key) ||
+	    PyTuple_GET_SIZE(*key) != 5 || *opts == NULL || !PyBytes_CheckExact(*opts))
 		return NULL;
-	*next_off = as_ll(DSLOT(d, D_NEXT_OFF), &ok);
-	return ok ? d : NULL;
+	*next_off = (long long)((Direction *)d)->next_off;
+	return d;
 }
 
 /* The segment of ``length`` stream bytes at ``off`` (payload: the buffer
@@ -1208,12 +1248,8 @@ static int fast_segment(PyObject *buf, PyObject *d, double ts, long long flags, 
 		      empty_bytes) < 0)
 		return -1;
 	*done = 1;
-	if (off + length > next_off) {
-		PyObject *end = PyLong_FromLongLong(off + length);
-		if (end == NULL)
-			return -1;
-		Py_SETREF(DSLOT(d, D_NEXT_OFF), end);
-	}
+	if (off + length > next_off)
+		((Direction *)d)->next_off = (unsigned long long)(off + length);
 	return 0;
 }
 
@@ -1461,13 +1497,15 @@ PyMODINIT_FUNC PyInit__fastpath(void)
 		PyErr_SetString(PyExc_TypeError, "usniff.events.SOCK_TYPES must be a dict");
 		return NULL;
 	}
-	if (PyType_Ready(&EventHandler) < 0 || PyType_Ready(&PackedType) < 0)
+	if (PyType_Ready(&EventHandler) < 0 || PyType_Ready(&PackedType) < 0 ||
+	    PyType_Ready(&DirectionType) < 0)
 		return NULL;
 	PyObject *m = PyModule_Create(&module);
 	if (m == NULL)
 		return NULL;
 	if (PyModule_AddObjectRef(m, "EventHandler", (PyObject *)&EventHandler) < 0 ||
 	    PyModule_AddObjectRef(m, "Packed", (PyObject *)&PackedType) < 0 ||
+	    PyModule_AddObjectRef(m, "Direction", (PyObject *)&DirectionType) < 0 ||
 	    PyModule_AddIntConstant(m, "EVENT_SIZE", (long)sizeof(struct usniff_event)) < 0 ||
 	    PyModule_AddIntConstant(m, "SPLICE_MIN", SPLICE_MIN) < 0 ||
 	    PyModule_AddIntConstant(m, "RELEASE", RING_RELEASE) < 0) {

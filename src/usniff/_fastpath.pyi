@@ -20,6 +20,17 @@ class Packed:
     def __len__(self) -> int: ...
     def __buffer__(self, flags: int) -> memoryview: ...
 
+class Direction:
+    """Base of pcapng._Dir: a flow direction's numbers, as C values."""
+
+    seq0: int
+    next_off: int
+    l4_sum: int
+    ip_sum: int
+    fin: int
+    proto: int
+    addrs: bytes
+
 class EventHandler:
     """Base of capture.Capture: its per-record ``_handle``."""
 

@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from usniff import __version__
-from usniff._fastpath import Packed, tcp, udp, write_batch
+from usniff._fastpath import Direction, Packed, tcp, udp, write_batch
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, CaptureStats, Record
 from usniff.outputs.base import OutputError
 
@@ -183,27 +183,14 @@ def server_port(client: bytes, server: bytes) -> int:
 # ---------------------------------------------------------------- framing
 
 
-class _Dir:
+class _Dir(Direction):
     """One direction of one flow: the bytes one socket sends.
 
-    ``_fastpath.tcp``/``udp`` read peer, seq0, next_off, fin, l4_sum, ip_sum
-    and addrs straight from these slots."""
+    Its numbers (seq0, next_off, fin, proto, l4_sum, ip_sum, addrs) are C
+    fields of :class:`usniff._fastpath.Direction`, which the C framing reads
+    and advances directly; it reads peer, note and the comment from these slots."""
 
-    __slots__ = (
-        "addrs",
-        "comment_key",
-        "comment_opts",
-        "epb_flags",
-        "fin",
-        "ip_sum",
-        "l4_sum",
-        "next_off",
-        "note",
-        "peer",
-        "pending",
-        "proto",
-        "seq0",
-    )
+    __slots__ = ("comment_key", "comment_opts", "epb_flags", "note", "peer", "pending")
 
     def __init__(self, src: int, dst: int, sport: int, dport: int, proto: int, epb: int) -> None:
         self.addrs = struct.pack("!IIHH", src, dst, sport, dport)
