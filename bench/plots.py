@@ -40,6 +40,24 @@ def plot(results: dict[str, Any], outdir: Path) -> None:
         fig.tight_layout()
         fig.savefig(outdir / "bench-overhead.png", dpi=110)
         plt.close(fig)
+    if results.get("windows"):
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        series = [(f"{r['config'].removeprefix('usniff ')}\nredis {res['workload']}", r["ratios"])
+                  for res in results["windows"] for r in res["rows"]]  # fmt: skip
+        ax.boxplot([v for _, v in series], showfliers=False)
+        for i, (_, v) in enumerate(series, 1):
+            ax.scatter([i] * len(v), v, s=6, alpha=0.4, color="tab:blue")
+        ax.set_xticks(range(1, len(series) + 1), [name for name, _ in series], fontsize=8)
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.axhline(0.97, color="tab:green", lw=0.8, ls="--", label="target 0.97 (filtered out)")
+        ax.axhline(0.8, color="red", lw=0.8, ls="--", label="target 0.80 (pcapng, -P 1)")
+        ax.set_ylabel("window's throughput / untraced windows either side")
+        ax.set_title(f"Overhead in alternating half-second windows of one load\n{subtitle}",
+                     fontsize=10)  # fmt: skip
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(outdir / "bench-windows.png", dpi=110)
+        plt.close(fig)
     if results.get("capacity"):
         fig, axes = plt.subplots(1, 2, figsize=(9, 4))
         for ax, c in zip(axes, results["capacity"], strict=False):
