@@ -167,7 +167,9 @@ def _fmt(c: object) -> str:
     if isinstance(c, float):
         if c != c:
             return "-"
-        return f"{c:,.0f}" if abs(c) >= 100 else f"{c:.3f}"
+        if abs(c) >= 100:
+            return f"{c:,.0f}"
+        return f"{c:.1f}" if abs(c) >= 10 else f"{c:.3f}"
     if isinstance(c, int):
         return f"{c:,}"
     return str(c)
