@@ -155,15 +155,23 @@ typedef struct {
 
 static PyTypeObject DirectionType;
 
+/* The direction d (as its C struct), or NULL and TypeError. */
+static Direction *as_direction(PyObject *d)
+{
+	if (!PyObject_TypeCheck(d, &DirectionType)) {
+		PyErr_Format(PyExc_TypeError, "%R is not a _fastpath.Direction", Py_TYPE(d));
+		return NULL;
+	}
+	return (Direction *)d;
+}
+
 /* An attribute of a _Dir (borrowed); NULL and TypeError if d is not a Direction. */
 static PyObject *dir_get(PyObject *d, int f)
 {
 	if ((PyObject *)Py_TYPE(d) != dir_type) {
 		Py_ssize_t offsets[D_FIELDS];
-		if (!PyObject_TypeCheck(d, &DirectionType)) {
-			PyErr_Format(PyExc_TypeError, "%R is not a _fastpath.Direction", Py_TYPE(d));
+		if (as_direction(d) == NULL)
 			return NULL;
-		}
 		if (member_offsets((PyObject *)Py_TYPE(d), dir_fields, D_FIELDS, offsets) < 0)
 			return NULL;
 		memcpy(dir_offsets, offsets, sizeof offsets);
@@ -347,16 +355,6 @@ static void ipv4_header(const Direction *d, int proto, Py_ssize_t total, unsigne
 	hdr[9] = (unsigned char)proto;
 	put_be16(hdr + 10, (unsigned)(0xFFFF - (d->ip_sum + (uint64_t)total) % 0xFFFF));
 	memcpy(hdr + 12, d->addrs, 12);
-}
-
-/* The direction d (as its C struct), or NULL and TypeError. */
-static Direction *as_direction(PyObject *d)
-{
-	if (!PyObject_TypeCheck(d, &DirectionType)) {
-		PyErr_Format(PyExc_TypeError, "%R is not a _fastpath.Direction", Py_TYPE(d));
-		return NULL;
-	}
-	return (Direction *)d;
 }
 
 typedef struct {
@@ -1219,16 +1217,6 @@ static long long as_ll(PyObject *v, int *ok)
 	return x;
 }
 
-/*
- * The common record of a batch is framed without a Python call
- * (PcapngOutput.write): data on a known TCP direction, one segment (length
- * <= MAX_SEGMENT), no gap before it (offset <= next_off), no note pending,
- * the same comment key (pid, tid, uid, comm, peer_pid) as the direction's
- * previous packet (so its cached comment_opts); write_batch has checked that
- * no rotation is due.  That is Framer._segments' single-segment branch
- * exactly.  *done = 0: not that case, write_batch hands the record to
- * Framer.add.
- */
 #define DSLOT(d, f) (*(PyObject **)((char *)(d) + dir_offsets[f]))
 
 /* The direction of socket ``inode`` if it may be framed here (borrowed), with
@@ -1268,6 +1256,16 @@ static int fast_segment(PyObject *buf, PyObject *d, double ts, long long flags, 
 	return 0;
 }
 
+/*
+ * The common record of a batch is framed without a Python call
+ * (PcapngOutput.write): data on a known TCP direction, one segment (length
+ * <= MAX_SEGMENT), no gap before it (offset <= next_off), no note pending,
+ * the same comment key (pid, tid, uid, comm, peer_pid) as the direction's
+ * previous packet (so its cached comment_opts); write_batch has checked that
+ * no rotation is due.  That is Framer._segments' single-segment branch
+ * exactly.  *done = 0: not that case, write_batch hands the record to
+ * Framer.add.
+ */
 static int fast_record(PyObject *rec, PyObject *dirs, PyObject *buf, double ts, int *done)
 {
 	int ok = 1;
