@@ -63,24 +63,16 @@ struct {
 	__type(value, __u8);
 } comm_filter SEC(".maps");
 
-struct sock_state {
-	__u64 offset; /* next stream offset */
-	__u64 lost_off; /* pending loss, reported before the next record */
-	__u64 lost_len;
-	__u8 announced; /* EV_SOCK delivered */
-	__u8 match; /* 1 = address/type filter passes, 2 = fails */
-	/* header fields read once per peer (a datagram socket may connect again) */
-	__u16 sock_type; /* 0 = not read yet */
-	__u32 peer_pid;
-	__u64 peer; /* the peer sock they describe */
-	__u64 peer_ino;
-};
-
+/*
+ * Keyed by the struct sock's address, not its inode: a client may send before
+ * the server accept()s, when the server's socket has no inode yet but is
+ * already the peer (sock_state).
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
-	__type(key, __u64); /* socket inode */
-	__type(value, struct sock_state);
+	__type(key, __u64);
+	__type(value, struct usniff_sock_state);
 } sockets SEC(".maps");
 
 struct {
@@ -154,7 +146,7 @@ struct copy_ctx {
 	__u64 left; /* stream bytes of this send not yet put in a record */
 	__u64 cap_left; /* bytes we may still copy (snap length) */
 	__u64 offset; /* stream offset of the record being built */
-	__u64 ino;
+	__u64 key; /* the sockets map key of the sending socket */
 	__u32 seg_idx;
 	__u32 nr_segs;
 	__u32 fill; /* payload bytes in the scratch record */
@@ -271,14 +263,64 @@ static __always_inline int task_matches(struct usniff_config *cfg, __u32 pid, __
 	return 1;
 }
 
+/* Next socket id of this capture (usniff_event.sock_id); 0 means "none". */
+__u64 next_id = 1;
+
+/*
+ * The state of socket sk, whose inode is ino (0 while it waits in a
+ * listener's queue), created with a new id on first sight.  The map is keyed
+ * by the sock's address, which the slab reuses once the socket is freed: an
+ * entry whose inode differs from sk's (a socket seen with an inode cannot
+ * lose it) belonged to a socket that is gone, and starts afresh.  An entry
+ * first made for a queued peer takes its inode when accept() gave it one.
+ */
+static __always_inline struct usniff_sock_state *sock_state(struct sock *sk, __u64 ino)
+{
+	struct usniff_sock_state *st, fresh = {};
+	__u64 key = (__u64)sk;
+
+	st = bpf_map_lookup_elem(&sockets, &key);
+	if (st) {
+		if (st->ino == ino)
+			return st;
+		if (!st->ino) {
+			st->ino = ino;
+			return st;
+		}
+	}
+	fresh.id = __sync_fetch_and_add(&next_id, 1);
+	fresh.ino = ino;
+	/* two CPUs meeting a new socket at once: one entry wins, both use it */
+	bpf_map_update_elem(&sockets, &key, &fresh, st ? BPF_ANY : BPF_NOEXIST);
+	return bpf_map_lookup_elem(&sockets, &key);
+}
+
+/* The name of the process whose pid p is (its thread group leader's comm). */
+static __always_inline void pid_comm(struct pid *p, char *comm)
+{
+	struct hlist_node *first;
+	struct task_struct *t;
+
+	if (!p)
+		return;
+	first = BPF_CORE_READ(p, tasks[PIDTYPE_TGID].first);
+	if (!first)
+		return; /* the process has exited */
+	t = (void *)first - bpf_core_field_offset(struct task_struct, pid_links) -
+	    PIDTYPE_TGID * sizeof(struct hlist_node);
+	bpf_probe_read_kernel_str(comm, USNIFF_COMM_LEN, &t->comm);
+}
+
 /*
  * Fill st's cached header fields.  A connected stream or seqpacket socket
  * keeps its peer for life; a datagram socket's may change with connect().
- * The peer's inode stays unknown while it waits in the listener's queue (a
- * client may send before accept()), so it is looked up again until found.
+ * The peer has an id from the start, but no inode while it waits in the
+ * listener's queue (a client may send before accept()), so that is looked
+ * up again until found.
  */
-static __always_inline void cache_peer(struct sock_state *st, struct sock *sk)
+static __always_inline void cache_peer(struct usniff_sock_state *st, struct sock *sk)
 {
+	struct usniff_sock_state *ps;
 	struct sock *peer;
 
 	if (st->peer_ino && st->sock_type != SOCK_DGRAM)
@@ -286,10 +328,18 @@ static __always_inline void cache_peer(struct sock_state *st, struct sock *sk)
 	peer = BPF_CORE_READ((struct unix_sock *)sk, peer);
 	if (st->sock_type && st->peer == (__u64)peer && (st->peer_ino || !peer))
 		return;
-	st->peer = (__u64)peer;
 	st->peer_ino = peer ? sock_ino(peer) : 0;
-	st->peer_pid = peer_pid(sk);
-	st->sock_type = BPF_CORE_READ(sk, sk_type);
+	if (!st->sock_type || st->peer != (__u64)peer) {
+		st->peer = (__u64)peer;
+		st->peer_id = 0;
+		ps = peer ? sock_state(peer, st->peer_ino) : NULL;
+		if (ps)
+			st->peer_id = ps->id;
+		st->peer_pid = peer_pid(sk);
+		__builtin_memset(st->peer_comm, 0, sizeof(st->peer_comm));
+		pid_comm(BPF_CORE_READ(sk, sk_peer_pid), st->peer_comm);
+		st->sock_type = BPF_CORE_READ(sk, sk_type);
+	}
 }
 
 /*
@@ -297,10 +347,12 @@ static __always_inline void cache_peer(struct sock_state *st, struct sock *sk)
  * than through three helpers: on this machine every kernel return goes
  * through a thunk (SRSO "Safe RET"), so each helper call is dear.
  */
-static __always_inline void fill_hdr(struct usniff_event *h, struct sock_state *st, __u64 ino,
+static __always_inline void fill_hdr(struct usniff_event *h, struct usniff_sock_state *st, __u64 ino,
 				     __u16 kind, __u64 ts, struct task_struct *task)
 {
 	h->ts_ns = ts ? ts : bpf_ktime_get_ns();
+	h->sock_id = st->id;
+	h->peer_id = st->peer_id;
 	h->inode = ino;
 	h->peer_inode = st->peer_ino;
 	h->pid = task->tgid;
@@ -316,6 +368,7 @@ static __always_inline void fill_hdr(struct usniff_event *h, struct sock_state *
 	h->caplen = 0;
 	h->offset = 0;
 	__builtin_memcpy(h->comm, task->comm, sizeof(h->comm));
+	__builtin_memcpy(h->peer_comm, st->peer_comm, sizeof(h->peer_comm));
 }
 
 /*
@@ -382,7 +435,7 @@ static __always_inline void count_record(__u64 len)
 	stat_add(USNIFF_STAT_BYTES, len);
 }
 
-static __always_inline void output_record(struct scratch *s, struct sock_state *st)
+static __always_inline void output_record(struct scratch *s, struct usniff_sock_state *st)
 {
 	struct usniff_event lost;
 	__u32 size = sizeof(s->hdr) + (s->hdr.caplen & (2 * USNIFF_CHUNK - 1));
@@ -427,7 +480,7 @@ static __always_inline void data_hdr(struct usniff_event *h, struct copy_ctx *c,
 }
 
 static __always_inline void output_chunk(struct copy_ctx *c, struct scratch *s,
-					 struct sock_state *st, __u16 last)
+					 struct usniff_sock_state *st, __u16 last)
 {
 	data_hdr(&s->hdr, c, c->rec_len, c->fill, last);
 	output_record(s, st);
@@ -437,7 +490,7 @@ static __always_inline void output_chunk(struct copy_ctx *c, struct scratch *s,
 
 static __always_inline void flush_chunk(struct copy_ctx *c, struct scratch *s, __u16 last)
 {
-	struct sock_state *st = bpf_map_lookup_elem(&sockets, &c->ino);
+	struct usniff_sock_state *st = bpf_map_lookup_elem(&sockets, &c->key);
 
 	if (st)
 		output_chunk(c, s, st, last);
@@ -456,7 +509,7 @@ struct chunk_record {
  */
 static __always_inline int direct_chunk(struct copy_ctx *c, struct scratch *s)
 {
-	struct sock_state *st = bpf_map_lookup_elem(&sockets, &c->ino);
+	struct usniff_sock_state *st = bpf_map_lookup_elem(&sockets, &c->key);
 	struct chunk_record *r;
 
 	if (!st || st->lost_len) /* a pending loss is reported first, by output_record */
@@ -555,7 +608,7 @@ unreadable: /* keep what was copied; count the rest as lost, never invent */
 	s->hdr.caplen = 0;
 	s->hdr.flags = USNIFF_F_UNCOPYABLE;
 	{
-		struct sock_state *st = bpf_map_lookup_elem(&sockets, &c->ino);
+		struct usniff_sock_state *st = bpf_map_lookup_elem(&sockets, &c->key);
 
 		if (st)
 			output_record(s, st);
@@ -617,7 +670,7 @@ static __always_inline int emit_send(struct sock *sk, long sent, struct send_src
 {
 	__u32 zero = 0;
 	struct usniff_config *cfg = bpf_map_lookup_elem(&cfg_map, &zero);
-	struct sock_state *st, fresh = {};
+	struct usniff_sock_state *st;
 	struct task_struct *task;
 	struct copy_ctx *c;
 	struct scratch *s;
@@ -634,15 +687,12 @@ static __always_inline int emit_send(struct sock *sk, long sent, struct send_src
 		if (!ino)
 			return 0;
 	}
-	st = bpf_map_lookup_elem(&sockets, &ino);
-	if (!st) {
-		fresh.match = sock_matches(sk, cfg) ? 1 : 2;
-		bpf_map_update_elem(&sockets, &ino, &fresh, BPF_NOEXIST);
-		st = bpf_map_lookup_elem(&sockets, &ino);
-		if (!st)
-			return 0;
-	}
+	st = sock_state(sk, ino);
+	if (!st)
+		return 0;
 	match = st->match;
+	if (!match)
+		st->match = match = sock_matches(sk, cfg) ? 1 : 2;
 	if (match != 1 && !(src->name_len && cfg->filter_path && dest_matches(src)))
 		return SEND_REJECTED;
 	cache_peer(st, sk);
@@ -667,7 +717,7 @@ static __always_inline int emit_send(struct sock *sk, long sent, struct send_src
 	c = &s->c;
 	__builtin_memset(c, 0, sizeof(*c));
 	c->offset = __sync_fetch_and_add(&st->offset, sent);
-	c->ino = ino;
+	c->key = (__u64)sk;
 	c->left = sent;
 	c->cap_left = cfg->snaplen ? cfg->snaplen : sent;
 	c->first = 1;

@@ -30,8 +30,10 @@ enum usniff_flags {
 struct usniff_event {
 	__u64 ts_ns; /* CLOCK_MONOTONIC */
 	__u64 offset; /* first byte's position in the sender's stream */
+	__u64 sock_id; /* this capture's id of the sending socket: known from its first byte */
+	__u64 peer_id; /* its peer's id; 0 when unconnected */
 	__u64 inode; /* sender socket inode */
-	__u64 peer_inode; /* 0 when unconnected */
+	__u64 peer_inode; /* 0 when unconnected, or while the peer waits to be accept()ed */
 	__u32 pid;
 	__u32 tid;
 	__u32 uid;
@@ -45,6 +47,28 @@ struct usniff_event {
 	__u8 path_is_own; /* EV_SOCK: the address is the sender's own */
 	__u8 _pad[7];
 	char comm[USNIFF_COMM_LEN];
+	char peer_comm[USNIFF_COMM_LEN]; /* the peer process's name, "" when unknown */
+};
+
+/*
+ * Per socket (the sockets map, keyed by the struct sock's address): the
+ * collector reads pending losses from it at the end of a capture.
+ */
+struct usniff_sock_state {
+	__u64 id; /* usniff_event.sock_id */
+	__u64 ino; /* the socket's inode when it was last seen (0: none yet) */
+	__u64 offset; /* next stream offset */
+	__u64 lost_off; /* pending loss, reported before the next record */
+	__u64 lost_len;
+	/* header fields read once per peer (a datagram socket may connect again) */
+	__u64 peer; /* the peer sock they describe */
+	__u64 peer_id;
+	__u64 peer_ino;
+	__u32 peer_pid;
+	__u16 sock_type; /* 0 = not read yet */
+	__u8 announced; /* EV_SOCK delivered */
+	__u8 match; /* 0 = not decided yet, 1 = address/type filter passes, 2 = fails */
+	char peer_comm[USNIFF_COMM_LEN];
 };
 
 /* Written once by the collector before attaching. */

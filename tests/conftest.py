@@ -2,9 +2,13 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
+import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -14,6 +18,7 @@ from recorder import load_records  # noqa: E402
 from usniff.events import Record  # noqa: E402
 
 CAPTURES = Path(__file__).resolve().parent.parent / "captures"
+PROGS = Path(__file__).resolve().parent / "progs"
 
 # ci: every decoder sees >= 100k fuzz inputs (inputs are batched per example, see
 # test_fuzz_decoders.py); nightly: 20x more.  Select with HYPOTHESIS_PROFILE=nightly.
@@ -27,3 +32,20 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 def capture(name: str) -> tuple[Record, ...]:
     """Records of captures/<name>.jsonl.gz (recorded from real servers by captures/record.py)."""
     return tuple(load_records(CAPTURES / f"{name}.jsonl.gz"))
+
+
+@pytest.fixture(scope="session")
+def c_prog(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], str]:
+    """c_prog(name) -> the path of tests/progs/<name>.c, compiled once per session."""
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    assert gcc, "the live tests need a C compiler for tests/progs/*.c (setup.sh installs gcc)"
+    outdir = tmp_path_factory.mktemp("progs")
+
+    def _build(name: str) -> str:
+        out = outdir / name
+        if not out.exists():
+            subprocess.run([gcc, "-O2", "-Wall", "-Werror", "-pthread", "-o", str(out),
+                            str(PROGS / f"{name}.c")], check=True)  # fmt: skip
+        return str(out)
+
+    return _build

@@ -93,6 +93,8 @@ class Conn:
             comm=self.server_comm if from_server else self.client_comm,
             inode=inode,
             peer_inode=peer,
+            sock_id=inode,
+            peer_id=peer,
             sock_type=self.sock_type,
             path=self.path,
             path_is_own=from_server,

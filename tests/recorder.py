@@ -107,8 +107,9 @@ class Relay:
                 data = b""
             ts = time.time()
             base = Record(
-                ts, pid, pid, 0, comm, inode, peer, "stream", self.upstream, own, offset, 0
-            )
+                ts, pid, pid, 0, comm, inode, peer, "stream", self.upstream, own, offset, 0,
+                sock_id=inode, peer_id=peer,
+            )  # fmt: skip
             if not data:
                 with self._lock:
                     self.records.append(dataclasses.replace(base, kind="close"))

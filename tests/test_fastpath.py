@@ -19,47 +19,50 @@ def bare_capture() -> capture.Capture:
     cap.stats = CaptureStats()
     cap._clock = 1.7e9
     cap._sock_info, cap._dest, cap._in_dest = {}, {}, {}
-    cap._batch, cap._pending, cap._unknown_peer = [], [], []
-    cap._peer_of, cap._last = {}, {}
+    cap._batch, cap._pending, cap._last = [], [], {}
     cap.packed = False
     return cap
 
 
 def event(kind: int, ino: int, peer: int, data: bytes = b"", **kw: int | bytes) -> memoryview:
+    """A ring record of socket ``ino`` (its sock_id is ino + 1000, its peer's peer + 1000)."""
     f = {"ts": 123_456_789_012, "off": 5, "pid": 7, "tid": 8, "uid": 9, "ppid": 10, "flags": 3}
     f.update(kw)  # type: ignore[arg-type]
     length = f.pop("length", len(data))
     hdr = capture._EVENT.pack(
-        f["ts"], f["off"], ino, peer, f["pid"], f["tid"], f["uid"], f["ppid"], length,
+        f["ts"], f["off"], ino + 1000, peer + 1000 if peer else 0,
+        ino, f.get("peer_inode", peer), f["pid"], f["tid"], f["uid"], f["ppid"], length,
         len(data) if kind == capture.EV_DATA else 0, kind, f["flags"], f.get("stype", 1),
         f.get("addr_len", 0), f.get("own", 0), f.get("comm", b"redis-cli\0"),
+        f.get("peer_comm", b"redis-server\0"),
     )  # fmt: skip
     return memoryview(hdr + data)
 
 
 def test_event_layout_matches() -> None:
     assert capture._EVENT.size == _fastpath.EVENT_SIZE
+    assert capture._STATE.size == _fastpath.SOCK_STATE_SIZE
 
 
 def test_handle_builds_records() -> None:
     cap = bare_capture()
     addr = b"/run/r.sock\0"
     cap._handle(event(capture.EV_SOCK, 11, 0, addr, addr_len=len(addr), own=1))
-    assert cap._sock_info == {11: ("/run/r.sock", True)}
+    assert cap._sock_info == {1011: ("/run/r.sock", True)}
     cap._handle(event(capture.EV_DATA, 11, 12, b"+OK\r\n", comm=b"bad\xff\0" + b"x" * 11))
     cap._handle(event(capture.EV_LOST, 11, 12, length=40, off=10, stype=9))
     data, lost = cap._batch
     assert data == Record(
         1.7e9 + 123_456_789_012 / 1e9, 7, 8, 9, "bad\ufffd", 11, 12, "stream", "/run/r.sock",
-        True, 5, 5, b"+OK\r\n", 0, 3, "data", 10,
+        True, 5, 5, b"+OK\r\n", 0, 3, "data", 10, 1011, 1012, "redis-server",
     )  # fmt: skip
     assert lost == Record(
         1.7e9 + 123_456_789_012 / 1e9, 7, 8, 9, "redis-cli", 11, 12, "9", "/run/r.sock",
-        True, 10, 40, b"", 40, 3, "lost", 10,
+        True, 10, 40, b"", 40, 3, "lost", 10, 1011, 1012, "redis-server",
     )  # fmt: skip
     st = cap.stats
     assert (st.records, st.bytes, st.bytes_kept, st.lost_records, st.lost_bytes) == (1, 5, 5, 1, 40)
-    assert cap._peer_of == {11: 12, 12: 11} and cap._last == {11: lost}
+    assert cap._last == {1011: lost}
 
 
 def test_records_are_left_out_of_the_cyclic_gc() -> None:
@@ -78,14 +81,14 @@ def test_attributes_a_callback_rebinds_are_read_again() -> None:
     cap = bare_capture()
     old_batch, old_last = cap._batch, cap._last
 
-    def lookup(ino: int, peer: int) -> tuple[str, bool]:
+    def lookup(sock_id: int, ino: int, peer: int) -> tuple[str, bool]:
         cap._batch, cap._last = [], {}
         return ("/run/r.sock", False)
 
     cap._lookup = lookup  # type: ignore[method-assign]
     cap._handle(event(capture.EV_DATA, 11, 12, b"+OK\r\n"))
     (rec,) = cap._batch
-    assert rec.path == "/run/r.sock" and cap._last == {11: rec}
+    assert rec.path == "/run/r.sock" and cap._last == {1011: rec}
     assert old_batch == [] and old_last == {}
 
 
@@ -106,8 +109,8 @@ def test_packed_records_are_the_same_records() -> None:
     for packed in (False, True):
         cap = bare_capture()
         cap.packed = packed
-        cap._sock_info[13] = ("/run/log", False)
-        cap._lookup = lambda ino, peer: ("", False)  # type: ignore[method-assign]
+        cap._sock_info[1013] = ("/run/log", False)
+        cap._lookup = lambda sock_id, ino, peer: ("", False)  # type: ignore[method-assign]
         for ev in evs:
             cap._handle(ev)
         caps.append(cap)
@@ -119,8 +122,8 @@ def test_packed_records_are_the_same_records() -> None:
     first = packed._batch[0]
     assert isinstance(first, _fastpath.Packed)
     assert (first.ts, len(first), bytes(memoryview(first))) == (plain._batch[0].ts, 5, b"+OK\r\n")
-    assert packed.stats == plain.stats and packed._peer_of == plain._peer_of
-    assert packed._last[15] is packed._batch[-1]
+    assert packed.stats == plain.stats
+    assert packed._last[1015] is packed._batch[-1]
 
 
 def _records_for_pcapng() -> list[memoryview]:
@@ -163,7 +166,10 @@ def test_packed_pcapng_is_byte_identical(tmp_path: object) -> None:
     for packed in (False, True):
         cap = bare_capture()
         cap.packed = packed
-        cap._lookup = lambda ino, peer: ("/run/other.sock", False)  # type: ignore[method-assign]
+        cap._lookup = lambda sock_id, ino, peer: (  # type: ignore[method-assign]
+            "/run/other.sock",
+            False,
+        )
         path = f"{tmp_path}/{packed}.pcapng"
         out = PcapngOutput(path, snaplen=0, clock=lambda: 1.7e9)
         evs = _records_for_pcapng()
@@ -241,7 +247,7 @@ def test_drain_walks_ring() -> None:
     put(bytes(event(capture.EV_DATA, 11, 12, b"three")), busy=True)
 
     assert _fastpath.drain(cap, cons, prod, 1) == first  # limit: the first record only
-    assert [r.data for r in cap._batch] == [] and cap._sock_info == {11: ("/run/r.sock", True)}
+    assert [r.data for r in cap._batch] == [] and cap._sock_info == {1011: ("/run/r.sock", True)}
     assert len(announced) == 1
     with pytest.raises(ValueError):
         bytes(announced[0])  # released after the call: the ring space is reused
@@ -250,8 +256,8 @@ def test_drain_walks_ring() -> None:
     assert (cap.stats.records, cap.stats.bytes) == (2, 7)  # added once, at the end of the drain
     assert struct.unpack_from("<Q", cons)[0] == done  # stopped at the busy record
 
-    cap._sock_info = {}  # the next record's inode is unknown: _lookup raises
-    cap._lookup = lambda ino, peer: 1 / 0  # type: ignore[method-assign,assignment]
+    cap._sock_info = {}  # the next record's socket is unknown: _lookup raises
+    cap._lookup = lambda sock_id, ino, peer: 1 / 0  # type: ignore[method-assign,assignment]
     busy_at = done
     ring[busy_at % size + 3] &= 0x7F  # committed now
     prod[page:] = ring + ring

@@ -28,6 +28,7 @@ def rec(
     fields: dict[str, object] = dict(
         ts=ts, pid=1, tid=1, uid=0, comm="c", inode=inode, peer_inode=peer, sock_type="stream",
         path="/run/x.sock", path_is_own=own, offset=offset, length=len(data), data=data,
+        sock_id=inode, peer_id=peer,
     )  # fmt: skip
     fields.update(kw)
     return Record(**fields)  # type: ignore[arg-type]
@@ -54,17 +55,17 @@ def stream(events: list[StreamEvent], direction: Direction) -> list[tuple[str, i
 def test_roles_open_and_in_order_delivery() -> None:
     events = run([rec(0, b"GET"), rec(0, b"+OK", inode=SERVER), rec(3, b" k")])
     assert isinstance(events[0], Open)
-    assert (events[0].client_inode, events[0].server_inode, events[0].roles_known) == (
+    assert (events[0].client_id, events[0].server_id, events[0].roles_known) == (
         CLIENT, SERVER, True,
     )  # fmt: skip
     assert stream(events, Direction.CLIENT) == [("data", 0, b"GET"), ("data", 3, b" k")]
     assert stream(events, Direction.SERVER) == [("data", 0, b"+OK")]
 
 
-def test_socketpair_lower_inode_is_client() -> None:
+def test_socketpair_lower_id_is_client() -> None:
     events = run([rec(0, b"x", inode=SERVER, path="", path_is_own=False)])
     assert isinstance(events[0], Open)
-    assert (events[0].client_inode, events[0].roles_known) == (CLIENT, False)
+    assert (events[0].client_id, events[0].roles_known) == (CLIENT, False)
     assert stream(events, Direction.SERVER) == [("data", 0, b"x")]
 
 
@@ -163,7 +164,7 @@ def test_close_flushes_direction_and_forgets_connection() -> None:
 
 def test_conn_key() -> None:
     assert conn_key(rec(0, b"x", inode=SERVER)) == (CLIENT, SERVER)
-    dgram = rec(0, b"x", peer_inode=0, sock_type="dgram", path="/dev/log")
+    dgram = rec(0, b"x", peer_inode=0, peer_id=0, sock_type="dgram", path="/dev/log")
     assert conn_key(dgram) == (CLIENT, 0, "/dev/log")
 
 

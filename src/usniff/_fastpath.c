@@ -72,7 +72,8 @@
 #include <linux/types.h>
 #include "usniff.h"
 
-_Static_assert(sizeof(struct usniff_event) == 88, "capture._EVENT is 88 bytes");
+_Static_assert(sizeof(struct usniff_event) == 120, "capture._EVENT is 120 bytes");
+_Static_assert(sizeof(struct usniff_sock_state) == 88, "capture._STATE is 88 bytes");
 
 enum { SOCK_STREAM = 1, SOCK_DGRAM = 2 };
 
@@ -87,7 +88,7 @@ enum { SOCK_STREAM = 1, SOCK_DGRAM = 2 };
 
 /* interned attribute names, and objects looked up once */
 static PyObject *s_splice, *s_sock_info, *s_dest, *s_in_dest, *s_clock, *s_stats,
-	*s_peer_of, *s_unknown_peer, *s_batch, *s_last, *s_lookup,
+	*s_batch, *s_last, *s_lookup,
 	*s_destination, *s_count_loss, *s_announce, *s_data, *s_lost, *s_release,
 	*s_dirs, *s_packets, *s_parts_size, *s_add, *s_packed;
 static PyObject *Record;     /* usniff.events.Record */
@@ -522,10 +523,11 @@ static PyObject *fp_udp(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
  * exactly these fields, in this order, that both classes keep them in plain
  * slots and that neither has a __post_init__, and fails the import otherwise.
  */
-#define RECORD_FIELDS 17
+#define RECORD_FIELDS 20
 static const char *const record_fields[RECORD_FIELDS] = {
-	"ts",	  "pid",	 "tid",	   "uid",    "comm", "inode", "peer_inode", "sock_type", "path",
-	"path_is_own", "offset", "length", "data", "lost", "flags", "kind",	   "peer_pid",
+	"ts",	 "pid",	  "tid",    "uid",	"comm",	   "inode",   "peer_inode",
+	"sock_type", "path",	  "path_is_own", "offset", "length", "data",	"lost",
+	"flags",	 "kind",	  "peer_pid",	   "sock_id",	"peer_id", "peer_comm",
 };
 static Py_ssize_t record_offsets[RECORD_FIELDS];
 #define STATS_FIELDS 3
@@ -621,7 +623,7 @@ static PyObject *attr_list(PyObject *attrs, PyObject *name)
  */
 struct cap_attrs {
 	PyObject *dict; /* the instance dict; its owner holds the reference */
-	PyObject *sock_info, *dest, *in_dest, *peer_of, *last, *batch, *unknown_peer;
+	PyObject *sock_info, *dest, *in_dest, *last, *batch;
 	double clock;
 	int packed; /* Capture.packed: common data records become Packed */
 };
@@ -632,10 +634,8 @@ static int cap_load(struct cap_attrs *ca)
 	if ((ca->sock_info = attr_dict(d, s_sock_info)) == NULL ||
 	    (ca->dest = attr_dict(d, s_dest)) == NULL ||
 	    (ca->in_dest = attr_dict(d, s_in_dest)) == NULL ||
-	    (ca->peer_of = attr_dict(d, s_peer_of)) == NULL ||
 	    (ca->last = attr_dict(d, s_last)) == NULL ||
 	    (ca->batch = attr_list(d, s_batch)) == NULL ||
-	    (ca->unknown_peer = attr_list(d, s_unknown_peer)) == NULL ||
 	    (clock = attr(d, s_clock)) == NULL || (packed = attr(d, s_packed)) == NULL ||
 	    (ca->packed = PyObject_IsTrue(packed)) < 0)
 		return -1;
@@ -800,7 +800,8 @@ static PyObject *sock_type_name(uint16_t type)
 
 /*
  * Record(ts, pid, tid, uid, comm, inode, peer_inode, sock_type, path,
- * path_is_own, offset, length, data, lost, flags, kind, peer_pid) of a ring
+ * path_is_own, offset, length, data, lost, flags, kind, peer_pid, sock_id,
+ * peer_id, peer_comm) of a ring
  * record (the drain; Packed.record): body[0:n] is its payload; a loss record
  * has none and lost == length.
  */
@@ -826,6 +827,9 @@ static PyObject *make_record(const struct usniff_event *ev, double ts, const cha
 		Py_NewRef(flags),
 		Py_NewRef(lost ? s_lost : s_data),
 		id_int(ev->peer_pid),
+		id_int(ev->sock_id),
+		id_int(ev->peer_id),
+		comm_name(ev->peer_comm),
 	};
 	for (int i = 0; i < RECORD_FIELDS; i++)
 		if (args[i] == NULL) {
@@ -858,6 +862,7 @@ static PyMethodDef packed_methods[] = {
 
 static PyMemberDef packed_members[] = {
 	{"ts", T_DOUBLE, offsetof(Packed, ts), READONLY, "wall clock, epoch seconds"},
+	{"inode", T_ULONGLONG, offsetof(Packed, ev.inode), READONLY, "the sending socket's inode"},
 	{NULL, 0, 0, 0, NULL},
 };
 
@@ -905,26 +910,26 @@ static int stats_flush(PyObject *attrs, uint64_t *acc, int rc)
 static int handle_record(PyObject *self, struct cap_attrs *ca, const struct usniff_event *ev,
 			 const char *body, Py_ssize_t body_len, uint64_t *acc)
 {
-	PyObject *ino = NULL, *peer = NULL, *info = NULL, *path, *is_own, *flags = NULL,
-		 *dest_info = NULL, *r = NULL;
+	PyObject *id = NULL, *ino = NULL, *peer = NULL, *info = NULL, *path, *is_own,
+		 *flags = NULL, *dest_info = NULL, *r = NULL;
 	int rc = -1, lost = ev->kind == USNIFF_EV_LOST;
 	Py_ssize_t n = (Py_ssize_t)ev->caplen < body_len ? (Py_ssize_t)ev->caplen : body_len;
 	double ts = ca->clock + (double)ev->ts_ns / 1e9;
 
-	ino = id_int(ev->inode);
-	peer = id_int(ev->peer_inode);
+	id = id_int(ev->sock_id);
 	flags = PyLong_FromLong(ev->flags);
-	if (ino == NULL || peer == NULL || flags == NULL)
+	if (id == NULL || flags == NULL)
 		goto out;
 
-	/* path, is_own = self._sock_info.get(ino) or self._lookup(ino, peer) */
-	info = PyDict_GetItemWithError(ca->sock_info, ino);
+	/* path, is_own = self._sock_info.get(id) or self._lookup(id, inode, peer_inode) */
+	info = PyDict_GetItemWithError(ca->sock_info, id);
 	Py_XINCREF(info);
 	if (info == NULL) {
-		if (PyErr_Occurred())
+		if (PyErr_Occurred() || (ino = id_int(ev->inode)) == NULL ||
+		    (peer = id_int(ev->peer_inode)) == NULL)
 			goto out;
-		PyObject *a[3] = {self, ino, peer};
-		if ((info = cap_call(ca, s_lookup, a, 3)) == NULL)
+		PyObject *a[4] = {self, id, ino, peer};
+		if ((info = cap_call(ca, s_lookup, a, 4)) == NULL)
 			goto out;
 	}
 	PyObject *pi[2];
@@ -933,14 +938,14 @@ static int handle_record(PyObject *self, struct cap_attrs *ca, const struct usni
 	path = pi[0];
 	is_own = pi[1];
 
-	if (ca->packed && !lost && ev->peer_inode && ev->sock_type == SOCK_STREAM &&
+	if (ca->packed && !lost && ev->peer_id && ev->sock_type == SOCK_STREAM &&
 	    !PyDict_GET_SIZE(ca->dest) && !PyDict_GET_SIZE(ca->in_dest)) {
 		if ((r = (PyObject *)packed_new(ev, ts, body, n, path, is_own)) == NULL)
 			goto out;
 	} else {
 		/* datagram destinations, only while one is known */
 		if (PyDict_GET_SIZE(ca->dest) || PyDict_GET_SIZE(ca->in_dest)) {
-			PyObject *a[5] = {self, ino, path, is_own, flags};
+			PyObject *a[5] = {self, id, path, is_own, flags};
 			dest_info = cap_call(ca, s_destination, a, 5);
 			PyObject *di[3];
 			if (dest_info == NULL || unpack(dest_info, 3, di) < 0)
@@ -955,7 +960,7 @@ static int handle_record(PyObject *self, struct cap_attrs *ca, const struct usni
 
 	if (lost) {
 		PyObject *length = PyLong_FromUnsignedLong(ev->len);
-		PyObject *a[3] = {self, ino, length};
+		PyObject *a[3] = {self, r, length};
 		PyObject *res = length == NULL ? NULL : cap_call(ca, s_count_loss, a, 3);
 		Py_XDECREF(length);
 		if (res == NULL)
@@ -966,26 +971,9 @@ static int handle_record(PyObject *self, struct cap_attrs *ca, const struct usni
 		acc[1] += ev->len;
 		acc[2] += ev->caplen;
 	}
-
-	if (ev->peer_inode) {
-		PyObject *peer_of = ca->peer_of;
-		PyObject *cur = PyDict_GetItemWithError(peer_of, ino);
-		if (cur == NULL && PyErr_Occurred())
-			goto out;
-		int same = cur != NULL ? PyObject_RichCompareBool(cur, peer, Py_EQ) : 0;
-		if (same < 0 || (!same && (PyDict_SetItem(peer_of, ino, peer) < 0 ||
-					   PyDict_SetItem(peer_of, peer, ino) < 0)))
-			goto out;
-	} else if (ev->sock_type != SOCK_DGRAM) {
-		/* a client may send before the server accept()s: the server's socket
-		 * has no inode yet; a later record of either side will name the pair */
-		int own = PyObject_IsTrue(is_own);
-		if (own < 0 || (!own && PyList_Append(ca->unknown_peer, r) < 0))
-			goto out;
-	}
 	if (PyList_Append(ca->batch, r) < 0)
 		goto out;
-	rc = PyDict_SetItem(ca->last, ino, r);
+	rc = PyDict_SetItem(ca->last, id, r);
 out:
 	Py_XDECREF(r);
 	Py_XDECREF(dest_info);
@@ -993,6 +981,7 @@ out:
 	Py_XDECREF(flags);
 	Py_XDECREF(peer);
 	Py_XDECREF(ino);
+	Py_XDECREF(id);
 	return rc;
 }
 
@@ -1200,7 +1189,7 @@ out:
 /* ------------------------------------------------------------ pcapng batch */
 
 enum { R_TS = 0, R_PID, R_TID, R_UID, R_COMM, R_INODE, R_PEER_INODE, R_OFFSET = 10, R_LENGTH,
-       R_DATA, R_FLAGS = 14, R_KIND, R_PEER_PID };
+       R_DATA, R_FLAGS = 14, R_KIND, R_PEER_PID, R_SOCK_ID, R_PEER_ID, R_PEER_COMM };
 
 #define RSLOT(r, i) (*(PyObject **)((char *)(r) + record_offsets[i]))
 
@@ -1218,13 +1207,14 @@ static long long as_ll(PyObject *v, int *ok)
 }
 
 #define DSLOT(d, f) (*(PyObject **)((char *)(d) + dir_offsets[f]))
+#define COMMENT_KEY 6 /* pcapng._Dir.comment_key: pid, tid, uid, comm, peer_pid, peer_comm */
 
-/* The direction of socket ``inode`` if it may be framed here (borrowed), with
+/* The direction of socket ``sock_id`` if it may be framed here (borrowed), with
  * its comment key and options and next offset; NULL with no error if not. */
-static PyObject *fast_dir(PyObject *dirs, PyObject *inode, PyObject **key, PyObject **opts,
+static PyObject *fast_dir(PyObject *dirs, PyObject *sock_id, PyObject **key, PyObject **opts,
 			  long long *next_off)
 {
-	PyObject *d = PyDict_GetItemWithError(dirs, inode);
+	PyObject *d = PyDict_GetItemWithError(dirs, sock_id);
 	if (d == NULL || dir_get(d, D_PEER) == NULL) /* dir_get loads the slot offsets */
 		return NULL;
 	PyObject *note = DSLOT(d, D_NOTE);
@@ -1232,7 +1222,7 @@ static PyObject *fast_dir(PyObject *dirs, PyObject *inode, PyObject **key, PyObj
 	*opts = DSLOT(d, D_COMMENT_OPTS);
 	if (((Direction *)d)->proto != IPPROTO_TCP || note == NULL || !PyUnicode_CheckExact(note) ||
 	    PyUnicode_GET_LENGTH(note) != 0 || *key == NULL || !PyTuple_CheckExact(*key) ||
-	    PyTuple_GET_SIZE(*key) != 5 || *opts == NULL || !PyBytes_CheckExact(*opts))
+	    PyTuple_GET_SIZE(*key) != COMMENT_KEY || *opts == NULL || !PyBytes_CheckExact(*opts))
 		return NULL;
 	*next_off = (long long)((Direction *)d)->next_off;
 	return d;
@@ -1260,7 +1250,7 @@ static int fast_segment(PyObject *buf, PyObject *d, double ts, long long flags, 
  * The common record of a batch is framed without a Python call
  * (PcapngOutput.write): data on a known TCP direction, one segment (length
  * <= MAX_SEGMENT), no gap before it (offset <= next_off), no note pending,
- * the same comment key (pid, tid, uid, comm, peer_pid) as the direction's
+ * the same comment key (pid, tid, uid, comm, peer_pid, peer_comm) as the direction's
  * previous packet (so its cached comment_opts); write_batch has checked that
  * no rotation is due.  That is Framer._segments' single-segment branch
  * exactly.  *done = 0: not that case, write_batch hands the record to
@@ -1270,24 +1260,25 @@ static int fast_record(PyObject *rec, PyObject *dirs, PyObject *buf, double ts, 
 {
 	int ok = 1;
 	*done = 0;
-	PyObject *kind = RSLOT(rec, R_KIND), *inode = RSLOT(rec, R_INODE), *data = RSLOT(rec, R_DATA);
-	if (kind == NULL || inode == NULL || data == NULL)
+	PyObject *kind = RSLOT(rec, R_KIND), *id = RSLOT(rec, R_SOCK_ID), *data = RSLOT(rec, R_DATA);
+	if (kind == NULL || id == NULL || data == NULL)
 		return 0;
 	if (kind != s_data && !(PyUnicode_CheckExact(kind) && PyUnicode_Compare(kind, s_data) == 0))
 		return 0;
-	if (as_ll(RSLOT(rec, R_PEER_INODE), &ok) == 0 || !ok) /* unconnected: (inode, path) keys */
+	if (as_ll(RSLOT(rec, R_PEER_ID), &ok) == 0 || !ok) /* unconnected: (sock_id, path) keys */
 		return 0;
 	PyObject *key, *opts;
 	long long next_off;
-	PyObject *d = fast_dir(dirs, inode, &key, &opts, &next_off);
+	PyObject *d = fast_dir(dirs, id, &key, &opts, &next_off);
 	if (d == NULL)
 		return PyErr_Occurred() ? -1 : 0;
 	long long length = as_ll(RSLOT(rec, R_LENGTH), &ok), off = as_ll(RSLOT(rec, R_OFFSET), &ok);
 	long long flags = as_ll(RSLOT(rec, R_FLAGS), &ok);
 	if (!ok)
 		return 0;
-	static const int key_fields[5] = {R_PID, R_TID, R_UID, R_COMM, R_PEER_PID};
-	for (int i = 0; i < 5; i++) {
+	static const int key_fields[COMMENT_KEY] = {R_PID,  R_TID,	R_UID,
+						    R_COMM, R_PEER_PID, R_PEER_COMM};
+	for (int i = 0; i < COMMENT_KEY; i++) {
 		PyObject *v = RSLOT(rec, key_fields[i]);
 		if (v == NULL)
 			return 0;
@@ -1302,19 +1293,19 @@ static int fast_record(PyObject *rec, PyObject *dirs, PyObject *buf, double ts, 
 static int fast_packed(Packed *p, PyObject *dirs, PyObject *buf, int *done)
 {
 	*done = 0;
-	PyObject *inode = id_int(p->ev.inode), *key, *opts;
-	if (inode == NULL)
+	PyObject *id = id_int(p->ev.sock_id), *key, *opts;
+	if (id == NULL)
 		return -1;
 	long long next_off;
-	PyObject *d = fast_dir(dirs, inode, &key, &opts, &next_off);
-	Py_DECREF(inode);
+	PyObject *d = fast_dir(dirs, id, &key, &opts, &next_off);
+	Py_DECREF(id);
 	if (d == NULL)
 		return PyErr_Occurred() ? -1 : 0;
-	const uint32_t ids[5] = {p->ev.pid, p->ev.tid, p->ev.uid, 0, p->ev.peer_pid};
-	for (int i = 0; i < 5; i++) {
+	const uint32_t ids[COMMENT_KEY] = {p->ev.pid, p->ev.tid, p->ev.uid, 0, p->ev.peer_pid, 0};
+	for (int i = 0; i < COMMENT_KEY; i++) {
 		PyObject *v = PyTuple_GET_ITEM(key, i);
-		if (i == 3) { /* comm: the cached name, usually the very object */
-			PyObject *comm = comm_name(p->ev.comm);
+		if (i == 3 || i == 5) { /* comms: the cached names, usually the very objects */
+			PyObject *comm = comm_name(i == 3 ? p->ev.comm : p->ev.peer_comm);
 			int eq = comm == NULL ? -1 : PyObject_RichCompareBool(comm, v, Py_EQ);
 			Py_XDECREF(comm);
 			if (eq <= 0)
@@ -1476,8 +1467,6 @@ PyMODINIT_FUNC PyInit__fastpath(void)
 	INTERN(s_in_dest, "_in_dest");
 	INTERN(s_clock, "_clock");
 	INTERN(s_stats, "stats");
-	INTERN(s_peer_of, "_peer_of");
-	INTERN(s_unknown_peer, "_unknown_peer");
 	INTERN(s_batch, "_batch");
 	INTERN(s_last, "_last");
 	INTERN(s_lookup, "_lookup");
@@ -1520,6 +1509,7 @@ PyMODINIT_FUNC PyInit__fastpath(void)
 	    PyModule_AddObjectRef(m, "Packed", (PyObject *)&PackedType) < 0 ||
 	    PyModule_AddObjectRef(m, "Direction", (PyObject *)&DirectionType) < 0 ||
 	    PyModule_AddIntConstant(m, "EVENT_SIZE", (long)sizeof(struct usniff_event)) < 0 ||
+	    PyModule_AddIntConstant(m, "SOCK_STATE_SIZE", (long)sizeof(struct usniff_sock_state)) < 0 ||
 	    PyModule_AddIntConstant(m, "SPLICE_MIN", SPLICE_MIN) < 0 ||
 	    PyModule_AddIntConstant(m, "RELEASE", RING_RELEASE) < 0) {
 		Py_DECREF(m);

@@ -8,6 +8,7 @@ from usniff.events import Record
 from usniff.outputs.pcapng import Framer, _Dir, _Sink
 
 EVENT_SIZE: int  # sizeof(struct usniff_event)
+SOCK_STATE_SIZE: int  # sizeof(struct usniff_sock_state)
 SPLICE_MIN: int  # payloads from this size are kept by reference (_Sink.splice), not copied
 RELEASE: int  # ring bytes handled between two stores of the consumer position (drain)
 
@@ -15,6 +16,7 @@ class Packed:
     """A data record for the pcapng output (Capture.packed); its payload is the buffer."""
 
     ts: float
+    inode: int
     def record(self) -> Record:
         """The equivalent Record."""
     def __len__(self) -> int: ...

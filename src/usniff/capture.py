@@ -13,7 +13,7 @@ import os
 import stat
 import struct
 import time
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -21,7 +21,7 @@ from operator import attrgetter
 from pathlib import Path
 
 from . import libbpf, sockets
-from ._fastpath import EventHandler, Packed
+from ._fastpath import EVENT_SIZE, SOCK_STATE_SIZE, EventHandler, Packed
 from .events import (
     FLAG_ADDR,
     FLAG_MSG_END,
@@ -42,16 +42,17 @@ _SECTION_BACKEND = {
 }
 TYPE_BITS = {"stream": 1, "dgram": 2, "seqpacket": 5}
 
-# struct usniff_event (ebpf/usniff.h, which _fastpath.c includes)
-_EVENT = struct.Struct("<QQQQIIIIIIHHHHB7x16s")
+# struct usniff_event and struct usniff_sock_state (ebpf/usniff.h, which _fastpath.c includes)
+_EVENT = struct.Struct("<QQQQQQIIIIIIHHHHB7x16s16s")
+_STATE = struct.Struct("<QQQQQQQQIHBB16s")
+if (_EVENT.size, _STATE.size) != (EVENT_SIZE, SOCK_STATE_SIZE):
+    raise ImportError("capture._EVENT/_STATE no longer match ebpf/usniff.h")
 EV_DATA, EV_LOST, EV_SOCK, EV_DEST = 1, 2, 3, 4
 _CONFIG = struct.Struct("<IIBBBBI")
-_STATE = struct.Struct("<QQQ24x")  # struct sock_state: offset, lost_off, lost_len, ...
 ADDR_MAX = 108
 DEFAULT_BUFFER = 64 << 20
 CLOSE_CHECK = 1.0  # seconds between checks for sockets that went away
 REORDER = 0.1  # seconds records wait so that records from other CPUs can precede them
-HOLD = 1.0  # seconds a record may wait for its peer's inode (a connection not yet accepted)
 POLL = 0.1  # seconds between drains of the ring (the kernel wakes us early when it fills up)
 
 
@@ -195,13 +196,12 @@ class Capture(EventHandler):
         # Set when every output takes Packed records (capture_main.run: pcapng only):
         # the drain then makes one, not a Record, for data on connected stream sockets.
         self.packed = False
+        # all keyed by sock_id
         self._sock_info: dict[int, tuple[str, bool]] = {}
         self._dest: dict[int, str] = {}
         self._in_dest: dict[int, str] = {}
         self._batch: list[Record | Packed] = []  # drained, not yet ordered
-        self._pending: list[Record | Packed] = []  # ordered by ts, waiting for REORDER / peers
-        self._unknown_peer: list[Record] = []
-        self._peer_of: dict[int, int] = {}
+        self._pending: list[Record | Packed] = []  # ordered by ts, waiting for REORDER
         self._last: dict[int, Record | Packed] = {}  # newest record per socket, for closes
         self._next_close_check = time.monotonic() + CLOSE_CHECK
 
@@ -265,34 +265,37 @@ class Capture(EventHandler):
     def _announce(self, rec: memoryview) -> None:
         """An EV_SOCK or EV_DEST record (from ``_handle``): a socket's address,
         or the destination of the next datagram."""
-        _, _, ino, _, _, _, _, _, _, _, kind, _, _, addr_len, own, _ = _EVENT.unpack_from(rec, 0)
+        fields = _EVENT.unpack_from(rec, 0)
+        sock_id, kind, addr_len, own = fields[2], fields[12], fields[15], fields[16]
         addr = _addr(rec[_EVENT.size : _EVENT.size + addr_len])
         if kind == EV_SOCK:
-            self._sock_info[ino] = (addr, bool(own))
+            self._sock_info[sock_id] = (addr, bool(own))
         else:
-            self._dest[ino] = addr
+            self._dest[sock_id] = addr
 
-    def _destination(self, ino: int, path: str, is_own: bool, flags: int) -> tuple[str, bool, int]:
+    def _destination(
+        self, sock_id: int, path: str, is_own: bool, flags: int
+    ) -> tuple[str, bool, int]:
         """A datagram sent to an explicit address is labelled with that address
         (announced by an EV_DEST record just before its first data record)."""
         if flags & FLAG_MSG_START:
-            dest = self._dest.pop(ino, None)
+            dest = self._dest.pop(sock_id, None)
             if dest is not None:
-                self._in_dest[ino] = dest
+                self._in_dest[sock_id] = dest
             else:
-                self._in_dest.pop(ino, None)
-        dest = self._in_dest.get(ino)
+                self._in_dest.pop(sock_id, None)
+        dest = self._in_dest.get(sock_id)
         if dest is None:
             return path, is_own, flags
         if flags & FLAG_MSG_END:
-            del self._in_dest[ino]
+            del self._in_dest[sock_id]
         return dest, False, flags | FLAG_ADDR
 
-    def _count_loss(self, ino: int, n: int) -> None:
+    def _count_loss(self, rec: Record, n: int) -> None:
         st = self.stats
         st.lost_records += 1
         st.lost_bytes += n
-        st.per_socket_lost[ino] = st.per_socket_lost.get(ino, 0) + n
+        st.per_socket_lost[rec.inode] = st.per_socket_lost.get(rec.inode, 0) + n
 
     def _closed(self) -> None:
         """Close records for sockets no longer in the kernel's socket table.
@@ -305,10 +308,10 @@ class Capture(EventHandler):
         except OSError:
             return
         now = time.time()
-        for ino in [i for i in self._last if i not in alive]:
-            newest = self._last.pop(ino)
+        for sock_id in [i for i, newest in self._last.items() if newest.inode not in alive]:
+            newest = self._last.pop(sock_id)
             last = newest.record() if isinstance(newest, Packed) else newest
-            self._peer_of.pop(ino, None)
+            self._sock_info.pop(sock_id, None)
             self._batch.append(
                 replace(
                     last,
@@ -322,12 +325,12 @@ class Capture(EventHandler):
                 )  # fmt: skip
             )
 
-    def _lookup(self, ino: int, peer: int) -> tuple[str, bool]:
+    def _lookup(self, sock_id: int, ino: int, peer: int) -> tuple[str, bool]:
         """Fallback when the socket's announcement was lost: ask sock_diag."""
         addresses = sockets.addresses()
         own = addresses.get(ino, "")
         info = (own, True) if own else (addresses.get(peer, "") if peer else "", False)
-        self._sock_info[ino] = info
+        self._sock_info[sock_id] = info
         return info
 
     def poll(self, timeout: float) -> list[Record | Packed]:
@@ -346,8 +349,7 @@ class Capture(EventHandler):
         Records are stamped when the send began (in the kernel), but reach the
         ring when it ended, from any CPU: a reply can be drained before its
         request.  Holding records for REORDER seconds and sorting restores the
-        order; a record still waiting for its peer's inode holds back every
-        later one (for at most HOLD seconds) so that order is kept too.
+        order.
         """
         pending, batch = self._pending, self._batch
         self._batch = []
@@ -359,15 +361,7 @@ class Capture(EventHandler):
             )
         if not pending:
             return []
-        waiting = []
-        for r in self._unknown_peer:
-            r.peer_inode = self._peer_of.get(r.inode, 0)
-            if not r.peer_inode and r.ts > cutoff - HOLD:
-                waiting.append(r)
-        self._unknown_peer = waiting
         cut = bisect_right(pending, cutoff, key=_ts)
-        if waiting:
-            cut = min(cut, bisect_left(pending, min(r.ts for r in waiting), key=_ts))
         out, self._pending = pending[:cut], pending[cut:]
         return out
 
@@ -378,32 +372,19 @@ class Capture(EventHandler):
         now = time.time()
         for key in list(sockets_map.keys(8)):
             try:
-                _, lost_off, lost_len = _STATE.unpack(sockets_map.lookup(key, _STATE.size))
+                state = _STATE.unpack(sockets_map.lookup(key, _STATE.size))
             except libbpf.LibbpfError:
                 continue
+            sock_id, ino, _, lost_off, lost_len, _, peer_id, peer_ino = state[:8]
             if not lost_len:
                 continue
-            ino = struct.unpack("<Q", key)[0]
-            path, own = self._sock_info.get(ino, ("", False))
-            self._batch.append(
-                Record(
-                    now,
-                    0,
-                    0,
-                    0,
-                    "",
-                    ino,
-                    0,
-                    "stream",
-                    path,
-                    own,
-                    lost_off,
-                    lost_len,
-                    lost=lost_len,
-                    kind="lost",
-                )  # fmt: skip
-            )
-            self._count_loss(ino, lost_len)
+            path, own = self._sock_info.get(sock_id, ("", False))
+            rec = Record(
+                now, 0, 0, 0, "", ino, peer_ino, "stream", path, own, lost_off, lost_len,
+                lost=lost_len, kind="lost", sock_id=sock_id, peer_id=peer_id,
+            )  # fmt: skip
+            self._batch.append(rec)
+            self._count_loss(rec, lost_len)
         return self._release(float("inf"))
 
     def kernel_stats(self) -> dict[str, int]:

@@ -41,7 +41,6 @@ MAX_UNDECIDED = 64 * 1024  # bytes buffered per connection while detecting
 @dataclass(slots=True)
 class _Conn:
     open: Open
-    name: str
     protocol: str | None = None
     decoder: Decoder | None = None
     pending: list[StreamEvent] = field(default_factory=list)
@@ -49,10 +48,19 @@ class _Conn:
     heads: tuple[bytearray, bytearray] = field(default_factory=lambda: (bytearray(), bytearray()))
     pids: list[int] = field(default_factory=lambda: [0, 0])
     comms: list[str] = field(default_factory=lambda: ["", ""])
+    inodes: list[int] = field(default_factory=lambda: [0, 0])
 
+    @property
+    def name(self) -> str:
+        """client-server socket inodes, as `ss -x` shows them ("?" while not known)."""
+        return "-".join(str(i or "?") for i in self.inodes)
 
-def _conn_name(key: ConnKey) -> str:
-    return "-".join(str(k) for k in key if k != "")
+    def learn(self, ev: Data) -> None:
+        """Both ends' process and inode, from one end's data (which names its peer)."""
+        d = ev.direction
+        self.pids[d], self.comms[d], self.inodes[d] = ev.pid, ev.comm, ev.inode
+        if not self.pids[1 - d] and ev.peer_pid:
+            self.pids[1 - d], self.comms[1 - d] = ev.peer_pid, ev.peer_comm
 
 
 class Decoding:
@@ -86,7 +94,7 @@ class Decoding:
 
     def _stream_event(self, ev: StreamEvent, out: list[DecoderEvent]) -> None:
         if isinstance(ev, Open):
-            conn = self._conns[ev.conn] = _Conn(ev, _conn_name(ev.conn))
+            conn = self._conns[ev.conn] = _Conn(ev)
             if self.protocol != "auto":
                 self._decide(conn, self.protocol, out)
             return
@@ -100,7 +108,7 @@ class Decoding:
                 del self._conns[ev.conn]
             return
         if isinstance(ev, Data):
-            conn.pids[ev.direction], conn.comms[ev.direction] = ev.pid, ev.comm
+            conn.learn(ev)
         if conn.protocol is None:
             self._detect(conn, ev, out)
         elif conn.decoder is not None:

@@ -3,7 +3,7 @@
 The capture layer turns ring-buffer bytes (layout in ``ebpf/usniff.h``) into
 :class:`Record` objects; nothing downstream ever sees the raw layout.  One
 record describes one contiguous range ``[offset, offset + length)`` of the
-byte stream sent by one socket (``inode``):
+byte stream sent by one socket (``sock_id``):
 
 * a data record carries ``data`` (``len(data) <= length``; shorter only when
   the user asked for a snap length with ``-s``),
@@ -11,6 +11,12 @@ byte stream sent by one socket (``inode``):
   could not be copied (ring buffer full, or the bytes were not in user memory,
   e.g. ``sendfile``); ``data`` is empty and ``length == lost``,
 * a close record (``kind == "close"``) says the socket went away.
+
+A socket is named by ``sock_id``, this capture's id for it, which exists from
+its first byte and never changes; a connection is the pair of its two ends'
+ids (``conn_key``).  Inodes are shown (as ``ss -x`` does) but do not identify:
+a client may send before the server has accept()ed, when the server's socket
+has no inode yet (``peer_inode == 0``) but already an id (``peer_id``).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ class Record:
     uid: int
     comm: str
     inode: int  # sending socket's inode (as `ss -x` shows it)
-    peer_inode: int  # its peer's inode, 0 when unconnected
+    peer_inode: int  # its peer's inode, 0 when unconnected or not accept()ed yet
     sock_type: str  # "stream" | "dgram" | "seqpacket"
     path: str  # own bound address, else the peer's / destination's; "@x" = abstract; "" unknown
     path_is_own: bool  # True when `path` is the sender's own address (the server side)
@@ -45,10 +51,40 @@ class Record:
     flags: int = 0
     kind: str = "data"  # "data" | "lost" | "close"
     peer_pid: int = 0  # peer's pid when the kernel knows it (connected sockets), else 0
+    sock_id: int = 0  # the sending socket's id in this capture (or file)
+    peer_id: int = 0  # its peer's id; 0 when unconnected
+    peer_comm: str = ""  # the peer process's name when the kernel knows it
 
     @property
     def is_loss(self) -> bool:
         return self.kind == "lost"
+
+
+ConnKey = tuple[int, int] | tuple[int, int, str]
+
+
+def conn_key(rec: Record) -> ConnKey:
+    """A connection: its two ends' ids, or (sender id, 0, destination) for unconnected datagrams."""
+    a, b = rec.sock_id, rec.peer_id
+    if b:
+        return (a, b) if a < b else (b, a)
+    return (a, 0, rec.path)
+
+
+def server_id(rec: Record) -> int:
+    """The id of the connection's server side (0: an unconnected datagram's receiver).
+
+    The server is the socket that owns the bound address (``path_is_own``),
+    else the peer of a socket that knows an address; with no address on
+    either side (socketpair) the lower id is the client ("A" side).
+    """
+    if not rec.peer_id:
+        return 0
+    if rec.path_is_own:
+        return rec.sock_id
+    if rec.path:
+        return rec.peer_id
+    return max(rec.sock_id, rec.peer_id)
 
 
 @dataclass(slots=True)

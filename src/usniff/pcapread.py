@@ -10,6 +10,9 @@
   port).  Such records get synthetic inodes (1, 2, 3, ... per direction) and
   ``path = "ADDR:PORT"`` of the server; pid/comm are unknown (0/"").
 
+Either way a record's ``sock_id`` is its flow endpoint's (1, 2, 3, ...): one
+TCP flow is one connection, whatever the comments say of the inodes.
+
 Reassembly is streaming and keeps no payload: a segment that starts beyond
 the next expected byte turns the hole into a loss record at once, a segment
 that was already seen (retransmission) is trimmed or dropped.
@@ -233,7 +236,7 @@ def _segment(pkt: Packet) -> _Segment | None:
 
 @dataclass(slots=True)
 class _Side:
-    inode: int
+    id: int  # the Record's sock_id: one per flow endpoint
     base: int | None = None  # sequence number of stream offset 0
     next: int = 0  # next stream offset expected
     msg_start: bool = True
@@ -255,7 +258,7 @@ class _Reassembler:
     def __init__(self, names: _Names) -> None:
         self._names = names
         self._flows: dict[tuple[tuple[bytes, int], tuple[bytes, int]], _Flow] = {}
-        self._inodes = 0
+        self._ids = 0
         self._fields: dict[str, dict[str, str]] = {}
 
     def _flow(self, seg: _Segment) -> _Flow:
@@ -275,8 +278,8 @@ class _Reassembler:
     def _side(self, flow: _Flow, endpoint: tuple[bytes, int]) -> _Side:
         side = flow.sides.get(endpoint)
         if side is None:
-            self._inodes += 1
-            side = flow.sides[endpoint] = _Side(self._inodes)
+            self._ids += 1
+            side = flow.sides[endpoint] = _Side(self._ids)
         return side
 
     def records(self, pkt: Packet, seg: _Segment) -> Iterator[Record]:
@@ -292,20 +295,26 @@ class _Reassembler:
         info = self._comment_fields(pkt.comment)
         server_addr, server_port = flow.server
         path = self._names.get(server_addr) or _endpoint_text(server_addr, server_port)
+        peer_inode = int(info.get("peer", peer.id))
+        # a datagram socket's flow is its own unless the comment names a peer
+        connected = seg.proto == 6 or peer_inode != 0 or not info
         template = Record(
             ts=pkt.ts,
             pid=int(info.get("pid", 0)),
             tid=int(info.get("tid", 0)),
             uid=int(info.get("uid", 0)),
             comm=info.get("comm", ""),
-            inode=int(info.get("inode", side.inode)),
-            peer_inode=int(info.get("peer", peer.inode)),
+            inode=int(info.get("inode", side.id)),
+            peer_inode=peer_inode,
             sock_type=info.get("type", "stream" if seg.proto == 6 else "dgram"),
             path=info.get("path", path),
             path_is_own=is_server,
             offset=side.next,
             length=0,
             peer_pid=int(info.get("peer_pid", 0)),
+            sock_id=side.id,
+            peer_id=peer.id if connected else 0,
+            peer_comm=info.get("peer_comm", ""),
         )
         if seg.proto == 17:
             yield self._datagram(side, seg, pkt.comment, template)

@@ -1,6 +1,6 @@
 """Per-connection reassembly of :class:`~usniff.events.Record` objects.
 
-A connection is the pair of socket inodes (``conn_key``).  Each direction is an
+A connection is the pair of its sockets' ids (``events.conn_key``).  Each direction is an
 independent byte stream numbered by the sender's stream offset.  Records of one
 socket may arrive slightly out of order (they are produced on different CPUs),
 so every direction keeps a small reorder buffer (a heap keyed by offset).  The
@@ -18,9 +18,9 @@ Rules:
   ``Gap(reason="truncated")`` after the kept bytes, holes still open at
   ``flush()``/close become ``Gap(reason="missing")``,
 * overlapping/duplicate bytes are delivered once,
-* the server side is the socket that owns the bound address
-  (``path_is_own``); without one (socketpair) the lower inode is the
-  ``CLIENT`` ("A") side.
+* the server side is ``events.server_id``: the socket that owns the bound
+  address; without one (socketpair) the lower id is the ``CLIENT`` ("A")
+  side.
 """
 
 from __future__ import annotations
@@ -29,16 +29,9 @@ import heapq
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from .events import Record
+from .events import ConnKey, Record, conn_key, server_id
 
-ConnKey = tuple[int, int] | tuple[int, int, str]
-
-
-def conn_key(rec: Record) -> ConnKey:
-    """Connection identity: sorted inode pair, or (inode, 0, path) for unconnected datagrams."""
-    if rec.peer_inode:
-        return (min(rec.inode, rec.peer_inode), max(rec.inode, rec.peer_inode))
-    return (rec.inode, 0, rec.path)
+__all__ = ["ConnKey", "conn_key"]  # re-exported: decoders and tests key connections alike
 
 
 class Direction(IntEnum):
@@ -52,8 +45,8 @@ class Open:
     ts: float
     sock_type: str
     path: str
-    client_inode: int
-    server_inode: int
+    client_id: int
+    server_id: int  # 0: an unconnected datagram's receiver
     roles_known: bool  # False when no side owns a bound address (socketpair)
 
 
@@ -67,6 +60,8 @@ class Data:
     pid: int
     comm: str
     peer_pid: int = 0
+    peer_comm: str = ""
+    inode: int = 0  # the sending socket's inode
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +106,7 @@ class _Side:
 @dataclass(slots=True)
 class _Conn:
     key: ConnKey
-    server_inode: int
+    server_id: int
     sides: tuple[_Side, _Side] = field(default_factory=lambda: (_Side(), _Side()))
 
 
@@ -140,13 +135,13 @@ class StreamAssembler:
             if rec.kind == "close":
                 return events
             conn = self._open(key, rec, events)
-        direction = Direction.SERVER if rec.inode == conn.server_inode else Direction.CLIENT
+        direction = Direction.SERVER if rec.sock_id == conn.server_id else Direction.CLIENT
         side = conn.sides[direction]
         if rec.kind == "close":  # deliver everything buffered for the connection first
             events += self._drain_all(conn, rec.ts)
             side.closed = True
             events.append(Close(key, direction, rec.ts))
-            if all(s.closed for s in conn.sides) or not rec.peer_inode:
+            if all(s.closed for s in conn.sides) or not rec.peer_id:
                 del self._conns[key]
             return events
         end = rec.offset + rec.length
@@ -184,18 +179,9 @@ class StreamAssembler:
         return list(heapq.merge(*per_direction, key=lambda ev: ev.ts))
 
     def _open(self, key: ConnKey, rec: Record, events: list[StreamEvent]) -> _Conn:
-        if rec.path_is_own:
-            client, server, known = rec.peer_inode, rec.inode, True
-        elif rec.path and rec.peer_inode:
-            client, server, known = rec.inode, rec.peer_inode, True
-        elif rec.peer_inode:
-            client, server, known = (
-                min(rec.inode, rec.peer_inode),
-                max(rec.inode, rec.peer_inode),
-                False,
-            )
-        else:  # unconnected datagram: only the sender exists
-            client, server, known = rec.inode, 0, bool(rec.path)
+        server = server_id(rec)
+        client = rec.peer_id if server == rec.sock_id else rec.sock_id
+        known = bool(rec.path)
         conn = _Conn(key, server)
         self._conns[key] = conn
         events.append(Open(key, rec.ts, rec.sock_type, rec.path, client, server, known))
@@ -244,7 +230,18 @@ class StreamAssembler:
         if data_end > start:
             chunk = rec.data[start - rec.offset :]
             out.append(
-                Data(conn.key, direction, start, chunk, rec.ts, rec.pid, rec.comm, rec.peer_pid)
+                Data(
+                    conn.key,
+                    direction,
+                    start,
+                    chunk,
+                    rec.ts,
+                    rec.pid,
+                    rec.comm,
+                    rec.peer_pid,
+                    rec.peer_comm,
+                    rec.inode,
+                )  # fmt: skip
             )
             start = data_end
         if end > start:

@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from usniff import __version__
+from usniff import __version__, events
 from usniff._fastpath import Direction, Packed, tcp, udp, write_batch
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, CaptureStats, Record
 from usniff.outputs.base import OutputError
@@ -135,6 +135,8 @@ def record_comment(rec: Record) -> str:
     )
     if rec.peer_pid:
         text += f" peer_pid={rec.peer_pid}"
+    if rec.peer_comm:
+        text += f" peer_comm={json.dumps(rec.peer_comm)}"
     if rec.sock_type != "stream":
         text += f" type={rec.sock_type}"
     return f"{text} path={json.dumps(rec.path)}"
@@ -205,7 +207,7 @@ class _Dir(Direction):
         self.fin = 0
         self.note = ""  # extra comment for this direction's next packet
         self.pending: list[Record] = []  # records of a datagram not yet complete
-        self.comment_key: tuple[int, int, int, str, int] | None = None
+        self.comment_key: tuple[int, int, int, str, int, str] | None = None
         self.comment_opts = b""
         self.peer: _Dir = self
 
@@ -228,7 +230,7 @@ class Framer:
     def __init__(self, snaplen: int = 0) -> None:
         self.snaplen = snaplen
         self.packets = 0
-        self._dirs: dict[object, _Dir] = {}  # socket inode (or inode+dest) -> direction
+        self._dirs: dict[object, _Dir] = {}  # sock_id (or sock_id + destination) -> direction
         self._open: dict[_Dir, None] = {}  # client directions of open TCP flows
         self._addr_of: dict[object, int] = {}
         self._names: dict[int, str] = {}
@@ -287,7 +289,7 @@ class Framer:
 
     def add(self, buf: _Sink, rec: Record) -> None:
         """Append the packets for one record."""
-        d = self._dirs.get(rec.inode if rec.peer_inode else (rec.inode, rec.path))
+        d = self._dirs.get(rec.sock_id if rec.peer_id else (rec.sock_id, rec.path))
         kind = rec.kind
         if kind == "close":
             if d is not None:
@@ -309,7 +311,7 @@ class Framer:
                 self._emit_datagram(buf, d)
 
     def _comment_opts(self, d: _Dir, rec: Record) -> bytes:
-        key = (rec.pid, rec.tid, rec.uid, rec.comm, rec.peer_pid)
+        key = (rec.pid, rec.tid, rec.uid, rec.comm, rec.peer_pid, rec.peer_comm)
         if key != d.comment_key:
             d.comment_key = key
             d.comment_opts = _opt(OPT_COMMENT, record_comment(rec).encode()) + d.epb_flags
@@ -351,7 +353,7 @@ class Framer:
         # for datagrams the note goes onto the next datagram
 
     def _close(self, buf: _Sink, d: _Dir, rec: Record) -> None:
-        del self._dirs[rec.inode if rec.peer_inode else (rec.inode, rec.path)]
+        del self._dirs[rec.sock_id if rec.peer_id else (rec.sock_id, rec.path)]
         if d.pending:
             self._emit_datagram(buf, d)
         if d.proto != IPPROTO_TCP:
@@ -403,31 +405,27 @@ class Framer:
         return addr
 
     def _new_flow(self, buf: _Sink, rec: Record) -> _Dir:
-        connected = rec.peer_inode != 0
+        connected = rec.peer_id != 0
         if not connected:
             from_server = rec.path_is_own
-            server_inode, client_inode = (rec.inode, 0) if from_server else (0, rec.inode)
+            server_id, client_id = (rec.sock_id, 0) if from_server else (0, rec.sock_id)
         else:
-            if rec.path_is_own:
-                server_inode = rec.inode
-            elif rec.path:
-                server_inode = rec.peer_inode
-            else:  # socketpair: the lower inode plays the server
-                server_inode = min(rec.inode, rec.peer_inode)
-            from_server = rec.inode == server_inode
-            client_inode = rec.peer_inode if from_server else rec.inode
+            server_id = events.server_id(rec)
+            from_server = rec.sock_id == server_id
+            client_id = rec.peer_id if from_server else rec.sock_id
+        own_ino, peer_ino = rec.inode or "-", rec.peer_inode or "-"
+        server_inode, client_inode = (own_ino, peer_ino) if from_server else (peer_ino, own_ino)
         first = rec.data
         port = server_port(b"" if from_server else first, first if from_server else b"")
-        server_key = ("path", rec.path) if rec.path else ("socket", server_inode)
+        server_key = ("path", rec.path) if rec.path else ("socket", server_id)
         server_name = rec.path or f"socket:{server_inode}"
         client_pid = rec.peer_pid if from_server else rec.pid
-        client_key: object = client_pid or ("socket", client_inode)
+        client_comm = rec.peer_comm if from_server else rec.comm
+        client_key: object = client_pid or ("socket", client_id)
         if not client_pid:
             client_name = f"socket:{client_inode}"
-        elif from_server or not rec.comm:
-            client_name = f"client:{client_pid}"
         else:
-            client_name = f"{rec.comm}[{client_pid}]"
+            client_name = f"{client_comm or 'client'}[{client_pid}]"
         names = []
         for key, name, is_server in (
             (server_key, server_name, True),
@@ -448,10 +446,10 @@ class Framer:
         server = _Dir(server_addr, client_addr, port, cport, proto, EPB_OUTBOUND)
         client.peer, server.peer = server, client
         if connected:
-            self._dirs[server_inode] = server
-            self._dirs[client_inode] = client
+            self._dirs[server_id] = server
+            self._dirs[client_id] = client
         else:
-            self._dirs[(rec.inode, rec.path)] = server if from_server else client
+            self._dirs[(rec.sock_id, rec.path)] = server if from_server else client
         if proto == IPPROTO_TCP:
             self._open[client] = None
             self._handshake(
