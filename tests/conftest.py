@@ -2,13 +2,18 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from live import PROGS  # noqa: E402
 from recorder import load_records  # noqa: E402
 
 from usniff.events import Record  # noqa: E402
@@ -27,3 +32,21 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 def capture(name: str) -> tuple[Record, ...]:
     """Records of captures/<name>.jsonl.gz (recorded from real servers by captures/record.py)."""
     return tuple(load_records(CAPTURES / f"{name}.jsonl.gz"))
+
+
+@pytest.fixture(scope="session")
+def c_prog(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """c_prog(name) -> the path of tests/progs/<name>.c, compiled once per session."""
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if not gcc:
+        pytest.skip("no C compiler for tests/progs/*.c")
+    outdir = tmp_path_factory.mktemp("progs")
+
+    def _build(name: str) -> str:
+        out = outdir / name
+        if not out.exists():
+            subprocess.run([gcc, "-O2", "-Wall", "-Werror", "-pthread", "-o", str(out),
+                            str(PROGS / f"{name}.c")], check=True)  # fmt: skip
+        return str(out)
+
+    return _build

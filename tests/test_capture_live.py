@@ -87,24 +87,6 @@ def work(tmp_path: Path) -> Iterator[Any]:
         w.kill()
 
 
-@pytest.fixture(scope="session")
-def c_prog(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """c_prog(name) -> the path of tests/progs/<name>.c, compiled once per session."""
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    if not gcc:
-        pytest.skip("no C compiler for tests/progs/*.c")
-    outdir = tmp_path_factory.mktemp("progs")
-
-    def _build(name: str) -> str:
-        out = outdir / name
-        if not out.exists():
-            subprocess.run([gcc, "-O2", "-Wall", "-Werror", "-pthread", "-o", str(out),
-                            str(PROGS / f"{name}.c")], check=True)  # fmt: skip
-        return str(out)
-
-    return _build
-
-
 def run_workload(w: Workload, cap: Capture, expected: dict[int, int] | None = None) -> tuple[
     dict[str, Any], dict[int, bytes], Collected
 ]:  # fmt: skip

@@ -255,24 +255,33 @@ def main(ctx: click.Context, /, **kw: Any) -> None:  # fmt: skip
 @main.command("list")
 @click.option("--path", "path_filter", help="Only sockets whose path contains this.")
 def list_cmd(path_filter: str | None) -> None:
-    """Unix sockets: path, type, state, inode, peer inode, processes (like `ss -xp`)."""
+    """Unix sockets: path, type, state, inode, peer inode, queues, processes (like `ss -xp`).
+
+    Recv-Q and Send-Q are `ss -x`'s: bytes queued (for a listener: connections
+    not yet accepted, and the backlog).  Bytes of a name or process name that
+    do not print are shown as \\xNN."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    from .sockets import list_sockets
+    from .sockets import list_sockets, printable
 
     try:
         socks = list_sockets()
     except OSError as e:
         raise click.ClickException(f"cannot list sockets (sock_diag): {e}") from None
     table = Table(box=None, header_style="bold")
-    for col in ("path", "type", "state", "inode", "peer", "processes"):
-        table.add_column(col, justify="right" if col in ("inode", "peer") else "left")
-    for s in sorted(socks, key=lambda s: (s.path == "", s.path, s.inode)):
+    right = ("inode", "peer", "recv-q", "send-q")
+    for col in ("path", "type", "state", *right, "processes"):
+        table.add_column(col, justify="right" if col in right else "left")
+    for s in sorted(socks, key=lambda s: (s.path == "", s.name, s.inode)):
         if path_filter and path_filter not in s.path:
             continue
-        procs = ",".join(f"{c}[{p}]" for p, c in s.procs)
-        table.add_row(s.path or "-", s.type, s.state, str(s.inode), str(s.peer or "-"), procs)
+        recv_q, send_q = (str(q) for q in s.queues) if s.queues else ("-", "-")
+        procs = ",".join(f"{printable(c)}[{p}]" for p, c in s.procs)
+        path = "@" + printable(s.name[1:]) if s.name[:1] == b"\0" else printable(s.name)
+        cells = (path or "-", s.type, s.state, str(s.inode), str(s.peer or "-"), recv_q, send_q)
+        table.add_row(*(Text(c) for c in (*cells, procs)))  # Text: no rich markup in names
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
 
 

@@ -6,14 +6,14 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 
-static void die(const char *what)
+static inline void die(const char *what)
 {
 	perror(what);
 	exit(2);
 }
 
 /* the socket's inode, as the capture reports it */
-static unsigned long ino(int fd)
+static inline unsigned long ino(int fd)
 {
 	struct stat st;
 
@@ -23,7 +23,7 @@ static unsigned long ino(int fd)
 }
 
 /* OUTDIR/<inode>.sent, where a workload states what a socket sent */
-static FILE *sent_file(const char *outdir, int fd, const char *mode)
+static inline FILE *sent_file(const char *outdir, int fd, const char *mode)
 {
 	char path[4096];
 	FILE *f;
