@@ -172,7 +172,13 @@ def summary(stats: CaptureStats) -> str:
 @click.option("-w", "write", metavar="FILE", help="Write pcapng (Wireshark) to FILE, '-' = stdout.")
 @click.option("-C", "rotate_mb", type=float, help="Rotate -w files every N million bytes.")
 @click.option("-W", "rotate_count", type=int, help="Keep at most N rotated files.")
-@click.option("-G", "rotate_seconds", type=float, help="Rotate -w files every N seconds.")
+@click.option(
+    "-G",
+    "rotate_seconds",
+    type=float,
+    help="Rotate -w files every N seconds; FILE needs strftime conversions that change "
+    "every period (cap-%H%M%S.pcapng): a name that would repeat is refused.",
+)
 @click.option(
     "--protocol",
     type=click.Choice(PROTOCOLS),
