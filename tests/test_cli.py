@@ -20,3 +20,14 @@ def test_a_ring_too_small_for_records_is_refused() -> None:
     out = CliRunner().invoke(main, ["--buffer-size", "256", "--duration", "1"])
     assert out.exit_code == 2
     assert "'256' is 256 bytes; the ring buffer needs at least 1M" in out.output
+
+
+def test_a_ring_larger_than_the_kernel_takes_is_refused() -> None:
+    # the size reached the kernel and every backend failed as "load BPF
+    # object: Invalid argument"
+    refusals = (("64G", "68,719,476,736 bytes"), ("3G", "rounded up to the power of two 4G"))
+    for size, said in refusals:
+        out = CliRunner().invoke(main, ["--buffer-size", size, "--duration", "1"])
+        assert out.exit_code == 2, out.output
+        assert said in out.output and "holds at most 2G" in out.output
+        assert "choose 1M to 2G" in out.output

@@ -9,7 +9,7 @@ from typing import Any, TextIO
 import click
 
 from . import __version__
-from .capture import BACKENDS, DEFAULT_BUFFER, Capture, CaptureError, CaptureOptions
+from .capture import BACKENDS, DEFAULT_BUFFER, Capture, CaptureError, CaptureOptions, _ring_size
 from .capture_main import run, write_batch
 from .events import CaptureStats
 from .outputs.base import Output, OutputError
@@ -40,6 +40,11 @@ def parse_size(text: str) -> int:
 
 
 MIN_BUFFER = 1 << 20
+# The kernel takes a BPF ring buffer's size as the map's max_entries, a u32 it
+# requires to be a power of two (ringbuf_map_alloc, kernel/bpf/ringbuf.c): 2 GiB
+# is the largest (its own limit, RINGBUF_MAX_DATA_SZ, is ~64 GiB).  A larger
+# size used to reach the kernel and fail every backend as "Invalid argument".
+MAX_BUFFER = 1 << 31
 
 
 def _buffer_size(text: str) -> int:
@@ -49,6 +54,14 @@ def _buffer_size(text: str) -> int:
         raise click.BadParameter(
             f"{text!r} is {size:,} bytes; the ring buffer needs at least 1M "
             "(sizes take a K, M or G suffix)",
+            param_hint="'--buffer-size'",
+        )
+    ring = _ring_size(size)
+    if ring > MAX_BUFFER:
+        rounded = f", rounded up to the power of two {ring >> 30}G" if ring != size else ""
+        raise click.BadParameter(
+            f"{text!r} is {size:,} bytes{rounded}; the kernel's BPF ring buffer holds at most "
+            "2G (its size is a power of two held in 32 bits): choose 1M to 2G",
             param_hint="'--buffer-size'",
         )
     return size
@@ -194,7 +207,7 @@ def summary(stats: CaptureStats) -> str:
     "buffer_size",
     default=f"{DEFAULT_BUFFER >> 20}M",
     show_default=True,
-    help="Kernel ring buffer size.",
+    help="Kernel ring buffer size: 1M to 2G, rounded up to a power of two.",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Show backend selection and libbpf's log.")
 @click.pass_context
