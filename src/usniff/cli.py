@@ -9,7 +9,15 @@ from typing import Any, TextIO
 import click
 
 from . import __version__
-from .capture import BACKENDS, DEFAULT_BUFFER, Capture, CaptureError, CaptureOptions, _ring_size
+from .capture import (
+    BACKENDS,
+    DEFAULT_BUFFER,
+    Capture,
+    CaptureError,
+    CaptureOptions,
+    _ring_size,
+    filter_warnings,
+)
 from .capture_main import run, write_batch
 from .events import CaptureStats
 from .outputs.base import Output, OutputError
@@ -232,6 +240,8 @@ def main(ctx: click.Context, /, **kw: Any) -> None:  # fmt: skip
     if kw["verbose"]:
         for backend, reason in cap.reasons.items():
             click.echo(f"usniff: backend {backend} not used: {reason}", err=True)
+    for warning in filter_warnings(opts.paths, opts.pids):
+        click.echo(f"usniff: warning: {warning}", err=True)
     try:
         outputs = make_outputs(
             sys.stdout,
