@@ -88,6 +88,30 @@ def _byte_view(ascii_: bool, hexdump: bool, fmt: str, protocol: str | None) -> b
     return ascii_ or hexdump or fmt == "json"
 
 
+def check_redact(
+    redact: bool, *, write: str | None, ascii_: bool, hexdump: bool, fmt: str,
+    protocol: str | None, stats: bool, dissect: str = "usniff",
+) -> None:  # fmt: skip
+    """--redact masks passwords in decoded output only: refuse it with an output
+    that carries the raw bytes rather than let the passwords through."""
+    if not redact:
+        return
+    what = ""
+    if write:
+        what = "-w: a pcapng file stores the raw bytes"
+        instead = "capture without --redact, then `usniff read FILE --redact` shows it masked"
+    elif dissect == "wireshark":
+        what = "--dissect wireshark: Wireshark's dissectors show the raw bytes"
+        instead = "use --dissect usniff"
+    elif _byte_view(ascii_, hexdump, fmt, protocol) and not stats:
+        opt = "-A" if ascii_ else "-X" if hexdump else "--protocol raw"
+        opt = "--format json (raw records)" if fmt == "json" and protocol is None else opt
+        what = f"{opt}: it prints the raw bytes"
+        instead = "use decoded output (--protocol auto, resp or mysql), which masks them"
+    if what:
+        raise click.UsageError(f"--redact cannot mask {what}, passwords included; {instead}")
+
+
 def make_outputs(
     stream: TextIO,
     *,
@@ -206,7 +230,12 @@ def summary(stats: CaptureStats) -> str:
     help="Decoder: auto (default for text), resp, mysql, raw (default for -A/-X/json).",
 )
 @click.option("--stats", is_flag=True, help="Live per-command latency table; printed at exit.")
-@click.option("--redact", is_flag=True, help="Mask passwords (AUTH, MySQL auth, IDENTIFIED BY).")
+@click.option(
+    "--redact",
+    is_flag=True,
+    help="Mask passwords in decoded output (Redis AUTH, HELLO, ACL SETUSER, MIGRATE, CONFIG; "
+    "MySQL auth, IDENTIFIED BY); refused with -w, -A, -X and raw JSON, which carry raw bytes.",
+)
 @click.option(
     "--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True
 )
@@ -223,6 +252,10 @@ def main(ctx: click.Context, /, **kw: Any) -> None:  # fmt: skip
     """usniff: capture and decode traffic on Unix domain sockets (eBPF)."""
     if ctx.invoked_subcommand is not None:
         return
+    check_redact(
+        kw["redact"], write=kw["write"], ascii_=kw["ascii_"], hexdump=kw["hexdump"],
+        fmt=kw["fmt"], protocol=kw["protocol"], stats=kw["stats"],
+    )  # fmt: skip
     opts = CaptureOptions(
         paths=list(kw["paths"]),
         pids=list(kw["pids"]),
@@ -319,7 +352,9 @@ def list_cmd(path_filter: str | None) -> None:
 @click.option("--protocol", type=click.Choice(PROTOCOLS), help="Decoder (default auto).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 @click.option("--stats", is_flag=True, help="Per-command latency table.")
-@click.option("--redact", is_flag=True, help="Mask passwords.")
+@click.option(
+    "--redact", is_flag=True, help="Mask passwords (decoded output only; see usniff --help)."
+)
 @click.option("-A", "ascii_", is_flag=True, help="Print payloads as ASCII (raw records).")
 @click.option("-X", "hexdump", is_flag=True, help="Print payloads as hex and ASCII (raw records).")
 @click.option(
@@ -334,6 +369,8 @@ def read_cmd(file: str, protocol: str | None, fmt: str, stats: bool, redact: boo
     """Decode a pcap/pcapng file offline (usniff's, or a tcpdump capture of Redis/MySQL)."""
     from .pcapread import PcapReadError, dissect_wireshark, read_records
 
+    check_redact(redact, write=None, ascii_=ascii_, hexdump=hexdump, fmt=fmt,
+                 protocol=protocol, stats=stats, dissect=dissect)  # fmt: skip
     out = sys.stdout
     if dissect == "wireshark":
         for pkt in dissect_wireshark(file):
