@@ -150,14 +150,10 @@ def filter_warnings(paths: list[str], pids: list[int]) -> list[str]:
     socket has, a pid no process has.  The capture still runs (a server may
     bind the name later), but an operator watching a silent capture must know
     why.  Paths that are no socket file are resolve_filters' errors, not here."""
-    try:
-        socks = sockets.list_sockets(with_procs=False)
-    except OSError:
-        socks = []  # no sock_diag: nothing to say about paths
-    files = {s.vfs for s in socks if s.vfs}
-    names = {s.name for s in socks}
+    alive = sockets.bound()
+    files, names = alive or (set(), set())
     out = []
-    for spec in paths if socks else []:
+    for spec in paths if alive else []:
         if spec.startswith("@"):
             if b"\0" + os.fsencode(spec[1:]) not in names:
                 out.append(f"--path {spec}: no socket has this abstract name")

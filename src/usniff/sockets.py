@@ -179,6 +179,16 @@ def list_sockets(with_procs: bool = True) -> list[UnixSocket]:
     return socks
 
 
+def bound() -> tuple[set[tuple[int, int]], set[bytes]] | None:
+    """(dev, inode) of every socket file a socket is bound to now, and every
+    bound name; None without sock_diag (/proc/net/unix has no file ids)."""
+    try:
+        socks = _dump()
+    except OSError:
+        return None
+    return {s.vfs for s in socks if s.vfs}, {s.name for s in socks if s.name}
+
+
 def inodes() -> set[int]:
     """Inodes of every Unix socket alive now."""
     return {s.inode for s in _sockets()}
