@@ -202,7 +202,7 @@ class RedisCounters:
 
 
 def create_redis_user(sock: str) -> None:
-    """ACL user "app" (created before capture: ACL SETUSER is not masked by --redact)."""
+    """ACL user "app", created before the capture."""
     out = run(["redis-cli", "-s", sock, "ACL", "SETUSER", "app", "on", f">{REDIS_PASSWORD}",
                "~*", "&*", "+@all"])  # fmt: skip
     assert out.stdout.strip() == "OK", out

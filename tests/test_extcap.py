@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -78,3 +80,52 @@ def test_capture_writes_pcapng_into_the_fifo(tmp_path: Path) -> None:
         reader.wait()
     assert seen[0].path == "/run/x" and seen[0].pid is None
     assert out.splitlines()[0] == "534554,6b6579,76616c7565"
+
+
+@pytest.fixture
+def extcap_dir(tmp_path: Path) -> str:
+    """A private extcap directory holding only the launcher (tshark run as
+    root reads only its global directory: `in_extcap_dir` bind-mounts this one
+    over it, in a mount namespace of its own)."""
+    directory = tmp_path / "extcap"
+    extcap.install(str(directory))
+    return str(directory)
+
+
+def in_extcap_dir(directory: str, *argv: str) -> list[str]:
+    """``argv`` run with ``directory`` as Wireshark's extcap directory."""
+    target = extcap.extcap_dir()
+    script = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private",
+            "sh", "-c", script, "sh", directory, target, *argv]  # fmt: skip
+
+
+@pytest.mark.root
+def test_tshark_autostop_ends_the_capture_quietly(extcap_dir: str, tmp_path: Path) -> None:
+    # tshark -a duration:3 closes the fifo, then stops the launcher: the
+    # pcapng's last blocks meet a closed pipe.  That once ended in a Python
+    # BrokenPipeError traceback that tshark showed as "Error by extcap pipe".
+    assert TSHARK
+    marker = b"usniff-extcap-marker"
+    out = tmp_path / "out.pcapng"
+    tshark_run = subprocess.Popen(
+        in_extcap_dir(extcap_dir, TSHARK, "-i", "usniff", "-a", "duration:3", "-w", str(out)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    a, b = socket.socketpair()
+    try:
+        while tshark_run.poll() is None:  # traffic for the whole capture
+            a.sendall(marker)
+            b.recv(len(marker))
+            time.sleep(0.05)
+        _, err = tshark_run.communicate(timeout=60)
+    finally:
+        a.close()
+        b.close()
+        if tshark_run.poll() is None:
+            tshark_run.kill()
+    assert tshark_run.returncode == 0, err
+    assert "Traceback" not in err and "Error" not in err, err
+    # and the capture before the stop reached tshark intact
+    found = tshark("-r", str(out), "-Y", f'tcp.payload contains "{marker.decode()}"')
+    assert found.count("\n") >= 2, found

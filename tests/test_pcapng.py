@@ -325,6 +325,19 @@ def test_rotation_by_time_uses_strftime_names(tmp_path: Path) -> None:
     assert follow_raw(str(last)) == sides(REDIS_EXCHANGE[6:])
 
 
+def test_rotation_by_time_refuses_names_that_repeat(tmp_path: Path) -> None:
+    # tcpdump -G without a time in the name overwrites each file with the next
+    for name, seconds, why in (
+        ("cap.pcapng", 1, "needs a time in the -w name"),
+        ("cap-%H%M.pcapng", 1, "can stay the same for 1 s"),
+        ("cap-%S.pcapng", 60, "can stay the same for 60 s"),  # 12:00:07, 12:01:07
+    ):
+        with pytest.raises(ValueError, match=why):
+            PcapngOutput(str(tmp_path / name), rotate_seconds=seconds)
+    assert os.listdir(tmp_path) == []  # refused before any file is created
+    PcapngOutput(str(tmp_path / "cap-%H%M.pcapng"), rotate_seconds=60).close(CaptureStats())
+
+
 def test_rotation_refuses_stdout() -> None:
     with pytest.raises(ValueError):
         PcapngOutput("-", rotate_bytes=1000)

@@ -145,6 +145,32 @@ def resolve_filters(specs: list[str]) -> _Filters:
     return f
 
 
+def filter_warnings(paths: list[str], pids: list[int]) -> list[str]:
+    """Filters that match nothing alive now, each said in a sentence: a socket
+    file nobody is bound to (left behind by a server that died), an @name no
+    socket has, a pid no process has.  The capture still runs (a server may
+    bind the name later), but an operator watching a silent capture must know
+    why.  Paths that are no socket file are resolve_filters' errors, not here."""
+    alive = sockets.bound()
+    files, names = alive or (set(), set())
+    out = []
+    for spec in paths if alive else []:
+        if spec.startswith("@"):
+            if b"\0" + os.fsencode(spec[1:]) not in names:
+                out.append(f"--path {spec}: no socket has this abstract name")
+            continue
+        try:
+            st = os.stat(spec)
+        except OSError:
+            continue
+        if stat.S_ISSOCK(st.st_mode) and (kernel_dev(st.st_dev), st.st_ino) not in files:
+            out.append(f"--path {spec}: no socket is bound to this file (stale socket file?)")
+    for pid in pids:
+        if not os.path.exists(f"/proc/{pid}"):
+            out.append(f"--pid {pid}: no such process")
+    return [f"{w}; capturing anyway" for w in out]
+
+
 def _kind(mode: int) -> str:
     if stat.S_ISDIR(mode):
         return "directory"

@@ -119,4 +119,8 @@ def run_capture(options: object, output: Output) -> None:
     path = getattr(options, "path", None)
     pid = getattr(options, "pid", None)
     opts = CaptureOptions(paths=[path] if path else [], pids=[pid] if pid else [])
-    run(Capture(opts), [output])
+    cap = Capture(opts)
+    try:
+        run(cap, [output])
+    finally:
+        cap.close()  # run() skips it when closing the output fails (Wireshark closed the fifo)

@@ -9,7 +9,15 @@ from typing import Any, TextIO
 import click
 
 from . import __version__
-from .capture import BACKENDS, DEFAULT_BUFFER, Capture, CaptureError, CaptureOptions
+from .capture import (
+    BACKENDS,
+    DEFAULT_BUFFER,
+    Capture,
+    CaptureError,
+    CaptureOptions,
+    _ring_size,
+    filter_warnings,
+)
 from .capture_main import run, write_batch
 from .events import CaptureStats
 from .outputs.base import Output, OutputError
@@ -40,6 +48,11 @@ def parse_size(text: str) -> int:
 
 
 MIN_BUFFER = 1 << 20
+# The kernel takes a BPF ring buffer's size as the map's max_entries, a u32 it
+# requires to be a power of two (ringbuf_map_alloc, kernel/bpf/ringbuf.c): 2 GiB
+# is the largest (its own limit, RINGBUF_MAX_DATA_SZ, is ~64 GiB).  A larger
+# size used to reach the kernel and fail every backend as "Invalid argument".
+MAX_BUFFER = 1 << 31
 
 
 def _buffer_size(text: str) -> int:
@@ -49,6 +62,14 @@ def _buffer_size(text: str) -> int:
         raise click.BadParameter(
             f"{text!r} is {size:,} bytes; the ring buffer needs at least 1M "
             "(sizes take a K, M or G suffix)",
+            param_hint="'--buffer-size'",
+        )
+    ring = _ring_size(size)
+    if ring > MAX_BUFFER:
+        rounded = f", rounded up to the power of two {ring >> 30}G" if ring != size else ""
+        raise click.BadParameter(
+            f"{text!r} is {size:,} bytes{rounded}; the kernel's BPF ring buffer holds at most "
+            "2G (its size is a power of two held in 32 bits): choose 1M to 2G",
             param_hint="'--buffer-size'",
         )
     return size
@@ -65,6 +86,30 @@ def _byte_view(ascii_: bool, hexdump: bool, fmt: str, protocol: str | None) -> b
     if protocol is not None:
         return protocol == "raw"
     return ascii_ or hexdump or fmt == "json"
+
+
+def check_redact(
+    redact: bool, *, write: str | None, ascii_: bool, hexdump: bool, fmt: str,
+    protocol: str | None, stats: bool, dissect: str = "usniff",
+) -> None:  # fmt: skip
+    """--redact masks passwords in decoded output only: refuse it with an output
+    that carries the raw bytes rather than let the passwords through."""
+    if not redact:
+        return
+    what = ""
+    if write:
+        what = "-w: a pcapng file stores the raw bytes"
+        instead = "capture without --redact, then `usniff read FILE --redact` shows it masked"
+    elif dissect == "wireshark":
+        what = "--dissect wireshark: Wireshark's dissectors show the raw bytes"
+        instead = "use --dissect usniff"
+    elif _byte_view(ascii_, hexdump, fmt, protocol) and not stats:
+        opt = "-A" if ascii_ else "-X" if hexdump else "--protocol raw"
+        opt = "--format json (raw records)" if fmt == "json" and protocol is None else opt
+        what = f"{opt}: it prints the raw bytes"
+        instead = "use decoded output (--protocol auto, resp or mysql), which masks them"
+    if what:
+        raise click.UsageError(f"--redact cannot mask {what}, passwords included; {instead}")
 
 
 def make_outputs(
@@ -172,14 +217,25 @@ def summary(stats: CaptureStats) -> str:
 @click.option("-w", "write", metavar="FILE", help="Write pcapng (Wireshark) to FILE, '-' = stdout.")
 @click.option("-C", "rotate_mb", type=float, help="Rotate -w files every N million bytes.")
 @click.option("-W", "rotate_count", type=int, help="Keep at most N rotated files.")
-@click.option("-G", "rotate_seconds", type=float, help="Rotate -w files every N seconds.")
+@click.option(
+    "-G",
+    "rotate_seconds",
+    type=float,
+    help="Rotate -w files every N seconds; FILE needs strftime conversions that change "
+    "every period (cap-%H%M%S.pcapng): a name that would repeat is refused.",
+)
 @click.option(
     "--protocol",
     type=click.Choice(PROTOCOLS),
     help="Decoder: auto (default for text), resp, mysql, raw (default for -A/-X/json).",
 )
 @click.option("--stats", is_flag=True, help="Live per-command latency table; printed at exit.")
-@click.option("--redact", is_flag=True, help="Mask passwords (AUTH, MySQL auth, IDENTIFIED BY).")
+@click.option(
+    "--redact",
+    is_flag=True,
+    help="Mask passwords in decoded output (Redis AUTH, HELLO, ACL SETUSER, MIGRATE, CONFIG; "
+    "MySQL auth, IDENTIFIED BY); refused with -w, -A, -X and raw JSON, which carry raw bytes.",
+)
 @click.option(
     "--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True
 )
@@ -188,7 +244,7 @@ def summary(stats: CaptureStats) -> str:
     "buffer_size",
     default=f"{DEFAULT_BUFFER >> 20}M",
     show_default=True,
-    help="Kernel ring buffer size.",
+    help="Kernel ring buffer size: 1M to 2G, rounded up to a power of two.",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Show backend selection and libbpf's log.")
 @click.pass_context
@@ -196,6 +252,10 @@ def main(ctx: click.Context, /, **kw: Any) -> None:  # fmt: skip
     """usniff: capture and decode traffic on Unix domain sockets (eBPF)."""
     if ctx.invoked_subcommand is not None:
         return
+    check_redact(
+        kw["redact"], write=kw["write"], ascii_=kw["ascii_"], hexdump=kw["hexdump"],
+        fmt=kw["fmt"], protocol=kw["protocol"], stats=kw["stats"],
+    )  # fmt: skip
     opts = CaptureOptions(
         paths=list(kw["paths"]),
         pids=list(kw["pids"]),
@@ -213,6 +273,8 @@ def main(ctx: click.Context, /, **kw: Any) -> None:  # fmt: skip
     if kw["verbose"]:
         for backend, reason in cap.reasons.items():
             click.echo(f"usniff: backend {backend} not used: {reason}", err=True)
+    for warning in filter_warnings(opts.paths, opts.pids):
+        click.echo(f"usniff: warning: {warning}", err=True)
     try:
         outputs = make_outputs(
             sys.stdout,
@@ -255,24 +317,33 @@ def main(ctx: click.Context, /, **kw: Any) -> None:  # fmt: skip
 @main.command("list")
 @click.option("--path", "path_filter", help="Only sockets whose path contains this.")
 def list_cmd(path_filter: str | None) -> None:
-    """Unix sockets: path, type, state, inode, peer inode, processes (like `ss -xp`)."""
+    """Unix sockets: path, type, state, inode, peer inode, queues, processes (like `ss -xp`).
+
+    Recv-Q and Send-Q are `ss -x`'s: bytes queued (for a listener: connections
+    not yet accepted, and the backlog).  Bytes of a name or process name that
+    do not print are shown as \\xNN."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    from .sockets import list_sockets
+    from .sockets import list_sockets, printable
 
     try:
         socks = list_sockets()
     except OSError as e:
         raise click.ClickException(f"cannot list sockets (sock_diag): {e}") from None
     table = Table(box=None, header_style="bold")
-    for col in ("path", "type", "state", "inode", "peer", "processes"):
-        table.add_column(col, justify="right" if col in ("inode", "peer") else "left")
-    for s in sorted(socks, key=lambda s: (s.path == "", s.path, s.inode)):
+    right = ("inode", "peer", "recv-q", "send-q")
+    for col in ("path", "type", "state", *right, "processes"):
+        table.add_column(col, justify="right" if col in right else "left")
+    for s in sorted(socks, key=lambda s: (s.path == "", s.name, s.inode)):
         if path_filter and path_filter not in s.path:
             continue
-        procs = ",".join(f"{c}[{p}]" for p, c in s.procs)
-        table.add_row(s.path or "-", s.type, s.state, str(s.inode), str(s.peer or "-"), procs)
+        recv_q, send_q = (str(q) for q in s.queues) if s.queues else ("-", "-")
+        procs = ",".join(f"{printable(c)}[{p}]" for p, c in s.procs)
+        path = "@" + printable(s.name[1:]) if s.name[:1] == b"\0" else printable(s.name)
+        cells = (path or "-", s.type, s.state, str(s.inode), str(s.peer or "-"), recv_q, send_q)
+        table.add_row(*(Text(c) for c in (*cells, procs)))  # Text: no rich markup in names
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
 
 
@@ -281,7 +352,9 @@ def list_cmd(path_filter: str | None) -> None:
 @click.option("--protocol", type=click.Choice(PROTOCOLS), help="Decoder (default auto).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 @click.option("--stats", is_flag=True, help="Per-command latency table.")
-@click.option("--redact", is_flag=True, help="Mask passwords.")
+@click.option(
+    "--redact", is_flag=True, help="Mask passwords (decoded output only; see usniff --help)."
+)
 @click.option("-A", "ascii_", is_flag=True, help="Print payloads as ASCII (raw records).")
 @click.option("-X", "hexdump", is_flag=True, help="Print payloads as hex and ASCII (raw records).")
 @click.option(
@@ -296,6 +369,8 @@ def read_cmd(file: str, protocol: str | None, fmt: str, stats: bool, redact: boo
     """Decode a pcap/pcapng file offline (usniff's, or a tcpdump capture of Redis/MySQL)."""
     from .pcapread import PcapReadError, dissect_wireshark, read_records
 
+    check_redact(redact, write=None, ascii_=ascii_, hexdump=hexdump, fmt=fmt,
+                 protocol=protocol, stats=stats, dissect=dissect)  # fmt: skip
     out = sys.stdout
     if dissect == "wireshark":
         for pkt in dissect_wireshark(file):

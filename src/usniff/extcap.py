@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from usniff import __version__
-from usniff.outputs.base import Output
+from usniff.outputs.base import Output, OutputError
 from usniff.outputs.pcapng import LINKTYPE_RAW, PcapngOutput
 
 INTERFACE = "usniff"
@@ -132,6 +132,11 @@ def main(argv: Sequence[str] | None = None, capture: CaptureFunction | None = No
         previous = signal.signal(signal.SIGTERM, _stop)
         try:
             (capture or _default_capture())(options, PcapngOutput(args.fifo))
+        except OutputError as e:
+            if isinstance(e.__cause__, BrokenPipeError):
+                return 0  # Wireshark closed the fifo (its stop, e.g. tshark -a): done
+            print(f"usniff: {e}", file=sys.stderr)  # Wireshark shows our stderr
+            return 1
         finally:
             signal.signal(signal.SIGTERM, previous)
         return 0

@@ -1,8 +1,8 @@
 """The machine's Unix sockets, as `ss -xp` shows them (NETLINK_SOCK_DIAG).
 
 Used by `usniff list` and by capture when a socket's own announcement was
-lost.  The kernel answers inode, type, state, bound name, peer inode and the
-socket file's (dev, inode); pid/comm come from /proc/*/fd.
+lost.  The kernel answers inode, type, state, bound name, peer inode, the
+socket file's (dev, inode) and the queue lengths; pid/comm come from /proc/*/fd.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST, NLM_F_DUMP = 1, 0x300
 NLMSG_DONE, NLMSG_ERROR = 3, 2
-UDIAG_SHOW_NAME, UDIAG_SHOW_VFS, UDIAG_SHOW_PEER = 1, 2, 4
-UNIX_DIAG_NAME, UNIX_DIAG_VFS, UNIX_DIAG_PEER = 0, 1, 2
+UDIAG_SHOW_NAME, UDIAG_SHOW_VFS, UDIAG_SHOW_PEER, UDIAG_SHOW_RQLEN = 1, 2, 4, 0x10
+UNIX_DIAG_NAME, UNIX_DIAG_VFS, UNIX_DIAG_PEER, UNIX_DIAG_RQLEN = 0, 1, 2, 4
 STATES = {1: "ESTAB", 7: "UNCONN", 10: "LISTEN", 2: "SYN_SENT", 8: "CLOSE_WAIT"}
 TYPES = {1: "stream", 2: "dgram", 5: "seqpacket"}
 
@@ -31,12 +31,17 @@ class UnixSocket:
     peer: int = 0
     vfs: tuple[int, int] | None = None  # (dev, inode) of the socket file
     procs: list[tuple[int, str]] = field(default_factory=list)
+    name: bytes = b""  # the bound address as bound: b"\0..." for an abstract name
+    # Recv-Q, Send-Q as `ss -x` shows them: bytes queued (a listener: pending
+    # connections and its backlog); None where the kernel did not say
+    queues: tuple[int, int] | None = None
 
 
 def _dump() -> list[UnixSocket]:
     req = struct.pack(
         "<BBHIIIII", socket.AF_UNIX, 0, 0, 0xFFFFFFFF, 0,
-        UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER, 0xFFFFFFFF, 0xFFFFFFFF,
+        UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN,
+        0xFFFFFFFF, 0xFFFFFFFF,
     )  # fmt: skip
     flags = NLM_F_REQUEST | NLM_F_DUMP
     msg = struct.pack("<IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, flags, 1, 0)
@@ -65,20 +70,48 @@ def _parse(m: bytes) -> UnixSocket:
         alen, atype = struct.unpack_from("<HH", m, pos)
         val = m[pos + 4 : pos + alen]
         if atype == UNIX_DIAG_NAME:
-            s.path = (
-                "@" + val[1:].decode(errors="replace")
-                if val[:1] == b"\0"
-                else val.decode(errors="replace")
-            )
+            _set_name(s, val)
         elif atype == UNIX_DIAG_PEER:
             s.peer = struct.unpack("<I", val[:4])[0]
         elif atype == UNIX_DIAG_VFS:
             ino_, dev = struct.unpack("<II", val[:8])
             s.vfs = (dev, ino_)
+        elif atype == UNIX_DIAG_RQLEN:
+            s.queues = struct.unpack("<II", val[:8])
         if alen < 4:
             break
         pos += (alen + 3) & ~3
     return s
+
+
+def _set_name(s: UnixSocket, name: bytes) -> None:
+    """A file's name ends at its first NUL (C programs often count the
+    terminating NUL in addrlen, and the kernel keeps it); every byte of an
+    abstract name counts."""
+    if name[:1] != b"\0":
+        name = name.split(b"\0", 1)[0]
+    s.name = name
+    text = name.decode(errors="replace")
+    s.path = "@" + text[1:] if name[:1] == b"\0" else text
+
+
+def printable(text: str | bytes) -> str:
+    """``text`` safe to print: a byte that is not part of a printable UTF-8
+    character becomes ``\\xNN`` (and ``\\`` itself ``\\\\``).  Names are chosen by
+    whoever bound the socket or named the process; printed raw, they could
+    move the cursor or rewrite the terminal of the root user reading them."""
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    out = []
+    for ch in text:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            raw = os.fsencode(ch) if "\udc80" <= ch <= "\udcff" else ch.encode()
+            out.append("".join(f"\\x{b:02x}" for b in raw))
+    return "".join(out)
 
 
 def _owners() -> dict[int, list[tuple[int, str]]]:
@@ -88,8 +121,8 @@ def _owners() -> dict[int, list[tuple[int, str]]]:
         if not pid.isdigit():
             continue
         try:
-            with open(f"/proc/{pid}/comm") as f:
-                comm = f.read().strip()
+            with open(f"/proc/{pid}/comm", "rb") as f:
+                comm = os.fsdecode(f.read().removesuffix(b"\n"))
             fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:
             continue
@@ -109,7 +142,7 @@ def _owners() -> dict[int, list[tuple[int, str]]]:
 def _proc_net_unix() -> list[UnixSocket]:
     """Fallback when the unix_diag module is unavailable: no peers, no VFS ids."""
     out = []
-    with open("/proc/net/unix") as f:
+    with open("/proc/net/unix", errors="surrogateescape") as f:
         next(f)
         for line in f:
             fields = line.split(maxsplit=7)
@@ -120,7 +153,8 @@ def _proc_net_unix() -> list[UnixSocket]:
             path = fields[7].rstrip("\n") if len(fields) > 7 else ""
             name = "LISTEN" if flags & _SO_ACCEPTCON else _PROC_STATES.get(state, str(state))
             sock = UnixSocket(ino, TYPES.get(typ, str(typ)), name)
-            sock.path = "@" + path[1:] if path.startswith("@") else path
+            raw = os.fsencode(path)
+            _set_name(sock, b"\0" + raw[1:] if path.startswith("@") else raw)
             out.append(sock)
     return out
 
@@ -143,6 +177,16 @@ def list_sockets(with_procs: bool = True) -> list[UnixSocket]:
         for s in socks:
             s.procs = owners.get(s.inode, [])
     return socks
+
+
+def bound() -> tuple[set[tuple[int, int]], set[bytes]] | None:
+    """(dev, inode) of every socket file a socket is bound to now, and every
+    bound name; None without sock_diag (/proc/net/unix has no file ids)."""
+    try:
+        socks = _dump()
+    except OSError:
+        return None
+    return {s.vfs for s in socks if s.vfs}, {s.name for s in socks if s.name}
 
 
 def inodes() -> set[int]:

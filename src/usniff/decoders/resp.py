@@ -578,7 +578,7 @@ class RespDecoder:
         if head is None:
             events.append(Notice(self.protocol, Direction.SERVER, "unpaired", render(value), ts))
             return
-        head.replies.append(render(value))
+        head.replies.append(render(_masked_reply(head.command, value) if self.redact else value))
         head.reply_bytes += msg.nbytes
         if msg.attribute is not None:
             head.details["attribute"] = render(msg.attribute)
@@ -630,16 +630,64 @@ def _pubsub_kind(value: object) -> bytes:
 
 
 def _redact(name: bytes, args: list[object], shown: list[str]) -> None:
-    """Mask passwords: AUTH [user] pass, HELLO ... AUTH user pass, CONFIG SET requirepass x."""
+    """Mask passwords: AUTH [user] pass; HELLO ... AUTH user pass; MIGRATE ...
+    AUTH pass / AUTH2 user pass; ACL SETUSER rules >pass <pass #hash !hash;
+    CONFIG SET requirepass / masterauth (in any of its pairs)."""
+    words = [_arg(a) for a in args]
     if name == b"AUTH" and len(shown) > 1:
         shown[-1] = REDACTED
     elif name == b"HELLO":
-        upper = [_arg(a).upper() for a in args]
-        for i, word in enumerate(upper):
-            if word == b"AUTH" and i + 2 < len(shown):
-                shown[i + 2] = REDACTED
-    elif name == b"CONFIG" and len(args) > 3 and _arg(args[2]).lower() in _SECRET_CONFIG:
-        shown[3] = REDACTED
+        _mask_options(words, shown, 1, {b"AUTH": 2}, stop=b"")
+    elif name == b"MIGRATE":  # MIGRATE host port key db timeout [options] [KEYS k ...]
+        _mask_options(words, shown, 6, {b"AUTH": 1, b"AUTH2": 2}, stop=b"KEYS")
+    elif name == b"ACL" and len(words) > 1 and words[1].upper() == b"SETUSER":
+        for i in range(3, len(words)):
+            if words[i][:1] in _PASSWORD_RULES:
+                shown[i] = words[i][:1].decode() + REDACTED
+    elif name == b"CONFIG" and len(words) > 1 and words[1].upper() == b"SET":
+        for i in range(2, len(words) - 1, 2):
+            if words[i].lower() in _SECRET_CONFIG:
+                shown[i + 1] = REDACTED
 
 
+def _mask_options(
+    words: list[bytes], shown: list[str], first: int, secret: dict[bytes, int], stop: bytes
+) -> None:
+    """Mask the password after each option in ``secret`` (its last argument:
+    AUTH2 user pass), from ``words[first]`` up to the word ``stop`` (MIGRATE's
+    KEYS, after which come key names)."""
+    i = first
+    while i < len(words):
+        word = words[i].upper()
+        if stop and word == stop:
+            return
+        n = secret.get(word, 0)
+        if n and i + n < len(shown):
+            shown[i + n] = REDACTED
+        i += 1 + n
+
+
+def _masked_reply(command: str, value: object) -> object:
+    """A reply that carries a secret, masked: CONFIG GET's requirepass and
+    masterauth, ACL GETUSER's "passwords", the hashes in ACL LIST's rules
+    (unsalted SHA-256 of the passwords)."""
+    if not isinstance(value, Agg):
+        return value
+    items = list(value.items)
+    if command in ("CONFIG GET", "ACL GETUSER"):
+        for i in range(0, len(items) - 1, 2):
+            key = _arg(items[i]).lower()
+            if key in _SECRET_CONFIG or (command == "ACL GETUSER" and key == b"passwords"):
+                items[i + 1] = REDACTED.encode()
+    elif command == "ACL LIST":
+        items = [
+            b" ".join(b"#" + REDACTED.encode() if w[:1] == b"#" else w for w in x.split(b" "))
+            if isinstance(x, bytes)
+            else x
+            for x in items
+        ]
+    return Agg(value.kind, items, value.size)
+
+
+_PASSWORD_RULES = frozenset((b">", b"<", b"#", b"!"))  # ACL SETUSER: add/remove a password or hash
 _SECRET_CONFIG = frozenset((b"requirepass", b"masterauth"))

@@ -579,6 +579,32 @@ def _cause(err: OSError) -> str:
     return "I/O error"
 
 
+# Instants (UTC) at which -w names are tried: different seconds, minutes,
+# hours, days, months and years, and fractions of a second.
+_NAME_SAMPLES = (1e9, 1.5e9 + 0.999, 1.7e9 + 3599.5)
+
+
+def _check_time_names(pattern: str, seconds: float) -> None:
+    """Refuse a ``-G`` whose file names would repeat from one period to the
+    next: tcpdump then overwrites the previous file (its man page says so);
+    we say so up front instead of silently keeping one period of data."""
+
+    def same(t: float, later: float) -> bool:
+        return time.strftime(pattern, time.gmtime(t)) == time.strftime(pattern, time.gmtime(later))
+
+    if all(same(t, t + 1e8) for t in _NAME_SAMPLES):
+        raise ValueError(
+            f"-G {seconds:g} needs a time in the -w name, or every file overwrites the one "
+            f"before: put strftime conversions in it, e.g. -w 'cap-%Y%m%d-%H%M%S.pcapng'"
+        )
+    if any(same(t, t + seconds) for t in _NAME_SAMPLES):
+        raise ValueError(
+            f"-G {seconds:g}: the time in -w {pattern!r} can stay the same for {seconds:g} s, "
+            "so a file would overwrite the one before: use a conversion that changes "
+            "every period (%S changes every second), or a longer -G"
+        )
+
+
 class PcapngOutput:
     """pcapng file (or ``-`` for stdout) with tcpdump-style rotation.
 
@@ -604,6 +630,8 @@ class PcapngOutput:
             raise ValueError("cannot rotate files when writing to stdout (-w -)")
         if rotate_count and not (rotate_bytes or rotate_seconds):
             raise ValueError("-W needs -C or -G")
+        if rotate_seconds and path != "-":
+            _check_time_names(path, rotate_seconds)
         self._pattern = path
         self._rotate_bytes = rotate_bytes or 0
         self._rotate_seconds = rotate_seconds or 0.0
