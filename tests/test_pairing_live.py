@@ -184,3 +184,43 @@ def test_redis_benchmark_pipelined_is_paired_and_counted(tmp: str) -> None:
             rows = {m.group(1): int(m.group(2)) for m in
                     re.finditer(r"\bresp\s*│\s*(SET|GET)\s*│\s*(\d+)", table.stderr)}  # fmt: skip
             assert rows == {"SET": BENCH_N, "GET": BENCH_N}, table.stderr
+
+
+DGRAM_SCRIPT = """
+import os, socket, sys
+r = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+r.bind(sys.argv[1])
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+print(os.fstat(r.fileno()).st_ino, flush=True)
+sys.stdin.readline()
+for i in range(5):
+    s.sendto(b"log %d" % i, sys.argv[1])
+    r.recv(100)
+print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_unconnected_datagram_names_its_receiver(tmp: str) -> None:
+    """sendto() on an unconnected socket: the receiver's inode, pid and comm,
+    not `>-` (the kernel does not say; the socket bound to the address does)."""
+    sock = str(Path(tmp) / "log.sock")
+    prog = subprocess.Popen(
+        ["python3", "-c", DGRAM_SCRIPT, sock],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert prog.stdout is not None and prog.stdin is not None
+    receiver = int(prog.stdout.readline())
+    comm = Path(f"/proc/{prog.pid}/comm").read_text().strip()
+    with Usniff("--path", sock, "--format", "json", "--protocol", "raw") as usniff:
+        prog.stdin.write("go\n")
+        prog.stdin.flush()
+        assert prog.stdout.readline().strip() == "done"
+        result = usniff.stop()
+    prog.stdin.close()
+    prog.wait(10)
+    recs = [r for r in decoded(result.text) if "data" in r]
+    assert len(recs) == 5
+    assert {(r["peer_inode"], r["peer_pid"], r["peer_comm"], r["path"]) for r in recs} == {
+        (receiver, prog.pid, comm, sock)
+    }

@@ -530,6 +530,10 @@ static const char *const record_fields[RECORD_FIELDS] = {
 	"flags",	 "kind",	  "peer_pid",	   "sock_id",	"peer_id", "peer_comm",
 };
 static Py_ssize_t record_offsets[RECORD_FIELDS];
+enum { R_TS = 0, R_PID, R_TID, R_UID, R_COMM, R_INODE, R_PEER_INODE, R_OFFSET = 10, R_LENGTH,
+       R_DATA, R_FLAGS = 14, R_KIND, R_PEER_PID, R_SOCK_ID, R_PEER_ID, R_PEER_COMM };
+#define RSLOT(r, i) (*(PyObject **)((char *)(r) + record_offsets[i]))
+
 #define STATS_FIELDS 3
 static const char *const stats_fields[STATS_FIELDS] = {"records", "bytes", "bytes_kept"};
 static Py_ssize_t stats_offsets[STATS_FIELDS];
@@ -911,7 +915,7 @@ static int handle_record(PyObject *self, struct cap_attrs *ca, const struct usni
 			 const char *body, Py_ssize_t body_len, uint64_t *acc)
 {
 	PyObject *id = NULL, *ino = NULL, *peer = NULL, *info = NULL, *path, *is_own,
-		 *flags = NULL, *dest_info = NULL, *r = NULL;
+		 *flags = NULL, *dest_info = NULL, *receiver = Py_None, *r = NULL;
 	int rc = -1, lost = ev->kind == USNIFF_EV_LOST;
 	Py_ssize_t n = (Py_ssize_t)ev->caplen < body_len ? (Py_ssize_t)ev->caplen : body_len;
 	double ts = ca->clock + (double)ev->ts_ns / 1e9;
@@ -947,15 +951,25 @@ static int handle_record(PyObject *self, struct cap_attrs *ca, const struct usni
 		if (PyDict_GET_SIZE(ca->dest) || PyDict_GET_SIZE(ca->in_dest)) {
 			PyObject *a[5] = {self, id, path, is_own, flags};
 			dest_info = cap_call(ca, s_destination, a, 5);
-			PyObject *di[3];
-			if (dest_info == NULL || unpack(dest_info, 3, di) < 0)
+			PyObject *di[4];
+			if (dest_info == NULL || unpack(dest_info, 4, di) < 0)
 				goto out;
 			path = di[0];
 			is_own = di[1];
 			Py_SETREF(flags, Py_NewRef(di[2]));
+			receiver = di[3];
 		}
 		if ((r = make_record(ev, ts, body, n, path, is_own, flags)) == NULL)
 			goto out;
+		/* the receiver an unconnected datagram was sent to: its inode, pid, comm */
+		if (receiver != Py_None) {
+			static const int fields[3] = {R_PEER_INODE, R_PEER_PID, R_PEER_COMM};
+			PyObject *rv[3];
+			if (unpack(receiver, 3, rv) < 0)
+				goto out;
+			for (int i = 0; i < 3; i++)
+				Py_SETREF(RSLOT(r, fields[i]), Py_NewRef(rv[i]));
+		}
 	}
 
 	if (lost) {
@@ -1188,10 +1202,6 @@ out:
 
 /* ------------------------------------------------------------ pcapng batch */
 
-enum { R_TS = 0, R_PID, R_TID, R_UID, R_COMM, R_INODE, R_PEER_INODE, R_OFFSET = 10, R_LENGTH,
-       R_DATA, R_FLAGS = 14, R_KIND, R_PEER_PID, R_SOCK_ID, R_PEER_ID, R_PEER_COMM };
-
-#define RSLOT(r, i) (*(PyObject **)((char *)(r) + record_offsets[i]))
 
 /* A Python int as a long long; 0 with *ok = 0 when it is not one or too large. */
 static long long as_ll(PyObject *v, int *ok)

@@ -53,10 +53,12 @@ ADDR_MAX = 108
 DEFAULT_BUFFER = 64 << 20
 CLOSE_CHECK = 1.0  # seconds between checks for sockets that went away
 REORDER = 0.1  # seconds records wait so that records from other CPUs can precede them
+RECEIVERS_TTL = 10.0  # seconds a datagram address's receiving socket is taken as known
 POLL = 0.1  # seconds between drains of the ring (the kernel wakes us early when it fills up)
 
 
 _ts = attrgetter("ts")
+Receiver = tuple[int, int, str]  # a datagram receiver's inode, pid and comm
 
 
 class CaptureError(Exception):
@@ -229,6 +231,8 @@ class Capture(EventHandler):
         self._batch: list[Record | Packed] = []  # drained, not yet ordered
         self._pending: list[Record | Packed] = []  # ordered by ts, waiting for REORDER
         self._last: dict[int, Record | Packed] = {}  # newest record per socket, for closes
+        self._receivers: dict[str, Receiver] = {}  # bound datagram address -> its socket
+        self._receivers_at = -RECEIVERS_TTL
         self._next_close_check = time.monotonic() + CLOSE_CHECK
 
     # ------------------------------------------------------------------ load
@@ -301,9 +305,10 @@ class Capture(EventHandler):
 
     def _destination(
         self, sock_id: int, path: str, is_own: bool, flags: int
-    ) -> tuple[str, bool, int]:
+    ) -> tuple[str, bool, int, Receiver | None]:
         """A datagram sent to an explicit address is labelled with that address
-        (announced by an EV_DEST record just before its first data record)."""
+        (announced by an EV_DEST record just before its first data record), and
+        with the socket bound to it, which receives it (``_receiver``)."""
         if flags & FLAG_MSG_START:
             dest = self._dest.pop(sock_id, None)
             if dest is not None:
@@ -312,10 +317,24 @@ class Capture(EventHandler):
                 self._in_dest.pop(sock_id, None)
         dest = self._in_dest.get(sock_id)
         if dest is None:
-            return path, is_own, flags
+            return path, is_own, flags, None
         if flags & FLAG_MSG_END:
             del self._in_dest[sock_id]
-        return dest, False, flags | FLAG_ADDR
+        return dest, False, flags | FLAG_ADDR, self._receiver(dest)
+
+    def _receiver(self, address: str) -> Receiver | None:
+        """(inode, pid, comm) of the socket bound to ``address``, from sock_diag and
+        /proc, looked up again at most once per RECEIVERS_TTL (or CLOSE_CHECK
+        seconds when the address was not bound at the last look)."""
+        now = time.monotonic()
+        age = now - self._receivers_at
+        if age >= RECEIVERS_TTL or (address not in self._receivers and age >= CLOSE_CHECK):
+            try:
+                self._receivers = sockets.receivers()
+            except OSError:
+                self._receivers = {}
+            self._receivers_at = now
+        return self._receivers.get(address)
 
     def _count_loss(self, rec: Record, n: int) -> None:
         st = self.stats

@@ -189,6 +189,18 @@ def bound() -> tuple[set[tuple[int, int]], set[bytes]] | None:
     return {s.vfs for s in socks if s.vfs}, {s.name for s in socks if s.name}
 
 
+def receivers() -> dict[str, tuple[int, int, str]]:
+    """Bound address -> (inode, pid, comm) of every bound datagram socket alive now
+    (pid 0 and comm "" when no process holds it open)."""
+    socks = [s for s in _sockets() if s.path and s.type == "dgram"]
+    owners = _owners() if socks else {}
+    out = {}
+    for s in socks:
+        pid, comm = (owners.get(s.inode) or [(0, "")])[0]
+        out[s.path] = (s.inode, pid, comm)
+    return out
+
+
 def inodes() -> set[int]:
     """Inodes of every Unix socket alive now."""
     return {s.inode for s in _sockets()}

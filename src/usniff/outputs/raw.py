@@ -46,8 +46,9 @@ def header(rec: Record) -> str:
     clock = time.strftime("%H:%M:%S", time.localtime(rec.ts)) + f".{int(rec.ts % 1 * 1e6):06d}"
     peer = rec.peer_inode or "-"
     where = rec.path or "(unnamed)"
+    to = f" to {rec.peer_comm or '?'}[{rec.peer_pid}]" if rec.peer_pid else ""
     head = (
-        f"{clock} {rec.comm}[{rec.pid}/{rec.tid}] {rec.sock_type} ino {rec.inode}>{peer} "
+        f"{clock} {rec.comm}[{rec.pid}/{rec.tid}] {rec.sock_type} ino {rec.inode}>{peer}{to} "
         f"{where} {direction(rec)} off {rec.offset}"
     )
     if rec.kind == "lost":
@@ -97,6 +98,9 @@ def record_json(rec: Record) -> dict[str, object]:
         "inode": rec.inode,
         "peer_inode": rec.peer_inode,
         "peer_pid": rec.peer_pid,
+        "peer_comm": rec.peer_comm,
+        "sock_id": rec.sock_id,
+        "peer_id": rec.peer_id,
         "path": rec.path,
         "direction": direction(rec),
         "type": rec.sock_type,
