@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -12,7 +13,7 @@ from conftest import capture
 from usniff.decode import DecodedOutput, Decoding, Stats, percentile
 from usniff.decoders.base import Transaction
 from usniff.decoders.detect import detect
-from usniff.events import CaptureStats
+from usniff.events import CaptureStats, Record
 
 
 def run(name: str, **kw: object) -> tuple[str, str]:
@@ -112,3 +113,25 @@ def test_detect() -> None:
     assert detect(b"\x16\x03\x01\x02\x00", b"") == "tls"
     assert detect(b"\x00" * 3, b"") is None
     assert detect(b"\x00" * 64, b"\x01" * 64) == "unknown"
+
+
+def test_closed_connections_release_their_decoders() -> None:
+    """Decoder state lives as long as the connection: none is left after the
+    closes (a busy server's millions of short connections, memory flat)."""
+    decoding = Decoding("resp")
+    for i in range(300):
+        c, s = 10_000 + 2 * i, 10_001 + 2 * i
+        base = Record(0.0, 1, 1, 0, "cli", c, s, "stream", "/r.sock", False, 0, 14,
+                      b"*1\r\n$4\r\nPING\r\n", sock_id=c, peer_id=s)  # fmt: skip
+        reply = Record(0.001, 2, 2, 0, "srv", s, c, "stream", "/r.sock", True, 0, 7,
+                       b"+PONG\r\n", sock_id=s, peer_id=c)  # fmt: skip
+        closes = [
+            dataclasses.replace(r, offset=r.length, length=0, data=b"", kind="close", ts=0.002)
+            for r in (base, reply)
+        ]
+        # the server answers, or never does (then only the client's socket closes)
+        records = [base, reply, *closes] if i % 2 else [base, closes[0]]
+        events = decoding.feed(records)
+        replies = [e.reply for e in events if isinstance(e, Transaction)]
+        assert replies == (["+PONG"] if i % 2 else [""])
+    assert decoding.open_connections == 0

@@ -27,7 +27,7 @@ from scapy.utils import rdpcap
 
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, CaptureStats, Record
 from usniff.outputs.base import OutputError
-from usniff.outputs.pcapng import OTHER_PORT, PcapngOutput, parse_comment
+from usniff.outputs.pcapng import OTHER_PORT, Framer, PcapngOutput, _Sink, parse_comment
 
 pytestmark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
 
@@ -446,3 +446,22 @@ def test_full_disk_raises_and_leaves_a_readable_file(tiny_fs: Path, tmp_path: Pa
     copy = tmp_path / "copy.pcapng"
     copy.write_bytes(f.read_bytes())
     assert len(tshark("-r", str(copy)).splitlines()) == readable > 100
+
+
+def test_closed_flows_are_forgotten() -> None:
+    """A flow is forgotten when both sockets closed, or one closed and the
+    other never sent; rotation then re-announces only the open ones."""
+    framer, buf = Framer(), _Sink()
+    for i in range(500):
+        conn = Conn(client_inode=100_000 + 2 * i, server_inode=100_001 + 2 * i)
+        records = [conn.send(False, b"*1\r\n$4\r\nPING\r\n")]
+        if i % 2:
+            records.append(conn.send(True, b"+PONG\r\n"))
+            records.append(conn.close(True))
+        records.append(conn.close(False))
+        for r in records:
+            framer.add(buf, r)
+    assert framer.open_flows == 0
+    still = Conn(client_inode=5, server_inode=6)
+    framer.add(buf, still.send(False, b"x"))
+    assert framer.open_flows == 2

@@ -157,9 +157,18 @@ def test_close_flushes_direction_and_forgets_connection() -> None:
         ("data", 5, b"f"),
     ]
     assert isinstance(events[-1], Close) and events[-1].direction is Direction.CLIENT
-    events = asm.feed(rec(0, kind="close", inode=SERVER))
-    assert [type(e) for e in events] == [Close]
-    assert asm.feed(rec(0, kind="close")) == []  # connection already forgotten
+    assert events[-1].final  # the server never sent: it never will, the client is gone
+    assert asm.feed(rec(0, kind="close", inode=SERVER)) == []  # connection already forgotten
+
+
+def test_connection_is_over_when_both_ends_closed() -> None:
+    asm = StreamAssembler()
+    asm.feed(rec(0, b"GET"))
+    asm.feed(rec(0, b"+OK", inode=SERVER))
+    (first,) = asm.feed(rec(3, kind="close"))
+    assert isinstance(first, Close) and not first.final and asm.open_connections == 1
+    (last,) = asm.feed(rec(3, kind="close", inode=SERVER))
+    assert isinstance(last, Close) and last.final and asm.open_connections == 0
 
 
 def test_conn_key() -> None:
@@ -190,3 +199,38 @@ def test_real_capture_survives_local_reordering() -> None:
 
     assert streams(run(shuffled)) == streams(run(records))
     assert sum(len(v) for v in streams(run(records)).values()) == sum(len(r.data) for r in records)
+
+
+def conn_records(i: int, server_replies: bool) -> list[Record]:
+    """Connection ``i``: a request, maybe a reply, then both sockets gone."""
+    c, s = 10_000 + 2 * i, 10_001 + 2 * i
+    req = rec(0, b"PING", inode=CLIENT, sock_id=c, peer_id=s)
+    out = [req]
+    if server_replies:
+        out.append(rec(0, b"+PONG", inode=SERVER, sock_id=s, peer_id=c))
+    out.append(dataclasses.replace(req, offset=4, length=0, data=b"", kind="close"))
+    if server_replies:
+        out.append(rec(5, kind="close", inode=SERVER, sock_id=s, peer_id=c))
+    return out
+
+
+def test_closed_connections_are_forgotten() -> None:
+    """Both ends closed, or one closed and the other never sent: nothing is
+    kept (memory is bounded by the connections alive, not ever seen)."""
+    asm = StreamAssembler()
+    finals = 0
+    for i in range(1000):
+        for r in conn_records(i, server_replies=i % 2 == 0):
+            finals += sum(1 for ev in asm.feed(r) if isinstance(ev, Close) and ev.final)
+    assert asm.open_connections == 0 and finals == 1000
+
+
+def test_connections_that_never_close_are_bounded() -> None:
+    asm = StreamAssembler(max_connections=64)
+    events: list[StreamEvent] = []
+    for i in range(1000):
+        events += asm.feed(conn_records(i, server_replies=True)[1])  # the reply only: left open
+    assert asm.open_connections <= 64
+    assert asm.stats.evicted == 1000 - asm.open_connections
+    closed = [ev for ev in events if isinstance(ev, Close)]
+    assert len(closed) == asm.stats.evicted and all(ev.final for ev in closed)

@@ -75,6 +75,10 @@ class Decoding:
         self.protocols_seen: dict[str, int] = {}
         self._conns: dict[ConnKey, _Conn] = {}
 
+    @property
+    def open_connections(self) -> int:
+        return len(self._conns)
+
     def feed(self, records: Iterable[Record]) -> list[DecoderEvent]:
         out: list[DecoderEvent] = []
         for rec in records:
@@ -103,7 +107,7 @@ class Decoding:
             return
         conn = conn_or_none
         if isinstance(ev, Close):
-            if ev.direction is Direction.CLIENT or not conn.open.roles_known:
+            if ev.final:
                 self._close(conn, out)
                 del self._conns[ev.conn]
             return

@@ -79,6 +79,7 @@ class Close:
     conn: ConnKey
     direction: Direction
     ts: float
+    final: bool = True  # the connection is over and forgotten: no event follows for it
 
 
 StreamEvent = Open | Data | Gap | Close
@@ -92,6 +93,7 @@ class AssemblerStats:
     gaps: int = 0
     gap_bytes: int = 0
     reorder_gaps: int = 0  # holes given up on because the reorder buffer was full or stale
+    evicted: int = 0  # connections forgotten while open (more than max_connections open)
 
 
 @dataclass(slots=True)
@@ -108,6 +110,7 @@ class _Conn:
     key: ConnKey
     server_id: int
     sides: tuple[_Side, _Side] = field(default_factory=lambda: (_Side(), _Side()))
+    last_ts: float = 0.0  # capture time of its newest record
 
 
 class StreamAssembler:
@@ -118,10 +121,12 @@ class StreamAssembler:
         max_pending_records: int = 256,
         max_pending_bytes: int = 8 << 20,
         max_delay: float = 1.0,
+        max_connections: int = 65536,
     ) -> None:
         self.max_pending_records = max_pending_records
         self.max_pending_bytes = max_pending_bytes
         self.max_delay = max_delay
+        self.max_connections = max_connections
         self.stats = AssemblerStats()
         self._conns: dict[ConnKey, _Conn] = {}
         self._seq = 0
@@ -134,14 +139,21 @@ class StreamAssembler:
         if conn is None:
             if rec.kind == "close":
                 return events
+            if len(self._conns) >= self.max_connections:
+                self._evict(events)
             conn = self._open(key, rec, events)
+        conn.last_ts = rec.ts
         direction = Direction.SERVER if rec.sock_id == conn.server_id else Direction.CLIENT
         side = conn.sides[direction]
         if rec.kind == "close":  # deliver everything buffered for the connection first
             events += self._drain_all(conn, rec.ts)
             side.closed = True
-            events.append(Close(key, direction, rec.ts))
-            if all(s.closed for s in conn.sides) or not rec.peer_id:
+            # over when both ends closed; or when the other never sent: it never will
+            # (a socket closed, its peer's sends fail; records arrive in send order)
+            other = conn.sides[1 - direction]
+            final = other.closed or not rec.peer_id or (other.start is None and not other.heap)
+            events.append(Close(key, direction, rec.ts, final))
+            if final:
                 del self._conns[key]
             return events
         end = rec.offset + rec.length
@@ -163,6 +175,21 @@ class StreamAssembler:
         else:
             self._drain(conn, direction, rec.ts, force=False, out=events)
         return events
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._conns)
+
+    def _evict(self, events: list[StreamEvent]) -> None:
+        """Forget the least recently active eighth of the connections (their
+        buffered bytes delivered, holes as gaps): a bound for connections
+        that never close."""
+        by_age = sorted(self._conns.values(), key=lambda c: c.last_ts)
+        for conn in by_age[: max(1, len(by_age) // 8)]:
+            events += self._drain_all(conn, conn.last_ts)
+            events.append(Close(conn.key, Direction.CLIENT, conn.last_ts, True))
+            del self._conns[conn.key]
+            self.stats.evicted += 1
 
     def flush(self) -> list[StreamEvent]:
         """End of input: deliver everything still buffered, holes become gaps."""

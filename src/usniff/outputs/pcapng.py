@@ -62,6 +62,7 @@ MAX_SEGMENT = 65535 - 20 - 20  # TCP payload that fits one IPv4 packet
 MAX_DATAGRAM = 65535 - 20 - 8  # UDP payload that fits one IPv4 packet
 FLUSH_BYTES = 1 << 20  # write out as soon as this much is buffered, also within a batch
 IOV_MAX = 1024  # buffers per writev(2)
+MAX_NAMES = 1 << 16  # server paths and client processes with an address at once
 WSCALE = 14  # window scale announced in the SYNs: window 65535 << 14 never fills
 MASK32 = 0xFFFFFFFF
 
@@ -192,7 +193,7 @@ class _Dir(Direction):
     fields of :class:`usniff._fastpath.Direction`, which the C framing reads
     and advances directly; it reads peer, note and the comment from these slots."""
 
-    __slots__ = ("comment_key", "comment_opts", "epb_flags", "note", "peer", "pending")
+    __slots__ = ("comment_key", "comment_opts", "epb_flags", "key", "note", "peer", "pending")
 
     def __init__(self, src: int, dst: int, sport: int, dport: int, proto: int, epb: int) -> None:
         self.addrs = struct.pack("!IIHH", src, dst, sport, dport)
@@ -210,6 +211,7 @@ class _Dir(Direction):
         self.comment_key: tuple[int, int, int, str, int, str] | None = None
         self.comment_opts = b""
         self.peer: _Dir = self
+        self.key: object = None  # its key in Framer._dirs
 
 
 def _names_block(names: Sequence[tuple[int, str]]) -> bytes:
@@ -232,6 +234,7 @@ class Framer:
         self.packets = 0
         self._dirs: dict[object, _Dir] = {}  # sock_id (or sock_id + destination) -> direction
         self._open: dict[_Dir, None] = {}  # client directions of open TCP flows
+        self._datagram_keys: dict[int, list[object]] = {}  # sock_id -> its destinations' keys
         self._addr_of: dict[object, int] = {}
         self._names: dict[int, str] = {}
         self._servers = 0
@@ -304,6 +307,11 @@ class Framer:
         else:
             self._datagram(buf, d, rec)
 
+    @property
+    def open_flows(self) -> int:
+        """Flow directions still remembered (sockets not closed)."""
+        return len(self._dirs)
+
     def finish(self, buf: _Sink) -> None:
         """Write out datagrams still waiting for their last record."""
         for d in self._dirs.values():
@@ -353,17 +361,23 @@ class Framer:
         # for datagrams the note goes onto the next datagram
 
     def _close(self, buf: _Sink, d: _Dir, rec: Record) -> None:
-        del self._dirs[rec.sock_id if rec.peer_id else (rec.sock_id, rec.path)]
-        if d.pending:
-            self._emit_datagram(buf, d)
-        if d.proto != IPPROTO_TCP:
-            return
-        d.note = "socket closed"
-        self._tcp(buf, d, rec.ts, TCP_FIN | TCP_ACK, d.next_off, b"", 0, self._comment_opts(d, rec))
-        d.fin = 1
-        if d.peer.fin:
+        """The socket is gone: its FIN; the flow is forgotten once its other end
+        closed too or never sent (a closed socket's peer cannot send any more)."""
+        for key in self._datagram_keys.pop(rec.sock_id, [d.key]):
+            other = self._dirs.pop(key)
+            if other.pending:
+                self._emit_datagram(buf, other)
+        peer = d.peer
+        if d.proto == IPPROTO_TCP:
+            d.note = "socket closed"
+            opts = self._comment_opts(d, rec)
+            self._tcp(buf, d, rec.ts, TCP_FIN | TCP_ACK, d.next_off, b"", 0, opts)
+            d.fin = 1
+        if peer.fin or not peer.next_off:
             self._open.pop(d, None)
-            self._open.pop(d.peer, None)
+            self._open.pop(peer, None)
+            if self._dirs.get(peer.key) is peer:
+                del self._dirs[peer.key]
 
     def _datagram(self, buf: _Sink, d: _Dir, rec: Record) -> None:
         flags = rec.flags
@@ -395,6 +409,9 @@ class Framer:
     def _address(self, key: object, server: bool) -> int:
         addr = self._addr_of.get(key)
         if addr is None:
+            if len(self._addr_of) >= MAX_NAMES:  # forget the older half (a bound on memory)
+                for old in list(self._addr_of)[: MAX_NAMES // 2]:
+                    self._names.pop(self._addr_of.pop(old), None)
             if server:
                 self._servers += 1
                 addr = SERVER_NET + self._servers % (NET_SIZE - 2)
@@ -446,10 +463,14 @@ class Framer:
         server = _Dir(server_addr, client_addr, port, cport, proto, EPB_OUTBOUND)
         client.peer, server.peer = server, client
         if connected:
-            self._dirs[server_id] = server
-            self._dirs[client_id] = client
+            server.key, client.key = server_id, client_id
         else:
-            self._dirs[(rec.sock_id, rec.path)] = server if from_server else client
+            own = server if from_server else client
+            own.key = (rec.sock_id, rec.path)
+            self._datagram_keys.setdefault(rec.sock_id, []).append(own.key)
+        for d in (server, client):
+            if d.key is not None:
+                self._dirs[d.key] = d
         if proto == IPPROTO_TCP:
             self._open[client] = None
             self._handshake(
