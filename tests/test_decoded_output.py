@@ -97,10 +97,23 @@ def test_forced_protocol_and_labels() -> None:
 
 def test_detect() -> None:
     assert detect(b"*1\r\n$4\r\nPING\r\n", b"") == "resp"
-    assert detect(b"PING\r\n", b"") == "resp"
-    assert detect(b"", b"+PONG\r\n") == "resp"
-    assert detect(b"", b"\x0a\x00\x00\x00\x0a5.5.5-10.11\x00" + bytes(60)) == "mysql"
-    assert detect(b"\x01\x00\x00\x00\x0e", b"") == "mysql"
+    # an inline command needs a Redis command name and a RESP-shaped reply
+    assert detect(b"PING\r\n", b"") is None
+    assert detect(b"PING\r\n", b"+PONG\r\n") == "resp"
+    assert detect(b"PING\r\n", b"PING\r\n") == "unknown"  # an echo server
+    assert detect(b"MSG hello\n", b"MSG hello\n") == "unknown"
+    assert detect(b"set foo 0 0 3\r\nbar\r\n", b"STORED\r\n") == "unknown"  # memcached
+    assert detect(b"PI", b"+PONG\r\n") is None  # the line is not complete
+    assert detect(b"", b"+PONG\r\n") is None  # replies alone prove nothing
+    greeting = b"\x0a5.5.5-10.11\x00" + b"\x08\x00\x00\x00" + b"abcdefgh" + b"\x00" + bytes(40)
+    assert detect(b"", len(greeting).to_bytes(3, "little") + b"\x00" + greeting) == "mysql"
+    assert detect(b"", b"\x0a\x00\x00\x00\x0a\x1b\x01\x00" + bytes(60)) is None  # no version
+    # a command mid-connection: only with a reply of sequence 1
+    assert detect(b"\x01\x00\x00\x00\x0e", b"") is None
+    assert detect(b"\x01\x00\x00\x00\x0e", b"\x07\x00\x00\x01\x00\x00\x00\x02\x00\x00\x00") == (
+        "mysql"
+    )
+    assert detect(b"\x01\x00\x00\x00\x0e", b"+PONG\r\n") == "unknown"
     # the client's login packet (mariadb-slap's, as captured): caps, max packet, charset, filler
     login = b"\xa9\x00\x00\x01" + b"\x84\xa2\xbf\x80" + b"\x00\x00\x10\x00" + b"\x08"
     login += bytes(19) + b"\x1d\x00\x00\x00" + b"root\x00\x00mysql_native_password\x00"

@@ -220,7 +220,7 @@ def test_sequence_error_and_gap_declare_undecodable() -> None:
     d.feed(C, b"\x01\x00\x00\x00\x0e", 3.0)
     [ok] = d.feed(S, b"\x07\x00\x00\x01\x00\x00\x00\x02\x00\x00\x00", 3.1)
     assert isinstance(ok, Transaction) and ok.reply == "OK"
-    events = d.gap(S, 100)
+    events = d.gap(S, 100, 3.2, False)
     assert [e.kind for e in events if isinstance(e, Notice)] == ["undecodable"]
 
 

@@ -205,21 +205,24 @@ def test_split_anywhere_gives_the_same_result() -> None:
 
 def test_attributes_streamed_strings_and_aggregates() -> None:
     p = Parser(inline=False)
-    msgs = p.feed(b"|1\r\n+key-popularity\r\n%1\r\n$1\r\na\r\n,0.19\r\n*2\r\n:1\r\n:2\r\n")
+    msgs = p.feed(b"|1\r\n+key-popularity\r\n%1\r\n$1\r\na\r\n,0.19\r\n*2\r\n:1\r\n:2\r\n", 1.0)
     assert len(msgs) == 1 and msgs[0].attribute is not None
     assert msgs[0].value == Agg("*", [1, 2], 2)
-    assert p.feed(b"$?\r\n;4\r\nHell\r\n;5\r\no wor\r\n;1\r\nd\r\n;0\r\n")[0].value == b"Hello word"
-    got = p.feed(b"*?\r\n:1\r\n+a\r\n.\r\n%?\r\n+k\r\n:2\r\n.\r\n")
+    assert (
+        p.feed(b"$?\r\n;4\r\nHell\r\n;5\r\no wor\r\n;1\r\nd\r\n;0\r\n", 1.0)[0].value
+        == b"Hello word"
+    )
+    got = p.feed(b"*?\r\n:1\r\n+a\r\n.\r\n%?\r\n+k\r\n:2\r\n.\r\n", 1.0)
     assert [m.value for m in got] == [Agg("*", [1, "a"], 2), Agg("%", ["k", 2], 1)]
-    assert p.feed(b"!21\r\nSYNTAX invalid syntax\r\n=15\r\ntxt:Some string\r\n_\r\n#f\r\n")[
+    assert p.feed(b"!21\r\nSYNTAX invalid syntax\r\n=15\r\ntxt:Some string\r\n_\r\n#f\r\n", 1.0)[
         0
     ].value == (RespError("SYNTAX invalid syntax"))
 
 
 def test_big_bulk_keeps_only_a_prefix() -> None:
     p = Parser(inline=False)
-    assert p.feed(b"$100000\r\n" + b"x" * 50000) == []
-    [msg] = p.feed(b"y" * 50000 + b"\r\n")
+    assert p.feed(b"$100000\r\n" + b"x" * 50000, 1.0) == []
+    [msg] = p.feed(b"y" * 50000 + b"\r\n", 2.0)
     assert msg.value == Big(b"x" * KEEP, 100000) and msg.nbytes == len(b"$100000\r\n") + 100000 + 2
     assert len(p.buf) == 0
 
@@ -227,7 +230,7 @@ def test_big_bulk_keeps_only_a_prefix() -> None:
 def test_gap_drops_pending_and_resyncs_on_next_command() -> None:
     d = RespDecoder()
     d.feed(C, b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n", 1.0)
-    events = d.gap(S, 10)
+    events = d.gap(S, 10, 1.05, False)
     assert [type(e) for e in events] == [Transaction, Notice]
     assert events[0].ts_reply is None and events[1].kind == "undecodable"
     assert d.feed(S, b"$1\r\nx\r\n", 1.1) == []  # no command seen since the gap
@@ -291,6 +294,6 @@ def test_parser_agrees_with_hiredis(messages: list[bytes], piece: int) -> None:
     while (value := reader.gets()) is not False:
         expected.append(_hiredis_plain(value))
     parser = Parser(inline=False)
-    got = [m for i in range(0, len(wire), piece) for m in parser.feed(wire[i : i + piece])]
+    got = [m for i in range(0, len(wire), piece) for m in parser.feed(wire[i : i + piece], 1.0)]
     assert [_plain(m.value) for m in got] == expected
     assert [m.nbytes for m in got] == [len(m) for m in messages]
