@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from live_helpers import Result, Usniff, resp_command, run
+from live_helpers import USNIFF, Result, Usniff, resp_command, run
 from servers import start_memcached, start_redis
 
 pytestmark = pytest.mark.root
@@ -242,6 +242,45 @@ def test_snaplen_marks_cut_transactions(tmp: str) -> None:
     kept, total = len(get) + 120, len(get) + len(bulk)
     assert f"[cut: {kept} of {total} bytes]" in line and line.endswith(" ms"), line
     assert "00:00:00.000000" not in text.text + result.text
+
+
+# --------------------------------------------------------------------------- item 6
+
+
+def test_latency_is_request_last_byte_to_reply_first_byte(tmp: str) -> None:
+    """Checked against the records themselves: the same pcapng read back raw and decoded."""
+    value = b"x" * (2 << 20)
+    set_, get = resp_command("SET", "big", value), resp_command("GET", "big")
+    bulk = b"$%d\r\n%s\r\n" % (len(value), value)
+    pcap = str(Path(tmp) / "cap.pcapng")
+    with (
+        start_redis(tmp) as sock,
+        Usniff("--path", sock, "-w", pcap) as usniff,
+        socket.socket(socket.AF_UNIX) as s,
+    ):
+        s.connect(sock)
+        s.sendall(set_)
+        assert s.recv(100) == b"+OK\r\n"
+        s.sendall(get)
+        got = b""
+        while len(got) < len(bulk):  # read slowly: the reply is sent over a while
+            got += s.recv(256 << 10)
+            time.sleep(0.002)
+        assert got == bulk
+        usniff.stop()
+    records = [json.loads(x) for x in run([USNIFF, "read", pcap, "--format", "json"]).stdout
+               .splitlines()]  # fmt: skip
+    decoded = run([USNIFF, "read", pcap, "--format", "json", "--protocol", "resp"]).stdout
+    [tx] = [e for e in map(json.loads, decoded.splitlines()) if e.get("command") == "GET"]
+    client = [r for r in records if r["direction"] == "client"]
+    server = [r for r in records if r["direction"] == "server" and r["offset"] >= 5]
+    request_end = len(set_) + len(get)
+    last = next(r for r in client if r["offset"] < request_end <= r["offset"] + r["len"])
+    first = min(server, key=lambda r: r["offset"])
+    assert first["offset"] == 5 and len(server) > 10, server
+    assert tx["ts_request"] == pytest.approx(last["ts"], abs=1e-6)
+    assert tx["ts_reply"] == pytest.approx(first["ts"], abs=1e-6)
+    assert max(r["ts"] for r in server) > first["ts"]  # so the last byte would differ
 
 
 # --------------------------------------------------------------------------- item 5

@@ -297,3 +297,40 @@ def test_parser_agrees_with_hiredis(messages: list[bytes], piece: int) -> None:
     got = [m for i in range(0, len(wire), piece) for m in parser.feed(wire[i : i + piece], 1.0)]
     assert [_plain(m.value) for m in got] == expected
     assert [m.nbytes for m in got] == [len(m) for m in messages]
+
+
+def test_latency_runs_to_the_first_byte_of_the_reply() -> None:
+    """A reply sent in two writes is stamped with the first: latency is the server's time."""
+    d = RespDecoder()
+    assert d.feed(C, b"*2\r\n$3\r\nGET\r\n", 1.0) == []
+    assert d.feed(C, b"$1\r\nk\r\n", 1.5) == []  # the request's last byte
+    assert d.feed(S, b"$6\r\nabc", 2.0) == []
+    [tx] = d.feed(S, b"def\r\n", 7.0)
+    assert (tx.ts_request, tx.ts_reply, tx.latency) == (1.5, 2.0, 0.5)
+    # a pipelined reply starting inside the previous one's last chunk takes that chunk's time
+    d.feed(C, b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nPING\r\n", 8.0)
+    [first] = d.feed(S, b"+PONG\r\n+PO", 9.0)
+    [second] = d.feed(S, b"NG\r\n", 10.0)
+    assert (first.ts_reply, second.ts_reply) == (9.0, 9.0)
+
+
+def test_cut_inside_a_bulk_string_is_skipped_and_marked() -> None:
+    """-s: the bytes cut from a bulk string are counted; framing continues after them."""
+    d = RespDecoder()
+    request = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1000\r\n" + b"v" * 1000 + b"\r\n"
+    assert d.feed(C, request[:100], 1.0) == []
+    assert d.gap(C, len(request) - 100, 1.0, True) == []  # ends the request
+    [tx] = d.feed(S, b"+OK\r\n", 2.0)
+    assert (tx.reply, tx.bytes_in, tx.cut, tx.latency) == (
+        "+OK",
+        len(request),
+        len(request) - 100,
+        1.0,
+    )
+    assert tx.request.endswith("...(1000 bytes)") and not tx.unanswered
+    # a cut over framing (pipelined commands) resyncs, stamped with the record's time
+    d.feed(C, b"*1\r\n$4\r\nPING\r\n*1\r\n$4", 3.0)
+    [lost, notice] = d.gap(C, 100, 3.0, True)
+    assert isinstance(lost, Transaction) and lost.unanswered and lost.request == "PING"
+    assert isinstance(notice, Notice) and (notice.ts, notice.kind) == (3.0, "undecodable")
+    assert notice.summary == "100 bytes cut by the snap length"

@@ -449,11 +449,10 @@ class MysqlDecoder:
             return events
         if cut and self.phase == "sync" and not self._parsing(direction):
             return events  # the rest of a send() that was skipped while not in sync
-        if not cut or self._readers[direction].skip(n) is None:
-            why = f"{n} bytes {'cut by the snap length' if cut else 'missing'}"
-            self._desync(events, why, ts, direction)
+        if cut:
+            self._packets(direction, b"", ts, events, cut=n)
         else:
-            self._packets(direction, b"", ts, events)
+            self._desync(events, f"{n} bytes missing", ts, direction)
         return events
 
     def _parsing(self, direction: Direction) -> bool:
@@ -461,10 +460,21 @@ class MysqlDecoder:
         return self._sync_ts is not None and direction is Direction.CLIENT
 
     def _packets(
-        self, direction: Direction, data: bytes, ts: float, events: list[DecoderEvent]
+        self,
+        direction: Direction,
+        data: bytes,
+        ts: float,
+        events: list[DecoderEvent],
+        cut: int = 0,
     ) -> None:
+        """Parse ``data``, or skip ``cut`` bytes the snap length cut, and handle the
+        packets that completes."""
+        reader = self._readers[direction]
         try:
-            for packet in self._readers[direction].feed(data):
+            packets = reader.skip(cut) if cut else reader.feed(data)
+            if packets is None:
+                raise ProtocolError(f"{cut} bytes cut by the snap length")
+            for packet in packets:
                 if direction is Direction.CLIENT:
                     self._client(packet, ts, events)
                 else:
