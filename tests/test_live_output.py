@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from live_helpers import USNIFF, Result, Usniff, resp_command, run
+from live_helpers import USNIFF, Result, Usniff, resp_command, run, wait_until
 from servers import start_memcached, start_redis
 
 pytestmark = pytest.mark.root
@@ -132,6 +132,43 @@ def test_echo_server_lines_are_shown_raw(tmp: str) -> None:
     server.join(10)
     events = json_lines(result)
     assert records_by_direction(events) == {"client": b"".join(lines), "server": b"".join(lines)}
+
+
+def _silent_server(path: str, ready: threading.Event, done: threading.Event) -> None:
+    with socket.socket(socket.AF_UNIX) as srv:
+        srv.bind(path)
+        srv.listen(1)
+        ready.set()
+        conn, _ = srv.accept()
+        with conn:
+            conn.recv(4096)
+            done.wait(30)
+
+
+def test_undecided_connection_is_shown_while_it_is_open(tmp: str) -> None:
+    """A request never answered leaves the protocol undecided: shown raw within seconds."""
+    path = str(Path(tmp) / "silent.sock")
+    ready, done = threading.Event(), threading.Event()
+    server = threading.Thread(target=_silent_server, args=(path, ready, done), daemon=True)
+    server.start()
+    assert ready.wait(10)
+    try:
+        with Usniff("--path", path) as usniff, socket.socket(socket.AF_UNIX) as s:
+            s.connect(path)
+            s.sendall(b"HELLO there\n")
+            t0 = time.monotonic()
+            wait_until(lambda: b"HELLO" in usniff.stdout, 10, "the raw record")
+            waited = time.monotonic() - t0
+            result = usniff.stop()
+    finally:
+        done.set()
+        server.join(10)
+    assert 0.5 < waited < 5, waited
+    [line] = result.text.splitlines()
+    assert line.endswith(
+        "[not decoded: protocol not recognised; only the client's side seen] "
+        r'"HELLO there\n"'
+    ), line
 
 
 # --------------------------------------------------------------------------- item 2

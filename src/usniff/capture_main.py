@@ -115,10 +115,10 @@ def run(
 
 def write_batch(outputs: Sequence[Output], batch: list[Record], limit: int = 0) -> int:
     """Write ``batch`` to every output (at most ``limit`` items each, when > 0);
-    the items the first output emitted."""
-    if not batch:
-        return 0
-    return [out.write(batch, limit) for out in outputs][0]
+    the items the first output emitted.  Empty batches are written too: every poll
+    lets an output emit what it held back (DecodedOutput's undecided connections)."""
+    emitted = [out.write(batch, limit) for out in outputs]
+    return emitted[0] if emitted else len(batch)
 
 
 def run_capture(options: object, output: Output) -> None:

@@ -81,6 +81,7 @@ def make_outputs(
     protocol: str | None,
     stats: bool,
     redact: bool,
+    live: bool = False,
 ) -> list[Output]:
     outputs: list[Output] = []
     if write:
@@ -115,7 +116,7 @@ def make_outputs(
         proto = protocol if protocol and protocol != "raw" else "auto"
         if write:  # -w FILE --stats: only the table, on stderr
             stream = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the output)
-        outputs.append(DecodedOutput(stream, proto, fmt, stats=stats, redact=redact))
+        outputs.append(DecodedOutput(stream, proto, fmt, stats=stats, redact=redact, live=live))
     return outputs
 
 
@@ -254,6 +255,7 @@ def main(ctx: click.Context, /, **kw: Any) -> None:  # fmt: skip
             protocol=kw["protocol"],
             stats=kw["stats"],
             redact=kw["redact"],
+            live=True,
         )
     except OutputError as e:
         cap.close()

@@ -395,12 +395,17 @@ class DecodedOutput:
         stats: bool = False,
         redact: bool = False,
         stats_stream: TextIO | None = None,
+        live: bool = False,
     ) -> None:
+        """``live``: records arrive as they are sent (not read from a file), so a
+        connection undecided for ``Decoding.UNDECIDED_WAIT`` seconds of wall-clock
+        time is shown raw at the next ``write``, even when no record follows."""
         if fmt not in ("text", "json"):
             raise ValueError(f"format must be text or json, not {fmt!r}")
         self.stream = stream
         self.fmt = fmt
         self.decoding = Decoding(protocol, redact)
+        self.live = live
         self.stats = Stats() if stats else None
         self._console = Console(file=stats_stream, stderr=stats_stream is None)
         if not self._console.is_terminal:  # a file or pipe: print the table whole
@@ -414,7 +419,10 @@ class DecodedOutput:
 
     def write(self, batch: Sequence[Record], limit: int = 0) -> int:
         self._left = limit or None
-        printed = self._print(self.decoding.feed(batch))
+        events = self.decoding.feed(batch)
+        if self.live:
+            self.decoding.expire(time.time(), events)
+        printed = self._print(events)
         now = time.monotonic()
         if (
             self._live is not None
@@ -426,10 +434,6 @@ class DecodedOutput:
         return printed
 
     def flush(self) -> None:
-        # connections undecided for a while are shown raw even when no record follows
-        events: list[Event] = []
-        self.decoding.expire(time.time(), events)
-        self._print(events)
         self.stream.flush()
 
     def close(self, stats: CaptureStats) -> int:
