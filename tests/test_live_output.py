@@ -17,12 +17,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from live_helpers import USNIFF, Result, Usniff, resp_command, run, wait_until
+from live_helpers import USNIFF, Result, Usniff, raw_exchange, resp_command, run, wait_until
 from servers import start_memcached, start_redis
 
 pytestmark = pytest.mark.root
@@ -35,20 +35,6 @@ CONTROL = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]|\xc2[\x80-\x9f]")
 def tmp() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="usniff-out-") as d:
         yield d
-
-
-def exchange(sock: str, request: bytes, reply_end: bytes) -> bytes:
-    """Send ``request`` in one write; read until the reply ends with ``reply_end``."""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.connect(sock)
-        s.settimeout(10)
-        s.sendall(request)
-        got = b""
-        while not got.endswith(reply_end):
-            part = s.recv(65536)
-            assert part, got
-            got += part
-        return got
 
 
 def json_lines(result: Result) -> list[dict[str, Any]]:
@@ -90,7 +76,7 @@ def test_memcached_is_shown_raw_not_as_redis(tmp: str) -> None:
                     sent, received = sent + request, received + got
             result = json_run.stop()
         with Usniff("--path", sock) as text_run:
-            exchange(sock, b"set foo 0 0 3\r\nbar\r\n", b"STORED\r\n")
+            raw_exchange(sock, b"set foo 0 0 3\r\nbar\r\n", b"STORED\r\n")
             text = text_run.stop()
     events = json_lines(result)
     assert events and not any(e["type"] == "transaction" for e in events), events
@@ -104,23 +90,31 @@ def test_memcached_is_shown_raw_not_as_redis(tmp: str) -> None:
     assert "SET" not in text.text and "unanswered" not in text.text
 
 
-def _echo_server(path: str, ready: threading.Event) -> None:
-    with socket.socket(socket.AF_UNIX) as srv:
-        srv.bind(path)
-        srv.listen(1)
-        ready.set()
-        conn, _ = srv.accept()
-        with conn:
-            while data := conn.recv(4096):
-                conn.sendall(data)
+def serve_one(path: str, handle: Callable[[socket.socket], None]) -> threading.Thread:
+    """A server on ``path`` (a thread) accepting one connection and running ``handle`` on it."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(1)
+
+    def serve() -> None:
+        with listener as srv:
+            conn, _ = srv.accept()
+            with conn:
+                handle(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def echo(conn: socket.socket) -> None:
+    while data := conn.recv(4096):
+        conn.sendall(data)
 
 
 def test_echo_server_lines_are_shown_raw(tmp: str) -> None:
     path = str(Path(tmp) / "echo.sock")
-    ready = threading.Event()
-    server = threading.Thread(target=_echo_server, args=(path, ready), daemon=True)
-    server.start()
-    assert ready.wait(10)
+    server = serve_one(path, echo)
     lines = [b"MSG hello\n", b"MSG world\n", b"PING\r\n"]
     with Usniff("--path", path, "--format", "json", "--protocol", "auto") as usniff:
         with socket.socket(socket.AF_UNIX) as s:
@@ -134,24 +128,16 @@ def test_echo_server_lines_are_shown_raw(tmp: str) -> None:
     assert records_by_direction(events) == {"client": b"".join(lines), "server": b"".join(lines)}
 
 
-def _silent_server(path: str, ready: threading.Event, done: threading.Event) -> None:
-    with socket.socket(socket.AF_UNIX) as srv:
-        srv.bind(path)
-        srv.listen(1)
-        ready.set()
-        conn, _ = srv.accept()
-        with conn:
-            conn.recv(4096)
-            done.wait(30)
-
-
 def test_undecided_connection_is_shown_while_it_is_open(tmp: str) -> None:
     """A request never answered leaves the protocol undecided: shown raw within seconds."""
     path = str(Path(tmp) / "silent.sock")
-    ready, done = threading.Event(), threading.Event()
-    server = threading.Thread(target=_silent_server, args=(path, ready, done), daemon=True)
-    server.start()
-    assert ready.wait(10)
+    done = threading.Event()
+
+    def read_and_stay_silent(conn: socket.socket) -> None:
+        conn.recv(4096)
+        done.wait(30)
+
+    server = serve_one(path, read_and_stay_silent)
     try:
         with Usniff("--path", path) as usniff, socket.socket(socket.AF_UNIX) as s:
             s.connect(path)
@@ -216,7 +202,7 @@ def test_unanswered_requests_are_listed_and_kept_out_of_latency(tmp: str) -> Non
         with Usniff("--path", sock, "--stats") as text_run, socket.socket(socket.AF_UNIX) as s:
             s.connect(sock)
             s.sendall(blpop)
-            assert exchange(sock, resp_command("GET", "k"), b"\r\n") == b"$-1\r\n"
+            assert raw_exchange(sock, resp_command("GET", "k"), b"\r\n") == b"$-1\r\n"
             text = text_run.stop()
         args = ("--path", sock, "--format", "json", "--protocol", "resp")
         with Usniff(*args) as json_run, socket.socket(socket.AF_UNIX) as s:
@@ -256,12 +242,12 @@ def test_snaplen_marks_cut_transactions(tmp: str) -> None:
         with Usniff(
             "--path", sock, "-s", "120", "--format", "json", "--protocol", "auto"
         ) as usniff:
-            assert exchange(sock, set_, b"\r\n") == b"+OK\r\n"
-            assert exchange(sock, get, bulk[-2:]) == bulk
-            assert exchange(sock, pipeline, b"+OK\r\n" * 20).count(b"+OK") == 20
+            assert raw_exchange(sock, set_, b"\r\n") == b"+OK\r\n"
+            assert raw_exchange(sock, get, bulk[-2:]) == bulk
+            assert raw_exchange(sock, pipeline, b"+OK\r\n" * 20).count(b"+OK") == 20
             result = usniff.stop()
         with Usniff("--path", sock, "-s", "120") as text_run:
-            assert exchange(sock, get, bulk[-2:]) == bulk
+            assert raw_exchange(sock, get, bulk[-2:]) == bulk
             text = text_run.stop()
     start = time.time() - 600
     events = json_lines(result)
