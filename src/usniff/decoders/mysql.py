@@ -518,7 +518,8 @@ class MysqlDecoder:
     def _desync(
         self, events: list[DecoderEvent], reason: str, ts: float, direction: Direction
     ) -> None:
-        events.extend(self.close())
+        while self._commands:
+            self._finish(self._commands.popleft(), events, lost_sync=True)
         self._readers = (PacketReader(), PacketReader())
         self.phase = "sync"
         self._sync_ts = None
@@ -891,11 +892,16 @@ class MysqlDecoder:
 
     # -- results
 
-    def _finish(self, cmd: _Command, events: list[DecoderEvent]) -> None:
+    def _finish(self, cmd: _Command, events: list[DecoderEvent], lost_sync: bool = False) -> None:
+        """Report ``cmd``; ``lost_sync``: the rest of its reply may be in bytes that could
+        not be decoded (not "unanswered": nobody knows)."""
         unanswered = False
         if cmd.state not in ("done", "eof") and cmd.code not in _NO_REPLY:
-            cmd.results.append("(no reply)" if not cmd.results else "(incomplete)")
-            unanswered = cmd.reply_bytes == 0
+            if lost_sync:
+                cmd.results.append("(lost sync)")
+            else:
+                cmd.results.append("(no reply)" if not cmd.results else "(incomplete)")
+                unanswered = cmd.reply_bytes == 0
         if cmd.progress:
             cmd.details["progress_reports"] = cmd.progress
         events.append(

@@ -657,9 +657,11 @@ class RespDecoder:
                 subs.add(channel)
 
     def _finish(self, req: _Request, events: list[DecoderEvent], why: str) -> None:
-        """Report ``req``: answered when a reply was seen, else ``why`` says what happened."""
+        """Report ``req``.  Without a reply, ``why`` says what happened: "" (none came
+        before the connection or the capture ended: unanswered) or "(lost sync)" (it
+        may have come in bytes that could not be decoded: neither answered nor not)."""
         reply = "; ".join(req.replies) if req.replies else why
-        unanswered = not req.replies and not req.details.get("reply_suppressed")
+        unanswered = not req.replies and not why and not req.details.get("reply_suppressed")
         events.append(
             Transaction(
                 self.protocol,
