@@ -7,8 +7,10 @@ import json
 import re
 
 import pytest
+from click.testing import CliRunner
 from conftest import capture
 
+from usniff.cli import main
 from usniff.decode import DecodedOutput, Decoding, Stats, percentile
 from usniff.decoders.base import Transaction
 from usniff.decoders.detect import detect
@@ -125,3 +127,28 @@ def test_detect() -> None:
     assert detect(b"\x16\x03\x01\x02\x00", b"") == "tls"
     assert detect(b"\x00" * 3, b"") is None
     assert detect(b"\x00" * 64, b"\x01" * 64) == "unknown"
+
+
+def test_help_says_what_latency_and_count_measure() -> None:
+    out = CliRunner().invoke(main, ["--help"])
+    text = " ".join(out.output.split())
+    assert "Latency is the server-side time from the request's last byte to the reply's " \
+        "first byte" in text, text  # fmt: skip
+    assert "Stop after N printed items: decoded lines" in text, text
+
+
+def test_stats_table_keeps_unanswered_out_of_percentiles_and_markup_out_of_rich() -> None:
+    err = io.StringIO()
+    output = DecodedOutput(io.StringIO(), stats=True, stats_stream=err)
+    assert output.stats is not None
+    for latency in (None, None, 0.004):
+        tx = Transaction("resp", "[red]GET", "GET k", "", False, 1.0, None, 10, 0)
+        tx.ts_reply, tx.unanswered = (None, True) if latency is None else (1.0 + latency, False)
+        output.stats.add(tx)
+    output.stats.add(Transaction("resp", "CONFIG GET", "", "", False, 1.0, None, 5, 0,
+                                 unanswered=True))  # fmt: skip
+    output.close(CaptureStats())
+    rows = {c[1]: c for c in ([x.strip() for x in line.split("│")][1:-1]
+            for line in err.getvalue().splitlines()) if len(c) == 11}  # fmt: skip
+    assert rows["[red]GET"][2:9] == ["3", "0", "2", "4.000", "4.000", "4.000", "4.000"], rows
+    assert rows["CONFIG GET"][2:9] == ["1", "0", "1", "-", "-", "-", "-"], rows

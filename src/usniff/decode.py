@@ -305,7 +305,7 @@ def to_json(ev: Event) -> str:
 
 # --------------------------------------------------------------------------- statistics
 
-LATENCY = "latency: request's last byte to reply's first byte, as sent (server side), ms"
+TITLE = "usniff: per command; latency = server time, request's last byte to reply's first byte"
 
 
 @dataclass(slots=True)
@@ -362,7 +362,7 @@ class Stats:
             heapq.heapreplace(self.slowest, item)
 
     def render(self) -> Group:
-        table = Table(title=f"usniff: per command ({LATENCY})", expand=False)
+        table = Table(title=TITLE, expand=False)
         for col in ("protocol", "command", "count", "errors", "unanswered", "p50 ms", "p95 ms",
                     "p99 ms", "max ms", "bytes in", "bytes out"):  # fmt: skip
             table.add_column(col, justify="left" if col in ("protocol", "command") else "right")
