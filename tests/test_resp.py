@@ -336,3 +336,12 @@ def test_cut_inside_a_bulk_string_is_skipped_and_marked() -> None:
     assert (lost.reply, lost.unanswered, lost.latency) == ("(lost sync)", False, None)
     assert isinstance(notice, Notice) and (notice.ts, notice.kind) == (3.0, "undecodable")
     assert notice.summary == "100 bytes cut by the snap length"
+
+
+def test_a_cut_before_sync_forgets_the_bytes_kept_of_that_send() -> None:
+    d = RespDecoder()
+    assert d.feed(C, b"*1\r\n$4", 1.0) == []  # too short to tell: kept for the next chunk
+    assert d.gap(C, 10, 1.0, True) == []
+    d.feed(C, b"*1\r\n$4\r\nPING\r\n", 2.0)  # a new send(): not glued to the cut one
+    [tx] = d.feed(S, b"+PONG\r\n", 2.5)
+    assert (tx.request, tx.reply) == ("PING", "+PONG")

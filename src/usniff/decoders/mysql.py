@@ -448,7 +448,9 @@ class MysqlDecoder:
         if self.phase == "opaque":
             return events
         if cut and self.phase == "sync" and not self._parsing(direction):
-            return events  # the rest of a send() that was skipped while not in sync
+            # the rest of a send() skipped while not in sync: no packet continues across it
+            self._sync_buf[direction] = b""
+            return events
         if cut:
             self._packets(direction, b"", ts, events, cut=n)
         else:

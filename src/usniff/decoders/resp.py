@@ -505,8 +505,9 @@ class RespDecoder:
         parsing = self._sync_ts is not None and (
             direction is Direction.CLIENT or self._server_synced
         )
-        if cut and not parsing:
-            return events  # the rest of a send() that was skipped while not in sync
+        if cut and not parsing:  # the rest of a send() skipped while not in sync
+            self._sync_buf = b""  # a command cannot continue across the cut
+            return events
         messages = self._parsers[direction].skip(n, ts) if cut else None
         if messages is None:
             why = f"{n} bytes {'cut by the snap length' if cut else 'missing'}"
