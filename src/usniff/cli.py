@@ -310,7 +310,12 @@ def list_cmd(path_filter: str | None) -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--protocol", type=click.Choice(PROTOCOLS), help="Decoder (default auto).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
-@click.option("--stats", is_flag=True, help="Per-command latency table.")
+@click.option(
+    "--stats",
+    is_flag=True,
+    help="Per-command table: counts, errors, unanswered requests, latency (request's last "
+    "byte to reply's first byte) of the answered ones.",
+)
 @click.option("--redact", is_flag=True, help="Mask passwords.")
 @click.option("-A", "ascii_", is_flag=True, help="Print payloads as ASCII (raw records).")
 @click.option("-X", "hexdump", is_flag=True, help="Print payloads as hex and ASCII (raw records).")
