@@ -311,7 +311,13 @@ def test_latency_is_request_last_byte_to_reply_first_byte(tmp: str) -> None:
 
 @pytest.mark.parametrize(
     ("args", "unit"),
-    [((), "lines printed"), (("--protocol", "raw", "--format", "json"), "records printed")],
+    [
+        ((), "lines printed"),
+        (
+            ("--protocol", "raw", "--format", "json"),
+            r"records printed \(data, loss and close records\)",
+        ),
+    ],
 )
 def test_count_stops_after_n_printed_items(tmp: str, args: tuple[str, ...], unit: str) -> None:
     with start_redis(tmp) as sock, Usniff("--path", sock, "-c", "3", *args) as usniff:

@@ -127,7 +127,8 @@ def _items(output: Output) -> str:
 
     if isinstance(output, DecodedOutput):
         return "lines printed"
-    return "records written" if isinstance(output, PcapngOutput) else "records printed"
+    done = "written" if isinstance(output, PcapngOutput) else "printed"
+    return f"records {done} (data, loss and close records)"
 
 
 def summary(stats: CaptureStats, shown: str = "") -> str:
