@@ -104,6 +104,7 @@ class Decoding:
         self.assembler = StreamAssembler()
         self.protocols_seen: dict[str, int] = {}
         self._conns: dict[ConnKey, _Conn] = {}
+        self._decoded = 0  # connections in _conns with a decoder (all of them: nothing to route)
         self._undecided: dict[ConnKey, _Conn] = {}  # holding records, oldest first
 
     def feed(self, records: Iterable[Record]) -> list[Event]:
@@ -112,7 +113,8 @@ class Decoding:
         for rec in records:
             for ev in self.assembler.feed(rec):
                 self._stream_event(ev, out)
-            self._route(rec, out)
+            if self._decoded < len(self._conns):
+                self._route(rec, out)
             ts = rec.ts
         if ts:
             self.expire(ts, out)
@@ -134,6 +136,7 @@ class Decoding:
         for conn in list(self._conns.values()):
             self._close(conn, out)
         self._conns.clear()
+        self._decoded = 0
         return out
 
     def _route(self, rec: Record, out: list[Event]) -> None:
@@ -164,6 +167,7 @@ class Decoding:
             if ev.direction is Direction.CLIENT or not conn.open.roles_known:
                 self._close(conn, out)
                 del self._conns[ev.conn]
+                self._decoded -= conn.decoder is not None
             return
         if isinstance(ev, Data):
             conn.pids[ev.direction], conn.comms[ev.direction] = ev.pid, ev.comm
@@ -196,6 +200,7 @@ class Decoding:
             out.extend(Undecoded(rec, conn.reason, conn.name) for rec in held)
         else:
             conn.decoder = factory(redact=self.redact)
+            self._decoded += 1
             for ev in pending:
                 self._decode(conn, ev, out)
         conn.heads = (bytearray(), bytearray())
