@@ -27,6 +27,8 @@ from .mysql import COMMANDS
 
 ENOUGH = 64  # bytes kept of each side for detection
 
+# The top-level command names of Redis 7.0 (`COMMAND LIST`): an inline command
+# must start with one of them to count as evidence of RESP.
 _REDIS_COMMANDS = frozenset(
     b"""
     ACL APPEND ASKING AUTH BGREWRITEAOF BGSAVE BITCOUNT BITFIELD BITFIELD_RO BITOP BITPOS BLMOVE
