@@ -89,7 +89,7 @@ def resp_messages(replies: bytes, repeat: int, use_hiredis: bool) -> int:
             while reader.gets() is not False:
                 n += 1
         else:
-            n += len(Parser(inline=False).feed(replies))
+            n += len(Parser(inline=False).feed(replies, 1.0))
     return n
 
 

@@ -208,7 +208,8 @@ def create_redis_user(sock: str) -> None:
     assert out.stdout.strip() == "OK", out
 
 
-def _raw_exchange(sock: str, payload: bytes, replies_end: bytes) -> bytes:
+def raw_exchange(sock: str, payload: bytes, replies_end: bytes) -> bytes:
+    """Send ``payload`` in one write on a new connection; read until the replies end so."""
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(sock)
         s.settimeout(10)
@@ -253,7 +254,7 @@ def redis_session(sock: str, benchmark_requests: int = 100) -> None:
     tx = b"".join(
         resp_command(*c) for c in (["MULTI"], ["SET", "tx", "10"], ["INCR", "tx"], ["EXEC"])
     )
-    got = _raw_exchange(sock, tx, b"*2\r\n+OK\r\n:11\r\n")
+    got = raw_exchange(sock, tx, b"*2\r\n+OK\r\n:11\r\n")
     assert got == b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n+OK\r\n:11\r\n", got
     # a pipeline through redis-cli --pipe
     pipe = b"".join(resp_command("SET", f"pipe:{i}", f"v{i}") for i in range(PIPE_N))

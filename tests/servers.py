@@ -86,6 +86,19 @@ def start_mariadb(tmpdir: str | os.PathLike[str], *extra: str) -> Iterator[str]:
         yield path
 
 
+MEMCACHED = shutil.which("memcached") or "/usr/bin/memcached"
+
+
+@contextlib.contextmanager
+def start_memcached(tmpdir: str | os.PathLike[str]) -> Iterator[str]:
+    """Run memcached on ``tmpdir/memcached.sock`` (text protocol); yield the socket path."""
+    d = Path(tmpdir)
+    sock = d / "memcached.sock"
+    args = [MEMCACHED, "-s", str(sock), "-a", "0777", "-u", "root", "-m", "16"]
+    with _running(args, sock, 10, d / "memcached.log") as path:
+        yield path
+
+
 def redis_net_bytes(sock: str) -> tuple[int, int]:
     """(total_net_input_bytes, total_net_output_bytes) as the server counts them."""
     client = redis.Redis(unix_socket_path=sock)

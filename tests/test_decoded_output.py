@@ -8,8 +8,10 @@ import json
 import re
 
 import pytest
+from click.testing import CliRunner
 from conftest import capture
 
+from usniff.cli import main
 from usniff.decode import DecodedOutput, Decoding, Stats, percentile
 from usniff.decoders.base import Transaction
 from usniff.decoders.detect import detect
@@ -98,10 +100,23 @@ def test_forced_protocol_and_labels() -> None:
 
 def test_detect() -> None:
     assert detect(b"*1\r\n$4\r\nPING\r\n", b"") == "resp"
-    assert detect(b"PING\r\n", b"") == "resp"
-    assert detect(b"", b"+PONG\r\n") == "resp"
-    assert detect(b"", b"\x0a\x00\x00\x00\x0a5.5.5-10.11\x00" + bytes(60)) == "mysql"
-    assert detect(b"\x01\x00\x00\x00\x0e", b"") == "mysql"
+    # an inline command needs a Redis command name and a RESP-shaped reply
+    assert detect(b"PING\r\n", b"") is None
+    assert detect(b"PING\r\n", b"+PONG\r\n") == "resp"
+    assert detect(b"PING\r\n", b"PING\r\n") == "unknown"  # an echo server
+    assert detect(b"MSG hello\n", b"MSG hello\n") == "unknown"
+    assert detect(b"set foo 0 0 3\r\nbar\r\n", b"STORED\r\n") == "unknown"  # memcached
+    assert detect(b"PI", b"+PONG\r\n") is None  # the line is not complete
+    assert detect(b"", b"+PONG\r\n") is None  # replies alone prove nothing
+    greeting = b"\x0a5.5.5-10.11\x00" + b"\x08\x00\x00\x00" + b"abcdefgh" + b"\x00" + bytes(40)
+    assert detect(b"", len(greeting).to_bytes(3, "little") + b"\x00" + greeting) == "mysql"
+    assert detect(b"", b"\x0a\x00\x00\x00\x0a\x1b\x01\x00" + bytes(60)) is None  # no version
+    # a command mid-connection: only with a reply of sequence 1
+    assert detect(b"\x01\x00\x00\x00\x0e", b"") is None
+    assert detect(b"\x01\x00\x00\x00\x0e", b"\x07\x00\x00\x01\x00\x00\x00\x02\x00\x00\x00") == (
+        "mysql"
+    )
+    assert detect(b"\x01\x00\x00\x00\x0e", b"+PONG\r\n") == "unknown"
     # the client's login packet (mariadb-slap's, as captured): caps, max packet, charset, filler
     login = b"\xa9\x00\x00\x01" + b"\x84\xa2\xbf\x80" + b"\x00\x00\x10\x00" + b"\x08"
     login += bytes(19) + b"\x1d\x00\x00\x00" + b"root\x00\x00mysql_native_password\x00"
@@ -135,3 +150,28 @@ def test_closed_connections_release_their_decoders() -> None:
         replies = [e.reply for e in events if isinstance(e, Transaction)]
         assert replies == (["+PONG"] if i % 2 else [""])
     assert decoding.open_connections == 0
+
+
+def test_help_says_what_latency_and_count_measure() -> None:
+    out = CliRunner().invoke(main, ["--help"])
+    text = " ".join(out.output.split())
+    assert "Latency is the server-side time from the request's last byte to the reply's " \
+        "first byte" in text, text  # fmt: skip
+    assert "Stop after N printed items: decoded lines" in text, text
+
+
+def test_stats_table_keeps_unanswered_out_of_percentiles_and_markup_out_of_rich() -> None:
+    err = io.StringIO()
+    output = DecodedOutput(io.StringIO(), stats=True, stats_stream=err)
+    assert output.stats is not None
+    for latency in (None, None, 0.004):
+        tx = Transaction("resp", "[red]GET", "GET k", "", False, 1.0, None, 10, 0)
+        tx.ts_reply, tx.unanswered = (None, True) if latency is None else (1.0 + latency, False)
+        output.stats.add(tx)
+    output.stats.add(Transaction("resp", "CONFIG GET", "", "", False, 1.0, None, 5, 0,
+                                 unanswered=True))  # fmt: skip
+    output.close(CaptureStats())
+    rows = {c[1]: c for c in ([x.strip() for x in line.split("│")][1:-1]
+            for line in err.getvalue().splitlines()) if len(c) == 11}  # fmt: skip
+    assert rows["[red]GET"][2:9] == ["3", "0", "2", "4.000", "4.000", "4.000", "4.000"], rows
+    assert rows["CONFIG GET"][2:9] == ["1", "0", "1", "-", "-", "-", "-"], rows

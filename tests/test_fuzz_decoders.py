@@ -46,7 +46,7 @@ def feed(name: str, steps: list[Step]) -> None:
     for direction, item in steps:
         ts += 0.001
         if isinstance(item, int):
-            events += decoder.gap(direction, item)
+            events += decoder.gap(direction, item, ts, False)
         else:
             events += decoder.feed(direction, item, ts)
     events += decoder.close()

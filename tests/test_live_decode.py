@@ -35,7 +35,6 @@ from servers import start_mariadb, start_redis
 pytestmark = pytest.mark.root
 
 BENCH_N = 200  # redis-benchmark -n: that many SETs and that many GETs
-WIDE = {"COLUMNS": "240"}  # the --stats table is not clipped
 # the Python clients run in this test process: its name is "python" or "pytest"
 SELF_COMM = Path("/proc/self/comm").read_text().strip()
 
@@ -66,7 +65,7 @@ class Run:
 
 def _capture(sock: str, protocol: str, session: Any) -> Run:
     args = ["--path", sock, "--format", "json", "--protocol", protocol, "--stats", "--redact"]
-    with Usniff(*args, env=WIDE) as usniff:
+    with Usniff(*args) as usniff:
         session(sock)
         result = usniff.stop()
     events = [json.loads(line) for line in result.text.splitlines()]
@@ -91,7 +90,7 @@ def stats_table(stderr: str) -> dict[tuple[str, str], int]:
     rows = {}
     for line in stderr.splitlines():
         cells = [c.strip() for c in re.split(r"[│┃]", line)[1:-1]]
-        if len(cells) == 10 and cells[0] in ("resp", "mysql"):
+        if len(cells) == 11 and cells[0] in ("resp", "mysql"):
             rows[(cells[0], cells[1])] = int(cells[2])
     return rows
 

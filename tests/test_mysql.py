@@ -220,7 +220,7 @@ def test_sequence_error_and_gap_declare_undecodable() -> None:
     d.feed(C, b"\x01\x00\x00\x00\x0e", 3.0)
     [ok] = d.feed(S, b"\x07\x00\x00\x01\x00\x00\x00\x02\x00\x00\x00", 3.1)
     assert isinstance(ok, Transaction) and ok.reply == "OK"
-    events = d.gap(S, 100)
+    events = d.gap(S, 100, 3.2, False)
     assert [e.kind for e in events if isinstance(e, Notice)] == ["undecodable"]
 
 
@@ -234,3 +234,30 @@ def test_packet_reader_joins_continuations_and_keeps_a_prefix() -> None:
     assert [(p.seq, p.last_seq, p.length) for p in packets] == [(0, 1, 0xFFFFFF + 2), (2, 2, 1)]
     assert len(packets[0].payload) == 64 * 1024 and not packets[0].complete
     assert packets[0].nbytes == 0xFFFFFF + 2 + 8
+
+
+def test_latency_runs_to_the_first_packet_of_the_reply() -> None:
+    d = MysqlDecoder()
+    d.feed(C, b"\x09\x00\x00\x00\x03SELECT 1", 1.0)
+    column = b"\x03def\x00\x00\x00\x011\x00\x0c\x3f\x00\x01\x00\x00\x00\x08\x81\x00\x00\x00\x00"
+    head = b"\x01\x00\x00\x01\x01" + len(column).to_bytes(3, "little") + b"\x02" + column
+    assert d.feed(S, head, 1.25) == []
+    rows = b"\x05\x00\x00\x03\xfe\x00\x00\x02\x00" + b"\x02\x00\x00\x04\x011"
+    [tx] = d.feed(S, rows + b"\x05\x00\x00\x05\xfe\x00\x00\x02\x00", 9.0)
+    assert (tx.reply, tx.ts_reply, tx.latency) == ("1 row", 1.25, 0.25)
+
+
+def test_cut_inside_a_packet_is_skipped_and_marked() -> None:
+    d = MysqlDecoder()
+    sql = b"INSERT INTO t VALUES ('" + b"x" * 3000 + b"')"
+    packet = (len(sql) + 1).to_bytes(3, "little") + b"\x00\x03" + sql
+    d.feed(C, packet[:120], 1.0)
+    assert d.gap(C, len(packet) - 120, 1.0, True) == []
+    [tx] = d.feed(S, b"\x07\x00\x00\x01\x00\x01\x00\x02\x00\x00\x00", 1.5)
+    assert (tx.reply, tx.bytes_in, tx.cut, tx.latency) == (
+        "OK, 1 row affected",
+        len(packet),
+        len(packet) - 120,
+        0.5,
+    )
+    assert tx.details["query_bytes"] == len(sql) and not tx.unanswered

@@ -206,21 +206,24 @@ def test_split_anywhere_gives_the_same_result() -> None:
 
 def test_attributes_streamed_strings_and_aggregates() -> None:
     p = Parser(inline=False)
-    msgs = p.feed(b"|1\r\n+key-popularity\r\n%1\r\n$1\r\na\r\n,0.19\r\n*2\r\n:1\r\n:2\r\n")
+    msgs = p.feed(b"|1\r\n+key-popularity\r\n%1\r\n$1\r\na\r\n,0.19\r\n*2\r\n:1\r\n:2\r\n", 1.0)
     assert len(msgs) == 1 and msgs[0].attribute is not None
     assert msgs[0].value == Agg("*", [1, 2], 2)
-    assert p.feed(b"$?\r\n;4\r\nHell\r\n;5\r\no wor\r\n;1\r\nd\r\n;0\r\n")[0].value == b"Hello word"
-    got = p.feed(b"*?\r\n:1\r\n+a\r\n.\r\n%?\r\n+k\r\n:2\r\n.\r\n")
+    assert (
+        p.feed(b"$?\r\n;4\r\nHell\r\n;5\r\no wor\r\n;1\r\nd\r\n;0\r\n", 1.0)[0].value
+        == b"Hello word"
+    )
+    got = p.feed(b"*?\r\n:1\r\n+a\r\n.\r\n%?\r\n+k\r\n:2\r\n.\r\n", 1.0)
     assert [m.value for m in got] == [Agg("*", [1, "a"], 2), Agg("%", ["k", 2], 1)]
-    assert p.feed(b"!21\r\nSYNTAX invalid syntax\r\n=15\r\ntxt:Some string\r\n_\r\n#f\r\n")[
+    assert p.feed(b"!21\r\nSYNTAX invalid syntax\r\n=15\r\ntxt:Some string\r\n_\r\n#f\r\n", 1.0)[
         0
     ].value == (RespError("SYNTAX invalid syntax"))
 
 
 def test_big_bulk_keeps_only_a_prefix() -> None:
     p = Parser(inline=False)
-    assert p.feed(b"$100000\r\n" + b"x" * 50000) == []
-    [msg] = p.feed(b"y" * 50000 + b"\r\n")
+    assert p.feed(b"$100000\r\n" + b"x" * 50000, 1.0) == []
+    [msg] = p.feed(b"y" * 50000 + b"\r\n", 2.0)
     assert msg.value == Big(b"x" * KEEP, 100000) and msg.nbytes == len(b"$100000\r\n") + 100000 + 2
     assert len(p.buf) == 0
 
@@ -228,7 +231,7 @@ def test_big_bulk_keeps_only_a_prefix() -> None:
 def test_gap_drops_pending_and_resyncs_on_next_command() -> None:
     d = RespDecoder()
     d.feed(C, b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n", 1.0)
-    events = d.gap(S, 10)
+    events = d.gap(S, 10, 1.05, False)
     assert [type(e) for e in events] == [Transaction, Notice]
     assert events[0].ts_reply is None and events[1].kind == "undecodable"
     assert d.feed(S, b"$1\r\nx\r\n", 1.1) == []  # no command seen since the gap
@@ -292,6 +295,54 @@ def test_parser_agrees_with_hiredis(messages: list[bytes], piece: int) -> None:
     while (value := reader.gets()) is not False:
         expected.append(_hiredis_plain(value))
     parser = Parser(inline=False)
-    got = [m for i in range(0, len(wire), piece) for m in parser.feed(wire[i : i + piece])]
+    got = [m for i in range(0, len(wire), piece) for m in parser.feed(wire[i : i + piece], 1.0)]
     assert [_plain(m.value) for m in got] == expected
     assert [m.nbytes for m in got] == [len(m) for m in messages]
+
+
+def test_latency_runs_to_the_first_byte_of_the_reply() -> None:
+    """A reply sent in two writes is stamped with the first: latency is the server's time."""
+    d = RespDecoder()
+    assert d.feed(C, b"*2\r\n$3\r\nGET\r\n", 1.0) == []
+    assert d.feed(C, b"$1\r\nk\r\n", 1.5) == []  # the request's last byte
+    assert d.feed(S, b"$6\r\nabc", 2.0) == []
+    [tx] = d.feed(S, b"def\r\n", 7.0)
+    assert (tx.ts_request, tx.ts_reply, tx.latency) == (1.5, 2.0, 0.5)
+    # a pipelined reply starting inside the previous one's last chunk takes that chunk's time
+    d.feed(C, b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nPING\r\n", 8.0)
+    [first] = d.feed(S, b"+PONG\r\n+PO", 9.0)
+    [second] = d.feed(S, b"NG\r\n", 10.0)
+    assert (first.ts_reply, second.ts_reply) == (9.0, 9.0)
+
+
+def test_cut_inside_a_bulk_string_is_skipped_and_marked() -> None:
+    """-s: the bytes cut from a bulk string are counted; framing continues after them."""
+    d = RespDecoder()
+    request = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1000\r\n" + b"v" * 1000 + b"\r\n"
+    assert d.feed(C, request[:100], 1.0) == []
+    assert d.gap(C, len(request) - 100, 1.0, True) == []  # ends the request
+    [tx] = d.feed(S, b"+OK\r\n", 2.0)
+    assert (tx.reply, tx.bytes_in, tx.cut, tx.latency) == (
+        "+OK",
+        len(request),
+        len(request) - 100,
+        1.0,
+    )
+    assert tx.request.endswith("...(1000 bytes)") and not tx.unanswered
+    # a cut over framing (pipelined commands) resyncs, stamped with the record's time
+    d.feed(C, b"*1\r\n$4\r\nPING\r\n*1\r\n$4", 3.0)
+    [lost, notice] = d.gap(C, 100, 3.0, True)
+    assert isinstance(lost, Transaction) and lost.request == "PING"
+    # its reply may have come (in bytes that cannot be paired): not claimed unanswered
+    assert (lost.reply, lost.unanswered, lost.latency) == ("(lost sync)", False, None)
+    assert isinstance(notice, Notice) and (notice.ts, notice.kind) == (3.0, "undecodable")
+    assert notice.summary == "100 bytes cut by the snap length"
+
+
+def test_a_cut_before_sync_forgets_the_bytes_kept_of_that_send() -> None:
+    d = RespDecoder()
+    assert d.feed(C, b"*1\r\n$4", 1.0) == []  # too short to tell: kept for the next chunk
+    assert d.gap(C, 10, 1.0, True) == []
+    d.feed(C, b"*1\r\n$4\r\nPING\r\n", 2.0)  # a new send(): not glued to the cut one
+    [tx] = d.feed(S, b"+PONG\r\n", 2.5)
+    assert (tx.request, tx.reply) == ("PING", "+PONG")

@@ -6,6 +6,7 @@ import gc
 import signal
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import FrameType
 from typing import cast
 
@@ -38,14 +39,22 @@ class _Stop:
             signal.signal(sig, old)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    stats: CaptureStats
+    emitted: int  # items the first output emitted (what -c counts)
+
+
 def run(
     cap: Capture,
     outputs: Sequence[Output],
     count: int = 0,
     duration: float = 0.0,
     on_ready: Callable[[], None] | None = None,
-) -> CaptureStats:
-    """Poll until -c records, --duration seconds or a signal; close outputs.
+) -> Outcome:
+    """Poll until the first output emitted -c items, --duration seconds or a
+    signal; close outputs.  Items are what the user sees: records for the byte
+    views and pcapng, lines for the decoded output (Output.write's count).
 
     ``on_ready`` runs once SIGINT/SIGTERM stop the loop cleanly (the CLI announces
     itself there, so a signal right after the announcement still gives a summary).
@@ -69,12 +78,12 @@ def run(
     frames = [out for out in outputs if isinstance(out, PcapngOutput)]
     cap.packed = bool(outputs) and len(frames) == len(outputs)
 
-    def write(batch: list[Record | Packed]) -> None:
+    def write(batch: list[Record | Packed]) -> int:
+        """Hand ``batch`` to every output, each emitting at most what -c still allows."""
+        left = count - emitted if count else 0
         if cap.packed:
-            for out in frames:
-                out.write(batch)
-        else:  # not packed: Records only
-            write_batch(outputs, cast(list[Record], batch))
+            return [out.write(batch, left) for out in frames][0]
+        return write_batch(outputs, cast(list[Record], batch), left)
 
     emitted = 0
     deadline = time.monotonic() + duration if duration else float("inf")
@@ -88,30 +97,28 @@ def run(
                 if now >= deadline:
                     break
                 batch = cap.poll(min(0.2, max(0.0, deadline - now)))
-                if count and emitted + len(batch) >= count:
-                    write(batch[: count - emitted])
-                    emitted = count
+                emitted += write(batch)
+                if count and emitted >= count:
                     break
-                emitted += len(batch)
-                write(batch)
                 if time.monotonic() >= next_flush:
                     for out in outputs:
                         out.flush()
                     next_flush = time.monotonic() + FLUSH_EVERY
             if not count or emitted < count:
-                write(cap.finish())
+                emitted += write(cap.finish())
     finally:
-        for out in outputs:
-            out.close(cap.stats)
+        closed = [out.close(cap.stats) for out in outputs]
         cap.close()
         gc.set_threshold(*thresholds)
-    return cap.stats
+    return Outcome(cap.stats, emitted + (closed[0] if closed else 0))
 
 
-def write_batch(outputs: Sequence[Output], batch: list[Record]) -> None:
-    if batch:
-        for out in outputs:
-            out.write(batch)
+def write_batch(outputs: Sequence[Output], batch: list[Record], limit: int = 0) -> int:
+    """Write ``batch`` to every output (at most ``limit`` items each, when > 0);
+    the items the first output emitted.  Empty batches are written too: every poll
+    lets an output emit what it held back (DecodedOutput's undecided connections)."""
+    emitted = [out.write(batch, limit) for out in outputs]
+    return emitted[0] if emitted else len(batch)
 
 
 def run_capture(options: object, output: Output) -> None:

@@ -126,6 +126,7 @@ def make_outputs(
     protocol: str | None,
     stats: bool,
     redact: bool,
+    live: bool = False,
 ) -> list[Output]:
     outputs: list[Output] = []
     if write:
@@ -160,12 +161,25 @@ def make_outputs(
         proto = protocol if protocol and protocol != "raw" else "auto"
         if write:  # -w FILE --stats: only the table, on stderr
             stream = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the output)
-        outputs.append(DecodedOutput(stream, proto, fmt, stats=stats, redact=redact))
+        outputs.append(DecodedOutput(stream, proto, fmt, stats=stats, redact=redact, live=live))
     return outputs
 
 
-def summary(stats: CaptureStats) -> str:
-    text = (
+def _items(output: Output) -> str:
+    """What ``output`` emits, as -c counts it."""
+    from .decode import DecodedOutput
+    from .outputs.pcapng import PcapngOutput
+
+    if isinstance(output, DecodedOutput):
+        return "lines printed"
+    done = "written" if isinstance(output, PcapngOutput) else "printed"
+    return f"records {done} (data, loss and close records)"
+
+
+def summary(stats: CaptureStats, shown: str = "") -> str:
+    """The stop summary; ``shown`` (e.g. "12 lines printed") says what the output emitted."""
+    text = f"usniff: {shown}\n" if shown else ""
+    text += (
         f"usniff: {stats.records} records, {stats.bytes} bytes captured "
         f"({stats.bytes_kept} kept), {stats.lost_bytes} bytes lost "
         f"({stats.lost_records} loss records), backend {stats.backend}"
@@ -205,9 +219,16 @@ def summary(stats: CaptureStats) -> str:
     type=int,
     default=0,
     show_default=True,
-    help="Bytes kept per message; 0 keeps every byte.",
+    help="Bytes kept per message; 0 keeps every byte. Decoded lines say what was cut.",
 )
-@click.option("-c", "--count", type=int, default=0, help="Stop after N records.")
+@click.option(
+    "-c",
+    "--count",
+    type=int,
+    default=0,
+    help="Stop after N printed items: decoded lines (transactions, notices, undecoded "
+    "records), or records with -A/-X/json/-w.",
+)
 @click.option("--duration", type=float, default=0.0, help="Stop after S seconds.")
 @click.option("-A", "ascii_", is_flag=True, help="Print payloads as ASCII.")
 @click.option("-X", "hexdump", is_flag=True, help="Print payloads as hex and ASCII.")
@@ -227,9 +248,17 @@ def summary(stats: CaptureStats) -> str:
 @click.option(
     "--protocol",
     type=click.Choice(PROTOCOLS),
-    help="Decoder: auto (default for text), resp, mysql, raw (default for -A/-X/json).",
+    help="Decoder: auto (default for text), resp, mysql, raw (default for -A/-X/json). "
+    "auto decodes a connection only on evidence of its protocol; other connections' "
+    "records are printed raw, marked [not decoded].",
 )
-@click.option("--stats", is_flag=True, help="Live per-command latency table; printed at exit.")
+@click.option(
+    "--stats",
+    is_flag=True,
+    help="Live per-command table, printed at exit: counts, errors, unanswered requests, "
+    "latency percentiles of the answered ones. Latency is the server-side time from the "
+    "request's last byte to the reply's first byte, as the two ends sent them.",
+)
 @click.option(
     "--redact",
     is_flag=True,
@@ -289,13 +318,14 @@ def main(ctx: click.Context, /, **kw: Any) -> None:  # fmt: skip
             protocol=kw["protocol"],
             stats=kw["stats"],
             redact=kw["redact"],
+            live=True,
         )
     except OutputError as e:
         cap.close()
         raise click.ClickException(str(e)) from None
-    status = 0
+    status, shown = 0, ""
     try:
-        stats = run(
+        outcome = run(
             cap,
             outputs,
             count=kw["count"],
@@ -304,13 +334,14 @@ def main(ctx: click.Context, /, **kw: Any) -> None:  # fmt: skip
                 f"usniff: capturing with the {cap.stats.backend} backend", err=True
             ),
         )
+        stats, shown = outcome.stats, f"{outcome.emitted} {_items(outputs[0])}"
     except OutputError as e:
         click.echo(f"usniff: {e}", err=True)
         stats, status = cap.stats, 1
     except BrokenPipeError:
         sys.stderr.write(summary(cap.stats) + "\n")
         os._exit(0)  # the reader went away (e.g. `| head`): nothing more to say
-    click.echo(summary(stats), err=True)
+    click.echo(summary(stats, shown), err=True)
     ctx.exit(status)
 
 
@@ -351,7 +382,12 @@ def list_cmd(path_filter: str | None) -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--protocol", type=click.Choice(PROTOCOLS), help="Decoder (default auto).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
-@click.option("--stats", is_flag=True, help="Per-command latency table.")
+@click.option(
+    "--stats",
+    is_flag=True,
+    help="Per-command table: counts, errors, unanswered requests, latency (request's last "
+    "byte to reply's first byte) of the answered ones.",
+)
 @click.option(
     "--redact", is_flag=True, help="Mask passwords (decoded output only; see usniff --help)."
 )

@@ -1,8 +1,8 @@
 """Events and helpers shared by the sans-IO protocol decoders.
 
 A decoder sees one connection: ``feed(direction, data, ts)`` with the bytes of
-one direction in stream order, ``gap(direction, n)`` when ``n`` bytes of that
-direction are unknown, ``close()`` at the end.  It never does I/O, never reads
+one direction in stream order, ``gap(direction, n, ts, cut)`` when ``n`` bytes of
+that direction are unknown, ``close()`` at the end.  It never does I/O, never reads
 a clock and keeps no global state; it returns :class:`Transaction` (a request
 paired with its reply) and :class:`Notice` (everything else: greetings, push
 messages, protocol labels, loss of sync) events.
@@ -25,11 +25,13 @@ class Transaction:
     request: str  # display summary of the request
     reply: str  # display summary of the reply ("" when there was none)
     error: bool
-    ts_request: float
-    ts_reply: float | None  # None: no reply (COM_QUIT, connection lost, gap)
+    ts_request: float  # when the request's last byte was sent
+    ts_reply: float | None  # when the reply's first byte was sent; None: no reply seen
     bytes_in: int  # request bytes, client -> server
     bytes_out: int  # reply bytes, server -> client
     details: Details = field(default_factory=dict)
+    unanswered: bool = False  # a reply was expected and none was seen
+    cut: int = 0  # bytes of request and reply not captured (snap length, -s)
     # filled in by the glue (usniff.decode), decoders know nothing about processes
     conn: str = ""
     path: str = ""
@@ -40,6 +42,8 @@ class Transaction:
 
     @property
     def latency(self) -> float | None:
+        """Server-side time: from the request's last byte to the reply's first byte, as
+        the two ends sent them (the client's reading of the reply is not included)."""
         return None if self.ts_reply is None else self.ts_reply - self.ts_request
 
 
@@ -62,7 +66,10 @@ class Decoder(Protocol):
 
     def feed(self, direction: Direction, data: bytes, ts: float) -> list[DecoderEvent]: ...
 
-    def gap(self, direction: Direction, n: int) -> list[DecoderEvent]: ...
+    def gap(self, direction: Direction, n: int, ts: float, cut: bool) -> list[DecoderEvent]:
+        """``n`` bytes of ``direction`` are unknown (sent at ``ts``); ``cut``: they were
+        sent but not kept (snap length), in the same send() as the bytes before them."""
+        ...
 
     def close(self) -> list[DecoderEvent]: ...
 

@@ -1,10 +1,22 @@
 """Protocol auto-detection from the first bytes of either side of a connection.
 
 ``detect(client, server)`` returns ``"resp"``, ``"mysql"``, ``"postgres"``,
-``"http"``, ``"tls"``, ``"unknown"`` (enough bytes seen, nothing matched) or
+``"http"``, ``"tls"``, ``"unknown"`` (both sides seen, nothing matched) or
 ``None`` (undecided: wait for more bytes).  Only resp and mysql have decoders;
-the other names label connections.  Client bytes are tried first: they are
-the stronger signal when a capture starts mid-connection.
+connections with any other answer are shown as raw records.
+
+A protocol is named only on evidence a different protocol would not give:
+a wrong guess shows an echo server's lines as Redis commands, so weak signals
+need the other side's confirmation.
+
+* RESP: a request array (``*N\\r\\n$M\\r\\n``); or an inline command whose first
+  word is a Redis command name *and* a RESP-shaped reply (memcached's
+  ``set k 0 0 3`` is answered ``STORED``, an echo server repeats the line).
+  Replies alone never decide: a capture that sees only the server's side is
+  shown raw.
+* MySQL: a server greeting (protocol 10, version, connection id, filler);
+  the client's HandshakeResponse41; or, mid-connection, a command packet
+  answered by a packet of sequence 1 (OK, ERR, EOF or a column count).
 """
 
 from __future__ import annotations
@@ -13,10 +25,39 @@ import re
 
 from .mysql import COMMANDS
 
-ENOUGH = 64  # bytes seen on both sides after which an undecided connection is "unknown"
+ENOUGH = 64  # bytes kept of each side for detection
 
-_RESP_CLIENT = re.compile(rb"\*[1-9]\d{0,6}\r\n\$\d{1,10}\r\n|[A-Za-z]{2,20}( [^\r\n]*)?\r?\n")
-_RESP_SERVER = re.compile(rb"[+\-:][^\r\n]*\r\n|[$*%~>|=!(,](-1|\?|\d{1,10})\r\n|_\r\n|#[tf]\r\n")
+# The top-level command names of Redis 7.0 (`COMMAND LIST`): an inline command
+# must start with one of them to count as evidence of RESP.
+_REDIS_COMMANDS = frozenset(
+    b"""
+    ACL APPEND ASKING AUTH BGREWRITEAOF BGSAVE BITCOUNT BITFIELD BITFIELD_RO BITOP BITPOS BLMOVE
+    BLMPOP BLPOP BRPOP BRPOPLPUSH BZMPOP BZPOPMAX BZPOPMIN CLIENT CLUSTER COMMAND CONFIG COPY
+    DBSIZE DEBUG DECR DECRBY DEL DISCARD DUMP ECHO EVAL EVALSHA EVALSHA_RO EVAL_RO EXEC EXISTS
+    EXPIRE EXPIREAT EXPIRETIME FAILOVER FCALL FCALL_RO FLUSHALL FLUSHDB FUNCTION GEOADD GEODIST
+    GEOHASH GEOPOS GEORADIUS GEORADIUSBYMEMBER GEORADIUSBYMEMBER_RO GEORADIUS_RO GEOSEARCH
+    GEOSEARCHSTORE GET GETBIT GETDEL GETEX GETRANGE GETSET HDEL HELLO HEXISTS HGET HGETALL
+    HINCRBY HINCRBYFLOAT HKEYS HLEN HMGET HMSET HRANDFIELD HSCAN HSET HSETNX HSTRLEN HVALS INCR
+    INCRBY INCRBYFLOAT INFO KEYS LASTSAVE LATENCY LCS LINDEX LINSERT LLEN LMOVE LMPOP LOLWUT
+    LPOP LPOS LPUSH LPUSHX LRANGE LREM LSET LTRIM MEMORY MGET MIGRATE MODULE MONITOR MOVE MSET
+    MSETNX MULTI OBJECT PERSIST PEXPIRE PEXPIREAT PEXPIRETIME PFADD PFCOUNT PFDEBUG PFMERGE
+    PFSELFTEST PING PSETEX PSUBSCRIBE PSYNC PTTL PUBLISH PUBSUB PUNSUBSCRIBE QUIT RANDOMKEY
+    READONLY READWRITE RENAME RENAMENX REPLCONF REPLICAOF RESET RESTORE RESTORE-ASKING ROLE RPOP
+    RPOPLPUSH RPUSH RPUSHX SADD SAVE SCAN SCARD SCRIPT SDIFF SDIFFSTORE SELECT SET SETBIT SETEX
+    SETNX SETRANGE SHUTDOWN SINTER SINTERCARD SINTERSTORE SISMEMBER SLAVEOF SLOWLOG SMEMBERS
+    SMISMEMBER SMOVE SORT SORT_RO SPOP SPUBLISH SRANDMEMBER SREM SSCAN SSUBSCRIBE STRLEN
+    SUBSCRIBE SUBSTR SUNION SUNIONSTORE SUNSUBSCRIBE SWAPDB SYNC TIME TOUCH TTL TYPE UNLINK
+    UNSUBSCRIBE UNWATCH WAIT WATCH XACK XADD XAUTOCLAIM XCLAIM XDEL XGROUP XINFO XLEN XPENDING
+    XRANGE XREAD XREADGROUP XREVRANGE XSETID XTRIM ZADD ZCARD ZCOUNT ZDIFF ZDIFFSTORE ZINCRBY
+    ZINTER ZINTERCARD ZINTERSTORE ZLEXCOUNT ZMPOP ZMSCORE ZPOPMAX ZPOPMIN ZRANDMEMBER ZRANGE
+    ZRANGEBYLEX ZRANGEBYSCORE ZRANGESTORE ZRANK ZREM ZREMRANGEBYLEX ZREMRANGEBYRANK
+    ZREMRANGEBYSCORE ZREVRANGE ZREVRANGEBYLEX ZREVRANGEBYSCORE ZREVRANK ZSCAN ZSCORE ZUNION
+    ZUNIONSTORE
+    """.split()
+)
+_RESP_ARRAY = re.compile(rb"\*[1-9]\d{0,6}\r\n\$\d{1,10}\r\n")
+_INLINE = re.compile(rb"([A-Za-z][A-Za-z_-]{1,30})(?: [^\r\n]*)?\r?\n")
+_RESP_REPLY = re.compile(rb"[+\-:][^\r\n]*\r\n|[$*%~>|=!(,](-1|\?|\d{1,10})\r\n|_\r\n|#[tf]\r\n")
 _HTTP_CLIENT = re.compile(
     rb"(GET|POST|PUT|DELETE|HEAD|OPTIONS|PATCH|CONNECT|TRACE) \S+ HTTP/\d|PRI \* HTTP/2\.0"
 )
@@ -47,15 +88,45 @@ def _mysql_login(data: bytes) -> bool:
     return bool(caps & CLIENT_PROTOCOL_41) and data[13:32] == bytes(19)
 
 
-def _client(data: bytes) -> str | None:
+_VERSION = re.compile(rb"[\x20-\x7e]{1,60}\0")
+
+
+def _mysql_greeting(data: bytes) -> bool:
+    """A Handshake v10: protocol byte 10, a printable NUL-terminated server
+    version, connection id, 8 bytes of scramble and a zero filler byte."""
+    if _mysql_packet(data, 0) != 0x0A:
+        return False
+    version = _VERSION.match(data, 5)
+    if version is None:
+        return False
+    filler = version.end() + 4 + 8
+    return len(data) > filler and data[filler] == 0
+
+
+def _mysql_reply(data: bytes) -> bool:
+    """A first reply packet (sequence 1): OK, ERR, EOF or a resultset's column count."""
+    first = _mysql_packet(data, 1)
+    return first is not None and (first in (0x00, 0xFF, 0xFE) or 1 <= first <= 0xFA)
+
+
+def _inline_command(client: bytes) -> bool | None:
+    """A complete inline command line starting with a Redis command name? None: line incomplete."""
+    line = _INLINE.match(client)
+    if line is None:
+        incomplete = client[:1].isalpha() and b"\n" not in client and len(client) < ENOUGH
+        return None if incomplete else False
+    return line[1].upper() in _REDIS_COMMANDS
+
+
+def _client_only(data: bytes) -> str | None:
+    """Protocols the client's first bytes identify alone."""
     if data[:2] in (b"\x16\x03", b"\x16\x02"):
         return "tls"
     if _HTTP_CLIENT.match(data):
         return "http"
-    if _RESP_CLIENT.match(data):
+    if _RESP_ARRAY.match(data):
         return "resp"
-    first = _mysql_packet(data, 0)
-    if (first is not None and first in COMMANDS) or _mysql_login(data):
+    if _mysql_login(data):
         return "mysql"
     if len(data) >= 8:
         length, code = int.from_bytes(data[:4], "big"), int.from_bytes(data[4:8], "big")
@@ -64,26 +135,29 @@ def _client(data: bytes) -> str | None:
     return None
 
 
-def _server(data: bytes) -> str | None:
+def _server_only(data: bytes) -> str | None:
+    """Protocols the server's first bytes identify alone (it speaks first)."""
     if data[:2] in (b"\x16\x03", b"\x15\x03"):
         return "tls"
-    if _mysql_packet(data, 0) == 0x0A and b"\0" in data[5:70]:
+    if _mysql_greeting(data):
         return "mysql"
-    if data.startswith(b"HTTP/1."):
-        return "http"
-    if _RESP_SERVER.match(data):
-        return "resp"
     if data[:1] == b"R" and len(data) >= 9 and int.from_bytes(data[1:5], "big") in range(8, 1024):
         return "postgres"
     return None
 
 
 def detect(client: bytes, server: bytes) -> str | None:
-    for data, guess in ((client, _client), (server, _server)):
-        if data:
-            found = guess(data)
-            if found:
-                return found
-    if len(client) >= ENOUGH and len(server) >= ENOUGH:
-        return "unknown"
-    return None
+    found = (_client_only(client) if client else None) or (_server_only(server) if server else None)
+    if found:
+        return found
+    if not client or not server:
+        return None  # one side alone proves nothing more: wait for the other
+    inline = _inline_command(client)
+    if inline and _RESP_REPLY.match(server):
+        return "resp"
+    first = _mysql_packet(client, 0)
+    if first is not None and first in COMMANDS and _mysql_reply(server):
+        return "mysql"
+    if inline is None:
+        return None  # the command line is not complete yet
+    return "unknown"

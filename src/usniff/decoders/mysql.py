@@ -141,6 +141,7 @@ class Packet:
     payload: bytes  # the payload, or its first KEEP bytes
     length: int  # logical payload length
     nbytes: int  # wire bytes including headers
+    cut: int = 0  # payload bytes not captured (PacketReader.skip)
 
     @property
     def complete(self) -> bool:
@@ -154,6 +155,7 @@ class _Partial:
     prefix: bytearray = field(default_factory=bytearray)
     length: int = 0
     nbytes: int = 0
+    cut: int = 0
 
 
 class PacketReader:
@@ -164,6 +166,20 @@ class PacketReader:
         self.cur: _Partial | None = None
         self.body_left = 0
         self.more = False  # current physical packet is 0xffffff long: another follows
+
+    def skip(self, n: int) -> list[Packet] | None:
+        """``n`` bytes not captured here (snap length).  When they lie inside the
+        payload of the packet being read, its framing is intact: they are counted
+        as cut and reading goes on (returns the packets that completes).  Otherwise
+        (they hold a packet header) returns None: the caller must resynchronise."""
+        cur = self.cur
+        if cur is None or self.buf or n > self.body_left:
+            return None
+        self.body_left -= n
+        cur.length += n
+        cur.nbytes += n
+        cur.cut += n
+        return self.feed(b"")
 
     def feed(self, data: bytes) -> list[Packet]:
         self.buf += data
@@ -198,7 +214,8 @@ class PacketReader:
                 break
             if self.more:
                 continue
-            out.append(Packet(cur.seq, cur.last_seq, bytes(cur.prefix), cur.length, cur.nbytes))
+            payload = bytes(cur.prefix)
+            out.append(Packet(cur.seq, cur.last_seq, payload, cur.length, cur.nbytes, cur.cut))
             self.cur = None
         del buf[:pos]
         return out
@@ -337,7 +354,8 @@ class _Command:
     seq: int  # next expected sequence id
     state: str = "first"  # first | infile | params | columns | rows | done
     reply_bytes: int = 0
-    ts_reply: float | None = None
+    ts_reply: float | None = None  # first byte of the reply
+    cut: int = 0  # bytes of request and reply not captured
     error: bool = False
     results: list[str] = field(default_factory=list)
     details: Details = field(default_factory=dict)
@@ -422,8 +440,43 @@ class MysqlDecoder:
         synced = None if self.phase == "opaque" else self._synced(direction, data, ts)
         if synced is None:
             return events
+        self._packets(direction, synced, ts, events)
+        return events
+
+    def gap(self, direction: Direction, n: int, ts: float, cut: bool) -> list[DecoderEvent]:
+        events: list[DecoderEvent] = []
+        if self.phase == "opaque":
+            return events
+        if cut and self.phase == "sync" and not self._parsing(direction):
+            # the rest of a send() skipped while not in sync: no packet continues across it
+            self._sync_buf[direction] = b""
+            return events
+        if cut:
+            self._packets(direction, b"", ts, events, cut=n)
+        else:
+            self._desync(events, f"{n} bytes missing", ts, direction)
+        return events
+
+    def _parsing(self, direction: Direction) -> bool:
+        """Are this direction's bytes parsed (not skipped while waiting for sync)?"""
+        return self._sync_ts is not None and direction is Direction.CLIENT
+
+    def _packets(
+        self,
+        direction: Direction,
+        data: bytes,
+        ts: float,
+        events: list[DecoderEvent],
+        cut: int = 0,
+    ) -> None:
+        """Parse ``data``, or skip ``cut`` bytes the snap length cut, and handle the
+        packets that completes."""
+        reader = self._readers[direction]
         try:
-            for packet in self._readers[direction].feed(synced):
+            packets = reader.skip(cut) if cut else reader.feed(data)
+            if packets is None:
+                raise ProtocolError(f"{cut} bytes cut by the snap length")
+            for packet in packets:
                 if direction is Direction.CLIENT:
                     self._client(packet, ts, events)
                 else:
@@ -432,14 +485,6 @@ class MysqlDecoder:
                     break
         except ValueError as exc:  # ProtocolError, or a malformed value (e.g. a date)
             self._desync(events, str(exc), ts, direction)
-        return events
-
-    def gap(self, direction: Direction, n: int) -> list[DecoderEvent]:
-        events: list[DecoderEvent] = []
-        if self.phase != "opaque":
-            ts = self._commands[0].ts if self._commands else 0.0
-            self._desync(events, f"{n} bytes missing", ts, direction)
-        return events
 
     def close(self) -> list[DecoderEvent]:
         events: list[DecoderEvent] = []
@@ -475,7 +520,8 @@ class MysqlDecoder:
     def _desync(
         self, events: list[DecoderEvent], reason: str, ts: float, direction: Direction
     ) -> None:
-        events.extend(self.close())
+        while self._commands:
+            self._finish(self._commands.popleft(), events, lost_sync=True)
         self._readers = (PacketReader(), PacketReader())
         self.phase = "sync"
         self._sync_ts = None
@@ -498,12 +544,14 @@ class MysqlDecoder:
         if packet.seq != 0 and head is not None:  # infile data, auth data
             self._check_seq(head, packet)
             head.nbytes += packet.nbytes
+            head.cut += packet.cut
             if head.state == "infile" and packet.length == 0:
                 head.state = "first"
             return
         if packet.seq != 0 or not packet.payload:
             raise ProtocolError(f"unexpected client packet seq {packet.seq}")
         cmd = self._command(packet, ts)
+        cmd.cut = packet.cut
         if packet.payload[0] in _NO_REPLY:
             self._finish(cmd, events)
         else:
@@ -597,6 +645,7 @@ class MysqlDecoder:
         plugin = r.cstr().decode("utf-8", "replace") if caps & CLIENT_PLUGIN_AUTH and r.left else ""
         text = f"login user={self.user}" + (f" db={self.db}" if self.db else "")
         cmd = _Command(-1, "LOGIN", text, "LOGIN", ts, packet.nbytes, (packet.last_seq + 1) & 0xFF)
+        cmd.cut = packet.cut
         cmd.details.update(
             user=self.user,
             db=self.db,
@@ -623,7 +672,9 @@ class MysqlDecoder:
         cmd = self._commands[0]
         self._check_seq(cmd, packet)
         cmd.reply_bytes += packet.nbytes
-        cmd.ts_reply = ts
+        cmd.cut += packet.cut
+        if cmd.ts_reply is None:
+            cmd.ts_reply = ts
         if not packet.payload:
             raise ProtocolError("empty server packet")
         if cmd.code in (-1, 0x11):
@@ -843,10 +894,16 @@ class MysqlDecoder:
 
     # -- results
 
-    def _finish(self, cmd: _Command, events: list[DecoderEvent]) -> None:
+    def _finish(self, cmd: _Command, events: list[DecoderEvent], lost_sync: bool = False) -> None:
+        """Report ``cmd``; ``lost_sync``: the rest of its reply may be in bytes that could
+        not be decoded (not "unanswered": nobody knows)."""
+        unanswered = False
         if cmd.state not in ("done", "eof") and cmd.code not in _NO_REPLY:
-            cmd.results.append("(no reply)" if not cmd.results else "(incomplete)")
-            cmd.ts_reply = None if cmd.reply_bytes == 0 else cmd.ts_reply
+            if lost_sync:
+                cmd.results.append("(lost sync)")
+            else:
+                cmd.results.append("(no reply)" if not cmd.results else "(incomplete)")
+                unanswered = cmd.reply_bytes == 0
         if cmd.progress:
             cmd.details["progress_reports"] = cmd.progress
         events.append(
@@ -861,5 +918,7 @@ class MysqlDecoder:
                 cmd.nbytes,
                 cmd.reply_bytes,
                 cmd.details,
+                unanswered=unanswered,
+                cut=cmd.cut,
             )
         )

@@ -78,8 +78,10 @@ class Agg:
 class Message:
     value: object
     nbytes: int
+    ts_first: float = 0.0  # ts of the chunk holding the message's first byte
     attribute: Agg | None = None
     inline: bool = False
+    cut: int = 0  # bytes of the message not captured (Parser.skip)
 
 
 @dataclass(slots=True)
@@ -111,11 +113,37 @@ class Parser:
         self.blob: _Blob | None = None
         self.attribute: Agg | None = None
         self.msg_start = 0  # stream position where the current message began
+        self.msg_ts = 0.0  # ts of the chunk where the current message began
+        self.chunk_ts = 0.0  # ts of the chunk being parsed
+        self.cut = 0  # bytes of the current message skipped (not captured)
         self._done: list[Message] = []
 
-    def feed(self, data: bytes) -> list[Message]:
-        """Feed ``data``; return the messages it completed."""
+    def feed(self, data: bytes, ts: float) -> list[Message]:
+        """Feed ``data`` (sent at ``ts``); return the messages it completed."""
+        if self.msg_start >= self.consumed + len(self.buf):  # a message starts in ``data``
+            self.msg_ts = ts
+        self.chunk_ts = ts
         self.buf += data
+        return self._run()
+
+    def skip(self, n: int, ts: float) -> list[Message] | None:
+        """``n`` bytes not captured at this point of the stream (snap length).
+
+        When they fall inside the payload of the bulk string being read, the
+        framing is intact: the bytes are counted as cut and parsing goes on
+        (returns the messages that completes).  Otherwise (they hold framing)
+        returns None: the caller must resynchronise.
+        """
+        blob = self.blob
+        if blob is None or self.buf or n > blob.remaining:
+            return None
+        blob.remaining -= n
+        self.consumed += n
+        self.cut += n
+        self.chunk_ts = ts
+        return self._run()
+
+    def _run(self) -> list[Message]:
         self._done = []
         try:
             self._parse()
@@ -273,8 +301,8 @@ class Parser:
                 return  # attributes annotate, they are not elements
             if not self.stack:
                 nbytes = self.consumed + self.pos - self.msg_start
-                self.msg_start = self.consumed + self.pos
-                self._done.append(Message(value, nbytes, self.attribute))
+                self._done.append(Message(value, nbytes, self.msg_ts, self.attribute, cut=self.cut))
+                self._next_message()
                 self.attribute = None
                 return
             top = self.stack[-1]
@@ -300,9 +328,16 @@ class Parser:
         args: list[object] = list(line.split())
         if args:
             nbytes = self.consumed + self.pos - self.msg_start
-            self._done.append(Message(Agg("*", args[:MAX_ITEMS], len(args)), nbytes, inline=True))
-        self.msg_start = self.consumed + self.pos
+            value = Agg("*", args[:MAX_ITEMS], len(args))
+            self._done.append(Message(value, nbytes, self.msg_ts, inline=True))
+        self._next_message()
         return True
+
+    def _next_message(self) -> None:
+        """The next message starts here, in the chunk being parsed."""
+        self.msg_start = self.consumed + self.pos
+        self.msg_ts = self.chunk_ts
+        self.cut = 0
 
 
 def _int(line: bytes) -> int:
@@ -430,7 +465,9 @@ class _Request:
     expect: int = 1
     replies: list[str] = field(default_factory=list)
     reply_bytes: int = 0
+    ts_reply: float | None = None  # first byte of the first reply
     error: bool = False
+    cut: int = 0
     details: Details = field(default_factory=dict)
 
 
@@ -456,21 +493,36 @@ class RespDecoder:
         synced = self._synced(direction, data, ts)
         if synced is None:
             return events
-        data = synced
         try:
-            messages = self._parsers[direction].feed(data)
+            messages = self._parsers[direction].feed(synced, ts)
         except ProtocolError as exc:
             return self._desync(events, f"protocol error: {exc}", ts, direction)
+        self._messages(direction, messages, ts, events)
+        return events
+
+    def gap(self, direction: Direction, n: int, ts: float, cut: bool) -> list[DecoderEvent]:
+        events: list[DecoderEvent] = []
+        parsing = self._sync_ts is not None and (
+            direction is Direction.CLIENT or self._server_synced
+        )
+        if cut and not parsing:  # the rest of a send() skipped while not in sync
+            self._sync_buf = b""  # a command cannot continue across the cut
+            return events
+        messages = self._parsers[direction].skip(n, ts) if cut else None
+        if messages is None:
+            why = f"{n} bytes {'cut by the snap length' if cut else 'missing'}"
+            return self._desync(events, why, ts, direction)
+        self._messages(direction, messages, ts, events)
+        return events
+
+    def _messages(
+        self, direction: Direction, messages: list[Message], ts: float, events: list[DecoderEvent]
+    ) -> None:
         for msg in messages:
             if direction is Direction.CLIENT:
                 self._request(msg, ts, events)
             else:
-                self._reply(msg, ts, events)
-        return events
-
-    def gap(self, direction: Direction, n: int) -> list[DecoderEvent]:
-        ts = self._pending[0].ts if self._pending else 0.0
-        return self._desync([], f"{n} bytes missing", ts, direction)
+                self._reply(msg, events)
 
     def close(self) -> list[DecoderEvent]:
         events: list[DecoderEvent] = []
@@ -517,7 +569,7 @@ class RespDecoder:
 
     def _abandon(self, events: list[DecoderEvent], why: str) -> None:
         while self._pending:
-            self._finish(self._pending.popleft(), None, events, why)
+            self._finish(self._pending.popleft(), events, why)
 
     # -- requests
 
@@ -529,6 +581,7 @@ class RespDecoder:
         sub = _arg(args[1]).upper() if name in _CONTAINERS and len(args) > 1 else b""
         command = (name + b" " + sub if sub else name).decode("utf-8", "replace")
         req = _Request(name, command, self._request_text(name, args, size), ts, msg.nbytes)
+        req.cut = msg.cut
         if msg.inline:
             req.details["inline"] = True
         if name in _BLOCKING:
@@ -546,7 +599,7 @@ class RespDecoder:
             no_reply = mode != b"ON"
         if no_reply:
             req.details["reply_suppressed"] = True
-            self._finish(req, None, events, "")
+            self._finish(req, events, "")
         else:
             self._pending.append(req)
 
@@ -562,8 +615,8 @@ class RespDecoder:
 
     # -- replies
 
-    def _reply(self, msg: Message, ts: float, events: list[DecoderEvent]) -> None:
-        value = msg.value
+    def _reply(self, msg: Message, events: list[DecoderEvent]) -> None:
+        value, ts = msg.value, msg.ts_first
         head = self._pending[0] if self._pending else None
         kind = _pubsub_kind(value)
         is_push = isinstance(value, Agg) and value.kind == ">"
@@ -580,6 +633,9 @@ class RespDecoder:
             return
         head.replies.append(render(_masked_reply(head.command, value) if self.redact else value))
         head.reply_bytes += msg.nbytes
+        head.cut += msg.cut
+        if head.ts_reply is None:
+            head.ts_reply = ts
         if msg.attribute is not None:
             head.details["attribute"] = render(msg.attribute)
         if isinstance(value, RespError):
@@ -589,7 +645,7 @@ class RespDecoder:
         head.expect -= 1
         if head.expect <= 0:
             self._pending.popleft()
-            self._finish(head, ts, events, "")
+            self._finish(head, events, "")
 
     def _confirm(self, value: object, kind: bytes) -> None:
         assert isinstance(value, Agg)
@@ -601,10 +657,12 @@ class RespDecoder:
             else:
                 subs.add(channel)
 
-    def _finish(
-        self, req: _Request, ts: float | None, events: list[DecoderEvent], why: str
-    ) -> None:
+    def _finish(self, req: _Request, events: list[DecoderEvent], why: str) -> None:
+        """Report ``req``.  Without a reply, ``why`` says what happened: "" (none came
+        before the connection or the capture ended: unanswered) or "(lost sync)" (it
+        may have come in bytes that could not be decoded: neither answered nor not)."""
         reply = "; ".join(req.replies) if req.replies else why
+        unanswered = not req.replies and not why and not req.details.get("reply_suppressed")
         events.append(
             Transaction(
                 self.protocol,
@@ -613,10 +671,12 @@ class RespDecoder:
                 clip(reply, SUMMARY),
                 req.error,
                 req.ts,
-                ts,
+                req.ts_reply,
                 req.nbytes,
                 req.reply_bytes,
                 req.details,
+                unanswered=unanswered,
+                cut=req.cut,
             )
         )
 

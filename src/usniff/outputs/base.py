@@ -4,6 +4,10 @@ The capture loop hands each batch of records to :meth:`Output.write`, calls
 :meth:`Output.flush` at least once a second and :meth:`Output.close` once at
 the end.  An output must not block the loop for long: it writes with one
 system call per batch at most.
+
+``write`` reports how many items it emitted, so that ``-c N`` stops after N
+of what the user sees: records for the byte views and pcapng, lines
+(transactions, notices, undecoded records) for the decoded output.
 """
 
 from __future__ import annotations
@@ -23,8 +27,14 @@ class OutputError(Exception):
 
 
 class Output(Protocol):
-    def write(self, batch: Sequence[Record]) -> None: ...
+    def write(self, batch: Sequence[Record], limit: int = 0) -> int:
+        """Emit ``batch``: at most ``limit`` items when ``limit`` > 0 (and nothing more
+        until the next ``write``, ``close`` included).  Returns the items emitted."""
+        ...
 
     def flush(self) -> None: ...
 
-    def close(self, stats: CaptureStats) -> None: ...
+    def close(self, stats: CaptureStats) -> int:
+        """Finish (end of input): returns the items emitted while finishing, within
+        the last ``write``'s limit (the decoded output's pending transactions)."""
+        ...

@@ -680,8 +680,9 @@ class PcapngOutput:
 
     # -- Output ----------------------------------------------------------
 
-    def write(self, batch: Sequence[Record | Packed]) -> None:
-        """Frame a batch in :func:`usniff._fastpath.write_batch`: the common
+    def write(self, batch: Sequence[Record | Packed], limit: int = 0) -> int:
+        """Frame a batch (its first ``limit`` records when ``limit`` > 0; returns
+        how many) in :func:`usniff._fastpath.write_batch`: the common
         record (one TCP segment on a known flow, no gap, no note pending, same
         comment as before) with no Python call, the others through
         :meth:`Framer.add`; it returns here when a file must rotate (or for
@@ -697,16 +698,18 @@ class PcapngOutput:
         ext4, 3 rounds: 63-68 ticks writing once per batch, 53-57 every 1 MiB
         (54-56 every 2 MiB, 68-76 every 4 MiB); no difference on tmpfs."""
         self._check()
+        if limit:
+            batch = batch[:limit]
         framer = self._framer
-        limit = self._rotate_bytes or float("inf")
+        size_limit = self._rotate_bytes or float("inf")
         i, n = 0, len(batch)
         while True:
-            room = min(limit - self._size, FLUSH_BYTES)
+            room = min(size_limit - self._size, FLUSH_BYTES)
             i = write_batch(framer, self._buf, batch, i, room, self._deadline)
             if i >= n:
                 break
             rec = batch[i]
-            if self._size + self._buf.size() > limit or rec.ts >= self._deadline:
+            if self._size + self._buf.size() > size_limit or rec.ts >= self._deadline:
                 self._rotate(rec.ts)
             elif self._buf.size() > FLUSH_BYTES:
                 self._drain()
@@ -715,14 +718,15 @@ class PcapngOutput:
             i += 1
         if self._buf.size() >= FLUSH_BYTES:
             self.flush()
+        return n
 
     def flush(self) -> None:
         self._check()
         self._drain()
 
-    def close(self, stats: CaptureStats) -> None:
+    def close(self, stats: CaptureStats) -> int:
         if self._closed:
-            return
+            return 0
         self._closed = True
         try:
             if self._failed is None:
@@ -732,6 +736,7 @@ class PcapngOutput:
         finally:
             self._close_fd()
             self._discarder.join()
+        return 0  # every record was emitted by write
 
     # -- files -----------------------------------------------------------
 

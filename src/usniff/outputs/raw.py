@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from usniff.events import FLAG_TRUNCATED, CaptureStats, Record
+from usniff.printable import printable
 
 PREVIEW = 64  # bytes shown by default (use -A or -X for all)
 
@@ -43,6 +44,7 @@ def hex_view(data: bytes) -> str:
 
 
 def header(rec: Record) -> str:
+    """The record's header line, terminal-safe (a process name or path may hold any byte)."""
     clock = time.strftime("%H:%M:%S", time.localtime(rec.ts)) + f".{int(rec.ts % 1 * 1e6):06d}"
     peer = rec.peer_inode or "-"
     where = rec.path or "(unnamed)"
@@ -52,11 +54,11 @@ def header(rec: Record) -> str:
         f"{where} {direction(rec)} off {rec.offset}"
     )
     if rec.kind == "lost":
-        return f"{head} LOST {rec.lost} bytes"
+        return printable(f"{head} LOST {rec.lost} bytes")
     if rec.kind == "close":
-        return f"{head} CLOSED"
+        return printable(f"{head} CLOSED")
     cut = f" (kept {len(rec.data)})" if rec.flags & FLAG_TRUNCATED else ""
-    return f"{head} len {rec.length}{cut}"
+    return printable(f"{head} len {rec.length}{cut}")
 
 
 class TextOutput:
@@ -66,7 +68,9 @@ class TextOutput:
         self.stream = stream
         self.view = view
 
-    def write(self, batch: Sequence[Record]) -> None:
+    def write(self, batch: Sequence[Record], limit: int = 0) -> int:
+        if limit:
+            batch = batch[:limit]
         out = []
         for rec in batch:
             line = header(rec)
@@ -80,12 +84,14 @@ class TextOutput:
                 out.append(line + " " + escaped(rec.data))
         if out:
             self.stream.write("\n".join(out) + "\n")
+        return len(out)
 
     def flush(self) -> None:
         self.stream.flush()
 
-    def close(self, stats: CaptureStats) -> None:
+    def close(self, stats: CaptureStats) -> int:
         self.stream.flush()
+        return 0
 
 
 def record_json(rec: Record) -> dict[str, object]:
@@ -124,12 +130,16 @@ class JsonOutput:
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
 
-    def write(self, batch: Sequence[Record]) -> None:
+    def write(self, batch: Sequence[Record], limit: int = 0) -> int:
+        if limit:
+            batch = batch[:limit]
         if batch:
             self.stream.write("".join(json.dumps(record_json(r)) + "\n" for r in batch))
+        return len(batch)
 
     def flush(self) -> None:
         self.stream.flush()
 
-    def close(self, stats: CaptureStats) -> None:
+    def close(self, stats: CaptureStats) -> int:
         self.stream.flush()
+        return 0
