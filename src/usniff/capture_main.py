@@ -14,19 +14,26 @@ from .capture import Capture, CaptureOptions
 from .events import CaptureStats, Record
 from .outputs.base import Output
 
-FLUSH_EVERY = 1.0
+FLUSH_EVERY = 1.0  # seconds between write-outs of the outputs (-U: after every batch)
+POLL = 0.2  # longest wait for records in one poll
 GC_YOUNG = 100_000  # net allocations between young collections while capturing
 
 
 class _Stop:
-    """SIGINT/SIGTERM set a flag; the loop notices within one poll timeout."""
+    """SIGINT, SIGTERM, SIGHUP (the terminal went away) and SIGPIPE set a flag;
+    the loop notices within one poll timeout and ends like at -c or --duration:
+    outputs closed (pcapng statistics block), summary printed.  tcpdump does
+    the same on these signals.  A write to a pipe whose reader left still
+    fails with EPIPE (the outputs report that), the signal only stops the loop."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE)
 
     def __init__(self) -> None:
         self.requested = False
         self._old: dict[int, object] = {}
 
     def __enter__(self) -> _Stop:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in self.SIGNALS:
             self._old[sig] = signal.signal(sig, self._handler)
         return self
 
@@ -44,11 +51,16 @@ def run(
     count: int = 0,
     duration: float = 0.0,
     on_ready: Callable[[], None] | None = None,
+    flush_every: float = FLUSH_EVERY,
 ) -> CaptureStats:
     """Poll until -c records, --duration seconds or a signal; close outputs.
 
-    ``on_ready`` runs once SIGINT/SIGTERM stop the loop cleanly (the CLI announces
-    itself there, so a signal right after the announcement still gives a summary).
+    ``on_ready`` runs once the signals of :class:`_Stop` stop the loop cleanly (the
+    CLI announces itself there, so a signal right after the announcement still gives
+    a summary).  Outputs are flushed every ``flush_every`` seconds (0, for -U: after
+    every batch), so SIGKILL loses at most what was captured since: ``flush_every``
+    + one poll (POLL), and never more than pcapng's FLUSH_BYTES of framed packets,
+    which the writer writes out whenever it has that much.
     """
     # Everything allocated so far (modules, the loaded BPF object) lives as long
     # as the capture: leave it out of the cyclic GC's full collections, which
@@ -78,7 +90,7 @@ def run(
 
     emitted = 0
     deadline = time.monotonic() + duration if duration else float("inf")
-    next_flush = time.monotonic() + FLUSH_EVERY
+    next_flush = time.monotonic() + flush_every
     try:
         with _Stop() as stop:
             if on_ready is not None:
@@ -87,7 +99,7 @@ def run(
                 now = time.monotonic()
                 if now >= deadline:
                     break
-                batch = cap.poll(min(0.2, max(0.0, deadline - now)))
+                batch = cap.poll(min(POLL, max(0.0, deadline - now)))
                 if count and emitted + len(batch) >= count:
                     write(batch[: count - emitted])
                     emitted = count
@@ -97,7 +109,7 @@ def run(
                 if time.monotonic() >= next_flush:
                     for out in outputs:
                         out.flush()
-                    next_flush = time.monotonic() + FLUSH_EVERY
+                    next_flush = time.monotonic() + flush_every
             if not count or emitted < count:
                 write(cap.finish())
     finally:

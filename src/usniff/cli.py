@@ -18,7 +18,7 @@ from .capture import (
     _ring_size,
     filter_warnings,
 )
-from .capture_main import run, write_batch
+from .capture_main import FLUSH_EVERY, run, write_batch
 from .events import CaptureStats
 from .outputs.base import Output, OutputError
 
@@ -170,6 +170,11 @@ def summary(stats: CaptureStats) -> str:
         f"({stats.bytes_kept} kept), {stats.lost_bytes} bytes lost "
         f"({stats.lost_records} loss records), backend {stats.backend}"
     )
+    if stats.unwritten_bytes:
+        text += (
+            f"\nusniff:   {stats.unwritten_bytes} of the bytes lost were captured "
+            "but could not be written"
+        )
     for ino, lost in sorted(stats.per_socket_lost.items()):
         text += f"\nusniff:   socket {ino}: {lost} bytes lost"
     return text
@@ -223,6 +228,12 @@ def summary(stats: CaptureStats) -> str:
     type=float,
     help="Rotate -w files every N seconds; FILE needs strftime conversions that change "
     "every period (cap-%H%M%S.pcapng): a name that would repeat is refused.",
+)
+@click.option(
+    "-U",
+    "packet_buffered",
+    is_flag=True,
+    help="Write out after every batch (<= 0.2 s), not once a second: less to lose on SIGKILL.",
 )
 @click.option(
     "--protocol",
@@ -300,6 +311,7 @@ def main(ctx: click.Context, /, **kw: Any) -> None:  # fmt: skip
             outputs,
             count=kw["count"],
             duration=kw["duration"],
+            flush_every=0.0 if kw["packet_buffered"] else FLUSH_EVERY,
             on_ready=lambda: click.echo(
                 f"usniff: capturing with the {cap.stats.backend} backend", err=True
             ),
