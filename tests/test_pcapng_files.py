@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pcap_helpers import REDIS_EXCHANGE, Conn, tshark
+from pcap_helpers import REDIS_EXCHANGE, Conn, tmpfs, tshark
 
 from usniff.events import CaptureStats
 from usniff.outputs.base import OutputError
@@ -118,19 +118,8 @@ def test_own_device_is_written_as_it_is() -> None:
 @pytest.fixture
 def small_fs() -> Iterator[Path]:
     """A 2 MiB tmpfs: the disk that fills up."""
-    mnt = Path(tempfile.mkdtemp(prefix="usniff-full-"))
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        mnt.rmdir()
-        pytest.skip(f"cannot mount a 2 MiB tmpfs: {proc.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", str(mnt)], check=True)
-    mnt.rmdir()
+    with tempfile.TemporaryDirectory(prefix="usniff-full-") as mnt, tmpfs(Path(mnt), "2m"):
+        yield Path(mnt)
 
 
 def test_full_disk_writes_what_fits_and_counts_the_rest_as_lost(small_fs: Path) -> None:

@@ -394,25 +394,29 @@ def read_cmd(file: str, protocol: str | None, fmt: str, stats: bool, redact: boo
         ascii_=ascii_, hexdump=hexdump, fmt=fmt, protocol=protocol, stats=stats, redact=redact,
     )  # fmt: skip
     stats_ = CaptureStats(backend="file")
+    damage = None
+    batch = []
     try:
-        batch = []
-        for rec in read_records(file):
-            batch.append(rec)
-            if rec.kind == "lost":
-                stats_.lost_records += 1
-                stats_.lost_bytes += rec.lost
-            else:
-                stats_.records += 1
-                stats_.bytes += rec.length
-            if len(batch) >= 4096:
-                write_batch(outputs, batch)
-                batch = []
+        try:
+            for rec in read_records(file):
+                batch.append(rec)
+                if rec.kind == "lost":
+                    stats_.lost_records += 1
+                    stats_.lost_bytes += rec.lost
+                else:
+                    stats_.records += 1
+                    stats_.bytes += rec.length
+                if len(batch) >= 4096:
+                    write_batch(outputs, batch)
+                    batch = []
+        except PcapReadError as e:  # raised after the last readable record
+            damage = e
         write_batch(outputs, batch)
-    except PcapReadError as e:
-        raise click.ClickException(str(e)) from None
     finally:
         for o in outputs:
             o.close(stats_)
+    if damage is not None:  # after the output, so that it is the last word
+        raise click.ClickException(str(damage))
 
 
 @main.command("extcap", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

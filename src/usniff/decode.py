@@ -16,7 +16,6 @@ import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from typing import TextIO
 
 from rich.console import Console, Group
@@ -28,6 +27,7 @@ from .decoders.detect import ENOUGH, detect
 from .decoders.mysql import MysqlDecoder
 from .decoders.resp import RespDecoder
 from .events import CaptureStats, Record
+from .outputs.base import clock_text
 from .streams import Close, ConnKey, Data, Direction, Gap, Open, StreamAssembler, StreamEvent
 
 PROTOCOLS = ("auto", "resp", "mysql")
@@ -175,20 +175,16 @@ def decode_records(
 # --------------------------------------------------------------------------- formatting
 
 
-def _clock(ts: float) -> str:
-    return datetime.fromtimestamp(ts).strftime("%H:%M:%S.%f")
-
-
 def _who(comm: str, pid: int) -> str:
     return f"{comm or '?'}[{pid}]" if pid else comm or "?"
 
 
 def format_text(ev: DecoderEvent) -> str:
     if isinstance(ev, Notice):
-        return f"{_clock(ev.ts)} {ev.conn} [{ev.kind}] {ev.summary}"
+        return f"{clock_text(ev.ts)} {ev.conn} [{ev.kind}] {ev.summary}"
     client = _who(ev.client_comm, ev.client_pid)
     server = _who(ev.server_comm, ev.server_pid)
-    parts = [f"{_clock(ev.ts_request)} {client} -> {server}"]
+    parts = [f"{clock_text(ev.ts_request)} {client} -> {server}"]
     if ev.protocol == "mysql" and ev.details.get("conn_id"):
         db = ev.details.get("db")
         parts.append(f"conn {ev.details['conn_id']}" + (f" db={db}" if db else ""))
