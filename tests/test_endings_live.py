@@ -7,8 +7,10 @@ batch is written out at once, so SIGKILL loses at most the last poll.
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from live_helpers import Usniff, resp_command, wait_until
-from pcap_helpers import TSHARK, tshark
+from pcap_helpers import TSHARK, tmpfs, tshark
 from servers import start_redis
 
 pytestmark = [
@@ -97,3 +99,40 @@ def test_packet_buffered_writes_each_batch_and_survives_sigkill(
     values = tshark("-r", str(path), "-Y", "resp", "-T", "fields", "-e", "resp.bulk_string.value")
     for n in range(6):
         assert f"sent-at-{n}-".encode().hex() in values
+
+
+SUMMARY = re.compile(r"usniff: (\d+) records, (\d+) bytes captured .*?, (\d+) bytes lost")
+UNWRITTEN = re.compile(r"usniff:   (\d+) of the bytes lost were captured but could not be written")
+
+
+def test_full_disk_counts_every_byte_that_did_not_reach_the_file(
+    redis_sock: str, tmp_path: Path
+) -> None:
+    """On a 2 MiB tmpfs: the file takes what fits, and the summary's bytes
+    captured = the payload tshark finds in the file + the bytes it calls
+    lost because they could not be written."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with tmpfs(mnt, "2m"):
+        path = mnt / "full.pcapng"
+        with Usniff("--path", redis_sock, "-w", str(path)) as usniff:
+            subprocess.run(
+                ["redis-benchmark", "-s", redis_sock, "-n", "200000", "-P", "16", "-d", "100",
+                 "-t", "set", "-q"],
+                capture_output=True, timeout=120, check=True,
+            )  # fmt: skip
+            result = usniff.stop(signal.SIGTERM)
+        size = path.stat().st_size
+        payload = tshark("-r", str(path), "-T", "fields", "-e", "tcp.len").split()
+        data = path.read_bytes()
+    assert result.returncode == 1 and "disk full writing" in result.stderr, result.stderr
+    summary, unwritten = SUMMARY.search(result.stderr), UNWRITTEN.search(result.stderr)
+    assert summary and unwritten, result.stderr
+    captured, lost, not_written = int(summary[2]), int(summary[3]), int(unwritten[1])
+    assert size > 2 * 1024 * 1024 - 8192  # filled up to its last page or so
+    assert captured == sum(map(int, payload)) + not_written
+    assert lost >= not_written > captured // 2
+    # the statistics block at the end of the file says the same
+    isb = data[-int.from_bytes(data[-4:], "little") :]
+    assert int.from_bytes(isb[:4], "little") == 5
+    assert f"unwritten_bytes={not_written}".encode() in isb

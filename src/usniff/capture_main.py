@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import signal
 import time
@@ -12,7 +13,7 @@ from typing import cast
 from ._fastpath import Packed
 from .capture import Capture, CaptureOptions
 from .events import CaptureStats, Record
-from .outputs.base import Output
+from .outputs.base import Output, OutputError
 
 FLUSH_EVERY = 1.0  # seconds between write-outs of the outputs (-U: after every batch)
 POLL = 0.2  # longest wait for records in one poll
@@ -89,6 +90,7 @@ def run(
             write_batch(outputs, cast(list[Record], batch))
 
     emitted = 0
+    finishing = False
     deadline = time.monotonic() + duration if duration else float("inf")
     next_flush = time.monotonic() + flush_every
     try:
@@ -111,7 +113,13 @@ def run(
                         out.flush()
                     next_flush = time.monotonic() + flush_every
             if not count or emitted < count:
+                finishing = True
                 write(cap.finish())
+    except OutputError:
+        if not finishing:  # what the capture still holds was captured: the output counts it
+            with contextlib.suppress(OutputError):
+                write(cap.finish())
+        raise
     finally:
         for out in outputs:
             out.close(cap.stats)
