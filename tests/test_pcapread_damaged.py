@@ -286,3 +286,20 @@ def test_fuzz_damaged_files_never_raise_anything_but_the_readers_error() -> None
     assert result["cli_runs"] == -(-FUZZ_FILES // 50)
     # the child's peak memory, not its address-space limit, is what was used
     assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 512 * 1024
+
+
+@pytest.mark.parametrize("form", ["pcapng", "pcap", "pcapng_cut_short", "pcap_cut_short"])
+def test_a_pipe_reads_like_the_file(form: str, tmp_path: Path) -> None:
+    """`tcpdump -w - | usniff read /dev/stdin`: no seeking, same records, same damage."""
+    data = to_pcap(_redis()) if form.startswith("pcap_") or form == "pcap" else _redis()
+    if form.endswith("cut_short"):
+        data = data[: len(data) - 7]
+    path = tmp_path / "file.pcapng"
+    path.write_bytes(data)
+    from_file = subprocess.run([USNIFF, "read", str(path), "-A"], capture_output=True, timeout=60)
+    from_pipe = subprocess.run(
+        [USNIFF, "read", "/dev/stdin", "-A"], input=data, capture_output=True, timeout=60
+    )
+    assert from_pipe.stdout == from_file.stdout and len(from_file.stdout) > 1000
+    assert from_pipe.returncode == from_file.returncode == (1 if "cut" in form else 0)
+    assert from_pipe.stderr.replace(b"/dev/stdin", str(path).encode()) == from_file.stderr

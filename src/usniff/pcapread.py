@@ -21,13 +21,14 @@ that was already seen (retransmission) is trimmed or dropped.
 from __future__ import annotations
 
 import importlib
+import io
 import ipaddress
 import os
 import re
+import stat
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import BinaryIO
 
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, FLAG_TRUNCATED, SOCK_TYPES, Record
 from usniff.outputs.pcapng import (
@@ -160,6 +161,37 @@ class _Names(dict[bytes, str]):
             pos += 4 + length + (-length % 4)
 
 
+class _Input:
+    """The file, read front to back with the byte offset kept: no seeking, so
+    that a pipe (``usniff read /dev/stdin``) reads like a file."""
+
+    def __init__(self, f: io.BufferedReader) -> None:
+        self._f = f
+        st = os.fstat(f.fileno())
+        self.size = st.st_size if stat.S_ISREG(st.st_mode) else None  # None: not known ahead
+        self.pos = 0
+
+    def read(self, n: int) -> bytes:
+        """``n`` bytes, fewer only at the end of the file."""
+        data = self._f.read(n)
+        self.pos += len(data)
+        return data
+
+    def skip(self, n: int) -> int:
+        """Pass over ``n`` bytes, 1 MiB at a time; how many there were."""
+        done = 0
+        while done < n:
+            chunk = len(self.read(min(n - done, 1 << 20)))
+            if not chunk:
+                break
+            done += chunk
+        return done
+
+    def peek(self, n: int) -> bytes:
+        """The next bytes without reading them (as many as are buffered, up to n)."""
+        return self._f.peek(n)[:n]
+
+
 class _Pcapng:
     """Blocks of a pcapng file (draft-ietf-opsawg-pcapng): every section, in
     either byte order; packets from Enhanced, Simple and (obsolete) Packet
@@ -167,15 +199,15 @@ class _Pcapng:
     Damage inside a block skips that block; damage to the framing (block
     lengths) ends the reading, since the next block cannot be found."""
 
-    def __init__(self, f: BinaryIO, size: int, names: _Names, problems: _Problems) -> None:
-        self._f, self._size, self._names, self._problems = f, size, names, problems
+    def __init__(self, f: _Input, names: _Names, problems: _Problems) -> None:
+        self._f, self._names, self._problems = f, names, problems
         self._endian = "<"
         self._interfaces: list[_Interface | None] = []
 
     def packets(self) -> Iterator[Packet]:
-        pos = 0
         try:
-            while pos < self._size:
+            while self._f.peek(1):
+                pos = self._f.pos
                 btype, body = self._block(pos)
                 if btype is None:  # a block too long to read: skipped
                     pass
@@ -189,42 +221,38 @@ class _Pcapng:
                     self._idb(pos, body)
                 elif btype == BT_NRB:
                     self._names.add_block(body, self._endian)
-                pos = self._f.tell()
         except _Damage as damage:
             self._problems.add(damage.what, damage.at)
 
     def _block(self, pos: int) -> tuple[int | None, bytes]:
         """Type and body (without type, length and trailer) of the block at ``pos``."""
-        left = self._size - pos
-        head = self._f.read(8)
+        f = self._f
+        head = f.read(8)
         if len(head) < 8:
-            raise _Damage(f"cut short at byte {self._size}, in a block header at byte {pos}")
+            raise _Damage(f"cut short at byte {f.pos}, in a block header at byte {pos}")
+        magic = b""
         if head[:4] == b"\x0a\x0d\x0d\x0a":  # Section Header: same bytes in both orders
-            magic = self._f.read(4)
+            magic = f.read(4)
             if magic not in SHB_MAGIC:
                 if len(magic) < 4:
-                    raise _Damage(
-                        f"cut short at byte {self._size}, in a section header at byte {pos}"
-                    )
+                    raise _Damage(f"cut short at byte {f.pos}, in a section header at byte {pos}")
                 raise _Damage("section header with an unknown byte-order magic", pos)
             self._endian = SHB_MAGIC[magic]
             self._interfaces = []
-            self._f.seek(-4, 1)
         btype, total = struct.unpack(self._endian + "II", head)
         if btype == BT_SHB and total < 28 or total < 12 or total % 4:
             raise _Damage(f"block of type {btype} with an impossible length ({total})", pos)
-        if total > left:
-            raise _Damage(
-                f"cut short at byte {self._size}, in the middle of a block that starts at byte "
-                f"{pos} and should be {total} bytes long"
-            )
+        cut = f"in the middle of a block that starts at byte {pos} and should be {total} bytes long"
+        if f.size is not None and pos + total > f.size:  # known ahead: nothing allocated
+            raise _Damage(f"cut short at byte {f.size}, {cut}")
         if total > MAX_BLOCK:
+            if f.skip(total - 8 - len(magic)) < total - 8 - len(magic):
+                raise _Damage(f"cut short at byte {f.pos}, {cut}")
             self._problems.add(f"block of {total} bytes skipped (too long to read)", pos)
-            self._f.seek(pos + total)
             return None, b""
-        data = self._f.read(total - 8)
-        if len(data) < total - 8:  # the file shrank while being read
-            raise _Damage(f"cut short at byte {pos + 8 + len(data)}")
+        data = magic + f.read(total - 8 - len(magic))
+        if len(data) < total - 8:
+            raise _Damage(f"cut short at byte {f.pos}, {cut}")
         trailer = struct.unpack_from(self._endian + "I", data, total - 12)[0]
         if trailer != total:
             raise _Damage(
@@ -300,19 +328,18 @@ class _Pcapng:
         yield Packet(0.0, iface.linktype, body[4 : 4 + caplen], origlen)
 
 
-def _pcap_packets(f: BinaryIO, size: int, magic: bytes, problems: _Problems) -> Iterator[Packet]:
-    endian, resol = _PCAP_MAGIC[magic]
-    header = f.read(20)
-    if len(header) < 20:
-        problems.add(f"cut short at byte {size}, in the file header")
+def _pcap_packets(f: _Input, problems: _Problems) -> Iterator[Packet]:
+    header = f.read(24)
+    endian, resol = _PCAP_MAGIC[header[:4]]
+    if len(header) < 24:
+        problems.add(f"cut short at byte {f.pos}, in the file header")
         return
-    linktype = struct.unpack(endian + "I", header[16:])[0] & 0xFFFF
+    linktype = struct.unpack(endian + "I", header[20:])[0] & 0xFFFF
     record = struct.Struct(endian + "4I")
-    pos = 24
-    while pos < size:
-        head = f.read(16)
+    while head := f.read(16):
+        pos = f.pos - len(head)
         if len(head) < 16:
-            problems.add(f"cut short at byte {size}, in a packet header at byte {pos}")
+            problems.add(f"cut short at byte {f.pos}, in a packet header at byte {pos}")
             return
         sec, frac, caplen, origlen = record.unpack(head)
         if caplen > PCAP_MAX_PACKET:
@@ -321,10 +348,9 @@ def _pcap_packets(f: BinaryIO, size: int, magic: bytes, problems: _Problems) -> 
         data = f.read(caplen)
         if len(data) < caplen:
             problems.add(
-                f"cut short at byte {size}, in the middle of a packet that starts at byte {pos}"
+                f"cut short at byte {f.pos}, in the middle of a packet that starts at byte {pos}"
             )
             return
-        pos += 16 + caplen
         yield Packet(sec + frac * resol, linktype, data, origlen)
 
 
@@ -562,13 +588,12 @@ def read_packets(path: str, names: _Names | None = None) -> Iterator[Packet]:
     count = 0
     try:
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            magic = f.read(4)
+            data = _Input(f)
+            magic = data.peek(4)
             if magic == struct.pack("<I", BT_SHB):
-                f.seek(0)
-                packets = _Pcapng(f, size, names, problems).packets()
+                packets = _Pcapng(data, names, problems).packets()
             elif magic in _PCAP_MAGIC:
-                packets = _pcap_packets(f, size, magic, problems)
+                packets = _pcap_packets(data, problems)
             else:
                 raise PcapReadError(f"{path}: not a pcap or pcapng file")
             for packet in packets:
