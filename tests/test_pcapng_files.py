@@ -104,6 +104,26 @@ def test_own_file_is_truncated_and_reused(tmp_path: Path) -> None:
     assert data[:4] == b"\x0a\x0d\x0d\x0a" and len(data) < 2000
 
 
+def test_links_nobody_else_could_plant_are_followed(shared_dir: Path, tmp_path: Path) -> None:
+    """-w /dev/stdout (here /proc/self/fd/N of a pipe: a link in a directory only
+    root can write) and the operator's own link, even in a shared directory."""
+    read_end, write_end = os.pipe()
+    out = PcapngOutput(f"/proc/self/fd/{write_end}")
+    out.write(Conn().exchange(REDIS_EXCHANGE))
+    out.close(CaptureStats())
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        piped = tmp_path / "piped.pcapng"
+        piped.write_bytes(pipe.read())
+    assert len(tshark("-r", str(piped)).splitlines()) == 3 + len(REDIS_EXCHANGE) + 2
+    target = tmp_path / "target.pcapng"
+    target.write_bytes(b"previous capture")
+    (shared_dir / "mine.pcapng").symlink_to(target)
+    out = PcapngOutput(str(shared_dir / "mine.pcapng"))
+    out.close(CaptureStats())
+    assert target.read_bytes()[:4] == b"\x0a\x0d\x0d\x0a"
+
+
 def test_own_device_is_written_as_it_is() -> None:
     """`-w /dev/null` (measuring without disk I/O) neither truncates nor chmods the device."""
     before = os.stat("/dev/null")

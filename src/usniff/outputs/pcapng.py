@@ -562,20 +562,32 @@ def _payloads(data: bytes) -> tuple[int, int]:
     return packets, payload
 
 
-_SYMLINK = "it is a symbolic link (usniff does not follow them: name the target itself)"
+_PLANTED = (
+    "it is a symbolic link another user made in a directory others can write to "
+    "(usniff does not follow those: name the target itself)"
+)
 
 
-def _unsafe(st: os.stat_result) -> str | None:
-    """Why an existing file at a -w name must not be opened, or None.
+def _shared(directory: str) -> bool:
+    """Whether users other than root and this one can add names to ``directory``
+    (/tmp, a group-writable log directory): a name found there may be a trap."""
+    st = os.stat(directory)
+    return st.st_uid not in (0, os.geteuid()) or bool(st.st_mode & 0o022)
+
+
+def _refusal(st: os.stat_result, shared: bool) -> str | None:
+    """Why the file (or link) at a -w name must not be written, or None.
 
     usniff runs as root and -w names often sit in /tmp: whoever can write
-    there may plant a symlink or a hard link to /etc/passwd, or a file of
-    their own, under the name the operator is about to use.  Only the
-    operator's own files are reused (truncated), as when the same command
-    is run again."""
+    there may plant a symlink or a hard link to /etc/passwd, a device, or a
+    file of their own under the name the operator is about to use.  Regular
+    files are reused (truncated) only when they are the operator's own, as
+    when the same command is run again; a link or FIFO is followed only when
+    the operator made it or nobody else could have (``-w /dev/stdout``)."""
+    mine = st.st_uid == os.geteuid()
     if stat.S_ISLNK(st.st_mode):
-        return _SYMLINK
-    if st.st_uid != os.geteuid():
+        return _PLANTED if shared and not mine else None
+    if not mine and (shared or stat.S_ISREG(st.st_mode)):
         return f"it belongs to uid {st.st_uid}, not to this user (remove it or pick another name)"
     if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
         return f"it has {st.st_nlink} hard links (remove it or pick another name)"
@@ -583,24 +595,36 @@ def _unsafe(st: os.stat_result) -> str | None:
 
 
 def _create(path: str) -> int:
-    """Open ``path`` for writing, new or truncated, mode 0600; never through a
-    symlink, never another user's file, never a hard-linked one (see
-    :func:`_unsafe`).  The name is checked before opening, for the error
-    message, and the open file again (O_NOFOLLOW, fstat) so that a link
-    planted in between is refused too.  A FIFO or device of the operator's
-    (``-w /dev/null``) is opened as it is, without truncating or chmod-ing it."""
-    with contextlib.suppress(FileNotFoundError):
-        reason = _unsafe(os.lstat(path))
-        if reason:
-            raise OutputError(f"refusing to write {path}: {reason}")
+    """Open ``path`` for writing, new or truncated, mode 0600, never for
+    another user's benefit (see :func:`_refusal`).  The name is judged before
+    opening (lstat), then opened so that a name replaced in between fails
+    (O_EXCL for a new file, O_NOFOLLOW unless it was a link that may be
+    followed), and the file opened is judged again (fstat).  A FIFO or device
+    (``-w /dev/null``) is written as it is: not truncated, mode unchanged."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        shared = _shared(os.path.dirname(path) or ".")
+        try:
+            st: os.stat_result | None = os.lstat(path)
+        except FileNotFoundError:
+            st = None
     except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise OutputError(f"refusing to write {path}: {_SYMLINK}") from None
+        raise OutputError(f"cannot create {path}: {err.strerror}") from err
+    reason = _refusal(st, shared) if st is not None else None
+    if reason:
+        raise OutputError(f"refusing to write {path}: {reason}")
+    flags = os.O_WRONLY | os.O_CLOEXEC
+    if st is None:
+        flags |= os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    elif not stat.S_ISLNK(st.st_mode):
+        flags |= os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.EEXIST):
+            raise OutputError(f"refusing to write {path}: it was replaced while opening") from None
         raise OutputError(f"cannot create {path}: {err.strerror}") from err
     st = os.fstat(fd)
-    reason = _unsafe(st)
+    reason = _refusal(st, shared)
     if reason:
         os.close(fd)
         raise OutputError(f"refusing to write {path}: {reason}")
