@@ -16,7 +16,7 @@ from .events import CaptureStats, Record
 from .outputs.base import Output, OutputError
 
 FLUSH_EVERY = 1.0  # seconds between write-outs of the outputs (-U: after every batch)
-POLL = 0.2  # longest wait for records in one poll
+POLL_WAIT = 0.2  # longest wait for records in one cap.poll (the collector wakes every capture.POLL)
 GC_YOUNG = 100_000  # net allocations between young collections while capturing
 
 
@@ -60,7 +60,7 @@ def run(
     CLI announces itself there, so a signal right after the announcement still gives
     a summary).  Outputs are flushed every ``flush_every`` seconds (0, for -U: after
     every batch), so SIGKILL loses at most what was captured since: ``flush_every``
-    + one poll (POLL), and never more than pcapng's FLUSH_BYTES of framed packets,
+    + one poll (POLL_WAIT), and never more than pcapng's FLUSH_BYTES of framed packets,
     which the writer writes out whenever it has that much.
     """
     # Everything allocated so far (modules, the loaded BPF object) lives as long
@@ -101,7 +101,7 @@ def run(
                 now = time.monotonic()
                 if now >= deadline:
                     break
-                batch = cap.poll(min(POLL, max(0.0, deadline - now)))
+                batch = cap.poll(min(POLL_WAIT, max(0.0, deadline - now)))
                 if count and emitted + len(batch) >= count:
                     write(batch[: count - emitted])
                     emitted = count
