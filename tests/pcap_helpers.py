@@ -3,10 +3,14 @@ builders and thin wrappers around the real tshark binary (never mocked)."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
 
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, FLAG_TRUNCATED, Record
 
@@ -135,6 +139,24 @@ class Conn:
         if close:
             recs += [self.close(False), self.close(True)]
         return recs
+
+
+@contextlib.contextmanager
+def tmpfs(mnt: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (mount's syntax: 64k, 2m) on ``mnt``, a disk that
+    fills up; skips the test where mounting is not allowed."""
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a {size} tmpfs: {proc.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
 
 
 def tshark(*args: str) -> str:

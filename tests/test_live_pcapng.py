@@ -340,13 +340,17 @@ def test_rotation_keeps_at_most_three_readable_files(redis_sock: str, tmp_path: 
     assert captured > 3 * 50_000  # the names went round at least once
     files = sorted(tmp_path.iterdir())
     assert [f.name for f in files] == ["rot.pcapng0", "rot.pcapng1", "rot.pcapng2"]
+    resp_packets = []
     for f in files:
         assert f.stat().st_size < 50_000 + 20_000, (f, f.stat().st_size)
         assert f.stat().st_mode & 0o777 == 0o600
         values = tshark("-r", str(f), "-Y", "resp", "-T", "fields",
                         "-e", "resp.bulk_string.value")  # fmt: skip
-        assert len(hexfields(values)) > 10, f
+        resp_packets.append(len(hexfields(values)))
         assert expert_warnings(str(f)) == [], f
+    # the newest file may hold only the ends of the connections (each file
+    # starts with a handshake per open connection, and the FINs come last)
+    assert sorted(resp_packets)[1] > 10, resp_packets
 
 
 def test_write_to_stdout_piped_into_tshark(redis_sock: str) -> None:

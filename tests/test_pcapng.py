@@ -20,6 +20,7 @@ from pcap_helpers import (
     expert_problems,
     follow_raw,
     sides,
+    tmpfs,
     tshark,
 )
 from scapy.layers.inet import TCP
@@ -416,16 +417,8 @@ def test_uncreatable_file_raises_output_error(tmp_path: Path) -> None:
 def tiny_fs(tmp_path: Path) -> object:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a 64 KiB tmpfs: {proc.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", str(mnt)], check=True)
+    with tmpfs(mnt, "64k"):
+        yield mnt
 
 
 def test_full_disk_raises_and_leaves_a_readable_file(tiny_fs: Path, tmp_path: Path) -> None:

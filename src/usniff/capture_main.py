@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import signal
 import time
@@ -13,21 +14,28 @@ from typing import cast
 from ._fastpath import Packed
 from .capture import Capture, CaptureOptions
 from .events import CaptureStats, Record
-from .outputs.base import Output
+from .outputs.base import Output, OutputError
 
-FLUSH_EVERY = 1.0
+FLUSH_EVERY = 1.0  # seconds between write-outs of the outputs (-U: after every batch)
+POLL_WAIT = 0.2  # longest wait for records in one cap.poll (the collector wakes every capture.POLL)
 GC_YOUNG = 100_000  # net allocations between young collections while capturing
 
 
 class _Stop:
-    """SIGINT/SIGTERM set a flag; the loop notices within one poll timeout."""
+    """SIGINT, SIGTERM, SIGHUP (the terminal went away) and SIGPIPE set a flag;
+    the loop notices within one poll timeout and ends like at -c or --duration:
+    outputs closed (pcapng statistics block), summary printed.  tcpdump does
+    the same on these signals.  A write to a pipe whose reader left still
+    fails with EPIPE (the outputs report that), the signal only stops the loop."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE)
 
     def __init__(self) -> None:
         self.requested = False
         self._old: dict[int, object] = {}
 
     def __enter__(self) -> _Stop:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in self.SIGNALS:
             self._old[sig] = signal.signal(sig, self._handler)
         return self
 
@@ -51,13 +59,18 @@ def run(
     count: int = 0,
     duration: float = 0.0,
     on_ready: Callable[[], None] | None = None,
+    flush_every: float = FLUSH_EVERY,
 ) -> Outcome:
     """Poll until the first output emitted -c items, --duration seconds or a
     signal; close outputs.  Items are what the user sees: records for the byte
     views and pcapng, lines for the decoded output (Output.write's count).
 
-    ``on_ready`` runs once SIGINT/SIGTERM stop the loop cleanly (the CLI announces
-    itself there, so a signal right after the announcement still gives a summary).
+    ``on_ready`` runs once the signals of :class:`_Stop` stop the loop cleanly (the
+    CLI announces itself there, so a signal right after the announcement still gives
+    a summary).  Outputs are flushed every ``flush_every`` seconds (0, for -U: after
+    every batch), so SIGKILL loses at most what was captured since: ``flush_every``
+    + one poll (POLL_WAIT), and never more than pcapng's FLUSH_BYTES of framed packets,
+    which the writer writes out whenever it has that much.
     """
     # Everything allocated so far (modules, the loaded BPF object) lives as long
     # as the capture: leave it out of the cyclic GC's full collections, which
@@ -86,8 +99,9 @@ def run(
         return write_batch(outputs, cast(list[Record], batch), left)
 
     emitted = 0
+    finishing = False
     deadline = time.monotonic() + duration if duration else float("inf")
-    next_flush = time.monotonic() + FLUSH_EVERY
+    next_flush = time.monotonic() + flush_every
     try:
         with _Stop() as stop:
             if on_ready is not None:
@@ -96,16 +110,22 @@ def run(
                 now = time.monotonic()
                 if now >= deadline:
                     break
-                batch = cap.poll(min(0.2, max(0.0, deadline - now)))
+                batch = cap.poll(min(POLL_WAIT, max(0.0, deadline - now)))
                 emitted += write(batch)
                 if count and emitted >= count:
                     break
                 if time.monotonic() >= next_flush:
                     for out in outputs:
                         out.flush()
-                    next_flush = time.monotonic() + FLUSH_EVERY
+                    next_flush = time.monotonic() + flush_every
             if not count or emitted < count:
+                finishing = True
                 emitted += write(cap.finish())
+    except OutputError:
+        if not finishing:  # what the capture still holds was captured: the output counts it
+            with contextlib.suppress(OutputError):
+                write(cap.finish())
+        raise
     finally:
         closed = [out.close(cap.stats) for out in outputs]
         cap.close()

@@ -18,7 +18,7 @@ from .capture import (
     _ring_size,
     filter_warnings,
 )
-from .capture_main import run, write_batch
+from .capture_main import FLUSH_EVERY, run, write_batch
 from .events import CaptureStats
 from .outputs.base import Output, OutputError
 
@@ -184,6 +184,11 @@ def summary(stats: CaptureStats, shown: str = "") -> str:
         f"({stats.bytes_kept} kept), {stats.lost_bytes} bytes lost "
         f"({stats.lost_records} loss records), backend {stats.backend}"
     )
+    if stats.unwritten_bytes:
+        text += (
+            f"\nusniff:   {stats.unwritten_bytes} of the bytes lost were captured "
+            "but could not be written"
+        )
     for ino, lost in sorted(stats.per_socket_lost.items()):
         text += f"\nusniff:   socket {ino}: {lost} bytes lost"
     return text
@@ -244,6 +249,12 @@ def summary(stats: CaptureStats, shown: str = "") -> str:
     type=float,
     help="Rotate -w files every N seconds; FILE needs strftime conversions that change "
     "every period (cap-%H%M%S.pcapng): a name that would repeat is refused.",
+)
+@click.option(
+    "-U",
+    "packet_buffered",
+    is_flag=True,
+    help="Write out after every batch (<= 0.2 s), not once a second: less to lose on SIGKILL.",
 )
 @click.option(
     "--protocol",
@@ -330,6 +341,7 @@ def main(ctx: click.Context, /, **kw: Any) -> None:  # fmt: skip
             outputs,
             count=kw["count"],
             duration=kw["duration"],
+            flush_every=0.0 if kw["packet_buffered"] else FLUSH_EVERY,
             on_ready=lambda: click.echo(
                 f"usniff: capturing with the {cap.stats.backend} backend", err=True
             ),
@@ -418,25 +430,29 @@ def read_cmd(file: str, protocol: str | None, fmt: str, stats: bool, redact: boo
         ascii_=ascii_, hexdump=hexdump, fmt=fmt, protocol=protocol, stats=stats, redact=redact,
     )  # fmt: skip
     stats_ = CaptureStats(backend="file")
+    damage = None
+    batch = []
     try:
-        batch = []
-        for rec in read_records(file):
-            batch.append(rec)
-            if rec.kind == "lost":
-                stats_.lost_records += 1
-                stats_.lost_bytes += rec.lost
-            else:
-                stats_.records += 1
-                stats_.bytes += rec.length
-            if len(batch) >= 4096:
-                write_batch(outputs, batch)
-                batch = []
+        try:
+            for rec in read_records(file):
+                batch.append(rec)
+                if rec.kind == "lost":
+                    stats_.lost_records += 1
+                    stats_.lost_bytes += rec.lost
+                else:
+                    stats_.records += 1
+                    stats_.bytes += rec.length
+                if len(batch) >= 4096:
+                    write_batch(outputs, batch)
+                    batch = []
+        except PcapReadError as e:  # raised after the last readable record
+            damage = e
         write_batch(outputs, batch)
-    except PcapReadError as e:
-        raise click.ClickException(str(e)) from None
     finally:
         for o in outputs:
             o.close(stats_)
+    if damage is not None:  # after the output, so that it is the last word
+        raise click.ClickException(str(damage))
 
 
 @main.command("extcap", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -19,7 +19,6 @@ import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from typing import TextIO
 
 from rich.console import Console, Group
@@ -33,6 +32,7 @@ from .decoders.mysql import MysqlDecoder
 from .decoders.resp import RespDecoder
 from .events import CaptureStats, Record
 from .outputs import raw
+from .outputs.base import clock_text
 from .printable import printable
 from .streams import (
     Close,
@@ -267,10 +267,6 @@ def decode_records(
 # --------------------------------------------------------------------------- formatting
 
 
-def _clock(ts: float) -> str:
-    return datetime.fromtimestamp(ts).strftime("%H:%M:%S.%f")
-
-
 def _who(comm: str, pid: int) -> str:
     return f"{comm or '?'}[{pid}]" if pid else comm or "?"
 
@@ -282,10 +278,10 @@ def format_text(ev: Event) -> str:
         line = f"{raw.header(rec)} [not decoded: {ev.reason}]"
         return printable(line + (" " + raw.escaped(rec.data) if rec.data else ""))
     if isinstance(ev, Notice):
-        return printable(f"{_clock(ev.ts)} {ev.conn} [{ev.kind}] {ev.summary}")
+        return printable(f"{clock_text(ev.ts)} {ev.conn} [{ev.kind}] {ev.summary}")
     client = _who(ev.client_comm, ev.client_pid)
     server = _who(ev.server_comm, ev.server_pid)
-    parts = [f"{_clock(ev.ts_request)} {client} -> {server}"]
+    parts = [f"{clock_text(ev.ts_request)} {client} -> {server}"]
     if ev.protocol == "mysql" and ev.details.get("conn_id"):
         db = ev.details.get("db")
         parts.append(f"conn {ev.details['conn_id']}" + (f" db={db}" if db else ""))

@@ -93,6 +93,7 @@ class CaptureStats:
     bytes: int = 0  # bytes covered by data records
     bytes_kept: int = 0
     lost_records: int = 0
-    lost_bytes: int = 0
+    lost_bytes: int = 0  # includes unwritten_bytes
+    unwritten_bytes: int = 0  # captured, but an output could not write them (disk full)
     backend: str = ""
     per_socket_lost: dict[int, int] = field(default_factory=dict)

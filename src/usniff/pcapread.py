@@ -21,13 +21,16 @@ that was already seen (retransmission) is trimmed or dropped.
 from __future__ import annotations
 
 import importlib
+import io
 import ipaddress
+import os
+import re
+import stat
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import BinaryIO
 
-from usniff.events import FLAG_MSG_END, FLAG_MSG_START, FLAG_TRUNCATED, Record
+from usniff.events import FLAG_MSG_END, FLAG_MSG_START, FLAG_TRUNCATED, SOCK_TYPES, Record
 from usniff.outputs.pcapng import (
     BT_EPB,
     BT_IDB,
@@ -46,6 +49,8 @@ MASK32 = 0xFFFFFFFF
 BT_SPB = 3
 NRB_IPV6 = 2
 TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+_PROTO_TYPE = {6: "stream", 17: "dgram"}
+_PART = re.compile(r"usniff: part (\d+)/(\d+) of one ")
 
 # link types -> how to find the IP header
 LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LOOP = 0, 1, 101, 108
@@ -60,7 +65,8 @@ _PCAP_MAGIC = {
 
 
 class PcapReadError(Exception):
-    """The file is not a pcap/pcapng file, or is damaged."""
+    """The file is not a pcap/pcapng file, or is damaged: the message says
+    what and where (byte offsets from the start of the file)."""
 
 
 @dataclass(slots=True)
@@ -74,15 +80,63 @@ class Packet:
 
 # ---------------------------------------------------------------- containers
 
+MAX_BLOCK = 64 << 20  # a longer block is skipped, not read into memory (packets are <= 256 KiB)
+MAX_PROBLEMS = 10  # damage reports kept per file
+BT_PB = 2  # obsolete Packet Block, still written by old tools
+IF_TSOFFSET = 14
+SHB_MAGIC = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}
+PCAP_MAX_PACKET = 262144  # what libpcap and Wireshark accept in a pcap record
 
-def _options(body: bytes, endian: str) -> Iterator[tuple[int, bytes]]:
+
+class _Damage(Exception):
+    """The rest of the file cannot be read (framing lost): what, and the byte
+    where (None when ``what`` says it)."""
+
+    def __init__(self, what: str, at: int | None = None) -> None:
+        super().__init__(what, at)
+        self.what, self.at = what, at
+
+
+@dataclass(slots=True)
+class _Interface:
+    linktype: int
+    snaplen: int
+    resol: float  # seconds per timestamp unit (if_tsresol)
+    offset: int  # seconds added to every timestamp (if_tsoffset)
+
+
+class _Problems(dict[str, list[int]]):
+    """What is damaged and where (byte offsets, the first one shown) while
+    reading goes on where it can."""
+
+    def add(self, what: str, at: int | None = None) -> None:
+        places = self.setdefault(what, []) if len(self) < MAX_PROBLEMS or what in self else None
+        if places is not None and at is not None:
+            places.append(at)
+
+    def text(self) -> str:
+        return "; ".join(
+            what
+            + (f" at byte {places[0]}" if places else "")
+            + (f" (and {len(places) - 1} more like it)" if len(places) > 1 else "")
+            for what, places in self.items()
+        )
+
+
+def _options(body: bytes, endian: str, at: int, problems: _Problems) -> dict[int, bytes]:
+    """Options (code -> value, the last one of a code wins) up to opt_endofopt."""
+    opts: dict[int, bytes] = {}
     pos = 0
     while pos + 4 <= len(body):
         code, length = struct.unpack_from(endian + "HH", body, pos)
         if code == 0:
-            return
-        yield code, body[pos + 4 : pos + 4 + length]
+            break
+        if pos + 4 + length > len(body):
+            problems.add(f"option {code} of {length} bytes runs past its block", at)
+            break
+        opts[code] = body[pos + 4 : pos + 4 + length]
         pos += 4 + length + (-length % 4)
+    return opts
 
 
 def _tsresol(value: bytes) -> float:
@@ -101,65 +155,201 @@ class _Names(dict[bytes, str]):
                 return
             value = body[pos + 4 : pos + 4 + length]
             size = 4 if rtype == NRB_IPV4 else 16 if rtype == NRB_IPV6 else 0
-            if size:
+            if size and len(value) > size:
                 name = value[size:].split(b"\0", 1)[0]
                 self[value[:size]] = name.decode("utf-8", "surrogateescape")
             pos += 4 + length + (-length % 4)
 
 
-def _pcapng_packets(f: BinaryIO, names: _Names) -> Iterator[Packet]:
-    endian = "<"
-    interfaces: list[tuple[int, float]] = []
-    while True:
+class _Input:
+    """The file, read front to back with the byte offset kept: no seeking, so
+    that a pipe (``usniff read /dev/stdin``) reads like a file."""
+
+    def __init__(self, f: io.BufferedReader) -> None:
+        self._f = f
+        st = os.fstat(f.fileno())
+        self.size = st.st_size if stat.S_ISREG(st.st_mode) else None  # None: not known ahead
+        self.pos = 0
+
+    def read(self, n: int) -> bytes:
+        """``n`` bytes, fewer only at the end of the file."""
+        data = self._f.read(n)
+        self.pos += len(data)
+        return data
+
+    def skip(self, n: int) -> int:
+        """Pass over ``n`` bytes, 1 MiB at a time; how many there were."""
+        done = 0
+        while done < n:
+            chunk = len(self.read(min(n - done, 1 << 20)))
+            if not chunk:
+                break
+            done += chunk
+        return done
+
+    def peek(self, n: int) -> bytes:
+        """The next bytes without reading them (as many as are buffered, up to n)."""
+        return self._f.peek(n)[:n]
+
+
+class _Pcapng:
+    """Blocks of a pcapng file (draft-ietf-opsawg-pcapng): every section, in
+    either byte order; packets from Enhanced, Simple and (obsolete) Packet
+    Blocks; names from Name Resolution Blocks; every other block skipped.
+    Damage inside a block skips that block; damage to the framing (block
+    lengths) ends the reading, since the next block cannot be found."""
+
+    def __init__(self, f: _Input, names: _Names, problems: _Problems) -> None:
+        self._f, self._names, self._problems = f, names, problems
+        self._endian = "<"
+        self._interfaces: list[_Interface | None] = []
+
+    def packets(self) -> Iterator[Packet]:
+        try:
+            while self._f.peek(1):
+                pos = self._f.pos
+                btype, body = self._block(pos)
+                if btype is None:  # a block too long to read: skipped
+                    pass
+                elif btype == BT_EPB:
+                    yield from self._epb(pos, body)
+                elif btype == BT_SPB:
+                    yield from self._spb(pos, body)
+                elif btype == BT_PB:
+                    yield from self._pb(pos, body)
+                elif btype == BT_IDB:
+                    self._idb(pos, body)
+                elif btype == BT_NRB:
+                    self._names.add_block(body, self._endian)
+        except _Damage as damage:
+            self._problems.add(damage.what, damage.at)
+
+    def _block(self, pos: int) -> tuple[int | None, bytes]:
+        """Type and body (without type, length and trailer) of the block at ``pos``."""
+        f = self._f
         head = f.read(8)
         if len(head) < 8:
-            return
-        btype = struct.unpack("<I", head[:4])[0]
-        if btype == BT_SHB:
+            raise _Damage(f"cut short at byte {f.pos}, in a block header at byte {pos}")
+        magic = b""
+        if head[:4] == b"\x0a\x0d\x0d\x0a":  # Section Header: same bytes in both orders
             magic = f.read(4)
-            endian = "<" if magic == b"\x4d\x3c\x2b\x1a" else ">"
-            interfaces = []
-            total = struct.unpack(endian + "I", head[4:])[0]
-            body = magic + f.read(total - 12)
-        else:
-            total = struct.unpack(endian + "I", head[4:])[0]
-            body = f.read(total - 8)
-        if total < 12 or len(body) < total - 8:
-            return  # cut short in the middle of a block: everything before it was read
-        body = body[:-4]
-        if btype == BT_IDB:
-            linktype = struct.unpack_from(endian + "H", body)[0]
-            opts = dict(_options(body[8:], endian))
-            resol = _tsresol(opts[IF_TSRESOL]) if IF_TSRESOL in opts else 1e-6
-            interfaces.append((linktype, resol))
-        elif btype == BT_EPB:
-            iface, hi, lo, caplen, origlen = struct.unpack_from(endian + "5I", body)
-            linktype, resol = interfaces[iface]
-            data = body[20 : 20 + caplen]
-            opts = dict(_options(body[20 + caplen + (-caplen % 4) :], endian))
-            comment = opts.get(OPT_COMMENT, b"").decode("utf-8", "replace")
-            yield Packet(((hi << 32) | lo) * resol, linktype, data, origlen, comment)
-        elif btype == BT_SPB and interfaces:
-            origlen = struct.unpack_from(endian + "I", body)[0]
-            yield Packet(0.0, interfaces[0][0], body[4 : 4 + origlen], origlen)
-        elif btype == BT_NRB:
-            names.add_block(body, endian)
+            if magic not in SHB_MAGIC:
+                if len(magic) < 4:
+                    raise _Damage(f"cut short at byte {f.pos}, in a section header at byte {pos}")
+                raise _Damage("section header with an unknown byte-order magic", pos)
+            self._endian = SHB_MAGIC[magic]
+            self._interfaces = []
+        btype, total = struct.unpack(self._endian + "II", head)
+        if btype == BT_SHB and total < 28 or total < 12 or total % 4:
+            raise _Damage(f"block of type {btype} with an impossible length ({total})", pos)
+        cut = f"in the middle of a block that starts at byte {pos} and should be {total} bytes long"
+        if f.size is not None and pos + total > f.size:  # known ahead: nothing allocated
+            raise _Damage(f"cut short at byte {f.size}, {cut}")
+        if total > MAX_BLOCK:
+            if f.skip(total - 8 - len(magic)) < total - 8 - len(magic):
+                raise _Damage(f"cut short at byte {f.pos}, {cut}")
+            self._problems.add(f"block of {total} bytes skipped (too long to read)", pos)
+            return None, b""
+        data = magic + f.read(total - 8 - len(magic))
+        if len(data) < total - 8:
+            raise _Damage(f"cut short at byte {f.pos}, {cut}")
+        trailer = struct.unpack_from(self._endian + "I", data, total - 12)[0]
+        if trailer != total:
+            raise _Damage(
+                f"block length {total} at the start of a block, {trailer} at its end", pos
+            )
+        body = data[:-4]
+        if btype == BT_SHB:
+            major = struct.unpack_from(self._endian + "H", body, 4)[0]
+            if major != 1:
+                raise _Damage(f"section of pcapng version {major} (only version 1 is known)", pos)
+        return btype, body
+
+    def _idb(self, pos: int, body: bytes) -> None:
+        if len(body) < 8:
+            self._problems.add(f"interface description block of {12 + len(body)} bytes", pos)
+            self._interfaces.append(None)  # keeps the numbering of the interfaces after it
+            return
+        linktype, _, snaplen = struct.unpack_from(self._endian + "HHI", body)
+        opts = _options(body[8:], self._endian, pos, self._problems)
+        # an if_tsresol or if_tsoffset of the wrong size is ignored, as by Wireshark
+        resol, offset = 1e-6, 0
+        if len(opts.get(IF_TSRESOL, b"")) == 1:
+            resol = _tsresol(opts[IF_TSRESOL])
+        if len(opts.get(IF_TSOFFSET, b"")) == 8:
+            offset = struct.unpack(self._endian + "q", opts[IF_TSOFFSET])[0]
+        self._interfaces.append(_Interface(linktype, snaplen, resol, offset))
+
+    def _interface(self, pos: int, number: int) -> _Interface | None:
+        iface = self._interfaces[number] if number < len(self._interfaces) else None
+        if iface is None:
+            self._problems.add(f"packet for undescribed interface {number}", pos)
+        return iface
+
+    def _packet(
+        self, pos: int, body: bytes, start: int, number: int, ts: int, caplen: int, origlen: int
+    ) -> Iterator[Packet]:
+        iface = self._interface(pos, number)
+        if iface is None:
+            return
+        if start + caplen > len(body):
+            self._problems.add(f"packet whose captured length {caplen} runs past its block", pos)
+            return
+        end = start + caplen + (-caplen % 4)
+        opts = _options(body[end:], self._endian, pos, self._problems)
+        comment = opts.get(OPT_COMMENT, b"").decode("utf-8", "replace")
+        seconds = ts * iface.resol + iface.offset
+        data = body[start : start + caplen]
+        yield Packet(seconds, iface.linktype, data, origlen, comment)
+
+    def _epb(self, pos: int, body: bytes) -> Iterator[Packet]:
+        if len(body) < 20:
+            self._problems.add(f"enhanced packet block of {12 + len(body)} bytes", pos)
+            return
+        number, hi, lo, caplen, origlen = struct.unpack_from(self._endian + "5I", body)
+        yield from self._packet(pos, body, 20, number, (hi << 32) | lo, caplen, origlen)
+
+    def _pb(self, pos: int, body: bytes) -> Iterator[Packet]:
+        if len(body) < 20:
+            self._problems.add(f"packet block of {12 + len(body)} bytes", pos)
+            return
+        number, _, hi, lo, caplen, origlen = struct.unpack_from(self._endian + "HH4I", body)
+        yield from self._packet(pos, body, 20, number, (hi << 32) | lo, caplen, origlen)
+
+    def _spb(self, pos: int, body: bytes) -> Iterator[Packet]:
+        if len(body) < 4:
+            self._problems.add(f"simple packet block of {12 + len(body)} bytes", pos)
+            return
+        iface = self._interface(pos, 0)
+        if iface is None:
+            return
+        origlen = struct.unpack_from(self._endian + "I", body)[0]
+        caplen = min(origlen, iface.snaplen or origlen, len(body) - 4)
+        yield Packet(0.0, iface.linktype, body[4 : 4 + caplen], origlen)
 
 
-def _pcap_packets(f: BinaryIO, magic: bytes) -> Iterator[Packet]:
-    endian, resol = _PCAP_MAGIC[magic]
-    header = f.read(20)
-    if len(header) < 20:
-        raise PcapReadError("truncated pcap file header")
-    linktype = struct.unpack(endian + "I", header[16:])[0] & 0xFFFF
+def _pcap_packets(f: _Input, problems: _Problems) -> Iterator[Packet]:
+    header = f.read(24)
+    endian, resol = _PCAP_MAGIC[header[:4]]
+    if len(header) < 24:
+        problems.add(f"cut short at byte {f.pos}, in the file header")
+        return
+    linktype = struct.unpack(endian + "I", header[20:])[0] & 0xFFFF
     record = struct.Struct(endian + "4I")
-    while True:
-        head = f.read(16)
+    while head := f.read(16):
+        pos = f.pos - len(head)
         if len(head) < 16:
+            problems.add(f"cut short at byte {f.pos}, in a packet header at byte {pos}")
             return
         sec, frac, caplen, origlen = record.unpack(head)
+        if caplen > PCAP_MAX_PACKET:
+            problems.add(f"packet of {caplen} captured bytes (more than {PCAP_MAX_PACKET})", pos)
+            return
         data = f.read(caplen)
         if len(data) < caplen:
+            problems.add(
+                f"cut short at byte {f.pos}, in the middle of a packet that starts at byte {pos}"
+            )
             return
         yield Packet(sec + frac * resol, linktype, data, origlen)
 
@@ -218,11 +408,15 @@ def _segment(pkt: Packet) -> _Segment | None:
         src, dst = bytes(ip[8:24]), bytes(ip[24:40])
     else:
         return None
+    if hlen < 20 or total < hlen:
+        return None  # damaged IP header
     l4 = ip[hlen:total]
     wire = total - hlen
     if proto == 6 and len(l4) >= 20:
         sport, dport, seq, _ack, off_flags = struct.unpack_from("!HHIIH", l4)
         doff = (off_flags >> 12) * 4
+        if not 20 <= doff <= wire:
+            return None  # damaged TCP header
         flags = off_flags & 0x3F
         return _Segment(src, dst, proto, sport, dport, seq, flags, wire - doff, bytes(l4[doff:]))
     if proto == 17 and len(l4) >= 8:
@@ -295,23 +489,24 @@ class _Reassembler:
         info = self._comment_fields(pkt.comment)
         server_addr, server_port = flow.server
         path = self._names.get(server_addr) or _endpoint_text(server_addr, server_port)
-        peer_inode = int(info.get("peer", peer.id))
+        peer_inode = _number(info, "peer", peer.id)
         # a datagram socket's flow is its own unless the comment names a peer
         connected = seg.proto == 6 or peer_inode != 0 or not info
+        sock_type = info.get("type", "")
         template = Record(
             ts=pkt.ts,
-            pid=int(info.get("pid", 0)),
-            tid=int(info.get("tid", 0)),
-            uid=int(info.get("uid", 0)),
+            pid=_number(info, "pid", 0),
+            tid=_number(info, "tid", 0),
+            uid=_number(info, "uid", 0),
             comm=info.get("comm", ""),
-            inode=int(info.get("inode", side.id)),
+            inode=_number(info, "inode", side.id),
             peer_inode=peer_inode,
-            sock_type=info.get("type", "stream" if seg.proto == 6 else "dgram"),
+            sock_type=sock_type if sock_type in SOCK_TYPES.values() else _PROTO_TYPE[seg.proto],
             path=info.get("path", path),
             path_is_own=is_server,
             offset=side.next,
             length=0,
-            peer_pid=int(info.get("peer_pid", 0)),
+            peer_pid=_number(info, "peer_pid", 0),
             sock_id=side.id,
             peer_id=peer.id if connected else 0,
             peer_comm=info.get("peer_comm", ""),
@@ -347,8 +542,9 @@ class _Reassembler:
     @staticmethod
     def _datagram(side: _Side, seg: _Segment, comment: str, template: Record) -> Record:
         flags = FLAG_MSG_START | FLAG_MSG_END
-        if " of one " in comment and comment.startswith("usniff: part "):
-            part, count = comment.split()[2].split("/")
+        split = _PART.match(comment)
+        if split:
+            part, count = split.groups()
             flags = (FLAG_MSG_START if part == "1" else 0) | (FLAG_MSG_END if part == count else 0)
         if len(seg.payload) < seg.length:
             flags |= FLAG_TRUNCATED
@@ -356,33 +552,62 @@ class _Reassembler:
         return replace(template, length=seg.length, data=seg.payload, flags=flags)
 
     def _comment_fields(self, comment: str) -> dict[str, str]:
+        """The fields of a usniff comment; any other comment (a person's note,
+        or one damaged on its way) gives none, a field that does not parse is
+        left out."""
         info = self._fields.get(comment)
         if info is None:
-            info = parse_comment(comment) if "inode=" in comment else {}
+            info = _comment_fields(comment) if "inode=" in comment else {}
             if len(self._fields) < 100_000:
                 self._fields[comment] = info
         return info
+
+
+def _comment_fields(comment: str) -> dict[str, str]:
+    try:
+        fields = parse_comment(comment)
+    except ValueError:  # a quoted value that is not a JSON string
+        return {}
+    # a JSON string may hold a lone surrogate (\ud800), which no output can print
+    return {k: v.encode("utf-8", "replace").decode() for k, v in fields.items()}
+
+
+def _number(info: dict[str, str], key: str, default: int) -> int:
+    value = info.get(key, "")
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 20 else default
 
 
 # ---------------------------------------------------------------- public API
 
 
 def read_packets(path: str, names: _Names | None = None) -> Iterator[Packet]:
-    """Packets of a pcap or pcapng file, in file order."""
+    """Packets of a pcap or pcapng file, in file order.  Everything readable
+    is yielded; then PcapReadError says what was damaged, if anything was."""
     names = _Names() if names is None else names
-    with open(path, "rb") as f:
-        magic = f.read(4)
-        if magic == struct.pack("<I", BT_SHB):
-            f.seek(0)
-            yield from _pcapng_packets(f, names)
-        elif magic in _PCAP_MAGIC:
-            yield from _pcap_packets(f, magic)
-        else:
-            raise PcapReadError(f"{path}: not a pcap or pcapng file")
+    problems = _Problems()
+    count = 0
+    try:
+        with open(path, "rb") as f:
+            data = _Input(f)
+            magic = data.peek(4)
+            if magic == struct.pack("<I", BT_SHB):
+                packets = _Pcapng(data, names, problems).packets()
+            elif magic in _PCAP_MAGIC:
+                packets = _pcap_packets(data, problems)
+            else:
+                raise PcapReadError(f"{path}: not a pcap or pcapng file")
+            for packet in packets:
+                count += 1
+                yield packet
+    except OSError as err:
+        raise PcapReadError(f"{path}: {err.strerror}") from None
+    if problems:
+        raise PcapReadError(f"{path}: damaged: {problems.text()}; {count} packets read")
 
 
 def read_records(path: str) -> Iterator[Record]:
-    """Records of every TCP (and UDP) flow in a pcap/pcapng file, in packet order."""
+    """Records of every TCP (and UDP) flow in a pcap/pcapng file, in packet order;
+    PcapReadError after the last one when the file is damaged."""
     names = _Names()
     flows = _Reassembler(names)
     for pkt in read_packets(path, names):

@@ -13,9 +13,19 @@ of what the user sees: records for the byte views and pcapng, lines
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Protocol
 
 from usniff.events import CaptureStats, Record
+
+
+def clock_text(ts: float) -> str:
+    """HH:MM:SS.ffffff local time; a time the calendar cannot hold (a damaged
+    file's year 294247) as plain epoch seconds."""
+    try:
+        return datetime.fromtimestamp(ts).strftime("%H:%M:%S.%f")
+    except (ValueError, OverflowError, OSError):
+        return f"{ts:.6f}"
 
 
 class OutputError(Exception):

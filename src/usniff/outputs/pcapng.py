@@ -29,12 +29,13 @@ import json
 import os
 import platform
 import re
+import stat
 import struct
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from usniff import __version__, events
@@ -86,6 +87,7 @@ ISB_STARTTIME = 2
 ISB_ENDTIME = 3
 ISB_IFRECV = 4
 ISB_IFDROP = 5
+ISB_USRDELIV = 8
 NRB_IPV4 = 1
 EPB_INBOUND = 1  # epb_flags direction bits: towards the server
 EPB_OUTBOUND = 2  # from the server
@@ -271,11 +273,17 @@ class Framer:
                 if d.fin:
                     self._tcp(buf, d, ts, TCP_FIN | TCP_ACK, d.next_off, b"", 0, d.epb_flags)
 
-    def statistics(self, buf: _Sink, stats: CaptureStats, start: float, end: float) -> None:
+    def statistics(
+        self, buf: _Sink, stats: CaptureStats, start: float, end: float, delivered: int
+    ) -> None:
+        """The Interface Statistics Block; ``delivered``: packets that reached
+        the files (isb_usrdeliv), fewer than produced when the disk filled up."""
         comment = (
             f"usniff: backend={stats.backend or '?'} records={stats.records} "
             f"bytes={stats.bytes} lost_records={stats.lost_records} lost_bytes={stats.lost_bytes}"
         )
+        if stats.unwritten_bytes:
+            comment += f" unwritten_bytes={stats.unwritten_bytes}"
         start_us, end_us = _usec(start), _usec(end)
         buf += _block(
             BT_ISB,
@@ -284,6 +292,7 @@ class Framer:
             + _opt(ISB_ENDTIME, _u64(end_us))
             + _opt(ISB_IFRECV, struct.pack("<Q", stats.records))
             + _opt(ISB_IFDROP, struct.pack("<Q", stats.lost_records))
+            + _opt(ISB_USRDELIV, struct.pack("<Q", delivered))
             + _opt(OPT_COMMENT, comment.encode())
             + _END_OPTS,
         )
@@ -547,9 +556,102 @@ class _Sink(bytearray):
 # ---------------------------------------------------------------- files
 
 
+def _block_ends(data: bytes) -> Iterator[tuple[int, int]]:
+    """(start, end) of each whole block of a buffer framed here."""
+    pos = 0
+    while pos + 8 <= len(data):
+        end = pos + struct.unpack_from("<I", data, pos + 4)[0]
+        if end > len(data):
+            return
+        yield pos, end
+        pos = end
+
+
+def _payloads(data: bytes) -> tuple[int, int]:
+    """(packets, payload bytes) of the Enhanced Packet Blocks in a buffer
+    framed here (raw IPv4, TCP or UDP): what is lost when it is not written."""
+    packets = payload = 0
+    for pos, _end in _block_ends(data):
+        if struct.unpack_from("<I", data, pos)[0] != BT_EPB:
+            continue
+        ip = pos + 28  # block header 8 + interface, timestamp, lengths 20
+        origlen = struct.unpack_from("<I", data, pos + 24)[0]
+        l4 = ip + (data[ip] & 0x0F) * 4
+        header = (data[l4 + 12] >> 4) * 4 if data[ip + 9] == IPPROTO_TCP else 8
+        packets += 1
+        payload += origlen - (l4 - ip) - header
+    return packets, payload
+
+
+_PLANTED = (
+    "it is a symbolic link another user made in a directory others can write to "
+    "(usniff does not follow those: name the target itself)"
+)
+
+
+def _shared(directory: str) -> bool:
+    """Whether users other than root and this one can add names to ``directory``
+    (/tmp, a group-writable log directory): a name found there may be a trap."""
+    st = os.stat(directory)
+    return st.st_uid not in (0, os.geteuid()) or bool(st.st_mode & 0o022)
+
+
+def _refusal(st: os.stat_result, shared: bool) -> str | None:
+    """Why the file (or link) at a -w name must not be written, or None.
+
+    usniff runs as root and -w names often sit in /tmp: whoever can write
+    there may plant a symlink or a hard link to /etc/passwd, a device, or a
+    file of their own under the name the operator is about to use.  Regular
+    files are reused (truncated) only when they are the operator's own, as
+    when the same command is run again; a link or FIFO is followed only when
+    the operator made it or nobody else could have (``-w /dev/stdout``)."""
+    mine = st.st_uid == os.geteuid()
+    if stat.S_ISLNK(st.st_mode):
+        return _PLANTED if shared and not mine else None
+    if not mine and (shared or stat.S_ISREG(st.st_mode)):
+        return f"it belongs to uid {st.st_uid}, not to this user (remove it or pick another name)"
+    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+        return f"it has {st.st_nlink} hard links (remove it or pick another name)"
+    return None
+
+
 def _create(path: str) -> int:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    os.fchmod(fd, 0o600)  # umask-proof, and fixes the mode of a file we overwrote
+    """Open ``path`` for writing, new or truncated, mode 0600, never for
+    another user's benefit (see :func:`_refusal`).  The name is judged before
+    opening (lstat), then opened so that a name replaced in between fails
+    (O_EXCL for a new file, O_NOFOLLOW unless it was a link that may be
+    followed), and the file opened is judged again (fstat).  A FIFO or device
+    (``-w /dev/null``) is written as it is: not truncated, mode unchanged."""
+    try:
+        shared = _shared(os.path.dirname(path) or ".")
+        try:
+            st: os.stat_result | None = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+    except OSError as err:
+        raise OutputError(f"cannot create {path}: {err.strerror}") from err
+    reason = _refusal(st, shared) if st is not None else None
+    if reason:
+        raise OutputError(f"refusing to write {path}: {reason}")
+    flags = os.O_WRONLY | os.O_CLOEXEC
+    if st is None:
+        flags |= os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    elif not stat.S_ISLNK(st.st_mode):
+        flags |= os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.EEXIST):
+            raise OutputError(f"refusing to write {path}: it was replaced while opening") from None
+        raise OutputError(f"cannot create {path}: {err.strerror}") from err
+    st = os.fstat(fd)
+    reason = _refusal(st, shared)
+    if reason:
+        os.close(fd)
+        raise OutputError(f"refusing to write {path}: {reason}")
+    if stat.S_ISREG(st.st_mode):
+        os.ftruncate(fd, 0)
+        os.fchmod(fd, 0o600)  # umask-proof, and fixes the mode of a file reused
     return fd
 
 
@@ -670,6 +772,7 @@ class PcapngOutput:
         self._size = 0  # bytes in the current file
         self._file_first = self._durable = 0  # packet counts: before this file, written
         self._deadline = float("inf")
+        self._unwritten = 0  # payload bytes that could not be written (disk full)
         self.name = ""  # the file being written now
         self._open_file(self._start)
 
@@ -697,27 +800,33 @@ class PcapngOutput:
         cache. Collector CPU for 1M 31-byte records at 200k/s to a file on
         ext4, 3 rounds: 63-68 ticks writing once per batch, 53-57 every 1 MiB
         (54-56 every 2 MiB, 68-76 every 4 MiB); no difference on tmpfs."""
-        self._check()
         if limit:
             batch = batch[:limit]
         framer = self._framer
         size_limit = self._rotate_bytes or float("inf")
         i, n = 0, len(batch)
-        while True:
-            room = min(size_limit - self._size, FLUSH_BYTES)
-            i = write_batch(framer, self._buf, batch, i, room, self._deadline)
-            if i >= n:
-                break
-            rec = batch[i]
-            if self._size + self._buf.size() > size_limit or rec.ts >= self._deadline:
-                self._rotate(rec.ts)
-            elif self._buf.size() > FLUSH_BYTES:
-                self._drain()
-                continue
-            framer.add(self._buf, rec.record() if isinstance(rec, Packed) else rec)
-            i += 1
-        if self._buf.size() >= FLUSH_BYTES:
-            self.flush()
+        try:
+            self._check()
+            while True:
+                room = min(size_limit - self._size, FLUSH_BYTES)
+                i = write_batch(framer, self._buf, batch, i, room, self._deadline)
+                if i >= n:
+                    break
+                rec = batch[i]
+                if self._size + self._buf.size() > size_limit or rec.ts >= self._deadline:
+                    self._rotate(rec.ts)
+                elif self._buf.size() > FLUSH_BYTES:
+                    self._drain()
+                    continue
+                framer.add(self._buf, rec.record() if isinstance(rec, Packed) else rec)
+                i += 1
+            if self._buf.size() >= FLUSH_BYTES:
+                self.flush()
+        except OutputError:
+            for item in batch[i:]:  # not framed: count what they carried
+                r = item.record() if isinstance(item, Packed) else item
+                self._unwritten += r.length if r.kind == "data" else 0
+            raise
         return n
 
     def flush(self) -> None:
@@ -731,12 +840,44 @@ class PcapngOutput:
         try:
             if self._failed is None:
                 self._framer.finish(self._buf)
-                self._framer.statistics(self._buf, stats, self._start, self._clock())
+                self._framer.statistics(
+                    self._buf, stats, self._start, self._clock(), self._framer.packets
+                )
                 self._drain()
+            else:
+                self._account(stats)
         finally:
             self._close_fd()
             self._discarder.join()
         return 0  # every record was emitted by write
+
+    def _account(self, stats: CaptureStats) -> None:
+        """After a write error: count what never reached the file as lost
+        (datagrams still waiting for their end too), then try to end the file
+        with the statistics block saying so; it usually fits in the space the
+        cut-off partial block left (tmpfs and ext4 allocate whole pages)."""
+        pending = _Sink()
+        self._framer.finish(pending)
+        self._unwritten += _payloads(b"".join(pending.pieces()))[1]
+        stats.unwritten_bytes += self._unwritten
+        stats.lost_bytes += self._unwritten
+        if self._fd < 0 or self._pattern == "-":
+            return
+        block = _Sink()
+        self._framer.statistics(block, stats, self._start, self._clock(), self._durable)
+        try:
+            if os.write(self._fd, block) == len(block):
+                return
+        except OSError:
+            pass
+        self._truncate()
+
+    def _truncate(self) -> None:
+        """Cut the file back to its whole blocks; the next write goes there."""
+        if self._pattern != "-":
+            with contextlib.suppress(OSError):  # a FIFO or device cannot be cut
+                os.ftruncate(self._fd, self._size)
+                os.lseek(self._fd, self._size, os.SEEK_SET)
 
     # -- files -----------------------------------------------------------
 
@@ -766,8 +907,9 @@ class PcapngOutput:
                 self._discarder.discard(self.name, keep_name=True)
             try:
                 self._fd = _create(self.name)
-            except OSError as err:
-                raise OutputError(f"cannot create {self.name}: {err.strerror}") from err
+            except OutputError as err:
+                self._failed = err  # close() then writes nothing more
+                raise
             self._keep(self.name)
         self._size = 0
         self._file_first = self._durable = self._framer.packets
@@ -803,6 +945,7 @@ class PcapngOutput:
         pieces = self._buf.pieces()
         if not pieces:
             return
+        whole = list(pieces)  # the loop below replaces partly written pieces
         written = 0
         try:
             first = 0
@@ -815,19 +958,32 @@ class PcapngOutput:
                 if n:  # the kernel took part of a buffer
                     pieces[first] = memoryview(pieces[first])[n:]
         except OSError as err:
+            self._cut(b"".join(whole), written)
             readable = self._durable - self._file_first
-            if self._pattern != "-":
-                with contextlib.suppress(OSError):  # drop the partial block
-                    os.ftruncate(self._fd, self._size)
             self._failed = OutputError(
                 f"{_cause(err)} writing {self.name}: {err.strerror}; capture stopped; "
                 f"file is readable up to packet {readable}"
             )
             raise self._failed from err
         finally:
-            for piece in pieces:
+            for piece in (*pieces, *whole):
                 if isinstance(piece, memoryview):
                     piece.release()
-        self._buf = _Sink()
+            self._buf = _Sink()
         self._size += written
         self._durable = self._framer.packets
+
+    def _cut(self, data: bytes, written: int) -> None:
+        """A write failed after ``written`` bytes of ``data``: keep the whole
+        blocks among them (a disk with 0.5 MiB free takes 0.5 MiB of a 1 MiB
+        buffer), cut off the partial one, count the packets after it as not
+        written."""
+        kept = 0
+        for _start, end in _block_ends(data):
+            if end > written:
+                break
+            kept = end
+        self._size += kept
+        self._truncate()
+        self._durable += _payloads(data[:kept])[0]
+        self._unwritten += _payloads(data[kept:])[1]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from collections.abc import Sequence
 from typing import TextIO
 
 from usniff.events import FLAG_TRUNCATED, CaptureStats, Record
+from usniff.outputs.base import clock_text
 from usniff.printable import printable
 
 PREVIEW = 64  # bytes shown by default (use -A or -X for all)
@@ -45,7 +45,7 @@ def hex_view(data: bytes) -> str:
 
 def header(rec: Record) -> str:
     """The record's header line, terminal-safe (a process name or path may hold any byte)."""
-    clock = time.strftime("%H:%M:%S", time.localtime(rec.ts)) + f".{int(rec.ts % 1 * 1e6):06d}"
+    clock = clock_text(rec.ts)
     peer = rec.peer_inode or "-"
     where = rec.path or "(unnamed)"
     to = f" to {rec.peer_comm or '?'}[{rec.peer_pid}]" if rec.peer_pid else ""
