@@ -14,7 +14,7 @@ from conftest import capture
 from usniff.cli import main
 from usniff.decode import DecodedOutput, Decoding, Stats, percentile
 from usniff.decoders.base import Transaction
-from usniff.decoders.detect import detect
+from usniff.decoders.registry import detect
 from usniff.events import CaptureStats, Record
 
 

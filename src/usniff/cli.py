@@ -19,6 +19,7 @@ from .capture import (
     filter_warnings,
 )
 from .capture_main import FLUSH_EVERY, run, write_batch
+from .decoders.registry import DECODABLE
 from .events import CaptureStats
 from .outputs.base import Output, OutputError
 
@@ -34,7 +35,7 @@ Examples:
   usniff read q.pcapng --stats               decode a capture offline (no root)
 """
 
-PROTOCOLS = ("auto", "resp", "mysql", "raw")
+PROTOCOLS = ("auto", *DECODABLE, "raw")
 
 
 def parse_size(text: str) -> int:

@@ -27,9 +27,8 @@ from rich.table import Table
 from rich.text import Text
 
 from .decoders.base import Decoder, DecoderEvent, Notice, Transaction
-from .decoders.detect import ENOUGH, detect
-from .decoders.mysql import MysqlDecoder
-from .decoders.resp import RespDecoder
+from .decoders.detect import ENOUGH
+from .decoders.registry import BY_NAME, DECODABLE, detect
 from .events import CaptureStats, Record
 from .outputs import raw
 from .outputs.base import clock_text
@@ -45,11 +44,7 @@ from .streams import (
     conn_key,
 )
 
-PROTOCOLS = ("auto", "resp", "mysql")
-DECODERS: dict[str, type[RespDecoder] | type[MysqlDecoder]] = {
-    "resp": RespDecoder,
-    "mysql": MysqlDecoder,
-}
+PROTOCOLS = ("auto", *DECODABLE)
 MAX_UNDECIDED = 64 * 1024  # bytes buffered per connection while detecting
 WIDE = 1000  # columns for the statistics table when stderr is not a terminal (never cut)
 
@@ -202,7 +197,7 @@ class Decoding:
     def _decide(self, conn: _Conn, protocol: str, out: list[Event]) -> None:
         conn.protocol = protocol
         self.protocols_seen[protocol] = self.protocols_seen.get(protocol, 0) + 1
-        factory = DECODERS.get(protocol)
+        factory = BY_NAME[protocol].decoder if protocol in BY_NAME else None
         pending, conn.pending = conn.pending, []
         held, conn.held = conn.held, []
         self._undecided.pop(conn.open.conn, None)

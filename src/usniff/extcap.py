@@ -22,13 +22,14 @@ from dataclasses import dataclass
 from types import FrameType
 
 from usniff import __version__
+from usniff.decoders.registry import DECODABLE
 from usniff.outputs.base import Output, OutputError
 from usniff.outputs.pcapng import LINKTYPE_RAW, PcapngOutput
 
 INTERFACE = "usniff"
 DISPLAY = "Unix sockets (usniff)"
 LAUNCHER = "usniff-extcap"
-PROTOCOLS = ("auto", "resp", "mysql", "postgres", "http")
+PROTOCOLS = ("auto", *DECODABLE)
 
 
 @dataclass

@@ -40,11 +40,12 @@ from usniff.outputs.pcapng import (
     NRB_IPV4,
     OPT_COMMENT,
     OTHER_PORT,
-    PROTOCOL_PORTS,
     parse_comment,
 )
 
-WELL_KNOWN_PORTS = frozenset(PROTOCOL_PORTS.values()) | {OTHER_PORT}
+from .decoders.registry import PROTOCOLS
+
+WELL_KNOWN_PORTS = frozenset(p.port for p in PROTOCOLS) | {OTHER_PORT}
 MASK32 = 0xFFFFFFFF
 BT_SPB = 3
 NRB_IPV6 = 2
@@ -626,7 +627,7 @@ class Dissected:
     fields: dict[str, str]
 
 
-WIRESHARK_PROTOCOLS = ("resp", "mysql", "pgsql", "http")
+WIRESHARK_PROTOCOLS = tuple(p.wireshark for p in PROTOCOLS)
 
 
 def dissect_wireshark(

@@ -1,9 +1,8 @@
 """Protocol auto-detection from the first bytes of either side of a connection.
 
-``detect(client, server)`` returns ``"resp"``, ``"mysql"``, ``"postgres"``,
-``"http"``, ``"tls"``, ``"unknown"`` (both sides seen, nothing matched) or
-``None`` (undecided: wait for more bytes).  Only resp and mysql have decoders;
-connections with any other answer are shown as raw records.
+The detectors of the protocols in ``decoders/registry.py``, whose
+``detect(client, server)`` asks them in turn; connections of a protocol
+without a decoder are shown as raw records.
 
 A protocol is named only on evidence a different protocol would not give:
 a wrong guess shows an echo server's lines as Redis commands, so weak signals
@@ -118,46 +117,55 @@ def _inline_command(client: bytes) -> bool | None:
     return line[1].upper() in _REDIS_COMMANDS
 
 
-def _client_only(data: bytes) -> str | None:
-    """Protocols the client's first bytes identify alone."""
-    if data[:2] in (b"\x16\x03", b"\x16\x02"):
-        return "tls"
-    if _HTTP_CLIENT.match(data):
-        return "http"
-    if _RESP_ARRAY.match(data):
-        return "resp"
-    if _mysql_login(data):
-        return "mysql"
-    if len(data) >= 8:
-        length, code = int.from_bytes(data[:4], "big"), int.from_bytes(data[4:8], "big")
-        if code in _PG_STARTUP and 8 <= length <= 10000:
-            return "postgres"
-    return None
+# ------------------------------------------------ detectors (decoders/registry.py)
 
 
-def _server_only(data: bytes) -> str | None:
-    """Protocols the server's first bytes identify alone (it speaks first)."""
-    if data[:2] in (b"\x16\x03", b"\x15\x03"):
-        return "tls"
-    if _mysql_greeting(data):
-        return "mysql"
-    if data[:1] == b"R" and len(data) >= 9 and int.from_bytes(data[1:5], "big") in range(8, 1024):
-        return "postgres"
-    return None
+def tls_hello(client: bytes) -> bool:
+    return client[:2] in (b"\x16\x03", b"\x16\x02")
 
 
-def detect(client: bytes, server: bytes) -> str | None:
-    found = (_client_only(client) if client else None) or (_server_only(server) if server else None)
-    if found:
-        return found
-    if not client or not server:
-        return None  # one side alone proves nothing more: wait for the other
+def tls_server(server: bytes) -> bool:
+    return server[:2] in (b"\x16\x03", b"\x15\x03")
+
+
+def http_request(client: bytes) -> bool:
+    return _HTTP_CLIENT.match(client) is not None
+
+
+def resp_array(client: bytes) -> bool:
+    return _RESP_ARRAY.match(client) is not None
+
+
+def resp_inline(client: bytes, server: bytes) -> bool | None:
+    """An inline command (a Redis command name) answered in RESP."""
     inline = _inline_command(client)
     if inline and _RESP_REPLY.match(server):
-        return "resp"
+        return True
+    return None if inline is None else False
+
+
+mysql_login = _mysql_login
+mysql_greeting = _mysql_greeting
+
+
+def mysql_command(client: bytes, server: bytes) -> bool:
+    """A command packet (sequence 0) answered by a first reply packet (mid-connection)."""
     first = _mysql_packet(client, 0)
-    if first is not None and first in COMMANDS and _mysql_reply(server):
-        return "mysql"
-    if inline is None:
-        return None  # the command line is not complete yet
-    return "unknown"
+    return first is not None and first in COMMANDS and _mysql_reply(server)
+
+
+def pg_startup(client: bytes) -> bool:
+    """StartupMessage (protocol 3.0), SSLRequest, GSSENCRequest or CancelRequest."""
+    if len(client) < 8:
+        return False
+    length, code = int.from_bytes(client[:4], "big"), int.from_bytes(client[4:8], "big")
+    return code in _PG_STARTUP and 8 <= length <= 10000
+
+
+def pg_authentication(server: bytes) -> bool:
+    """An AuthenticationRequest ('R'), the server's first message."""
+    return (
+        server[:1] == b"R"
+        and len(server) >= 9
+        and int.from_bytes(server[1:5], "big") in range(8, 1024)
+    )

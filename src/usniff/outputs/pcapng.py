@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
-import importlib
 import json
 import os
 import platform
@@ -36,23 +34,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
 from usniff import __version__, events
 from usniff._fastpath import Direction, Packed, tcp, udp, write_batch
+from usniff.decoders import registry
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, CaptureStats, Record
 from usniff.outputs.base import OutputError
 
 LINKTYPE_RAW = 101  # raw IPv4/IPv6 packets, no link-layer header
-PROTOCOL_PORTS = {
-    "resp": 6379,
-    "redis": 6379,
-    "mysql": 3306,
-    "mariadb": 3306,
-    "postgres": 5432,
-    "pgsql": 5432,
-    "http": 80,
-}
 OTHER_PORT = 7450  # unassigned by IANA, no Wireshark dissector registered on it
 EPHEMERAL_FIRST = 49152
 EPHEMERAL_COUNT = 65536 - EPHEMERAL_FIRST
@@ -150,39 +139,13 @@ def parse_comment(text: str) -> dict[str, str]:
     return {k: json.loads(v) if v.startswith('"') else v for k, v in _FIELD.findall(text)}
 
 
-# ---------------------------------------------------------------- protocol guess
-
-_HTTP_METHODS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ")
-
-
-def _first_bytes_guess(client: bytes, server: bytes) -> str | None:
-    """Tiny fallback used only when usniff.decoders.detect is not installed."""
-    if server[3:5] == b"\x00\x0a":  # packet 0 is a protocol-10 handshake
-        return "mysql"
-    if client[:1] == b"*" or (server[:1] and server[:1] in b"+-:$*"):
-        return "resp"
-    if client[4:8] in (b"\x00\x03\x00\x00", b"\x04\xd2\x16\x2f"):  # startup v3, SSLRequest
-        return "postgres"
-    if client.startswith(_HTTP_METHODS) or server.startswith(b"HTTP/"):
-        return "http"
-    return None
-
-
-@functools.cache
-def _detector() -> Callable[[bytes, bytes], Any]:
-    try:
-        module = importlib.import_module("usniff.decoders.detect")
-    except ImportError:
-        return _first_bytes_guess
-    detect: Callable[[bytes, bytes], Any] = module.detect
-    return detect
+# ---------------------------------------------------------------- protocol ports
 
 
 def server_port(client: bytes, server: bytes) -> int:
-    """Well-known port for the protocol these first bytes belong to."""
-    result = _detector()(client, server)
-    name = str(getattr(result, "value", result) or "").lower()
-    return next((port for key, port in PROTOCOL_PORTS.items() if key in name), OTHER_PORT)
+    """The port of the protocol these first bytes belong to (Wireshark dissects it there)."""
+    found = registry.detect(client, server)
+    return registry.BY_NAME[found].port if found in registry.BY_NAME else OTHER_PORT
 
 
 # ---------------------------------------------------------------- framing
