@@ -458,3 +458,28 @@ def test_closed_flows_are_forgotten() -> None:
     still = Conn(client_inode=5, server_inode=6)
     framer.add(buf, still.send(False, b"x"))
     assert framer.open_flows == 2
+
+
+def test_connection_whose_first_bytes_were_lost_keeps_its_protocols_port(tmp_path: Path) -> None:
+    """Its own first bytes cannot say the protocol (a loss record, not data):
+    the port of earlier connections to the same path does, and a comment says so."""
+    first, second = Conn(), Conn(client_inode=80001, server_inode=80000, client_pid=4343)
+    records = first.exchange(REDIS_EXCHANGE) + [
+        second.lose(False, 100),
+        second.send(False, b"*1\r\n$4\r\nPING\r\n"),
+        second.send(True, b"+PONG\r\n"),
+    ]
+    f = tmp_path / "lost.pcapng"
+    write(f, records)
+    ports = {
+        tuple(row)
+        for row in fields(
+            f, "tcp.stream", "tcp.dstport", flt="tcp.flags.syn == 1 && tcp.flags.ack == 0"
+        )
+    }
+    assert ports == {("0", "6379"), ("1", "6379")}, ports
+    comments = [
+        row[0] for row in fields(f, "frame.comment", flt="tcp.stream == 1 && tcp.flags.syn == 1")
+    ]
+    assert any("earlier connections to /run/redis/redis.sock" in c for c in comments), comments
+    assert fields(f, "resp.string", flt="tcp.stream == 1 && resp.string") == [["PONG"]]

@@ -200,6 +200,7 @@ class Framer:
         self._dirs: dict[object, _Dir] = {}  # sock_id (or sock_id + destination) -> direction
         self._open: dict[_Dir, None] = {}  # client directions of open TCP flows
         self._datagram_keys: dict[int, list[object]] = {}  # sock_id -> its destinations' keys
+        self._path_ports: dict[str, int] = {}  # server path -> port of the protocol detected there
         self._addr_of: dict[object, int] = {}
         self._names: dict[int, str] = {}
         self._servers = 0
@@ -384,6 +385,7 @@ class Framer:
             if len(self._addr_of) >= MAX_NAMES:  # forget the older half (a bound on memory)
                 for old in list(self._addr_of)[: MAX_NAMES // 2]:
                     self._names.pop(self._addr_of.pop(old), None)
+                self._path_ports.clear()
             if server:
                 self._servers += 1
                 addr = SERVER_NET + self._servers % (NET_SIZE - 2)
@@ -406,6 +408,12 @@ class Framer:
         server_inode, client_inode = (own_ino, peer_ino) if from_server else (peer_ino, own_ino)
         first = rec.data
         port = server_port(b"" if from_server else first, first if from_server else b"")
+        how = ""
+        if rec.path and port != OTHER_PORT:
+            self._path_ports[rec.path] = port
+        elif rec.path in self._path_ports:  # its first bytes lost, or mid-stream: unclear alone
+            port = self._path_ports[rec.path]
+            how = f"; port of the protocol of earlier connections to {rec.path}"
         server_key = ("path", rec.path) if rec.path else ("socket", server_id)
         server_name = rec.path or f"socket:{server_inode}"
         client_pid = rec.peer_pid if from_server else rec.pid
@@ -450,7 +458,7 @@ class Framer:
                 client,
                 rec.ts,
                 f"new connection: socket {client_inode} ({client_name}) -> "
-                f"{server_inode} ({server_name})",
+                f"{server_inode} ({server_name}){how}",
             )
         return server if from_server else client
 
