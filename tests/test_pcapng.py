@@ -205,11 +205,13 @@ def test_datagrams_become_udp_packets(tmp_path: Path) -> None:
     assert expert_problems(str(f)) == ""
 
 
-def test_socketpair_lower_inode_is_the_server(tmp_path: Path) -> None:
+def test_socketpair_lower_id_is_the_client(tmp_path: Path) -> None:
+    """No side owns an address: the lower id is the client, as in streams (events.server_id)."""
     f = tmp_path / "pair.pcapng"
     write(f, Conn(path="", client_inode=9, server_inode=8).exchange([(False, b"a"), (True, b"b")]))
-    rows = fields(f, "ip.src_host", "ip.dst_host", flt="tcp.len > 0", extra=("-N", "n"))
-    assert rows[0][1] == "socket:8"
+    rows = fields(f, "ip.src_host", "ip.dst_host", "tcp.srcport", flt="tcp.len > 0",
+                  extra=("-N", "n"))  # fmt: skip
+    assert rows[0][:2] == ["socket:9", "socket:8"] and int(rows[0][2]) == OTHER_PORT
 
 
 def test_statistics_block_and_section_header(tmp_path: Path) -> None:
