@@ -760,17 +760,12 @@ class PcapngOutput:
         record (one TCP segment on a known flow, no gap, no note pending, same
         comment as before) with no Python call, the others through
         :meth:`Framer.add`; it returns here when a file must rotate (or for
-        an item that is not a Record).
-        ``python -m bench collector``, three runs of three rounds alternating
-        with the Python loop: 31-byte records 597-733k records/s before,
-        0.84-1.21M after (~1.6x); 32 KiB records unchanged (867-975 MB/s
-        before, 866-997 after: the payload copies dominate).
+        an item that is not a Record).  The loop is in C because a Python call
+        per record was the writer's limit for small records.
         The buffer is written out whenever it passes FLUSH_BYTES, also
         within a batch (a 0.1 s batch of small records frames to 2-7 MB):
         writev copies it into the page cache while it is still in the CPU's
-        cache. Collector CPU for 1M 31-byte records at 200k/s to a file on
-        ext4, 3 rounds: 63-68 ticks writing once per batch, 53-57 every 1 MiB
-        (54-56 every 2 MiB, 68-76 every 4 MiB); no difference on tmpfs."""
+        cache (figures for both: docs/performance.md, "Collector")."""
         if limit:
             batch = batch[:limit]
         framer = self._framer
