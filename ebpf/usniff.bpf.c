@@ -899,7 +899,7 @@ int BPF_PROG(tp_skb_read, const struct sk_buff *skb, int len)
 	 * The first read of bytes that no returned send covers: the send in
 	 * flight's.  early_at is published after early_ns, by an exchange (fully
 	 * ordered), and send_stamp reads it first: with plain accesses a send
-	 * once took an earlier send's stamp (1 in 400,000 pingpong stamps).
+	 * can take an earlier send's stamp (seen: 1 in 400,000 pingpong stamps).
 	 */
 	if (at >= sent && snd->early_at != sent + 1) {
 		snd->early_ns = bpf_ktime_get_ns();

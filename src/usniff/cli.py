@@ -52,7 +52,7 @@ MIN_BUFFER = 1 << 20
 # The kernel takes a BPF ring buffer's size as the map's max_entries, a u32 it
 # requires to be a power of two (ringbuf_map_alloc, kernel/bpf/ringbuf.c): 2 GiB
 # is the largest (its own limit, RINGBUF_MAX_DATA_SZ, is ~64 GiB).  A larger
-# size used to reach the kernel and fail every backend as "Invalid argument".
+# size would reach the kernel and fail every backend as "Invalid argument".
 MAX_BUFFER = 1 << 31
 
 
