@@ -351,6 +351,9 @@ class Framer:
             self._open.pop(peer, None)
             if self._dirs.get(peer.key) is peer:
                 del self._dirs[peer.key]
+            # the two directions refer to each other: unlinked, reference counting
+            # frees them now (the capture raises the cyclic GC's thresholds)
+            del d.peer, peer.peer
 
     def _datagram(self, buf: _Sink, d: _Dir, rec: Record) -> None:
         flags = rec.flags
