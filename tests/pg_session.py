@@ -7,6 +7,7 @@ Used by the live tests and by captures/record_live.py."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
@@ -87,10 +88,8 @@ def psycopg_session(sock: str) -> None:
                 pass
         timer = threading.Timer(0.3, conn.cancel)
         timer.start()
-        try:
+        with contextlib.suppress(psycopg.errors.QueryCanceled):
             conn.execute("SELECT pg_sleep(5)")
-        except psycopg.errors.QueryCanceled:
-            pass
         timer.join()
 
 

@@ -145,9 +145,8 @@ def start_postgres(tmpdir: str | os.PathLike[str]) -> Iterator[str]:
         p.chmod(0o777)  # the postgres user must reach the directory
     shutil.chown(d, "postgres")
     if not data.exists():
-        subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "initdb"), "-D", str(data),
-                        "-A", "trust", "-U", "postgres"],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        initdb = [str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]
+        subprocess.run(["runuser", "-u", "postgres", "--", *initdb], check=True, capture_output=True)
         (data / "pg_hba.conf").write_text(PG_HBA)
     args = ["runuser", "-u", "postgres", "--", str(PG_BIN / "postgres"), "-D", str(data),
             "-k", str(d), "-c", "listen_addresses=", "-c", "fsync=off",
