@@ -146,7 +146,8 @@ def start_postgres(tmpdir: str | os.PathLike[str]) -> Iterator[str]:
     shutil.chown(d, "postgres")
     if not data.exists():
         initdb = [str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]
-        subprocess.run(["runuser", "-u", "postgres", "--", *initdb], check=True, capture_output=True)
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+        subprocess.run([*as_postgres, *initdb], check=True, capture_output=True)
         (data / "pg_hba.conf").write_text(PG_HBA)
     args = ["runuser", "-u", "postgres", "--", str(PG_BIN / "postgres"), "-D", str(data),
             "-k", str(d), "-c", "listen_addresses=", "-c", "fsync=off",
