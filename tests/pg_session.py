@@ -19,7 +19,7 @@ import psycopg
 from servers import PG_PASSWORD, PG_PLAIN_USER, PG_USER
 
 PGBENCH_SELECTS = 50
-PREPARED_RUNS = 6  # psycopg executes of one prepared statement
+PREPARED_RUNS = 10  # psycopg executes of one prepared statement
 PIPELINE_INSERTS = 5
 PSQL_SQL = [
     "CREATE TABLE t (id int, v text)",
@@ -32,7 +32,7 @@ PSQL_SQL = [
 
 
 def psql(sock: str, *sql: str, user: str = "postgres", password: str = "") -> None:
-    args = ["psql", "-h", sock, "-U", user, "-X", "-q", "-d", "postgres"]
+    args = ["psql", "-h", os.path.dirname(sock), "-U", user, "-X", "-q", "-d", "postgres"]
     for s in sql:
         args += ["-c", s]
     env = dict(os.environ, PGPASSWORD=password) if password else None
@@ -46,7 +46,7 @@ def _msg(kind: bytes, body: bytes) -> bytes:
 def raw_ssl_session(sock: str) -> bytes:
     """SSLRequest (answered N), StartupMessage, one Query, Terminate; returns the answer byte."""
     with socket.socket(socket.AF_UNIX) as s:
-        s.connect(os.path.join(sock, ".s.PGSQL.5432"))
+        s.connect(sock)
         s.sendall(struct.pack(">ii", 8, 80877103))
         answer = s.recv(1)
         params = b"user\0postgres\0database\0postgres\0application_name\0raw\0\0"
@@ -68,7 +68,7 @@ def _read_until_ready(s: socket.socket) -> None:
 
 
 def psycopg_session(sock: str) -> None:
-    dsn = f"host={sock} dbname=postgres user=postgres application_name=usniff-test"
+    dsn = f"host={os.path.dirname(sock)} dbname=postgres user=postgres application_name=usniff-test"
     with psycopg.connect(dsn, autocommit=True) as conn:
         for i in range(PREPARED_RUNS):
             conn.execute("SELECT id, v FROM t WHERE id = %s", (i,), prepare=True).fetchall()
@@ -93,14 +93,23 @@ def psycopg_session(sock: str) -> None:
         timer.join()
 
 
-def postgres_session(sock: str) -> None:
+def pgbench(sock: str) -> None:
+    """pgbench -i (a COPY of 100000 rows), then -S: PGBENCH_SELECTS simple-protocol SELECTs."""
+    host = ["-h", os.path.dirname(sock), "-U", "postgres"]
+    subprocess.run(["pgbench", *host, "-i", "-s", "1", "-q", "postgres"],
+                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(["pgbench", *host, "-S", "-t", str(PGBENCH_SELECTS), "-n", "postgres"],
+                   check=True, capture_output=True)  # fmt: skip
+
+
+def postgres_session(sock: str, with_pgbench: bool = True) -> None:
+    """The whole session on the server socket ``sock``; ``with_pgbench``: run
+    pgbench too (its COPY makes a capture of 1.6 MB)."""
     psql(sock, *PSQL_SQL)
     psql(sock, "SELECT current_user", user=PG_USER, password=PG_PASSWORD)
     psql(sock, "SELECT current_user", user=PG_PLAIN_USER, password=PG_PASSWORD)
     raw_ssl_session(sock)
-    subprocess.run(["pgbench", "-h", sock, "-U", "postgres", "-i", "-s", "1", "-q", "postgres"],
-                   check=True, capture_output=True)  # fmt: skip
-    subprocess.run(["pgbench", "-h", sock, "-U", "postgres", "-S", "-t", str(PGBENCH_SELECTS),
-                    "-n", "postgres"], check=True, capture_output=True)  # fmt: skip
+    if with_pgbench:
+        pgbench(sock)
     psycopg_session(sock)
     time.sleep(0.2)

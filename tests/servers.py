@@ -136,8 +136,8 @@ local all all trust
 def start_postgres(tmpdir: str | os.PathLike[str]) -> Iterator[str]:
     """initdb and run postgres (as the ``postgres`` user, which owns the data) with
     its socket in ``tmpdir/pg`` and pg_stat_statements loaded; the users PG_USER and
-    PG_PLAIN_USER have the password PG_PASSWORD.  Yields the socket directory
-    (the socket is ``SOCKDIR/.s.PGSQL.5432``)."""
+    PG_PLAIN_USER have the password PG_PASSWORD.  Yields the socket's path
+    (``SOCKDIR/.s.PGSQL.5432``; clients are given SOCKDIR, ``psql -h SOCKDIR``)."""
     d = Path(tmpdir) / "pg"
     data = d / "data"
     d.mkdir(exist_ok=True)
@@ -152,7 +152,7 @@ def start_postgres(tmpdir: str | os.PathLike[str]) -> Iterator[str]:
     args = ["runuser", "-u", "postgres", "--", str(PG_BIN / "postgres"), "-D", str(data),
             "-k", str(d), "-c", "listen_addresses=", "-c", "fsync=off",
             "-c", "shared_preload_libraries=pg_stat_statements"]  # fmt: skip
-    with _running(args, d / ".s.PGSQL.5432", 60, d / "postgres.log"):
+    with _running(args, d / ".s.PGSQL.5432", 60, d / "postgres.log") as sock:
         setup = (
             "CREATE EXTENSION IF NOT EXISTS pg_stat_statements;"
             f"CREATE ROLE {PG_USER} LOGIN SUPERUSER PASSWORD '{PG_PASSWORD}';"
@@ -160,4 +160,4 @@ def start_postgres(tmpdir: str | os.PathLike[str]) -> Iterator[str]:
         )
         subprocess.run(["psql", "-h", str(d), "-U", "postgres", "-q", "-c", setup, "postgres"],
                        check=True, stdout=subprocess.DEVNULL)  # fmt: skip
-        yield str(d)
+        yield sock
