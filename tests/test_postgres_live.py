@@ -20,6 +20,7 @@ pytestmark = pytest.mark.root
 
 PGBENCH_SELECT = "SELECT abalance FROM pgbench_accounts WHERE aid = ?;"
 PREPARED = "SELECT id, v FROM t WHERE id = $1"
+PgRun = tuple[Run, dict[str, int]]  # the decoded run and pg_stat_statements calls
 
 
 def _server_calls(sock: str) -> dict[str, int]:
@@ -37,17 +38,17 @@ def _server_calls(sock: str) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def pg_run() -> Iterator[tuple[Run, dict[str, int]]]:
+def pg_run() -> Iterator[PgRun]:
     with tempfile.TemporaryDirectory(prefix="usniff-live-") as tmp, start_postgres(tmp) as sock:
         run = _capture(sock, "postgres", postgres_session)
         yield run, _server_calls(sock)
 
 
-def test_postgres_capture_stops_cleanly(pg_run: tuple[Run, dict[str, int]]) -> None:
+def test_postgres_capture_stops_cleanly(pg_run: PgRun) -> None:
     assert_clean_exit(pg_run[0])
 
 
-def test_every_request_paired_with_processes_and_latency(pg_run: tuple[Run, dict[str, int]]) -> None:
+def test_every_request_paired_with_processes_and_latency(pg_run: PgRun) -> None:
     run = pg_run[0]
     assert not run.notices("undecodable") and not run.notices("unpaired")
     for tx in run.txs:
@@ -61,7 +62,7 @@ def test_every_request_paired_with_processes_and_latency(pg_run: tuple[Run, dict
     assert {"psql", "pgbench"} <= comms
 
 
-def test_pgbench_selects_counted_like_client_and_server(pg_run: tuple[Run, dict[str, int]]) -> None:
+def test_pgbench_selects_counted_like_client_and_server(pg_run: PgRun) -> None:
     run, calls = pg_run
     selects = [tx for tx in run.txs if tx["command"] == PGBENCH_SELECT]
     assert len(selects) == PGBENCH_SELECTS
@@ -71,7 +72,7 @@ def test_pgbench_selects_counted_like_client_and_server(pg_run: tuple[Run, dict[
     assert table[("postgres", PGBENCH_SELECT)] == PGBENCH_SELECTS
 
 
-def test_extended_protocol_counts_match_the_server(pg_run: tuple[Run, dict[str, int]]) -> None:
+def test_extended_protocol_counts_match_the_server(pg_run: PgRun) -> None:
     run, calls = pg_run
     prepared = [tx for tx in run.txs if tx["command"] == PREPARED]
     assert len(prepared) == PREPARED_RUNS == calls[PREPARED]
@@ -86,14 +87,14 @@ def table_count(run: Run, command: str) -> int:
     return stats_table(run.stderr)[("postgres", command)]
 
 
-def test_copy_in_sizes(pg_run: tuple[Run, dict[str, int]]) -> None:
+def test_copy_in_sizes(pg_run: PgRun) -> None:
     run = pg_run[0]
     copy = [tx for tx in run.txs if tx["request"].startswith("copy pgbench_accounts")]
     assert len(copy) == 1 and copy[0]["reply"].startswith("COPY 100000; COPY IN ")
     assert copy[0]["bytes_in"] > copy[0]["details"]["copy_bytes"] > 100000 * 8
 
 
-def test_redact_masks_passwords_and_scram_proofs(pg_run: tuple[Run, dict[str, int]]) -> None:
+def test_redact_masks_passwords_and_scram_proofs(pg_run: PgRun) -> None:
     run = pg_run[0]
     assert PG_PASSWORD not in run.stdout and PG_PASSWORD not in run.stderr
     logins = {tx["details"]["user"]: tx["details"]["auth"] for tx in run.txs

@@ -161,7 +161,8 @@ class Framer:
                     raise ProtocolError(f"message {chr(kind)!r} length {length}")
                 body, left = b"", length - 4
             self.buf.clear()
-            self._cur = Message(kind, body, len(body) + left, length + head - 4, ts)
+            wire = length + (0 if self.untyped else 1)  # the type byte is outside the length
+            self._cur = Message(kind, body, len(body) + left, wire, ts)
             self._left = left
             if not left:
                 out.append(self._done())
