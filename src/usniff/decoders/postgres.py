@@ -39,6 +39,7 @@ import re
 import struct
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ..streams import Direction
 from .base import REDACTED, DecoderEvent, Details, Notice, Transaction, clip, show_bytes
@@ -49,8 +50,10 @@ KEEP = 64 * 1024  # bytes kept of each message's body
 SAMPLE_ROWS = 3
 MAX_PENDING = 4096  # transactions waiting for a reply before the decoder gives up
 MAX_PARAMS = 16  # bound parameters shown
+MAX_NAMES = 4096  # prepared statements and portals remembered per connection
 MAX_LENGTH = 1 << 30  # PostgreSQL's largest message (MaxAllocSize)
 SUMMARY = 200
+_V = TypeVar("_V")
 
 PROTOCOL_3 = 196608
 SSL_REQUEST = 80877103
@@ -347,15 +350,10 @@ class PostgresDecoder:
         if synced is None:
             return events
         try:
-            for msg in self._framers[direction].feed(synced, ts):
-                if direction is Direction.CLIENT:
-                    self._client(msg, ts, events)
-                else:
-                    self._server(msg, events)
-                if self._opaque:
-                    break
+            messages = self._framers[direction].feed(synced, ts)
         except ProtocolError as exc:
-            self._desync(events, str(exc), ts, direction)
+            return self._desync(events, str(exc), ts, direction)
+        self._messages(direction, messages, ts, events)
         return events
 
     def gap(self, direction: Direction, n: int, ts: float, cut: bool) -> list[DecoderEvent]:
@@ -366,12 +364,22 @@ class PostgresDecoder:
         if messages is None:
             why = f"{n} bytes {'cut by the snap length' if cut else 'missing'}"
             return self._desync(events, why, ts, direction)
-        for msg in messages:
-            if direction is Direction.CLIENT:
-                self._client(msg, ts, events)
-            else:
-                self._server(msg, events)
+        self._messages(direction, messages, ts, events)
         return events
+
+    def _messages(
+        self, direction: Direction, messages: list[Message], ts: float, events: list[DecoderEvent]
+    ) -> None:
+        try:
+            for msg in messages:
+                if direction is Direction.CLIENT:
+                    self._client(msg, ts, events)
+                else:
+                    self._server(msg, events)
+                if self._opaque:
+                    return
+        except ProtocolError as exc:
+            self._desync(events, str(exc), ts, direction)
 
     def close(self) -> list[DecoderEvent]:
         events: list[DecoderEvent] = []
@@ -511,7 +519,7 @@ class PostgresDecoder:
         expect = txn.expect if not self._skipping else deque[str]()
         if kind == "P":
             name, sql = r.cstr(), r.cstr()
-            self._stmts[name] = sql
+            _remember(self._stmts, name, sql)
             expect.append("1")
             steps.append(f"parse {name or '(unnamed)'}")
             if not txn.command:
@@ -527,10 +535,8 @@ class PostgresDecoder:
                 params = self._params(r)
             except ProtocolError:  # past the bytes kept of a huge Bind
                 params = "..."
-            self._portals[portal] = (
-                known or f"(statement {name or '(unnamed)'} prepared earlier)",
-                params,
-            )
+            shown = known or f"(statement {name or '(unnamed)'} prepared earlier)"
+            _remember(self._portals, portal, (shown, params))
             expect.append("2")
             steps.append(f"bind {name or '(unnamed)'}")
             txn.details["statement"] = name
@@ -905,6 +911,14 @@ def _columns(body: bytes) -> list[str]:
     except ProtocolError:
         pass
     return names
+
+
+def _remember(names: dict[str, _V], name: str, value: _V) -> None:
+    """``names[name] = value``, forgetting the oldest name beyond MAX_NAMES."""
+    names.pop(name, None)
+    names[name] = value
+    if len(names) > MAX_NAMES:
+        del names[next(iter(names))]
 
 
 def _startup_header(data: bytes) -> bool:
