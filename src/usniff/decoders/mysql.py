@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 from ..streams import Direction
-from .base import REDACTED, DecoderEvent, Details, Notice, Transaction, clip
+from .base import REDACTED, DecoderEvent, Details, Notice, Transaction, clip, lost
 from .sql import one_line
 from .sql import query_shape as sql_shape
 
@@ -453,7 +453,7 @@ class MysqlDecoder:
         if cut:
             self._packets(direction, b"", ts, events, cut=n)
         else:
-            self._desync(events, f"{n} bytes missing", ts, direction)
+            self._desync(events, lost(n, False), ts, direction)
         return events
 
     def _parsing(self, direction: Direction) -> bool:
@@ -474,7 +474,7 @@ class MysqlDecoder:
         try:
             packets = reader.skip(cut) if cut else reader.feed(data)
             if packets is None:
-                raise ProtocolError(f"{cut} bytes cut by the snap length")
+                raise ProtocolError(lost(cut, True))
             for packet in packets:
                 if direction is Direction.CLIENT:
                     self._client(packet, ts, events)

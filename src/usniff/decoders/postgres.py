@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from ..streams import Direction
-from .base import REDACTED, DecoderEvent, Details, Notice, Transaction, clip, show_bytes
+from .base import REDACTED, DecoderEvent, Details, Notice, Transaction, clip, lost, show_bytes
 from .sql import one_line
 from .sql import query_shape as sql_shape
 
@@ -362,8 +362,7 @@ class PostgresDecoder:
             return events
         messages = self._framers[direction].skip(n) if cut else None
         if messages is None:
-            why = f"{n} bytes {'cut by the snap length' if cut else 'missing'}"
-            return self._desync(events, why, ts, direction)
+            return self._desync(events, lost(n, cut), ts, direction)
         self._messages(direction, messages, ts, events)
         return events
 
