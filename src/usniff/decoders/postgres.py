@@ -317,7 +317,6 @@ class _Txn:
     copy_bytes: int = 0
     cut: int = 0
     no_reply: bool = False
-    synced: bool = False  # a Sync belongs to it: no Execute joins it any more
     details: Details = field(default_factory=dict)
 
 
@@ -382,7 +381,7 @@ class PostgresDecoder:
 
     def close(self) -> list[DecoderEvent]:
         events: list[DecoderEvent] = []
-        self._flush_building()
+        self._building = None
         while self._pending:
             self._finish(self._pending.popleft(), events)
         return events
@@ -415,7 +414,7 @@ class PostgresDecoder:
     def _desync(
         self, events: list[DecoderEvent], reason: str, ts: float, direction: Direction
     ) -> list[DecoderEvent]:
-        self._flush_building()
+        self._building = None
         while self._pending:
             self._finish(self._pending.popleft(), events, "(lost sync)")
         self._framers = (Framer(), Framer())
@@ -423,6 +422,7 @@ class PostgresDecoder:
         self._server_synced = False
         self._startup = None
         self._ssl_request = None
+        self._skipping = False
         events.append(Notice(self.protocol, direction, "undecodable", reason, ts))
         return events
 
@@ -438,9 +438,9 @@ class PostgresDecoder:
         r = _Reader(msg.body, len(msg.body) < msg.size)
         if kind == "Q":
             sql = r.cstr()
-            self._flush_building()
+            self._building = None
             txn = self._new(query_shape(sql), self._sql_text(sql), ts, msg, "Z")
-            self._queue(txn, events)
+            self._queue(txn)
         elif kind == "H" and self._building is None:
             if self._pending:  # a Flush after a Sync: no answer of its own
                 self._pending[-1].nbytes += msg.nbytes
@@ -450,23 +450,20 @@ class PostgresDecoder:
             building, self._building = self._building, None
             self._skipping = False
             if building is None:
-                self._queue(self._new("SYNC", "SYNC", ts, msg, "Z"), events)
+                self._queue(self._new("SYNC", "SYNC", ts, msg, "Z"))
             else:
                 txn = building
                 txn.nbytes += msg.nbytes
                 txn.cut += msg.cut
                 txn.expect.append("Z")
-                txn.synced = True
                 if txn.ts_reply is None:  # the request ends before its reply begins
                     txn.ts = ts
         elif kind == "F":
             oid = r.i32()
-            self._flush_building()
-            self._queue(
-                self._new("FUNCTION CALL", f"function call oid={oid}", ts, msg, "Z"), events
-            )
+            self._building = None
+            self._queue(self._new("FUNCTION CALL", f"function call oid={oid}", ts, msg, "Z"))
         elif kind == "X":
-            self._flush_building()
+            self._building = None
             txn = self._new("TERMINATE", "TERMINATE", ts, msg)
             txn.no_reply = True
             self._finish(txn, events)
@@ -487,13 +484,10 @@ class PostgresDecoder:
         txn = _Txn(command, text, ts, msg.nbytes, deque(expect), cut=msg.cut)
         return txn
 
-    def _queue(self, txn: _Txn, events: list[DecoderEvent]) -> None:
+    def _queue(self, txn: _Txn) -> None:
         if len(self._pending) >= MAX_PENDING:
             raise ProtocolError(f"more than {MAX_PENDING} requests without a reply")
         self._pending.append(txn)
-
-    def _flush_building(self) -> None:
-        self._building = None
 
     def _sql_text(self, sql: str) -> str:
         return one_line(redact_sql(sql) if self.redact else sql, SUMMARY)
@@ -502,11 +496,11 @@ class PostgresDecoder:
         self, kind: str, r: _Reader, msg: Message, ts: float, events: list[DecoderEvent]
     ) -> None:
         txn = self._building
-        if txn is None or txn.executes or txn.synced:
+        if txn is None or txn.executes:
             txn = _Txn("", "", ts)
             txn.details["messages"] = []
             self._building = txn
-            self._queue(txn, events)
+            self._queue(txn)
         txn.nbytes += msg.nbytes
         txn.cut += msg.cut
         if txn.ts_reply is None:  # the request ends before its reply begins
@@ -612,7 +606,7 @@ class PostgresDecoder:
         txn.details["auth"] = []
         self._startup = txn
         self._sasl_step = 0
-        self._queue(txn, events)
+        self._queue(txn)
 
     def _password(self, msg: Message, ts: float) -> None:
         """PasswordMessage, SASLInitialResponse or SASLResponse (by the auth in progress)."""
