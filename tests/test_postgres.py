@@ -20,7 +20,7 @@ from pg_session import PIPELINE_INSERTS, PREPARED_RUNS
 from servers import PG_PASSWORD
 
 from usniff.decoders.base import Notice, Transaction
-from usniff.decoders.postgres import KEEP, PostgresDecoder, query_shape
+from usniff.decoders.postgres import KEEP, MAX_PENDING, PostgresDecoder, query_shape
 from usniff.decoders.registry import detect
 from usniff.streams import Direction
 
@@ -255,3 +255,16 @@ def test_detected_from_startup_or_first_server_bytes() -> None:
     assert detect(b"", msg(b"R", struct.pack(">i", 0))) == "postgres"
     assert isinstance(run([(C, b"\0\0\0\x08\x04\xd2\x16\x2f"), (S, b"N")])[0], Transaction)
     assert not [e for e in run([(C, b"GET / HTTP/1.1\r\n\r\n")]) if isinstance(e, Notice)]
+
+
+def test_unbounded_batch_without_execute_gives_up() -> None:
+    """A client binding without end (no Execute, no Sync) does not grow the decoder without
+    bound: it gives up with a notice once MAX_PENDING answers are awaited."""
+    bind = msg(b"B", b"\0\0\0\0\0\0\0\0")
+    d = PostgresDecoder()
+    d.feed(C, msg(b"Q", b"SELECT 1\0"), 0.0)
+    events = d.feed(C, bind * (MAX_PENDING + 1), 1.0)
+    assert [(type(e).__name__, e.kind) for e in events if isinstance(e, Notice)] == [
+        ("Notice", "undecodable")
+    ]
+    assert not d._pending

@@ -50,6 +50,7 @@ KEEP = 64 * 1024  # bytes kept of each message's body
 SAMPLE_ROWS = 3
 MAX_PENDING = 4096  # transactions waiting for a reply before the decoder gives up
 MAX_PARAMS = 16  # bound parameters shown
+MAX_STEPS = 32  # messages listed per transaction (details.messages)
 MAX_NAMES = 4096  # prepared statements and portals remembered per connection
 MAX_LENGTH = 1 << 30  # PostgreSQL's largest message (MaxAllocSize)
 SUMMARY = 200
@@ -310,6 +311,7 @@ class _Txn:
     error: str = ""
     tags: list[str] = field(default_factory=list)
     answers: list[str] = field(default_factory=list)  # Parse/Bind/Close/NoData acknowledged
+    more_messages: int = 0  # extended-protocol messages beyond those listed
     rows: int = 0
     row_bytes: int = 0
     sample: list[str] = field(default_factory=list)
@@ -505,8 +507,13 @@ class PostgresDecoder:
         txn.cut += msg.cut
         if txn.ts_reply is None:  # the request ends before its reply begins
             txn.ts = ts
+        if len(txn.expect) >= MAX_PENDING:
+            raise ProtocolError(f"more than {MAX_PENDING} messages without an Execute or Sync")
         steps = txn.details["messages"]
         assert isinstance(steps, list)
+        if len(steps) >= MAX_STEPS:  # the first ones are shown, the rest counted
+            txn.more_messages += 1
+            steps = []
         if self._skipping:
             txn.error = "skipped: an earlier message of the batch failed"
         expect = txn.expect if not self._skipping else deque[str]()
@@ -868,6 +875,8 @@ class PostgresDecoder:
         if txn.copy:
             parts.append(f"{txn.copy} {txn.copy_bytes} bytes")
             txn.details["copy_bytes"] = txn.copy_bytes
+        if txn.more_messages:
+            txn.details["more_messages"] = txn.more_messages
         if txn.error:
             parts.insert(0, txn.error)
         elif not parts:
