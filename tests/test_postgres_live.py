@@ -6,12 +6,17 @@ server's pg_stat_statements calls."""
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+from live_helpers import Usniff
 from pg_session import PGBENCH_SELECTS, PIPELINE_INSERTS, PREPARED_RUNS, postgres_session
 from servers import PG_PASSWORD, start_postgres
 from test_live_decode import Run, _capture, assert_clean_exit, stats_table
@@ -20,6 +25,7 @@ pytestmark = pytest.mark.root
 
 PGBENCH_SELECT = "SELECT abalance FROM pgbench_accounts WHERE aid = ?;"
 PREPARED = "SELECT id, v FROM t WHERE id = $1"
+USNIFF = str(Path(sys.executable).with_name("usniff"))
 PgRun = tuple[Run, dict[str, int]]  # the decoded run and pg_stat_statements calls
 
 
@@ -39,13 +45,40 @@ def _server_calls(sock: str) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def pg_run() -> Iterator[PgRun]:
+    """The session decoded live, while a second usniff writes it to ``pg.pcapng``."""
     with tempfile.TemporaryDirectory(prefix="usniff-live-") as tmp, start_postgres(tmp) as sock:
-        run = _capture(sock, "postgres", postgres_session)
+        with Usniff("--path", sock, "-w", f"{tmp}/pg.pcapng") as writer:
+            run = _capture(sock, "postgres", postgres_session)
+            assert writer.stop().returncode == 0
+        offline = subprocess.run(
+            [USNIFF, "read", f"{tmp}/pg.pcapng", "--protocol", "postgres", "--format", "json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        run.events.append(
+            {
+                "type": "offline",
+                "events": [json.loads(line) for line in offline.stdout.splitlines()],
+            }
+        )
         yield run, _server_calls(sock)
 
 
 def test_postgres_capture_stops_cleanly(pg_run: PgRun) -> None:
     assert_clean_exit(pg_run[0])
+
+
+def test_pcapng_read_back_decodes_like_live(pg_run: PgRun) -> None:
+    run = pg_run[0]
+    (offline,) = [e["events"] for e in run.events if e["type"] == "offline"]
+
+    def lines(events: list[dict[str, Any]]) -> list[tuple[str, str, str, int, int]]:
+        return sorted((e["conn"], e["request"], e["reply"], e["bytes_in"], e["bytes_out"])
+                      for e in events if e["type"] == "transaction")  # fmt: skip
+
+    live = lines(run.events)
+    assert len(live) > 100 and lines(offline) == live
 
 
 def test_every_request_paired_with_processes_and_latency(pg_run: PgRun) -> None:
