@@ -268,3 +268,19 @@ def test_unbounded_batch_without_execute_gives_up() -> None:
         ("Notice", "undecodable")
     ]
     assert not d._pending
+
+
+def test_refused_login_and_role_password_redacted() -> None:
+    refused = run([
+        (C, startup(user="app")),
+        (S, msg(b"R", struct.pack(">i", 3))),
+        (C, msg(b"p", b"wrong\0")),
+        (S, msg(b"E", b"SFATAL\0VFATAL\0C28P01\0Mpassword authentication failed\0\0")),
+    ], redact=True)  # fmt: skip
+    (tx,) = refused
+    assert tx.error and tx.reply == "FATAL 28P01: password authentication failed"
+    assert tx.details["auth"] == ["cleartext password", "password ***"]
+    sql = b"ALTER ROLE app PASSWORD 'pw''1' VALID UNTIL 'infinity'\0"
+    (tx,) = run([(C, msg(b"Q", sql)), (S, msg(b"C", b"ALTER ROLE\0") + READY)], redact=True)
+    assert tx.request == "ALTER ROLE app PASSWORD '***' VALID UNTIL 'infinity'"
+    assert tx.command == "ALTER ROLE app PASSWORD ? VALID UNTIL ?"
