@@ -26,6 +26,7 @@ from .events import (
     FLAG_ADDR,
     FLAG_MSG_END,
     FLAG_MSG_START,
+    FLAG_UNCOPYABLE,
     CaptureStats,
     Record,
 )
@@ -227,6 +228,7 @@ class Capture(EventHandler):
         self._batch: list[Record | Packed] = []  # drained, not yet ordered
         self._pending: list[Record | Packed] = []  # ordered by ts, waiting for REORDER
         self._last: dict[int, Record | Packed] = {}  # newest record per socket, for closes
+        self._ring_lost = 0  # bytes of full-ring losses reported by loss records
         self._receivers: dict[str, Receiver] = {}  # bound datagram address -> its socket
         self._receivers_at = -RECEIVERS_TTL
         self._next_close_check = time.monotonic() + CLOSE_CHECK
@@ -337,6 +339,8 @@ class Capture(EventHandler):
         st.lost_records += 1
         st.lost_bytes += n
         st.per_socket_lost[rec.inode] = st.per_socket_lost.get(rec.inode, 0) + n
+        if not rec.flags & FLAG_UNCOPYABLE:
+            self._ring_lost += n
 
     def _closed(self) -> None:
         """Close records for sockets no longer in the kernel's socket table.
@@ -426,6 +430,13 @@ class Capture(EventHandler):
             )  # fmt: skip
             self._batch.append(rec)
             self._count_loss(rec, lost_len)
+        # A loss is reported with the socket's next record, or from its map entry
+        # here; a socket that closed first had its entry reused or evicted: the
+        # kernel's total still counts those bytes.
+        unattributed = self.kernel_stats()["lost_bytes"] - self._ring_lost
+        if unattributed > 0:
+            st = self.stats
+            st.unattributed_lost, st.lost_bytes = unattributed, st.lost_bytes + unattributed
         return self._release(float("inf"))
 
     def kernel_stats(self) -> dict[str, int]:

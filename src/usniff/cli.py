@@ -177,6 +177,9 @@ def _items(output: Output) -> str:
     return f"records {done} (data, loss and close records)"
 
 
+SUMMARY_SOCKETS = 10  # sockets named in the summary's losses, the worst first
+
+
 def summary(stats: CaptureStats, shown: str = "") -> str:
     """The stop summary; ``shown`` (e.g. "12 lines printed") says what the output emitted."""
     text = f"usniff: {shown}\n" if shown else ""
@@ -190,8 +193,17 @@ def summary(stats: CaptureStats, shown: str = "") -> str:
             f"\nusniff:   {stats.unwritten_bytes} of the bytes lost were captured "
             "but could not be written"
         )
-    for ino, lost in sorted(stats.per_socket_lost.items()):
+    if stats.unattributed_lost:
+        text += (
+            f"\nusniff:   {stats.unattributed_lost} of the bytes lost were on sockets that "
+            "closed before their loss could be reported"
+        )
+    worst = sorted(stats.per_socket_lost.items(), key=lambda kv: (-kv[1], kv[0]))
+    for ino, lost in worst[:SUMMARY_SOCKETS]:
         text += f"\nusniff:   socket {ino}: {lost} bytes lost"
+    if len(worst) > SUMMARY_SOCKETS:
+        rest = sum(lost for _, lost in worst[SUMMARY_SOCKETS:])
+        text += f"\nusniff:   {len(worst) - SUMMARY_SOCKETS} more sockets: {rest} bytes lost"
     return text
 
 
