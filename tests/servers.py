@@ -119,3 +119,21 @@ def mariadb_bytes(sock: str, user: str = "root", password: str = "") -> tuple[in
         return int(values["Bytes_received"]), int(values["Bytes_sent"])
     finally:
         conn.close()
+
+
+PODMAN = shutil.which("podman") or "/usr/bin/podman"
+
+
+@contextlib.contextmanager
+def start_podman(tmpdir: str | os.PathLike[str]) -> Iterator[str]:
+    """Run the Docker-compatible API server of podman on ``tmpdir/podman.sock``, with its
+    storage, run state and event log in ``tmpdir``; yield the socket path."""
+    d = Path(tmpdir)
+    sock = d / "podman.sock"
+    for sub in ("root", "run"):
+        (d / sub).mkdir(exist_ok=True)
+    args = [PODMAN, "--log-level=error", f"--root={d / 'root'}", f"--runroot={d / 'run'}",
+            f"--tmpdir={d / 'run'}", "--events-backend=file", "--storage-driver=vfs", "system", "service", "--time=0",
+            f"unix://{sock}"]  # fmt: skip
+    with _running(args, sock, 30, d / "podman.log") as path:
+        yield path
