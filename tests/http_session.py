@@ -20,6 +20,7 @@ REGISTRY_AUTH = "eyJ1c2VybmFtZSI6InUiLCJwYXNzd29yZCI6InJlZy1zM2NyM3QifQ"  # X-Re
 COOKIE = "session=cookie-s3cr3t"
 SECRETS = (AUTH_TOKEN.split()[1], REGISTRY_AUTH, COOKIE.split("=")[1])
 VOLUME_BODY = '{"Name":"usniff-vol"}'
+PINGS = 40  # GET /_ping on one keep-alive connection
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ def http_session(sock: str) -> tuple[list[Sent], bytes]:
     sent, and the body bytes the event stream delivered."""
     sent: list[Sent] = []
     sent += curl(sock, urls=("/version", "/info", "/images/json"))  # one keep-alive connection
+    sent += curl(sock, urls=("/_ping",) * PINGS)
     sent += curl(sock, urls=(f"/containers/{MISSING_ID}/json",))
     sent += curl(sock, "-X", "POST", "-H", "Content-Type: application/json", "-d", VOLUME_BODY,
                  urls=("/volumes/create",))  # fmt: skip

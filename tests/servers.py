@@ -133,7 +133,7 @@ def start_podman(tmpdir: str | os.PathLike[str]) -> Iterator[str]:
     for sub in ("root", "run"):
         (d / sub).mkdir(exist_ok=True)
     args = [PODMAN, "--log-level=error", f"--root={d / 'root'}", f"--runroot={d / 'run'}",
-            f"--tmpdir={d / 'run'}", "--events-backend=file", "--storage-driver=vfs", "system", "service", "--time=0",
-            f"unix://{sock}"]  # fmt: skip
+            f"--tmpdir={d / 'run'}", "--events-backend=file", "--storage-driver=vfs",
+            "system", "service", "--time=0", f"unix://{sock}"]  # fmt: skip
     with _running(args, sock, 30, d / "podman.log") as path:
         yield path

@@ -14,17 +14,24 @@ from collections import Counter
 from collections.abc import Callable
 
 import pytest
-from conftest import capture
+from conftest import CAPTURES, capture
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from usniff.decoders.base import Decoder, Notice, Transaction
+from usniff.decoders.http import HttpDecoder
 from usniff.decoders.mysql import MysqlDecoder
 from usniff.decoders.resp import RespDecoder
+from usniff.pcapread import read_records
 from usniff.streams import Direction, conn_key
 
-DECODERS: dict[str, Callable[[], Decoder]] = {"resp": RespDecoder, "mysql": MysqlDecoder}
-CAPTURE = {"resp": "redis", "mysql": "mysql"}
+DECODERS: dict[str, Callable[[], Decoder]] = {
+    "resp": RespDecoder,
+    "mysql": MysqlDecoder,
+    "http": HttpDecoder,
+}
+CAPTURE = {"resp": "redis", "mysql": "mysql"}  # captures/NAME.jsonl.gz
+PCAPNG = {"http": "http"}  # captures/NAME.pcapng (usniff -w)
 RANDOM_BATCH = 400
 MUTATED_BATCH = 40
 COUNTS: Counter[str] = Counter()
@@ -36,6 +43,8 @@ Step = tuple[Direction, bytes | int]
 ALPHABET = {
     "resp": b"*$+-:%~>|_#,(!=;.?\r\n0123456789-abcdefPINGSET ",
     "mysql": b"\x00\x01\x02\x03\x05\x0a\x0e\x16\x17\x19\xfb\xfc\xfd\xfe\xff#def\x08\x0cSELECT",
+    "http": b"GET POST HTTP/1.1 101 200\r\n\r\n: 0123456789abcdef;Content-Length:Transfer-Encoding:"
+    b"chunked Host:Upgrade:Connection:close Expect:100-continue",
 }
 
 
@@ -74,7 +83,11 @@ def random_stream(name: str, rng: random.Random) -> list[Step]:
 def _sessions(name: str) -> list[list[Step]]:
     """Per connection, the chunks of both directions in capture order (small ones only)."""
     conns: dict[object, list[Step]] = {}
-    for rec in capture(CAPTURE[name]):
+    if name in PCAPNG:
+        records = tuple(read_records(str(CAPTURES / f"{PCAPNG[name]}.pcapng")))
+    else:
+        records = capture(CAPTURE[name])
+    for rec in records:
         if rec.kind == "data" and len(rec.data) < 4096:
             direction = Direction.SERVER if rec.path_is_own else Direction.CLIENT
             conns.setdefault(conn_key(rec), []).append((direction, rec.data))

@@ -123,7 +123,10 @@ def test_request_and_reply_lines(json_run: Run) -> None:
     creates = [t for t in json_run.txs if t["command"] == "POST /v1.41/volumes/create"]
     assert len(creates) == 2
     plain, expect = creates
-    assert plain["request"] == f"POST /v1.41/volumes/create (application/json {len(VOLUME_BODY)} bytes)"
+    assert (
+        plain["request"]
+        == f"POST /v1.41/volumes/create (application/json {len(VOLUME_BODY)} bytes)"
+    )
     assert plain["reply"].startswith("201 Created application/json")
     assert plain["details"]["request_body_preview"] == "***"  # --redact hides bodies
     # Expect: 100-continue: the 100 is shown, latency runs from the body's last byte
@@ -162,7 +165,9 @@ def test_keep_alive_connection_carries_several_requests(json_run: Run) -> None:
 def test_redact_masks_credentials(json_run: Run) -> None:
     for secret in SECRETS:
         assert secret not in json_run.stdout and secret not in json_run.stderr, secret
-    ping = next(t for t in json_run.txs if dict(t["details"]["request_headers"]).get("authorization"))
+    ping = next(
+        t for t in json_run.txs if dict(t["details"]["request_headers"]).get("authorization")
+    )
     headers = dict(ping["details"]["request_headers"])
     assert headers["authorization"] == headers["x-registry-auth"] == headers["cookie"] == "***"
 
@@ -179,7 +184,7 @@ def _stats_table(stderr: str) -> dict[str, int]:
 def test_stats_count_per_method_and_route(json_run: Run) -> None:
     table = _stats_table(json_run.stderr)
     expected = Counter(f"{s.method} {s.target}" for s in json_run.sent)
-    expected[f"GET /v1.41/containers/{{id}}/json"] = expected.pop(
+    expected["GET /v1.41/containers/{id}/json"] = expected.pop(
         f"GET /v1.41/containers/{MISSING_ID}/json"
     )
     assert table == dict(expected), (table, expected)
@@ -195,7 +200,10 @@ def _read(path: Path, *args: str) -> str:
 def test_pcapng_read_back_decodes_the_same(pcapng_run: Run) -> None:
     assert pcapng_run.pcapng is not None
     assert_clean_exit(pcapng_run)  # type: ignore[arg-type]
-    events = [json.loads(x) for x in _read(pcapng_run.pcapng, "--format", "json", "--protocol", "auto").splitlines()]
+    events = [
+        json.loads(x)
+        for x in _read(pcapng_run.pcapng, "--format", "json", "--protocol", "auto").splitlines()
+    ]
     txs = _in_order(events)
     _matches(txs, pcapng_run.sent)
     assert all(t["latency"] is not None and t["server_comm"] == "podman" for t in txs)
@@ -211,7 +219,9 @@ def test_tshark_dissects_http_without_options(pcapng_run: Run) -> None:
     requests = tshark("-r", path, "-Y", "http.request", "-T", "fields", "-e",
                       "http.request.method", "-e", "http.request.uri").splitlines()  # fmt: skip
     # requests written in one send() are one packet: tshark joins their fields with ","
-    got = Counter(pair for r in requests for pair in zip(*(f.split(",") for f in r.split("\t"))))
+    got = Counter(
+        pair for r in requests for pair in zip(*(f.split(",") for f in r.split("\t")), strict=True)
+    )
     assert got == Counter((s.method, s.target) for s in pcapng_run.sent), requests
     codes = tshark("-r", path, "-Y", "http.response", "-T", "fields", "-e",
                    "http.response.code").replace(",", " ").split()  # fmt: skip

@@ -56,6 +56,8 @@ PREVIEW = 64  # bytes of a body shown
 MAX_HEAD = 64 * 1024  # longest request/response head accepted (h11's default is 16 KiB)
 MAX_BUFFER = 1024 * 1024  # bytes h11 may hold while paused (a switch not yet answered)
 MAX_PENDING = 1024  # requests waiting for a response; beyond, the oldest is given up
+MAX_CHUNKS = 1024  # chunk timestamps kept per direction (a long body: its first and latest)
+MAX_INFORMATIONAL = 8  # 1xx responses listed per request (102 Processing may repeat)
 MAX_HEADERS = 64  # headers kept per message in the details
 HEADER_VALUE = 256  # characters of a header value kept in the details
 FILL = 64 * 1024  # bytes of filler fed at a time for a body cut by the snap length
@@ -70,6 +72,9 @@ _MIRRORED = frozenset((b"connection", b"upgrade"))
 _METHODS = rb"GET|POST|PUT|DELETE|HEAD|OPTIONS|PATCH|CONNECT|TRACE"
 _REQUEST_LINE = re.compile(rb"(?:" + _METHODS + rb") [\x21-\x7e]+ HTTP/1\.[01]\r?\n")
 _REQUEST_PREFIX = re.compile(rb"(?:" + _METHODS + rb") [\x21-\x7e]+ HTTP/1")
+_REQUEST_START = re.compile(
+    rb"[A-Z]{1,7}(?: [\x21-\x7e]*(?: [HTP/1.0]{0,8}\r?)?)?"
+)  # may grow into one
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 # route normalisation for --stats: numbers, hex ids and UUIDs in the path
@@ -121,7 +126,17 @@ class _Side:
 
     def add(self, n: int, ts: float) -> None:
         self.fed += n
-        self.chunks.append((self.fed, ts))
+        chunks = self.chunks
+        chunks.append((self.fed, ts))
+        while len(chunks) > 1 and chunks[0][0] <= self.msg_start:
+            chunks.popleft()  # before the current message: never asked for again
+        if len(chunks) > MAX_CHUNKS:
+            # a message in very many chunks: keep its first (its start time) and the
+            # latest half (where its end will be)
+            first = chunks.popleft()
+            for _ in range(MAX_CHUNKS // 2):
+                chunks.popleft()
+            chunks.appendleft(first)
 
     def ts_at(self, offset: int) -> float:
         """When the byte at stream ``offset`` was sent (chunks before it are forgotten)."""
@@ -200,6 +215,7 @@ class HttpDecoder:
         self._client_synced = False
         self._server_synced = False
         self._sync_ts = 0.0
+        self._held: tuple[list[tuple[bytes, float]], list[tuple[bytes, float]]] = ([], [])
         self._reset()
 
     def _reset(self) -> None:
@@ -217,21 +233,43 @@ class HttpDecoder:
         if self._raw:
             events.append(self._raw_notice(direction, data, ts))
             return events
-        if direction is Direction.CLIENT:
-            if not self._client_synced:
-                if not _REQUEST_LINE.match(data):
-                    return events
-                self._client_synced, self._sync_ts = True, ts
-            self._feed(self._req, direction, data, ts, events)
-        else:
-            if not self._server_synced:
-                if not (self._pending and ts >= self._sync_ts and data.startswith(b"HTTP/1.")):
-                    if not self._pending and self._client_synced:
-                        events.append(self._unpaired(data, ts))
-                    return events
-                self._server_synced = True
-            self._feed(self._resp, direction, data, ts, events)
+        synced = self._client_synced if direction is Direction.CLIENT else self._server_synced
+        pieces = [(data, ts)] if synced else self._sync(direction, data, ts, events)
+        conn = self._req if direction is Direction.CLIENT else self._resp
+        for piece, piece_ts in pieces:
+            self._feed(conn, direction, piece, piece_ts, events)
         return events
+
+    def _sync(
+        self, direction: Direction, data: bytes, ts: float, out: list[DecoderEvent]
+    ) -> list[tuple[bytes, float]]:
+        """While ``direction`` is out of sync: the pieces to parse (held bytes, each with
+        its ts, then ``data``) once they begin a message, else [] (held while they may
+        still be the start of one)."""
+        held = self._held[direction]
+        pieces = [*held, (data, ts)]
+        candidate = b"".join(p for p, _ in pieces)
+        if direction is Direction.CLIENT:
+            start = _REQUEST_LINE.match(candidate) is not None
+            maybe = b"\n" not in candidate and bool(_REQUEST_START.fullmatch(candidate[:MAX_HEAD]))
+        else:
+            answering = bool(self._pending) and pieces[0][1] >= self._sync_ts
+            start = answering and candidate.startswith(b"HTTP/1.")
+            maybe = answering and b"HTTP/1.".startswith(candidate)
+            if not self._pending and self._client_synced:
+                out.append(self._unpaired(data, ts))
+        if start:
+            held.clear()
+            if direction is Direction.CLIENT:
+                self._client_synced, self._sync_ts = True, pieces[0][1]
+            else:
+                self._server_synced = True
+            return pieces
+        if maybe and len(candidate) < MAX_HEAD:
+            held.append((data, ts))
+        else:
+            held.clear()
+        return []
 
     def gap(self, direction: Direction, n: int, ts: float, cut: bool) -> list[DecoderEvent]:
         events: list[DecoderEvent] = []
@@ -269,14 +307,19 @@ class HttpDecoder:
     # -- parsing
 
     def _feed(
-        self, conn: h11.Connection, direction: Direction, data: bytes, ts: float, out: list[DecoderEvent]
+        self,
+        conn: h11.Connection,
+        direction: Direction,
+        data: bytes,
+        ts: float,
+        out: list[DecoderEvent],
     ) -> None:
         side = self._sides[direction]
         if data:
-            if conn.their_state in (h11.DONE, h11.MIGHT_SWITCH_PROTOCOL):
-                if len(conn.trailing_data[0]) + len(data) > MAX_BUFFER:
-                    self._desync(out, f"more than {MAX_BUFFER} bytes while paused", ts, direction)
-                    return
+            paused = conn.their_state not in (h11.IDLE, h11.SEND_RESPONSE, h11.SEND_BODY)
+            if paused and len(conn.trailing_data[0]) + len(data) > MAX_BUFFER:
+                self._desync(out, f"more than {MAX_BUFFER} bytes while paused", ts, direction)
+                return
             side.add(len(data), ts)
         try:
             conn.receive_data(data)
@@ -316,9 +359,7 @@ class HttpDecoder:
                 if ex.mirrored and self._resp.our_state is h11.SEND_BODY:
                     self._resp.send(h11.EndOfMessage())
                 if not ex.switch:  # answer it at once, to go on to the next request
-                    req.send(h11.Response(status_code=200, headers=[(b"content-length", b"0")]))
-                    req.send(h11.EndOfMessage())
-                    self._cycle(req)
+                    self._answer(200)
                 self._complete(out)
 
     def _request(self, ev: h11.Request) -> None:
@@ -355,8 +396,10 @@ class HttpDecoder:
                     ex.resp_headers = list(ev.headers)
                     ex.ts_reply = side.ts_at(end - 1)
                     self._req.send(h11.InformationalResponse(status_code=101, headers=ev.headers))
-                else:
+                elif len(ex.informational) < MAX_INFORMATIONAL:
                     ex.informational.append(f"{ev.status_code} {_text(ev.reason)}".rstrip())
+                elif len(ex.informational) == MAX_INFORMATIONAL:
+                    ex.informational.append("...")  # more of them, not listed
             elif isinstance(ev, h11.Response):
                 ex.status, ex.reason, ex.resp_headers = ev.status_code, ev.reason, list(ev.headers)
                 ex.ts_reply = side.ts_at(side.msg_start)
@@ -364,12 +407,9 @@ class HttpDecoder:
                 body = ex.resp_body
                 body.chunked, body.remaining = _framing(ex.resp_headers)
                 body.until_close = not body.chunked and body.remaining < 0
-                if ex.switch and self._req.their_state is h11.MIGHT_SWITCH_PROTOCOL:
+                if ex.switch and ex.done and self._req.our_state is h11.SEND_RESPONSE:
                     # tell _req how the server answered the switch proposal
-                    self._req.send(h11.Response(status_code=ev.status_code, headers=[]))
-                    if self._req.our_state is h11.SEND_BODY:
-                        self._req.send(h11.EndOfMessage())
-                    self._cycle(self._req)
+                    self._answer(ev.status_code)
                 if self._hijacked(ex):
                     self._switched(out, ts)
                     return progress
@@ -403,6 +443,14 @@ class HttpDecoder:
             if ex.done:
                 resp.send(h11.EndOfMessage())
             return
+
+    def _answer(self, status: int) -> None:
+        """Send ``status`` with an empty body on _req (a 2xx to CONNECT switches it)."""
+        req = self._req
+        req.send(h11.Response(status_code=status, headers=[(b"content-length", b"0")]))
+        if req.our_state is h11.SEND_BODY:
+            req.send(h11.EndOfMessage())
+        self._cycle(req)
 
     @staticmethod
     def _cycle(conn: h11.Connection) -> None:
@@ -457,6 +505,8 @@ class HttpDecoder:
             self._finish(self._pending.popleft(), out, lost=True)
         self._reset()
         self._client_synced = self._server_synced = False
+        for held in self._held:
+            held.clear()
         out.append(Notice(self.protocol, direction, "undecodable", why, ts))
 
     # -- events
@@ -522,7 +572,10 @@ class HttpDecoder:
 
     def _headers(self, headers: list[tuple[bytes, bytes]]) -> list[list[str]]:
         shown = [
-            [_text(k), REDACTED if self.redact and k in SECRET_HEADERS else clip(_text(v), HEADER_VALUE)]
+            [
+                _text(k),
+                REDACTED if self.redact and k in SECRET_HEADERS else clip(_text(v), HEADER_VALUE),
+            ]
             for k, v in headers[:MAX_HEADERS]
         ]
         if len(headers) > MAX_HEADERS:
@@ -551,4 +604,6 @@ class HttpDecoder:
 
     def _unpaired(self, data: bytes, ts: float) -> Notice:
         summary = f"before any request: {self._shown(data)}"
-        return Notice(self.protocol, Direction.SERVER, "unpaired", summary, ts, {"bytes": len(data)})
+        return Notice(
+            self.protocol, Direction.SERVER, "unpaired", summary, ts, {"bytes": len(data)}
+        )
