@@ -18,10 +18,14 @@ from typing import Any
 
 import pytest
 from http_session import MISSING_ID, PINGS, SECRETS
+from pcap_helpers import TSHARK, Conn, tshark
 
+from usniff.decode import Undecoded, decode_records
 from usniff.decoders.base import DecoderEvent, Notice, Transaction
 from usniff.decoders.http import MAX_BUFFER, HttpDecoder, route
 from usniff.decoders.registry import detect
+from usniff.events import CaptureStats
+from usniff.outputs.pcapng import PcapngOutput
 from usniff.streams import Direction
 
 C, S = Direction.CLIENT, Direction.SERVER
@@ -319,3 +323,42 @@ def test_capture_redacted() -> None:
     assert all(secret in plain for secret in SECRETS)
     redacted = json.dumps(read("--redact"))
     assert not any(secret in redacted for secret in SECRETS)
+
+
+# --------------------------------------------------------------------------- pcapng flows
+
+
+@pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
+@pytest.mark.parametrize(
+    ("client", "server", "proto"),
+    [
+        (GET, OK, "http"),
+        # HTTP/2 with prior knowledge: the preface and a SETTINGS frame each way
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000"),
+         bytes.fromhex("000000040000000000"), "http2"),
+    ],
+)  # fmt: skip
+def test_pcapng_flows_dissected_by_tshark(
+    tmp_path: Path, client: bytes, server: bytes, proto: str
+) -> None:
+    """usniff's pcapng puts both on Wireshark's HTTP port, where stock tshark tells
+    HTTP/1.1 from an HTTP/2 preface by itself."""
+    out = PcapngOutput(str(tmp_path / "f.pcapng"))
+    conn = Conn(path="/run/podman/podman.sock", client_comm="curl", server_comm="podman")
+    records = conn.exchange([(False, client), (True, server)])
+    out.write(records)
+    out.close(CaptureStats(records=len(records), backend="test"))
+    path = str(tmp_path / "f.pcapng")
+    assert tshark("-r", path, "-Y", "_ws.malformed") == ""
+    frames = tshark("-r", path, "-Y", proto, "-T", "fields", "-e", "frame.protocols").split()
+    layers = {"http": {"http"}, "http2": {"http", "http2"}}[proto]  # h2 is handed on by http
+    assert len(frames) == 2 and all(set(f.split(":")) & {"http", "http2"} == layers
+                                    for f in frames), frames  # fmt: skip
+    decoded = list(decode_records(records))
+    if proto == "http":
+        assert [e.reply for e in decoded if isinstance(e, Transaction)] == [
+            "200 OK application/json 5 bytes"
+        ]
+    else:  # detected, not decoded as HTTP/1.1
+        assert {e.reason for e in decoded if isinstance(e, Undecoded)} == {"http2, no decoder"}
+        assert not [e for e in decoded if isinstance(e, Transaction | Notice)]
