@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from http_session import MISSING_ID, SECRETS, VOLUME_BODY, Sent, http_session
 from live_helpers import USNIFF, Usniff
 from pcap_helpers import TSHARK, tshark
 from servers import PODMAN, start_podman
-from test_live_decode import assert_clean_exit
+from test_live_decode import Run, assert_clean_exit
 
 pytestmark = [
     pytest.mark.root,
@@ -34,18 +34,10 @@ pytestmark = [
 
 
 @dataclass
-class Run:
-    sock: str
-    returncode: int
-    stdout: str
-    stderr: str
-    sent: list[Sent]
-    events_body: bytes
+class HttpRun(Run):
+    sent: list[Sent] = field(default_factory=list)
+    events_body: bytes = b""  # what the event stream delivered to curl
     pcapng: Path | None = None
-
-    @property
-    def events(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.stdout.splitlines()]
 
     @property
     def txs(self) -> list[dict[str, Any]]:
@@ -58,21 +50,22 @@ def _in_order(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted((e for e in events if e["type"] == "transaction"), key=lambda t: t["ts_request"])
 
 
-def _capture(tmp: str, *args: str) -> Run:
+def _capture(tmp: str, *args: str) -> HttpRun:
     with start_podman(tmp) as sock, Usniff("--path", sock, *args) as usniff:
         sent, events_body = http_session(sock)
         result = usniff.stop()
-    return Run(sock, result.returncode, result.text, result.stderr, sent, events_body)
+    events = [json.loads(line) for line in result.text.splitlines()] if "-w" not in args else []
+    return HttpRun(sock, result.returncode, result.text, result.stderr, events, sent, events_body)
 
 
 @pytest.fixture(scope="module")
-def json_run() -> Iterator[Run]:
+def json_run() -> Iterator[HttpRun]:
     with tempfile.TemporaryDirectory(prefix="usniff-http-") as tmp:
         yield _capture(tmp, "--format", "json", "--protocol", "auto", "--stats", "--redact")
 
 
 @pytest.fixture(scope="module")
-def pcapng_run() -> Iterator[Run]:
+def pcapng_run() -> Iterator[HttpRun]:
     with tempfile.TemporaryDirectory(prefix="usniff-http-") as tmp:
         out = Path(tmp) / "http.pcapng"
         run = _capture(tmp, "-w", str(out))
@@ -93,11 +86,11 @@ def _matches(txs: list[dict[str, Any]], sent: list[Sent]) -> None:
             assert tx["details"]["response_body"] == s.size, (tx, s)
 
 
-def test_capture_stops_cleanly(json_run: Run) -> None:
-    assert_clean_exit(json_run)  # type: ignore[arg-type]
+def test_capture_stops_cleanly(json_run: HttpRun) -> None:
+    assert_clean_exit(json_run)
 
 
-def test_every_request_paired_with_curls_status_and_size(json_run: Run) -> None:
+def test_every_request_paired_with_curls_status_and_size(json_run: HttpRun) -> None:
     txs = json_run.txs
     _matches(txs, json_run.sent)
     for tx in txs:
@@ -111,15 +104,14 @@ def test_every_request_paired_with_curls_status_and_size(json_run: Run) -> None:
     assert not kinds["undecodable"] and not kinds["unpaired"], kinds
 
 
-def test_request_and_reply_lines(json_run: Run) -> None:
+def test_request_and_reply_lines(json_run: HttpRun) -> None:
     by = {(t["details"]["method"], t["details"]["target"]): t for t in json_run.txs}
     missing = by[("GET", f"/v1.41/containers/{MISSING_ID}/json")]
     assert missing["error"] and missing["reply"].startswith("404 Not Found application/json")
     assert missing["command"] == "GET /v1.41/containers/{id}/json"
     version = by[("GET", "/v1.41/version")]
-    assert version["reply"] == "200 OK application/json 883 bytes" or version["reply"].startswith(
-        "200 OK application/json"
-    )
+    [size] = {s.size for s in json_run.sent if s.target == "/v1.41/version" and s.size >= 0}
+    assert version["reply"] == f"200 OK application/json {size} bytes"  # curl's size
     creates = [t for t in json_run.txs if t["command"] == "POST /v1.41/volumes/create"]
     assert len(creates) == 2
     plain, expect = creates
@@ -131,10 +123,11 @@ def test_request_and_reply_lines(json_run: Run) -> None:
     assert plain["details"]["request_body_preview"] == "***"  # --redact hides bodies
     # Expect: 100-continue: the 100 is shown, latency runs from the body's last byte
     assert expect["reply"].startswith("100 Continue; 201 Created"), expect
+    assert expect["ts_request"] < expect["ts_reply"]
     assert expect["details"]["informational"] == ["100 Continue"]
 
 
-def test_event_stream_shown_as_it_arrives(json_run: Run) -> None:
+def test_event_stream_shown_as_it_arrives(json_run: HttpRun) -> None:
     events = json_run.events
     stream = next(t for t in json_run.txs if t["command"] == "GET /v1.41/events")
     notices = [e for e in events if e["type"] == "notice" and e["kind"] == "stream"]
@@ -146,7 +139,7 @@ def test_event_stream_shown_as_it_arrives(json_run: Run) -> None:
     assert stream["reply"].startswith("200 OK application/json chunked")
 
 
-def test_pipelined_requests_paired(json_run: Run) -> None:
+def test_pipelined_requests_paired(json_run: HttpRun) -> None:
     last_two = json_run.txs[-2:]
     assert [t["command"] for t in last_two] == ["GET /v1.41/_ping", "GET /v1.41/version"]
     assert last_two[0]["conn"] == last_two[1]["conn"]
@@ -154,7 +147,7 @@ def test_pipelined_requests_paired(json_run: Run) -> None:
     assert last_two[0]["reply"] == "200 OK text/plain; charset=utf-8 2 bytes"
 
 
-def test_keep_alive_connection_carries_several_requests(json_run: Run) -> None:
+def test_keep_alive_connection_carries_several_requests(json_run: HttpRun) -> None:
     first = json_run.txs[:3]
     assert [t["command"] for t in first] == [
         "GET /v1.41/version", "GET /v1.41/info", "GET /v1.41/images/json",
@@ -162,7 +155,7 @@ def test_keep_alive_connection_carries_several_requests(json_run: Run) -> None:
     assert len({t["conn"] for t in first}) == 1
 
 
-def test_redact_masks_credentials(json_run: Run) -> None:
+def test_redact_masks_credentials(json_run: HttpRun) -> None:
     for secret in SECRETS:
         assert secret not in json_run.stdout and secret not in json_run.stderr, secret
     ping = next(
@@ -181,7 +174,7 @@ def _stats_table(stderr: str) -> dict[str, int]:
     return rows
 
 
-def test_stats_count_per_method_and_route(json_run: Run) -> None:
+def test_stats_count_per_method_and_route(json_run: HttpRun) -> None:
     table = _stats_table(json_run.stderr)
     expected = Counter(f"{s.method} {s.target}" for s in json_run.sent)
     expected["GET /v1.41/containers/{id}/json"] = expected.pop(
@@ -197,9 +190,9 @@ def _read(path: Path, *args: str) -> str:
     return out.stdout
 
 
-def test_pcapng_read_back_decodes_the_same(pcapng_run: Run) -> None:
+def test_pcapng_read_back_decodes_the_same(pcapng_run: HttpRun) -> None:
     assert pcapng_run.pcapng is not None
-    assert_clean_exit(pcapng_run)  # type: ignore[arg-type]
+    assert_clean_exit(pcapng_run)
     events = [
         json.loads(x)
         for x in _read(pcapng_run.pcapng, "--format", "json", "--protocol", "auto").splitlines()
@@ -213,7 +206,7 @@ def test_pcapng_read_back_decodes_the_same(pcapng_run: Run) -> None:
 
 
 @pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
-def test_tshark_dissects_http_without_options(pcapng_run: Run) -> None:
+def test_tshark_dissects_http_without_options(pcapng_run: HttpRun) -> None:
     path = str(pcapng_run.pcapng)
     assert tshark("-r", path, "-Y", "_ws.malformed") == ""
     requests = tshark("-r", path, "-Y", "http.request", "-T", "fields", "-e",
