@@ -193,15 +193,11 @@ class Capture(EventHandler):
     ``_handle(rec)``, once per ring record, is inherited from the C base class
     (:class:`usniff._fastpath.EventHandler`): a ring record becomes a Record in
     ``_batch``; it calls back into Python only for the rarer cases below
-    (``_announce``, ``_lookup``, ``_destination``, ``_count_loss``).  Measured
-    for 31-byte records: 0.55 us per record instead of 1.6 us in Python; the
-    collector as a whole 535-548k records/s instead of 218-232k
-    (``python bench/collector.py``, see the top of ``_fastpath.c``).
+    (``_announce``, ``_lookup``, ``_destination``, ``_count_loss``).
     ``poll()`` and ``finish()`` hand ``self`` to ``RingBuffer.drain``, whose
-    walk (C, ``_fastpath.drain``) calls that C ``_handle`` directly: 0.43-0.47
-    us per 31-byte record for walk and handling instead of 0.89-1.00 us with
-    the walk in Python; 699-786k records/s instead of 523-580k from ring to
-    pcapng.
+    walk (C, ``_fastpath.drain``) calls that C ``_handle`` directly.  Both are
+    in C because the per-record Python cost was the collector's limit; figures
+    in docs/performance.md ("Collector").
     """
 
     def __init__(self, opts: CaptureOptions) -> None:
