@@ -215,6 +215,7 @@ class HttpDecoder:
         self._client_synced = False
         self._server_synced = False
         self._sync_ts = 0.0
+        self._ts = 0.0  # of the latest feed or gap
         self._held: tuple[list[tuple[bytes, float]], list[tuple[bytes, float]]] = ([], [])
         self._reset()
 
@@ -233,12 +234,17 @@ class HttpDecoder:
         if self._raw:
             events.append(self._raw_notice(direction, data, ts))
             return events
-        synced = self._client_synced if direction is Direction.CLIENT else self._server_synced
-        pieces = [(data, ts)] if synced else self._sync(direction, data, ts, events)
+        self._ts = ts
+        pieces = (
+            [(data, ts)] if self._synced(direction) else self._sync(direction, data, ts, events)
+        )
         conn = self._req if direction is Direction.CLIENT else self._resp
-        for piece, piece_ts in pieces:
+        for piece, piece_ts in pieces:  # held pieces hold no line end: only the last can end a head
             self._feed(conn, direction, piece, piece_ts, events)
         return events
+
+    def _synced(self, direction: Direction) -> bool:
+        return self._client_synced if direction is Direction.CLIENT else self._server_synced
 
     def _sync(
         self, direction: Direction, data: bytes, ts: float, out: list[DecoderEvent]
@@ -277,8 +283,8 @@ class HttpDecoder:
             what = "cut by the snap length" if cut else "missing"
             events.append(Notice(self.protocol, direction, "raw", f"{n} bytes {what}", ts))
             return events
-        synced = self._client_synced if direction is Direction.CLIENT else self._server_synced
-        if not synced:
+        self._ts = ts
+        if not self._synced(direction):
             return events
         body = self._body_in_progress(direction)
         if cut and body is not None and (body.until_close or n <= body.remaining):
@@ -298,7 +304,7 @@ class HttpDecoder:
         events: list[DecoderEvent] = []
         head = self._pending[0] if self._pending else None
         if head is not None and head.resp_body.until_close and not head.resp_done:
-            self._feed(self._resp, Direction.SERVER, b"", 0.0, events)  # its body ends here
+            self._feed(self._resp, Direction.SERVER, b"", self._ts, events)  # its body ends here
         self._count_partial()
         while self._pending:
             self._finish(self._pending.popleft(), events)
