@@ -22,7 +22,7 @@ from pcap_helpers import TSHARK, Conn, tshark
 
 from usniff.decode import Undecoded, decode_records
 from usniff.decoders.base import DecoderEvent, Notice, Transaction
-from usniff.decoders.http import MAX_BUFFER, HttpDecoder, route
+from usniff.decoders.http import MAX_BUFFER, MAX_CHUNKS, HttpDecoder, route
 from usniff.decoders.registry import detect
 from usniff.events import CaptureStats
 from usniff.outputs.pcapng import PcapngOutput
@@ -263,6 +263,18 @@ def test_memory_bounded_while_a_switch_is_unanswered() -> None:
         out += dec.feed(C, bytes(65536), 1.0 + i)
     assert len(dec._req.trailing_data[0]) <= MAX_BUFFER
     assert notices(out, "undecodable")[0].summary == f"more than {MAX_BUFFER} bytes while paused"
+
+
+def test_a_body_in_many_writes_keeps_bounded_timestamps() -> None:
+    n = 5 * MAX_CHUNKS
+    dec = HttpDecoder()
+    out = dec.feed(C, GET, 1.0)
+    out += dec.feed(S, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % n, 2.0)
+    for i in range(n):
+        out += dec.feed(S, b"x", 3.0 + i)
+        assert len(dec._sides[S].chunks) <= MAX_CHUNKS + 1
+    [tx] = txs(out)
+    assert (tx.ts_reply, tx.reply, tx.details["response_body"]) == (2.0, f"200 OK {n} bytes", n)
 
 
 # --------------------------------------------------------------------------- redaction
