@@ -169,7 +169,8 @@ PODMAN = shutil.which("podman") or "/usr/bin/podman"
 @contextlib.contextmanager
 def start_podman(tmpdir: str | os.PathLike[str]) -> Iterator[str]:
     """Run the Docker-compatible API server of podman on ``tmpdir/podman.sock``, with its
-    storage, run state and event log in ``tmpdir``; yield the socket path."""
+    storage, run state and event log in ``tmpdir``; yield the socket path.  ``tmpdir`` must
+    be short: podman refuses a run root (``tmpdir/run``) longer than 50 characters."""
     d = Path(tmpdir)
     sock = d / "podman.sock"
     for sub in ("root", "run"):

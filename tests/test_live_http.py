@@ -222,3 +222,28 @@ def test_tshark_dissects_http_without_options(pcapng_run: HttpRun) -> None:
     # never ends (curl hung up mid-stream), so Wireshark's chunk reassembly never shows it
     wanted = [s.status for s in pcapng_run.sent if s.target != "/v1.41/events"] + [100]
     assert sorted(map(int, codes)) == sorted(wanted), codes
+
+
+def test_podman_remote_client() -> None:
+    """podman's own Go client (``podman --url``): every request it makes is paired, and
+    the ones its commands imply are there with the status their success implies."""
+    # podman refuses a run root path longer than 50 characters: not pytest's tmp_path
+    with tempfile.TemporaryDirectory(prefix="usniff-http-") as tmp, start_podman(tmp) as sock:
+        args = ["--path", sock, "--format", "json", "--protocol", "auto"]
+        with Usniff(*args) as usniff:
+            for cmd in (["volume", "create", "rv1"], ["volume", "ls"], ["volume", "rm", "rv1"]):
+                remote = ["podman", "--url", f"unix://{sock}", *cmd]
+                out = subprocess.run(remote, capture_output=True, text=True, timeout=60)
+                assert out.returncode == 0, out
+            result = usniff.stop()
+    events = [json.loads(line) for line in result.text.splitlines()]
+    assert not [e for e in events if e["type"] != "transaction"], events
+    got = {(e["command"], e["details"]["status"]) for e in events}
+    assert got == {
+        ("GET /v4.3.1/libpod/_ping", 200),
+        ("POST /v4.3.1/libpod/volumes/create", 201),
+        ("GET /v4.3.1/libpod/volumes/json", 200),
+        ("DELETE /v4.3.1/libpod/volumes/rv1", 204),
+    }, got
+    assert all(e["client_comm"] == e["server_comm"] == "podman" for e in events)
+    assert all(e["latency"] is not None for e in events)
