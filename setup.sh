@@ -12,7 +12,7 @@ fi
 
 PKGS="clang llvm make libbpf-dev libbpf1 bpftool python3-venv python3-dev gcc libc6-dev
       redis-server redis-tools mariadb-server mariadb-client postgresql postgresql-contrib tshark socat strace
-      busybox-static qemu-system-x86 cpio"
+      busybox-static qemu-system-x86 cpio podman curl"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

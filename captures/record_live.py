@@ -1,4 +1,4 @@
-"""Record captures/{redis,mysql,postgres}.pcapng with usniff itself (needs root).
+"""Record captures/{redis,mysql,postgres,http}.pcapng with usniff itself (needs root).
 
     sudo .venv/bin/python captures/record_live.py [redis|mysql|postgres ...]
 
@@ -7,8 +7,9 @@ Starts a real redis-server and a real mariadbd in a temporary directory, starts
 runs the scripted sessions of tests/live_helpers.py (redis-cli, redis-cli
 --pipe, SUBSCRIBE/PUBLISH, BLPOP, AUTH, redis-benchmark; the mariadb client and
 pymysql with multi-statements and COM_STMT_*; psql, psycopg and a raw client of
-tests/pg_session.py), then stops usniff with SIGTERM.
-tests/test_captures_offline.py decodes the files with ``usniff read`` (no root).
+tests/pg_session.py; curl against podman's Docker API, tests/http_session.py), then
+stops usniff with SIGTERM.  tests/test_captures_offline.py and tests/test_http.py decode
+the files with ``usniff read`` (no root).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from http_session import http_session  # noqa: E402
 from live_helpers import Usniff, create_redis_user, mysql_session, redis_session  # noqa: E402
 from pg_session import postgres_session  # noqa: E402
-from servers import start_mariadb, start_postgres, start_redis  # noqa: E402
+from servers import start_mariadb, start_podman, start_postgres, start_redis  # noqa: E402
 
 MAX_SIZE = 300_000
 BENCHMARK_REQUESTS = 64  # redis-benchmark -n: that many SETs and GETs (a multiple of -c*-P)
@@ -77,7 +79,7 @@ def record(
 
 
 def main(names: list[str]) -> None:
-    """Record the captures of ``names`` (redis, mysql, postgres; all when empty)."""
+    """Record the captures of ``names`` (redis, mysql, postgres, http; all when empty)."""
     if not names or "redis" in names:
         record(HERE / "redis.pcapng", start_redis,
                lambda sock: redis_session(sock, benchmark_requests=BENCHMARK_REQUESTS),
@@ -87,6 +89,8 @@ def main(names: list[str]) -> None:
     if not names or "postgres" in names:
         record(HERE / "postgres.pcapng", start_postgres,
                lambda sock: postgres_session(sock, with_pgbench=False), "postgres")  # fmt: skip
+    if not names or "http" in names:
+        record(HERE / "http.pcapng", start_podman, http_session, "http")
 
 
 if __name__ == "__main__":

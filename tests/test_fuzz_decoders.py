@@ -24,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from usniff.decoders.base import Decoder, Notice, Transaction
+from usniff.decoders.http import HttpDecoder
 from usniff.decoders.mysql import MysqlDecoder
 from usniff.decoders.postgres import PostgresDecoder
 from usniff.decoders.resp import RespDecoder
@@ -33,8 +34,9 @@ DECODERS: dict[str, Callable[[], Decoder]] = {
     "resp": RespDecoder,
     "mysql": MysqlDecoder,
     "postgres": PostgresDecoder,
+    "http": HttpDecoder,
 }
-CAPTURE = {"resp": "redis", "mysql": "mysql", "postgres": "postgres"}
+CAPTURE = {"resp": "redis", "mysql": "mysql", "postgres": "postgres", "http": "http"}
 RANDOM_BATCH = 400
 MUTATED_BATCH = 40
 COUNTS: Counter[str] = Counter()
@@ -47,6 +49,8 @@ ALPHABET = {
     "resp": b"*$+-:%~>|_#,(!=;.?\r\n0123456789-abcdefPINGSET ",
     "mysql": b"\x00\x01\x02\x03\x05\x0a\x0e\x16\x17\x19\xfb\xfc\xfd\xfe\xff#def\x08\x0cSELECT",
     "postgres": b"\x00\x00\x00\x00\x03\x04\x05\x06\x08\x0aQPBEDSXHCpTDCZRNAGHdcf123nstISELECT",
+    "http": b"GET POST HTTP/1.1 101 200\r\n\r\n: 0123456789abcdef;Content-Length:Transfer-Encoding:"
+    b"chunked Host:Upgrade:Connection:close Expect:100-continue",
 }
 
 
@@ -94,7 +98,7 @@ def _sessions(name: str) -> list[list[Step]]:
     return list(conns.values())
 
 
-PCAPNG = {"postgres"}  # captures recorded live by usniff (captures/record_live.py)
+PCAPNG = {"postgres", "http"}  # captures recorded live by usniff (captures/record_live.py)
 
 
 def _pcapng_sessions(name: str) -> list[list[Step]]:
