@@ -284,3 +284,13 @@ def test_refused_login_and_role_password_redacted() -> None:
     (tx,) = run([(C, msg(b"Q", sql)), (S, msg(b"C", b"ALTER ROLE\0") + READY)], redact=True)
     assert tx.request == "ALTER ROLE app PASSWORD '***' VALID UNTIL 'infinity'"
     assert tx.command == "ALTER ROLE app PASSWORD ? VALID UNTIL ?"
+
+
+def test_bind_with_fewer_formats_than_parameters() -> None:
+    """A malformed Bind (2 format codes, 3 values) decodes without an error: the
+    rest are taken as text (found by the fuzz test, seed 12912)."""
+    dec = PostgresDecoder()
+    body = (b"\0\0" + struct.pack("!h", 2) + struct.pack("!hh", 0, 1) + struct.pack("!h", 3)
+            + b"".join(struct.pack("!i", 1) + v for v in (b"a", b"b", b"c")) + b"\0\0")  # fmt: skip
+    bind = b"B" + struct.pack("!i", 4 + len(body)) + body
+    dec.feed(Direction.CLIENT, bind, 1.0)

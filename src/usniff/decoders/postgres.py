@@ -578,7 +578,8 @@ class PostgresDecoder:
                 shown.append(f"...+{n - i}")
                 break
             length = r.i32()
-            binary = bool(formats[i] if len(formats) > 1 else formats[0] if formats else 0)
+            # one format for all, or one per parameter (a short list: text for the rest)
+            binary = bool(formats[0] if len(formats) == 1 else i < len(formats) and formats[i])
             if length < 0:
                 shown.append(f"${i + 1}=NULL")
                 continue
