@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import detect as d
+from . import memcached as mc
 from .base import Decoder
 from .mysql import MysqlDecoder
 from .resp import RespDecoder
@@ -54,6 +55,15 @@ PROTOCOLS: tuple[Protocol, ...] = (
     Protocol(
         "postgres", 5432, "pgsql", client_first=d.pg_startup, server_first=d.pg_authentication
     ),
+    Protocol(
+        "memcached",
+        11211,
+        "memcache",
+        mc.MemcachedDecoder,
+        client_first=mc.client_first,
+        exchange=mc.exchange,
+    ),
+    Protocol("memcached-binary", 11211, "memcache", client_first=mc.binary_request),
 )
 BY_NAME = {p.name: p for p in PROTOCOLS}
 DECODABLE = tuple(p.name for p in PROTOCOLS if p.decoder is not None)
