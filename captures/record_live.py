@@ -1,12 +1,13 @@
-"""Record captures/redis.pcapng and captures/mysql.pcapng with usniff itself (needs root).
+"""Record captures/{redis,mysql,memcached}.pcapng with usniff itself (needs root).
 
-    sudo .venv/bin/python captures/record_live.py
+    sudo .venv/bin/python captures/record_live.py [redis|mysql|memcached ...]   # default: all
 
-Starts a real redis-server and a real mariadbd in a temporary directory, starts
+Starts a real redis-server, mariadbd and memcached in a temporary directory, starts
 ``usniff --path SOCKET -w FILE`` (waiting for its ``capturing with the`` line),
 runs the scripted sessions of tests/live_helpers.py (redis-cli, redis-cli
 --pipe, SUBSCRIBE/PUBLISH, BLPOP, AUTH, redis-benchmark; the mariadb client and
-pymysql with multi-statements and COM_STMT_*), then stops usniff with SIGTERM.
+pymysql with multi-statements and COM_STMT_*; memcached_session's text and meta
+commands), then stops usniff with SIGTERM.
 tests/test_captures_offline.py decodes the files with ``usniff read`` (no root).
 """
 
@@ -23,8 +24,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from live_helpers import Usniff, create_redis_user, mysql_session, redis_session  # noqa: E402
-from servers import start_mariadb, start_redis  # noqa: E402
+from live_helpers import (  # noqa: E402
+    Usniff,
+    create_redis_user,
+    memcached_session,
+    mysql_session,
+    redis_session,
+)
+from servers import start_mariadb, start_memcached, start_redis  # noqa: E402
 
 MAX_SIZE = 300_000
 BENCHMARK_REQUESTS = 64  # redis-benchmark -n: that many SETs and GETs (a multiple of -c*-P)
@@ -44,6 +51,8 @@ def problems(path: Path, protocol: str) -> list[str]:
             ev["type"] == "transaction"
             and ev["ts_reply"] is None
             and ev["command"] != "COM_QUIT"
+            and not ev["details"].get("reply_suppressed")  # memcached noreply, quit
+            and not ev["details"].get("quiet")  # memcached meta q: its reply code suppressed
             and not ev["request"].startswith("CLOSE ")
         ):
             found.append(f"no reply: {ev['request']}")
@@ -51,7 +60,7 @@ def problems(path: Path, protocol: str) -> list[str]:
 
 
 def record(
-    out: Path, start: Callable[..., object], session: Callable[[str], None], protocol: str
+    out: Path, start: Callable[..., object], session: Callable[[str], object], protocol: str
 ) -> None:
     with (
         tempfile.TemporaryDirectory(prefix="usniff-rec-", dir="/tmp") as tmp,
@@ -74,11 +83,18 @@ def record(
     print(f"{out}: {size} bytes; {result.stderr.strip().splitlines()[-1]}")
 
 
+RECORDINGS: dict[str, tuple[Callable[..., object], Callable[[str], object], str]] = {
+    "redis": (start_redis,
+              lambda sock: redis_session(sock, benchmark_requests=BENCHMARK_REQUESTS), "resp"),
+    "mysql": (start_mariadb, mysql_session, "mysql"),
+    "memcached": (start_memcached, memcached_session, "memcached"),
+}  # fmt: skip
+
+
 def main() -> None:
-    record(HERE / "redis.pcapng", start_redis,
-           lambda sock: redis_session(sock, benchmark_requests=BENCHMARK_REQUESTS),
-           "resp")  # fmt: skip
-    record(HERE / "mysql.pcapng", start_mariadb, mysql_session, "mysql")
+    for name in sys.argv[1:] or RECORDINGS:
+        start, session, protocol = RECORDINGS[name]
+        record(HERE / f"{name}.pcapng", start, session, protocol)
 
 
 if __name__ == "__main__":
