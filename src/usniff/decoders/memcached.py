@@ -48,6 +48,7 @@ KEEP = 256  # bytes kept of each data block
 MAX_LINE = 64 * 1024  # longest command or reply line accepted
 SUMMARY = 160  # characters of a request/reply summary
 PREVIEW = 48  # characters of one value or key preview
+SHOWN = 16  # reply units kept for the summary (a multi-get's VALUEs, stats lines)
 KEY_MAX = 250  # memcached's longest key: a longer one is refused, its data not read
 
 STORAGE = frozenset((b"set", b"add", b"replace", b"append", b"prepend", b"cas"))
@@ -78,6 +79,7 @@ REPLY_WORDS = frozenset(
 )
 _COMMAND_START = re.compile(rb"([a-z_]{2,20})[ \r\n]")
 _REPLY_START = re.compile(rb"([A-Z_]{2,12}|\d{1,20})[ \r\n]")
+_SYNC_PREFIX = (re.compile(rb"[a-z_]*"), re.compile(rb"[A-Z_0-9]*"))  # client, server
 
 
 class ProtocolError(ValueError):
@@ -235,7 +237,12 @@ class _Request:
     key: bytes = b""
     quiet: bool = False
     opaque: bytes | None = None
-    units: list[Unit] = field(default_factory=list)
+    units: list[Unit] = field(default_factory=list)  # the first SHOWN reply units
+    received: int = 0  # reply units
+    last: Unit | None = None
+    hits: int = 0  # VALUE items
+    value_bytes: int = 0
+    error: bool = False
     reply_bytes: int = 0
     ts_reply: float | None = None
     done: bool = False
@@ -250,7 +257,7 @@ class MemcachedDecoder:
         self._framers = (Framer(request_block), Framer(reply_block))
         self._pending: deque[_Request] = deque()
         self._sync_ts: float | None = None
-        self._sync_buf = b""
+        self._sync_buf = [b"", b""]
         self._server_synced = False
         self._watching = False
 
@@ -274,7 +281,7 @@ class MemcachedDecoder:
             direction is Direction.CLIENT or self._server_synced
         )
         if cut and not parsing:
-            self._sync_buf = b""
+            self._sync_buf = [b"", b""]
             return events
         units = self._framers[direction].skip(n, ts) if cut and parsing else None
         if units is None:
@@ -292,26 +299,26 @@ class MemcachedDecoder:
     # -- sync
 
     def _synced(self, direction: Direction, data: bytes, ts: float) -> bytes | None:
-        if direction is Direction.CLIENT:
-            if self._sync_ts is not None:
-                return data
-            candidate = self._sync_buf + data
-            self._sync_buf = b""
-            start = _COMMAND_START.match(candidate)
-            if start is None or start[1] not in COMMANDS:
-                if len(candidate) < 24 and re.fullmatch(rb"[a-z_]*", candidate):
-                    self._sync_buf = candidate  # too short to tell yet
-                return None
+        """The bytes to parse, or None while waiting for a sync point (the start of a
+        chunk too short to judge is kept until the next chunk of its direction)."""
+        client = direction is Direction.CLIENT
+        if self._sync_ts is not None and (client or self._server_synced):
+            return data
+        if not client and (self._sync_ts is None or ts < self._sync_ts):
+            return None
+        candidate = self._sync_buf[direction] + data
+        self._sync_buf[direction] = b""
+        start, words = (_COMMAND_START, COMMANDS) if client else (_REPLY_START, REPLY_WORDS)
+        found = start.match(candidate)
+        if found is None or not (found[1] in words or found[1].isdigit()):
+            if len(candidate) < 24 and _SYNC_PREFIX[direction].fullmatch(candidate):
+                self._sync_buf[direction] = candidate
+            return None
+        if client:
             self._sync_ts = ts
-            return candidate
-        if not self._server_synced:
-            if self._sync_ts is None or ts < self._sync_ts:
-                return None
-            start = _REPLY_START.match(data)
-            if start is None or not (start[1] in REPLY_WORDS or start[1].isdigit()):
-                return None
+        else:
             self._server_synced = True
-        return data
+        return candidate
 
     def _desync(
         self, events: list[DecoderEvent], reason: str, ts: float, direction: Direction
@@ -320,7 +327,7 @@ class MemcachedDecoder:
             self._finish(self._pending.popleft(), events, "(lost sync)")
         self._framers = (Framer(request_block), Framer(reply_block))
         self._sync_ts = None
-        self._sync_buf = b""
+        self._sync_buf = [b"", b""]
         self._server_synced = False
         self._watching = False
         events.append(Notice(self.protocol, direction, "undecodable", reason, ts))
@@ -383,7 +390,14 @@ class MemcachedDecoder:
             )
             return
         head = self._pending[0]
-        head.units.append(unit)
+        head.received += 1
+        head.last = unit
+        if len(head.units) < SHOWN:
+            head.units.append(unit)
+        if code == b"VALUE" and unit.data is not None:
+            head.hits += 1
+            head.value_bytes += unit.size
+        head.error |= code in ERRORS
         head.reply_bytes += unit.nbytes
         head.cut += unit.cut
         if head.ts_reply is None:
@@ -398,7 +412,7 @@ class MemcachedDecoder:
     def _skips(head: _Request, unit: Unit, code: bytes) -> bool:
         """A quiet meta request that cannot have sent ``unit``: it was answered
         with its suppressed code."""
-        if not head.quiet or head.units or code in ERRORS:
+        if not head.quiet or head.received or code in ERRORS:
             return False
         codes, _ = _META_CODES.get(head.name, (frozenset(), b""))
         if code not in codes or code == _META_CODES[head.name][1]:
@@ -422,12 +436,14 @@ class MemcachedDecoder:
     def _finish(self, req: _Request, events: list[DecoderEvent], why: str) -> None:
         """Report ``req``; without a reply ``why`` says why ("(lost sync)", or ""
         when none came before the end: unanswered unless none was owed)."""
-        error = any(u.words[:1] and u.words[0] in ERRORS for u in req.units)
-        reply = self._reply_text(req) if req.units else why
+        reply = self._reply_text(req) if req.received else why
         if req.quiet:
             req.details["quiet"] = True
         unanswered = (
-            not req.units and not why and not req.quiet and not req.details.get("reply_suppressed")
+            not req.received
+            and not why
+            and not req.quiet
+            and not req.details.get("reply_suppressed")
         )
         events.append(
             Transaction(
@@ -435,7 +451,7 @@ class MemcachedDecoder:
                 req.command,
                 req.text,
                 reply,
-                error,
+                req.error,
                 req.ts,
                 req.ts_reply,
                 req.nbytes,
@@ -447,19 +463,22 @@ class MemcachedDecoder:
         )
 
     def _reply_text(self, req: _Request) -> str:
-        units = req.units
+        units, last = req.units, req.last
+        assert last is not None
         if req.name in RETRIEVAL:
-            values = [u for u in units if u.words[:1] == [b"VALUE"]]
-            req.details["hits"] = len(values)
-            req.details["value_bytes"] = sum(u.size for u in values)
-            parts = [_value_text(u) for u in values]
-            if units[-1].words[:1] != [b"END"]:
-                parts.append(_unit_text(units[-1]))  # an error
-            text = f"{len(values)}/{req.details.get('keys', 0)} hit"
+            req.details.update(hits=req.hits, value_bytes=req.value_bytes)
+            parts = [_value_text(u) for u in units if u.data is not None and u.words[0] == b"VALUE"]
+            if req.hits > len(parts):
+                parts.append(f"...+{req.hits - len(parts)}")
+            if last.words[:1] != [b"END"]:
+                parts.append(_unit_text(last))  # an error
+            text = f"{req.hits}/{req.details.get('keys', 0)} hit"
             return clip(text + (": " + ", ".join(parts) if parts else ""), SUMMARY)
-        if req.name in _MULTI_LINE and len(units) > 1:
-            req.details["lines"] = len(units) - 1
-            return clip(", ".join(_unit_text(u) for u in units[:-1]), SUMMARY)
+        if req.name in _MULTI_LINE and req.received > 1:
+            req.details["lines"] = req.received - 1
+            shown = [_unit_text(u) for u in units if u is not last]
+            more = req.received - 1 - len(shown)
+            return clip(", ".join(shown + ([f"...+{more}"] if more else [])), SUMMARY)
         return clip("; ".join(_unit_text(u) for u in units), SUMMARY)
 
 
