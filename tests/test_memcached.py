@@ -114,7 +114,7 @@ def test_big_value_streamed_and_cut_by_snap_length() -> None:
     events = d.feed(C, b"set big 0 0 %d\r\n" % size + b"a" * 1000, 1.0)
     events += d.gap(C, size - 1000, 1.0, True)  # the rest of the value not captured
     events += d.feed(C, b"\r\n", 1.1)
-    assert len(d._framers[0].buf) == 0  # the value is not buffered
+    assert len(d._parsers[0].buf) == 0  # the value is not buffered
     events += d.feed(S, b"STORED\r\n", 2.0)
     (t,) = txs(events)
     assert t.request == f'set big 0 0 {size} "{"a" * 48}"...({size} bytes)'
@@ -151,7 +151,7 @@ def test_long_line_is_given_up_with_a_notice() -> None:
     assert [(type(e).__name__, getattr(e, "summary", "")) for e in events] == [
         ("Notice", "protocol error: line too long")
     ]
-    assert len(d._framers[0].buf) == 0
+    assert len(d._parsers[0].buf) == 0
 
 
 def test_multi_get_and_stats_keep_a_bounded_summary() -> None:

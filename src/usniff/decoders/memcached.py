@@ -42,7 +42,15 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..streams import Direction
-from .base import DecoderEvent, Details, Notice, Transaction, clip, show_bytes
+from .base import (
+    DecoderEvent,
+    FramedDecoder,
+    Notice,
+    Pending,
+    ProtocolError,
+    clip,
+    show_bytes,
+)
 
 KEEP = 256  # bytes kept of each data block
 MAX_LINE = 64 * 1024  # longest command or reply line accepted
@@ -80,10 +88,6 @@ REPLY_WORDS = frozenset(
 _COMMAND_START = re.compile(rb"([a-z_]{2,20})[ \r\n]")
 _REPLY_START = re.compile(rb"([A-Z_]{2,12}|\d{1,20})[ \r\n]")
 _SYNC_PREFIX = (re.compile(rb"[a-z_]*"), re.compile(rb"[A-Z_0-9]*"))  # client, server
-
-
-class ProtocolError(ValueError):
-    pass
 
 
 @dataclass(slots=True)
@@ -227,13 +231,7 @@ def _flag(words: list[bytes], letter: bytes) -> bytes | None:
 
 
 @dataclass(slots=True)
-class _Request:
-    name: bytes
-    command: str
-    text: str
-    ts: float
-    nbytes: int
-    cut: int
+class _Request(Pending):
     key: bytes = b""
     quiet: bool = False
     opaque: bytes | None = None
@@ -242,61 +240,20 @@ class _Request:
     last: Unit | None = None
     hits: int = 0  # VALUE items
     value_bytes: int = 0
-    error: bool = False
-    reply_bytes: int = 0
-    ts_reply: float | None = None
-    done: bool = False
-    details: Details = field(default_factory=dict)
 
 
-class MemcachedDecoder:
+class MemcachedDecoder(FramedDecoder[Unit]):
     protocol = "memcached"
 
     def __init__(self, redact: bool = False) -> None:
         self.redact = redact  # the text and meta protocols carry no credentials
-        self._framers = (Framer(request_block), Framer(reply_block))
         self._pending: deque[_Request] = deque()
-        self._sync_ts: float | None = None
-        self._sync_buf = [b"", b""]
-        self._server_synced = False
-        self._watching = False
-
-    # -- public API
-
-    def feed(self, direction: Direction, data: bytes, ts: float) -> list[DecoderEvent]:
-        events: list[DecoderEvent] = []
-        synced = self._synced(direction, data, ts)
-        if synced is None:
-            return events
-        try:
-            units = self._framers[direction].feed(synced, ts)
-        except ProtocolError as exc:
-            return self._desync(events, f"protocol error: {exc}", ts, direction)
-        self._units(direction, units, ts, events)
-        return events
-
-    def gap(self, direction: Direction, n: int, ts: float, cut: bool) -> list[DecoderEvent]:
-        events: list[DecoderEvent] = []
-        parsing = self._sync_ts is not None and (
-            direction is Direction.CLIENT or self._server_synced
-        )
-        if cut and not parsing:
-            self._sync_buf = [b"", b""]
-            return events
-        units = self._framers[direction].skip(n, ts) if cut and parsing else None
-        if units is None:
-            why = f"{n} bytes {'cut by the snap length' if cut else 'missing'}"
-            return self._desync(events, why, ts, direction)
-        self._units(direction, units, ts, events)
-        return events
-
-    def close(self) -> list[DecoderEvent]:
-        events: list[DecoderEvent] = []
-        while self._pending:
-            self._finish(self._pending.popleft(), events, "")
-        return events
+        self._restart()
 
     # -- sync
+
+    def _forget_chunk_start(self) -> None:
+        self._sync_buf = [b"", b""]
 
     def _synced(self, direction: Direction, data: bytes, ts: float) -> bytes | None:
         """The bytes to parse, or None while waiting for a sync point (the start of a
@@ -320,27 +277,16 @@ class MemcachedDecoder:
             self._server_synced = True
         return candidate
 
-    def _desync(
-        self, events: list[DecoderEvent], reason: str, ts: float, direction: Direction
-    ) -> list[DecoderEvent]:
-        while self._pending:
-            self._finish(self._pending.popleft(), events, "(lost sync)")
-        self._framers = (Framer(request_block), Framer(reply_block))
+    def _restart(self) -> None:
+        self._parsers = (Framer(request_block), Framer(reply_block))
         self._sync_ts = None
-        self._sync_buf = [b"", b""]
+        self._sync_buf = [b"", b""]  # per direction: a chunk's start too short to judge
         self._server_synced = False
-        self._watching = False
-        events.append(Notice(self.protocol, direction, "undecodable", reason, ts))
-        return events
+        self._watching = False  # after `watch`: the server's lines are a log stream
 
-    def _units(
-        self, direction: Direction, units: list[Unit], ts: float, events: list[DecoderEvent]
-    ) -> None:
-        for unit in units:
-            if direction is Direction.CLIENT:
-                self._request(unit, ts, events)
-            else:
-                self._reply(unit, events)
+    def _abandon(self, events: list[DecoderEvent], why: str) -> None:
+        while self._pending:
+            self._finish(self._pending.popleft(), events, why)
 
     # -- requests
 
@@ -353,7 +299,8 @@ class MemcachedDecoder:
             shown.append(f"...+{len(words) - 40} words")
         if unit.data is not None:
             shown.append(show_bytes(unit.data, PREVIEW, unit.size) if unit.size else '""')
-        req = _Request(name, command, clip(" ".join(shown), SUMMARY), ts, unit.nbytes, unit.cut)
+        text = clip(" ".join(shown), SUMMARY)
+        req = _Request(name, command, text, ts, unit.nbytes, cut=unit.cut)
         if unit.data is not None:
             req.details["value_bytes"] = unit.size
         if name in RETRIEVAL:
@@ -445,22 +392,7 @@ class MemcachedDecoder:
             and not req.quiet
             and not req.details.get("reply_suppressed")
         )
-        events.append(
-            Transaction(
-                self.protocol,
-                req.command,
-                req.text,
-                reply,
-                req.error,
-                req.ts,
-                req.ts_reply,
-                req.nbytes,
-                req.reply_bytes,
-                req.details,
-                unanswered=unanswered,
-                cut=req.cut,
-            )
-        )
+        events.append(req.transaction(self.protocol, reply, unanswered))
 
     def _reply_text(self, req: _Request) -> str:
         units, last = req.units, req.last
