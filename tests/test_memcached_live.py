@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 import subprocess
 import tempfile
 from collections import Counter
@@ -25,6 +26,7 @@ from live_helpers import (
     USNIFF,
     Usniff,
     follow_all,
+    raw_exchange,
     memcached_session,
     memcached_stats,
 )
@@ -194,3 +196,26 @@ def test_pcapng_dissected_by_tshark_and_read_back(pcapng_run: tuple[Run, str]) -
     read = Run(run.sock, out.stdout, out.stderr, run.sent, run.received, {}, 0, 0)
     assert {e["type"] for e in events} == {"transaction"}
     assert_session(session_txs(read), run.sock)
+
+
+def test_binary_protocol_named_shown_raw_and_dissected(tmp_path: Path) -> None:
+    """A binary-protocol GET (the protocol of SASL): named, not decoded; in the pcapng on
+    memcache's port, where tshark dissects it."""
+    request = struct.pack(">BBHBBHIIQ", 0x80, 0x00, 3, 0, 0, 0, 3, 7, 0) + b"foo"
+    path = str(tmp_path / "bin.pcapng")
+    with start_memcached(tmp_path) as sock:
+        with Usniff("--path", sock, "--format", "json", "--protocol", "auto") as usniff:
+            reply = raw_exchange(sock, request, b"Not found")
+            result = usniff.stop()
+        with Usniff("--path", sock, "-w", path) as writer:
+            raw_exchange(sock, request, b"Not found")
+            writer.stop()
+    events = [json.loads(line) for line in result.text.splitlines()]
+    assert [(e["type"], e["direction"], e.get("not_decoded")) for e in events] == [
+        ("record", "client", "memcached-binary, no decoder"),
+        ("record", "server", "memcached-binary, no decoder"),
+    ]
+    assert reply[0] == 0x81
+    magic = tshark("-r", path, "-Y", "memcache", "-T", "fields", "-e", "memcache.magic")
+    assert magic.split() == ["128", "129"], magic
+    assert tshark("-r", path, "-Y", "_ws.malformed") == ""

@@ -51,6 +51,7 @@ from .base import (
     clip,
     show_bytes,
 )
+from .detect import ENOUGH
 
 KEEP = 256  # bytes kept of each data block
 MAX_LINE = 64 * 1024  # longest command or reply line accepted
@@ -450,7 +451,6 @@ _REPLY_LINE = re.compile(
     rb"|NOT_FOUND|DELETED|TOUCHED|OK|VERSION [!-~]+|STAT [!-~]+ [^\r\n]*|RESET|ERROR"
     rb"|(?:CLIENT|SERVER)_ERROR [^\r\n]*|\d{1,20})\r\n"
 )
-_ENOUGH = 64  # detect.ENOUGH: bytes of each side the detectors see
 
 # binary protocol request opcodes -> the extras length each must carry (None: 0 or 4)
 _BINARY_EXTRAS: dict[int, int | None] = {
@@ -474,7 +474,7 @@ def client_first(client: bytes) -> bool:
     end = line.end() + size
     if end + 2 <= len(client):
         return client[end : end + 2] == b"\r\n"
-    return len(client) >= _ENOUGH  # the block goes on past what detection keeps
+    return len(client) >= ENOUGH  # the block goes on past what detection keeps
 
 
 def exchange(client: bytes, server: bytes) -> bool | None:
@@ -482,13 +482,13 @@ def exchange(client: bytes, server: bytes) -> bool | None:
     line (``VALUE``, ``END``, ``STORED``, ``STAT``...); Redis answers in RESP."""
     line = _TEXT_LINE.match(client)
     if line is None:
-        incomplete = b"\n" not in client and len(client) < _ENOUGH and client[:1].islower()
+        incomplete = b"\n" not in client and len(client) < ENOUGH and client[:1].islower()
         return None if incomplete else False
     if line[1] not in COMMANDS:
         return False
     if _REPLY_LINE.match(server):
         return True
-    return None if b"\n" not in server and len(server) < _ENOUGH else False
+    return None if b"\n" not in server and len(server) < ENOUGH else False
 
 
 def binary_request(client: bytes) -> bool:
