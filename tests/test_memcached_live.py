@@ -26,9 +26,9 @@ from live_helpers import (
     USNIFF,
     Usniff,
     follow_all,
-    raw_exchange,
     memcached_session,
     memcached_stats,
+    raw_exchange,
 )
 from pcap_helpers import TSHARK, tshark
 from servers import start_memcached
