@@ -14,7 +14,7 @@ from live_helpers import MEMCACHED_EXPECTED
 from servers import start_memcached
 
 from usniff.decoders.base import DecoderEvent, Notice, Transaction
-from usniff.decoders.memcached import KEEP, MAX_LINE, SHOWN, MemcachedDecoder
+from usniff.decoders.memcached import KEEP, MAX_LINE, MAX_PENDING, SHOWN, MemcachedDecoder
 from usniff.decoders.registry import detect
 from usniff.pcapread import read_records
 from usniff.streams import Direction
@@ -215,3 +215,16 @@ def test_binary_protocol_detected_not_decoded(tmp_path: Path) -> None:
     assert detect(request, b"") == "memcached-binary"
     assert detect(request[:20], b"") is None  # not a whole header yet
     assert detect(b"\x80" + request[1:5] + b"\x01" + request[6:], b"") is None  # data type 1
+
+
+def test_quiet_bulk_load_without_replies_stays_bounded() -> None:
+    d = MemcachedDecoder()
+    n = MAX_PENDING + 100
+    events = d.feed(C, b"ms k 1 q\r\nx\r\n" * n, 1.0)  # quiet sets that all succeed: no reply
+    assert len(d._pending) == MAX_PENDING
+    assert [(t.reply, t.unanswered, t.details) for t in txs(events)] == [
+        ("", False, {"value_bytes": 1, "quiet": True})
+    ] * 100
+    events = d.feed(C, b"mn\r\n", 2.0) + d.feed(S, b"MN\r\n", 3.0)
+    # mn pushes out one more; the others learn their code from MN
+    assert [t.reply for t in txs(events)] == [""] + ["(HD, quiet)"] * (MAX_PENDING - 1) + ["MN"]

@@ -17,8 +17,9 @@ Pairing is FIFO, as the server answers in order, with three exceptions:
   key ``k`` when both sides carry them); otherwise the server answered it
   with the suppressed code, which the request shows as ``(EN, quiet)``, and
   the reply goes to the next request.  ``mn`` (answered ``MN``) thus closes a
-  pipeline.  A quiet request still pending when the connection closes is
-  reported without a reply (not unanswered: nothing was owed).
+  pipeline.  A quiet request still pending when the connection closes, or
+  when more than MAX_PENDING requests wait, is reported without a reply (not
+  unanswered: nothing was owed).
 * ``quit`` closes the connection; ``watch`` turns the connection into a log
   stream (its lines are ``monitor`` notices).
 
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..streams import Direction
@@ -58,6 +60,9 @@ MAX_LINE = 64 * 1024  # longest command or reply line accepted
 SUMMARY = 160  # characters of a request/reply summary
 PREVIEW = 48  # characters of one value or key preview
 SHOWN = 16  # reply units kept for the summary (a multi-get's VALUEs, stats lines)
+# requests kept waiting for a reply: quiet ones wait until a later reply, and a bulk
+# load of quiet sets may never get one
+MAX_PENDING = 4096
 KEY_MAX = 250  # memcached's longest key: a longer one is refused, its data not read
 
 STORAGE = frozenset((b"set", b"add", b"replace", b"append", b"prepend", b"cas"))
@@ -113,8 +118,8 @@ class _Block:
 class Framer:
     """Incremental splitter of one direction into :class:`Unit`s."""
 
-    def __init__(self, announces: object) -> None:
-        self._announces = announces  # words -> data block size or None
+    def __init__(self, announces: Callable[[list[bytes]], int | None]) -> None:
+        self._announces = announces  # a line's words -> its data block's size, or None
         self.buf = bytearray()
         self.block: _Block | None = None
         self.words: list[bytes] = []
@@ -162,7 +167,7 @@ class Framer:
                 self.words = bytes(buf[pos:nl]).split()
                 self.nbytes += nl + 1 - pos
                 pos = nl + 1
-                size = self._announces(self.words)  # type: ignore[operator]
+                size = self._announces(self.words)
                 if size is None:
                     done.append(self._unit(None))
                 else:
@@ -318,6 +323,9 @@ class MemcachedDecoder(FramedDecoder[Unit]):
             self._finish(req, events, "")
             return
         self._pending.append(req)
+        if len(self._pending) > MAX_PENDING:  # reported with what is known so far
+            old = self._pending.popleft()
+            self._finish(old, events, "" if old.quiet else "(too many requests in flight)")
 
     # -- replies
 
