@@ -1,13 +1,14 @@
-"""Record captures/{redis,mysql,memcached}.pcapng with usniff itself (needs root).
+"""Record captures/{redis,mysql,postgres,memcached}.pcapng with usniff itself (needs root).
 
-    sudo .venv/bin/python captures/record_live.py [redis|mysql|memcached ...]   # default: all
+    sudo .venv/bin/python captures/record_live.py [redis|mysql|postgres|memcached ...]
 
 Starts a real redis-server, mariadbd and memcached in a temporary directory, starts
 ``usniff --path SOCKET -w FILE`` (waiting for its ``capturing with the`` line),
 runs the scripted sessions of tests/live_helpers.py (redis-cli, redis-cli
 --pipe, SUBSCRIBE/PUBLISH, BLPOP, AUTH, redis-benchmark; the mariadb client and
-pymysql with multi-statements and COM_STMT_*; memcached_session's text and meta
-commands), then stops usniff with SIGTERM.
+pymysql with multi-statements and COM_STMT_*; psql, psycopg and a raw client of
+tests/pg_session.py; memcached_session's text and meta commands), then stops usniff
+with SIGTERM.
 tests/test_captures_offline.py decodes the files with ``usniff read`` (no root).
 """
 
@@ -31,7 +32,8 @@ from live_helpers import (  # noqa: E402
     mysql_session,
     redis_session,
 )
-from servers import start_mariadb, start_memcached, start_redis  # noqa: E402
+from pg_session import postgres_session  # noqa: E402
+from servers import start_mariadb, start_memcached, start_postgres, start_redis  # noqa: E402
 
 MAX_SIZE = 300_000
 BENCHMARK_REQUESTS = 64  # redis-benchmark -n: that many SETs and GETs (a multiple of -c*-P)
@@ -50,7 +52,7 @@ def problems(path: Path, protocol: str) -> list[str]:
         elif (
             ev["type"] == "transaction"
             and ev["ts_reply"] is None
-            and ev["command"] != "COM_QUIT"
+            and ev["command"] not in ("COM_QUIT", "TERMINATE", "CANCEL")
             and not ev["details"].get("reply_suppressed")  # memcached noreply, quit
             and not ev["details"].get("quiet")  # memcached meta q: its reply code suppressed
             and not ev["request"].startswith("CLOSE ")
@@ -83,19 +85,20 @@ def record(
     print(f"{out}: {size} bytes; {result.stderr.strip().splitlines()[-1]}")
 
 
-RECORDINGS: dict[str, tuple[Callable[..., object], Callable[[str], object], str]] = {
-    "redis": (start_redis,
-              lambda sock: redis_session(sock, benchmark_requests=BENCHMARK_REQUESTS), "resp"),
-    "mysql": (start_mariadb, mysql_session, "mysql"),
-    "memcached": (start_memcached, memcached_session, "memcached"),
-}  # fmt: skip
-
-
-def main() -> None:
-    for name in sys.argv[1:] or RECORDINGS:
-        start, session, protocol = RECORDINGS[name]
-        record(HERE / f"{name}.pcapng", start, session, protocol)
+def main(names: list[str]) -> None:
+    """Record the captures of ``names`` (redis, mysql, postgres, memcached; all when empty)."""
+    if not names or "redis" in names:
+        record(HERE / "redis.pcapng", start_redis,
+               lambda sock: redis_session(sock, benchmark_requests=BENCHMARK_REQUESTS),
+               "resp")  # fmt: skip
+    if not names or "mysql" in names:
+        record(HERE / "mysql.pcapng", start_mariadb, mysql_session, "mysql")
+    if not names or "postgres" in names:
+        record(HERE / "postgres.pcapng", start_postgres,
+               lambda sock: postgres_session(sock, with_pgbench=False), "postgres")  # fmt: skip
+    if not names or "memcached" in names:
+        record(HERE / "memcached.pcapng", start_memcached, memcached_session, "memcached")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

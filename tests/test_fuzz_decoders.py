@@ -9,29 +9,34 @@ runs 20x more.  ``test_zz_inputs_counted`` checks the count.
 
 from __future__ import annotations
 
+import base64
+import json
 import random
+import subprocess
+import sys
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
-from conftest import CAPTURES, capture
+from conftest import capture
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from usniff.decoders.base import Decoder, Notice, Transaction
 from usniff.decoders.memcached import MemcachedDecoder
 from usniff.decoders.mysql import MysqlDecoder
+from usniff.decoders.postgres import PostgresDecoder
 from usniff.decoders.resp import RespDecoder
-from usniff.events import Record
-from usniff.pcapread import read_records
 from usniff.streams import Direction, conn_key
 
 DECODERS: dict[str, Callable[[], Decoder]] = {
     "resp": RespDecoder,
     "mysql": MysqlDecoder,
+    "postgres": PostgresDecoder,
     "memcached": MemcachedDecoder,
 }
-CAPTURE = {"resp": "redis", "mysql": "mysql", "memcached": "memcached.pcapng"}
+CAPTURE = {"resp": "redis", "mysql": "mysql", "postgres": "postgres", "memcached": "memcached"}
 RANDOM_BATCH = 400
 MUTATED_BATCH = 40
 COUNTS: Counter[str] = Counter()
@@ -43,6 +48,7 @@ Step = tuple[Direction, bytes | int]
 ALPHABET = {
     "resp": b"*$+-:%~>|_#,(!=;.?\r\n0123456789-abcdefPINGSET ",
     "mysql": b"\x00\x01\x02\x03\x05\x0a\x0e\x16\x17\x19\xfb\xfc\xfd\xfe\xff#def\x08\x0cSELECT",
+    "postgres": b"\x00\x00\x00\x00\x03\x04\x05\x06\x08\x0aQPBEDSXHCpTDCZRNAGHdcf123nstISELECT",
     "memcached": b"\r\n 0123456789-getsmvqOkVALUEND VA HD EN MN STAT ERROR noreply",
 }
 
@@ -82,14 +88,31 @@ def random_stream(name: str, rng: random.Random) -> list[Step]:
 def _sessions(name: str) -> list[list[Step]]:
     """Per connection, the chunks of both directions in capture order (small ones only)."""
     conns: dict[object, list[Step]] = {}
-    source = CAPTURE[name]
-    records: Iterable[Record] = (
-        read_records(str(CAPTURES / source)) if source.endswith(".pcapng") else capture(source)
-    )
-    for rec in records:
+    if CAPTURE[name] in PCAPNG:
+        return _pcapng_sessions(CAPTURE[name])
+    for rec in capture(CAPTURE[name]):
         if rec.kind == "data" and len(rec.data) < 4096:
             direction = Direction.SERVER if rec.path_is_own else Direction.CLIENT
             conns.setdefault(conn_key(rec), []).append((direction, rec.data))
+    return list(conns.values())
+
+
+PCAPNG = {"postgres", "memcached"}  # captures recorded live by usniff (captures/record_live.py)
+
+
+def _pcapng_sessions(name: str) -> list[list[Step]]:
+    """The same from captures/<name>.pcapng, read by ``usniff read`` as raw records."""
+    path = Path(__file__).resolve().parent.parent / "captures" / f"{name}.pcapng"
+    usniff = str(Path(sys.executable).with_name("usniff"))
+    out = subprocess.run([usniff, "read", str(path), "--protocol", "raw", "--format", "json"],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    conns: dict[object, list[Step]] = {}
+    for line in out.stdout.splitlines():
+        row = json.loads(line)
+        if "data" in row and row["len"] < 4096:
+            direction = Direction.SERVER if row["direction"] == "server" else Direction.CLIENT
+            key = tuple(sorted((row["sock_id"], row["peer_id"])))
+            conns.setdefault(key, []).append((direction, base64.b64decode(row["data"])))
     return list(conns.values())
 
 

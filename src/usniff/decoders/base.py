@@ -156,8 +156,7 @@ class FramedDecoder(Generic[T]):
             return events
         messages = self._parsers[direction].skip(n, ts) if cut else None
         if messages is None:
-            why = f"{n} bytes {'cut by the snap length' if cut else 'missing'}"
-            return self._desync(events, why, ts, direction)
+            return self._desync(events, lost(n, cut), ts, direction)
         self._messages(direction, messages, ts, events)
         return events
 
@@ -210,6 +209,11 @@ class FramedDecoder(Generic[T]):
 
 
 REDACTED = "***"
+
+
+def lost(n: int, cut: bool) -> str:
+    """Why a decoder lost sync at a gap of ``n`` bytes (``cut``: by the snap length)."""
+    return f"{n} bytes {'cut by the snap length' if cut else 'missing'}"
 
 
 def clip(text: str, limit: int) -> str:
