@@ -11,7 +11,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 PKGS="clang llvm make libbpf-dev libbpf1 bpftool python3-venv python3-dev gcc libc6-dev
-      redis-server redis-tools mariadb-server mariadb-client postgresql postgresql-contrib tshark socat strace
+      redis-server redis-tools mariadb-server mariadb-client postgresql postgresql-contrib memcached tshark socat strace
       busybox-static qemu-system-x86 cpio podman curl"
 missing=""
 for p in $PKGS; do
@@ -25,7 +25,7 @@ if [ -n "$missing" ]; then
     apt-get install -y -q --no-install-recommends $missing
 fi
 # Debian's server packages start their daemons; the tests start their own.
-for svc in redis-server mariadb; do
+for svc in redis-server mariadb memcached; do
     (systemctl disable --now "$svc" || service "$svc" stop) >/dev/null 2>&1 || true
 done
 

@@ -1,15 +1,16 @@
-"""Record captures/{redis,mysql,postgres,http}.pcapng with usniff itself (needs root).
+"""Record captures/{redis,mysql,postgres,http,memcached}.pcapng with usniff itself (needs root).
 
-    sudo .venv/bin/python captures/record_live.py [redis|mysql|postgres ...]
+    sudo .venv/bin/python captures/record_live.py [redis|mysql|postgres|memcached ...]
 
-Starts a real redis-server and a real mariadbd in a temporary directory, starts
+Starts a real redis-server, mariadbd and memcached in a temporary directory, starts
 ``usniff --path SOCKET -w FILE`` (waiting for its ``capturing with the`` line),
 runs the scripted sessions of tests/live_helpers.py (redis-cli, redis-cli
 --pipe, SUBSCRIBE/PUBLISH, BLPOP, AUTH, redis-benchmark; the mariadb client and
 pymysql with multi-statements and COM_STMT_*; psql, psycopg and a raw client of
-tests/pg_session.py; curl against podman's Docker API, tests/http_session.py), then
-stops usniff with SIGTERM.  tests/test_captures_offline.py and tests/test_http.py decode
-the files with ``usniff read`` (no root).
+tests/pg_session.py; curl against podman's Docker API, tests/http_session.py;
+memcached_session's text and meta commands), then stops usniff with SIGTERM.
+tests/test_captures_offline.py and tests/test_http.py decode the files with ``usniff read``
+(no root).
 """
 
 from __future__ import annotations
@@ -26,9 +27,21 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from http_session import http_session  # noqa: E402
-from live_helpers import Usniff, create_redis_user, mysql_session, redis_session  # noqa: E402
+from live_helpers import (  # noqa: E402
+    Usniff,
+    create_redis_user,
+    memcached_session,
+    mysql_session,
+    redis_session,
+)
 from pg_session import postgres_session  # noqa: E402
-from servers import start_mariadb, start_podman, start_postgres, start_redis  # noqa: E402
+from servers import (  # noqa: E402
+    start_mariadb,
+    start_memcached,
+    start_podman,
+    start_postgres,
+    start_redis,
+)
 
 MAX_SIZE = 300_000
 BENCHMARK_REQUESTS = 64  # redis-benchmark -n: that many SETs and GETs (a multiple of -c*-P)
@@ -48,6 +61,8 @@ def problems(path: Path, protocol: str) -> list[str]:
             ev["type"] == "transaction"
             and ev["ts_reply"] is None
             and ev["command"] not in ("COM_QUIT", "TERMINATE", "CANCEL")
+            and not ev["details"].get("reply_suppressed")  # memcached noreply, quit
+            and not ev["details"].get("quiet")  # memcached meta q: its reply code suppressed
             and not ev["request"].startswith("CLOSE ")
         ):
             found.append(f"no reply: {ev['request']}")
@@ -55,7 +70,7 @@ def problems(path: Path, protocol: str) -> list[str]:
 
 
 def record(
-    out: Path, start: Callable[..., object], session: Callable[[str], None], protocol: str
+    out: Path, start: Callable[..., object], session: Callable[[str], object], protocol: str
 ) -> None:
     with (
         tempfile.TemporaryDirectory(prefix="usniff-rec-", dir="/tmp") as tmp,
@@ -79,7 +94,7 @@ def record(
 
 
 def main(names: list[str]) -> None:
-    """Record the captures of ``names`` (redis, mysql, postgres, http; all when empty)."""
+    """Record the captures of ``names`` (redis, mysql, postgres, http, memcached; all when empty)."""
     if not names or "redis" in names:
         record(HERE / "redis.pcapng", start_redis,
                lambda sock: redis_session(sock, benchmark_requests=BENCHMARK_REQUESTS),
@@ -91,6 +106,8 @@ def main(names: list[str]) -> None:
                lambda sock: postgres_session(sock, with_pgbench=False), "postgres")  # fmt: skip
     if not names or "http" in names:
         record(HERE / "http.pcapng", start_podman, http_session, "http")
+    if not names or "memcached" in names:
+        record(HERE / "memcached.pcapng", start_memcached, memcached_session, "memcached")
 
 
 if __name__ == "__main__":

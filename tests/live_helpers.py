@@ -431,3 +431,122 @@ def signal_on_exit(proc: subprocess.Popen[Any], sig: int = signal.SIGINT) -> Ite
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+# --------------------------------------------------------------------------- memcached
+
+BIG_VALUE = bytes(range(256)) * 8  # 2048 bytes, binary: shown quoted and cut
+# (requests sent in one write, what the last reply ends with); quit has no reply
+MEMCACHED_STEPS: list[tuple[list[bytes], bytes]] = [
+    ([b"set user:1 0 0 3\r\nann\r\n"], b"STORED\r\n"),
+    ([b"add user:1 0 0 1\r\nx\r\n"], b"NOT_STORED\r\n"),
+    ([b"set big 5 0 2048\r\n" + BIG_VALUE + b"\r\n"], b"STORED\r\n"),
+    ([b"get user:1 nope big\r\n"], b"END\r\n"),
+    ([b"gets user:1\r\n"], b"END\r\n"),
+    ([b"append user:1 0 0 2\r\n-x\r\n"], b"STORED\r\n"),
+    ([b"prepend nope 0 0 1\r\ny\r\n"], b"NOT_STORED\r\n"),
+    ([b"replace user:1 0 0 3\r\nbob\r\n"], b"STORED\r\n"),
+    ([b"cas user:1 0 0 1 999999\r\nz\r\n"], b"EXISTS\r\n"),
+    ([b"set n 0 0 1\r\n5\r\n"], b"STORED\r\n"),
+    ([b"incr n 10\r\n"], b"15\r\n"),
+    ([b"decr n 3\r\n"], b"12\r\n"),
+    ([b"incr nope 1\r\n"], b"NOT_FOUND\r\n"),
+    ([b"touch n 100\r\n"], b"TOUCHED\r\n"),
+    ([b"gat 100 n\r\n"], b"END\r\n"),
+    ([b"gats 100 n user:1\r\n"], b"END\r\n"),
+    ([b"delete n\r\n"], b"DELETED\r\n"),
+    ([b"delete n\r\n"], b"NOT_FOUND\r\n"),
+    ([b"set quiet 0 0 2 noreply\r\nhi\r\n", b"get quiet\r\n"], b"END\r\n"),
+    ([b"bogus\r\n"], b"ERROR\r\n"),
+    ([b"set k 0 0 x\r\n"], b"CLIENT_ERROR bad command line format\r\n"),
+    ([b"version\r\n"], b"\r\n"),
+    ([b"verbosity 1\r\n"], b"OK\r\n"),
+    ([b"stats\r\n"], b"END\r\n"),
+    (
+        [
+            b"ms m1 2 T0 O1 q\r\nhi\r\n",
+            b"mg m1 v O2 q\r\n",
+            b"mg nope v O3 q\r\n",
+            b"md nope O4 q\r\n",
+            b"ma cnt N0 J7 v O5\r\n",
+            b"mg m1 s v O6\r\n",
+            b"mn\r\n",
+        ],
+        b"MN\r\n",
+    ),  # fmt: skip
+    ([b"me m1\r\n"], b"\r\n"),
+    ([b"flush_all\r\n"], b"OK\r\n"),
+    ([b"quit\r\n"], b""),
+]
+# what the decoder must show for each request above, in order: (request, reply)
+MEMCACHED_EXPECTED = [
+    ("set user:1 0 0 3 ann", "STORED"),
+    ("add user:1 0 0 1 x", "NOT_STORED"),
+    ("set big 5 0 2048 " + '"' + "\\x00\\x01\\x02", "STORED"),
+    ("get user:1 nope big", "2/3 hit: user:1=ann, big=" + '"' + "\\x00\\x01\\x02"),
+    ("gets user:1", "1/1 hit: user:1=ann cas="),
+    ("append user:1 0 0 2 -x", "STORED"),
+    ("prepend nope 0 0 1 y", "NOT_STORED"),
+    ("replace user:1 0 0 3 bob", "STORED"),
+    ("cas user:1 0 0 1 999999 z", "EXISTS"),
+    ("set n 0 0 1 5", "STORED"),
+    ("incr n 10", "15"),
+    ("decr n 3", "12"),
+    ("incr nope 1", "NOT_FOUND"),
+    ("touch n 100", "TOUCHED"),
+    ("gat 100 n", "1/1 hit: n=12"),
+    ("gats 100 n user:1", "2/2 hit: n=12 cas="),
+    ("delete n", "DELETED"),
+    ("delete n", "NOT_FOUND"),
+    ("set quiet 0 0 2 noreply hi", ""),
+    ("get quiet", "1/1 hit: quiet=hi"),
+    ("bogus", "ERROR"),
+    ("set k 0 0 x", "CLIENT_ERROR bad command line format"),
+    ("version", "VERSION "),
+    ("verbosity 1", "OK"),
+    ("stats", "STAT pid "),
+    ("ms m1 2 T0 O1 q hi", "(HD, quiet)"),
+    ("mg m1 v O2 q", "VA 2 O2 hi"),
+    ("mg nope v O3 q", "(EN, quiet)"),
+    ("md nope O4 q", "NF O4"),
+    ("ma cnt N0 J7 v O5", "VA 1 O5 7"),
+    ("mg m1 s v O6", "VA 2 s2 O6 hi"),
+    ("mn", "MN"),
+    ("me m1", "ME m1 "),
+    ("flush_all", "OK"),
+    ("quit", ""),
+]
+
+
+def memcached_session(sock: str) -> tuple[bytes, bytes]:
+    """MEMCACHED_STEPS on one connection, each step in one write and read until its
+    reply ends (pipelined where a step holds several requests); returns (sent, received)."""
+    sent = received = b""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(sock)
+        s.settimeout(10)
+        for requests, end in MEMCACHED_STEPS:
+            payload = b"".join(requests)
+            s.sendall(payload)
+            got = b""
+            if not end:  # quit: the server closes the connection
+                assert s.recv(65536) == b""
+            while end and not got.endswith(end):
+                part = s.recv(65536)
+                assert part, (payload, got)
+                got += part
+            sent, received = sent + payload, received + got
+    return sent, received
+
+
+def memcached_stats(sock: str) -> tuple[dict[str, int], int, int]:
+    """memcached's own counters (``stats``) on a new connection, with the sizes of the
+    request and of its reply (the reply's bytes are not in its own bytes_written)."""
+    request = b"stats\r\n"
+    reply = raw_exchange(sock, request, b"END\r\n")
+    stats = {}
+    for line in reply.decode().splitlines():
+        _, name, value = line.split(" ", 2) if line.startswith("STAT ") else ("", "", "")
+        if value.isdigit():
+            stats[name] = int(value)
+    return stats, len(request), len(reply)

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from live_helpers import MYSQL_PASSWORD, PIPE_N, REDIS_PASSWORD, SUBSCRIBE_MESSAGE
+from live_helpers import (
+    MEMCACHED_EXPECTED,
+    MEMCACHED_STEPS,
+    MYSQL_PASSWORD,
+    PIPE_N,
+    REDIS_PASSWORD,
+    SUBSCRIBE_MESSAGE,
+)
 
 CAPTURES = Path(__file__).resolve().parent.parent / "captures"
 USNIFF = str(Path(sys.executable).with_name("usniff"))
@@ -43,7 +50,7 @@ def one(events: tuple[dict[str, Any], ...], request: str) -> dict[str, Any]:
     return found[0]
 
 
-@pytest.mark.parametrize("name", ["redis", "mysql"])
+@pytest.mark.parametrize("name", ["redis", "mysql", "memcached"])
 def test_captures_are_small_usniff_pcapng(name: str) -> None:
     data = (CAPTURES / f"{name}.pcapng").read_bytes()
     assert len(data) < 300_000
@@ -124,3 +131,19 @@ def test_mysql_capture_redacted() -> None:
     events = read("mysql", "mysql", "--redact")
     assert MYSQL_PASSWORD not in json.dumps(events)
     assert one(events, "CREATE USER app@localhost IDENTIFIED BY '***'")["reply"] == "OK"
+
+
+def test_memcached_capture_values() -> None:
+    """Text and meta commands, one pipelined meta batch with quiet flags: every
+    request in order with its reply; bytes equal to what the client sent."""
+    events = read("memcached", "auto")
+    assert {e["type"] for e in events} == {"transaction"}
+    got = txs(events)
+    assert len(got) == len(MEMCACHED_EXPECTED)
+    for tx, (request, reply) in zip(got, MEMCACHED_EXPECTED, strict=True):
+        assert tx["protocol"] == "memcached" and tx["request"].startswith(request), tx
+        assert tx["reply"].startswith(reply) if reply else tx["reply"] == "", tx
+        answered = not tx["details"].get("reply_suppressed") and not tx["reply"].startswith("(")
+        assert (tx["latency"] is not None) == answered and not tx["unanswered"], tx
+    sent = sum(len(b"".join(requests)) for requests, _ in MEMCACHED_STEPS)
+    assert sum(t["bytes_in"] for t in got) == sent

@@ -105,7 +105,7 @@ def test_detect() -> None:
     assert detect(b"PING\r\n", b"+PONG\r\n") == "resp"
     assert detect(b"PING\r\n", b"PING\r\n") == "unknown"  # an echo server
     assert detect(b"MSG hello\n", b"MSG hello\n") == "unknown"
-    assert detect(b"set foo 0 0 3\r\nbar\r\n", b"STORED\r\n") == "unknown"  # memcached
+    assert detect(b"set foo 0 0 3\r\nbar\r\n", b"STORED\r\n") == "memcached"
     assert detect(b"PI", b"+PONG\r\n") is None  # the line is not complete
     assert detect(b"", b"+PONG\r\n") is None  # replies alone prove nothing
     greeting = b"\x0a5.5.5-10.11\x00" + b"\x08\x00\x00\x00" + b"abcdefgh" + b"\x00" + bytes(40)

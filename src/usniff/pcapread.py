@@ -627,7 +627,7 @@ class Dissected:
     fields: dict[str, str]
 
 
-WIRESHARK_PROTOCOLS = tuple(p.wireshark for p in PROTOCOLS)
+WIRESHARK_PROTOCOLS = tuple(dict.fromkeys(p.wireshark for p in PROTOCOLS))
 
 
 def dissect_wireshark(

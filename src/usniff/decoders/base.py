@@ -11,7 +11,7 @@ messages, protocol labels, loss of sync) events.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from ..streams import Direction
 
@@ -48,6 +48,38 @@ class Transaction:
 
 
 @dataclass(slots=True)
+class Pending:
+    """A request waiting for its reply: what its Transaction will say."""
+
+    name: bytes
+    command: str
+    text: str
+    ts: float  # the request's last byte
+    nbytes: int
+    reply_bytes: int = 0
+    ts_reply: float | None = None  # the reply's first byte
+    error: bool = False
+    cut: int = 0
+    details: Details = field(default_factory=dict)
+
+    def transaction(self, protocol: str, reply: str, unanswered: bool) -> Transaction:
+        return Transaction(
+            protocol,
+            self.command,
+            self.text,
+            reply,
+            self.error,
+            self.ts,
+            self.ts_reply,
+            self.nbytes,
+            self.reply_bytes,
+            self.details,
+            unanswered=unanswered,
+            cut=self.cut,
+        )
+
+
+@dataclass(slots=True)
 class Notice:
     protocol: str
     direction: Direction
@@ -72,6 +104,108 @@ class Decoder(Protocol):
         ...
 
     def close(self) -> list[DecoderEvent]: ...
+
+
+class ProtocolError(ValueError):
+    """The bytes of one direction break the protocol's framing."""
+
+
+T = TypeVar("T")
+
+
+class Framing(Protocol[T]):
+    """One direction's incremental parser: bytes in, complete messages out."""
+
+    def feed(self, data: bytes, ts: float) -> list[T]: ...
+
+    def skip(self, n: int, ts: float) -> list[T] | None:
+        """``n`` bytes not captured (snap length): the messages that completes, or None
+        when they held framing."""
+        ...
+
+
+class FramedDecoder(Generic[T]):
+    """``feed`` and ``gap`` of a decoder that parses each direction with a
+    :class:`Framing` and resyncs (docs/decoders.md) at a client chunk that starts a
+    command, then at a server chunk sent after it that starts a reply (``_synced``)."""
+
+    protocol: str
+    _parsers: tuple[Framing[T], Framing[T]]
+    _sync_ts: float | None  # ts of the first command after (re)sync
+    _server_synced: bool
+
+    def feed(self, direction: Direction, data: bytes, ts: float) -> list[DecoderEvent]:
+        events: list[DecoderEvent] = []
+        synced = self._synced(direction, data, ts)
+        if synced is None:
+            return events
+        try:
+            messages = self._parsers[direction].feed(synced, ts)
+        except ProtocolError as exc:
+            return self._desync(events, f"protocol error: {exc}", ts, direction)
+        self._messages(direction, messages, ts, events)
+        return events
+
+    def gap(self, direction: Direction, n: int, ts: float, cut: bool) -> list[DecoderEvent]:
+        events: list[DecoderEvent] = []
+        parsing = self._sync_ts is not None and (
+            direction is Direction.CLIENT or self._server_synced
+        )
+        if cut and not parsing:  # the rest of a send() skipped while not in sync
+            self._forget_chunk_start()  # a command cannot continue across the cut
+            return events
+        messages = self._parsers[direction].skip(n, ts) if cut else None
+        if messages is None:
+            return self._desync(events, lost(n, cut), ts, direction)
+        self._messages(direction, messages, ts, events)
+        return events
+
+    def close(self) -> list[DecoderEvent]:
+        events: list[DecoderEvent] = []
+        self._abandon(events, "")
+        return events
+
+    def _desync(
+        self, events: list[DecoderEvent], reason: str, ts: float, direction: Direction
+    ) -> list[DecoderEvent]:
+        """Framing lost: report the requests in flight, wait for the next sync point."""
+        self._abandon(events, "(lost sync)")
+        self._restart()
+        events.append(Notice(self.protocol, direction, "undecodable", reason, ts))
+        return events
+
+    def _restart(self) -> None:
+        """Parsers and sync state as in a new decoder."""
+        raise NotImplementedError
+
+    def _abandon(self, events: list[DecoderEvent], why: str) -> None:
+        """Report every request in flight, without a reply: ``why`` says why ("" when
+        none came before the end)."""
+        raise NotImplementedError
+
+    def _synced(self, direction: Direction, data: bytes, ts: float) -> bytes | None:
+        """The bytes to parse, or None while waiting for a sync point."""
+        raise NotImplementedError
+
+    def _forget_chunk_start(self) -> None:
+        """Drop the start of a chunk kept while too short to judge."""
+        raise NotImplementedError
+
+    def _messages(
+        self, direction: Direction, messages: list[T], ts: float, events: list[DecoderEvent]
+    ) -> None:
+        for message in messages:
+            if direction is Direction.CLIENT:
+                self._request(message, ts, events)
+            else:
+                self._reply(message, events)
+
+    def _request(self, message: T, ts: float, events: list[DecoderEvent]) -> None:
+        """A request, complete at ``ts``."""
+        raise NotImplementedError
+
+    def _reply(self, message: T, events: list[DecoderEvent]) -> None:
+        raise NotImplementedError
 
 
 REDACTED = "***"

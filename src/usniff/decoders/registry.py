@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from . import detect as d
 from . import http as h
+from . import memcached as mc
 from .base import Decoder
 from .http import HttpDecoder
 from .mysql import MysqlDecoder
@@ -63,6 +64,15 @@ PROTOCOLS: tuple[Protocol, ...] = (
         client_first=d.pg_startup,
         server_first=d.pg_authentication,
     ),
+    Protocol(
+        "memcached",
+        11211,
+        "memcache",
+        mc.MemcachedDecoder,
+        client_first=mc.client_first,
+        exchange=mc.exchange,
+    ),
+    Protocol("memcached-binary", 11211, "memcache", client_first=mc.binary_request),
 )
 BY_NAME = {p.name: p for p in PROTOCOLS}
 DECODABLE = tuple(p.name for p in PROTOCOLS if p.decoder is not None)

@@ -33,7 +33,16 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..streams import Direction
-from .base import REDACTED, DecoderEvent, Details, Notice, Transaction, clip, lost, show_bytes
+from .base import (
+    REDACTED,
+    DecoderEvent,
+    FramedDecoder,
+    Notice,
+    Pending,
+    ProtocolError,
+    clip,
+    show_bytes,
+)
 
 KEEP = 256  # bytes kept of each bulk string
 MAX_ITEMS = 16  # elements kept of each aggregate
@@ -44,10 +53,6 @@ SUMMARY = 160  # characters of a request/reply summary
 _AGG = {ord("*"): "*", ord("~"): "~", ord("%"): "%", ord(">"): ">", ord("|"): "|"}
 _BLOB = {ord("$"): "$", ord("!"): "!", ord("="): "="}
 _CRLF = b"\r\n"
-
-
-class ProtocolError(ValueError):
-    pass
 
 
 @dataclass(slots=True)
@@ -456,82 +461,28 @@ _REPLY_START = frozenset(b"+-:$*%~>|_#,(!=")
 
 
 @dataclass(slots=True)
-class _Request:
-    name: bytes
-    command: str
-    text: str
-    ts: float
-    nbytes: int
+class _Request(Pending):
     expect: int = 1
     replies: list[str] = field(default_factory=list)
-    reply_bytes: int = 0
-    ts_reply: float | None = None  # first byte of the first reply
-    error: bool = False
-    cut: int = 0
-    details: Details = field(default_factory=dict)
 
 
-class RespDecoder:
+class RespDecoder(FramedDecoder[Message]):
     protocol = "resp"
 
     def __init__(self, redact: bool = False) -> None:
         self.redact = redact
-        self._parsers = (Parser(inline=True), Parser(inline=False))
         self._pending: deque[_Request] = deque()
-        self._sync_ts: float | None = None  # ts of the first command after (re)sync
-        self._sync_buf = b""  # start of a chunk too short to recognise a command in
-        self._server_synced = False
+        self._restart()
         self._subs: dict[str, set[bytes]] = {"channel": set(), "pattern": set(), "shard": set()}
-        self._monitor = False
         self._reply_off = False
         self._skip_next = False
 
-    # -- public API
-
-    def feed(self, direction: Direction, data: bytes, ts: float) -> list[DecoderEvent]:
-        events: list[DecoderEvent] = []
-        synced = self._synced(direction, data, ts)
-        if synced is None:
-            return events
-        try:
-            messages = self._parsers[direction].feed(synced, ts)
-        except ProtocolError as exc:
-            return self._desync(events, f"protocol error: {exc}", ts, direction)
-        self._messages(direction, messages, ts, events)
-        return events
-
-    def gap(self, direction: Direction, n: int, ts: float, cut: bool) -> list[DecoderEvent]:
-        events: list[DecoderEvent] = []
-        parsing = self._sync_ts is not None and (
-            direction is Direction.CLIENT or self._server_synced
-        )
-        if cut and not parsing:  # the rest of a send() skipped while not in sync
-            self._sync_buf = b""  # a command cannot continue across the cut
-            return events
-        messages = self._parsers[direction].skip(n, ts) if cut else None
-        if messages is None:
-            return self._desync(events, lost(n, cut), ts, direction)
-        self._messages(direction, messages, ts, events)
-        return events
-
-    def _messages(
-        self, direction: Direction, messages: list[Message], ts: float, events: list[DecoderEvent]
-    ) -> None:
-        for msg in messages:
-            if direction is Direction.CLIENT:
-                self._request(msg, ts, events)
-            else:
-                self._reply(msg, events)
-
-    def close(self) -> list[DecoderEvent]:
-        events: list[DecoderEvent] = []
-        self._abandon(events, "")
-        return events
-
     # -- sync
 
+    def _forget_chunk_start(self) -> None:
+        self._sync_buf = b""
+
     def _synced(self, direction: Direction, data: bytes, ts: float) -> bytes | None:
-        """The bytes to parse, or None while waiting for a sync point."""
         if direction is Direction.CLIENT:
             if self._sync_ts is None:
                 candidate = self._sync_buf + data
@@ -554,17 +505,12 @@ class RespDecoder:
             self._server_synced = True
         return data
 
-    def _desync(
-        self, events: list[DecoderEvent], reason: str, ts: float, direction: Direction
-    ) -> list[DecoderEvent]:
-        self._abandon(events, "(lost sync)")
+    def _restart(self) -> None:
         self._parsers = (Parser(inline=True), Parser(inline=False))
         self._sync_ts = None
-        self._sync_buf = b""
+        self._sync_buf = b""  # start of a chunk too short to recognise a command in
         self._server_synced = False
         self._monitor = False
-        events.append(Notice(self.protocol, direction, "undecodable", reason, ts))
-        return events
 
     def _abandon(self, events: list[DecoderEvent], why: str) -> None:
         while self._pending:
@@ -662,22 +608,7 @@ class RespDecoder:
         may have come in bytes that could not be decoded: neither answered nor not)."""
         reply = "; ".join(req.replies) if req.replies else why
         unanswered = not req.replies and not why and not req.details.get("reply_suppressed")
-        events.append(
-            Transaction(
-                self.protocol,
-                req.command,
-                req.text,
-                clip(reply, SUMMARY),
-                req.error,
-                req.ts,
-                req.ts_reply,
-                req.nbytes,
-                req.reply_bytes,
-                req.details,
-                unanswered=unanswered,
-                cut=req.cut,
-            )
-        )
+        events.append(req.transaction(self.protocol, clip(reply, SUMMARY), unanswered))
 
 
 def _pubsub_kind(value: object) -> bytes:
