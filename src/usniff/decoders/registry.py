@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import detect as d
+from . import fastcgi
 from .base import Decoder
 from .mysql import MysqlDecoder
 from .resp import RespDecoder
@@ -53,6 +54,15 @@ PROTOCOLS: tuple[Protocol, ...] = (
     ),  # fmt: skip
     Protocol(
         "postgres", 5432, "pgsql", client_first=d.pg_startup, server_first=d.pg_authentication
+    ),
+    # no default port in Wireshark: dissected with -d tcp.port==9000,fcgi (php-fpm's usual port)
+    Protocol(
+        "fastcgi",
+        9000,
+        "fcgi",
+        fastcgi.FastcgiDecoder,
+        client_first=fastcgi.begin_request,
+        exchange=fastcgi.record_exchange,
     ),
 )
 BY_NAME = {p.name: p for p in PROTOCOLS}
