@@ -580,7 +580,8 @@ class FastcgiDecoder:
         )
 
     def _params(self, req: _Request) -> dict[str, str] | None:
-        if req.params is None and (req.params_buf or req.params_done):
+        # without the BEGIN_REQUEST, the params seen may be the tail of the stream: not parsed
+        if req.params is None and req.role and (req.params_buf or req.params_done):
             pairs, left = parse_pairs(bytes(req.params_buf))
             params: dict[str, str] = {}
             for name, value in pairs[:MAX_SHOWN_PARAMS]:
