@@ -1,9 +1,10 @@
-"""Real Redis and MariaDB servers on Unix sockets in a temporary directory.
+"""Real Redis, MariaDB, php-fpm and nginx servers on Unix sockets in a temporary directory.
 
 Reusable by every test tier (offline recorder, live capture tests)::
 
     with start_redis(tmp) as sock: ...
     with start_mariadb(tmp) as sock: ...   # root@localhost, no password
+    with start_php_app(tmp) as sock: ...   # php-fpm's socket; nginx_socket(sock) in front
 
 ``redis_net_bytes`` / ``mariadb_bytes`` read the servers' own byte counters
 (INFO stats total_net_input_bytes/total_net_output_bytes, SHOW GLOBAL STATUS
@@ -146,7 +147,7 @@ PHP_APP = {
 
 @contextlib.contextmanager
 def start_php_fpm(tmpdir: str | os.PathLike[str]) -> Iterator[str]:
-    """Run php-fpm (one static pool of 2 workers, as root) on ``tmpdir/php-fpm.sock``
+    """Run php-fpm (one static pool of 4 workers, as root) on ``tmpdir/php-fpm.sock``
     serving the scripts of PHP_APP from ``tmpdir/app``; yield the socket path.
 
     No php.ini (``-n``): log_errors on, display_errors off, so PHP's warnings go
@@ -161,7 +162,7 @@ def start_php_fpm(tmpdir: str | os.PathLike[str]) -> Iterator[str]:
         f"[global]\npid = {d / 'php-fpm.pid'}\nerror_log = {d / 'php-fpm.log'}\n"
         "daemonize = no\n"
         f"[app]\nuser = root\ngroup = root\nlisten = {sock}\nlisten.mode = 0666\n"
-        "pm = static\npm.max_children = 2\n"
+        "pm = static\npm.max_children = 4\n"
         "php_admin_value[log_errors] = On\nphp_admin_value[display_errors] = Off\n"
     )
     args = [PHP_FPM, "-n", "-y", str(conf), "-R", "--nodaemonize"]
@@ -192,3 +193,16 @@ def start_nginx(tmpdir: str | os.PathLike[str], fpm_sock: str) -> Iterator[str]:
     args = [NGINX, "-c", str(conf), "-p", str(d), "-e", str(d / "nginx-error.log")]
     with _running(args, sock, 20, d / "nginx.out") as path:
         yield path
+
+
+def nginx_socket(fpm_sock: str) -> str:
+    """The socket of the nginx that start_php_app started in front of ``fpm_sock``."""
+    return str(Path(fpm_sock).with_name("nginx.sock"))
+
+
+@contextlib.contextmanager
+def start_php_app(tmpdir: str | os.PathLike[str]) -> Iterator[str]:
+    """php-fpm with nginx in front of it (on ``nginx_socket(sock)``); yield php-fpm's socket."""
+    with start_php_fpm(tmpdir) as fpm, start_nginx(tmpdir, fpm) as nginx:
+        assert nginx == nginx_socket(fpm)
+        yield fpm

@@ -32,6 +32,8 @@ from live_helpers import (
 )
 from servers import start_mariadb, start_redis
 
+from usniff.decoders.registry import DECODABLE
+
 pytestmark = pytest.mark.root
 
 BENCH_N = 200  # redis-benchmark -n: that many SETs and that many GETs
@@ -90,7 +92,7 @@ def stats_table(stderr: str) -> dict[tuple[str, str], int]:
     rows = {}
     for line in stderr.splitlines():
         cells = [c.strip() for c in re.split(r"[│┃]", line)[1:-1]]
-        if len(cells) == 11 and cells[0] in ("resp", "mysql"):
+        if len(cells) == 11 and cells[0] in DECODABLE:
             rows[(cells[0], cells[1])] = int(cells[2])
     return rows
 
