@@ -1,4 +1,4 @@
-"""Record captures/redis.pcapng and captures/mysql.pcapng with usniff itself (needs root).
+"""Record captures/{redis,mysql,fastcgi}.pcapng with usniff itself (needs root).
 
     sudo .venv/bin/python captures/record_live.py
 
@@ -6,7 +6,8 @@ Starts a real redis-server and a real mariadbd in a temporary directory, starts
 ``usniff --path SOCKET -w FILE`` (waiting for its ``capturing with the`` line),
 runs the scripted sessions of tests/live_helpers.py (redis-cli, redis-cli
 --pipe, SUBSCRIBE/PUBLISH, BLPOP, AUTH, redis-benchmark; the mariadb client and
-pymysql with multi-statements and COM_STMT_*), then stops usniff with SIGTERM.
+pymysql with multi-statements and COM_STMT_*; nginx, cgi-fcgi and a GET_VALUES
+to php-fpm, tests/php_session.py), then stops usniff with SIGTERM.
 tests/test_captures_offline.py decodes the files with ``usniff read`` (no root).
 """
 
@@ -24,7 +25,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from live_helpers import Usniff, create_redis_user, mysql_session, redis_session  # noqa: E402
-from servers import start_mariadb, start_redis  # noqa: E402
+from php_session import php_session  # noqa: E402
+from servers import start_mariadb, start_php_app, start_redis  # noqa: E402
 
 MAX_SIZE = 300_000
 BENCHMARK_REQUESTS = 64  # redis-benchmark -n: that many SETs and GETs (a multiple of -c*-P)
@@ -79,6 +81,7 @@ def main() -> None:
            lambda sock: redis_session(sock, benchmark_requests=BENCHMARK_REQUESTS),
            "resp")  # fmt: skip
     record(HERE / "mysql.pcapng", start_mariadb, mysql_session, "mysql")
+    record(HERE / "fastcgi.pcapng", start_php_app, php_session, "fastcgi")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,12 @@ import json
 import struct
 
 import pytest
+from conftest import capture
 from hypothesis import given
 from hypothesis import strategies as st
+from php_session import CONCURRENT, COOKIE, PASSWORD, POST_BODY, TOKEN
 
+from usniff.decode import decode_records
 from usniff.decoders import fastcgi
 from usniff.decoders.base import Notice, Transaction
 from usniff.decoders.fastcgi import FastcgiDecoder, parse_pairs
@@ -405,3 +408,64 @@ def test_garbage_before_sync_is_ignored(direction: Direction) -> None:
     assert decoder.feed(direction, b"GET / HTTP/1.1\r\n\r\n", 1.0) == []
     assert decoder.feed(direction, b"\x01", 1.0) == []  # could be a header: kept
     assert decoder._sides[direction].sync_buf == b"\x01"
+
+
+# --------------------------------------------------------------------------- the real capture
+# captures/fastcgi.pcapng: usniff -w of tests/php_session.py against nginx + php-fpm 8.2
+
+
+def _capture_txs(redact: bool = False) -> list[Transaction]:
+    events = list(decode_records(capture("fastcgi"), redact=redact))
+    assert all(isinstance(e, Transaction) for e in events), [
+        e for e in events if isinstance(e, Notice)
+    ]
+    return [e for e in events if isinstance(e, Transaction)]
+
+
+def test_capture_decodes_every_request() -> None:
+    got = {}
+    for tx in _capture_txs():
+        assert tx.protocol == "fastcgi" and tx.latency is not None and tx.latency > 0, tx
+        assert tx.server_comm == "php-fpm8.2" and tx.client_pid and tx.server_pid
+        uri = tx.details.get("params", {}).get("REQUEST_URI", tx.command)
+        got[uri] = (tx.client_comm, tx.details.get("status"), tx.details.get("body_bytes"),
+                    tx.details.get("stdin_bytes"), tx.error)  # fmt: skip
+    assert got == {
+        "/hello.php?name=ann": ("nginx", 200, 10, 0, False),
+        "/nope.php": ("nginx", 404, 16, 0, True),
+        "/warn.php": ("nginx", 200, 7, 0, False),
+        "/slow.php": ("nginx", 200, 6, 0, False),
+        "/teapot.php": ("nginx", 418, 16, 0, True),
+        "/fail.php": ("nginx", 500, 0, 0, True),
+        "/post.php?x=1": ("nginx", 200, 40, len(POST_BODY), False),
+        f"/hello.php?name=bob&token={TOKEN}": ("nginx", 200, 10, 0, False),
+        **{f"/slow.php?n={i}": ("nginx", 200, 6, 0, False) for i in range(CONCURRENT)},
+        "/post.php?via=libfcgi": ("cgi-fcgi", 200, 36, 18, False),
+        "GET_VALUES": ("python", None, None, None, False),
+    }
+
+
+def test_capture_details() -> None:
+    txs = {t.request.split(" file=")[0]: t for t in _capture_txs()}
+    slow = [t.latency for k, t in txs.items() if "/slow.php" in k]
+    assert len(slow) == 1 + CONCURRENT and min(x or 0 for x in slow) >= 0.2, slow
+    warn = txs["#1 GET /warn.php"]
+    assert warn.details["stderr"].startswith("PHP message: usniff-warning: disk almost full")
+    assert txs["#1 GET /teapot.php"].reply == "418 application/json, 16 bytes"
+    assert txs["#0 GET_VALUES FCGI_MAX_CONNS FCGI_MAX_REQS FCGI_MPXS_CONNS"].reply == (
+        "FCGI_MPXS_CONNS=0"
+    )
+    records = capture("fastcgi")
+    client = sum(len(r.data) for r in records if not r.path_is_own)
+    server = sum(len(r.data) for r in records if r.path_is_own)
+    assert (sum(t.bytes_in for t in txs.values()), sum(t.bytes_out for t in txs.values())) == (
+        client, server
+    )  # fmt: skip
+
+
+def test_capture_redacted() -> None:
+    txs = _capture_txs(redact=True)
+    dumped = json.dumps([(t.request, t.reply, t.details) for t in txs])
+    for secret in (PASSWORD, COOKIE, TOKEN):
+        assert secret not in dumped
+    assert "HTTP_AUTHORIZATION" in dumped and "token=***" in dumped
