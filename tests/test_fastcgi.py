@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import struct
+from collections import Counter
 
 import pytest
-from conftest import capture
+from conftest import CAPTURES, capture
 from hypothesis import given
 from hypothesis import strategies as st
+from pcap_helpers import TSHARK
 from php_session import CONCURRENT, COOKIE, PASSWORD, POST_BODY, TOKEN
 
 from usniff.decode import decode_records
@@ -17,6 +19,7 @@ from usniff.decoders import fastcgi
 from usniff.decoders.base import Notice, Transaction
 from usniff.decoders.fastcgi import FastcgiDecoder, parse_pairs
 from usniff.decoders.registry import detect
+from usniff.pcapread import dissect_wireshark
 from usniff.streams import Direction
 
 C, S = Direction.CLIENT, Direction.SERVER
@@ -469,3 +472,15 @@ def test_capture_redacted() -> None:
     for secret in (PASSWORD, COOKIE, TOKEN):
         assert secret not in dumped
     assert "HTTP_AUTHORIZATION" in dumped and "token=***" in dumped
+
+
+@pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
+def test_read_dissect_wireshark_gives_fastcgi_its_port() -> None:
+    """Stock Wireshark has no FastCGI port: `usniff read --dissect wireshark` passes it."""
+    types = Counter(
+        p.fields["type"]
+        for p in dissect_wireshark(str(CAPTURES / "fastcgi.pcapng"))
+        if p.protocol == "fcgi"
+    )
+    assert types["FCGI_BEGIN_REQUEST (1)"] == types["FCGI_END_REQUEST (3)"] == 12, types
+    assert types["FCGI_GET_VALUES (9)"] == types["FCGI_GET_VALUES_RESULT (10)"] == 1, types
