@@ -24,7 +24,7 @@ from live_helpers import USNIFF, Usniff, follow_all, tcp_bytes_by_port
 from pcap_helpers import TSHARK, tshark
 from php_session import CONCURRENT, COOKIE, PASSWORD, POST_BODY, TOKEN, Session, php_session
 from servers import start_php_app
-from test_live_decode import assert_clean_exit, stats_table
+from test_live_decode import Run, assert_clean_exit, stats_table
 
 from usniff.decoders.registry import BY_NAME
 
@@ -39,17 +39,19 @@ SECRETS = (PASSWORD, COOKIE, TOKEN)
 
 @dataclass
 class Runs:
-    sock: str
     session: Session
-    json: Any  # live_helpers.Result of each run
-    text: Any
-    pcap: Any
+    json: Run  # --format json --stats --redact
+    text: Run
+    pcap: Run  # -w pcap_file
     pcap_file: str
-    events: list[dict[str, Any]]
+
+    @property
+    def sock(self) -> str:
+        return self.json.sock
 
     @property
     def txs(self) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["type"] == "transaction"]
+        return self.json.txs
 
 
 @pytest.fixture(scope="module")
@@ -63,19 +65,15 @@ def runs() -> Iterator[Runs]:
             Usniff("--path", sock, "-w", pcap) as pcap_run,
         ):
             session = php_session(sock)
-            results = json_run.stop(), text_run.stop(), pcap_run.stop()
-        events = [json.loads(line) for line in results[0].text.splitlines()]
-        yield Runs(sock, session, *results, pcap, events)
-
-
-class _Run:
-    def __init__(self, result: Any) -> None:
-        self.returncode, self.stderr = result.returncode, result.stderr
+            results = [run.stop() for run in (json_run, text_run, pcap_run)]
+        decoded, text, written = (Run(sock, r.returncode, r.text, r.stderr, []) for r in results)
+        decoded.events = [json.loads(line) for line in decoded.stdout.splitlines()]
+        yield Runs(session, decoded, text, written, pcap)
 
 
 def test_runs_stop_cleanly(runs: Runs) -> None:
-    for result in (runs.json, runs.text, runs.pcap):
-        assert_clean_exit(_Run(result))  # type: ignore[arg-type]
+    for run in (runs.json, runs.text, runs.pcap):
+        assert_clean_exit(run)
 
 
 def _match(runs: Runs, uri: str, client: str) -> dict[str, Any]:
@@ -107,7 +105,7 @@ def test_every_request_paired_with_what_the_client_saw(runs: Runs) -> None:
         assert tx["latency"] is not None and 0 < tx["latency"] < 5, tx
         if sent.script == "/slow.php":
             assert tx["latency"] >= 0.2, tx  # usleep(200000) before the first byte
-    assert not [e for e in runs.events if e["type"] != "transaction"], runs.events
+    assert not [e for e in runs.json.events if e["type"] != "transaction"], runs.json.events
 
 
 def test_stderr_and_errors(runs: Runs) -> None:
@@ -146,17 +144,17 @@ def test_stats_count_what_was_sent(runs: Runs) -> None:
 
 def test_redact_leaves_no_secret(runs: Runs) -> None:
     for secret in SECRETS:
-        assert secret not in runs.json.stdout.decode() + runs.json.stderr
+        assert secret not in runs.json.stdout + runs.json.stderr
     tx = _match(runs, "/hello.php?name=bob&token=***", "nginx")
     params = tx["details"]["params"]
     assert params["HTTP_AUTHORIZATION"] == params["HTTP_COOKIE"] == "***"
     assert params["QUERY_STRING"] == "name=bob&token=***"
     # without --redact they are there: the masking is not an accident of the session
-    assert TOKEN in runs.text.text
+    assert TOKEN in runs.text.stdout
 
 
 def test_text_lines(runs: Runs) -> None:
-    lines = runs.text.text.splitlines()
+    lines = runs.text.stdout.splitlines()
     assert len(lines) == 13, lines
     post = next(x for x in lines if "POST /post.php?x=1 " in x)
     assert re.match(
@@ -205,5 +203,5 @@ def test_usniff_read_decodes_the_pcapng_as_live(runs: Runs) -> None:
         return sorted(tuple(e.get(k) for k in keys) + (e["details"].get("status"),)
                       for e in events)  # fmt: skip
 
-    assert rows(offline) == rows(runs.events)
+    assert rows(offline) == rows(runs.json.events)
     assert all(e["type"] == "transaction" and e["latency"] is not None for e in offline)
