@@ -484,3 +484,13 @@ def test_read_dissect_wireshark_gives_fastcgi_its_port() -> None:
     )
     assert types["FCGI_BEGIN_REQUEST (1)"] == types["FCGI_END_REQUEST (3)"] == 12, types
     assert types["FCGI_GET_VALUES (9)"] == types["FCGI_GET_VALUES_RESULT (10)"] == 1, types
+
+
+def test_cgi_header_split_across_stdout_records() -> None:
+    stdout = b"Status: 503 Busy\r\nContent-Type: text/plain\r\n\r\nlater"
+    for split in range(1, len(stdout)):
+        steps = [(C, request(1, cgi("GET", "/h.php"))),
+                 (S, record(STDOUT, 1, stdout[:split]) + record(STDOUT, 1, stdout[split:])
+                  + record(STDOUT, 1) + end(1))]  # fmt: skip
+        [tx] = txs(run(steps))
+        assert tx.reply == "503 text/plain, 5 bytes" and tx.details["header_bytes"] == 46, split

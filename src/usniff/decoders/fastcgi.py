@@ -126,10 +126,6 @@ class Reader:
         self.cut = 0
         self.ts_first = 0.0
 
-    @property
-    def at_boundary(self) -> bool:
-        return self.left < 0 and not self.head
-
     def feed(self, data: bytes, ts: float) -> list[Rec]:
         out: list[Rec] = []
         pos, end = 0, len(data)
@@ -229,7 +225,6 @@ class _Request:
     params_done: bool = False
     params: dict[str, str] | None = None
     stdin_bytes: int = 0
-    stdin_done: bool = False
     data_bytes: int = 0
     aborted: bool = False
     bytes_in: int = 0
@@ -242,7 +237,6 @@ class _Request:
     head_holed: bool = False  # STDOUT bytes before the header's end were not captured
     headers: dict[str, str] = field(default_factory=dict)
     stdout_bytes: int = 0
-    stdout_done: bool = False
     stderr: bytearray = field(default_factory=bytearray)
     stderr_bytes: int = 0
     app_status: int | None = None
@@ -321,8 +315,8 @@ class FastcgiDecoder:
     def gap(self, direction: Direction, n: int, ts: float, cut: bool) -> list[DecoderEvent]:
         events: list[DecoderEvent] = []
         side = self._sides[direction]
-        if not side.synced:
-            side.sync_buf = b""  # a record cannot continue across missing bytes
+        if cut and not side.synced:  # the rest of a send() skipped while not in sync
+            side.sync_buf = b""  # a record cannot continue across the cut
             return events
         records = side.reader.skip(n, ts) if cut else None
         if records is None:
@@ -397,7 +391,6 @@ class FastcgiDecoder:
                 req.params_dropped += rec.clen - len(keep)
         elif kind == STDIN:
             req.stdin_bytes += rec.clen
-            req.stdin_done |= rec.clen == 0
         elif kind == DATA:
             req.data_bytes += rec.clen
         elif kind == ABORT_REQUEST:
@@ -478,7 +471,6 @@ class FastcgiDecoder:
 
     def _stdout(self, req: _Request, rec: Rec) -> None:
         req.stdout_bytes += rec.clen
-        req.stdout_done |= rec.clen == 0
         if req.header_len >= 0 or req.head_holed:
             return
         start = len(req.head)
