@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import struct
+import subprocess
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from conftest import CAPTURES, capture
@@ -19,7 +21,7 @@ from usniff.decoders import fastcgi
 from usniff.decoders.base import Notice, Transaction
 from usniff.decoders.fastcgi import FastcgiDecoder, parse_pairs
 from usniff.decoders.registry import detect
-from usniff.pcapread import dissect_wireshark
+from usniff.pcapread import dissect_wireshark, read_records
 from usniff.streams import Direction
 
 C, S = Direction.CLIENT, Direction.SERVER
@@ -494,3 +496,21 @@ def test_cgi_header_split_across_stdout_records() -> None:
                   + record(STDOUT, 1) + end(1))]  # fmt: skip
         [tx] = txs(run(steps))
         assert tx.reply == "503 text/plain, 5 bytes" and tx.details["header_bytes"] == 46, split
+
+
+@pytest.mark.skipif(TSHARK is None, reason="editcap (Wireshark) is not installed")
+def test_capture_as_plain_tcp_pcap_decodes_the_same(tmp_path: Path) -> None:
+    """Without usniff's comments (classic pcap) the flows are plain TCP on port 9000."""
+    pcap = tmp_path / "fastcgi.pcap"
+    subprocess.run(["editcap", "-F", "pcap", str(CAPTURES / "fastcgi.pcapng"), str(pcap)],
+                   check=True)  # fmt: skip
+    plain = [e for e in decode_records(read_records(str(pcap))) if isinstance(e, Transaction)]
+
+    def rows(events: list[Transaction]) -> list[tuple[str, str, int, int]]:
+        return [(t.request, t.reply, t.bytes_in, t.bytes_out) for t in events]
+
+    usniffs = _capture_txs()
+    assert rows(plain) == rows(usniffs) and len(plain) == 13
+    # classic pcap keeps microseconds
+    assert [t.latency for t in plain] == pytest.approx([t.latency for t in usniffs], abs=2e-6)
+    assert {t.path for t in plain} == {"10.0.0.1:9000"}
