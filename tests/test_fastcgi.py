@@ -514,3 +514,22 @@ def test_capture_as_plain_tcp_pcap_decodes_the_same(tmp_path: Path) -> None:
     # classic pcap keeps microseconds
     assert [t.latency for t in plain] == pytest.approx([t.latency for t in usniffs], abs=2e-6)
     assert {t.path for t in plain} == {"10.0.0.1:9000"}
+
+
+def test_params_cut_by_the_snap_length_are_kept_up_to_the_cut() -> None:
+    params = cgi("GET", "/c.php", HTTP_X_BIG="b" * 300)
+    body = pairs(params)
+    params["HTTP_X_AFTER"] = "a" * 1000  # misread from inside, its a's make 97-byte "pairs"
+    after = pairs({"HTTP_X_AFTER": params["HTTP_X_AFTER"]})
+    parts = (body[:40], body[40:], after)  # the cut falls in the second record
+    req = begin(1) + b"".join(record(PARAMS, 1, p) for p in parts) + record(PARAMS, 1)
+    req += record(STDIN, 1)
+    cut_at = len(begin(1)) + 8 + 40 + 8 + 100
+    decoder = FastcgiDecoder()
+    events = decoder.feed(C, req[:cut_at], 1.0) + decoder.gap(C, 150, 1.0, True)
+    events += decoder.feed(C, req[cut_at + 150 :], 2.0) + decoder.feed(S, answer(1, PAGE), 3.0)
+    [tx] = events
+    assert isinstance(tx, Transaction) and tx.cut == 150 and tx.reply.startswith("200 ")
+    shown = tx.details["params"]
+    assert shown["REQUEST_METHOD"] == "GET" and shown["..."] == "(params incomplete)"
+    assert set(shown) <= set(params) | {"..."}, shown  # nothing parsed from misaligned bytes

@@ -222,6 +222,7 @@ class _Request:
     keep_conn: bool | None = None
     params_buf: bytearray = field(default_factory=bytearray)
     params_dropped: int = 0  # params bytes beyond MAX_PARAMS
+    params_holed: bool = False  # params bytes were not captured: keep no more (misaligned)
     params_done: bool = False
     params: dict[str, str] | None = None
     stdin_bytes: int = 0
@@ -356,6 +357,7 @@ class FastcgiDecoder:
         )
         for req in self._active.values():
             req.lost = True
+            req.params_holed |= direction is Direction.CLIENT and not req.params_done
         events.append(Notice(PROTOCOL, direction, "undecodable", why, ts))
 
     # -- the client's records
@@ -385,10 +387,11 @@ class FastcgiDecoder:
         if kind == PARAMS:
             if rec.clen == 0:
                 req.params_done = True
-            else:
+            elif not req.params_holed:
                 keep = rec.content[: max(0, MAX_PARAMS - len(req.params_buf))]
                 req.params_buf += keep
-                req.params_dropped += rec.clen - len(keep)
+                req.params_dropped += len(rec.content) - len(keep)
+                req.params_holed = rec.cut > 0
         elif kind == STDIN:
             req.stdin_bytes += rec.clen
         elif kind == DATA:
@@ -579,7 +582,8 @@ class FastcgiDecoder:
             for name, value in pairs[:MAX_SHOWN_PARAMS]:
                 key = _text(name)
                 params[key] = clip(self._masked(key, _text(value)), PARAM_VALUE)
-            if left or req.params_dropped or not req.params_done or len(pairs) > len(params):
+            incomplete = left or req.params_dropped or req.params_holed or not req.params_done
+            if incomplete or len(pairs) > len(params):
                 params["..."] = "(params incomplete)"  # a marker no CGI name can be
             req.params = params
         return req.params
