@@ -533,3 +533,14 @@ def test_params_cut_by_the_snap_length_are_kept_up_to_the_cut() -> None:
     shown = tx.details["params"]
     assert shown["REQUEST_METHOD"] == "GET" and shown["..."] == "(params incomplete)"
     assert set(shown) <= set(params) | {"..."}, shown  # nothing parsed from misaligned bytes
+
+
+def test_stdout_after_lost_bytes_is_not_read_as_the_cgi_header() -> None:
+    decoder = FastcgiDecoder()
+    events = decoder.feed(C, request(1, cgi("GET", "/l.php")), 1.0)
+    events += decoder.gap(S, 60, 2.0, False)  # the first STDOUT record, lost
+    events += decoder.feed(S, record(STDOUT, 1, b"Status: 200\r\n\r\nbody\r\n\r\n"), 3.0)
+    events += decoder.feed(S, record(STDOUT, 1) + end(1), 4.0)
+    [_, tx] = events
+    assert isinstance(tx, Transaction) and "status" not in tx.details, tx
+    assert tx.reply == "? (CGI header not captured), (lost sync)", tx.reply

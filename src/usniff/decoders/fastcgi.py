@@ -357,7 +357,10 @@ class FastcgiDecoder:
         )
         for req in self._active.values():
             req.lost = True
-            req.params_holed |= direction is Direction.CLIENT and not req.params_done
+            if direction is Direction.CLIENT:
+                req.params_holed |= not req.params_done
+            else:  # STDOUT bytes after the hole are not the CGI header's start or sequel
+                req.head_holed |= req.header_len < 0
         events.append(Notice(PROTOCOL, direction, "undecodable", why, ts))
 
     # -- the client's records
@@ -629,7 +632,9 @@ class FastcgiDecoder:
             return "(lost sync)" if req.lost else ""
         parts = []
         if req.ts_stdout is not None:
-            if req.header_len < 0:
+            if req.header_len < 0 and req.head_holed and len(req.head) < MAX_HEAD:
+                parts.append("? (CGI header not captured)")
+            elif req.header_len < 0:
                 parts.append(f"? (no end of the CGI header in {len(req.head)} bytes)")
             else:
                 head = str(status)
