@@ -11,7 +11,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 PKGS="clang llvm make libbpf-dev libbpf1 bpftool python3-venv python3-dev gcc libc6-dev
-      redis-server redis-tools mariadb-server mariadb-client tshark socat strace
+      redis-server redis-tools mariadb-server mariadb-client postgresql postgresql-contrib tshark socat strace
       busybox-static qemu-system-x86 cpio php8.2-fpm nginx-light libfcgi-bin curl"
 missing=""
 for p in $PKGS; do

@@ -1,7 +1,7 @@
 """usniff benchmarks: ``python -m bench [WHAT] [--quick]`` (``make bench`` runs them all).
 
 WHAT: all (default) | overhead | windows | capacity | kernel | decoders | pcapng-writer |
-collector.
+collector | soak (not in all: ~10 min for a million connections).
 Needs root (eBPF), redis-server, redis-benchmark, mariadbd, mariadb-slap,
 strace, socat, gcc, bpftool.  Every figure is a median of alternating runs,
 given as a ratio to the untraced run of the same invocation.
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import capacity, overhead, windows
+from . import capacity, overhead, soak, windows
 from .common import machine, median
 
 WHAT = (
@@ -29,6 +29,7 @@ WHAT = (
     "decoders",
     "pcapng-writer",
     "collector",
+    "soak",
 )
 
 
@@ -46,6 +47,7 @@ def main() -> None:
     ap.add_argument("--only", choices=("redis", "mariadb"), help="overhead: one service only")
     ap.add_argument("--cycles", type=int, help="windows: alternations per configuration (40)")
     ap.add_argument("--window", type=float, default=0.5, help="windows: seconds per window")
+    ap.add_argument("--connections", type=int, help="soak: short connections (1,000,000)")
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
     ap.add_argument("--plots", type=Path, help="write PNG plots into this directory")
     a = ap.parse_args()
@@ -91,6 +93,11 @@ def main() -> None:
         results["capacity"] = rows
         out += ["", "3. collector capacity (usniff -w pcapng, zero loss)",
                 capacity.report_capacity(rows)]  # fmt: skip
+    if a.what == "soak":
+        res = soak.run(a.quick, a.connections, log)
+        results["soak"] = res
+        out += ["", "5. memory over a long capture (short connections + steady load)",
+                soak.report(res)]  # fmt: skip
     if a.what in ("all", "kernel"):
         k = capacity.kernel_cost(seconds, a.rounds, log)
         results["kernel"] = k

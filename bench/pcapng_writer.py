@@ -53,6 +53,8 @@ def make_batches(size: int, count: int, batch_len: int) -> list[list[Record]]:
                     length=size,
                     data=payload,
                     flags=FLAG_MSG_START | FLAG_MSG_END,
+                    sock_id=inode,
+                    peer_id=peer,
                 )  # fmt: skip
             )
         batches.append(batch)

@@ -86,8 +86,8 @@ def agent(config: str, sock: str, work: str) -> None:
             print("ok", flush=True)
 
     threading.Thread(target=commands, daemon=True).start()
-    stats = run(cap, outputs, on_ready=lambda: print("ready", flush=True))
-    print(summary(stats), file=sys.stderr, flush=True)
+    outcome = run(cap, outputs, on_ready=lambda: print("ready", flush=True))
+    print(summary(outcome.stats), file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------- controller side

@@ -1,13 +1,14 @@
-"""Record captures/{redis,mysql,fastcgi}.pcapng with usniff itself (needs root).
+"""Record captures/{redis,mysql,postgres,fastcgi}.pcapng with usniff itself (needs root).
 
-    sudo .venv/bin/python captures/record_live.py
+    sudo .venv/bin/python captures/record_live.py [redis|mysql|postgres|fastcgi ...]
 
 Starts a real redis-server and a real mariadbd in a temporary directory, starts
 ``usniff --path SOCKET -w FILE`` (waiting for its ``capturing with the`` line),
 runs the scripted sessions of tests/live_helpers.py (redis-cli, redis-cli
 --pipe, SUBSCRIBE/PUBLISH, BLPOP, AUTH, redis-benchmark; the mariadb client and
-pymysql with multi-statements and COM_STMT_*; nginx, cgi-fcgi and a GET_VALUES
-to php-fpm, tests/php_session.py), then stops usniff with SIGTERM.
+pymysql with multi-statements and COM_STMT_*; psql, psycopg and a raw client of
+tests/pg_session.py; nginx, cgi-fcgi and a GET_VALUES to php-fpm, tests/php_session.py),
+then stops usniff with SIGTERM.
 tests/test_captures_offline.py decodes the files with ``usniff read`` (no root).
 """
 
@@ -25,8 +26,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from live_helpers import Usniff, create_redis_user, mysql_session, redis_session  # noqa: E402
+from pg_session import postgres_session  # noqa: E402
 from php_session import php_session  # noqa: E402
-from servers import start_mariadb, start_php_app, start_redis  # noqa: E402
+from servers import start_mariadb, start_php_app, start_postgres, start_redis  # noqa: E402
 
 MAX_SIZE = 300_000
 BENCHMARK_REQUESTS = 64  # redis-benchmark -n: that many SETs and GETs (a multiple of -c*-P)
@@ -45,7 +47,7 @@ def problems(path: Path, protocol: str) -> list[str]:
         elif (
             ev["type"] == "transaction"
             and ev["ts_reply"] is None
-            and ev["command"] != "COM_QUIT"
+            and ev["command"] not in ("COM_QUIT", "TERMINATE", "CANCEL")
             and not ev["request"].startswith("CLOSE ")
         ):
             found.append(f"no reply: {ev['request']}")
@@ -76,13 +78,20 @@ def record(
     print(f"{out}: {size} bytes; {result.stderr.strip().splitlines()[-1]}")
 
 
-def main() -> None:
-    record(HERE / "redis.pcapng", start_redis,
-           lambda sock: redis_session(sock, benchmark_requests=BENCHMARK_REQUESTS),
-           "resp")  # fmt: skip
-    record(HERE / "mysql.pcapng", start_mariadb, mysql_session, "mysql")
-    record(HERE / "fastcgi.pcapng", start_php_app, php_session, "fastcgi")
+def main(names: list[str]) -> None:
+    """Record the captures of ``names`` (redis, mysql, postgres, fastcgi; all when empty)."""
+    if not names or "redis" in names:
+        record(HERE / "redis.pcapng", start_redis,
+               lambda sock: redis_session(sock, benchmark_requests=BENCHMARK_REQUESTS),
+               "resp")  # fmt: skip
+    if not names or "mysql" in names:
+        record(HERE / "mysql.pcapng", start_mariadb, mysql_session, "mysql")
+    if not names or "postgres" in names:
+        record(HERE / "postgres.pcapng", start_postgres,
+               lambda sock: postgres_session(sock, with_pgbench=False), "postgres")  # fmt: skip
+    if not names or "fastcgi" in names:
+        record(HERE / "fastcgi.pcapng", start_php_app, php_session, "fastcgi")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

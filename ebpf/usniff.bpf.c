@@ -102,9 +102,9 @@ struct send_src {
  * The send in progress of each task, from its entry hook to its exit hook
  * (sk == 0: none).  Task storage rather than a hash keyed by tid: the entry
  * is found through the task itself, with no bucket lock, and is reused by the
- * task's next send instead of being deleted and inserted again: the entry
- * program of a captured 31-byte write went from 443-445 to 267-269 ns
- * (bpf_stats, pinned writer, 3 alternating runs).
+ * task's next send instead of being deleted and inserted again (the hash's
+ * update and delete were a visible share of the sender's CPU; figures in
+ * docs/performance.md).
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
@@ -742,8 +742,8 @@ static __always_inline int emit_send(struct sock *sk, long sent, struct send_src
 		c->seg_left = src->count;
 		/*
 		 * Most sends are one buffer that fits one record: copy it here
-		 * rather than through bpf_loop: 571-584 -> 519-530 ns of
-		 * tp_send_length per 31-byte send (bpf_stats, pinned writer).
+		 * rather than through bpf_loop, whose call and callback cost
+		 * more than the copy of a small send.
 		 * A failed read falls through to the loop, which reports it.
 		 */
 		if (sent < USNIFF_CHUNK && c->seg_left >= sent && c->cap_left >= sent &&
@@ -866,8 +866,8 @@ static __always_inline struct sender *sender_of(struct sock *sk)
 }
 
 /*
- * UNIXCB(skb).consumed, a direct load inside skb->cb (bpf_probe_read_kernel
- * through BPF_CORE_READ cost 40-60 ns more per call, bpf_stats).
+ * UNIXCB(skb).consumed, a direct load inside skb->cb: BPF_CORE_READ would
+ * call bpf_probe_read_kernel, and helper calls are dear (see fill_hdr).
  */
 static __always_inline __u32 unix_consumed(const struct sk_buff *skb)
 {
@@ -899,7 +899,7 @@ int BPF_PROG(tp_skb_read, const struct sk_buff *skb, int len)
 	 * The first read of bytes that no returned send covers: the send in
 	 * flight's.  early_at is published after early_ns, by an exchange (fully
 	 * ordered), and send_stamp reads it first: with plain accesses a send
-	 * once took an earlier send's stamp (1 in 400,000 pingpong stamps).
+	 * can take an earlier send's stamp (seen: 1 in 400,000 pingpong stamps).
 	 */
 	if (at >= sent && snd->early_at != sent + 1) {
 		snd->early_ns = bpf_ktime_get_ns();

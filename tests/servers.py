@@ -122,6 +122,48 @@ def mariadb_bytes(sock: str, user: str = "root", password: str = "") -> tuple[in
         conn.close()
 
 
+PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), default=Path("/usr/lib/postgresql/15/bin"))
+PG_USER = "app"  # a user with a password, authenticated by SCRAM-SHA-256
+PG_PASSWORD = "pg-secret-123"
+PG_PLAIN_USER = "plain"  # a user authenticated by a cleartext password
+PG_HBA = f"""\
+local all {PG_USER} scram-sha-256
+local all {PG_PLAIN_USER} password
+local all all trust
+"""
+
+
+@contextlib.contextmanager
+def start_postgres(tmpdir: str | os.PathLike[str]) -> Iterator[str]:
+    """initdb and run postgres (as the ``postgres`` user, which owns the data) with
+    its socket in ``tmpdir/pg`` and pg_stat_statements loaded; the users PG_USER and
+    PG_PLAIN_USER have the password PG_PASSWORD.  Yields the socket's path
+    (``SOCKDIR/.s.PGSQL.5432``; clients are given SOCKDIR, ``psql -h SOCKDIR``)."""
+    d = Path(tmpdir) / "pg"
+    data = d / "data"
+    d.mkdir(exist_ok=True)
+    for p in (Path(tmpdir), d):
+        p.chmod(0o777)  # the postgres user must reach the directory
+    shutil.chown(d, "postgres")
+    if not data.exists():
+        initdb = [str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+        subprocess.run([*as_postgres, *initdb], check=True, capture_output=True)
+        (data / "pg_hba.conf").write_text(PG_HBA)
+    args = ["runuser", "-u", "postgres", "--", str(PG_BIN / "postgres"), "-D", str(data),
+            "-k", str(d), "-c", "listen_addresses=", "-c", "fsync=off",
+            "-c", "shared_preload_libraries=pg_stat_statements"]  # fmt: skip
+    with _running(args, d / ".s.PGSQL.5432", 60, d / "postgres.log") as sock:
+        setup = (
+            "CREATE EXTENSION IF NOT EXISTS pg_stat_statements;"
+            f"CREATE ROLE {PG_USER} LOGIN SUPERUSER PASSWORD '{PG_PASSWORD}';"
+            f"CREATE ROLE {PG_PLAIN_USER} LOGIN PASSWORD '{PG_PASSWORD}';"
+        )
+        subprocess.run(["psql", "-h", str(d), "-U", "postgres", "-q", "-c", setup, "postgres"],
+                       check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+        yield sock
+
+
 PHP_FPM = shutil.which("php-fpm8.2") or "/usr/sbin/php-fpm8.2"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 

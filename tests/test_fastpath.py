@@ -17,10 +17,8 @@ from usniff.outputs.pcapng import IPPROTO_TCP, IPPROTO_UDP, PcapngOutput, _Dir, 
 def bare_capture() -> capture.Capture:
     cap = capture.Capture.__new__(capture.Capture)
     cap.stats = CaptureStats()
+    cap._init_records()
     cap._clock = 1.7e9
-    cap._sock_info, cap._dest, cap._in_dest = {}, {}, {}
-    cap._batch, cap._pending, cap._last = [], [], {}
-    cap.packed = False
     return cap
 
 

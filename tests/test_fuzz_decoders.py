@@ -21,16 +21,19 @@ from hypothesis import strategies as st
 from usniff.decoders.base import Decoder, Notice, Transaction
 from usniff.decoders.fastcgi import FastcgiDecoder
 from usniff.decoders.mysql import MysqlDecoder
+from usniff.decoders.postgres import PostgresDecoder
 from usniff.decoders.resp import RespDecoder
 from usniff.streams import Direction, conn_key
 
 DECODERS: dict[str, Callable[[], Decoder]] = {
     "resp": RespDecoder,
     "mysql": MysqlDecoder,
+    "postgres": PostgresDecoder,
     "fastcgi": FastcgiDecoder,
 }
-CAPTURE = {"resp": "redis", "mysql": "mysql", "fastcgi": "fastcgi"}
-SESSION_TRANSACTIONS = {"resp": 40, "mysql": 40, "fastcgi": 12}  # at least, in the captures
+CAPTURE = {"resp": "redis", "mysql": "mysql", "postgres": "postgres", "fastcgi": "fastcgi"}
+# transactions the captures give at least (fastcgi's is small: 13 requests)
+SESSION_TRANSACTIONS = {"resp": 41, "mysql": 41, "postgres": 41, "fastcgi": 12}
 RANDOM_BATCH = 400
 MUTATED_BATCH = 40
 COUNTS: Counter[str] = Counter()
@@ -42,6 +45,7 @@ Step = tuple[Direction, bytes | int]
 ALPHABET = {
     "resp": b"*$+-:%~>|_#,(!=;.?\r\n0123456789-abcdefPINGSET ",
     "mysql": b"\x00\x01\x02\x03\x05\x0a\x0e\x16\x17\x19\xfb\xfc\xfd\xfe\xff#def\x08\x0cSELECT",
+    "postgres": b"\x00\x00\x00\x00\x03\x04\x05\x06\x08\x0aQPBEDSXHCpTDCZRNAGHdcf123nstISELECT",
     "fastcgi": bytes(range(12)) + b"\x80\xff\x00\x00\x00Status: 404\r\n\r\nLocation:FCGI_",
 }
 

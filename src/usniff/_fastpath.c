@@ -23,39 +23,13 @@
  *    record (fast_record, fast_packed) is framed here, the others by
  *    Framer.add.  Packed: the drain's compact data record for a capture
  *    that only writes pcapng; its payload is summed for the checksum right
- *    after the copy out of the ring, while it is in cache (32 KiB records,
- *    `bench collector`, 6 alternating runs of 3 rounds, medians: 845-944
- *    -> 880-982 MB/s; in a real capture of 64 KiB writes at 786 MB/s
- *    usniff's CPU did not move beyond its noise, 63-73 % of a core either
- *    way).
+ *    after the copy out of the ring, while it is still in the CPU cache.
  *
- * Measured here (2 cores, Python 3.11), ring records -> Capture._handle ->
- * _release -> PcapngOutput.write -> /dev/shm (`python -m bench collector`),
- * four runs alternating with the previous pure-Python tree:
- *   31-byte records: 218-232k records/s before, 535-548k after (2.4x);
- *     _handle alone 1.6 us -> 0.55 us, one EPB 2.5 us (_tcp, _epb,
- *     _csum_words) -> 0.3 us (tcp(), loop of calls with a 120-byte comment).
- *   32 KiB records: 454-506 MB/s before, 813-839 MB/s after (1.65x; ~1.2 GB/s
- *     when the heap is warm, from the second pass on).  What is left is
- *     mostly memory: the copy of each payload into its Record (18 us per
- *     32 KiB, page faults on fresh heap) and writev(2) into tmpfs (12.7 us).
- * The ring walk moved here from Python (ringbuf.py) afterwards; measured with
- * bench/collector.py going through a fake ring (a memfd laid out like the
- * kernel's, drained by RingBuffer.drain), four runs of three rounds
- * alternating with the Python walk:
- *   31-byte records: drain+_handle 0.89-1.00 us per record before, 0.43-0.47
- *     after (2.1x); ring -> pcapng 523-580k records/s before, 699-786k after.
- *   32 KiB records: drain+_handle 17.7-18.7 us before, 17.0-18.1 after; ring
- *     -> pcapng 980-1048 MB/s before, 1015-1076 after (the payload copies
- *     dominate; the walk's share was already small).
- * Then the batch loop of PcapngOutput.write: write_batch() frames the common
- * TCP record itself (fast_record: no Python call per record) and calls
- * Framer.add for the others.  `python -m bench collector`, three runs of three
- * rounds alternating with the Python loop (Framer.add, _segments, tcp()):
- *   31-byte records: 597-733k records/s before, 0.84-1.21M after (~1.6x).
- *   32 KiB records: 867-975 MB/s before, 866-997 after (unchanged).
- *   datagrams only (all through Framer.add): 1.46-1.50 us per record before,
- *     1.38-1.42 after (the rotation check moved here).
+ * Why C: in Python, the per-record cost (building a Record, framing an EPB,
+ * walking the ring) was what limited the collector, and on a shared machine
+ * the collector's CPU is taken from the traced service.  What each piece
+ * costs and gains: docs/performance.md ("Collector"; `python -m bench
+ * collector`).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -577,8 +551,8 @@ static PyObject *new_record(PyObject **args)
 	 * Its fields are str, bytes, int, float and bool: a Record made here can
 	 * be in no reference cycle, so the cyclic GC need not track it.  Tracked,
 	 * the records held in a batch and the reorder window were traversed by
-	 * every collection their allocation triggered: 28 % of usniff's CPU
-	 * during redis-benchmark -P 1 (perf).
+	 * every collection their allocation triggered (the GC's share of usniff's
+	 * CPU: docs/performance.md).
 	 */
 	PyObject_GC_UnTrack(r);
 	return r;
@@ -619,11 +593,9 @@ static PyObject *attr_list(PyObject *attrs, PyObject *name)
 
 /*
  * The Capture attributes handle_record uses, read from the instance dict
- * once per drain instead of seven lookups per record: ``python -m bench
- * collector``, 31-byte records, 3 alternating runs: 1.77-1.84M -> 1.97-2.02M
- * records/s (rounds 2 and 3 of each; the first warms up).  Borrowed
- * references: read again (cap_load) after every call into Python code,
- * which may rebind them.
+ * once per drain instead of seven lookups per record (the lookups were a
+ * measurable part of the per-record cost).  Borrowed references: read again
+ * (cap_load) after every call into Python code, which may rebind them.
  */
 struct cap_attrs {
 	PyObject *dict; /* the instance dict; its owner holds the reference */
@@ -752,11 +724,9 @@ static PyObject *id_int(uint64_t v)
  * They are ordered with the Records (Capture._release reads .ts) and framed by
  * write_batch from their C fields; .record() gives the equivalent Record for
  * everything else (a new flow, a changed comment, a gap, a close).
- * Measured: redis -P 1 under -w, 80 alternating half-second windows of one
- * load (the windows method of bench/windows.py), 0.764 -> 0.798 of untraced,
- * usniff's CPU per request 1,970 -> 1,375 ns; per 31-byte record (ring ->
- * pcapng on tmpfs, 20k-record batches) the drain 160-185 -> 70-80 ns and
- * freeing 55 -> 8 ns.
+ * Why: allocating and freeing a Record and its field objects was most of the
+ * collector's cost per record under -w (figures: docs/performance.md,
+ * "Collector").
  */
 static Packed *packed_new(const struct usniff_event *ev, double ts, const char *body,
 			  Py_ssize_t n, PyObject *path, PyObject *is_own)
@@ -1367,8 +1337,7 @@ static PyObject *fp_write_batch(PyObject *mod, PyObject *const *args, Py_ssize_t
 		goto fail;
 	Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), packets = 0;
 	/* buf.parts_size, read again only after a splice or Framer.add changed it,
-	 * not once per record: bench collector, 31-byte records, 3 alternating
-	 * runs, 1.87-2.01M -> 1.89-2.05M records/s (rounds 2 and 3 of each) */
+	 * not once per record: only those can change it */
 	Py_ssize_t parts_size = -1;
 	int done, rc = 0;
 	for (; i < n; i++) {

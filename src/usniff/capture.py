@@ -26,6 +26,7 @@ from .events import (
     FLAG_ADDR,
     FLAG_MSG_END,
     FLAG_MSG_START,
+    FLAG_UNCOPYABLE,
     CaptureStats,
     Record,
 )
@@ -193,15 +194,11 @@ class Capture(EventHandler):
     ``_handle(rec)``, once per ring record, is inherited from the C base class
     (:class:`usniff._fastpath.EventHandler`): a ring record becomes a Record in
     ``_batch``; it calls back into Python only for the rarer cases below
-    (``_announce``, ``_lookup``, ``_destination``, ``_count_loss``).  Measured
-    for 31-byte records: 0.55 us per record instead of 1.6 us in Python; the
-    collector as a whole 535-548k records/s instead of 218-232k
-    (``python bench/collector.py``, see the top of ``_fastpath.c``).
+    (``_announce``, ``_lookup``, ``_destination``, ``_count_loss``).
     ``poll()`` and ``finish()`` hand ``self`` to ``RingBuffer.drain``, whose
-    walk (C, ``_fastpath.drain``) calls that C ``_handle`` directly: 0.43-0.47
-    us per 31-byte record for walk and handling instead of 0.89-1.00 us with
-    the walk in Python; 699-786k records/s instead of 523-580k from ring to
-    pcapng.
+    walk (C, ``_fastpath.drain``) calls that C ``_handle`` directly.  Both are
+    in C because the per-record Python cost was the collector's limit; figures
+    in docs/performance.md ("Collector").
     """
 
     def __init__(self, opts: CaptureOptions) -> None:
@@ -231,6 +228,7 @@ class Capture(EventHandler):
         self._batch: list[Record | Packed] = []  # drained, not yet ordered
         self._pending: list[Record | Packed] = []  # ordered by ts, waiting for REORDER
         self._last: dict[int, Record | Packed] = {}  # newest record per socket, for closes
+        self._ring_lost = 0  # bytes of full-ring losses reported by loss records
         self._receivers: dict[str, Receiver] = {}  # bound datagram address -> its socket
         self._receivers_at = -RECEIVERS_TTL
         self._next_close_check = time.monotonic() + CLOSE_CHECK
@@ -341,6 +339,8 @@ class Capture(EventHandler):
         st.lost_records += 1
         st.lost_bytes += n
         st.per_socket_lost[rec.inode] = st.per_socket_lost.get(rec.inode, 0) + n
+        if not rec.flags & FLAG_UNCOPYABLE:
+            self._ring_lost += n
 
     def _closed(self) -> None:
         """Close records for sockets no longer in the kernel's socket table.
@@ -430,6 +430,13 @@ class Capture(EventHandler):
             )  # fmt: skip
             self._batch.append(rec)
             self._count_loss(rec, lost_len)
+        # A loss is reported with the socket's next record, or from its map entry
+        # here; a socket that closed first had its entry reused or evicted: the
+        # kernel's total still counts those bytes.
+        unattributed = self.kernel_stats()["lost_bytes"] - self._ring_lost
+        if unattributed > 0:
+            st = self.stats
+            st.unattributed_lost, st.lost_bytes = unattributed, st.lost_bytes + unattributed
         return self._release(float("inf"))
 
     def kernel_stats(self) -> dict[str, int]:

@@ -80,8 +80,8 @@ def run(
     # although _fastpath untracks it, and a poll's batch (up to ~50k records)
     # stays alive until written: at the default threshold (700) a collection
     # ran every few hundred records. Records form no cycles; cycles elsewhere
-    # are still collected, after GC_YOUNG net allocations. Collector CPU for 1M
-    # 31-byte records at 200k/s: 61-62 -> 56-57 ticks (bench/capacity.py's writer).
+    # are still collected, after GC_YOUNG net allocations (what that saves:
+    # docs/performance.md, "Collector").
     thresholds = gc.get_threshold()
     gc.set_threshold(GC_YOUNG, 50, 50)
     # Only pcapng written (-w, the extcap): the capture may hand over Packed

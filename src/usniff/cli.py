@@ -52,7 +52,7 @@ MIN_BUFFER = 1 << 20
 # The kernel takes a BPF ring buffer's size as the map's max_entries, a u32 it
 # requires to be a power of two (ringbuf_map_alloc, kernel/bpf/ringbuf.c): 2 GiB
 # is the largest (its own limit, RINGBUF_MAX_DATA_SZ, is ~64 GiB).  A larger
-# size used to reach the kernel and fail every backend as "Invalid argument".
+# size would reach the kernel and fail every backend as "Invalid argument".
 MAX_BUFFER = 1 << 31
 
 
@@ -177,6 +177,9 @@ def _items(output: Output) -> str:
     return f"records {done} (data, loss and close records)"
 
 
+SUMMARY_SOCKETS = 10  # sockets named in the summary's losses, the worst first
+
+
 def summary(stats: CaptureStats, shown: str = "") -> str:
     """The stop summary; ``shown`` (e.g. "12 lines printed") says what the output emitted."""
     text = f"usniff: {shown}\n" if shown else ""
@@ -190,8 +193,17 @@ def summary(stats: CaptureStats, shown: str = "") -> str:
             f"\nusniff:   {stats.unwritten_bytes} of the bytes lost were captured "
             "but could not be written"
         )
-    for ino, lost in sorted(stats.per_socket_lost.items()):
+    if stats.unattributed_lost:
+        text += (
+            f"\nusniff:   {stats.unattributed_lost} of the bytes lost were on sockets that "
+            "closed before their loss could be reported"
+        )
+    worst = sorted(stats.per_socket_lost.items(), key=lambda kv: (-kv[1], kv[0]))
+    for ino, lost in worst[:SUMMARY_SOCKETS]:
         text += f"\nusniff:   socket {ino}: {lost} bytes lost"
+    if len(worst) > SUMMARY_SOCKETS:
+        rest = sum(lost for _, lost in worst[SUMMARY_SOCKETS:])
+        text += f"\nusniff:   {len(worst) - SUMMARY_SOCKETS} more sockets: {rest} bytes lost"
     return text
 
 
@@ -260,7 +272,8 @@ def summary(stats: CaptureStats, shown: str = "") -> str:
 @click.option(
     "--protocol",
     type=click.Choice(PROTOCOLS),
-    help="Decoder: auto (default for text), resp, mysql, raw (default for -A/-X/json). "
+    help="Decoder: auto (default for text), resp, mysql, postgres, fastcgi, raw (default for "
+    "-A/-X/json). "
     "auto decodes a connection only on evidence of its protocol; other connections' "
     "records are printed raw, marked [not decoded].",
 )
@@ -275,7 +288,9 @@ def summary(stats: CaptureStats, shown: str = "") -> str:
     "--redact",
     is_flag=True,
     help="Mask passwords in decoded output (Redis AUTH, HELLO, ACL SETUSER, MIGRATE, CONFIG; "
-    "MySQL auth, IDENTIFIED BY); refused with -w, -A, -X and raw JSON, which carry raw bytes.",
+    "MySQL auth, IDENTIFIED BY; PostgreSQL passwords, SCRAM proofs, cancel keys, PASSWORD "
+    "'...'; FastCGI Authorization, Cookie, PHP_AUTH_PW and secret query values); refused "
+    "with -w, -A, -X and raw JSON, which carry raw bytes.",
 )
 @click.option(
     "--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True

@@ -282,7 +282,7 @@ def format_text(ev: Event) -> str:
         parts.append(f"conn {ev.details['conn_id']}" + (f" db={db}" if db else ""))
     parts.append(ev.request)
     if ev.reply:
-        parts.append(("-> " if ev.protocol == "mysql" else "") + ev.reply)
+        parts.append(("-> " if ev.protocol in ("mysql", "postgres") else "") + ev.reply)
     if ev.cut:
         total = ev.bytes_in + ev.bytes_out
         parts.append(f"[cut: {total - ev.cut} of {total} bytes]")

@@ -30,6 +30,7 @@ FLAG_MSG_START = 1  # first record of one send() call / datagram
 FLAG_MSG_END = 2  # last record of one send() call / datagram
 FLAG_TRUNCATED = 4  # snap length cut this record's data (len(data) < length)
 FLAG_ADDR = 8  # datagram sent with an explicit destination address (sendto/sendmsg)
+FLAG_UNCOPYABLE = 16  # a loss record for bytes that were not in user memory, not a full ring
 
 
 @dataclass(slots=True)
@@ -95,5 +96,7 @@ class CaptureStats:
     lost_records: int = 0
     lost_bytes: int = 0  # includes unwritten_bytes
     unwritten_bytes: int = 0  # captured, but an output could not write them (disk full)
+    # lost in a full ring on sockets that went away before their loss could be reported
+    unattributed_lost: int = 0
     backend: str = ""
     per_socket_lost: dict[int, int] = field(default_factory=dict)

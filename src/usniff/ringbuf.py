@@ -1,7 +1,7 @@
 """Drain a BPF ring buffer straight from its memory mapping, in batches.
 
 libbpf's ``ring_buffer__poll`` calls back into Python once per record through
-ctypes: measured here at ~100k records/s (DESIGN.md).  Reading the mmap-ed
+ctypes, which limits the collector to ~100k records/s.  Reading the mmap-ed
 ring ourselves costs one header load per record and one consumer-position
 store per MiB.  This class maps the ring and waits on it; the walk over the
 records is ``_fastpath.drain`` (C), which hands each one to the C record
@@ -61,11 +61,8 @@ class RingBuffer:
         and at the end, also when a Python callback raises.
 
         The walk is ``_fastpath.drain`` (C), calling the C ``_handle`` directly:
-        measured with ``python bench/collector.py`` (fake ring -> Records ->
-        pcapng in /dev/shm) for 31-byte records, drain+_handle 0.43-0.47 us per
-        record instead of 0.89-1.00 us with the walk in Python, the collector
-        699-786k records/s instead of 523-580k; 32 KiB records 1015-1076 MB/s
-        instead of 980-1048 (payload copies dominate).  See _fastpath.c.
+        in Python the walk cost as much per small record as the handling
+        (figures: docs/performance.md, "Collector").
         """
         return _drain(handler, self._cons, self._prod, limit)
 

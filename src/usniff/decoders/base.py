@@ -77,6 +77,11 @@ class Decoder(Protocol):
 REDACTED = "***"
 
 
+def lost(n: int, cut: bool) -> str:
+    """Why a decoder lost sync at a gap of ``n`` bytes (``cut``: by the snap length)."""
+    return f"{n} bytes {'cut by the snap length' if cut else 'missing'}"
+
+
 def clip(text: str, limit: int) -> str:
     """Shorten ``text`` to at most ``limit`` characters, marking the cut."""
     return text if len(text) <= limit else text[: limit - 3] + "..."

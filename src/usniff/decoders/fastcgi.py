@@ -43,7 +43,16 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..streams import Direction
-from .base import REDACTED, DecoderEvent, Details, Notice, Transaction, clip, show_bytes
+from .base import (
+    REDACTED,
+    DecoderEvent,
+    Details,
+    Notice,
+    Transaction,
+    clip,
+    lost,
+    show_bytes,
+)
 
 PROTOCOL = "fastcgi"
 HEADER = struct.Struct(">BBHHBB")  # version, type, request id, content length, padding, reserved
@@ -321,8 +330,7 @@ class FastcgiDecoder:
             return events
         records = side.reader.skip(n, ts) if cut else None
         if records is None:
-            why = f"{n} bytes {'cut by the snap length' if cut else 'missing'}"
-            self._desync(direction, why, ts, events)
+            self._desync(direction, lost(n, cut), ts, events)
         else:
             self._records(direction, records, events)
         return events

@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 from ..streams import Direction
-from .base import REDACTED, DecoderEvent, Details, Notice, Transaction, clip
+from .base import REDACTED, DecoderEvent, Details, Notice, Transaction, clip, lost
+from .sql import one_line
+from .sql import query_shape as sql_shape
 
 KEEP = 64 * 1024  # bytes kept of each logical packet
 SAMPLE_ROWS = 3
@@ -310,8 +312,6 @@ _LITERAL = re.compile(
     r"""'(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.|"")*"|\b0x[0-9a-fA-F]+\b|"""
     r"""(?<![\w.$])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\b"""
 )
-_IN_LIST = re.compile(r"\(\s*\?(?:\s*,\s*\?)+\s*\)")
-_SPACE = re.compile(r"\s+")
 _SECRETS = re.compile(
     r"""(?P<pre>\bIDENTIFIED\s+(?:(?:WITH|VIA)\s+\w+\s+)?(?:BY|AS|USING)\s+(?:PASSWORD\s*)?\(?\s*"""
     r"""|\bPASSWORD\s*\(\s*|\bSET\s+PASSWORD\b[^=]*=\s*(?:PASSWORD\s*\(\s*)?)"""
@@ -322,9 +322,8 @@ _USE = re.compile(r"\s*use\s+`?([^`;\s]+)`?\s*;?\s*$", re.IGNORECASE)
 
 
 def query_shape(sql: str) -> str:
-    """Statistics key: literals replaced by ``?``, IN lists folded, whitespace collapsed."""
-    shape = _IN_LIST.sub("(?+)", _LITERAL.sub("?", sql))
-    return clip(_SPACE.sub(" ", shape).strip(), 120)
+    """Statistics key: MySQL literals replaced by ``?`` (sql.query_shape)."""
+    return sql_shape(sql, _LITERAL)
 
 
 def redact_sql(sql: str) -> str:
@@ -454,7 +453,7 @@ class MysqlDecoder:
         if cut:
             self._packets(direction, b"", ts, events, cut=n)
         else:
-            self._desync(events, f"{n} bytes missing", ts, direction)
+            self._desync(events, lost(n, False), ts, direction)
         return events
 
     def _parsing(self, direction: Direction) -> bool:
@@ -475,7 +474,7 @@ class MysqlDecoder:
         try:
             packets = reader.skip(cut) if cut else reader.feed(data)
             if packets is None:
-                raise ProtocolError(f"{cut} bytes cut by the snap length")
+                raise ProtocolError(lost(cut, True))
             for packet in packets:
                 if direction is Direction.CLIENT:
                     self._client(packet, ts, events)
@@ -589,7 +588,7 @@ class MysqlDecoder:
         elif code == 0x0C:
             cmd.text = f"KILL {r.uint(4)}"
         cmd.details.update(details)
-        cmd.text = clip(_SPACE.sub(" ", cmd.text).strip(), SUMMARY)
+        cmd.text = one_line(cmd.text, SUMMARY)
         return cmd
 
     def _statement_command(self, cmd: _Command, r: _Reader) -> None:

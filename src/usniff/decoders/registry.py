@@ -22,6 +22,7 @@ from . import detect as d
 from . import fastcgi
 from .base import Decoder
 from .mysql import MysqlDecoder
+from .postgres import PostgresDecoder
 from .resp import RespDecoder
 
 Detector = Callable[[bytes], bool]
@@ -55,7 +56,12 @@ PROTOCOLS: tuple[Protocol, ...] = (
         exchange=d.mysql_command,
     ),  # fmt: skip
     Protocol(
-        "postgres", 5432, "pgsql", client_first=d.pg_startup, server_first=d.pg_authentication
+        "postgres",
+        5432,
+        "pgsql",
+        PostgresDecoder,
+        client_first=d.pg_startup,
+        server_first=d.pg_authentication,
     ),
     Protocol(
         "fastcgi",

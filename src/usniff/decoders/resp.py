@@ -33,7 +33,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..streams import Direction
-from .base import REDACTED, DecoderEvent, Details, Notice, Transaction, clip, show_bytes
+from .base import REDACTED, DecoderEvent, Details, Notice, Transaction, clip, lost, show_bytes
 
 KEEP = 256  # bytes kept of each bulk string
 MAX_ITEMS = 16  # elements kept of each aggregate
@@ -510,8 +510,7 @@ class RespDecoder:
             return events
         messages = self._parsers[direction].skip(n, ts) if cut else None
         if messages is None:
-            why = f"{n} bytes {'cut by the snap length' if cut else 'missing'}"
-            return self._desync(events, why, ts, direction)
+            return self._desync(events, lost(n, cut), ts, direction)
         self._messages(direction, messages, ts, events)
         return events
 

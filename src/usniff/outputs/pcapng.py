@@ -200,6 +200,7 @@ class Framer:
         self._dirs: dict[object, _Dir] = {}  # sock_id (or sock_id + destination) -> direction
         self._open: dict[_Dir, None] = {}  # client directions of open TCP flows
         self._datagram_keys: dict[int, list[object]] = {}  # sock_id -> its destinations' keys
+        self._path_ports: dict[str, int] = {}  # server path -> port of the protocol detected there
         self._addr_of: dict[object, int] = {}
         self._names: dict[int, str] = {}
         self._servers = 0
@@ -350,6 +351,9 @@ class Framer:
             self._open.pop(peer, None)
             if self._dirs.get(peer.key) is peer:
                 del self._dirs[peer.key]
+            # the two directions refer to each other: unlinked, reference counting
+            # frees them now (the capture raises the cyclic GC's thresholds)
+            del d.peer, peer.peer
 
     def _datagram(self, buf: _Sink, d: _Dir, rec: Record) -> None:
         flags = rec.flags
@@ -384,6 +388,7 @@ class Framer:
             if len(self._addr_of) >= MAX_NAMES:  # forget the older half (a bound on memory)
                 for old in list(self._addr_of)[: MAX_NAMES // 2]:
                     self._names.pop(self._addr_of.pop(old), None)
+                self._path_ports.clear()
             if server:
                 self._servers += 1
                 addr = SERVER_NET + self._servers % (NET_SIZE - 2)
@@ -406,6 +411,12 @@ class Framer:
         server_inode, client_inode = (own_ino, peer_ino) if from_server else (peer_ino, own_ino)
         first = rec.data
         port = server_port(b"" if from_server else first, first if from_server else b"")
+        how = ""
+        if rec.path and port != OTHER_PORT:
+            self._path_ports[rec.path] = port
+        elif rec.path in self._path_ports:  # its first bytes lost, or mid-stream: unclear alone
+            port = self._path_ports[rec.path]
+            how = f"; port of the protocol of earlier connections to {rec.path}"
         server_key = ("path", rec.path) if rec.path else ("socket", server_id)
         server_name = rec.path or f"socket:{server_inode}"
         client_pid = rec.peer_pid if from_server else rec.pid
@@ -450,7 +461,7 @@ class Framer:
                 client,
                 rec.ts,
                 f"new connection: socket {client_inode} ({client_name}) -> "
-                f"{server_inode} ({server_name})",
+                f"{server_inode} ({server_name}){how}",
             )
         return server if from_server else client
 
@@ -752,17 +763,12 @@ class PcapngOutput:
         record (one TCP segment on a known flow, no gap, no note pending, same
         comment as before) with no Python call, the others through
         :meth:`Framer.add`; it returns here when a file must rotate (or for
-        an item that is not a Record).
-        ``python -m bench collector``, three runs of three rounds alternating
-        with the Python loop: 31-byte records 597-733k records/s before,
-        0.84-1.21M after (~1.6x); 32 KiB records unchanged (867-975 MB/s
-        before, 866-997 after: the payload copies dominate).
+        an item that is not a Record).  The loop is in C because a Python call
+        per record was the writer's limit for small records.
         The buffer is written out whenever it passes FLUSH_BYTES, also
         within a batch (a 0.1 s batch of small records frames to 2-7 MB):
         writev copies it into the page cache while it is still in the CPU's
-        cache. Collector CPU for 1M 31-byte records at 200k/s to a file on
-        ext4, 3 rounds: 63-68 ticks writing once per batch, 53-57 every 1 MiB
-        (54-56 every 2 MiB, 68-76 every 4 MiB); no difference on tmpfs."""
+        cache (figures for both: docs/performance.md, "Collector")."""
         if limit:
             batch = batch[:limit]
         framer = self._framer
