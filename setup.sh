@@ -12,7 +12,8 @@ fi
 
 PKGS="clang llvm make libbpf-dev libbpf1 bpftool python3-venv python3-dev gcc libc6-dev
       redis-server redis-tools mariadb-server mariadb-client postgresql postgresql-contrib tshark socat strace
-      busybox-static qemu-system-x86 cpio php8.2-fpm nginx-light libfcgi-bin curl"
+      busybox-static qemu-system-x86 cpio podman curl php8.2-fpm nginx-light
+      libfcgi-bin"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

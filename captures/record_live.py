@@ -1,15 +1,16 @@
-"""Record captures/{redis,mysql,postgres,fastcgi}.pcapng with usniff itself (needs root).
+"""Record captures/{redis,mysql,postgres,http,fastcgi}.pcapng with usniff itself (needs root).
 
-    sudo .venv/bin/python captures/record_live.py [redis|mysql|postgres|fastcgi ...]
+    sudo .venv/bin/python captures/record_live.py [redis|mysql|postgres|http|fastcgi ...]
 
 Starts a real redis-server and a real mariadbd in a temporary directory, starts
 ``usniff --path SOCKET -w FILE`` (waiting for its ``capturing with the`` line),
 runs the scripted sessions of tests/live_helpers.py (redis-cli, redis-cli
 --pipe, SUBSCRIBE/PUBLISH, BLPOP, AUTH, redis-benchmark; the mariadb client and
 pymysql with multi-statements and COM_STMT_*; psql, psycopg and a raw client of
-tests/pg_session.py; nginx, cgi-fcgi and a GET_VALUES to php-fpm, tests/php_session.py),
-then stops usniff with SIGTERM.
-tests/test_captures_offline.py decodes the files with ``usniff read`` (no root).
+tests/pg_session.py; curl against podman's Docker API, tests/http_session.py; nginx,
+cgi-fcgi and a GET_VALUES to php-fpm, tests/php_session.py), then stops usniff with
+SIGTERM.  tests/test_captures_offline.py, tests/test_http.py and tests/test_fastcgi.py
+decode the files with ``usniff read`` (no root).
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from http_session import http_session  # noqa: E402
 from live_helpers import Usniff, create_redis_user, mysql_session, redis_session  # noqa: E402
 from pg_session import postgres_session  # noqa: E402
 from php_session import php_session  # noqa: E402
-from servers import start_mariadb, start_php_app, start_postgres, start_redis  # noqa: E402
+from servers import start_mariadb, start_php_app, start_podman, start_postgres, start_redis  # noqa: E402
 
 MAX_SIZE = 300_000
 BENCHMARK_REQUESTS = 64  # redis-benchmark -n: that many SETs and GETs (a multiple of -c*-P)
@@ -79,7 +81,8 @@ def record(
 
 
 def main(names: list[str]) -> None:
-    """Record the captures of ``names`` (redis, mysql, postgres, fastcgi; all when empty)."""
+    """Record the captures of ``names`` (redis, mysql, postgres, http, fastcgi; all when
+    empty)."""
     if not names or "redis" in names:
         record(HERE / "redis.pcapng", start_redis,
                lambda sock: redis_session(sock, benchmark_requests=BENCHMARK_REQUESTS),
@@ -89,6 +92,8 @@ def main(names: list[str]) -> None:
     if not names or "postgres" in names:
         record(HERE / "postgres.pcapng", start_postgres,
                lambda sock: postgres_session(sock, with_pgbench=False), "postgres")  # fmt: skip
+    if not names or "http" in names:
+        record(HERE / "http.pcapng", start_podman, http_session, "http")
     if not names or "fastcgi" in names:
         record(HERE / "fastcgi.pcapng", start_php_app, php_session, "fastcgi")
 

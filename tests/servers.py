@@ -164,6 +164,25 @@ def start_postgres(tmpdir: str | os.PathLike[str]) -> Iterator[str]:
         yield sock
 
 
+PODMAN = shutil.which("podman") or "/usr/bin/podman"
+
+
+@contextlib.contextmanager
+def start_podman(tmpdir: str | os.PathLike[str]) -> Iterator[str]:
+    """Run the Docker-compatible API server of podman on ``tmpdir/podman.sock``, with its
+    storage, run state and event log in ``tmpdir``; yield the socket path.  ``tmpdir`` must
+    be short: podman refuses a run root (``tmpdir/run``) longer than 50 characters."""
+    d = Path(tmpdir)
+    sock = d / "podman.sock"
+    for sub in ("root", "run"):
+        (d / sub).mkdir(exist_ok=True)
+    args = [PODMAN, "--log-level=error", f"--root={d / 'root'}", f"--runroot={d / 'run'}",
+            f"--tmpdir={d / 'run'}", "--events-backend=file", "--storage-driver=vfs",
+            "system", "service", "--time=0", f"unix://{sock}"]  # fmt: skip
+    with _running(args, sock, 30, d / "podman.log") as path:
+        yield path
+
+
 PHP_FPM = shutil.which("php-fpm8.2") or "/usr/sbin/php-fpm8.2"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from usniff.decoders.base import Decoder, Notice, Transaction
 from usniff.decoders.fastcgi import FastcgiDecoder
+from usniff.decoders.http import HttpDecoder
 from usniff.decoders.mysql import MysqlDecoder
 from usniff.decoders.postgres import PostgresDecoder
 from usniff.decoders.resp import RespDecoder
@@ -29,11 +30,18 @@ DECODERS: dict[str, Callable[[], Decoder]] = {
     "resp": RespDecoder,
     "mysql": MysqlDecoder,
     "postgres": PostgresDecoder,
+    "http": HttpDecoder,
     "fastcgi": FastcgiDecoder,
 }
-CAPTURE = {"resp": "redis", "mysql": "mysql", "postgres": "postgres", "fastcgi": "fastcgi"}
+CAPTURE = {
+    "resp": "redis",
+    "mysql": "mysql",
+    "postgres": "postgres",
+    "http": "http",
+    "fastcgi": "fastcgi",
+}
 # transactions the captures give at least (fastcgi's is small: 13 requests)
-SESSION_TRANSACTIONS = {"resp": 41, "mysql": 41, "postgres": 41, "fastcgi": 12}
+SESSION_TRANSACTIONS = {"resp": 41, "mysql": 41, "postgres": 41, "http": 41, "fastcgi": 12}
 RANDOM_BATCH = 400
 MUTATED_BATCH = 40
 COUNTS: Counter[str] = Counter()
@@ -46,6 +54,8 @@ ALPHABET = {
     "resp": b"*$+-:%~>|_#,(!=;.?\r\n0123456789-abcdefPINGSET ",
     "mysql": b"\x00\x01\x02\x03\x05\x0a\x0e\x16\x17\x19\xfb\xfc\xfd\xfe\xff#def\x08\x0cSELECT",
     "postgres": b"\x00\x00\x00\x00\x03\x04\x05\x06\x08\x0aQPBEDSXHCpTDCZRNAGHdcf123nstISELECT",
+    "http": b"GET POST HTTP/1.1 101 200\r\n\r\n: 0123456789abcdef;Content-Length:Transfer-Encoding:"
+    b"chunked Host:Upgrade:Connection:close Expect:100-continue",
     "fastcgi": bytes(range(12)) + b"\x80\xff\x00\x00\x00Status: 404\r\n\r\nLocation:FCGI_",
 }
 

@@ -272,8 +272,7 @@ def summary(stats: CaptureStats, shown: str = "") -> str:
 @click.option(
     "--protocol",
     type=click.Choice(PROTOCOLS),
-    help="Decoder: auto (default for text), resp, mysql, postgres, fastcgi, raw (default for "
-    "-A/-X/json). "
+    help="Decoder: auto (default for text), one protocol's, or raw (default for -A/-X/json). "
     "auto decodes a connection only on evidence of its protocol; other connections' "
     "records are printed raw, marked [not decoded].",
 )
@@ -289,7 +288,8 @@ def summary(stats: CaptureStats, shown: str = "") -> str:
     is_flag=True,
     help="Mask passwords in decoded output (Redis AUTH, HELLO, ACL SETUSER, MIGRATE, CONFIG; "
     "MySQL auth, IDENTIFIED BY; PostgreSQL passwords, SCRAM proofs, cancel keys, PASSWORD "
-    "'...'; FastCGI Authorization, Cookie, PHP_AUTH_PW and secret query values); refused "
+    "'...'; HTTP Authorization, Cookie, X-Registry-Auth headers and body previews; FastCGI "
+    "Authorization, Cookie, PHP_AUTH_PW params and secret query values); refused "
     "with -w, -A, -X and raw JSON, which carry raw bytes.",
 )
 @click.option(

@@ -57,9 +57,6 @@ _REDIS_COMMANDS = frozenset(
 _RESP_ARRAY = re.compile(rb"\*[1-9]\d{0,6}\r\n\$\d{1,10}\r\n")
 _INLINE = re.compile(rb"([A-Za-z][A-Za-z_-]{1,30})(?: [^\r\n]*)?\r?\n")
 _RESP_REPLY = re.compile(rb"[+\-:][^\r\n]*\r\n|[$*%~>|=!(,](-1|\?|\d{1,10})\r\n|_\r\n|#[tf]\r\n")
-_HTTP_CLIENT = re.compile(
-    rb"(GET|POST|PUT|DELETE|HEAD|OPTIONS|PATCH|CONNECT|TRACE) \S+ HTTP/\d|PRI \* HTTP/2\.0"
-)
 _PG_STARTUP = (196608, 80877103, 80877104, 80877102)  # protocol 3.0, SSL, GSSENC, cancel
 
 
@@ -126,10 +123,6 @@ def tls_hello(client: bytes) -> bool:
 
 def tls_server(server: bytes) -> bool:
     return server[:2] in (b"\x16\x03", b"\x15\x03")
-
-
-def http_request(client: bytes) -> bool:
-    return _HTTP_CLIENT.match(client) is not None
 
 
 def resp_array(client: bytes) -> bool:

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 
 from . import detect as d
 from . import fastcgi
+from . import http as h
 from .base import Decoder
+from .http import HttpDecoder
 from .mysql import MysqlDecoder
 from .postgres import PostgresDecoder
 from .resp import RespDecoder
@@ -44,7 +46,8 @@ class Protocol:
 
 PROTOCOLS: tuple[Protocol, ...] = (
     Protocol("tls", 443, "tls", client_first=d.tls_hello, server_first=d.tls_server),
-    Protocol("http", 80, "http", client_first=d.http_request),
+    Protocol("http", 80, "http", HttpDecoder, client_first=h.request_line),
+    Protocol("http2", 80, "http2", client_first=h.h2_preface),
     Protocol("resp", 6379, "resp", RespDecoder, client_first=d.resp_array, exchange=d.resp_inline),
     Protocol(
         "mysql",
