@@ -12,7 +12,8 @@ fi
 
 PKGS="clang llvm make libbpf-dev libbpf1 bpftool python3-venv python3-dev gcc libc6-dev
       redis-server redis-tools mariadb-server mariadb-client postgresql postgresql-contrib memcached tshark socat strace
-      busybox-static qemu-system-x86 cpio podman curl"
+      busybox-static qemu-system-x86 cpio podman curl php8.2-fpm nginx-light
+      libfcgi-bin"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
@@ -25,7 +26,7 @@ if [ -n "$missing" ]; then
     apt-get install -y -q --no-install-recommends $missing
 fi
 # Debian's server packages start their daemons; the tests start their own.
-for svc in redis-server mariadb memcached; do
+for svc in redis-server mariadb memcached php8.2-fpm nginx; do
     (systemctl disable --now "$svc" || service "$svc" stop) >/dev/null 2>&1 || true
 done
 

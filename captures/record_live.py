@@ -1,6 +1,7 @@
-"""Record captures/{redis,mysql,postgres,http,memcached}.pcapng with usniff itself (needs root).
+"""Record captures/{redis,mysql,postgres,http,memcached,fastcgi}.pcapng with usniff itself
+(needs root).
 
-    sudo .venv/bin/python captures/record_live.py [redis|mysql|postgres|memcached ...]
+    sudo .venv/bin/python captures/record_live.py [redis|mysql|postgres|http|memcached|fastcgi ...]
 
 Starts a real redis-server, mariadbd and memcached in a temporary directory, starts
 ``usniff --path SOCKET -w FILE`` (waiting for its ``capturing with the`` line),
@@ -8,9 +9,9 @@ runs the scripted sessions of tests/live_helpers.py (redis-cli, redis-cli
 --pipe, SUBSCRIBE/PUBLISH, BLPOP, AUTH, redis-benchmark; the mariadb client and
 pymysql with multi-statements and COM_STMT_*; psql, psycopg and a raw client of
 tests/pg_session.py; curl against podman's Docker API, tests/http_session.py;
-memcached_session's text and meta commands), then stops usniff with SIGTERM.
-tests/test_captures_offline.py and tests/test_http.py decode the files with ``usniff read``
-(no root).
+memcached_session's text and meta commands; nginx, cgi-fcgi and a GET_VALUES to php-fpm,
+tests/php_session.py), then stops usniff with SIGTERM.  tests/test_captures_offline.py,
+tests/test_http.py and tests/test_fastcgi.py decode the files with ``usniff read`` (no root).
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ from live_helpers import (  # noqa: E402
     redis_session,
 )
 from pg_session import postgres_session  # noqa: E402
+from php_session import php_session  # noqa: E402
 from servers import (  # noqa: E402
     start_mariadb,
     start_memcached,
+    start_php_app,
     start_podman,
     start_postgres,
     start_redis,
@@ -94,7 +97,8 @@ def record(
 
 
 def main(names: list[str]) -> None:
-    """Record the captures of ``names`` (redis, mysql, postgres, http, memcached; all when empty)."""
+    """Record the captures of ``names`` (redis, mysql, postgres, http, memcached, fastcgi; all
+    when empty)."""
     if not names or "redis" in names:
         record(HERE / "redis.pcapng", start_redis,
                lambda sock: redis_session(sock, benchmark_requests=BENCHMARK_REQUESTS),
@@ -108,6 +112,8 @@ def main(names: list[str]) -> None:
         record(HERE / "http.pcapng", start_podman, http_session, "http")
     if not names or "memcached" in names:
         record(HERE / "memcached.pcapng", start_memcached, memcached_session, "memcached")
+    if not names or "fastcgi" in names:
+        record(HERE / "fastcgi.pcapng", start_php_app, php_session, "fastcgi")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recorder import load_records  # noqa: E402
 
 from usniff.events import Record  # noqa: E402
+from usniff.pcapread import read_records  # noqa: E402
 
 CAPTURES = Path(__file__).resolve().parent.parent / "captures"
 PROGS = Path(__file__).resolve().parent / "progs"
@@ -30,8 +31,12 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 @functools.cache
 def capture(name: str) -> tuple[Record, ...]:
-    """Records of captures/<name>.jsonl.gz (recorded from real servers by captures/record.py)."""
-    return tuple(load_records(CAPTURES / f"{name}.jsonl.gz"))
+    """Records of captures/<name>.jsonl.gz (recorded from real servers by captures/record.py),
+    else of captures/<name>.pcapng (written by usniff, captures/record_live.py)."""
+    jsonl = CAPTURES / f"{name}.jsonl.gz"
+    if jsonl.exists():
+        return tuple(load_records(jsonl))
+    return tuple(read_records(str(CAPTURES / f"{name}.pcapng")))
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,10 @@
-"""Real Redis and MariaDB servers on Unix sockets in a temporary directory.
+"""Real Redis, MariaDB, php-fpm and nginx servers on Unix sockets in a temporary directory.
 
 Reusable by every test tier (offline recorder, live capture tests)::
 
     with start_redis(tmp) as sock: ...
     with start_mariadb(tmp) as sock: ...   # root@localhost, no password
+    with start_php_app(tmp) as sock: ...   # php-fpm's socket; nginx_socket(sock) in front
 
 ``redis_net_bytes`` / ``mariadb_bytes`` read the servers' own byte counters
 (INFO stats total_net_input_bytes/total_net_output_bytes, SHOW GLOBAL STATUS
@@ -180,3 +181,89 @@ def start_podman(tmpdir: str | os.PathLike[str]) -> Iterator[str]:
             "system", "service", "--time=0", f"unix://{sock}"]  # fmt: skip
     with _running(args, sock, 30, d / "podman.log") as path:
         yield path
+
+
+PHP_FPM = shutil.which("php-fpm8.2") or "/usr/sbin/php-fpm8.2"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+# A small PHP app: each script's behaviour is what the FastCGI tests check.
+PHP_APP = {
+    "hello.php": '<?php echo "hello ", $_GET["name"] ?? "world", "\\n";\n',
+    "post.php": (
+        "<?php header('Content-Type: text/plain');\n"
+        "$body = file_get_contents('php://input');\n"
+        'echo strlen($body), " ", md5($body), "\\n";\n'
+    ),
+    "warn.php": (
+        "<?php error_log('usniff-warning: disk almost full');\n"
+        "trigger_error('usniff-notice', E_USER_WARNING);\n"
+        'echo "warned\\n";\n'
+    ),
+    "slow.php": '<?php usleep(200000); echo "slept\\n";\n',
+    "teapot.php": "<?php http_response_code(418); header('Content-Type: application/json');\n"
+    'echo json_encode(["teapot" => true]), "\\n";\n',
+    "fail.php": "<?php no_such_function();\n",
+}
+
+
+@contextlib.contextmanager
+def start_php_fpm(tmpdir: str | os.PathLike[str]) -> Iterator[str]:
+    """Run php-fpm (one static pool of 4 workers, as root) on ``tmpdir/php-fpm.sock``
+    serving the scripts of PHP_APP from ``tmpdir/app``; yield the socket path.
+
+    No php.ini (``-n``): log_errors on, display_errors off, so PHP's warnings go
+    to the web server over FCGI_STDERR (fastcgi.logging is on by default)."""
+    d = Path(tmpdir)
+    sock, app = d / "php-fpm.sock", d / "app"
+    app.mkdir(exist_ok=True)
+    for name, text in PHP_APP.items():
+        (app / name).write_text(text)
+    conf = d / "php-fpm.conf"
+    conf.write_text(
+        f"[global]\npid = {d / 'php-fpm.pid'}\nerror_log = {d / 'php-fpm.log'}\n"
+        "daemonize = no\n"
+        f"[app]\nuser = root\ngroup = root\nlisten = {sock}\nlisten.mode = 0666\n"
+        "pm = static\npm.max_children = 4\n"
+        "php_admin_value[log_errors] = On\nphp_admin_value[display_errors] = Off\n"
+    )
+    args = [PHP_FPM, "-n", "-y", str(conf), "-R", "--nodaemonize"]
+    with _running(args, sock, 20, d / "php-fpm.out") as path:
+        yield path
+
+
+@contextlib.contextmanager
+def start_nginx(tmpdir: str | os.PathLike[str], fpm_sock: str) -> Iterator[str]:
+    """Run nginx on ``tmpdir/nginx.sock`` passing ``*.php`` to php-fpm on ``fpm_sock``
+    over kept-alive FastCGI connections (``fastcgi_keep_conn on``); yield its socket."""
+    d = Path(tmpdir)
+    sock, app = d / "nginx.sock", d / "app"
+    temp = "".join(f"{k}_temp_path {d / k};\n" for k in ("client_body", "proxy", "fastcgi",
+                                                          "uwsgi", "scgi"))  # fmt: skip
+    conf = d / "nginx.conf"
+    conf.write_text(
+        f"daemon off;\nmaster_process on;\nworker_processes 1;\nuser root;\n"
+        f"pid {d / 'nginx.pid'};\nerror_log {d / 'nginx-error.log'};\n"
+        "events { worker_connections 64; }\n"
+        f"http {{\naccess_log {d / 'nginx-access.log'};\n{temp}"
+        f"upstream php {{ server unix:{fpm_sock}; keepalive 2; }}\n"
+        f"server {{\nlisten unix:{sock};\nroot {app};\n"
+        "location ~ \\.php$ {\ninclude /etc/nginx/fastcgi_params;\n"
+        "fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name;\n"
+        "fastcgi_pass php;\nfastcgi_keep_conn on;\n}\n}\n}\n"
+    )
+    args = [NGINX, "-c", str(conf), "-p", str(d), "-e", str(d / "nginx-error.log")]
+    with _running(args, sock, 20, d / "nginx.out") as path:
+        yield path
+
+
+def nginx_socket(fpm_sock: str) -> str:
+    """The socket of the nginx that start_php_app started in front of ``fpm_sock``."""
+    return str(Path(fpm_sock).with_name("nginx.sock"))
+
+
+@contextlib.contextmanager
+def start_php_app(tmpdir: str | os.PathLike[str]) -> Iterator[str]:
+    """php-fpm with nginx in front of it (on ``nginx_socket(sock)``); yield php-fpm's socket."""
+    with start_php_fpm(tmpdir) as fpm, start_nginx(tmpdir, fpm) as nginx:
+        assert nginx == nginx_socket(fpm)
+        yield fpm

@@ -288,7 +288,8 @@ def summary(stats: CaptureStats, shown: str = "") -> str:
     is_flag=True,
     help="Mask passwords in decoded output (Redis AUTH, HELLO, ACL SETUSER, MIGRATE, CONFIG; "
     "MySQL auth, IDENTIFIED BY; PostgreSQL passwords, SCRAM proofs, cancel keys, PASSWORD "
-    "'...'; HTTP Authorization, Cookie, X-Registry-Auth headers and body previews); refused "
+    "'...'; HTTP Authorization, Cookie, X-Registry-Auth headers and body previews; FastCGI "
+    "Authorization, Cookie, PHP_AUTH_PW params and secret query values); refused "
     "with -w, -A, -X and raw JSON, which carry raw bytes.",
 )
 @click.option(

@@ -43,7 +43,7 @@ from usniff.outputs.pcapng import (
     parse_comment,
 )
 
-from .decoders.registry import PROTOCOLS
+from .decoders.registry import DECODE_AS, PROTOCOLS
 
 WELL_KNOWN_PORTS = frozenset(p.port for p in PROTOCOLS) | {OTHER_PORT}
 MASK32 = 0xFFFFFFFF
@@ -638,10 +638,14 @@ def dissect_wireshark(
     """``usniff read --dissect wireshark``: the fields tshark (through pyshark)
     finds in each packet of the given protocols.  Repeated fields (the
     arguments of one command) are joined with ", ".  ``decode_as`` is passed to
-    tshark, e.g. ``{"tcp.port==16379": "resp"}`` for a server on another port."""
+    tshark, e.g. ``{"tcp.port==16379": "resp"}`` for a server on another port, besides
+    the ports of the protocols stock Wireshark does not dissect unasked (FastCGI's)."""
     pyshark = importlib.import_module("pyshark")  # optional dependency
     capture = pyshark.FileCapture(
-        path, display_filter=" || ".join(protocols), keep_packets=False, decode_as=decode_as
+        path,
+        display_filter=" || ".join(protocols),
+        keep_packets=False,
+        decode_as={**DECODE_AS, **(decode_as or {})},
     )
     try:
         for pkt in capture:

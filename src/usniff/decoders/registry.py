@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import detect as d
+from . import fastcgi
 from . import http as h
 from . import memcached as mc
 from .base import Decoder
@@ -40,6 +41,8 @@ class Protocol:
     client_first: Detector | None = None  # the client's first bytes identify it alone
     server_first: Detector | None = None  # the server's first bytes identify it alone
     exchange: Exchange | None = None  # a request and its reply identify it together
+    # stock Wireshark dissects it on ``port`` unasked; False: only with -d tcp.port==PORT,NAME
+    wireshark_port: bool = True
 
 
 PROTOCOLS: tuple[Protocol, ...] = (
@@ -73,9 +76,22 @@ PROTOCOLS: tuple[Protocol, ...] = (
         exchange=mc.exchange,
     ),
     Protocol("memcached-binary", 11211, "memcache", client_first=mc.binary_request),
+    Protocol(
+        "fastcgi",
+        9000,  # php-fpm's customary port; Wireshark's fcgi dissector has none
+        "fcgi",
+        fastcgi.FastcgiDecoder,
+        client_first=fastcgi.begin_request,
+        exchange=fastcgi.record_exchange,
+        wireshark_port=False,
+    ),
 )
 BY_NAME = {p.name: p for p in PROTOCOLS}
 DECODABLE = tuple(p.name for p in PROTOCOLS if p.decoder is not None)
+
+
+# tshark's -d options that make stock Wireshark dissect every protocol on its port
+DECODE_AS = {f"tcp.port=={p.port}": p.wireshark for p in PROTOCOLS if not p.wireshark_port}
 
 
 def detect(client: bytes, server: bytes) -> str | None:
