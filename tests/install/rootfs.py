@@ -1,0 +1,98 @@
+"""Minimal Debian root file systems for the install tests (tests/install/test_install.py).
+
+``tarball(suite)`` gives ``tests/install/cache/<suite>-amd64.tar``: a ``debootstrap
+--variant=minbase`` tree with python3 and python3-venv only (no compiler, no libbpf),
+made once from the Debian mirror the host's apt already uses and kept (gitignored).
+``Chroot`` unpacks one into a temporary directory and mounts /proc, /sys (with
+/sys/kernel/btf and tracefs under it) and /dev, so that usniff loads its programs
+there on the host's kernel exactly as on a machine running that release.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / "cache"
+sys.path.insert(0, str(HERE.parent / "vm"))
+from fetch_kernels import host_mirrors  # noqa: E402  (tests/vm is not a package)
+
+PACKAGES = "python3,python3-venv"  # venv: pip, for installing the wheel
+ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
+
+
+def tarball(suite: str) -> Path:
+    """The cached root file system of ``suite``, made by debootstrap on first use."""
+    path = CACHE / f"{suite}-amd64.tar"
+    if path.is_file():
+        return path
+    CACHE.mkdir(parents=True, exist_ok=True)
+    mirror = host_mirrors()[0]
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        root = Path(tmp) / "root"
+        subprocess.run(
+            ["debootstrap", "--variant=minbase", f"--include={PACKAGES}", suite, root, mirror],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        subprocess.run(["tar", "-C", root, "-cf", f"{path}.tmp", "."], check=True)
+    Path(f"{path}.tmp").rename(path)
+    print(f"debootstrap {suite}: {time.monotonic() - started:.0f} s", file=sys.stderr)
+    return path
+
+
+class Chroot:
+    """A fresh copy of a cached root file system with /proc, /sys and /dev mounted."""
+
+    def __init__(self, suite: str, workdir: Path) -> None:
+        self.root = workdir / suite
+        self.root.mkdir()
+        subprocess.run(["tar", "-C", self.root, "-xf", tarball(suite)], check=True)
+        self._mounted: list[Path] = []
+
+    def __enter__(self) -> Chroot:
+        try:
+            self._mount(["-t", "proc", "proc"], "proc")
+            for tree in ("sys", "dev"):
+                self._mount(["--rbind", f"/{tree}"], tree)
+                # a slave: unmounting our copy later must not unmount the host's submounts
+                subprocess.run(["mount", "--make-rslave", self.root / tree], check=True)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _mount(self, how: list[str], where: str) -> None:
+        subprocess.run(["mount", *how, self.root / where], check=True)
+        self._mounted.append(self.root / where)
+
+    def __exit__(self, *exc: object) -> None:
+        for point in reversed(self._mounted):
+            subprocess.run(["umount", "-R", point], check=False)
+        self._mounted.clear()
+
+    def argv(self, *args: str | Path) -> list[str]:
+        """A command run inside, as root."""
+        return ["chroot", str(self.root), *map(str, args)]
+
+    def run(self, *args: str | Path, **kw: Any) -> subprocess.CompletedProcess[str]:
+        kw.setdefault("timeout", 600)
+        kw.setdefault("env", ENV)
+        return subprocess.run(self.argv(*args), capture_output=True, text=True, **kw)
+
+    def copy_in(self, src: Path, dest: str) -> str:
+        """Copy a host file to ``dest`` (a path inside); returns ``dest``."""
+        target = self.root / dest.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, target)
+        return dest
+
+    def host_path(self, inside: str) -> Path:
+        return self.root / inside.lstrip("/")

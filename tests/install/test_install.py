@@ -1,0 +1,134 @@
+"""The wheel a production user installs, tried as they would (`make test-install`, as root).
+
+A clean clone of this repository builds the wheel with the documented command
+(`make wheel`); the wheel is installed with pip into minimal Debian root file
+systems that have python3 and nothing else (no compiler, no libbpf), and captures
+a socketpair's bytes there, compared with what the sending program itself says
+it sent (tests/progs/uxwork.py).  Slow (debootstrap on first use: ~2.5 min per
+release; tests/install/cache keeps the result), so not part of `make test`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from live import UXWORK, Workload
+from live_helpers import Usniff
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rootfs import Chroot  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+VENV = "/opt/usniff"  # where the tests install usniff inside a root file system
+pytestmark = pytest.mark.root
+
+
+def build_wheel(where: Path) -> Path:
+    """`make wheel` in a fresh clone of this repository's HEAD; the manylinux wheel."""
+    clone = where / "usniff"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    started = time.monotonic()
+    subprocess.run(
+        ["make", "-C", str(clone), "wheel", f"PYTHON={sys.executable}"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    print(f"make wheel: {time.monotonic() - started:.0f} s", file=sys.stderr)
+    (wheel,) = (clone / "dist").glob("usniff-*-manylinux_*.whl")
+    return wheel
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_wheel(tmp_path_factory.mktemp("build"))
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel and its dependencies' wheels, for an offline pip in the root file systems."""
+    house = tmp_path_factory.mktemp("wheels")
+    tag = re.search(r"-(cp\d+)-cp\d+-(manylinux_\w+)\.whl$", wheel.name)
+    assert tag, wheel.name
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--dest", str(house),
+         "--only-binary=:all:", "--implementation", "cp",
+         "--python-version", tag.group(1).removeprefix("cp"), "--platform", tag.group(2),
+         str(wheel)],
+        check=True,
+    )  # fmt: skip
+    return house
+
+
+def readelf(*args: str | Path) -> str:
+    return subprocess.run(
+        ["readelf", *map(str, args)], check=True, capture_output=True, text=True
+    ).stdout
+
+
+def test_wheel_is_reproducible_and_self_contained(
+    wheel: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    again = build_wheel(tmp_path_factory.mktemp("build-again"))
+    assert again.name == wheel.name
+    assert again.read_bytes() == wheel.read_bytes(), "two builds of one commit differ"
+    subprocess.run([sys.executable, "-m", "zipfile", "-e", str(wheel), str(tmp_path)], check=True)
+    obj = tmp_path / "usniff" / "bpf" / "usniff.bpf.o"
+    sections = set(re.findall(r"\] (\.\S+)", readelf("-SW", obj)))
+    assert {".BTF", ".BTF.ext"} <= sections, "CO-RE needs the BTF kept"
+    assert not {s for s in sections if s.startswith(".debug")}, "DWARF not stripped"
+    libs = {p.name.split("-")[0] for p in (tmp_path / "usniff.libs").iterdir()}
+    assert {"libbpf", "libelf"} <= libs
+    for so in [*tmp_path.glob("usniff/*.so"), *(tmp_path / "usniff.libs").iterdir()]:
+        for path in re.findall(r"R(?:UN)?PATH.*\[(.*)\]", readelf("-d", so)):
+            assert path.startswith("$ORIGIN"), f"{so.name}: build-host search path {path}"
+
+
+@pytest.fixture(params=["bookworm"])
+def rootfs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Chroot]:
+    with Chroot(request.param, tmp_path) as chroot:
+        yield chroot
+
+
+def test_wheel_captures_in_minimal_debian(rootfs: Chroot, wheel: Path, wheelhouse: Path) -> None:
+    for tool in ("cc", "gcc", "clang"):
+        assert rootfs.run("sh", "-c", f"command -v {tool}").returncode != 0, tool
+    assert not list(rootfs.root.glob("usr/lib/*/libbpf.so*")), "the system must have no libbpf"
+    for f in wheelhouse.iterdir():
+        rootfs.copy_in(f, f"/tmp/wheels/{f.name}")
+    for argv in (
+        ["python3", "-m", "venv", VENV],
+        [f"{VENV}/bin/pip", "install", "-q", "--no-index", "--find-links", "/tmp/wheels",
+         f"/tmp/wheels/{wheel.name}"],
+    ):  # fmt: skip
+        done = rootfs.run(*argv)
+        assert done.returncode == 0, f"{argv}: {done.stderr}"
+
+    work = Workload(rootfs.argv("python3", rootfs.copy_in(UXWORK, "/tmp/uxwork.py"), "writev",
+                                "/tmp"))  # fmt: skip
+    sender = int(work.ready["a"])
+    usniff = Usniff(
+        "--pid", str(work.pid), "--format", "json", command=rootfs.argv(f"{VENV}/bin/usniff")
+    )
+    with usniff:
+        work.go()
+        done = work.done()
+        result = usniff.stop()
+    work.finish()
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"\b0 bytes lost", result.stderr), result.stderr
+    sent = rootfs.host_path(done["sent"][str(sender)]).read_bytes()
+    got = bytearray()
+    for line in result.stdout.decode().splitlines():
+        rec = json.loads(line)
+        if rec["inode"] == sender and "data" in rec:
+            assert rec["offset"] == len(got), "records out of order or missing"
+            got += base64.b64decode(rec["data"])
+    assert bytes(got) == sent
