@@ -55,13 +55,14 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def wheelhouse(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The wheel and its dependencies' wheels, for an offline pip in the root file systems."""
     house = tmp_path_factory.mktemp("wheels")
-    tag = re.search(r"-(cp\d+)-cp\d+-(manylinux_\w+)\.whl$", wheel.name)
+    tag = re.search(r"-cp(\d+)-cp\d+-manylinux_2_(\d+)_x86_64\.whl$", wheel.name)
     assert tag, wheel.name
+    # pip takes a target platform literally: name every glibc the wheel's tag admits
+    platforms = [f"manylinux_2_{n}_x86_64" for n in range(17, int(tag.group(2)) + 1)]
     subprocess.run(
         [sys.executable, "-m", "pip", "download", "-q", "--dest", str(house),
-         "--only-binary=:all:", "--implementation", "cp",
-         "--python-version", tag.group(1).removeprefix("cp"), "--platform", tag.group(2),
-         str(wheel)],
+         "--only-binary=:all:", "--implementation", "cp", "--python-version", tag.group(1),
+         *(f"--platform={p}" for p in platforms), str(wheel)],
         check=True,
     )  # fmt: skip
     return house
