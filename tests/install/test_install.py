@@ -92,33 +92,37 @@ def test_wheel_is_reproducible_and_self_contained(
             assert path.startswith("$ORIGIN"), f"{so.name}: build-host search path {path}"
 
 
-@pytest.fixture(params=["bookworm"])
-def rootfs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Chroot]:
-    with Chroot(request.param, tmp_path) as chroot:
-        yield chroot
+@pytest.fixture(scope="module", params=["bookworm"])
+def installed(
+    request: pytest.FixtureRequest,
+    wheel: Path,
+    wheelhouse: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Chroot]:
+    """A minimal root file system of one Debian release with the wheel installed by pip."""
+    with Chroot(request.param, tmp_path_factory.mktemp("rootfs")) as rootfs:
+        for tool in ("cc", "gcc", "clang"):
+            assert rootfs.run("sh", "-c", f"command -v {tool}").returncode != 0, tool
+        assert not list(rootfs.root.glob("usr/lib/*/libbpf.so*")), "the system has a libbpf"
+        for f in wheelhouse.iterdir():
+            rootfs.copy_in(f, f"/tmp/wheels/{f.name}")
+        for argv in (
+            ["python3", "-m", "venv", VENV],
+            [f"{VENV}/bin/pip", "install", "-q", "--no-index", "--find-links", "/tmp/wheels",
+             f"/tmp/wheels/{wheel.name}"],
+        ):  # fmt: skip
+            done = rootfs.run(*argv)
+            assert done.returncode == 0, f"{argv}: {done.stderr}"
+        rootfs.copy_in(UXWORK, "/tmp/uxwork.py")
+        yield rootfs
 
 
-def test_wheel_captures_in_minimal_debian(rootfs: Chroot, wheel: Path, wheelhouse: Path) -> None:
-    for tool in ("cc", "gcc", "clang"):
-        assert rootfs.run("sh", "-c", f"command -v {tool}").returncode != 0, tool
-    assert not list(rootfs.root.glob("usr/lib/*/libbpf.so*")), "the system must have no libbpf"
-    for f in wheelhouse.iterdir():
-        rootfs.copy_in(f, f"/tmp/wheels/{f.name}")
-    for argv in (
-        ["python3", "-m", "venv", VENV],
-        [f"{VENV}/bin/pip", "install", "-q", "--no-index", "--find-links", "/tmp/wheels",
-         f"/tmp/wheels/{wheel.name}"],
-    ):  # fmt: skip
-        done = rootfs.run(*argv)
-        assert done.returncode == 0, f"{argv}: {done.stderr}"
-
-    work = Workload(rootfs.argv("python3", rootfs.copy_in(UXWORK, "/tmp/uxwork.py"), "writev",
-                                "/tmp"))  # fmt: skip
+def capture_socketpair(rootfs: Chroot, *as_user: str) -> None:
+    """usniff --pid (run inside as ``as_user``: a setpriv prefix) captures every byte sent."""
+    work = Workload(rootfs.argv("python3", "/tmp/uxwork.py", "writev", "/tmp"))
     sender = int(work.ready["a"])
-    usniff = Usniff(
-        "--pid", str(work.pid), "--format", "json", command=rootfs.argv(f"{VENV}/bin/usniff")
-    )
-    with usniff:
+    command = rootfs.argv(*as_user, f"{VENV}/bin/usniff")
+    with Usniff("--pid", str(work.pid), "--format", "json", command=command) as usniff:
         work.go()
         done = work.done()
         result = usniff.stop()
@@ -133,3 +137,29 @@ def test_wheel_captures_in_minimal_debian(rootfs: Chroot, wheel: Path, wheelhous
             assert rec["offset"] == len(got), "records out of order or missing"
             got += base64.b64decode(rec["data"])
     assert bytes(got) == sent
+
+
+def test_wheel_captures_in_minimal_debian(installed: Chroot) -> None:
+    capture_socketpair(installed)
+
+
+def unprivileged(*caps: str) -> list[str]:
+    """setpriv: the user nobody holding exactly ``caps`` (ambient, so they survive exec)."""
+    want = ",".join(f"+{c}" for c in caps)
+    return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+            f"--inh-caps=-all,{want}", f"--ambient-caps={want}"]  # fmt: skip
+
+
+def test_unprivileged_user_with_cap_bpf_and_cap_perfmon_captures(installed: Chroot) -> None:
+    status = installed.run(*unprivileged("bpf", "perfmon"), "grep", "^Cap[EA]", "/proc/self/status")
+    # CAP_BPF (39) and CAP_PERFMON (38), effective and ambient, and nothing else
+    assert status.stdout.split() == ["CapEff:", "000000c000000000", "CapAmb:", "000000c000000000"]
+    capture_socketpair(installed, *unprivileged("bpf", "perfmon"))
+
+
+@pytest.mark.parametrize(("held", "missing"), [("bpf", "CAP_PERFMON"), ("perfmon", "CAP_BPF")])
+def test_a_missing_capability_is_named(installed: Chroot, held: str, missing: str) -> None:
+    done = installed.run(*unprivileged(held), f"{VENV}/bin/usniff", "--duration", "1")
+    assert done.returncode != 0
+    assert f"usniff lacks {missing} " in done.stderr, done.stderr
+    assert "trampolines" not in done.stderr
