@@ -8,8 +8,12 @@ ARCH := $(shell uname -m | sed 's/x86_64/x86/;s/aarch64/arm64/')
 # CO-RE relocates the object on every kernel it loads on.
 VMLINUX_BTF ?= /sys/kernel/btf/vmlinux
 BPF_OBJ := src/usniff/bpf/usniff.bpf.o
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+PODMAN ?= podman
+IMAGE ?= usniff:$(VERSION)
+IMAGE_BASE ?= debian:bookworm-slim
 
-.PHONY: all bpf wheel test test-install test-fast lint bench clean
+.PHONY: all bpf wheel wheelhouse image test test-install test-fast lint bench clean
 
 all: bpf
 
@@ -37,6 +41,16 @@ wheel:
 	LDSHARED="$(CC) -shared" CFLAGS="-g0" $(PYTHON) -m build --outdir dist/raw .
 	PATH="$(abspath $(dir $(PYTHON))):$$PATH" $(PYTHON) -m auditwheel repair --wheel-dir dist dist/raw/*.whl
 	mv dist/raw/*.tar.gz dist/ && rm -rf dist/raw
+
+# dist/wheels: the wheel and its dependencies' wheels (for this interpreter's version),
+# to install with `pip install --no-index --find-links dist/wheels usniff`.
+wheelhouse:
+	rm -rf dist/wheels
+	$(PYTHON) -m pip download -q --dest dist/wheels --only-binary=:all: dist/usniff-*-manylinux_*.whl
+
+# The container image (Containerfile) from the wheel: IMAGE_BASE needs python3 3.11.
+image: wheel wheelhouse
+	$(PODMAN) build -f Containerfile --build-arg BASE=$(IMAGE_BASE) -t $(IMAGE) dist
 
 # The README's test command: everything, live capture included (needs root).
 test: bpf

@@ -15,57 +15,17 @@ import json
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from live import UXWORK, Workload
 from live_helpers import Usniff
+from rootfs import Chroot
+from wheelbuild import clone_and_build, manylinux_wheel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rootfs import Chroot  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
 VENV = "/opt/usniff"  # where the tests install usniff inside a root file system
 pytestmark = pytest.mark.root
-
-
-def build_wheel(where: Path) -> Path:
-    """`make wheel` in a fresh clone of this repository's HEAD; the manylinux wheel."""
-    clone = where / "usniff"
-    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
-    started = time.monotonic()
-    subprocess.run(
-        ["make", "-C", str(clone), "wheel", f"PYTHON={sys.executable}"],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    print(f"make wheel: {time.monotonic() - started:.0f} s", file=sys.stderr)
-    (wheel,) = (clone / "dist").glob("usniff-*-manylinux_*.whl")
-    return wheel
-
-
-@pytest.fixture(scope="session")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_wheel(tmp_path_factory.mktemp("build"))
-
-
-@pytest.fixture(scope="session")
-def wheelhouse(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheel and its dependencies' wheels, for an offline pip in the root file systems."""
-    house = tmp_path_factory.mktemp("wheels")
-    tag = re.search(r"-cp(\d+)-cp\d+-manylinux_2_(\d+)_x86_64\.whl$", wheel.name)
-    assert tag, wheel.name
-    # pip takes a target platform literally: name every glibc the wheel's tag admits
-    platforms = [f"manylinux_2_{n}_x86_64" for n in range(17, int(tag.group(2)) + 1)]
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "-q", "--dest", str(house),
-         "--only-binary=:all:", "--implementation", "cp", "--python-version", tag.group(1),
-         *(f"--platform={p}" for p in platforms), str(wheel)],
-        check=True,
-    )  # fmt: skip
-    return house
 
 
 def readelf(*args: str | Path) -> str:
@@ -77,7 +37,7 @@ def readelf(*args: str | Path) -> str:
 def test_wheel_is_reproducible_and_self_contained(
     wheel: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    again = build_wheel(tmp_path_factory.mktemp("build-again"))
+    again = manylinux_wheel(clone_and_build(tmp_path_factory.mktemp("build-again")))
     assert again.name == wheel.name
     assert again.read_bytes() == wheel.read_bytes(), "two builds of one commit differ"
     subprocess.run([sys.executable, "-m", "zipfile", "-e", str(wheel), str(tmp_path)], check=True)
@@ -104,7 +64,7 @@ def installed(
         for tool in ("cc", "gcc", "clang"):
             assert rootfs.run("sh", "-c", f"command -v {tool}").returncode != 0, tool
         assert not list(rootfs.root.glob("usr/lib/*/libbpf.so*")), "the system has a libbpf"
-        for f in wheelhouse.iterdir():
+        for f in wheelhouse.iterdir():  # built for this interpreter: Python 3.11, as bookworm's
             rootfs.copy_in(f, f"/tmp/wheels/{f.name}")
         for argv in (
             ["python3", "-m", "venv", VENV],

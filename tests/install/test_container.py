@@ -1,0 +1,68 @@
+"""The container image (Containerfile, `make image`) captures a process outside it (as root).
+
+No image registry is reachable here, so the base image is the cached minimal Debian 12
+root file system (rootfs.py) brought in with `podman import`.  The container gets
+what docs/install.md says it needs and nothing more: the host's PID namespace,
+CAP_BPF + CAP_PERFMON only, /sys/kernel/btf read-only.  The traffic comes from a
+program on the host, and the captured bytes are compared with what it says it sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import resource
+import subprocess
+from pathlib import Path
+
+import pytest
+from live import Workload
+from live_helpers import Usniff
+from rootfs import tarball
+from wheelbuild import make
+
+pytestmark = pytest.mark.root
+BASE = "localhost/usniff-test-base:bookworm"
+IMAGE = "localhost/usniff-test:latest"
+# Debian 12's crun refuses hosts with hybrid cgroups (v1 + v2), such as this one; runc
+# runs anywhere.  Podman's default rlimits can exceed a host's hard limits: take ours.
+PODMAN = ["podman", "--runtime", "runc"]
+ULIMITS = [
+    f"--ulimit={name}={soft}:{hard}"
+    for name, (soft, hard) in (
+        ("nofile", resource.getrlimit(resource.RLIMIT_NOFILE)),
+        ("nproc", resource.getrlimit(resource.RLIMIT_NPROC)),
+    )
+]
+
+
+@pytest.fixture(scope="module")
+def image(clone: Path) -> str:
+    subprocess.run([*PODMAN, "import", "-q", str(tarball("bookworm")), BASE], check=True)
+    make(clone, "image", PODMAN=" ".join(PODMAN), IMAGE=IMAGE, IMAGE_BASE=BASE)
+    return IMAGE
+
+
+def test_container_captures_a_host_process(image: str, tmp_path: Path) -> None:
+    work = Workload.py("writev", tmp_path)
+    sender = int(work.ready["a"])
+    run = [
+        *PODMAN, "run", "--rm", *ULIMITS, "--pid=host", "--cap-drop=all",
+        "--cap-add=BPF,PERFMON", "-v", "/sys/kernel/btf:/sys/kernel/btf:ro", image,
+    ]  # fmt: skip
+    with Usniff("--pid", str(work.pid), "--format", "json", command=run) as usniff:
+        work.go()
+        done = work.done()
+        result = usniff.stop()
+    work.finish()
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"\b0 bytes lost", result.stderr), result.stderr
+    got = bytearray()
+    for line in result.stdout.decode().splitlines():
+        rec = json.loads(line)
+        if rec["inode"] == sender and "data" in rec:
+            assert rec["offset"] == len(got), "records out of order or missing"
+            assert rec["pid"] == work.pid  # the host's PID, seen from the container
+            got += base64.b64decode(rec["data"])
+    assert bytes(got) == Workload.sent(done)[sender]
