@@ -113,12 +113,21 @@ _GRANT = (
 )
 
 
+def _status(field: str) -> str:
+    """A field of /proc/self/status ("" when absent)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key == field:
+            return value.strip()
+    return ""
+
+
 def effective_capabilities() -> int:
     """This process' effective capability set (CapEff in /proc/self/status), as a bit mask."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("CapEff:"):
-            return int(line.split()[1], 16)
-    raise CaptureError("/proc/self/status has no CapEff line: is /proc mounted?")
+    caps = _status("CapEff")
+    if not caps:
+        raise CaptureError("/proc/self/status has no CapEff line: is /proc mounted?")
+    return int(caps, 16)
 
 
 def missing_capabilities(caps: int | None = None) -> list[str]:
@@ -536,6 +545,13 @@ def _has_btf_type(name: bytes) -> bool:
 
 
 def _explain(backend: str, e: libbpf.LibbpfError) -> str:
+    if e.errno == errno.EPERM and _status("Seccomp") == "2":  # filter mode
+        return (
+            f"the kernel refused under this process' seccomp filter ({e}): container "
+            "runtimes' default profiles may allow bpf() and perf_event_open() only with "
+            "CAP_SYS_ADMIN; run the container with --security-opt seccomp=unconfined, or a "
+            "profile that allows both (docs/install.md)"
+        )
     if _kernel_version() < (5, 17):
         return f"usniff needs bpf_loop (kernel >= 5.17); this kernel is {os.uname().release} ({e})"
     if backend == "fentry" and e.errno in (errno.EPERM, errno.EOPNOTSUPP, 524):

@@ -38,13 +38,18 @@ def image(clone: Path) -> str:
     return IMAGE
 
 
+def podman_run(image: str, *options: str) -> list[str]:
+    """podman run with what docs/install.md says usniff needs (and ``options``)."""
+    return [
+        *PODMAN, "run", "--rm", *ULIMITS, "--pid=host", "--cap-drop=all",
+        "--cap-add=BPF,PERFMON", "-v", "/sys/kernel/btf:/sys/kernel/btf:ro", *options, image,
+    ]  # fmt: skip
+
+
 def test_container_captures_a_host_process(image: str, tmp_path: Path) -> None:
     work = Workload.py("writev", tmp_path)
     sender = int(work.ready["a"])
-    run = [
-        *PODMAN, "run", "--rm", *ULIMITS, "--pid=host", "--cap-drop=all",
-        "--cap-add=BPF,PERFMON", "-v", "/sys/kernel/btf:/sys/kernel/btf:ro", image,
-    ]  # fmt: skip
+    run = podman_run(image, "--security-opt=seccomp=unconfined")
     with Usniff("--pid", str(work.pid), "--format", "json", command=run) as usniff:
         work.go()
         done = work.done()
@@ -60,3 +65,13 @@ def test_container_captures_a_host_process(image: str, tmp_path: Path) -> None:
             assert rec["pid"] == work.pid  # the host's PID, seen from the container
             got += base64.b64decode(rec["data"])
     assert bytes(got) == Workload.sent(done)[sender]
+
+
+def test_a_seccomp_refusal_is_named(image: str) -> None:
+    """Podman's default seccomp profile (Debian 12) allows bpf() only with CAP_SYS_ADMIN."""
+    done = subprocess.run(
+        [*podman_run(image), "--duration", "1"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0
+    assert "seccomp=unconfined" in done.stderr, done.stderr
+    assert "trampolines" not in done.stderr
