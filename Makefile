@@ -59,7 +59,7 @@ test: bpf
 # The wheel from a clean clone, installed and capturing in minimal Debian root file
 # systems (tests/install; root; debootstrap once, cached in tests/install/cache).
 test-install:
-	$(PYTHON) -m pytest -q tests/install
+	$(PYTHON) -m pytest -q tests/install --durations=10
 
 test-fast:
 	$(PYTHON) -m pytest -q tests -m "not root" --ignore=tests/install

@@ -9,15 +9,12 @@ program on the host, and the captured bytes are compared with what it says it se
 
 from __future__ import annotations
 
-import base64
-import json
-import re
 import subprocess
 from pathlib import Path
 
 import pytest
+from jsoncapture import capture_sends
 from live import Workload
-from live_helpers import Usniff
 from rootfs import tarball
 from wheelbuild import make
 
@@ -48,23 +45,9 @@ def podman_run(image: str, *options: str) -> list[str]:
 
 def test_container_captures_a_host_process(image: str, tmp_path: Path) -> None:
     work = Workload.py("writev", tmp_path)
-    sender = int(work.ready["a"])
-    run = podman_run(image, "--security-opt=seccomp=unconfined")
-    with Usniff("--pid", str(work.pid), "--format", "json", command=run) as usniff:
-        work.go()
-        done = work.done()
-        result = usniff.stop()
-    work.finish()
-    assert result.returncode == 0, result.stderr
-    assert re.search(r"\b0 bytes lost", result.stderr), result.stderr
-    got = bytearray()
-    for line in result.stdout.decode().splitlines():
-        rec = json.loads(line)
-        if rec["inode"] == sender and "data" in rec:
-            assert rec["offset"] == len(got), "records out of order or missing"
-            assert rec["pid"] == work.pid  # the host's PID, seen from the container
-            got += base64.b64decode(rec["data"])
-    assert bytes(got) == Workload.sent(done)[sender]
+    done, got, pids = capture_sends(work, podman_run(image, "--security-opt=seccomp=unconfined"))
+    assert got == Workload.sent(done)[int(work.ready["a"])]
+    assert pids == {work.pid}  # the host's PID, seen from the container
 
 
 def test_a_seccomp_refusal_is_named(image: str) -> None:

@@ -10,8 +10,6 @@ release; tests/install/cache keeps the result), so not part of `make test`.
 
 from __future__ import annotations
 
-import base64
-import json
 import re
 import subprocess
 import sys
@@ -19,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from jsoncapture import capture_sends
 from live import UXWORK, Workload
-from live_helpers import Usniff
 from rootfs import Chroot
 from wheelbuild import clone_and_build, manylinux_wheel
 
@@ -80,23 +78,8 @@ def installed(
 def capture_socketpair(rootfs: Chroot, *as_user: str) -> None:
     """usniff --pid (run inside as ``as_user``: a setpriv prefix) captures every byte sent."""
     work = Workload(rootfs.argv("python3", "/tmp/uxwork.py", "writev", "/tmp"))
-    sender = int(work.ready["a"])
-    command = rootfs.argv(*as_user, f"{VENV}/bin/usniff")
-    with Usniff("--pid", str(work.pid), "--format", "json", command=command) as usniff:
-        work.go()
-        done = work.done()
-        result = usniff.stop()
-    work.finish()
-    assert result.returncode == 0, result.stderr
-    assert re.search(r"\b0 bytes lost", result.stderr), result.stderr
-    sent = rootfs.host_path(done["sent"][str(sender)]).read_bytes()
-    got = bytearray()
-    for line in result.stdout.decode().splitlines():
-        rec = json.loads(line)
-        if rec["inode"] == sender and "data" in rec:
-            assert rec["offset"] == len(got), "records out of order or missing"
-            got += base64.b64decode(rec["data"])
-    assert bytes(got) == sent
+    done, got, _ = capture_sends(work, rootfs.argv(*as_user, f"{VENV}/bin/usniff"))
+    assert got == rootfs.host_path(done["sent"][str(work.ready["a"])]).read_bytes()
 
 
 def test_wheel_captures_in_minimal_debian(installed: Chroot) -> None:
