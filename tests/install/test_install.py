@@ -110,7 +110,7 @@ def test_a_missing_capability_is_named(installed: Chroot, held: str, missing: st
 
 def test_pid_inside_a_pid_namespace_is_refused(installed: Chroot) -> None:
     """BPF filters on the host's PIDs: a PID namespace's own would match nothing, silently."""
-    done = installed.run("unshare", "--pid", "--fork", "--mount-proc",
+    done = installed.run("unshare", "--pid", "--fork", "--mount-proc", "--propagation=unchanged",
                          f"{VENV}/bin/usniff", "--pid", "1", "--duration", "1")  # fmt: skip
     assert done.returncode != 0
     assert "--pid: usniff runs in a PID namespace" in done.stderr, done.stderr
