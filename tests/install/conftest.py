@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from wheelbuild import clone_and_build, make, manylinux_wheel  # noqa: E402
+from wheelbuild import build_in_chroot, clone_and_build, make, manylinux_wheel  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +26,9 @@ def wheelhouse(clone: Path) -> Path:
     """dist/wheels (`make wheelhouse`): the wheel and its dependencies, for an offline pip."""
     make(clone, "wheelhouse")
     return clone / "dist" / "wheels"
+
+
+@pytest.fixture(scope="session")
+def trixie_wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The CPython 3.13 wheel and its dependencies, built in Debian 13 (wheelbuild.py)."""
+    return build_in_chroot("trixie", tmp_path_factory.mktemp("trixie")) / "wheels"

@@ -1,8 +1,9 @@
 """Minimal Debian root file systems for the install tests (tests/install/test_install.py).
 
-``tarball(suite)`` gives ``tests/install/cache/<suite>-amd64.tar``: a ``debootstrap
---variant=minbase`` tree with python3 and python3-venv only (no compiler, no libbpf),
-made once from the Debian mirror the host's apt already uses and kept (gitignored).
+``tarball(suite)`` gives ``tests/install/cache/<suite>-minimal-amd64.tar``: a
+``debootstrap --variant=minbase`` tree with python3 and python3-venv only (no compiler,
+no libbpf), made once from the Debian mirror the host's apt already uses and kept
+(gitignored); ``tarball(suite, "build")`` one with what building the wheel needs.
 ``Chroot`` unpacks one into a temporary directory and mounts /proc, /sys (with
 /sys/kernel/btf and tracefs under it) and /dev, so that usniff loads its programs
 there on the host's kernel exactly as on a machine running that release.
@@ -23,13 +24,17 @@ CACHE = HERE / "cache"
 sys.path.insert(0, str(HERE.parent / "vm"))
 from fetch_kernels import host_mirrors  # noqa: E402  (tests/vm is not a package)
 
-PACKAGES = "python3,python3-venv"  # venv: pip, for installing the wheel
+# what a user's host has (python3; venv brings pip), and what building the wheel needs
+PACKAGES = {
+    "minimal": "python3,python3-venv",
+    "build": "python3-dev,python3-venv,gcc,libc6-dev,make,clang,llvm,libbpf-dev,bpftool,git",
+}
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
 
 
-def tarball(suite: str) -> Path:
-    """The cached root file system of ``suite``, made by debootstrap on first use."""
-    path = CACHE / f"{suite}-amd64.tar"
+def tarball(suite: str, kind: str = "minimal") -> Path:
+    """The cached root file system of ``suite`` with PACKAGES[kind], debootstrapped on first use."""
+    path = CACHE / f"{suite}-{kind}-amd64.tar"
     if path.is_file():
         return path
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -38,23 +43,24 @@ def tarball(suite: str) -> Path:
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         root = Path(tmp) / "root"
         subprocess.run(
-            ["debootstrap", "--variant=minbase", f"--include={PACKAGES}", suite, root, mirror],
+            ["debootstrap", "--variant=minbase", f"--include={PACKAGES[kind]}", suite, root,
+             mirror],
             check=True,
             stdout=subprocess.DEVNULL,
-        )
+        )  # fmt: skip
         subprocess.run(["tar", "-C", root, "-cf", f"{path}.tmp", "."], check=True)
     Path(f"{path}.tmp").rename(path)
-    print(f"debootstrap {suite}: {time.monotonic() - started:.0f} s", file=sys.stderr)
+    print(f"debootstrap {suite} {kind}: {time.monotonic() - started:.0f} s", file=sys.stderr)
     return path
 
 
 class Chroot:
     """A fresh copy of a cached root file system with /proc, /sys and /dev mounted."""
 
-    def __init__(self, suite: str, workdir: Path) -> None:
-        self.root = workdir / suite
+    def __init__(self, suite: str, workdir: Path, kind: str = "minimal") -> None:
+        self.root = workdir / f"{suite}-{kind}"
         self.root.mkdir()
-        subprocess.run(["tar", "-C", self.root, "-xf", tarball(suite)], check=True)
+        subprocess.run(["tar", "-C", self.root, "-xf", tarball(suite, kind)], check=True)
         self._mounted: list[Path] = []
 
     def __enter__(self) -> Chroot:

