@@ -60,7 +60,7 @@ def checked(name: str) -> ctypes.CDLL:
     try:
         version = (int(b.libbpf_major_version()), int(b.libbpf_minor_version()))
     except AttributeError:  # libbpf_major_version came with 0.6
-        found = _mapped_version() or "older than 0.6"
+        found = _mapped_version(Path(name).name) or "older than 0.6"
     else:
         if version >= NEEDED:
             return b
@@ -72,11 +72,11 @@ def checked(name: str) -> ctypes.CDLL:
     )
 
 
-def _mapped_version() -> str | None:
-    """The version in the file name of the libbpf mapped into this process (libbpf.so.0.3.0)."""
+def _mapped_version(soname: str) -> str | None:
+    """The version in the name of the file mapped for ``soname`` (libbpf.so.0 -> 0.3.0)."""
     for line in Path("/proc/self/maps").read_text().splitlines():
-        name = line.rsplit(" ", 1)[-1].rsplit("/", 1)[-1]
-        if name.startswith("libbpf.so.") and name.count(".") > 2:
+        name = line.rsplit("/", 1)[-1]
+        if name.startswith(soname) and name.startswith("libbpf.so."):
             return name.removeprefix("libbpf.so.")
     return None
 
