@@ -10,6 +10,7 @@ program on the host, and the captured bytes are compared with what it says it se
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,10 +30,13 @@ ULIMITS = ["--ulimit=nofile=1024:1024", "--ulimit=nproc=4096:4096"]
 
 
 @pytest.fixture(scope="module")
-def image(clone: Path) -> str:
+def image(clone: Path) -> Iterator[str]:
     subprocess.run([*PODMAN, "import", "-q", str(tarball("bookworm")), BASE], check=True)
-    make(clone, "image", PODMAN=" ".join(PODMAN), IMAGE=IMAGE, IMAGE_BASE=BASE)
-    return IMAGE
+    try:
+        make(clone, "image", PODMAN=" ".join(PODMAN), IMAGE=IMAGE, IMAGE_BASE=BASE)
+        yield IMAGE
+    finally:  # each run builds anew: leave no images behind in the host's storage
+        subprocess.run([*PODMAN, "rmi", "-f", IMAGE, BASE], check=False, capture_output=True)
 
 
 def podman_run(image: str, *options: str) -> list[str]:
