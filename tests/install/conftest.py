@@ -29,6 +29,6 @@ def wheelhouse(clone: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trixie_wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The CPython 3.13 wheel and its dependencies, built in Debian 13 (wheelbuild.py)."""
-    return build_in_chroot("trixie", tmp_path_factory.mktemp("trixie")) / "wheels"
+def trixie_wheelhouse(clone: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The CPython 3.13 wheel of the same commit and its dependencies, built in Debian 13."""
+    return build_in_chroot("trixie", tmp_path_factory.mktemp("trixie"), clone) / "wheels"

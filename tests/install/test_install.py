@@ -33,9 +33,10 @@ def readelf(*args: str | Path) -> str:
 
 
 def test_wheel_is_reproducible_and_self_contained(
-    wheel: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+    clone: Path, wheel: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    again = manylinux_wheel(clone_and_build(tmp_path_factory.mktemp("build-again")))
+    # the same commit (a clone of the first clone), built again at another path
+    again = manylinux_wheel(clone_and_build(tmp_path_factory.mktemp("build-again"), clone))
     assert again.name == wheel.name
     assert again.read_bytes() == wheel.read_bytes(), "two builds of one commit differ"
     subprocess.run([sys.executable, "-m", "zipfile", "-e", str(wheel), str(tmp_path)], check=True)

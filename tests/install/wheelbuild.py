@@ -26,10 +26,10 @@ def make(clone: Path, *targets: str, **variables: str) -> None:
     print(f"make {' '.join(targets)}: {time.monotonic() - started:.0f} s", file=sys.stderr)
 
 
-def clone_and_build(where: Path) -> Path:
-    """A fresh clone of this repository's HEAD in which `make wheel` has run."""
+def clone_and_build(where: Path, source: Path = REPO) -> Path:
+    """A fresh clone of ``source``'s HEAD (this repository's) in which `make wheel` has run."""
     clone = where / "usniff"
-    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    subprocess.run(["git", "clone", "-q", str(source), str(clone)], check=True)
     make(clone, "wheel")
     return clone
 
@@ -39,11 +39,11 @@ def manylinux_wheel(clone: Path) -> Path:
     return wheel
 
 
-def build_in_chroot(suite: str, where: Path) -> Path:
-    """`make wheel wheelhouse` in a fresh clone inside ``suite``'s build root file system,
-    with that release's Python (Debian 13: 3.13); returns the resulting dist/ on the host."""
+def build_in_chroot(suite: str, where: Path, source: Path) -> Path:
+    """`make wheel wheelhouse` in a fresh clone of ``source`` inside ``suite``'s build root
+    file system, with that release's Python (Debian 13: 3.13); returns dist/ on the host."""
     with Chroot(suite, where, kind="build") as chroot:
-        subprocess.run(["git", "clone", "-q", str(REPO), str(chroot.root / "src")], check=True)
+        subprocess.run(["git", "clone", "-q", str(source), str(chroot.root / "src")], check=True)
         # pip inside must trust what the host's network presents, as the host's pip does
         chroot.copy_in(Path(CA_BUNDLE), CA_BUNDLE)
         started = time.monotonic()
