@@ -1,8 +1,21 @@
-"""Only the C extension: everything else is in pyproject.toml."""
+"""The C extensions and the BPF object: everything else is in pyproject.toml."""
+
+import subprocess
 
 from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
+
+
+class BuildPy(build_py):  # type: ignore[misc]
+    """Compile the BPF object (`make bpf`: clang, bpftool) before the package data is copied."""
+
+    def run(self) -> None:
+        subprocess.run(["make", "bpf"], check=True)
+        super().run()
+
 
 setup(
+    cmdclass={"build_py": BuildPy},
     ext_modules=[
         # the collector's per-record hot path (required; see the file's top comment)
         Extension(
@@ -12,5 +25,12 @@ setup(
             depends=["ebpf/usniff.h"],
             extra_compile_args=["-Wall"],
         ),
-    ]
+        # linked against libbpf.so.1, which `auditwheel repair` then copies into the wheel
+        Extension(
+            "usniff._libbpf",
+            ["src/usniff/_libbpf.c"],
+            libraries=["bpf"],
+            extra_compile_args=["-Wall"],
+        ),
+    ],
 )

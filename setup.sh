@@ -14,6 +14,7 @@ PKGS="clang llvm make libbpf-dev libbpf1 bpftool python3-venv python3-dev gcc li
       redis-server redis-tools mariadb-server mariadb-client postgresql postgresql-contrib memcached tshark socat strace
       busybox-static qemu-system-x86 cpio podman curl php8.2-fpm nginx-light
       libfcgi-bin"
+PKGS="$PKGS debootstrap runc"  # make test-install: root file systems; podman's runtime here
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
@@ -33,7 +34,7 @@ done
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q -U pip
-.venv/bin/pip install -q -e '.[test,bench]'
+.venv/bin/pip install -q -e '.[test,bench,dist]'
 
 mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || true
 make bpf

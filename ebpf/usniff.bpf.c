@@ -176,6 +176,16 @@ struct iov_iter___old {
 	const struct iovec *iov; /* < 6.4 */
 };
 
+/* the newer fields, named here so that the object compiles against older BTF too */
+struct iov_iter___new {
+	__u8 iter_type; /* >= 5.14 */
+	const struct iovec *__iov; /* >= 6.4 */
+};
+
+enum iter_type___ubuf {
+	ITER_UBUF___ubuf, /* >= 6.0; the value is relocated from the kernel's BTF */
+};
+
 static __always_inline void stat_add(__u32 idx, __u64 v)
 {
 	__u64 *p = bpf_map_lookup_elem(&stats, &idx);
@@ -1074,22 +1084,23 @@ static __always_inline void stash_iter(struct socket *sock, struct msghdr *msg)
 	struct send_src src = {};
 	struct iov_iter *it = &msg->msg_iter;
 	struct iov_iter___old *old = (void *)it;
+	struct iov_iter___new *new = (void *)it;
 	__u64 ptr, off;
 	unsigned int type;
 
 	src.start_ns = bpf_ktime_get_ns();
 	src.sk = (__u64)BPF_CORE_READ(sock, sk);
-	if (bpf_core_field_exists(it->iter_type))
-		type = BPF_CORE_READ(it, iter_type);
+	if (bpf_core_field_exists(new->iter_type))
+		type = BPF_CORE_READ(new, iter_type);
 	else
 		type = BPF_CORE_READ(old, type) & ~1u; /* drop the direction bit */
-	if (bpf_core_field_exists(it->__iov))
-		ptr = (__u64)BPF_CORE_READ(it, __iov);
+	if (bpf_core_field_exists(new->__iov))
+		ptr = (__u64)BPF_CORE_READ(new, __iov);
 	else
 		ptr = (__u64)BPF_CORE_READ(old, iov);
 	off = BPF_CORE_READ(it, iov_offset);
-	if (bpf_core_enum_value_exists(enum iter_type, ITER_UBUF) &&
-	    type == bpf_core_enum_value(enum iter_type, ITER_UBUF)) {
+	if (bpf_core_enum_value_exists(enum iter_type___ubuf, ITER_UBUF___ubuf) &&
+	    type == bpf_core_enum_value(enum iter_type___ubuf, ITER_UBUF___ubuf)) {
 		src.copyable = 1;
 		src.base = ptr + off; /* ubuf shares the pointer slot with __iov */
 		src.count = BPF_CORE_READ(it, count);

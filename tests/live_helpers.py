@@ -69,9 +69,11 @@ class Usniff:
         stdout: IO[bytes] | int | None = None,
         ready_timeout: float = 30.0,
         env: dict[str, str] | None = None,
+        command: list[str] | None = None,
         **popen: Any,
     ) -> None:
-        self.args = [USNIFF, *args]
+        # command: how to start usniff (default: the one beside sys.executable)
+        self.args = [*(command or [USNIFF]), *args]
         self.proc = subprocess.Popen(
             self.args,
             stdout=subprocess.PIPE if stdout is None else stdout,

@@ -102,11 +102,81 @@ def _ring_size(n: int) -> int:
     return size
 
 
-def check_environment() -> None:
-    if os.geteuid() != 0:
+# capability numbers (linux/capability.h) and the init namespaces' fixed inode numbers
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+_CAP_NAMES = {CAP_SYS_ADMIN: "CAP_SYS_ADMIN", CAP_PERFMON: "CAP_PERFMON", CAP_BPF: "CAP_BPF"}
+_INIT_NS = {"pid": "pid:[4026531836]", "user": "user:[4026531837]"}
+_GRANT = (
+    "run it as root (sudo), or grant the capabilities: "
+    "`setpriv --inh-caps=+bpf,+perfmon --ambient-caps=+bpf,+perfmon usniff ...`, "
+    "systemd AmbientCapabilities=CAP_BPF CAP_PERFMON (docs/install.md)"
+)
+
+
+def _status(field: str) -> str:
+    """A field of /proc/self/status ("" when absent)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key == field:
+            return value.strip()
+    return ""
+
+
+def effective_capabilities() -> int:
+    """This process' effective capability set (CapEff in /proc/self/status), as a bit mask."""
+    caps = _status("CapEff")
+    if not caps:
+        raise CaptureError("/proc/self/status has no CapEff line: is /proc mounted?")
+    return int(caps, 16)
+
+
+def missing_capabilities(caps: int | None = None) -> list[str]:
+    """The capabilities loading and attaching usniff's programs needs that ``caps`` lacks.
+
+    CAP_BPF + CAP_PERFMON from kernel 5.8 on (it has CAP_BPF when cap_last_cap
+    reaches it); CAP_SYS_ADMIN, which implies both, before that and instead.
+    """
+    caps = effective_capabilities() if caps is None else caps
+    if caps >> CAP_SYS_ADMIN & 1:
+        return []
+    last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    needed = (CAP_BPF, CAP_PERFMON) if last >= CAP_BPF else (CAP_SYS_ADMIN,)
+    return [_CAP_NAMES[c] for c in needed if not caps >> c & 1]
+
+
+def in_init_namespace(kind: str) -> bool:
+    """Whether this process is in the host's (the kernel's initial) ``kind`` namespace."""
+    try:
+        return os.readlink(f"/proc/self/ns/{kind}") == _INIT_NS[kind]
+    except OSError:
+        return True  # no namespace support: there is only the initial one
+
+
+def check_pids(pids: list[int]) -> None:
+    """Refuse --pid in a PID namespace: BPF sees the host's PIDs, which are not knowable here."""
+    if pids and not in_init_namespace("pid"):
         raise CaptureError(
-            "usniff needs root (or CAP_BPF + CAP_PERFMON) to load eBPF programs: run it with sudo"
+            "--pid: usniff runs in a PID namespace (a container without the host's PIDs), "
+            "but the kernel filters and reports the host's PIDs, which cannot be learnt "
+            "from in here: run usniff in the host's PID namespace (podman/docker --pid=host, "
+            "Kubernetes hostPID: true), or filter with --path or --comm instead"
         )
+
+
+def check_environment(pids: list[int] | None = None) -> None:
+    missing = missing_capabilities()
+    if missing:
+        raise CaptureError(
+            f"usniff lacks {' and '.join(missing)} to load its eBPF programs "
+            f"(it needs CAP_BPF + CAP_PERFMON, or root): {_GRANT}"
+        )
+    if not in_init_namespace("user"):
+        raise CaptureError(
+            "usniff runs in a user namespace (rootless container), whose capabilities "
+            "do not extend to loading eBPF programs: run it in the host's user namespace "
+            "(a rootful container, or directly on the host)"
+        )
+    check_pids(pids or [])
     if not Path("/sys/kernel/btf/vmlinux").exists():
         raise CaptureError(
             "this kernel has no BTF (/sys/kernel/btf/vmlinux missing): usniff needs a kernel "
@@ -209,7 +279,7 @@ class Capture(EventHandler):
         for t in opts.types:
             if t not in TYPE_BITS:
                 raise CaptureError(f"--type {t}: choose stream, dgram or seqpacket")
-        check_environment()
+        check_environment(opts.pids)
         libbpf.set_log(opts.log)
         self._obj = self._load_backend()
         self._ring = RingBuffer(self._obj.map("events").fd, self._ring_bytes)
@@ -475,6 +545,13 @@ def _has_btf_type(name: bytes) -> bool:
 
 
 def _explain(backend: str, e: libbpf.LibbpfError) -> str:
+    if e.errno == errno.EPERM and _status("Seccomp") == "2":  # filter mode
+        return (
+            f"the kernel refused under this process' seccomp filter ({e}): container "
+            "runtimes' default profiles may allow bpf() and perf_event_open() only with "
+            "CAP_SYS_ADMIN; run the container with --security-opt seccomp=unconfined, or a "
+            "profile that allows both (docs/install.md)"
+        )
     if _kernel_version() < (5, 17):
         return f"usniff needs bpf_loop (kernel >= 5.17); this kernel is {os.uname().release} ({e})"
     if backend == "fentry" and e.errno in (errno.EPERM, errno.EOPNOTSUPP, 524):

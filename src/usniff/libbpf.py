@@ -1,4 +1,9 @@
-"""Thin typed ctypes binding over the system ``libbpf.so.1``.
+"""Thin typed ctypes binding over libbpf (>= 1.0).
+
+The libbpf used is the wheel's own: ``usniff._libbpf`` is linked against it
+and ``auditwheel repair`` copies it into the wheel (``_libbpf.c``).  Where
+that module is missing or cannot load (a source tree without the extension
+built), the system's ``libbpf.so.1`` is used if it is 1.0 or newer.
 
 Only what usniff needs: open an object file, choose which programs load,
 size maps, load, attach, update/lookup map elements.  libbpf's own log is
@@ -12,8 +17,10 @@ import ctypes
 import ctypes.util
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 c_void_p = ctypes.c_void_p
+NEEDED = (1, 0)  # libbpf 1.0: NULL/-errno returns everywhere, bpf_object__next_program
 
 
 class LibbpfError(Exception):
@@ -25,14 +32,53 @@ class LibbpfError(Exception):
 
 
 def _load() -> ctypes.CDLL:
+    try:
+        from . import _libbpf
+    except ImportError:
+        pass
+    else:
+        return checked(_libbpf.__file__)
     for name in ("libbpf.so.1", ctypes.util.find_library("bpf") or ""):
         if not name:
             continue
         try:
-            return ctypes.CDLL(name, use_errno=True)
-        except OSError:
+            return checked(name)
+        except FileNotFoundError:
             continue
-    raise OSError("libbpf.so.1 not found (install libbpf1: apt-get install libbpf1)")
+    raise OSError(
+        "libbpf not found: install usniff from its wheel (which carries libbpf), "
+        f"or libbpf {NEEDED[0]}.{NEEDED[1]} or newer (Debian/Ubuntu: apt-get install libbpf1)"
+    )
+
+
+def checked(name: str) -> ctypes.CDLL:
+    """dlopen ``name``; refuse (OSError) a libbpf older than NEEDED, naming its version."""
+    try:
+        b = ctypes.CDLL(name, use_errno=True)
+    except OSError as e:
+        raise FileNotFoundError(str(e)) from None
+    try:
+        version = (int(b.libbpf_major_version()), int(b.libbpf_minor_version()))
+    except AttributeError:  # libbpf_major_version came with 0.6
+        found = _mapped_version(Path(name).name) or "older than 0.6"
+    else:
+        if version >= NEEDED:
+            return b
+        found = f"{version[0]}.{version[1]}"
+    raise OSError(
+        f"libbpf {found} ({name}) is too old: usniff needs libbpf {NEEDED[0]}.{NEEDED[1]} "
+        "or newer. Install usniff from its wheel (which carries its own libbpf), "
+        "or a newer libbpf from your distribution's backports"
+    )
+
+
+def _mapped_version(soname: str) -> str | None:
+    """The version in the name of the file mapped for ``soname`` (libbpf.so.0 -> 0.3.0)."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        name = line.rsplit("/", 1)[-1]
+        if name.startswith(soname) and name.startswith("libbpf.so."):
+            return name.removeprefix("libbpf.so.")
+    return None
 
 
 _lib: ctypes.CDLL | None = None
