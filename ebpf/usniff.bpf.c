@@ -246,10 +246,8 @@ static __always_inline int sock_matches(struct sock *sk, struct usniff_config *c
 	return peer && path_matches(peer);
 }
 
-static __always_inline __u32 peer_pid(struct sock *sk)
+static __always_inline __u32 pid_nr(struct pid *p)
 {
-	struct pid *p = BPF_CORE_READ(sk, sk_peer_pid);
-
 	if (!p)
 		return 0;
 	return BPF_CORE_READ(p, numbers[0].nr);
@@ -332,6 +330,7 @@ static __always_inline void cache_peer(struct usniff_sock_state *st, struct sock
 {
 	struct usniff_sock_state *ps;
 	struct sock *peer;
+	struct pid *pp;
 
 	if (st->peer_ino && st->sock_type != SOCK_DGRAM)
 		return;
@@ -345,9 +344,10 @@ static __always_inline void cache_peer(struct usniff_sock_state *st, struct sock
 		ps = peer ? sock_state(peer, st->peer_ino) : NULL;
 		if (ps)
 			st->peer_id = ps->id;
-		st->peer_pid = peer_pid(sk);
+		pp = BPF_CORE_READ(sk, sk_peer_pid);
+		st->peer_pid = pid_nr(pp);
 		__builtin_memset(st->peer_comm, 0, sizeof(st->peer_comm));
-		pid_comm(BPF_CORE_READ(sk, sk_peer_pid), st->peer_comm);
+		pid_comm(pp, st->peer_comm);
 		st->sock_type = BPF_CORE_READ(sk, sk_type);
 	}
 }
