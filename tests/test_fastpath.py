@@ -12,7 +12,8 @@ import pytest
 from usniff import _fastpath
 from usniff.capture import collector as capture
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, FLAG_TRUNCATED, CaptureStats, Record
-from usniff.outputs.pcapng import IPPROTO_TCP, IPPROTO_UDP, PcapngOutput, _Dir, _Sink
+from usniff.formats.pcapng import IPPROTO_TCP, IPPROTO_UDP
+from usniff.outputs.pcapng import PcapngOutput, _Dir, _Sink
 
 
 def bare_capture() -> capture.Capture:

@@ -28,8 +28,9 @@ from scapy.layers.inet import TCP
 from scapy.utils import rdpcap
 
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, CaptureStats, Record
+from usniff.formats.pcapng import OTHER_PORT, parse_comment
 from usniff.outputs.base import OutputError
-from usniff.outputs.pcapng import OTHER_PORT, Framer, PcapngOutput, _Dir, _Sink, parse_comment
+from usniff.outputs.pcapng import Framer, PcapngOutput, _Dir, _Sink
 
 pytestmark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
 

@@ -23,8 +23,9 @@ from types import FrameType
 
 from usniff import __version__
 from usniff.decoders.registry import DECODABLE
+from usniff.formats.pcapng import LINKTYPE_RAW
 from usniff.outputs.base import Output, OutputError
-from usniff.outputs.pcapng import LINKTYPE_RAW, PcapngOutput
+from usniff.outputs.pcapng import PcapngOutput
 
 INTERFACE = "usniff"
 DISPLAY = "Unix sockets (usniff)"
