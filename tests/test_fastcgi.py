@@ -19,9 +19,9 @@ from php_session import CONCURRENT, COOKIE, PASSWORD, POST_BODY, TOKEN
 from usniff.cli.read import dissect_wireshark, read_records
 from usniff.decoders import fastcgi
 from usniff.decoders.base import Notice, Transaction
+from usniff.decoders.engine import decode_records
 from usniff.decoders.fastcgi import FastcgiDecoder, parse_pairs
 from usniff.decoders.registry import detect
-from usniff.outputs.decoded import decode_records
 from usniff.streams import Direction
 
 C, S = Direction.CLIENT, Direction.SERVER

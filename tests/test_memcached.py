@@ -17,6 +17,7 @@ from usniff.cli.read import read_records
 from usniff.decoders.base import DecoderEvent, Notice, Transaction
 from usniff.decoders.memcached import KEEP, MAX_LINE, MAX_PENDING, SHOWN, MemcachedDecoder
 from usniff.decoders.registry import detect
+from usniff.events import server_id
 from usniff.streams import Direction
 
 C, S = Direction.CLIENT, Direction.SERVER
@@ -24,7 +25,7 @@ C, S = Direction.CLIENT, Direction.SERVER
 
 def session() -> list[tuple[Direction, bytes, float]]:
     recs = read_records(str(CAPTURES / "memcached.pcapng"))
-    return [(S if r.path_is_own else C, r.data, r.ts) for r in recs if r.kind == "data"]
+    return [(S if r.sock_id == server_id(r) else C, r.data, r.ts) for r in recs if r.kind == "data"]
 
 
 def run(steps: list[tuple[Direction, bytes, float]]) -> list[DecoderEvent]:

@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from usniff.decoders.base import Notice, Transaction
+from usniff.decoders.engine import decode_records
 from usniff.decoders.resp import KEEP, Agg, Big, Parser, RespDecoder, RespError
-from usniff.outputs.decoded import decode_records
 from usniff.streams import Direction
 
 C, S = Direction.CLIENT, Direction.SERVER

@@ -26,6 +26,7 @@ from ..events import (
     FLAG_MSG_END,
     FLAG_MSG_START,
     FLAG_UNCOPYABLE,
+    SOCK_TYPES,
     CaptureStats,
     Record,
 )
@@ -41,7 +42,7 @@ _SECTION_BACKEND = {
     "tracepoint": "tracepoint",
     "tp_btf": "tracepoint",
 }
-TYPE_BITS = {"stream": 1, "dgram": 2, "seqpacket": 5}
+TYPE_BITS = {name: n for n, name in SOCK_TYPES.items()}  # --type -> the socket type number
 
 # struct usniff_event and struct usniff_sock_state (ebpf/usniff.h, which _fastpath.c includes)
 _EVENT = struct.Struct("<QQQQQQIIIIIIHHHHB7x16s16s")

@@ -366,7 +366,7 @@ class Framer:
     def _new_flow(self, buf: _Sink, rec: Record) -> _Dir:
         connected = rec.peer_id != 0
         if not connected:
-            from_server = rec.path_is_own
+            from_server = events.sender_is_server(rec) is True
             server_id, client_id = (rec.sock_id, 0) if from_server else (0, rec.sock_id)
         else:
             server_id = events.server_id(rec)
