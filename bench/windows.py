@@ -228,7 +228,7 @@ def measure(
 
 
 def run(quick: bool, cycles: int | None, window: float, log: Callable[[str], None]) -> list[Any]:
-    from servers import start_redis
+    from tests.support.servers import start_redis
 
     cycles = cycles or (15 if quick else 40)
     out = []

@@ -9,8 +9,8 @@ import re
 
 import pytest
 from click.testing import CliRunner
-from conftest import capture
 
+from tests.support.captures import capture
 from usniff.cli.main import main
 from usniff.decoders.base import Transaction
 from usniff.decoders.engine import Decoding

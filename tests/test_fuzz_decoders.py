@@ -14,10 +14,10 @@ from collections import Counter
 from collections.abc import Callable
 
 import pytest
-from conftest import capture
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.captures import capture
 from usniff.decoders.base import Decoder, Notice, Transaction
 from usniff.decoders.fastcgi import FastcgiDecoder
 from usniff.decoders.http import HttpDecoder

@@ -9,10 +9,9 @@ import socket
 import struct
 from pathlib import Path
 
-from conftest import CAPTURES
-from live_helpers import MEMCACHED_EXPECTED
-from servers import start_memcached
-
+from tests.support.captures import CAPTURES
+from tests.support.live_helpers import MEMCACHED_EXPECTED
+from tests.support.servers import start_memcached
 from usniff.cli.read import read_records
 from usniff.decoders.base import DecoderEvent, Notice, Transaction
 from usniff.decoders.memcached import KEEP, MAX_LINE, MAX_PENDING, SHOWN, MemcachedDecoder

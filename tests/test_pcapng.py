@@ -13,7 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from pcap_helpers import (
+from scapy.layers.inet import TCP
+from scapy.utils import rdpcap
+
+from tests.support.pcap_helpers import (
     MYSQL_EXCHANGE,
     REDIS_EXCHANGE,
     TSHARK,
@@ -24,9 +27,6 @@ from pcap_helpers import (
     tmpfs,
     tshark,
 )
-from scapy.layers.inet import TCP
-from scapy.utils import rdpcap
-
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, CaptureStats, Record
 from usniff.formats.pcapng import OTHER_PORT, parse_comment
 from usniff.outputs.base import OutputError
@@ -350,8 +350,8 @@ def test_rotation_refuses_stdout() -> None:
 
 WRITER = """
 import sys, time
-sys.path.insert(0, {tests!r})
-from pcap_helpers import Conn, REDIS_EXCHANGE
+sys.path.insert(0, {root!r})
+from tests.support.pcap_helpers import Conn, REDIS_EXCHANGE
 from usniff.events import CaptureStats
 from usniff.outputs.pcapng import PcapngOutput
 out = PcapngOutput({path!r})
@@ -362,7 +362,7 @@ out.write(conn.exchange(REDIS_EXCHANGE, close=False))
 
 
 def run_writer(path: str, tail: str) -> subprocess.Popen[bytes]:
-    code = WRITER.format(tests=str(Path(__file__).parent), path=path, tail=tail)
+    code = WRITER.format(root=str(Path(__file__).parents[1]), path=path, tail=tail)
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
 
 
