@@ -466,7 +466,7 @@ def test_closed_flows_are_forgotten() -> None:
 
 def test_forgotten_flows_are_freed_without_the_cyclic_gc() -> None:
     """A flow's two directions refer to each other: forgotten, they must be
-    unlinked, since the capture runs the cyclic GC rarely (capture_main.GC_YOUNG):
+    unlinked, since the capture runs the cyclic GC rarely (cli.loop.GC_YOUNG):
     ~1.5 KB per connection stayed until a full collection."""
     gc.collect()
     gc.disable()
