@@ -11,15 +11,15 @@ import signal
 import statistics
 import struct
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.usniff import Usniff as Runner
+
 ROOT = Path(__file__).resolve().parent.parent
 
-USNIFF = [str(Path(sys.executable).with_name("usniff"))]
 SUMMARY = re.compile(
     r"usniff: (\d+) records, (\d+) bytes captured \((\d+) kept\), (\d+) bytes lost "
     r"\((\d+) loss records\), backend (\S+)"
@@ -59,34 +59,30 @@ class UsniffResult:
 
 
 class Usniff:
-    """``with Usniff(args, log) as u:`` runs usniff until the block ends (SIGTERM)."""
+    """``with Usniff(args, workdir) as u:`` runs usniff (tests.support.usniff) until the
+    block ends (SIGTERM); ``u.result`` then holds its summary line's figures.  stdout
+    goes to the file ``stdout`` (default: discarded); ``workdir`` keeps its stderr."""
 
     def __init__(self, args: list[str], workdir: Path, stdout: str | None = None) -> None:
         self.args, self.workdir, self.stdout = args, workdir, stdout
         self.result = UsniffResult()
 
     def __enter__(self) -> Usniff:
-        self._err = self.workdir / "usniff.err"
-        out = open(self.stdout or os.devnull, "wb")  # noqa: SIM115
-        with self._err.open("wb") as err:
-            self.proc = subprocess.Popen([*USNIFF, *self.args], stdout=out, stderr=err)
-        out.close()
-        deadline = time.monotonic() + 30
-        while "capturing with" not in self._err.read_text(errors="replace"):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"usniff did not start: {self._err.read_text()}")
-            time.sleep(0.05)
+        self._out = open(self.stdout or os.devnull, "wb")  # noqa: SIM115 (closed at exit)
+        try:
+            self._run = Runner(*self.args, stdout=self._out)
+        except BaseException:
+            self._out.close()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
         time.sleep(0.3)  # let the collector drain what the kernel still holds
-        self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        text = self._err.read_text(errors="replace")
+            text = self._run.stop(signal.SIGTERM, timeout=120).stderr
+        finally:
+            self._out.close()
+        (self.workdir / "usniff.err").write_text(text)
         self.result.stderr = text
         m = SUMMARY.search(text)
         if m:

@@ -19,15 +19,15 @@ from pathlib import Path
 
 import hiredis
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.recorder import load_records
+from usniff.decoders.base import Decoder, Transaction
+from usniff.decoders.engine import Decoding
+from usniff.decoders.mysql import MysqlDecoder
+from usniff.decoders.resp import Parser, RespDecoder
+from usniff.events import Record
+from usniff.streams import Direction, conn_key
 
-from tests.support.recorder import load_records  # noqa: E402
-from usniff.decoders.base import Decoder, Transaction  # noqa: E402
-from usniff.decoders.engine import Decoding  # noqa: E402
-from usniff.decoders.mysql import MysqlDecoder  # noqa: E402
-from usniff.decoders.resp import Parser, RespDecoder  # noqa: E402
-from usniff.events import Record  # noqa: E402
-from usniff.streams import Direction, conn_key  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _session(capture: str, comm: str) -> list[Record]:

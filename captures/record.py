@@ -25,11 +25,11 @@ from pathlib import Path
 import pymysql
 import redis
 
-HERE = Path(__file__).resolve().parent
+from tests.support.mysql_stmt import COM_STMT_CLOSE, COM_STMT_RESET, stmt_execute, stmt_prepare
+from tests.support.recorder import Relay, save_records
+from tests.support.servers import start_mariadb, start_redis
 
-from tests.support.mysql_stmt import COM_STMT_CLOSE, COM_STMT_RESET, stmt_execute, stmt_prepare  # noqa: E402
-from tests.support.recorder import Relay, save_records  # noqa: E402
-from tests.support.servers import start_mariadb, start_redis  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 BIG_REDIS = b"0123456789abcdef" * 20000  # 320000 bytes
 BIG_MYSQL = 17 * 1024 * 1024 + 123  # > 16 MiB: packets continue with 0xffffff

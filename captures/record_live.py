@@ -24,19 +24,16 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-
-from tests.support.http_session import http_session  # noqa: E402
-from tests.support.live_helpers import (  # noqa: E402
-    Usniff,
+from tests.support.http_session import http_session
+from tests.support.live_helpers import (
     create_redis_user,
     memcached_session,
     mysql_session,
     redis_session,
 )
-from tests.support.pg_session import postgres_session  # noqa: E402
-from tests.support.php_session import php_session  # noqa: E402
-from tests.support.servers import (  # noqa: E402
+from tests.support.pg_session import postgres_session
+from tests.support.php_session import php_session
+from tests.support.servers import (
     start_mariadb,
     start_memcached,
     start_php_app,
@@ -44,6 +41,9 @@ from tests.support.servers import (  # noqa: E402
     start_postgres,
     start_redis,
 )
+from tests.support.usniff import USNIFF, Usniff
+
+HERE = Path(__file__).resolve().parent
 
 MAX_SIZE = 300_000
 BENCHMARK_REQUESTS = 64  # redis-benchmark -n: that many SETs and GETs (a multiple of -c*-P)
@@ -51,8 +51,7 @@ BENCHMARK_REQUESTS = 64  # redis-benchmark -n: that many SETs and GETs (a multip
 
 def problems(path: Path, protocol: str) -> list[str]:
     """What `usniff read` could not decode (the file is not kept then)."""
-    usniff = str(Path(sys.executable).with_name("usniff"))
-    out = subprocess.run([usniff, "read", str(path), "--protocol", protocol, "--format", "json"],
+    out = subprocess.run([USNIFF, "read", str(path), "--protocol", protocol, "--format", "json"],
                          capture_output=True, text=True, check=True)  # fmt: skip
     found = []
     for line in out.stdout.splitlines():

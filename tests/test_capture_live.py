@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import queue
 import re
 import shutil
 import signal
@@ -23,7 +22,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -43,7 +41,8 @@ from tests.support.live import (
     covers,
     options,
 )
-from tests.support.servers import start_redis
+from tests.support.servers import RedisInfo, start_redis
+from tests.support.usniff import USNIFF, Usniff
 from usniff.capture.collector import Capture, CaptureError, CaptureOptions
 from usniff.events import FLAG_ADDR, FLAG_MSG_END, FLAG_MSG_START, FLAG_TRUNCATED, Record
 
@@ -53,12 +52,6 @@ pytestmark = [
     pytest.mark.skipif(not Path("/sys/kernel/btf/vmlinux").exists(), reason="kernel without BTF"),
 ]
 
-# the CLI under test: $USNIFF_CLI, else the one next to this Python
-USNIFF = (
-    os.environ.get("USNIFF_CLI")
-    or shutil.which("usniff", path=str(Path(sys.executable).parent))
-    or "usniff"
-)
 MiB = 1 << 20
 
 
@@ -490,38 +483,6 @@ def test_losses_with_tiny_ring(start: Any, work: Any) -> None:
 # --------------------------------------------------------------------- Redis
 
 
-class RedisProbe:
-    """INFO stats over a raw connection of the test process itself.
-
-    A Capture never reports its own process (nor traffic to it), so these
-    exchanges are not captured; they still count in Redis' counters, and
-    exactly so: a reading includes its own request's bytes but not its reply.
-    """
-
-    REQ = b"*2\r\n$4\r\nINFO\r\n$5\r\nstats\r\n"
-
-    def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(path)
-
-    def read(self) -> tuple[int, int, int]:
-        """(total_net_input_bytes, total_net_output_bytes, bytes of this reply)."""
-        self.sock.sendall(self.REQ)
-        buf = b""
-        while b"\r\n" not in buf:
-            buf += self.sock.recv(65536)
-        head, _, rest = buf.partition(b"\r\n")
-        n = int(head[1:])
-        while len(rest) < n + 2:
-            rest += self.sock.recv(65536)
-        stats = dict(line.split(":", 1) for line in rest[:n].decode().splitlines() if ":" in line)
-        return (int(stats["total_net_input_bytes"]), int(stats["total_net_output_bytes"]),
-                len(head) + 2 + n + 2)  # fmt: skip
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.fixture(scope="module")
 def redis_sock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not shutil.which("redis-server"):
@@ -532,7 +493,7 @@ def redis_sock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def test_redis_bytes_match_info_counters(start: Any, redis_sock: str) -> None:
     cap = start(paths=[redis_sock])
-    probe = RedisProbe(redis_sock)
+    probe = RedisInfo(redis_sock)
     in0, out0, reply0 = probe.read()
     s = ["-s", redis_sock]
     cli_cmds = [["SET", "live:k", "v\r\nwith crlf"], ["GET", "live:k"], ["INCRBY", "live:n", "7"]]
@@ -547,7 +508,7 @@ def test_redis_bytes_match_info_counters(start: Any, redis_sock: str) -> None:
     subprocess.run([*bench, "-P", "16"], check=True, stdout=subprocess.DEVNULL, timeout=TIMEOUT)
     in1, out1, _ = probe.read()
     probe.close()
-    want_in = in1 - in0 - len(RedisProbe.REQ)  # reading 1 counted its own request
+    want_in = in1 - in0 - len(RedisInfo.REQUEST)  # reading 1 counted its own request
     want_out = out1 - out0 - reply0  # reading 0's reply went out after it
 
     def totals(c: Collected, kinds: tuple[str, ...] = ("data", "lost")) -> tuple[int, int]:
@@ -626,90 +587,23 @@ def test_redis_raw_pipeline_byte_identical(start: Any, work: Any, redis_sock: st
 # ----------------------------------------------------------------------- CLI
 
 
-class Usniff:
-    """`usniff ...` in a subprocess; started() once it printed that it captures."""
+class CliRun(Usniff):
+    """The CLI under test, on the backend the tests run with (USNIFF_BACKEND)."""
 
-    def __init__(self, *args: str, preexec: list[str] | None = None) -> None:
-        argv = [*(preexec or []), USNIFF, *args]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.err_lines: queue.Queue[bytes | None] = queue.Queue()
-        self.err = b""
-        self.out_lines: queue.Queue[bytes | None] = queue.Queue()
-        self.out = b""
-        threading.Thread(target=self._pump, args=(self.proc.stderr, self.err_lines),
-                         daemon=True).start()  # fmt: skip
-        threading.Thread(target=self._pump, args=(self.proc.stdout, self.out_lines),
-                         daemon=True).start()  # fmt: skip
-
-    @staticmethod
-    def _pump(stream: Any, q: queue.Queue[bytes | None]) -> None:
-        for line in stream:
-            q.put(line)
-        q.put(None)
-
-    def _line(self, q: queue.Queue[bytes | None], end: float) -> bytes | None:
-        try:
-            line = q.get(timeout=max(0.0, end - time.monotonic()))
-        except queue.Empty:
-            raise AssertionError(
-                f"usniff: nothing within the deadline; stderr {self.err!r}"
-            ) from None
-        if line is None:
-            q.put(None)
+    def started(self, timeout: float = TIMEOUT) -> str:
+        line = super().started(timeout)
+        if BACKEND != "auto":
+            assert f"the {BACKEND} backend" in line, line
         return line
-
-    def started(self) -> None:
-        end = time.monotonic() + TIMEOUT
-        while True:
-            line = self._line(self.err_lines, end)
-            if line is None:  # stderr closed: usniff exited (or closed it)
-                try:
-                    rc = self.proc.wait(timeout=TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    self.kill()
-                    rc = self.proc.returncode
-                raise AssertionError(f"usniff exited {rc} before capturing: {self.err!r}")
-            self.err += line
-            if b"capturing with the" in line:
-                if BACKEND != "auto":
-                    assert f"the {BACKEND} backend".encode() in line
-                return
-
-    def stdout_lines(self, n: int) -> list[bytes]:
-        """Wait for n more lines on stdout."""
-        end = time.monotonic() + TIMEOUT
-        lines = []
-        while len(lines) < n:
-            line = self._line(self.out_lines, end)
-            assert line is not None, f"usniff stdout ended after {lines}"
-            lines.append(line)
-        self.out += b"".join(lines)
-        return lines
-
-    def wait(self, timeout: float = TIMEOUT) -> int:
-        try:
-            rc = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(f"usniff still running after {timeout}s: {self.err!r}") from None
-        for q, attr in ((self.out_lines, "out"), (self.err_lines, "err")):
-            end = time.monotonic() + TIMEOUT
-            while (line := self._line(q, end)) is not None:
-                setattr(self, attr, getattr(self, attr) + line)
-        return rc
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture
 def usniff() -> Iterator[Any]:
-    started: list[Usniff] = []
+    started: list[CliRun] = []
 
-    def _run(*args: str, backend: bool = True, **kw: Any) -> Usniff:
-        u = Usniff(*(["--backend", BACKEND] if backend else []), *args, **kw)
+    def _run(*args: str, backend: bool = True, preexec: list[str] | None = None) -> CliRun:
+        backend_args = ["--backend", BACKEND] if backend else []
+        u = CliRun(*backend_args, *args, command=[*(preexec or []), USNIFF], ready=False)
         started.append(u)
         return u
 
@@ -732,8 +626,8 @@ def test_cli_json_count(usniff: Any, talk: Any, tmp_path: Path) -> None:
     u.started()
     w.go()
     sent = Workload.sent(w.done())
-    assert u.wait() == 0, u.err
-    lines = u.out.decode().splitlines()
+    assert u.wait() == 0, u.stderr
+    lines = u.stdout.decode().splitlines()
     assert len(lines) == 6
     objs = [json.loads(line) for line in lines]
     keys = {"ts", "pid", "tid", "comm", "inode", "peer_inode", "path", "type", "offset", "len",
@@ -780,8 +674,8 @@ def test_cli_payload_views(usniff: Any, talk: Any, tmp_path: Path, view: str) ->
     u.started()
     w.go()
     w.done()
-    assert u.wait() == 0, u.err
-    text = u.out.decode()
+    assert u.wait() == 0, u.stderr
+    text = u.stdout.decode()
     msgs = [b"request 000\n", b"reply 000\n", b"request 001\n", b"reply 001\n"]
     headers = [line for line in text.splitlines() if re.search(r" off \d+ len \d+", line)]
     assert len(headers) == 4
@@ -804,9 +698,9 @@ def test_cli_duration_stops_by_itself(usniff: Any, tmp_path: Path) -> None:
     rc = u.wait(timeout=2 + 30 * SCALE)
     elapsed = time.monotonic() - t0
     srv.close()
-    assert rc == 0, u.err
+    assert rc == 0, u.stderr
     assert elapsed >= 1.8, elapsed
-    assert b"0 records" in u.err and b"Traceback" not in u.err
+    assert "0 records" in u.stderr and "Traceback" not in u.stderr
 
 
 def test_cli_sigterm_clean_summary(usniff: Any, talk: Any, tmp_path: Path) -> None:
@@ -817,12 +711,12 @@ def test_cli_sigterm_clean_summary(usniff: Any, talk: Any, tmp_path: Path) -> No
     sent = Workload.sent(w.done())
     lines = u.stdout_lines(6)
     u.proc.send_signal(signal.SIGTERM)
-    assert u.wait() == 0, u.err
+    assert u.wait() == 0, u.stderr
     w.finish()
     assert [json.loads(line)["len"] for line in lines] == [12, 10, 12, 10, 12, 10]
-    out = u.out.decode().splitlines()
+    out = u.stdout.decode().splitlines()
     assert len(out) == 6 and all(json.loads(line) for line in out)  # stdout: data only
-    err = u.err.decode()
+    err = u.stderr
     assert "Traceback" not in err
     m = re.search(r"(\d+) records, (\d+) bytes captured.*?(\d+) bytes lost.*backend (\w+)",
                   err)  # fmt: skip
@@ -840,9 +734,9 @@ def test_cli_errors(usniff: Any) -> None:
     for args, needle in cases:
         u = usniff(*args)
         rc = u.wait()
-        err = u.err.decode()
+        err = u.stderr
         assert rc != 0 and needle in err.lower(), (args, rc, err)
-        assert "Traceback" not in err and not u.out
+        assert "Traceback" not in err and not u.stdout
 
 
 def test_cli_backend_unavailable(usniff: Any) -> None:
@@ -854,9 +748,9 @@ def test_cli_backend_unavailable(usniff: Any) -> None:
         pytest.skip("fentry loads on this kernel")
     u = usniff("--backend", "fentry", "--duration", "1", backend=False)
     rc = u.wait()
-    err = u.err.decode()
+    err = u.stderr
     assert rc != 0 and "fentry" in err and "unavailable" in err, err
-    assert "Traceback" not in err and not u.out
+    assert "Traceback" not in err and not u.stdout
 
 
 def test_cli_needs_root(usniff: Any) -> None:
@@ -867,9 +761,9 @@ def test_cli_needs_root(usniff: Any) -> None:
         pytest.skip(f"user nobody cannot run {sys.executable}")
     u = usniff("--duration", "1", preexec=drop)
     rc = u.wait()
-    err = u.err.decode()
+    err = u.stderr
     assert rc != 0 and "root" in err, err
-    assert "Traceback" not in err and not u.out
+    assert "Traceback" not in err and not u.stdout
 
 
 def test_cli_list_shows_socket(usniff: Any, work: Any) -> None:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import subprocess
-import sys
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,8 +23,8 @@ from tests.support.live_helpers import (
     REDIS_PASSWORD,
     SUBSCRIBE_MESSAGE,
 )
+from tests.support.usniff import USNIFF
 
-USNIFF = str(Path(sys.executable).with_name("usniff"))
 BENCH_N = 64  # captures/record_live.py BENCHMARK_REQUESTS
 
 

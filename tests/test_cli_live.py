@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.live_helpers import USNIFF, Usniff, run
 from tests.support.servers import start_redis
+from tests.support.usniff import USNIFF, Usniff, run
 
 pytestmark = pytest.mark.root
 

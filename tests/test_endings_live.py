@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.live_helpers import Usniff, resp_command, wait_until
-from tests.support.pcap_helpers import TSHARK, tmpfs, tshark
+from tests.support.live_helpers import resp_command
+from tests.support.pcap_helpers import tmpfs
 from tests.support.servers import start_redis
+from tests.support.tshark import TSHARK, tshark
+from tests.support.usniff import Usniff, wait_until
 
 pytestmark = [
     pytest.mark.root,

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.pcap_helpers import REDIS_EXCHANGE, TSHARK, Conn, tshark
+from tests.support.pcap_helpers import REDIS_EXCHANGE, Conn
+from tests.support.tshark import TSHARK, tshark
 from usniff.cli import extcap
 from usniff.events import CaptureStats
 from usniff.outputs.base import Output

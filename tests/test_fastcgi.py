@@ -14,8 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.support.captures import CAPTURES, capture
-from tests.support.pcap_helpers import TSHARK
 from tests.support.php_session import CONCURRENT, COOKIE, PASSWORD, POST_BODY, TOKEN
+from tests.support.tshark import TSHARK
 from usniff.cli.read import dissect_wireshark, read_records
 from usniff.decoders import fastcgi
 from usniff.decoders.base import Notice, Transaction

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,9 @@ import pytest
 
 from tests.support.captures import CAPTURES
 from tests.support.http_session import MISSING_ID, PINGS, SECRETS
-from tests.support.pcap_helpers import TSHARK, Conn, tshark
+from tests.support.pcap_helpers import Conn
+from tests.support.tshark import TSHARK, tshark
+from tests.support.usniff import USNIFF
 from usniff.decoders.base import DecoderEvent, Notice, Transaction
 from usniff.decoders.engine import Undecoded, decode_records
 from usniff.decoders.http import MAX_BUFFER, MAX_CHUNKS, HttpDecoder, route
@@ -31,7 +32,6 @@ from usniff.streams import Direction
 
 C, S = Direction.CLIENT, Direction.SERVER
 
-USNIFF = str(Path(sys.executable).with_name("usniff"))
 
 GET = b"GET /v1.41/version HTTP/1.1\r\nHost: d\r\nUser-Agent: curl/7.88.1\r\n\r\n"
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\nhello"

@@ -5,15 +5,14 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-USNIFF = str(Path(sys.executable).with_name("usniff"))
+from tests.support.usniff import USNIFF
+
 NAME = b"usniff-list-\x1b[31mred"  # an abstract name with a terminal escape in it
 COMM = b"bq\x01x"
 QUEUED = 1000  # bytes sent to the accepted connection and never read

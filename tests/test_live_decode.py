@@ -9,30 +9,25 @@ the per-command table at exit.
 
 from __future__ import annotations
 
-import json
-import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.support.decoded import Run, assert_clean_exit, capture_decoded, stats_table
 from tests.support.live_helpers import (
     MYSQL_CLI_SQL,
     MYSQL_PASSWORD,
     PIPE_N,
     REDIS_PASSWORD,
     SUBSCRIBE_MESSAGE,
-    Usniff,
     create_redis_user,
     mysql_session,
     redis_session,
 )
 from tests.support.servers import start_mariadb, start_redis
-from usniff.decoders.registry import DECODABLE
 
 pytestmark = pytest.mark.root
 
@@ -41,70 +36,17 @@ BENCH_N = 200  # redis-benchmark -n: that many SETs and that many GETs
 SELF_COMM = Path("/proc/self/comm").read_text().strip()
 
 
-@dataclass
-class Run:
-    sock: str
-    returncode: int
-    stdout: str
-    stderr: str
-    events: list[dict[str, Any]]
-
-    @property
-    def txs(self) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["type"] == "transaction"]
-
-    def by_request(self, request: str) -> list[dict[str, Any]]:
-        return [t for t in self.txs if t["request"] == request]
-
-    def one(self, request: str) -> dict[str, Any]:
-        found = self.by_request(request)
-        assert len(found) == 1, (request, found, sorted({t["request"] for t in self.txs}))
-        return found[0]
-
-    def notices(self, kind: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["type"] == "notice" and e["kind"] == kind]
-
-
-def _capture(sock: str, protocol: str, session: Any) -> Run:
-    args = ["--path", sock, "--format", "json", "--protocol", protocol, "--stats", "--redact"]
-    with Usniff(*args) as usniff:
-        session(sock)
-        result = usniff.stop()
-    events = [json.loads(line) for line in result.text.splitlines()]
-    return Run(sock, result.returncode, result.text, result.stderr, events)
-
-
 @pytest.fixture(scope="module")
 def redis_run() -> Iterator[Run]:
     with tempfile.TemporaryDirectory(prefix="usniff-live-") as tmp, start_redis(tmp) as sock:
         create_redis_user(sock)
-        yield _capture(sock, "resp", lambda s: redis_session(s, benchmark_requests=BENCH_N))
+        yield capture_decoded(sock, "resp", lambda s: redis_session(s, benchmark_requests=BENCH_N))
 
 
 @pytest.fixture(scope="module")
 def mysql_run() -> Iterator[Run]:
     with tempfile.TemporaryDirectory(prefix="usniff-live-") as tmp, start_mariadb(tmp) as sock:
-        yield _capture(sock, "mysql", mysql_session)
-
-
-def stats_table(stderr: str) -> dict[tuple[str, str], int]:
-    """(protocol, command) -> count from the rich table ``--stats`` prints at exit."""
-    rows = {}
-    for line in stderr.splitlines():
-        cells = [c.strip() for c in re.split(r"[│┃]", line)[1:-1]]
-        if len(cells) == 11 and cells[0] in DECODABLE:
-            rows[(cells[0], cells[1])] = int(cells[2])
-    return rows
-
-
-def assert_clean_exit(run: Run) -> None:
-    assert run.returncode == 0, run.stderr
-    summary = re.search(
-        r"usniff: (\d+) records, (\d+) bytes captured .* (\d+) bytes lost", run.stderr
-    )
-    assert summary, run.stderr
-    assert int(summary[1]) > 0 and int(summary[2]) > 0 and int(summary[3]) == 0, summary[0]
-    assert "Traceback" not in run.stderr
+        yield capture_decoded(sock, "mysql", mysql_session)
 
 
 # --------------------------------------------------------------------------- Redis

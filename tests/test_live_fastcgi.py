@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.live_helpers import USNIFF, Usniff, follow_all, tcp_bytes_by_port
-from tests.support.pcap_helpers import TSHARK, tshark
+from tests.support.decoded import Run, assert_clean_exit, stats_table
+from tests.support.live_helpers import tcp_bytes_by_port
 from tests.support.php_session import (
     CONCURRENT,
     COOKIE,
@@ -33,7 +33,8 @@ from tests.support.php_session import (
     php_session,
 )
 from tests.support.servers import start_php_app
-from tests.test_live_decode import Run, assert_clean_exit, stats_table
+from tests.support.tshark import TSHARK, follow_all, tshark
+from tests.support.usniff import USNIFF, Usniff
 from usniff.decoders.registry import BY_NAME
 
 pytestmark = [
@@ -194,7 +195,7 @@ def test_pcapng_dissected_by_wireshark(runs: Runs) -> None:
     assert content[6] == sum(t["details"]["stdout_bytes"] for t in requests)  # STDOUT
     assert content[7] == sum(t["details"].get("stderr_bytes", 0) for t in requests)  # STDERR
     # the followed TCP streams carry exactly the bytes the transactions count
-    to_server, from_server = tcp_bytes_by_port(follow_all(tshark, path), PORT)
+    to_server, from_server = tcp_bytes_by_port(follow_all(path), PORT)
     assert (to_server, from_server) == (
         sum(t["bytes_in"] for t in txs), sum(t["bytes_out"] for t in txs)
     )  # fmt: skip

@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 
+from tests.support.decoded import Run, assert_clean_exit
 from tests.support.http_session import MISSING_ID, SECRETS, VOLUME_BODY, Sent, http_session
-from tests.support.live_helpers import USNIFF, Usniff
-from tests.support.pcap_helpers import TSHARK, tshark
 from tests.support.servers import PODMAN, start_podman
-from tests.test_live_decode import Run, assert_clean_exit
+from tests.support.tshark import TSHARK, tshark
+from tests.support.usniff import USNIFF, Usniff
 
 pytestmark = [
     pytest.mark.root,

@@ -23,16 +23,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.live_helpers import (
-    USNIFF,
-    Result,
-    Usniff,
-    raw_exchange,
-    resp_command,
-    run,
-    wait_until,
-)
+from tests.support.live_helpers import raw_exchange, resp_command
 from tests.support.servers import start_memcached, start_redis
+from tests.support.usniff import USNIFF, Result, Usniff, run, wait_until
 
 pytestmark = pytest.mark.root
 

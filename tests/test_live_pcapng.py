@@ -28,26 +28,23 @@ from tests.support.live_helpers import (
     SUBSCRIBE_MESSAGE,
     MysqlCounters,
     RedisCounters,
-    Usniff,
     create_redis_user,
-    follow_all,
     free_port,
     mysql_session,
     redis_session,
     resp_command,
-    run,
     tcp_bytes_by_port,
-    wait_until,
 )
-from tests.support.pcap_helpers import TSHARK, tshark
 from tests.support.servers import start_mariadb, start_redis
+from tests.support.tshark import TSHARK, follow_all, tshark
+from tests.support.usniff import USNIFF, Usniff, run, wait_until
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(TSHARK is None, reason="tshark is not installed"),
 ]
 
-USNIFF_READ = [str(Path(os.sys.executable).with_name("usniff")), "read"]  # type: ignore[attr-defined]
+USNIFF_READ = [USNIFF, "read"]
 PORTS = {"redis": 6379, "mysql": 3306}
 MULTI = b"".join(
     resp_command(*c) for c in (["MULTI"], ["SET", "tx", "10"], ["INCR", "tx"], ["EXEC"])
@@ -159,7 +156,7 @@ def test_no_malformed_packets_or_expert_warnings(live: Live) -> None:
 
 
 def test_follow_stream_bytes_equal_what_the_server_counted(live: Live) -> None:
-    streams = follow_all(tshark, live.file)
+    streams = follow_all(live.file)
     assert len(streams) >= (20 if live.kind == "redis" else 2)  # one per client connection
     assert tcp_bytes_by_port(streams, live.port) == (live.to_server, live.from_server)
 
@@ -244,7 +241,7 @@ def test_tshark_dissects_the_redis_commands(redis_live: Live) -> None:
 
 
 def test_follow_reproduces_exact_bytes_of_one_connection(redis_live: Live) -> None:
-    streams = follow_all(tshark, redis_live.file)
+    streams = follow_all(redis_live.file)
     multi = [s for s in streams.values() if s[2] == MULTI]
     assert len(multi) == 1, [s[2][:40] for s in streams.values()]
     assert multi[0][1].endswith(":6379")

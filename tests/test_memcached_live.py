@@ -24,15 +24,13 @@ import pytest
 from tests.support.live_helpers import (
     MEMCACHED_EXPECTED,
     MEMCACHED_STEPS,
-    USNIFF,
-    Usniff,
-    follow_all,
     memcached_session,
     memcached_stats,
     raw_exchange,
 )
-from tests.support.pcap_helpers import TSHARK, tshark
 from tests.support.servers import start_memcached
+from tests.support.tshark import TSHARK, follow_all, tshark
+from tests.support.usniff import USNIFF, Usniff
 
 pytestmark = pytest.mark.root
 SELF_COMM = Path("/proc/self/comm").read_text().strip()
@@ -182,7 +180,7 @@ def test_pcapng_dissected_by_tshark_and_read_back(pcapng_run: tuple[Run, str]) -
                       "memcache.command").split()  # fmt: skip
     assert {"set", "get", "gets", "incr", "delete", "stats"} <= set(commands), commands
     assert commands.count("set") >= 3
-    streams = follow_all(tshark, path).values()
+    streams = follow_all(path).values()
     # every connection on memcache's port, with the bytes the clients sent and received
     assert all(node1.endswith(":11211") for _, node1, _, _ in streams), streams
     flows = sorted((len(a), len(b)) for _, _, a, b in streams)

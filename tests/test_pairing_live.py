@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.live_helpers import USNIFF, Usniff, run
 from tests.support.servers import start_redis
+from tests.support.usniff import USNIFF, Usniff, run
 
 pytestmark = pytest.mark.root
 

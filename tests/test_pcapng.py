@@ -16,17 +16,8 @@ import pytest
 from scapy.layers.inet import TCP
 from scapy.utils import rdpcap
 
-from tests.support.pcap_helpers import (
-    MYSQL_EXCHANGE,
-    REDIS_EXCHANGE,
-    TSHARK,
-    Conn,
-    expert_problems,
-    follow_raw,
-    sides,
-    tmpfs,
-    tshark,
-)
+from tests.support.pcap_helpers import MYSQL_EXCHANGE, REDIS_EXCHANGE, Conn, sides, tmpfs
+from tests.support.tshark import TSHARK, expert_problems, follow_raw, tshark
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, CaptureStats, Record
 from usniff.formats.pcapng import OTHER_PORT, parse_comment
 from usniff.outputs.base import OutputError

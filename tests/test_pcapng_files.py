@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.pcap_helpers import REDIS_EXCHANGE, Conn, tmpfs, tshark
+from tests.support.pcap_helpers import REDIS_EXCHANGE, Conn, tmpfs
+from tests.support.tshark import tshark
 from usniff.events import CaptureStats
 from usniff.outputs.base import OutputError
 from usniff.outputs.pcapng import PcapngOutput

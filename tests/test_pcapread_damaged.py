@@ -43,12 +43,12 @@ from tests.support.pcap_damage import (
     to_big_endian,
     to_pcap,
 )
-from tests.support.pcap_helpers import TSHARK
+from tests.support.tshark import TSHARK
+from tests.support.usniff import USNIFF
 from usniff.cli.read import Packet, PcapReadError, read_packets
 
 pytestmark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
 
-USNIFF = str(Path(sys.executable).with_name("usniff"))
 T0 = 1_700_000_000_000_000  # microseconds
 LE, BE = "<", ">"
 _P = real_packets()  # a Redis connection: handshake, then SET/GET and replies

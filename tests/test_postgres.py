@@ -10,7 +10,6 @@ import json
 import shutil
 import struct
 import subprocess
-import sys
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,13 @@ import pytest
 
 from tests.support.pg_session import PIPELINE_INSERTS, PREPARED_RUNS
 from tests.support.servers import PG_PASSWORD
+from tests.support.usniff import USNIFF
 from usniff.decoders.base import Notice, Transaction
 from usniff.decoders.postgres import KEEP, MAX_PENDING, PostgresDecoder, query_shape
 from usniff.decoders.registry import detect
 from usniff.streams import Direction
 
 CAPTURE = Path(__file__).resolve().parent.parent / "captures" / "postgres.pcapng"
-USNIFF = str(Path(sys.executable).with_name("usniff"))
 C, S = Direction.CLIENT, Direction.SERVER
 
 

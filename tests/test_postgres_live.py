@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.live_helpers import Usniff
+from tests.support.decoded import Run, assert_clean_exit, capture_decoded, stats_table
 from tests.support.pg_session import (
     PGBENCH_SELECTS,
     PIPELINE_INSERTS,
@@ -25,13 +23,12 @@ from tests.support.pg_session import (
     postgres_session,
 )
 from tests.support.servers import PG_PASSWORD, start_postgres
-from tests.test_live_decode import Run, _capture, assert_clean_exit, stats_table
+from tests.support.usniff import USNIFF, Usniff
 
 pytestmark = pytest.mark.root
 
 PGBENCH_SELECT = "SELECT abalance FROM pgbench_accounts WHERE aid = ?;"
 PREPARED = "SELECT id, v FROM t WHERE id = $1"
-USNIFF = str(Path(sys.executable).with_name("usniff"))
 PgRun = tuple[Run, dict[str, int]]  # the decoded run and pg_stat_statements calls
 
 
@@ -54,7 +51,7 @@ def pg_run() -> Iterator[PgRun]:
     """The session decoded live, while a second usniff writes it to ``pg.pcapng``."""
     with tempfile.TemporaryDirectory(prefix="usniff-live-") as tmp, start_postgres(tmp) as sock:
         with Usniff("--path", sock, "-w", f"{tmp}/pg.pcapng") as writer:
-            run = _capture(sock, "postgres", postgres_session)
+            run = capture_decoded(sock, "postgres", postgres_session)
             assert writer.stop().returncode == 0
         offline = subprocess.run(
             [USNIFF, "read", f"{tmp}/pg.pcapng", "--protocol", "postgres", "--format", "json"],

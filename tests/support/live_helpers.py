@@ -10,143 +10,22 @@ mariadb / pymysql, and byte totals come from the servers' own counters.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 import struct
 import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any
+from collections.abc import Iterator
+from typing import Any
 
 import pymysql
 
 from .mysql_stmt import COM_QUERY, COM_STMT_CLOSE, stmt_execute, stmt_prepare
+from .servers import RedisInfo
+from .usniff import run, wait_until
 
-USNIFF = str(Path(sys.executable).with_name("usniff"))
-READY = "usniff: capturing with the"
 REDIS_PASSWORD = "s3cr3t-pw"  # for the ACL user "app" (masked by --redact)
 MYSQL_PASSWORD = "hunter2-pw"  # for app@localhost (masked by --redact)
 SUBSCRIBE_MESSAGE = "hello-subscribers"
-
-
-def wait_until(pred: Callable[[], Any], timeout: float, what: str, step: float = 0.02) -> Any:
-    """Poll ``pred`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(step)
-
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: bytes
-    stderr: str
-
-    @property
-    def text(self) -> str:
-        return self.stdout.decode()
-
-
-class Usniff:
-    """``usniff ARGS`` as a subprocess, ready (capturing) when the constructor returns.
-
-    stdout goes to ``stdout`` (a file object or fd) when given, else it is
-    collected by a thread; stderr is always collected.
-    """
-
-    def __init__(
-        self,
-        *args: str,
-        stdout: IO[bytes] | int | None = None,
-        ready_timeout: float = 30.0,
-        env: dict[str, str] | None = None,
-        command: list[str] | None = None,
-        **popen: Any,
-    ) -> None:
-        # command: how to start usniff (default: the one beside sys.executable)
-        self.args = [*(command or [USNIFF]), *args]
-        self.proc = subprocess.Popen(
-            self.args,
-            stdout=subprocess.PIPE if stdout is None else stdout,
-            stderr=subprocess.PIPE,
-            env={**os.environ, **(env or {})},
-            **popen,
-        )
-        self._out = bytearray()
-        self._err: list[str] = []
-        self._ready = threading.Event()
-        self._threads = [threading.Thread(target=self._read_err, daemon=True)]
-        if stdout is None:
-            self._threads.append(threading.Thread(target=self._read_out, daemon=True))
-        for t in self._threads:
-            t.start()
-        deadline = time.monotonic() + ready_timeout
-        while not self._ready.wait(0.05):
-            if self.proc.poll() is not None or time.monotonic() >= deadline:
-                self.proc.kill()
-                self.proc.wait()
-                for t in self._threads:
-                    t.join(5)
-                raise RuntimeError(f"usniff did not become ready: {self.args} {self.stderr!r}")
-
-    def _read_err(self) -> None:
-        assert self.proc.stderr is not None
-        for line in iter(self.proc.stderr.readline, b""):
-            text = line.decode(errors="replace")
-            self._err.append(text)
-            if READY in text:
-                self._ready.set()
-
-    def _read_out(self) -> None:
-        out = self.proc.stdout
-        assert out is not None
-        for chunk in iter(lambda: os.read(out.fileno(), 65536), b""):
-            self._out += chunk
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self._err)
-
-    @property
-    def stdout(self) -> bytes:
-        return bytes(self._out)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> Result:
-        """Send ``sig`` and wait for the exit; stdout/stderr are complete afterwards."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
-        for t in self._threads:
-            t.join(10)
-        return Result(rc, self.stdout, self.stderr)
-
-    def __enter__(self) -> Usniff:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def run(args: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
-    kw.setdefault("timeout", 60)
-    return subprocess.run(args, capture_output=True, text=True, check=False, **kw)
 
 
 def free_port() -> int:
@@ -164,44 +43,27 @@ def resp_command(*args: str | bytes) -> bytes:
 
 
 class RedisCounters:
-    """INFO stats byte counters read on one raw connection, with exact request/reply sizes.
+    """INFO stats byte counters (:class:`RedisInfo`), read before and after a capture.
 
     Open it *before* usniff starts and read it before and after the capture:
     the only counted-but-uncaptured bytes are then the first reply and the
     second request (``delta()`` subtracts them).
     """
 
-    REQUEST = resp_command("INFO", "stats")
-
     def __init__(self, sock: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(sock)
+        self.info = RedisInfo(sock)
         self.samples: list[tuple[int, int, int]] = []  # (in, out, reply size)
 
     def read(self) -> None:
-        self.sock.sendall(self.REQUEST)
-        buf = b""
-        while b"\r\n" not in buf:
-            buf += self.sock.recv(65536)
-        header, _, rest = buf.partition(b"\r\n")
-        assert header.startswith(b"$"), header
-        size = int(header[1:])
-        while len(rest) < size + 2:
-            rest += self.sock.recv(65536)
-        body = rest[:size].decode()
-        stats = dict(line.split(":", 1) for line in body.split("\r\n") if ":" in line)
-        reply = len(header) + 2 + size + 2
-        self.samples.append(
-            (int(stats["total_net_input_bytes"]), int(stats["total_net_output_bytes"]), reply)
-        )
+        self.samples.append(self.info.read())
 
     def delta(self) -> tuple[int, int]:
         """(client->server, server->client) bytes of everyone else between the two reads."""
         (in0, out0, reply0), (in1, out1, _) = self.samples[-2:]
-        return in1 - in0 - len(self.REQUEST), out1 - out0 - reply0
+        return in1 - in0 - len(RedisInfo.REQUEST), out1 - out0 - reply0
 
     def close(self) -> None:
-        self.sock.close()
+        self.info.close()
 
 
 def create_redis_user(sock: str) -> None:
@@ -377,35 +239,6 @@ def mysql_session(sock: str) -> None:
     conn._execute_command(COM_STMT_CLOSE, struct.pack("<I", stmt))  # no reply
     conn.commit()
     conn.close()
-
-
-# --------------------------------------------------------------------------- pcapng
-
-
-def follow_all(tshark: Callable[..., str], path: str) -> dict[int, tuple[str, str, bytes, bytes]]:
-    """Every TCP stream, in one tshark run: {stream: (node0, node1, bytes 0->1, bytes 1->0)}."""
-    streams = sorted({int(s) for s in tshark("-r", path, "-T", "fields", "-e", "tcp.stream")
-                      .split() if s})  # fmt: skip
-    if not streams:
-        return {}
-    args = ["-r", path, "-q"]
-    for n in streams:
-        args += ["-z", f"follow,tcp,raw,{n}"]
-    out = tshark(*args)
-    result = {}
-    for block, n in zip(out.split("Follow: tcp,raw")[1:], streams, strict=True):
-        lines = block.splitlines()
-        node0 = next(x for x in lines if x.startswith("Node 0:")).split(": ", 1)[1]
-        node1 = next(x for x in lines if x.startswith("Node 1:")).split(": ", 1)[1]
-        body = block.split("Node 1:", 1)[1].split("\n", 1)[1]
-        sent = [b"", b""]
-        for line in body.splitlines():
-            if line.startswith("====="):
-                break
-            if line.strip():
-                sent[1 if line.startswith("\t") else 0] += bytes.fromhex(line.strip())
-        result[n] = (node0, node1, sent[0], sent[1])
-    return result
 
 
 def tcp_bytes_by_port(

@@ -1,10 +1,9 @@
-"""Shared by the pcapng writer and reader tests: real protocol bytes, record
-builders and thin wrappers around the real tshark binary (never mocked)."""
+"""Shared by the pcapng writer and reader tests: real protocol bytes, a record
+builder for one synthetic connection (:class:`Conn`), a small tmpfs."""
 
 from __future__ import annotations
 
 import contextlib
-import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -60,8 +59,6 @@ MYSQL_EXCHANGE: list[tuple[bool, bytes]] = [
         (False, "0100000001"),
     ]
 ]
-
-TSHARK = shutil.which("tshark")
 
 
 @dataclass
@@ -157,40 +154,6 @@ def tmpfs(mnt: Path, size: str) -> Iterator[Path]:
         yield mnt
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
-
-
-def tshark(*args: str) -> str:
-    """Run the real tshark; fail the test on a non-zero exit or error output."""
-    assert TSHARK, "tshark not installed"
-    proc = subprocess.run([TSHARK, *args], capture_output=True, text=True, timeout=120, check=False)
-    errors = [
-        line for line in proc.stderr.splitlines() if line and not line.startswith("Running as")
-    ]
-    assert proc.returncode == 0 and not errors, (proc.returncode, proc.stderr)
-    return proc.stdout
-
-
-def follow_raw(path: str, stream: int = 0, proto: str = "tcp") -> tuple[bytes, bytes]:
-    """Bytes Wireshark's "Follow stream" reassembles: (node 0 -> 1, node 1 -> 0)."""
-    out = tshark("-r", path, "-q", "-z", f"follow,{proto},raw,{stream}")
-    body = out.split("Node 1:", 1)[1].split("\n", 1)[1]
-    sent = [b"", b""]
-    for line in body.splitlines():
-        if line.startswith("====="):
-            break
-        side = 1 if line.startswith("\t") else 0
-        sent[side] += bytes.fromhex(line.strip())
-    return sent[0], sent[1]
-
-
-def expert_problems(path: str) -> str:
-    """Expert-info entries of severity warning or error (empty when clean)."""
-    out = tshark("-r", path, "-q", "-z", "expert,warn")
-    return "\n".join(
-        line
-        for line in out.splitlines()
-        if line.startswith(("Errors", "Warns")) or "Malformed" in line
-    )
 
 
 def sides(pairs: Sequence[tuple[bool, bytes]]) -> tuple[bytes, bytes]:
