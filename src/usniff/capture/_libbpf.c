@@ -1,10 +1,10 @@
 /*
- * usniff._libbpf: the libbpf that usniff.libbpf binds with ctypes.
+ * usniff.capture._libbpf: the libbpf that usniff.capture.libbpf binds with ctypes.
  *
  * The module itself only reports libbpf's version; what matters is that it
  * is linked against libbpf.so.1, so that `auditwheel repair` copies that
  * library (and libelf, zlib) into the wheel and points this module's RPATH
- * at the copies.  usniff.libbpf dlopen()s this module and looks libbpf's
+ * at the copies.  usniff.capture.libbpf dlopen()s this module and looks libbpf's
  * functions up through its handle (dlsym searches a handle's dependencies),
  * so an installed wheel needs no libbpf on the system.
  */
@@ -23,7 +23,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-	PyModuleDef_HEAD_INIT, "usniff._libbpf", "libbpf, for usniff.libbpf (ctypes).", -1, methods,
+	PyModuleDef_HEAD_INIT, "usniff.capture._libbpf", "libbpf, for usniff.capture.libbpf (ctypes).", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__libbpf(void)

@@ -32,7 +32,7 @@ class Transaction:
     details: Details = field(default_factory=dict)
     unanswered: bool = False  # a reply was expected and none was seen
     cut: int = 0  # bytes of request and reply not captured (snap length, -s)
-    # filled in by the glue (usniff.decode), decoders know nothing about processes
+    # filled in by the decoding engine (decoders.engine), decoders know nothing about processes
     conn: str = ""
     path: str = ""
     client_pid: int = 0
