@@ -10,7 +10,6 @@ Wireshark stops us with SIGTERM.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import re
 import shutil
@@ -91,9 +90,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _default_capture() -> CaptureFunction:
-    module = importlib.import_module("usniff.cli.loop")
-    run: CaptureFunction = module.run_capture
-    return run
+    from .loop import run_capture  # loads the capture stage only when capturing
+
+    return run_capture
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:

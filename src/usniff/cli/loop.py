@@ -14,6 +14,7 @@ from ..capture.collector import Capture, CaptureOptions
 from ..capture.records import R, RecordAssembler
 from ..events import CaptureStats
 from ..outputs.base import Output, OutputError, Sink
+from .extcap import CaptureOptions as ExtcapOptions
 
 FLUSH_EVERY = 1.0  # seconds between write-outs of the outputs (-U: after every batch)
 POLL_WAIT = 0.2  # longest wait for records in one cap.poll (the collector wakes every capture.POLL)
@@ -156,11 +157,10 @@ def write_batch(outputs: Sequence[Sink[R]], batch: Sequence[R], limit: int = 0) 
     return emitted[0] if emitted else len(batch)
 
 
-def run_capture(options: object, output: Output) -> None:
-    """Entry point for the Wireshark extcap (usniff.cli.extcap.CaptureOptions)."""
-    path = getattr(options, "path", None)
-    pid = getattr(options, "pid", None)
-    opts = CaptureOptions(paths=[path] if path else [], pids=[pid] if pid else [])
+def run_capture(options: ExtcapOptions, output: Output) -> None:
+    """Entry point for the Wireshark extcap: what the user chose in its dialog."""
+    paths = [options.path] if options.path else []
+    opts = CaptureOptions(paths=paths, pids=[options.pid] if options.pid else [])
     cap = Capture(opts)
     try:
         run(cap, [output])
