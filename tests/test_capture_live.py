@@ -44,7 +44,14 @@ from tests.support.live import (
 from tests.support.servers import RedisInfo, start_redis
 from tests.support.usniff import USNIFF, Usniff
 from usniff.capture.collector import Capture, CaptureError, CaptureOptions
-from usniff.events import FLAG_ADDR, FLAG_MSG_END, FLAG_MSG_START, FLAG_TRUNCATED, Record
+from usniff.events import (
+    FLAG_ADDR,
+    FLAG_MSG_END,
+    FLAG_MSG_START,
+    FLAG_TRUNCATED,
+    Record,
+    sender_is_server,
+)
 
 pytestmark = [
     pytest.mark.root,
@@ -513,8 +520,8 @@ def test_redis_bytes_match_info_counters(start: Any, redis_sock: str) -> None:
 
     def totals(c: Collected, kinds: tuple[str, ...] = ("data", "lost")) -> tuple[int, int]:
         """(bytes to the server, bytes to clients) covered by records of these kinds."""
-        to_srv = sum(r.length for r in c.records if r.kind in kinds and not r.path_is_own)
-        to_cli = sum(r.length for r in c.records if r.kind in kinds and r.path_is_own)
+        to_srv = sum(r.length for r in c.records if r.kind in kinds and not sender_is_server(r))
+        to_cli = sum(r.length for r in c.records if r.kind in kinds and sender_is_server(r))
         return to_srv, to_cli
 
     col = collect(cap, lambda c: (t := totals(c))[0] >= want_in and t[1] >= want_out)
@@ -524,8 +531,10 @@ def test_redis_bytes_match_info_counters(start: Any, redis_sock: str) -> None:
     assert totals(col, ("data",)) == (want_in, want_out)
     assert want_in > 2 * 3 * 2000 * 20  # the benchmarks really ran through the socket
     assert os.getpid() not in {r.pid for r in col.records} | {r.peer_pid for r in col.records}
-    servers = {r.pid for r in col.records if r.path_is_own}
-    assert len(servers) == 1 and {r.comm for r in col.records if r.path_is_own} == {"redis-server"}
+    servers = {r.pid for r in col.records if sender_is_server(r)}
+    assert len(servers) == 1 and {r.comm for r in col.records if sender_is_server(r)} == {
+        "redis-server"
+    }
     for ino in col.inodes():  # every connection's stream tiles exactly from offset 0
         col.stream(ino)
     # each redis-cli sent exactly its command; the server answered exactly

@@ -22,6 +22,7 @@ from usniff.decoders.base import Notice, Transaction
 from usniff.decoders.engine import decode_records
 from usniff.decoders.fastcgi import FastcgiDecoder, parse_pairs
 from usniff.decoders.registry import detect
+from usniff.events import sender_is_server
 from usniff.streams import Direction
 
 C, S = Direction.CLIENT, Direction.SERVER
@@ -461,8 +462,8 @@ def test_capture_details() -> None:
         "FCGI_MPXS_CONNS=0"
     )
     records = capture("fastcgi")
-    client = sum(len(r.data) for r in records if not r.path_is_own)
-    server = sum(len(r.data) for r in records if r.path_is_own)
+    client = sum(len(r.data) for r in records if not sender_is_server(r))
+    server = sum(len(r.data) for r in records if sender_is_server(r))
     assert (sum(t.bytes_in for t in txs.values()), sum(t.bytes_out for t in txs.values())) == (
         client, server
     )  # fmt: skip
