@@ -13,7 +13,6 @@ Every line printed for a person goes through :func:`usniff.printable.printable`.
 
 from __future__ import annotations
 
-import bisect
 import heapq
 import json
 import time
@@ -32,6 +31,7 @@ from .decoders.registry import BY_NAME, DECODABLE, detect
 from .events import CaptureStats, Record
 from .outputs import raw
 from .outputs.base import clock_text
+from .outputs.histogram import Histogram
 from .printable import printable
 from .streams import (
     Close,
@@ -74,16 +74,15 @@ class _Conn:
     pids: list[int] = field(default_factory=lambda: [0, 0])
     comms: list[str] = field(default_factory=lambda: ["", ""])
     inodes: list[int] = field(default_factory=lambda: [0, 0])
-
-    @property
-    def name(self) -> str:
-        """client-server socket inodes, as `ss -x` shows them ("?" while not known)."""
-        return "-".join(str(i or "?") for i in self.inodes)
+    name: str = "?-?"  # client-server socket inodes, as `ss -x` shows them ("?": not known)
 
     def learn(self, ev: Data) -> None:
         """Both ends' process and inode, from one end's data (which names its peer)."""
         d = ev.direction
-        self.pids[d], self.comms[d], self.inodes[d] = ev.pid, ev.comm, ev.inode
+        self.pids[d], self.comms[d] = ev.pid, ev.comm
+        if self.inodes[d] != ev.inode:
+            self.inodes[d] = ev.inode
+            self.name = "-".join(str(i or "?") for i in self.inodes)
         if not self.pids[1 - d] and ev.peer_pid:
             self.pids[1 - d], self.comms[1 - d] = ev.peer_pid, ev.peer_comm
 
@@ -158,6 +157,16 @@ class Decoding:
             out.append(Undecoded(rec, conn.reason, conn.name))
 
     def _stream_event(self, ev: StreamEvent, out: list[Event]) -> None:
+        if type(ev) is Data:  # the common case, in the fewest steps
+            conn_or_none = self._conns.get(ev.conn)
+            if conn_or_none is not None:
+                conn_or_none.learn(ev)
+                if conn_or_none.decoder is not None:
+                    events = conn_or_none.decoder.feed(ev.direction, ev.data, ev.ts)
+                    self._emit(conn_or_none, events, out)
+                elif conn_or_none.protocol is None:
+                    self._detect(conn_or_none, ev, out)
+            return
         if isinstance(ev, Open):
             conn = self._conns[ev.conn] = _Conn(ev)
             if self.protocol != "auto":
@@ -315,20 +324,17 @@ def to_json(ev: Event) -> str:
 TITLE = "usniff: per command; latency = server time, request's last byte to reply's first byte"
 
 
+PERCENTILES = (50, 95, 99, 100)
+
+
 @dataclass(slots=True)
 class _Row:
     count: int = 0
     errors: int = 0
     unanswered: int = 0
-    latencies: list[float] = field(default_factory=list)  # sorted
+    latencies: Histogram = field(default_factory=Histogram)  # of the answered requests
     bytes_in: int = 0
     bytes_out: int = 0
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile of sorted, non-empty ``values``."""
-    rank = max(1, -(-len(values) * p // 100))
-    return values[int(rank) - 1]
 
 
 def _cell(text: str) -> Text:
@@ -339,8 +345,6 @@ def _cell(text: str) -> Text:
 class Stats:
     """Per (protocol, command / query shape) counts, errors, unanswered requests,
     latency percentiles of the answered ones, bytes."""
-
-    MAX_SAMPLES = 100_000  # latencies kept per row (beyond: every other sample dropped)
 
     def __init__(self, top: int = 10) -> None:
         self.rows: dict[tuple[str, str], _Row] = {}
@@ -358,15 +362,13 @@ class Stats:
         latency = tx.latency
         if latency is None:
             return
-        bisect.insort(row.latencies, latency)
-        if len(row.latencies) > self.MAX_SAMPLES:
-            del row.latencies[::2]
-        self._seq += 1
-        item = (latency, self._seq, f"{tx.client_comm} {tx.request}")
+        row.latencies.add(latency)
         if len(self.slowest) < self.top:
-            heapq.heappush(self.slowest, item)
+            self._seq += 1
+            heapq.heappush(self.slowest, (latency, self._seq, f"{tx.client_comm} {tx.request}"))
         elif latency > self.slowest[0][0]:
-            heapq.heapreplace(self.slowest, item)
+            self._seq += 1
+            heapq.heapreplace(self.slowest, (latency, self._seq, f"{tx.client_comm} {tx.request}"))
 
     def render(self) -> Group:
         table = Table(title=TITLE, expand=False)
@@ -376,7 +378,9 @@ class Stats:
         ordered = sorted(self.rows.items(), key=lambda kv: -kv[1].count)
         for (protocol, command), row in ordered:
             lat = row.latencies
-            ms = [f"{percentile(lat, p) * 1000:.3f}" if lat else "-" for p in (50, 95, 99, 100)]
+            ms = [
+                f"{lat.percentile(p) * 1000:.3f}" if lat.total else "-" for p in (50, 95, 99, 100)
+            ]
             counts = (row.count, row.errors, row.unanswered)
             table.add_row(_cell(protocol), _cell(command), *map(str, counts), *ms,
                           str(row.bytes_in), str(row.bytes_out))  # fmt: skip
