@@ -9,15 +9,16 @@ import struct
 
 import pytest
 
-from usniff import _fastpath, capture
+from usniff import _fastpath
+from usniff.capture import records
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, FLAG_TRUNCATED, CaptureStats, Record
-from usniff.outputs.pcapng import IPPROTO_TCP, IPPROTO_UDP, PcapngOutput, _Dir, _Sink
+from usniff.formats.pcapng import IPPROTO_TCP, IPPROTO_UDP
+from usniff.outputs.pcapng import PcapngOutput, _Dir, _Sink
 
 
-def bare_capture() -> capture.Capture:
-    cap = capture.Capture.__new__(capture.Capture)
-    cap.stats = CaptureStats()
-    cap._init_records()
+def assembler(packed: bool = False) -> records.RecordAssembler[Record | _fastpath.Packed]:
+    """The capture's record handling alone, at a fixed clock."""
+    cap = records.RecordAssembler(CaptureStats(), packed=packed)
     cap._clock = 1.7e9
     return cap
 
@@ -27,10 +28,10 @@ def event(kind: int, ino: int, peer: int, data: bytes = b"", **kw: int | bytes) 
     f = {"ts": 123_456_789_012, "off": 5, "pid": 7, "tid": 8, "uid": 9, "ppid": 10, "flags": 3}
     f.update(kw)  # type: ignore[arg-type]
     length = f.pop("length", len(data))
-    hdr = capture._EVENT.pack(
+    hdr = records.EVENT.pack(
         f["ts"], f["off"], ino + 1000, peer + 1000 if peer else 0,
         ino, f.get("peer_inode", peer), f["pid"], f["tid"], f["uid"], f["ppid"], length,
-        len(data) if kind == capture.EV_DATA else 0, kind, f["flags"], f.get("stype", 1),
+        len(data) if kind == records.EV_DATA else 0, kind, f["flags"], f.get("stype", 1),
         f.get("addr_len", 0), f.get("own", 0), f.get("comm", b"redis-cli\0"),
         f.get("peer_comm", b"redis-server\0"),
     )  # fmt: skip
@@ -38,17 +39,17 @@ def event(kind: int, ino: int, peer: int, data: bytes = b"", **kw: int | bytes) 
 
 
 def test_event_layout_matches() -> None:
-    assert capture._EVENT.size == _fastpath.EVENT_SIZE
-    assert capture._STATE.size == _fastpath.SOCK_STATE_SIZE
+    assert records.EVENT.size == _fastpath.EVENT_SIZE
+    assert records.SOCK_STATE.size == _fastpath.SOCK_STATE_SIZE
 
 
 def test_handle_builds_records() -> None:
-    cap = bare_capture()
+    cap = assembler()
     addr = b"/run/r.sock\0"
-    cap._handle(event(capture.EV_SOCK, 11, 0, addr, addr_len=len(addr), own=1))
+    cap._handle(event(records.EV_SOCK, 11, 0, addr, addr_len=len(addr), own=1))
     assert cap._sock_info == {1011: ("/run/r.sock", True)}
-    cap._handle(event(capture.EV_DATA, 11, 12, b"+OK\r\n", comm=b"bad\xff\0" + b"x" * 11))
-    cap._handle(event(capture.EV_LOST, 11, 12, length=40, off=10, stype=9))
+    cap._handle(event(records.EV_DATA, 11, 12, b"+OK\r\n", comm=b"bad\xff\0" + b"x" * 11))
+    cap._handle(event(records.EV_LOST, 11, 12, length=40, off=10, stype=9))
     data, lost = cap._batch
     assert data == Record(
         1.7e9 + 123_456_789_012 / 1e9, 7, 8, 9, "bad\ufffd", 11, 12, "stream", "/run/r.sock",
@@ -66,8 +67,8 @@ def test_handle_builds_records() -> None:
 def test_records_are_left_out_of_the_cyclic_gc() -> None:
     # a Record holds only atomic values; tracked, every batch was re-traversed
     # by the collections its own allocations triggered
-    cap = bare_capture()
-    cap._handle(event(capture.EV_DATA, 11, 12, b"+OK\r\n"))
+    cap = assembler()
+    cap._handle(event(records.EV_DATA, 11, 12, b"+OK\r\n"))
     (rec,) = cap._batch
     assert not gc.is_tracked(rec)
     assert gc.is_tracked(Record(0.0, 1, 1, 0, "", 1, 0, "stream", "", False, 0, 0))
@@ -76,7 +77,7 @@ def test_records_are_left_out_of_the_cyclic_gc() -> None:
 def test_attributes_a_callback_rebinds_are_read_again() -> None:
     # _fastpath reads the Capture's attributes once per drain and again after
     # each call into Python: a record must land in the list bound now
-    cap = bare_capture()
+    cap = assembler()
     old_batch, old_last = cap._batch, cap._last
 
     def lookup(sock_id: int, ino: int, peer: int) -> tuple[str, bool]:
@@ -84,7 +85,7 @@ def test_attributes_a_callback_rebinds_are_read_again() -> None:
         return ("/run/r.sock", False)
 
     cap._lookup = lookup  # type: ignore[method-assign]
-    cap._handle(event(capture.EV_DATA, 11, 12, b"+OK\r\n"))
+    cap._handle(event(records.EV_DATA, 11, 12, b"+OK\r\n"))
     (rec,) = cap._batch
     assert rec.path == "/run/r.sock" and cap._last == {1011: rec}
     assert old_batch == [] and old_last == {}
@@ -96,17 +97,16 @@ def test_packed_records_are_the_same_records() -> None:
     and sockets without a known address still come as Records."""
     addr = b"/run/r.sock\0"
     evs = [
-        event(capture.EV_SOCK, 11, 0, addr, addr_len=len(addr), own=1),
-        event(capture.EV_DATA, 11, 12, b"+OK\r\n", comm=b"bad\xff\0" + b"x" * 11),
-        event(capture.EV_DATA, 11, 12, b"abc", length=10, flags=FLAG_TRUNCATED),
-        event(capture.EV_LOST, 11, 12, length=40, off=10),
-        event(capture.EV_DATA, 13, 0, b"dgram", stype=2),
-        event(capture.EV_DATA, 15, 16, b"late"),  # its address comes from _lookup
+        event(records.EV_SOCK, 11, 0, addr, addr_len=len(addr), own=1),
+        event(records.EV_DATA, 11, 12, b"+OK\r\n", comm=b"bad\xff\0" + b"x" * 11),
+        event(records.EV_DATA, 11, 12, b"abc", length=10, flags=FLAG_TRUNCATED),
+        event(records.EV_LOST, 11, 12, length=40, off=10),
+        event(records.EV_DATA, 13, 0, b"dgram", stype=2),
+        event(records.EV_DATA, 15, 16, b"late"),  # its address comes from _lookup
     ]
     caps = []
     for packed in (False, True):
-        cap = bare_capture()
-        cap.packed = packed
+        cap = assembler(packed)
         cap._sock_info[1013] = ("/run/log", False)
         cap._lookup = lambda sock_id, ino, peer: ("", False)  # type: ignore[method-assign]
         for ev in evs:
@@ -131,9 +131,9 @@ def _records_for_pcapng() -> list[memoryview]:
     and the C framing share between them."""
     server, dgram = b"/run/r.sock\0", b"/run/log\0"
     evs = [
-        event(capture.EV_SOCK, 21, 0, server, addr_len=len(server), own=1),
-        event(capture.EV_SOCK, 31, 0, server, addr_len=len(server), own=1),
-        event(capture.EV_SOCK, 41, 0, dgram, addr_len=len(dgram), own=0),
+        event(records.EV_SOCK, 21, 0, server, addr_len=len(server), own=1),
+        event(records.EV_SOCK, 31, 0, server, addr_len=len(server), own=1),
+        event(records.EV_SOCK, 41, 0, dgram, addr_len=len(dgram), own=0),
     ]
     offs: dict[int, int] = {}
     rnd = random.Random(7)
@@ -142,28 +142,27 @@ def _records_for_pcapng() -> list[memoryview]:
         ino, peer = rnd.choice([(21, 22), (22, 21), (31, 32), (32, 31)])
         ts += rnd.randrange(1, 50_000)
         off = offs.get(ino, 0)
-        kind, size = capture.EV_DATA, rnd.choice([1, 31, 200, 5000])
+        kind, size = records.EV_DATA, rnd.choice([1, 31, 200, 5000])
         extra: dict[str, int | bytes] = {"tid": 8 + (i // 100)}
         if i in (150, 151):
-            kind, size = capture.EV_LOST, 64
+            kind, size = records.EV_LOST, 64
         if i == 260:
             extra.update(length=size + 100, flags=FLAG_MSG_START | FLAG_TRUNCATED)
-        data = b"" if kind == capture.EV_LOST else bytes(rnd.randrange(256) for _ in range(size))
+        data = b"" if kind == records.EV_LOST else bytes(rnd.randrange(256) for _ in range(size))
         length = int(extra.pop("length", size))
         offs[ino] = off + length
         evs.append(event(kind, ino, peer, data, ts=ts, off=off, length=length, **extra))
         if i % 37 == 0:
-            evs.append(event(capture.EV_DATA, 41, 0, b"<13>msg", ts=ts, off=i, stype=2,
+            evs.append(event(records.EV_DATA, 41, 0, b"<13>msg", ts=ts, off=i, stype=2,
                              flags=FLAG_MSG_START | FLAG_MSG_END))  # fmt: skip
-    evs.append(event(capture.EV_DATA, 51, 52, b"later", ts=ts + 1, off=0))
+    evs.append(event(records.EV_DATA, 51, 52, b"later", ts=ts + 1, off=0))
     return evs
 
 
 def test_packed_pcapng_is_byte_identical(tmp_path: object) -> None:
     files = []
     for packed in (False, True):
-        cap = bare_capture()
-        cap.packed = packed
+        cap = assembler(packed)
         cap._lookup = lambda sock_id, ino, peer: (  # type: ignore[method-assign]
             "/run/other.sock",
             False,
@@ -174,7 +173,7 @@ def test_packed_pcapng_is_byte_identical(tmp_path: object) -> None:
         for start in range(0, len(evs), 97):
             for ev in evs[start : start + 97]:
                 cap._handle(ev)
-            out.write(cap._release(float("inf")))
+            out.write(cap.release(float("inf")))
         cap._last.clear()
         out.close(cap.stats)
         files.append(open(path, "rb").read())  # noqa: SIM115
@@ -231,18 +230,21 @@ def test_drain_walks_ring() -> None:
         prod[page:] = ring + ring  # the data pages are mapped twice
         struct.pack_into("<Q", prod, 0, pos)
 
-    cap = bare_capture()
+    cap = assembler()
     announced: list[memoryview] = []
-    cap._announce = lambda rec: (announced.append(rec), capture.Capture._announce(cap, rec))[0]  # type: ignore[method-assign]
+    cap._announce = lambda rec: (
+        announced.append(rec),
+        records.RecordAssembler._announce(cap, rec),
+    )[0]  # type: ignore[method-assign]
     struct.pack_into("<Q", cons, 0, start)
     addr = b"/run/r.sock\0"
-    put(bytes(event(capture.EV_SOCK, 11, 0, addr, addr_len=len(addr), own=1)))
+    put(bytes(event(records.EV_SOCK, 11, 0, addr, addr_len=len(addr), own=1)))
     first = pos - start
-    put(bytes(event(capture.EV_DATA, 11, 12, b"one")))
-    put(bytes(event(capture.EV_DATA, 11, 12, b"dropped")), discard=True)
-    put(bytes(event(capture.EV_DATA, 11, 12, b"two!")))
+    put(bytes(event(records.EV_DATA, 11, 12, b"one")))
+    put(bytes(event(records.EV_DATA, 11, 12, b"dropped")), discard=True)
+    put(bytes(event(records.EV_DATA, 11, 12, b"two!")))
     done = pos
-    put(bytes(event(capture.EV_DATA, 11, 12, b"three")), busy=True)
+    put(bytes(event(records.EV_DATA, 11, 12, b"three")), busy=True)
 
     assert _fastpath.drain(cap, cons, prod, 1) == first  # limit: the first record only
     assert [r.data for r in cap._batch] == [] and cap._sock_info == {1011: ("/run/r.sock", True)}
@@ -259,7 +261,7 @@ def test_drain_walks_ring() -> None:
     busy_at = done
     ring[busy_at % size + 3] &= 0x7F  # committed now
     prod[page:] = ring + ring
-    put(bytes(event(capture.EV_DATA, 11, 12, b"four")))
+    put(bytes(event(records.EV_DATA, 11, 12, b"four")))
     with pytest.raises(ZeroDivisionError):
         _fastpath.drain(cap, cons, prod, 1 << 62)
     assert struct.unpack_from("<Q", cons)[0] == busy_at  # published up to the last handled
