@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import click
@@ -18,6 +19,7 @@ from ..capture.collector import (
     _ring_size,
     filter_warnings,
 )
+from ..decoders.base import Transaction
 from ..decoders.registry import CHOICES
 from ..events import SOCK_TYPES, CaptureStats
 from ..outputs.base import Output, OutputError
@@ -128,8 +130,27 @@ def make_outputs(
     stats: bool,
     redact: bool,
     live: bool = False,
+    metrics: str | None = None,
+    metrics_only: bool = False,
 ) -> list[Output]:
     outputs: list[Output] = []
+    on_transaction: Callable[[Transaction], None] | None = None
+    extra: list[Output] = []
+    if metrics:
+        from ..outputs.metrics import MetricsOutput
+
+        proto = protocol if protocol and protocol != "raw" else "auto"
+        alone = metrics_only
+        decoded_beside = stats or not (alone or write or _byte_view(ascii_, hexdump, fmt, protocol))
+        try:
+            prometheus = MetricsOutput(metrics, not decoded_beside, proto, redact)
+        except OutputError as e:
+            raise click.UsageError(str(e)) from None
+        if alone:
+            return [prometheus]
+        extra.append(prometheus)
+        if decoded_beside:  # the decoded output hands it each transaction
+            on_transaction = prometheus.metrics.add
     if write:
         from ..outputs.pcapng import PcapngOutput
 
@@ -146,7 +167,7 @@ def make_outputs(
         except ValueError as e:
             raise click.UsageError(str(e)) from None
         if not stats:
-            return outputs  # the file (or stdout, for -w -) carries pcapng only
+            return outputs + extra  # the file (or stdout, for -w -) carries pcapng only
     if _byte_view(ascii_, hexdump, fmt, protocol) and not stats:
         from ..outputs.raw import JsonOutput, TextOutput
 
@@ -162,17 +183,28 @@ def make_outputs(
         proto = protocol if protocol and protocol != "raw" else "auto"
         if write:  # -w FILE --stats: only the table, on stderr
             stream = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the output)
-        outputs.append(DecodedOutput(stream, proto, fmt, stats=stats, redact=redact, live=live))
-    return outputs
+        outputs.append(DecodedOutput(stream, proto, fmt, stats=stats, redact=redact, live=live,
+                                     on_transaction=on_transaction))  # fmt: skip
+    return outputs + extra  # the first output's items are what -c counts
+
+
+def _metrics_only(ctx: click.Context, kw: dict[str, Any]) -> bool:
+    """--metrics with no output asked for beside it (--format text asks for the lines)."""
+    asked = kw["write"] or kw["stats"] or kw["ascii_"] or kw["hexdump"]
+    default_format = ctx.get_parameter_source("fmt") is click.core.ParameterSource.DEFAULT
+    return bool(kw["metrics"]) and default_format and not asked
 
 
 def _items(output: Output) -> str:
     """What ``output`` emits, as -c counts it."""
     from ..outputs.decoded import DecodedOutput
+    from ..outputs.metrics import MetricsOutput
     from ..outputs.pcapng import PcapngOutput
 
     if isinstance(output, DecodedOutput):
         return "lines printed"
+    if isinstance(output, MetricsOutput):
+        return "transactions counted"
     done = "written" if isinstance(output, PcapngOutput) else "printed"
     return f"records {done} (data, loss and close records)"
 
@@ -284,6 +316,14 @@ def summary(stats: CaptureStats, shown: str = "") -> str:
     "request's last byte to the reply's first byte, as the two ends sent them.",
 )
 @click.option(
+    "--metrics",
+    metavar="ADDR",
+    help="Serve Prometheus metrics on ADDR (HOST:PORT, :PORT or a Unix socket path) while "
+    "capturing: requests, errors and latency per socket path, protocol and operation; bytes, "
+    "messages and losses per socket path. Alone, it is the only output; with -w, --stats, "
+    "--format text|json, -A or -X, it runs beside them.",
+)
+@click.option(
     "--redact",
     is_flag=True,
     help="Mask passwords in decoded output (Redis AUTH, HELLO, ACL SETUSER, MIGRATE, CONFIG; "
@@ -345,6 +385,8 @@ def main(ctx: click.Context, /, **kw: Any) -> None:  # fmt: skip
             protocol=kw["protocol"],
             stats=kw["stats"],
             redact=kw["redact"],
+            metrics=kw["metrics"],
+            metrics_only=_metrics_only(ctx, kw),
             live=True,
         )
     except OutputError as e:
