@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import redis
-from live_helpers import Usniff, free_port, run, wait_until
 from prometheus_client.parser import text_string_to_metric_families
-from servers import start_redis
 
+from tests.support.live_helpers import Usniff, free_port, run, wait_until
+from tests.support.servers import start_redis
 from usniff.decoders.base import Transaction
 from usniff.outputs.metrics import MAX_OPERATIONS, OTHER, Metrics
 
