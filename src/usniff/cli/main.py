@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
 from typing import Any, TextIO
 
 import click
@@ -19,10 +18,10 @@ from ..capture.collector import (
     _ring_size,
     filter_warnings,
 )
-from ..decoders.base import Transaction
 from ..decoders.registry import CHOICES
 from ..events import SOCK_TYPES, CaptureStats
 from ..outputs.base import Output, OutputError
+from ..outputs.sink import TransactionSink
 from .loop import FLUSH_EVERY, run, write_batch
 
 EXAMPLES = """
@@ -131,26 +130,18 @@ def make_outputs(
     redact: bool,
     live: bool = False,
     metrics: str | None = None,
-    metrics_only: bool = False,
+    otlp: str | None = None,
+    sinks_only: bool = False,
 ) -> list[Output]:
     outputs: list[Output] = []
-    on_transaction: Callable[[Transaction], None] | None = None
-    extra: list[Output] = []
-    if metrics:
-        from ..outputs.metrics import MetricsOutput
-
-        proto = protocol if protocol and protocol != "raw" else "auto"
-        alone = metrics_only
-        decoded_beside = stats or not (alone or write or _byte_view(ascii_, hexdump, fmt, protocol))
-        try:
-            prometheus = MetricsOutput(metrics, not decoded_beside, proto, redact)
-        except OutputError as e:
-            raise click.UsageError(str(e)) from None
-        if alone:
-            return [prometheus]
-        extra.append(prometheus)
-        if decoded_beside:  # the decoded output hands it each transaction
-            on_transaction = prometheus.metrics.add
+    proto = protocol if protocol and protocol != "raw" else "auto"
+    decoded_beside = stats or not (
+        sinks_only or write or _byte_view(ascii_, hexdump, fmt, protocol)
+    )
+    sinks = _sinks(metrics, otlp, decoded_beside, proto, redact)
+    listeners = [sink.add for sink in sinks] if decoded_beside else []
+    if sinks_only:
+        return list(sinks)
     if write:
         from ..outputs.pcapng import PcapngOutput
 
@@ -167,7 +158,7 @@ def make_outputs(
         except ValueError as e:
             raise click.UsageError(str(e)) from None
         if not stats:
-            return outputs + extra  # the file (or stdout, for -w -) carries pcapng only
+            return outputs + sinks  # the file (or stdout, for -w -) carries pcapng only
     if _byte_view(ascii_, hexdump, fmt, protocol) and not stats:
         from ..outputs.raw import JsonOutput, TextOutput
 
@@ -180,30 +171,58 @@ def make_outputs(
     else:
         from ..outputs.decoded import DecodedOutput
 
-        proto = protocol if protocol and protocol != "raw" else "auto"
         if write:  # -w FILE --stats: only the table, on stderr
             stream = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the output)
         outputs.append(DecodedOutput(stream, proto, fmt, stats=stats, redact=redact, live=live,
-                                     on_transaction=on_transaction))  # fmt: skip
-    return outputs + extra  # the first output's items are what -c counts
+                                     listeners=listeners))  # fmt: skip
+    return outputs + sinks  # the first output's items are what -c counts
 
 
-def _metrics_only(ctx: click.Context, kw: dict[str, Any]) -> bool:
-    """--metrics with no output asked for beside it (--format text asks for the lines)."""
+def _sinks(
+    metrics: str | None, otlp: str | None, decoded_beside: bool, protocol: str, redact: bool
+) -> list[TransactionSink]:
+    """The --metrics and --otlp outputs.  Without a decoded output beside them the
+    first decodes and hands each transaction to the others."""
+    from ..outputs.metrics import MetricsOutput
+    from ..outputs.otlp import OtlpOutput
+
+    sinks: list[TransactionSink] = []
+    try:
+        for addr, kind in ((metrics, MetricsOutput), (otlp, OtlpOutput)):
+            if addr:
+                sinks.append(kind(addr, not decoded_beside and not sinks, protocol, redact))
+    except OutputError as e:
+        for sink in sinks:
+            sink.stop()
+        raise click.UsageError(str(e)) from None
+    if sinks and not decoded_beside:
+        sinks[0].listeners = [sink.add for sink in sinks[1:]]
+    return sinks
+
+
+def _reports(outputs: list[Output]) -> list[str]:
+    from ..outputs.sink import TransactionSink
+
+    return [o.report() for o in outputs if isinstance(o, TransactionSink) and o.report()]
+
+
+def _sinks_only(ctx: click.Context, kw: dict[str, Any]) -> bool:
+    """--metrics / --otlp with no output asked for beside them (--format text asks for
+    the lines)."""
     asked = kw["write"] or kw["stats"] or kw["ascii_"] or kw["hexdump"]
     default_format = ctx.get_parameter_source("fmt") is click.core.ParameterSource.DEFAULT
-    return bool(kw["metrics"]) and default_format and not asked
+    return bool(kw["metrics"] or kw["otlp"]) and default_format and not asked
 
 
 def _items(output: Output) -> str:
     """What ``output`` emits, as -c counts it."""
     from ..outputs.decoded import DecodedOutput
-    from ..outputs.metrics import MetricsOutput
     from ..outputs.pcapng import PcapngOutput
+    from ..outputs.sink import TransactionSink
 
     if isinstance(output, DecodedOutput):
         return "lines printed"
-    if isinstance(output, MetricsOutput):
+    if isinstance(output, TransactionSink):
         return "transactions counted"
     done = "written" if isinstance(output, PcapngOutput) else "printed"
     return f"records {done} (data, loss and close records)"
@@ -324,6 +343,13 @@ def summary(stats: CaptureStats, shown: str = "") -> str:
     "--format text|json, -A or -X, it runs beside them.",
 )
 @click.option(
+    "--otlp",
+    metavar="URL",
+    help="Export each decoded transaction as an OpenTelemetry span (OTLP/HTTP protobuf to "
+    "URL/v1/traces, e.g. http://collector:4318), batched; a full queue drops and counts. "
+    "Alone or beside other outputs, as --metrics.",
+)
+@click.option(
     "--redact",
     is_flag=True,
     help="Mask passwords in decoded output (Redis AUTH, HELLO, ACL SETUSER, MIGRATE, CONFIG; "
@@ -386,7 +412,8 @@ def main(ctx: click.Context, /, **kw: Any) -> None:  # fmt: skip
             stats=kw["stats"],
             redact=kw["redact"],
             metrics=kw["metrics"],
-            metrics_only=_metrics_only(ctx, kw),
+            otlp=kw["otlp"],
+            sinks_only=_sinks_only(ctx, kw),
             live=True,
         )
     except OutputError as e:
@@ -412,6 +439,8 @@ def main(ctx: click.Context, /, **kw: Any) -> None:  # fmt: skip
         sys.stderr.write(summary(cap.stats) + "\n")
         os._exit(0)  # the reader went away (e.g. `| head`): nothing more to say
     click.echo(summary(stats, shown), err=True)
+    for line in _reports(outputs):
+        click.echo(line, err=True)
     ctx.exit(status)
 
 

@@ -91,12 +91,12 @@ class DecodedOutput:
         redact: bool = False,
         stats_stream: TextIO | None = None,
         live: bool = False,
-        on_transaction: Callable[[Transaction], None] | None = None,
+        listeners: Sequence[Callable[[Transaction], None]] = (),
     ) -> None:
         """``live``: records arrive as they are sent (not read from a file), so a
         connection undecided for ``Decoding.UNDECIDED_WAIT`` seconds of wall-clock
         time is shown raw at the next ``write``, even when no record follows.
-        ``on_transaction`` is also given every transaction printed (--metrics)."""
+        ``listeners`` are given every transaction printed (--metrics, --otlp)."""
         if fmt not in ("text", "json"):
             raise ValueError(f"format must be text or json, not {fmt!r}")
         self.stream = stream
@@ -104,7 +104,7 @@ class DecodedOutput:
         self.decoding = Decoding(protocol, redact)
         self.live = live
         self.stats = Stats() if stats else None
-        self.on_transaction = on_transaction
+        self.listeners = listeners
         self._console = Console(file=stats_stream, stderr=stats_stream is None)
         if not self._console.is_terminal:  # a file or pipe: print the table whole
             self._console.width = WIDE
@@ -162,8 +162,8 @@ class DecodedOutput:
             if isinstance(ev, Transaction):
                 if self.stats is not None:
                     self.stats.add(ev)
-                if self.on_transaction is not None:
-                    self.on_transaction(ev)
+                for listener in self.listeners:
+                    listener(ev)
             lines.append(fmt(ev))
         self.stream.write("\n".join(lines) + "\n")
         return len(lines)

@@ -8,9 +8,7 @@ prometheus_client runs on the capture's hot path.  Label cardinality is
 bounded: at most ``MAX_PATHS`` socket paths and ``MAX_OPERATIONS`` operations
 per path and protocol; beyond, the label is ``other`` (docs/metrics.md).
 
-:class:`MetricsOutput` is the Output: it counts records, and decodes on its own
-only when no decoded output runs beside it (otherwise the decoded output hands
-it each transaction through :meth:`Metrics.add`).
+:class:`MetricsOutput` is the Output (a :class:`~usniff.outputs.sink.TransactionSink`).
 """
 
 from __future__ import annotations
@@ -29,9 +27,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from ..decoders.base import Transaction
-from ..decoders.engine import Decoding
-from ..events import CaptureStats, Record
+from ..events import Record
 from .base import OutputError
+from .sink import TransactionSink
 
 # seconds; sub-millisecond resolution, as Unix-socket servers answer in tens of microseconds
 BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1,
@@ -217,42 +215,26 @@ def serve(metrics: Metrics, addr: str) -> ThreadingHTTPServer:
     return server
 
 
-class MetricsOutput:
-    """The ``--metrics`` output: counts records; decodes them itself when ``decode``
-    (no decoded output beside it), else receives transactions through ``metrics.add``."""
+class MetricsOutput(TransactionSink):
+    """The ``--metrics`` output: counts records, and transactions (its own decoding's
+    when ``decode``, else those a decoded output hands it)."""
 
     def __init__(
         self, addr: str, decode: bool, protocol: str = "auto", redact: bool = False
     ) -> None:
+        super().__init__(decode, protocol, redact)
         self.addr = addr
         self.metrics = Metrics()
-        self.decoding = Decoding(protocol, redact) if decode else None
         self._server = serve(self.metrics, addr)
 
-    def write(self, batch: Sequence[Record], limit: int = 0) -> int:
+    def add(self, tx: Transaction) -> None:
+        self.metrics.add(tx)
+
+    def records(self, batch: Sequence[Record]) -> None:
         self.metrics.add_records(batch)
-        if self.decoding is None:
-            return 0  # the decoded output beside it counts the items
-        return self._count(self.decoding.feed(batch), limit)
 
-    def _count(self, events: Sequence[object], limit: int = 0) -> int:
-        """Count the transactions among ``events`` (at most ``limit``, when > 0)."""
-        counted = 0
-        for ev in events:
-            if isinstance(ev, Transaction):
-                if limit and counted >= limit:
-                    break
-                self.metrics.add(ev)
-                counted += 1
-        return counted
-
-    def flush(self) -> None:
-        pass
-
-    def close(self, stats: CaptureStats) -> int:
-        counted = self._count(self.decoding.finish()) if self.decoding is not None else 0
+    def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
         if "/" in self.addr:
             os.unlink(self.addr)
-        return counted
