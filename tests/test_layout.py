@@ -18,6 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "usniff"
 # stage -> the stages it may import (itself always); "usniff" is the package's
 # own __init__ (__version__)
 ALLOWED = {
+    "__main__": {"cli"},  # python -m usniff
     "events": set(),
     "printable": set(),
     "_fastpath": {"events"},
