@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any, TextIO
 
 import click
@@ -549,3 +550,30 @@ def extcap_cmd(args: tuple[str, ...]) -> None:
     from .extcap import main as extcap_main
 
     sys.exit(extcap_main(list(args)))
+
+
+@main.command("wireshark")
+@click.option("--install", "action", flag_value="install", help="Write the plugin (no root).")
+@click.option("--uninstall", "action", flag_value="uninstall", help="Remove the plugin.")
+@click.option("--show", "action", flag_value="show", help="Print the plugin on stdout.")
+@click.option(
+    "--dir", "folder", type=click.Path(file_okay=False, path_type=Path),
+    help="Plugin folder (default: Wireshark's personal one, ~/.local/lib/wireshark/plugins).",
+)  # fmt: skip
+def wireshark_cmd(action: str | None, folder: Path | None) -> None:
+    """usniff's Wireshark Lua plugin: usniff.pid, usniff.comm, usniff.peer_pid,
+    usniff.peer_comm, usniff.path, usniff.inode ... as fields and columns, and the
+    dissectors of the protocols stock Wireshark has no port for (FastCGI). Install it
+    as the user who runs Wireshark."""
+    from . import wireshark
+
+    where = folder or wireshark.plugin_dir()
+    if action == "install":
+        click.echo(f"usniff: wrote {wireshark.install(where)}; restart Wireshark to load it")
+    elif action == "uninstall":
+        gone = wireshark.uninstall(where)
+        click.echo(f"usniff: removed {gone}" if gone else f"usniff: no plugin in {where}")
+    elif action == "show":
+        click.echo(wireshark.plugin_text(), nl=False)
+    else:
+        raise click.UsageError("give --install, --uninstall or --show")
