@@ -18,7 +18,7 @@ import os
 import socket
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import ThreadingHTTPServer
 from typing import Any
 
@@ -30,6 +30,7 @@ from ..decoders.base import Transaction
 from ..events import Record
 from .base import OutputError
 from .sink import TransactionSink
+from .stats import Tally
 
 # seconds; sub-millisecond resolution, as Unix-socket servers answer in tens of microseconds
 BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1,
@@ -40,12 +41,7 @@ OTHER = "other"
 
 
 @dataclass(slots=True)
-class _Op:
-    count: int = 0
-    errors: int = 0
-    unanswered: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
+class _Op(Tally):
     buckets: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
     seconds: float = 0.0  # sum of the answered requests' latencies
 
@@ -91,11 +87,7 @@ class Metrics(Collector):
                     self._per_path[path + "\0" + tx.protocol] = seen + 1
                 if op is None:
                     op = self._ops[key] = _Op()
-            op.count += 1
-            op.errors += tx.error
-            op.unanswered += tx.unanswered
-            op.bytes_in += tx.bytes_in
-            op.bytes_out += tx.bytes_out
+            op.add(tx)
             latency = tx.latency
             if latency is not None:
                 op.buckets[bisect.bisect_left(BUCKETS, latency)] += 1
@@ -119,8 +111,7 @@ class Metrics(Collector):
 
     def collect(self) -> Iterator[Any]:
         with self._lock:
-            ops = [(k, _Op(o.count, o.errors, o.unanswered, o.bytes_in, o.bytes_out,
-                           list(o.buckets), o.seconds)) for k, o in self._ops.items()]  # fmt: skip
+            ops = [(k, replace(o, buckets=list(o.buckets))) for k, o in self._ops.items()]
             sides = [(k, _Side(s.messages, s.bytes, s.lost)) for k, s in self._sides.items()]
             records = self.records
         labels = ["path", "protocol", "operation"]

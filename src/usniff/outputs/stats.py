@@ -21,13 +21,26 @@ PERCENTILES = (50, 95, 99, 100)
 
 
 @dataclass(slots=True)
-class _Row:
+class Tally:
+    """Counts of one operation's transactions (the --stats table, --metrics)."""
+
     count: int = 0
     errors: int = 0
     unanswered: int = 0
-    latencies: Histogram = field(default_factory=Histogram)  # of the answered requests
     bytes_in: int = 0
     bytes_out: int = 0
+
+    def add(self, tx: Transaction) -> None:
+        self.count += 1
+        self.errors += tx.error
+        self.unanswered += tx.unanswered
+        self.bytes_in += tx.bytes_in
+        self.bytes_out += tx.bytes_out
+
+
+@dataclass(slots=True)
+class _Row(Tally):
+    latencies: Histogram = field(default_factory=Histogram)  # of the answered requests
 
 
 def _cell(text: str) -> Text:
@@ -47,11 +60,7 @@ class Stats:
 
     def add(self, tx: Transaction) -> None:
         row = self.rows.setdefault((tx.protocol, tx.command), _Row())
-        row.count += 1
-        row.errors += tx.error
-        row.unanswered += tx.unanswered
-        row.bytes_in += tx.bytes_in
-        row.bytes_out += tx.bytes_out
+        row.add(tx)
         latency = tx.latency
         if latency is None:
             return
