@@ -17,12 +17,20 @@ class BuildPy(build_py):  # type: ignore[misc]
 setup(
     cmdclass={"build_py": BuildPy},
     ext_modules=[
-        # the collector's per-record hot path (required; see the file's top comment)
+        # the capture stage's record assembly and ring walk (required; see the file's top comment)
         Extension(
-            "usniff._fastpath",
-            ["src/usniff/_fastpath.c"],
-            include_dirs=["ebpf"],  # usniff.h: the ring record layout
-            depends=["ebpf/usniff.h"],
+            "usniff._records",
+            ["src/usniff/_records.c"],
+            include_dirs=["ebpf", "src/usniff"],  # usniff.h: the ring record; _events.h
+            depends=["ebpf/usniff.h", "src/usniff/_events.h"],
+            extra_compile_args=["-Wall"],
+        ),
+        # the pcapng output's packet encoder (required; see the file's top comment)
+        Extension(
+            "usniff.outputs._epb",
+            ["src/usniff/outputs/_epb.c"],
+            include_dirs=["ebpf", "src/usniff"],
+            depends=["ebpf/usniff.h", "src/usniff/_events.h"],
             extra_compile_args=["-Wall"],
         ),
         # linked against libbpf.so.1, which `auditwheel repair` then copies into the wheel

@@ -6,7 +6,7 @@ Packs synthetic ring records (struct usniff_event, as the BPF programs write
 them: Redis-like 31-byte sends over 50 connections, then 32 KiB sends) into a
 fake ring buffer (a memfd laid out like the kernel's, mapped by a RingBuffer)
 and runs them through what a capture does with them: ``RingBuffer.drain``
-(the walk and ``Capture._handle``: record -> Record, in C),
+(the walk and the record assembler: record -> Record or Packed, in C),
 ``Capture._release`` (ordering) and ``PcapngOutput`` (into a file under
 /dev/shm).  Only that is timed, not the filling of the ring.  Prints records/s
 and MB/s of payload per round.  Not a test: figures depend on the machine;
@@ -64,7 +64,9 @@ def collector(out_path: str) -> tuple[capture.Capture, PcapngOutput]:
     cap.stats = CaptureStats()
     cap._init_records()
     cap.packed = True  # as for `usniff -w` (capture_main.run): data records come as Packed
-    cap._sock_info = {ino: (PATH, ino % 2 == 1) for ino in range(1000, 1000 + 2 * CONNECTIONS)}
+    cap._sock_info.update(
+        {ino: (PATH, ino % 2 == 1) for ino in range(1000, 1000 + 2 * CONNECTIONS)}
+    )
     return cap, PcapngOutput(out_path)
 
 
@@ -100,7 +102,7 @@ def run(out_path: str, size: int, count: int) -> float:
     for first in range(0, count, per_drain):
         fill(records[first : first + per_drain])
         start = time.perf_counter()
-        ring.drain(cap)
+        ring.drain(cap._records)
         out.write(cap._release(float("inf")))
         out.flush()
         elapsed += time.perf_counter() - start

@@ -29,7 +29,7 @@ from scapy.utils import rdpcap
 
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, CaptureStats, Record
 from usniff.outputs.base import OutputError
-from usniff.outputs.pcapng import OTHER_PORT, Framer, PcapngOutput, _Dir, _Sink, parse_comment
+from usniff.outputs.pcapng import OTHER_PORT, Framer, PcapngOutput, Sink, _Dir, parse_comment
 
 pytestmark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
 
@@ -447,7 +447,7 @@ def test_full_disk_raises_and_leaves_a_readable_file(tiny_fs: Path, tmp_path: Pa
 def test_closed_flows_are_forgotten() -> None:
     """A flow is forgotten when both sockets closed, or one closed and the
     other never sent; rotation then re-announces only the open ones."""
-    framer, buf = Framer(), _Sink()
+    framer, buf = Framer(), Sink()
     for i in range(500):
         conn = Conn(client_inode=100_000 + 2 * i, server_inode=100_001 + 2 * i)
         records = [conn.send(False, b"*1\r\n$4\r\nPING\r\n")]
@@ -470,7 +470,7 @@ def test_forgotten_flows_are_freed_without_the_cyclic_gc() -> None:
     gc.collect()
     gc.disable()
     try:
-        framer, buf = Framer(), _Sink()
+        framer, buf = Framer(), Sink()
         for i in range(200):
             conn = Conn(client_inode=100_000 + 2 * i, server_inode=100_001 + 2 * i)
             for r in conn.exchange([(False, b"*1\r\n$4\r\nPING\r\n"), (True, b"+PONG\r\n")]):

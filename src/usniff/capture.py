@@ -1,9 +1,10 @@
 """Load the BPF object, pick a backend, program the filters, yield Records.
 
 Knows nothing about protocols or files: it turns ring-buffer records (layout
-in ``ebpf/usniff.h``) into :class:`usniff.events.Record` batches.  With
+in ``ebpf/usniff.h``) into :class:`usniff.events.Record` batches, through the
+C record assembler (:class:`usniff._records.Assembler`).  With
 ``Capture.packed`` set (every output frames pcapng), common data records come
-as :class:`usniff._fastpath.Packed` instead (``.record()`` gives the Record).
+as :class:`usniff._records.Packed` instead (``.record()`` gives the Record).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from operator import attrgetter
 from pathlib import Path
 
 from . import libbpf, sockets
-from ._fastpath import EVENT_SIZE, SOCK_STATE_SIZE, EventHandler, Packed
+from ._records import EVENT_SIZE, SOCK_STATE_SIZE, Assembler, Packed
 from .events import (
     FLAG_ADDR,
     FLAG_MSG_END,
@@ -43,7 +44,7 @@ _SECTION_BACKEND = {
 }
 TYPE_BITS = {"stream": 1, "dgram": 2, "seqpacket": 5}
 
-# struct usniff_event and struct usniff_sock_state (ebpf/usniff.h, which _fastpath.c includes)
+# struct usniff_event and struct usniff_sock_state (ebpf/usniff.h, which _records.c includes)
 _EVENT = struct.Struct("<QQQQQQIIIIIIHHHHB7x16s16s")
 _STATE = struct.Struct("<QQQQQQQQIHBB16s")
 if (_EVENT.size, _STATE.size) != (EVENT_SIZE, SOCK_STATE_SIZE):
@@ -258,17 +259,16 @@ def _backend_of(section: str) -> str:
     return _SECTION_BACKEND.get(section.split("/", 1)[0], "")
 
 
-class Capture(EventHandler):
+class Capture:
     """One loaded backend: ``poll()`` returns batches of Records, ``finish()`` the rest.
 
-    ``_handle(rec)``, once per ring record, is inherited from the C base class
-    (:class:`usniff._fastpath.EventHandler`): a ring record becomes a Record in
-    ``_batch``; it calls back into Python only for the rarer cases below
-    (``_announce``, ``_lookup``, ``_destination``, ``_count_loss``).
-    ``poll()`` and ``finish()`` hand ``self`` to ``RingBuffer.drain``, whose
-    walk (C, ``_fastpath.drain``) calls that C ``_handle`` directly.  Both are
-    in C because the per-record Python cost was the collector's limit; figures
-    in docs/performance.md ("Collector").
+    Ring records become Records in ``_records`` (:class:`usniff._records.Assembler`,
+    C), which calls back into Python only for the rarer cases below, the
+    methods it is given (``_announce``, ``_lookup``, ``_destination``,
+    ``_count_loss``).  ``poll()`` and ``finish()`` hand it to
+    ``RingBuffer.drain``, whose walk (C, ``_records.drain``) runs its C code
+    directly.  Both are in C because the per-record Python cost was the
+    collector's limit (docs/performance.md, "Collector").
     """
 
     def __init__(self, opts: CaptureOptions) -> None:
@@ -286,22 +286,35 @@ class Capture(EventHandler):
         self._init_records()
 
     def _init_records(self) -> None:
-        """The state ``_handle`` and ``_release`` work on (alone: bench/collector.py)."""
-        self._clock = time.time() - time.monotonic()
-        # Set when every output takes Packed records (capture_main.run: pcapng only):
-        # the drain then makes one, not a Record, for data on connected stream sockets.
-        self.packed = False
-        # all keyed by sock_id
+        """The state the assembler and ``_release`` work on (alone: bench/collector.py)."""
+        # all keyed by sock_id, shared with the assembler
         self._sock_info: dict[int, tuple[str, bool]] = {}
         self._dest: dict[int, str] = {}
         self._in_dest: dict[int, str] = {}
-        self._batch: list[Record | Packed] = []  # drained, not yet ordered
-        self._pending: list[Record | Packed] = []  # ordered by ts, waiting for REORDER
         self._last: dict[int, Record | Packed] = {}  # newest record per socket, for closes
+        # its batch: drained, not yet ordered
+        self._records = Assembler(
+            self.stats, self._sock_info, self._last, self._dest, self._in_dest,
+            lookup=self._lookup, destination=self._destination,
+            count_loss=self._count_loss, announce=self._announce,
+            clock=time.time() - time.monotonic(),
+        )  # fmt: skip
+        self._pending: list[Record | Packed] = []  # ordered by ts, waiting for REORDER
         self._ring_lost = 0  # bytes of full-ring losses reported by loss records
         self._receivers: dict[str, Receiver] = {}  # bound datagram address -> its socket
         self._receivers_at = -RECEIVERS_TTL
         self._next_close_check = time.monotonic() + CLOSE_CHECK
+
+    @property
+    def packed(self) -> bool:
+        """Set when every output takes Packed records (capture_main.run: pcapng
+        only): the drain then makes one, not a Record, for data on connected
+        stream sockets."""
+        return self._records.packed
+
+    @packed.setter
+    def packed(self, value: bool) -> None:
+        self._records.packed = value
 
     # ------------------------------------------------------------------ load
     def _load_backend(self) -> libbpf.Object:
@@ -361,7 +374,7 @@ class Capture(EventHandler):
 
     # --------------------------------------------------------------- records
     def _announce(self, rec: memoryview) -> None:
-        """An EV_SOCK or EV_DEST record (from ``_handle``): a socket's address,
+        """An EV_SOCK or EV_DEST record (from the assembler): a socket's address,
         or the destination of the next datagram."""
         fields = _EVENT.unpack_from(rec, 0)
         sock_id, kind, addr_len, own = fields[2], fields[12], fields[15], fields[16]
@@ -427,7 +440,7 @@ class Capture(EventHandler):
             newest = self._last.pop(sock_id)
             last = newest.record() if isinstance(newest, Packed) else newest
             self._sock_info.pop(sock_id, None)
-            self._batch.append(
+            self._records.batch.append(
                 replace(
                     last,
                     ts=now,
@@ -452,11 +465,11 @@ class Capture(EventHandler):
         """Wait up to ``timeout`` s for data; return what the ring holds (maybe [])."""
         if self._ring.pending() < self._ring_bytes // 8:
             self._ring.wait(min(timeout, POLL))
-        self._ring.drain(self, limit=self._ring_bytes // 2)
+        self._ring.drain(self._records, limit=self._ring_bytes // 2)
         if time.monotonic() >= self._next_close_check:
             self._closed()
             self._next_close_check = time.monotonic() + CLOSE_CHECK
-        return self._release(self._clock + time.monotonic() - REORDER)
+        return self._release(self._records.clock + time.monotonic() - REORDER)
 
     def _release(self, cutoff: float) -> list[Record | Packed]:
         """Records stamped before ``cutoff``, in time order.
@@ -466,8 +479,7 @@ class Capture(EventHandler):
         request.  Holding records for REORDER seconds and sorting restores the
         order.
         """
-        pending, batch = self._pending, self._batch
-        self._batch = []
+        pending, batch = self._pending, self._records.take()
         if batch:  # only the part of ``pending`` the new records fall into is re-sorted
             batch.sort(key=_ts)
             start = bisect_right(pending, batch[0].ts, key=_ts)
@@ -482,7 +494,7 @@ class Capture(EventHandler):
 
     def finish(self) -> list[Record | Packed]:
         """Drain what is left and report losses still pending in the kernel."""
-        self._ring.drain(self)
+        self._ring.drain(self._records)
         sockets_map = self._obj.map("sockets")
         now = time.time()
         for key in list(sockets_map.keys(8)):
@@ -498,7 +510,7 @@ class Capture(EventHandler):
                 now, 0, 0, 0, "", ino, peer_ino, "stream", path, own, lost_off, lost_len,
                 lost=lost_len, kind="lost", sock_id=sock_id, peer_id=peer_id,
             )  # fmt: skip
-            self._batch.append(rec)
+            self._records.batch.append(rec)
             self._count_loss(rec, lost_len)
         # A loss is reported with the socket's next record, or from its map entry
         # here; a socket that closed first had its entry reused or evicted: the

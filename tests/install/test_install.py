@@ -46,7 +46,7 @@ def test_wheel_is_reproducible_and_self_contained(
     assert not {s for s in sections if s.startswith(".debug")}, "DWARF not stripped"
     libs = {p.name.split("-")[0] for p in (tmp_path / "usniff.libs").iterdir()}
     assert {"libbpf", "libelf"} <= libs
-    for so in [*tmp_path.glob("usniff/*.so"), *(tmp_path / "usniff.libs").iterdir()]:
+    for so in [*tmp_path.glob("usniff/**/*.so"), *(tmp_path / "usniff.libs").iterdir()]:
         for path in re.findall(r"R(?:UN)?PATH.*\[(.*)\]", readelf("-d", so)):
             assert path.startswith("$ORIGIN"), f"{so.name}: build-host search path {path}"
 
