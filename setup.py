@@ -19,8 +19,8 @@ setup(
     ext_modules=[
         # the capture stage's record assembly and ring walk (required; see the file's top comment)
         Extension(
-            "usniff._records",
-            ["src/usniff/_records.c"],
+            "usniff.capture._records",
+            ["src/usniff/capture/_records.c"],
             include_dirs=["ebpf", "src/usniff"],  # usniff.h: the ring record; _events.h
             depends=["ebpf/usniff.h", "src/usniff/_events.h"],
             extra_compile_args=["-Wall"],
@@ -35,8 +35,8 @@ setup(
         ),
         # linked against libbpf.so.1, which `auditwheel repair` then copies into the wheel
         Extension(
-            "usniff._libbpf",
-            ["src/usniff/_libbpf.c"],
+            "usniff.capture._libbpf",
+            ["src/usniff/capture/_libbpf.c"],
             libraries=["bpf"],
             extra_compile_args=["-Wall"],
         ),

@@ -1,5 +1,5 @@
 """The C hot path against independent Python references: the record
-assembler (usniff._records: ring-record parsing, struct layout, Record
+assembler (usniff.capture._records: ring-record parsing, struct layout, Record
 fields) and the EPB encoder (usniff.outputs._epb: blocks, headers, checksums,
 segments, against a reference encoder written here)."""
 
@@ -11,7 +11,8 @@ import struct
 
 import pytest
 
-from usniff import _records, capture
+from usniff.capture import _records
+from usniff.capture import collector as capture
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, FLAG_TRUNCATED, CaptureStats, Record
 from usniff.outputs import _epb
 from usniff.outputs._epb import Sink

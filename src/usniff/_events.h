@@ -78,8 +78,8 @@ static inline int slot_offsets(const char *module, PyObject *type, const char *c
 	Py_XDECREF(fields);
 	PyErr_Clear();
 	if (!ok || member_offsets(type, names, n, offsets) < 0) {
-		PyErr_Format(PyExc_ImportError, "%s: the fields of %R changed; update %s.c", module,
-			     type, module);
+		PyErr_Format(PyExc_ImportError, "%s: the fields of %R changed; update _events.h",
+			     module, type);
 		return -1;
 	}
 	return 0;

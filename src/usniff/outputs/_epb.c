@@ -40,7 +40,7 @@
 static PyObject *Record; /* usniff.events.Record */
 static Py_ssize_t record_offsets[RECORD_FIELDS];
 #define RSLOT_(r, i) RSLOT(record_offsets, r, i)
-static PyTypeObject *PackedType; /* usniff._records.Packed: struct packed (_events.h) */
+static PyTypeObject *PackedType; /* usniff.capture._records.Packed: struct packed (_events.h) */
 static PyObject *packed_record; /* Packed.record, the method descriptor */
 static PyObject *s_data, *empty_bytes;
 
@@ -818,7 +818,7 @@ PyMODINIT_FUNC PyInit__epb(void)
 	if ((Record = record_layout(MODULE, record_offsets)) == NULL)
 		return NULL;
 	/* the Packed records the capture stage makes (struct packed, _events.h) */
-	PyObject *records = PyImport_ImportModule("usniff._records");
+	PyObject *records = PyImport_ImportModule("usniff.capture._records");
 	PackedType = records == NULL ? NULL
 				     : (PyTypeObject *)PyObject_GetAttrString(records, "Packed");
 	Py_XDECREF(records);

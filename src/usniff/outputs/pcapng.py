@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
 from usniff import __version__, events
-from usniff._records import Packed
+from usniff.capture._records import Packed
 from usniff.decoders import registry
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, CaptureStats, Record
 from usniff.outputs._epb import MAX_SEGMENT, Direction, Sink, segments, tcp, udp, write_batch

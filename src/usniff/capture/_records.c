@@ -1,5 +1,5 @@
 /*
- * usniff._records: the capture stage's per-record hot path, in C.
+ * usniff.capture._records: the capture stage's per-record hot path, in C.
  *
  *  - Assembler.handle(): one ring-buffer record (struct usniff_event from
  *    ebpf/usniff.h, which capture._EVENT mirrors) -> one events.Record (or a
@@ -30,7 +30,7 @@
 _Static_assert(sizeof(struct usniff_event) == 120, "capture._EVENT is 120 bytes");
 _Static_assert(sizeof(struct usniff_sock_state) == 88, "capture._STATE is 88 bytes");
 
-#define MODULE "usniff._records"
+#define MODULE "usniff.capture._records"
 enum { SOCK_STREAM = 1 };
 
 static PyObject *Record; /* usniff.events.Record */

@@ -2,9 +2,9 @@
 
 Knows nothing about protocols or files: it turns ring-buffer records (layout
 in ``ebpf/usniff.h``) into :class:`usniff.events.Record` batches, through the
-C record assembler (:class:`usniff._records.Assembler`).  With
+C record assembler (:class:`usniff.capture._records.Assembler`).  With
 ``Capture.packed`` set (every output frames pcapng), common data records come
-as :class:`usniff._records.Packed` instead (``.record()`` gives the Record).
+as :class:`usniff.capture._records.Packed` instead (``.record()`` gives the Record).
 """
 
 from __future__ import annotations
@@ -21,9 +21,7 @@ from importlib import resources
 from operator import attrgetter
 from pathlib import Path
 
-from . import libbpf, sockets
-from ._records import EVENT_SIZE, SOCK_STATE_SIZE, Assembler, Packed
-from .events import (
+from ..events import (
     FLAG_ADDR,
     FLAG_MSG_END,
     FLAG_MSG_START,
@@ -31,6 +29,8 @@ from .events import (
     CaptureStats,
     Record,
 )
+from . import libbpf, sockets
+from ._records import EVENT_SIZE, SOCK_STATE_SIZE, Assembler, Packed
 from .ringbuf import RingBuffer
 
 BACKENDS = ("fentry", "kprobe", "tracepoint")
@@ -83,7 +83,7 @@ def bpf_object_path() -> str:
     env = os.environ.get("USNIFF_BPF_OBJECT")
     if env:
         return env
-    return str(resources.files("usniff") / "bpf" / "usniff.bpf.o")
+    return str(resources.files("usniff.capture") / "bpf" / "usniff.bpf.o")
 
 
 def kernel_dev(st_dev: int) -> int:
@@ -262,7 +262,7 @@ def _backend_of(section: str) -> str:
 class Capture:
     """One loaded backend: ``poll()`` returns batches of Records, ``finish()`` the rest.
 
-    Ring records become Records in ``_records`` (:class:`usniff._records.Assembler`,
+    Ring records become Records in ``_records`` (:class:`usniff.capture._records.Assembler`,
     C), which calls back into Python only for the rarer cases below, the
     methods it is given (``_announce``, ``_lookup``, ``_destination``,
     ``_count_loss``).  ``poll()`` and ``finish()`` hand it to
