@@ -49,6 +49,8 @@ def event(kind: int, ino: int, peer: int, data: bytes = b"", **kw: int | bytes) 
 def test_event_layout_matches() -> None:
     assert capture._EVENT.size == _records.EVENT_SIZE
     assert capture._STATE.size == _records.SOCK_STATE_SIZE
+    assert capture._CONFIG.size == _records.CONFIG_SIZE
+    assert len(capture.name_key(b"/run/r.sock")) == _records.NAME_KEY_SIZE
 
 
 def test_handle_builds_records() -> None:

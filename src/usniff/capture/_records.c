@@ -781,6 +781,8 @@ PyMODINIT_FUNC PyInit__records(void)
 	    PyModule_AddObjectRef(m, "Packed", (PyObject *)&PackedType) < 0 ||
 	    PyModule_AddIntConstant(m, "EVENT_SIZE", (long)sizeof(struct usniff_event)) < 0 ||
 	    PyModule_AddIntConstant(m, "SOCK_STATE_SIZE", (long)sizeof(struct usniff_sock_state)) < 0 ||
+	    PyModule_AddIntConstant(m, "CONFIG_SIZE", (long)sizeof(struct usniff_config)) < 0 ||
+	    PyModule_AddIntConstant(m, "NAME_KEY_SIZE", (long)sizeof(struct usniff_name_key)) < 0 ||
 	    PyModule_AddIntConstant(m, "RELEASE", RING_RELEASE) < 0) {
 		Py_DECREF(m);
 		return NULL;

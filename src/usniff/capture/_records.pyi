@@ -8,6 +8,8 @@ from usniff.events import CaptureStats, Record
 
 EVENT_SIZE: int  # sizeof(struct usniff_event)
 SOCK_STATE_SIZE: int  # sizeof(struct usniff_sock_state)
+CONFIG_SIZE: int  # sizeof(struct usniff_config)
+NAME_KEY_SIZE: int  # sizeof(struct usniff_name_key)
 RELEASE: int  # ring bytes handled between two stores of the consumer position (drain)
 
 Receiver = tuple[int, int, str]  # a datagram receiver's inode, pid and comm

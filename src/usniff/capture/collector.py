@@ -30,7 +30,14 @@ from ..events import (
     Record,
 )
 from . import libbpf, sockets
-from ._records import EVENT_SIZE, SOCK_STATE_SIZE, Assembler, Packed
+from ._records import (
+    CONFIG_SIZE,
+    EVENT_SIZE,
+    NAME_KEY_SIZE,
+    SOCK_STATE_SIZE,
+    Assembler,
+    Packed,
+)
 from .ringbuf import RingBuffer
 
 BACKENDS = ("fentry", "kprobe", "tracepoint")
@@ -44,14 +51,20 @@ _SECTION_BACKEND = {
 }
 TYPE_BITS = {"stream": 1, "dgram": 2, "seqpacket": 5}
 
-# struct usniff_event and struct usniff_sock_state (ebpf/usniff.h, which _records.c includes)
+# struct usniff_event, usniff_sock_state, usniff_config and usniff_name_key
+# (ebpf/usniff.h, which _records.c includes and reports the sizes of)
 _EVENT = struct.Struct("<QQQQQQIIIIIIHHHHB7x16s16s")
 _STATE = struct.Struct("<QQQQQQQQIHBB16s")
-if (_EVENT.size, _STATE.size) != (EVENT_SIZE, SOCK_STATE_SIZE):
-    raise ImportError("capture._EVENT/_STATE no longer match ebpf/usniff.h")
-EV_DATA, EV_LOST, EV_SOCK, EV_DEST = 1, 2, 3, 4
 _CONFIG = struct.Struct("<IIBBBBI")
 ADDR_MAX = 108
+if (_EVENT.size, _STATE.size, _CONFIG.size, 4 + ADDR_MAX) != (
+    EVENT_SIZE,
+    SOCK_STATE_SIZE,
+    CONFIG_SIZE,
+    NAME_KEY_SIZE,
+):
+    raise ImportError("capture._EVENT/_STATE/_CONFIG/ADDR_MAX no longer match ebpf/usniff.h")
+EV_DATA, EV_LOST, EV_SOCK, EV_DEST = 1, 2, 3, 4
 DEFAULT_BUFFER = 64 << 20
 CLOSE_CHECK = 1.0  # seconds between checks for sockets that went away
 REORDER = 0.1  # seconds records wait so that records from other CPUs can precede them
