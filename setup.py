@@ -17,6 +17,14 @@ class BuildPy(build_py):  # type: ignore[misc]
 setup(
     cmdclass={"build_py": BuildPy},
     ext_modules=[
+        # Records and Packed records, the C API of the two below (see the file's top comment)
+        Extension(
+            "usniff._events",
+            ["src/usniff/_events.c"],
+            include_dirs=["ebpf", "src/usniff"],  # usniff.h: the ring record; _events.h
+            depends=["ebpf/usniff.h", "src/usniff/_events.h"],
+            extra_compile_args=["-Wall"],
+        ),
         # the capture stage's record assembly and ring walk (required; see the file's top comment)
         Extension(
             "usniff.capture._records",

@@ -9,7 +9,7 @@ windows), so whole runs taken one after the other (bench/overhead.py) give
 ratios that move by +-0.1 from run to run.  Here one redis-benchmark runs
 throughout, and each usniff configuration is loaded once, in an agent
 process that runs the CLI's own capture loop and outputs
-(``capture_main.run``, ``cli.make_outputs``); the agent only detaches and
+(``cli.loop.run``, ``cli.main.make_outputs``); the agent only detaches and
 re-attaches its BPF programs.  The windows go: untraced, configuration A,
 untraced, configuration B, ... and each traced window is taken as a ratio to
 the mean of the untraced windows on either side.  Reported per configuration:
@@ -228,7 +228,7 @@ def measure(
 
 
 def run(quick: bool, cycles: int | None, window: float, log: Callable[[str], None]) -> list[Any]:
-    from servers import start_redis
+    from tests.support.servers import start_redis
 
     cycles = cycles or (15 if quick else 40)
     out = []

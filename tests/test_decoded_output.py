@@ -9,13 +9,15 @@ import re
 
 import pytest
 from click.testing import CliRunner
-from conftest import capture
 
+from tests.support.captures import capture
 from usniff.cli.main import main
 from usniff.decoders.base import Transaction
+from usniff.decoders.engine import Decoding
 from usniff.decoders.registry import detect
 from usniff.events import CaptureStats, Record
-from usniff.outputs.decoded import DecodedOutput, Decoding, Stats, percentile
+from usniff.outputs.decoded import DecodedOutput
+from usniff.outputs.stats import Stats, percentile
 
 
 def run(name: str, **kw: object) -> tuple[str, str]:

@@ -11,23 +11,23 @@ import struct
 
 import pytest
 
-from usniff.capture import _records
-from usniff.capture import collector as capture
+from usniff import _events
+from usniff.capture import _records, collector, records
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, FLAG_TRUNCATED, CaptureStats, Record
+from usniff.formats.pcapng import IPPROTO_TCP, IPPROTO_UDP
 from usniff.outputs import _epb
 from usniff.outputs._epb import Sink
-from usniff.outputs.pcapng import IPPROTO_TCP, IPPROTO_UDP, PcapngOutput, _Dir
+from usniff.outputs.pcapng import PcapngOutput, _Dir
+
+Assembler = records.RecordAssembler[Record | _events.Packed]
 
 
-def bare_capture(**methods: object) -> capture.Capture:
-    """A Capture without a kernel side; ``methods`` replace the callbacks its
-    assembler is given (``_lookup=...``)."""
-    cap = capture.Capture.__new__(capture.Capture)
-    cap.stats = CaptureStats()
-    for name, method in methods.items():
-        setattr(cap, name, method)
-    cap._init_records()
-    cap._records.clock = 1.7e9
+def assembler(packed: bool = False, **methods: object) -> Assembler:
+    """The capture's record handling alone, at a fixed clock; ``methods``
+    replace the callbacks its core is given (``_lookup=lambda self, ...: ...``)."""
+    cls = type("Assembler", (records.RecordAssembler,), methods)
+    cap: Assembler = cls(CaptureStats(), packed=packed)
+    cap.core.clock = 1.7e9
     return cap
 
 
@@ -36,10 +36,10 @@ def event(kind: int, ino: int, peer: int, data: bytes = b"", **kw: int | bytes) 
     f = {"ts": 123_456_789_012, "off": 5, "pid": 7, "tid": 8, "uid": 9, "ppid": 10, "flags": 3}
     f.update(kw)  # type: ignore[arg-type]
     length = f.pop("length", len(data))
-    hdr = capture._EVENT.pack(
+    hdr = records.EVENT.pack(
         f["ts"], f["off"], ino + 1000, peer + 1000 if peer else 0,
         ino, f.get("peer_inode", peer), f["pid"], f["tid"], f["uid"], f["ppid"], length,
-        len(data) if kind == capture.EV_DATA else 0, kind, f["flags"], f.get("stype", 1),
+        len(data) if kind == records.EV_DATA else 0, kind, f["flags"], f.get("stype", 1),
         f.get("addr_len", 0), f.get("own", 0), f.get("comm", b"redis-cli\0"),
         f.get("peer_comm", b"redis-server\0"),
     )  # fmt: skip
@@ -47,20 +47,20 @@ def event(kind: int, ino: int, peer: int, data: bytes = b"", **kw: int | bytes) 
 
 
 def test_event_layout_matches() -> None:
-    assert capture._EVENT.size == _records.EVENT_SIZE
-    assert capture._STATE.size == _records.SOCK_STATE_SIZE
-    assert capture._CONFIG.size == _records.CONFIG_SIZE
-    assert len(capture.name_key(b"/run/r.sock")) == _records.NAME_KEY_SIZE
+    assert records.EVENT.size == _records.EVENT_SIZE
+    assert records.SOCK_STATE.size == _records.SOCK_STATE_SIZE
+    assert collector._CONFIG.size == _records.CONFIG_SIZE
+    assert len(collector.name_key(b"/run/r.sock")) == _records.NAME_KEY_SIZE
 
 
 def test_handle_builds_records() -> None:
-    cap = bare_capture()
+    cap = assembler()
     addr = b"/run/r.sock\0"
-    cap._records.handle(event(capture.EV_SOCK, 11, 0, addr, addr_len=len(addr), own=1))
+    cap.core.handle(event(records.EV_SOCK, 11, 0, addr, addr_len=len(addr), own=1))
     assert cap._sock_info == {1011: ("/run/r.sock", True)}
-    cap._records.handle(event(capture.EV_DATA, 11, 12, b"+OK\r\n", comm=b"bad\xff\0" + b"x" * 11))
-    cap._records.handle(event(capture.EV_LOST, 11, 12, length=40, off=10, stype=9))
-    data, lost = cap._records.batch
+    cap.core.handle(event(records.EV_DATA, 11, 12, b"+OK\r\n", comm=b"bad\xff\0" + b"x" * 11))
+    cap.core.handle(event(records.EV_LOST, 11, 12, length=40, off=10, stype=9))
+    data, lost = cap.core.batch
     assert data == Record(
         1.7e9 + 123_456_789_012 / 1e9, 7, 8, 9, "bad\ufffd", 11, 12, "stream", "/run/r.sock",
         True, 5, 5, b"+OK\r\n", 0, 3, "data", 10, 1011, 1012, "redis-server",
@@ -77,24 +77,24 @@ def test_handle_builds_records() -> None:
 def test_records_are_left_out_of_the_cyclic_gc() -> None:
     # a Record holds only atomic values; tracked, every batch was re-traversed
     # by the collections its own allocations triggered
-    cap = bare_capture()
-    cap._records.handle(event(capture.EV_DATA, 11, 12, b"+OK\r\n"))
-    (rec,) = cap._records.batch
+    cap = assembler()
+    cap.core.handle(event(records.EV_DATA, 11, 12, b"+OK\r\n"))
+    (rec,) = cap.core.batch
     assert not gc.is_tracked(rec)
     assert gc.is_tracked(Record(0.0, 1, 1, 0, "", 1, 0, "stream", "", False, 0, 0))
 
 
 def test_a_callback_may_take_the_batch() -> None:
     # the record made after a callback goes to the batch as it is then
-    taken: list[list[Record | _records.Packed]] = []
+    taken: list[list[Record | _events.Packed]] = []
 
-    def lookup(sock_id: int, ino: int, peer: int) -> tuple[str, bool]:
-        taken.append(cap._records.take())
+    def lookup(self: Assembler, sock_id: int, ino: int, peer: int) -> tuple[str, bool]:
+        taken.append(self.core.take())
         return ("/run/r.sock", False)
 
-    cap = bare_capture(_lookup=lookup)
-    cap._records.handle(event(capture.EV_DATA, 11, 12, b"+OK\r\n"))
-    (rec,) = cap._records.batch
+    cap = assembler(_lookup=lookup)
+    cap.core.handle(event(records.EV_DATA, 11, 12, b"+OK\r\n"))
+    (rec,) = cap.core.batch
     assert rec.path == "/run/r.sock" and cap._last == {1011: rec} and taken == [[]]
 
 
@@ -124,28 +124,27 @@ def test_packed_records_are_the_same_records() -> None:
     and sockets without a known address still come as Records."""
     addr = b"/run/r.sock\0"
     evs = [
-        event(capture.EV_SOCK, 11, 0, addr, addr_len=len(addr), own=1),
-        event(capture.EV_DATA, 11, 12, b"+OK\r\n", comm=b"bad\xff\0" + b"x" * 11),
-        event(capture.EV_DATA, 11, 12, b"abc", length=10, flags=FLAG_TRUNCATED),
-        event(capture.EV_LOST, 11, 12, length=40, off=10),
-        event(capture.EV_DATA, 13, 0, b"dgram", stype=2),
-        event(capture.EV_DATA, 15, 16, b"late"),  # its address comes from _lookup
+        event(records.EV_SOCK, 11, 0, addr, addr_len=len(addr), own=1),
+        event(records.EV_DATA, 11, 12, b"+OK\r\n", comm=b"bad\xff\0" + b"x" * 11),
+        event(records.EV_DATA, 11, 12, b"abc", length=10, flags=FLAG_TRUNCATED),
+        event(records.EV_LOST, 11, 12, length=40, off=10),
+        event(records.EV_DATA, 13, 0, b"dgram", stype=2),
+        event(records.EV_DATA, 15, 16, b"late"),  # its address comes from _lookup
     ]
     caps = []
     for want_packed in (False, True):
-        cap = bare_capture(_lookup=lambda sock_id, ino, peer: ("", False))
-        cap.packed = want_packed
+        cap = assembler(want_packed, _lookup=lambda self, sock_id, ino, peer: ("", False))
         cap._sock_info[1013] = ("/run/log", False)
         for ev in evs:
-            cap._records.handle(ev)
+            cap.core.handle(ev)
         caps.append(cap)
-    plain, packed = (c._records.batch for c in caps)
+    plain, packed = (c.core.batch for c in caps)
     kinds = [type(r).__name__ for r in packed]
     assert kinds == ["Packed", "Packed", "Record", "Record", "Packed"]
-    full = [r.record() if isinstance(r, _records.Packed) else r for r in packed]
+    full = [r.record() if isinstance(r, _events.Packed) else r for r in packed]
     assert full == plain
     first = packed[0]
-    assert isinstance(first, _records.Packed)
+    assert isinstance(first, _events.Packed)
     assert (first.ts, len(first), bytes(memoryview(first))) == (plain[0].ts, 5, b"+OK\r\n")
     assert caps[1].stats == caps[0].stats
     assert caps[1]._last[1015] is packed[-1]
@@ -158,9 +157,9 @@ def _records_for_pcapng() -> list[memoryview]:
     and the C framing share between them."""
     server, dgram = b"/run/r.sock\0", b"/run/log\0"
     evs = [
-        event(capture.EV_SOCK, 21, 0, server, addr_len=len(server), own=1),
-        event(capture.EV_SOCK, 31, 0, server, addr_len=len(server), own=1),
-        event(capture.EV_SOCK, 41, 0, dgram, addr_len=len(dgram), own=0),
+        event(records.EV_SOCK, 21, 0, server, addr_len=len(server), own=1),
+        event(records.EV_SOCK, 31, 0, server, addr_len=len(server), own=1),
+        event(records.EV_SOCK, 41, 0, dgram, addr_len=len(dgram), own=0),
     ]
     offs: dict[int, int] = {}
     rnd = random.Random(7)
@@ -169,30 +168,29 @@ def _records_for_pcapng() -> list[memoryview]:
         ino, peer = rnd.choice([(21, 22), (22, 21), (31, 32), (32, 31)])
         ts += rnd.randrange(1, 50_000)
         off = offs.get(ino, 0)
-        kind, size = capture.EV_DATA, rnd.choice([1, 31, 200, 5000])
+        kind, size = records.EV_DATA, rnd.choice([1, 31, 200, 5000])
         extra: dict[str, int | bytes] = {"tid": 8 + (i // 100)}
         if i in (150, 151):
-            kind, size = capture.EV_LOST, 64
+            kind, size = records.EV_LOST, 64
         if i == 260:
             extra.update(length=size + 100, flags=FLAG_MSG_START | FLAG_TRUNCATED)
         if i == 300:  # more than one IPv4 packet holds: several segments
             extra.update(length=size + 70_000, flags=FLAG_MSG_END | FLAG_TRUNCATED)
-        data = b"" if kind == capture.EV_LOST else bytes(rnd.randrange(256) for _ in range(size))
+        data = b"" if kind == records.EV_LOST else bytes(rnd.randrange(256) for _ in range(size))
         length = int(extra.pop("length", size))
         offs[ino] = off + length
         evs.append(event(kind, ino, peer, data, ts=ts, off=off, length=length, **extra))
         if i % 37 == 0:
-            evs.append(event(capture.EV_DATA, 41, 0, b"<13>msg", ts=ts, off=i, stype=2,
+            evs.append(event(records.EV_DATA, 41, 0, b"<13>msg", ts=ts, off=i, stype=2,
                              flags=FLAG_MSG_START | FLAG_MSG_END))  # fmt: skip
-    evs.append(event(capture.EV_DATA, 51, 52, b"later", ts=ts + 1, off=0))
+    evs.append(event(records.EV_DATA, 51, 52, b"later", ts=ts + 1, off=0))
     return evs
 
 
 def pcapng_of_records(path: str, packed: bool, fast: bool) -> tuple[bytes, int]:
     """The pcapng file of _records_for_pcapng(), and how many records went
     through Framer.add; ``fast=False``: all of them (write_batch frames none)."""
-    cap = bare_capture(_lookup=lambda sock_id, ino, peer: ("/run/other.sock", False))
-    cap.packed = packed
+    cap = assembler(packed, _lookup=lambda self, sock_id, ino, peer: ("/run/other.sock", False))
     out = PcapngOutput(path, snaplen=0, clock=lambda: 1.7e9)
     framer, added = out._framer, list[Record]()
     if not fast:  # PcapngOutput.write then adds each record itself
@@ -207,8 +205,8 @@ def pcapng_of_records(path: str, packed: bool, fast: bool) -> tuple[bytes, int]:
     evs = _records_for_pcapng()
     for start in range(0, len(evs), 97):
         for ev in evs[start : start + 97]:
-            cap._records.handle(ev)
-        out.write(cap._release(float("inf")))
+            cap.core.handle(ev)
+        out.write(cap.release(float("inf")))
     cap._last.clear()
     out.close(cap.stats)
     with open(path, "rb") as f:
@@ -387,32 +385,32 @@ def test_drain_walks_ring() -> None:
 
     announced: list[memoryview] = []
 
-    def announce(rec: memoryview) -> None:
+    def announce(self: Assembler, rec: memoryview) -> None:
         announced.append(rec)
-        capture.Capture._announce(cap, rec)
+        records.RecordAssembler._announce(self, rec)
 
-    def lookup(sock_id: int, ino: int, peer: int) -> tuple[str, bool]:
+    def lookup(self: Assembler, sock_id: int, ino: int, peer: int) -> tuple[str, bool]:
         raise ZeroDivisionError
 
-    cap = bare_capture(_announce=announce, _lookup=lookup)
+    cap = assembler(_announce=announce, _lookup=lookup)
     struct.pack_into("<Q", cons, 0, start)
     addr = b"/run/r.sock\0"
-    put(bytes(event(capture.EV_SOCK, 11, 0, addr, addr_len=len(addr), own=1)))
+    put(bytes(event(records.EV_SOCK, 11, 0, addr, addr_len=len(addr), own=1)))
     first = pos - start
-    put(bytes(event(capture.EV_DATA, 11, 12, b"one")))
-    put(bytes(event(capture.EV_DATA, 11, 12, b"dropped")), discard=True)
-    put(bytes(event(capture.EV_DATA, 11, 12, b"two!")))
+    put(bytes(event(records.EV_DATA, 11, 12, b"one")))
+    put(bytes(event(records.EV_DATA, 11, 12, b"dropped")), discard=True)
+    put(bytes(event(records.EV_DATA, 11, 12, b"two!")))
     done = pos
-    put(bytes(event(capture.EV_DATA, 11, 12, b"three")), busy=True)
+    put(bytes(event(records.EV_DATA, 11, 12, b"three")), busy=True)
 
-    assert _records.drain(cap._records, cons, prod, 1) == first  # limit: the first record only
-    assert [r.data for r in cap._records.batch] == []
+    assert _records.drain(cap.core, cons, prod, 1) == first  # limit: the first record only
+    assert [r.data for r in cap.core.batch] == []
     assert cap._sock_info == {1011: ("/run/r.sock", True)}
     assert len(announced) == 1
     with pytest.raises(ValueError):
         bytes(announced[0])  # released after the call: the ring space is reused
-    assert _records.drain(cap._records, cons, prod, 1 << 62) == done - start - first
-    assert [r.data for r in cap._records.batch] == [b"one", b"two!"]
+    assert _records.drain(cap.core, cons, prod, 1 << 62) == done - start - first
+    assert [r.data for r in cap.core.batch] == [b"one", b"two!"]
     assert (cap.stats.records, cap.stats.bytes) == (2, 7)  # added once, at the end of the drain
     assert struct.unpack_from("<Q", cons)[0] == done  # stopped at the busy record
 
@@ -420,8 +418,8 @@ def test_drain_walks_ring() -> None:
     busy_at = done
     ring[busy_at % size + 3] &= 0x7F  # committed now
     prod[page:] = ring + ring
-    put(bytes(event(capture.EV_DATA, 11, 12, b"four")))
+    put(bytes(event(records.EV_DATA, 11, 12, b"four")))
     with pytest.raises(ZeroDivisionError):
-        _records.drain(cap._records, cons, prod, 1 << 62)
+        _records.drain(cap.core, cons, prod, 1 << 62)
     assert struct.unpack_from("<Q", cons)[0] == busy_at  # published up to the last handled
     assert (cap.stats.records, cap.stats.bytes) == (2, 7)

@@ -7,13 +7,13 @@ from collections import Counter
 
 import hiredis
 import pytest
-from conftest import capture
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.support.captures import capture
 from usniff.decoders.base import Notice, Transaction
+from usniff.decoders.engine import decode_records
 from usniff.decoders.resp import KEEP, Agg, Big, Parser, RespDecoder, RespError
-from usniff.outputs.decoded import decode_records
 from usniff.streams import Direction
 
 C, S = Direction.CLIENT, Direction.SERVER

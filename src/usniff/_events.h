@@ -1,18 +1,20 @@
 /*
- * The C side of the contract in events.py, shared by the two extension
- * modules: the record assembler (capture/_records.c), which makes Records
- * and Packed records, and the EPB encoder (outputs/_epb.c), which frames them.
+ * The C side of the contract in events.py: usniff._events (_events.c) makes
+ * Records and Packed records for the record assembler (capture/_records.c)
+ * and gives both it and the EPB encoder (outputs/_epb.c), which frames them,
+ * what they share, through the capsule usniff._events._C_API (struct
+ * usniff_events_api, events_api() below):
  *
- *  - Record's slots, read and written at their offsets (~2 ns) instead of
- *    through getattr/setattr (~25 ns each, a dozen or two per record).
- *    record_layout() checks, at each module's import, that events.Record
- *    still has exactly these fields in this order, in plain slots, with no
+ *  - Record's and CaptureStats' slots, read and written at their offsets
+ *    (~2 ns) instead of through getattr/setattr (~25 ns each, a dozen or two
+ *    per record).  _events.c checks, at its import, that events.Record still
+ *    has exactly these fields in this order, in plain slots, with no
  *    __post_init__, and fails the import otherwise.
- *  - struct packed: a Packed record (the assembler's compact data record for
- *    a capture that only writes pcapng) as both modules see it.
- *  - csum_words(): the Internet checksum's sum, which the assembler computes
- *    for a Packed payload right after copying it out of the ring, while it is
- *    still in the CPU cache, and the encoder for every other payload.
+ *  - struct packed: a Packed record (the compact data record of a capture
+ *    that only writes pcapng) as all three modules see it.
+ *  - csum_words(): the Internet checksum's sum, computed for a Packed payload
+ *    right after its copy out of the ring, while it is still in the CPU
+ *    cache, and by the encoder for every other payload.
  */
 #ifndef USNIFF_EVENTS_H
 #define USNIFF_EVENTS_H
@@ -40,62 +42,8 @@ enum { R_TS = 0, R_PID, R_TID, R_UID, R_COMM, R_INODE, R_PEER_INODE, R_SOCK_TYPE
        R_SOCK_ID, R_PEER_ID, R_PEER_COMM };
 #define RSLOT(offsets, r, i) (*(PyObject **)((char *)(r) + (offsets)[i]))
 
-/* Offsets of the plain object slots ``names`` of ``type``; TypeError if one is not. */
-static inline int member_offsets(PyObject *type, const char *const *names, int n,
-				 Py_ssize_t *offsets)
-{
-	for (int i = 0; i < n; i++) {
-		PyObject *descr = PyObject_GetAttrString(type, names[i]);
-		int ok = descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
-			 ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX &&
-			 !(((PyMemberDescrObject *)descr)->d_member->flags & READONLY);
-		if (ok)
-			offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
-		Py_XDECREF(descr);
-		if (!ok) {
-			PyErr_Clear();
-			PyErr_Format(PyExc_TypeError, "%R.%s is not a plain slot", type, names[i]);
-			return -1;
-		}
-	}
-	return 0;
-}
-
-/* Offsets of the slots ``names`` of dataclass ``type``; with ``all``, they
- * must be its only fields, in this order.  ImportError naming ``module`` if not. */
-static inline int slot_offsets(const char *module, PyObject *type, const char *const *names,
-			       int n, int all, Py_ssize_t *offsets)
-{
-	PyObject *fields = PyObject_GetAttrString(type, "__dataclass_fields__");
-	int ok = fields != NULL && PyDict_Check(fields) && PyType_Check(type) &&
-		 (!all || PyDict_GET_SIZE(fields) == n) &&
-		 !PyObject_HasAttrString(type, "__post_init__");
-	Py_ssize_t pos = 0;
-	PyObject *key, *value;
-	for (int i = 0; ok && all && i < n; i++)
-		ok = PyDict_Next(fields, &pos, &key, &value) && PyUnicode_Check(key) &&
-		     PyUnicode_CompareWithASCIIString(key, names[i]) == 0;
-	Py_XDECREF(fields);
-	PyErr_Clear();
-	if (!ok || member_offsets(type, names, n, offsets) < 0) {
-		PyErr_Format(PyExc_ImportError, "%s: the fields of %R changed; update _events.h",
-			     module, type);
-		return -1;
-	}
-	return 0;
-}
-
-/* events.Record (new reference) and its slot offsets, checked (see the top). */
-static inline PyObject *record_layout(const char *module, Py_ssize_t *offsets)
-{
-	PyObject *events = PyImport_ImportModule("usniff.events");
-	PyObject *record = events == NULL ? NULL : PyObject_GetAttrString(events, "Record");
-	Py_XDECREF(events);
-	if (record != NULL &&
-	    slot_offsets(module, record, record_fields, RECORD_FIELDS, 1, offsets) < 0)
-		Py_CLEAR(record);
-	return record;
-}
+#define STATS_FIELDS 3 /* CaptureStats slots the assembler adds to */
+enum { S_RECORDS = 0, S_BYTES, S_BYTES_KEPT };
 
 /*
  * A data record as the pcapng output frames it: the ring record's header as
@@ -114,6 +62,34 @@ struct packed {
 	uint64_t sum; /* csum_words(data) */
 	char data[];
 };
+
+/* What usniff._events gives the two other modules (its capsule). */
+struct usniff_events_api {
+	PyTypeObject *record_type; /* events.Record */
+	const Py_ssize_t *record_offsets; /* its slots, by R_* */
+	PyTypeObject *stats_type; /* events.CaptureStats */
+	const Py_ssize_t *stats_offsets; /* its records, bytes, bytes_kept slots */
+	PyTypeObject *packed_type; /* Packed */
+	/* an int for an id that repeats (inode, pid...), from a cache (new reference) */
+	PyObject *(*id_int)(uint64_t v);
+	/* the Record of a ring record whose payload is body[0:n] (new reference) */
+	PyObject *(*make_record)(const struct usniff_event *ev, double ts, const char *body,
+				 Py_ssize_t n, PyObject *path, PyObject *is_own, PyObject *flags);
+	/* the Packed of a data record (new reference) */
+	struct packed *(*packed_new)(const struct usniff_event *ev, double ts, const char *body,
+				     Py_ssize_t n, PyObject *path, PyObject *is_own,
+				     PyObject *sock_id);
+	/* Packed.record() (new reference) */
+	PyObject *(*packed_record)(PyObject *packed, PyObject *unused);
+};
+
+#define USNIFF_EVENTS_API "usniff._events._C_API"
+
+/* The API, imported once per module (NULL and an exception on failure). */
+static inline const struct usniff_events_api *events_api(void)
+{
+	return (const struct usniff_events_api *)PyCapsule_Import(USNIFF_EVENTS_API, 0);
+}
 
 /*
  * A number congruent, modulo 65535, to the sum of the big-endian 16-bit words

@@ -11,8 +11,9 @@
  *    maps it): each committed record goes to Assembler.handle's C code
  *    directly, no Python call or memoryview per record; the consumer
  *    position is published every RELEASE bytes and at the end.
- *  - Packed: the compact data record for a capture that only writes pcapng
- *    (layout: struct packed in _events.h; outputs/_epb.c frames it).
+ *  Records and Packed records (the compact data record of a capture that
+ *  only writes pcapng) are made by usniff._events (_events.c), through its C
+ *  API (_events.h).
  *
  * Why C: in Python, the per-record cost (building a Record, walking the ring)
  * was what limited the collector, and on a shared machine the collector's CPU
@@ -33,251 +34,10 @@ _Static_assert(sizeof(struct usniff_sock_state) == 88, "capture._STATE is 88 byt
 #define MODULE "usniff.capture._records"
 enum { SOCK_STREAM = 1 };
 
-static PyObject *Record; /* usniff.events.Record */
-static Py_ssize_t record_offsets[RECORD_FIELDS];
-#define RSLOT_(r, i) RSLOT(record_offsets, r, i)
-static PyObject *CaptureStats; /* usniff.events.CaptureStats */
-static PyObject *SOCK_TYPES; /* usniff.events.SOCK_TYPES */
-static PyObject *empty_bytes, *s_data, *s_lost, *s_release;
-
-#define STATS_FIELDS 3
+static const struct usniff_events_api *api; /* usniff._events */
+#define RSLOT_(r, i) RSLOT(api->record_offsets, r, i)
 static const char *const stats_fields[STATS_FIELDS] = {"records", "bytes", "bytes_kept"};
-static Py_ssize_t stats_offsets[STATS_FIELDS];
-
-/* ----------------------------------------------------------- field values */
-
-/*
- * The comm's name (decoded up to its NUL, errors replaced), from a small
- * direct-mapped cache keyed by the 16 raw bytes (new reference).
- */
-#define COMM_CACHE 64
-static struct {
-	char comm[16];
-	PyObject *name;
-} comm_cache[COMM_CACHE];
-
-static PyObject *comm_name(const char *comm)
-{
-	uint64_t a, b;
-	memcpy(&a, comm, 8);
-	memcpy(&b, comm + 8, 8);
-	uint64_t h = (a ^ (b * 0x9E3779B97F4A7C15ull)) * 0x9E3779B97F4A7C15ull;
-	unsigned slot = (unsigned)(h >> 58) % COMM_CACHE;
-	if (comm_cache[slot].name != NULL && memcmp(comm_cache[slot].comm, comm, 16) == 0)
-		return Py_NewRef(comm_cache[slot].name);
-	PyObject *name = PyUnicode_DecodeUTF8(comm, (Py_ssize_t)strnlen(comm, 16), "replace");
-	if (name == NULL)
-		return NULL;
-	memcpy(comm_cache[slot].comm, comm, 16);
-	Py_XSETREF(comm_cache[slot].name, Py_NewRef(name));
-	return name;
-}
-
-/*
- * A Python int for a value that repeats from record to record (inode, pid,
- * tid...), reused from a small direct-mapped cache (new reference): the
- * allocations and frees of these ints, Record field by field, were a fifth of
- * the collector's CPU at redis-benchmark -P 1 (perf).
- */
-#define ID_CACHE 256
-static struct {
-	uint64_t v;
-	PyObject *o;
-} id_cache[ID_CACHE];
-
-static PyObject *id_int(uint64_t v)
-{
-	unsigned slot = (unsigned)((v * 0x9E3779B97F4A7C15ull) >> 56) % ID_CACHE;
-	if (id_cache[slot].o != NULL && id_cache[slot].v == v)
-		return Py_NewRef(id_cache[slot].o);
-	PyObject *o = PyLong_FromUnsignedLongLong(v);
-	if (o == NULL)
-		return NULL;
-	id_cache[slot].v = v;
-	Py_XSETREF(id_cache[slot].o, Py_NewRef(o));
-	return o;
-}
-
-static PyObject *sock_type_name(uint16_t type)
-{
-	PyObject *st = PyLong_FromLong(type);
-	if (st == NULL)
-		return NULL;
-	PyObject *s = PyDict_GetItemWithError(SOCK_TYPES, st);
-	s = s != NULL ? Py_NewRef(s) : PyErr_Occurred() ? NULL : PyObject_Str(st);
-	Py_DECREF(st);
-	return s;
-}
-
-/* ---------------------------------------------------------------- records */
-
-/*
- * Records are built without running the dataclass's generated __init__ (which
- * only stores its arguments, ~0.3 us of the ~2 us per record): the 20 values
- * go straight into the slots (_events.h checks the layout at import).
- * Record(*args) steals the references in args (all non-NULL).
- */
-static PyObject *new_record(PyObject **args)
-{
-	PyTypeObject *tp = (PyTypeObject *)Record;
-	PyObject *r = tp->tp_alloc(tp, 0);
-	if (r == NULL)
-		return NULL;
-	for (int i = 0; i < RECORD_FIELDS; i++) {
-		RSLOT_(r, i) = args[i];
-		args[i] = NULL;
-	}
-	/*
-	 * Its fields are str, bytes, int, float and bool: a Record made here can
-	 * be in no reference cycle, so the cyclic GC need not track it.  Tracked,
-	 * the records held in a batch and the reorder window were traversed by
-	 * every collection their allocation triggered (the GC's share of usniff's
-	 * CPU: docs/performance.md).
-	 */
-	PyObject_GC_UnTrack(r);
-	return r;
-}
-
-/*
- * The Record of a ring record (Assembler.handle; Packed.record): body[0:n]
- * is its payload; a loss record has none and lost == length.
- */
-static PyObject *make_record(const struct usniff_event *ev, double ts, const char *body,
-			     Py_ssize_t n, PyObject *path, PyObject *is_own, PyObject *flags)
-{
-	int lost = ev->kind == USNIFF_EV_LOST;
-	PyObject *args[RECORD_FIELDS] = {
-		PyFloat_FromDouble(ts),
-		id_int(ev->pid),
-		id_int(ev->tid),
-		id_int(ev->uid),
-		comm_name(ev->comm),
-		id_int(ev->inode),
-		id_int(ev->peer_inode),
-		sock_type_name(ev->sock_type),
-		Py_NewRef(path),
-		Py_NewRef(is_own),
-		PyLong_FromUnsignedLongLong(ev->offset),
-		PyLong_FromUnsignedLong(ev->len),
-		lost ? Py_NewRef(empty_bytes) : PyBytes_FromStringAndSize(body, n),
-		lost ? PyLong_FromUnsignedLong(ev->len) : PyLong_FromLong(0),
-		Py_NewRef(flags),
-		Py_NewRef(lost ? s_lost : s_data),
-		id_int(ev->peer_pid),
-		id_int(ev->sock_id),
-		id_int(ev->peer_id),
-		comm_name(ev->peer_comm),
-	};
-	for (int i = 0; i < RECORD_FIELDS; i++)
-		if (args[i] == NULL) {
-			for (int j = 0; j < RECORD_FIELDS; j++)
-				Py_XDECREF(args[j]);
-			return NULL;
-		}
-	return new_record(args);
-}
-
-/* ---------------------------------------------------------- packed records */
-
-/*
- * The drain makes a Packed instead of a Record when the capture's every
- * output takes them (Assembler.packed: the CLI's -w without --stats, the
- * Wireshark extcap) and the record is the common kind: data from a connected
- * stream socket whose address is known.  They are ordered with the Records
- * (Capture._release reads .ts) and framed by outputs/_epb.c from their C
- * fields; .record() gives the equivalent Record for everything else (a new
- * flow, a changed comment, a gap, a close).  Why: allocating and freeing a
- * Record and its field objects was most of the collector's cost per record
- * under -w (docs/performance.md, "Collector").
- */
-typedef struct packed Packed;
-static PyTypeObject PackedType;
-
-static Packed *packed_new(const struct usniff_event *ev, double ts, const char *body,
-			  Py_ssize_t n, PyObject *path, PyObject *is_own, PyObject *sock_id)
-{
-	PyObject *comm = comm_name(ev->comm), *peer_comm = comm_name(ev->peer_comm);
-	Packed *p = comm == NULL || peer_comm == NULL ? NULL
-						       : PyObject_NewVar(Packed, &PackedType, n);
-	if (p == NULL) {
-		Py_XDECREF(comm);
-		Py_XDECREF(peer_comm);
-		return NULL;
-	}
-	p->ev = *ev;
-	p->ts = ts;
-	p->sock_id = Py_NewRef(sock_id);
-	p->comm = comm;
-	p->peer_comm = peer_comm;
-	p->path = Py_NewRef(path);
-	p->path_is_own = Py_NewRef(is_own);
-	memcpy(p->data, body, (size_t)n);
-	p->sum = csum_words((const unsigned char *)p->data, n);
-	return p;
-}
-
-static void packed_dealloc(PyObject *self)
-{
-	Packed *p = (Packed *)self;
-	Py_DECREF(p->sock_id);
-	Py_DECREF(p->comm);
-	Py_DECREF(p->peer_comm);
-	Py_DECREF(p->path);
-	Py_DECREF(p->path_is_own);
-	PyObject_Free(self);
-}
-
-static int packed_getbuffer(PyObject *self, Py_buffer *view, int flags)
-{
-	return PyBuffer_FillInfo(view, self, ((Packed *)self)->data, Py_SIZE(self), 1, flags);
-}
-
-static Py_ssize_t packed_len(PyObject *self)
-{
-	return Py_SIZE(self);
-}
-
-PyDoc_STRVAR(packed_record_doc, "record()\n--\n\nThe equivalent events.Record.");
-
-static PyObject *packed_record(PyObject *self, PyObject *unused)
-{
-	(void)unused;
-	Packed *p = (Packed *)self;
-	PyObject *flags = PyLong_FromLong(p->ev.flags);
-	if (flags == NULL)
-		return NULL;
-	PyObject *r = make_record(&p->ev, p->ts, p->data, Py_SIZE(p), p->path, p->path_is_own,
-				  flags);
-	Py_DECREF(flags);
-	return r;
-}
-
-static PyMethodDef packed_methods[] = {
-	{"record", packed_record, METH_NOARGS, packed_record_doc},
-	{NULL, NULL, 0, NULL},
-};
-
-static PyMemberDef packed_members[] = {
-	{"ts", T_DOUBLE, offsetof(Packed, ts), READONLY, "wall clock, epoch seconds"},
-	{"inode", T_ULONGLONG, offsetof(Packed, ev.inode), READONLY, "the sending socket's inode"},
-	{NULL, 0, 0, 0, NULL},
-};
-
-static PyBufferProcs packed_as_buffer = {.bf_getbuffer = packed_getbuffer};
-static PySequenceMethods packed_as_sequence = {.sq_length = packed_len};
-
-static PyTypeObject PackedType = {
-	PyVarObject_HEAD_INIT(NULL, 0).tp_name = MODULE ".Packed",
-	.tp_basicsize = offsetof(Packed, data),
-	.tp_itemsize = 1,
-	.tp_dealloc = packed_dealloc,
-	.tp_flags = Py_TPFLAGS_DEFAULT,
-	.tp_doc = PyDoc_STR("A data record for the pcapng output: its payload is the buffer."),
-	.tp_methods = packed_methods,
-	.tp_members = packed_members,
-	.tp_as_buffer = &packed_as_buffer,
-	.tp_as_sequence = &packed_as_sequence,
-};
+static PyObject *s_release;
 
 /* --------------------------------------------------------------- assembler */
 
@@ -333,7 +93,7 @@ static PyObject *assembler_new(PyTypeObject *type, PyObject *args, PyObject *kwd
 		*count_loss = NULL, *announce = NULL, *clock_obj = NULL;
 	int packed = 0;
 	if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!O!|$OOOOOp:Assembler", kwlist,
-					 (PyTypeObject *)CaptureStats, &stats, &PyDict_Type,
+					 api->stats_type, &stats, &PyDict_Type,
 					 &sock_info, &PyDict_Type, &last, &PyDict_Type, &dest,
 					 &PyDict_Type, &in_dest, &lookup, &destination, &count_loss,
 					 &announce, &clock_obj, &packed))
@@ -350,7 +110,7 @@ static PyObject *assembler_new(PyTypeObject *type, PyObject *args, PyObject *kwd
 	double clock = PyFloat_AsDouble(clock_obj);
 	if (clock == -1.0 && PyErr_Occurred())
 		return NULL;
-	if (!Py_IS_TYPE(stats, (PyTypeObject *)CaptureStats)) {
+	if (!Py_IS_TYPE(stats, api->stats_type)) {
 		PyErr_SetString(PyExc_TypeError, "Assembler: stats must be a CaptureStats");
 		return NULL;
 	}
@@ -410,7 +170,7 @@ static int stats_flush(Assembler *a, uint64_t *acc, int rc)
 	if (rc < 0)
 		PyErr_Fetch(&type, &value, &tb);
 	for (int i = 0; i < STATS_FIELDS && !err; i++) {
-		PyObject **slot = (PyObject **)((char *)a->stats + stats_offsets[i]);
+		PyObject **slot = (PyObject **)((char *)a->stats + api->stats_offsets[i]);
 		PyObject *inc = *slot == NULL ? NULL : PyLong_FromUnsignedLongLong(acc[i]);
 		PyObject *sum = inc == NULL ? NULL : PyNumber_Add(*slot, inc);
 		Py_XDECREF(inc);
@@ -440,7 +200,7 @@ static int handle_record(Assembler *a, const struct usniff_event *ev, const char
 	Py_ssize_t n = (Py_ssize_t)ev->caplen < body_len ? (Py_ssize_t)ev->caplen : body_len;
 	double ts = a->clock + (double)ev->ts_ns / 1e9;
 
-	id = id_int(ev->sock_id);
+	id = api->id_int(ev->sock_id);
 	flags = PyLong_FromLong(ev->flags);
 	if (id == NULL || flags == NULL)
 		goto out;
@@ -449,8 +209,8 @@ static int handle_record(Assembler *a, const struct usniff_event *ev, const char
 	info = PyDict_GetItemWithError(a->sock_info, id);
 	Py_XINCREF(info);
 	if (info == NULL) {
-		if (PyErr_Occurred() || (ino = id_int(ev->inode)) == NULL ||
-		    (peer = id_int(ev->peer_inode)) == NULL)
+		if (PyErr_Occurred() || (ino = api->id_int(ev->inode)) == NULL ||
+		    (peer = api->id_int(ev->peer_inode)) == NULL)
 			goto out;
 		PyObject *args[4] = {NULL, id, ino, peer};
 		if ((info = call(a->lookup, args + 1, 3)) == NULL)
@@ -464,7 +224,7 @@ static int handle_record(Assembler *a, const struct usniff_event *ev, const char
 
 	if (a->packed && !lost && ev->peer_id && ev->sock_type == SOCK_STREAM &&
 	    !PyDict_GET_SIZE(a->dest) && !PyDict_GET_SIZE(a->in_dest)) {
-		if ((r = (PyObject *)packed_new(ev, ts, body, n, path, is_own, id)) == NULL)
+		if ((r = (PyObject *)api->packed_new(ev, ts, body, n, path, is_own, id)) == NULL)
 			goto out;
 	} else {
 		/* datagram destinations, only while one is known */
@@ -479,7 +239,7 @@ static int handle_record(Assembler *a, const struct usniff_event *ev, const char
 			Py_SETREF(flags, Py_NewRef(di[2]));
 			receiver = di[3];
 		}
-		if ((r = make_record(ev, ts, body, n, path, is_own, flags)) == NULL)
+		if ((r = api->make_record(ev, ts, body, n, path, is_own, flags)) == NULL)
 			goto out;
 		/* the receiver an unconnected datagram was sent to: its inode, pid, comm */
 		if (receiver != Py_None) {
@@ -751,34 +511,13 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__records(void)
 {
-	if ((s_data = PyUnicode_InternFromString("data")) == NULL ||
-	    (s_lost = PyUnicode_InternFromString("lost")) == NULL ||
-	    (s_release = PyUnicode_InternFromString("release")) == NULL ||
-	    (empty_bytes = PyBytes_FromStringAndSize(NULL, 0)) == NULL)
-		return NULL;
-	if ((Record = record_layout(MODULE, record_offsets)) == NULL)
-		return NULL;
-	PyObject *events = PyImport_ImportModule("usniff.events");
-	if (events == NULL)
-		return NULL;
-	CaptureStats = PyObject_GetAttrString(events, "CaptureStats");
-	SOCK_TYPES = PyObject_GetAttrString(events, "SOCK_TYPES");
-	Py_DECREF(events);
-	if (CaptureStats == NULL || SOCK_TYPES == NULL)
-		return NULL;
-	if (slot_offsets(MODULE, CaptureStats, stats_fields, STATS_FIELDS, 0, stats_offsets) < 0)
-		return NULL;
-	if (!PyDict_Check(SOCK_TYPES)) {
-		PyErr_SetString(PyExc_TypeError, "usniff.events.SOCK_TYPES must be a dict");
-		return NULL;
-	}
-	if (PyType_Ready(&AssemblerType) < 0 || PyType_Ready(&PackedType) < 0)
+	if ((s_release = PyUnicode_InternFromString("release")) == NULL ||
+	    (api = events_api()) == NULL || PyType_Ready(&AssemblerType) < 0)
 		return NULL;
 	PyObject *m = PyModule_Create(&module);
 	if (m == NULL)
 		return NULL;
 	if (PyModule_AddObjectRef(m, "Assembler", (PyObject *)&AssemblerType) < 0 ||
-	    PyModule_AddObjectRef(m, "Packed", (PyObject *)&PackedType) < 0 ||
 	    PyModule_AddIntConstant(m, "EVENT_SIZE", (long)sizeof(struct usniff_event)) < 0 ||
 	    PyModule_AddIntConstant(m, "SOCK_STATE_SIZE", (long)sizeof(struct usniff_sock_state)) < 0 ||
 	    PyModule_AddIntConstant(m, "CONFIG_SIZE", (long)sizeof(struct usniff_config)) < 0 ||

@@ -4,6 +4,7 @@ from collections.abc import Callable
 
 from typing_extensions import Buffer
 
+from usniff._events import Packed
 from usniff.events import CaptureStats, Record
 
 EVENT_SIZE: int  # sizeof(struct usniff_event)
@@ -13,18 +14,6 @@ NAME_KEY_SIZE: int  # sizeof(struct usniff_name_key)
 RELEASE: int  # ring bytes handled between two stores of the consumer position (drain)
 
 Receiver = tuple[int, int, str]  # a datagram receiver's inode, pid and comm
-
-class Packed:
-    """A data record for the pcapng output (Assembler.packed); its payload is the buffer."""
-
-    @property
-    def ts(self) -> float: ...
-    @property
-    def inode(self) -> int: ...
-    def record(self) -> Record:
-        """The equivalent Record."""
-    def __len__(self) -> int: ...
-    def __buffer__(self, flags: int) -> memoryview: ...
 
 class Assembler:
     """Ring records -> a batch of Records (or Packed).

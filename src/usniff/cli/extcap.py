@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from types import FrameType
 
 from usniff import __version__
-from usniff.decoders.registry import DECODABLE
+from usniff.decoders.registry import CHOICES
+from usniff.formats.pcapng import LINKTYPE_RAW
 from usniff.outputs.base import Output, OutputError
-from usniff.outputs.pcapng import LINKTYPE_RAW, PcapngOutput
+from usniff.outputs.pcapng import PcapngOutput
 
 INTERFACE = "usniff"
 DISPLAY = "Unix sockets (usniff)"
 LAUNCHER = "usniff-extcap"
-PROTOCOLS = ("auto", *DECODABLE)
 
 
 @dataclass
@@ -67,7 +67,7 @@ def config_text() -> str:
     ]
     lines += [
         f"value {{arg=2}}{{value={p}}}{{display={p}}}{{default={str(p == 'auto').lower()}}}"
-        for p in PROTOCOLS
+        for p in CHOICES
     ]
     return "\n".join(lines) + "\n"
 
@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--fifo")
     parser.add_argument("--path")
     parser.add_argument("--pid", type=int, default=0)
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="auto")
+    parser.add_argument("--protocol", choices=CHOICES, default="auto")
     parser.add_argument("--install", action="store_true", help="install the Wireshark launcher")
     parser.add_argument("--install-dir", help="extcap directory (default: Wireshark's)")
     return parser

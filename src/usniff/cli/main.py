@@ -18,8 +18,8 @@ from ..capture.collector import (
     _ring_size,
     filter_warnings,
 )
-from ..decoders.registry import DECODABLE
-from ..events import CaptureStats
+from ..decoders.registry import CHOICES
+from ..events import SOCK_TYPES, CaptureStats
 from ..outputs.base import Output, OutputError
 from .loop import FLUSH_EVERY, run, write_batch
 
@@ -35,7 +35,7 @@ Examples:
   usniff read q.pcapng --stats               decode a capture offline (no root)
 """
 
-PROTOCOLS = ("auto", *DECODABLE, "raw")
+PROTOCOLS = (*CHOICES, "raw")
 
 
 def parse_size(text: str) -> int:
@@ -228,7 +228,7 @@ def summary(stats: CaptureStats, shown: str = "") -> str:
     "--type",
     "types",
     multiple=True,
-    type=click.Choice(["stream", "dgram", "seqpacket"]),
+    type=click.Choice(list(SOCK_TYPES.values())),
     help="Socket type (repeatable).",
 )
 @click.option(

@@ -88,6 +88,7 @@ PROTOCOLS: tuple[Protocol, ...] = (
 )
 BY_NAME = {p.name: p for p in PROTOCOLS}
 DECODABLE = tuple(p.name for p in PROTOCOLS if p.decoder is not None)
+CHOICES = ("auto", *DECODABLE)  # what decoding can be asked for (auto: detect the protocol)
 
 
 # tshark's -d options that make stock Wireshark dissect every protocol on its port

@@ -37,11 +37,9 @@
 #define FLAG_MSG_END USNIFF_F_MSG_END /* events.FLAG_MSG_END */
 #define MAX_SEGMENT (65535 - 20 - 20) /* TCP payload of one IPv4 packet */
 
-static PyObject *Record; /* usniff.events.Record */
-static Py_ssize_t record_offsets[RECORD_FIELDS];
-#define RSLOT_(r, i) RSLOT(record_offsets, r, i)
-static PyTypeObject *PackedType; /* usniff.capture._records.Packed: struct packed (_events.h) */
-static PyObject *packed_record; /* Packed.record, the method descriptor */
+static const struct usniff_events_api *api; /* usniff._events: Record, Packed */
+#define RSLOT_(r, i) RSLOT(api->record_offsets, r, i)
+static PyTypeObject *PackedType; /* api->packed_type: struct packed (_events.h) */
 static PyObject *s_data, *empty_bytes;
 
 /* --------------------------------------------------------------- direction */
@@ -755,7 +753,7 @@ static PyObject *epb_write_batch(PyObject *mod, PyObject *const *args, Py_ssize_
 		if (packed) {
 			ts = ((struct packed *)rec)->ts;
 		} else {
-			if (!Py_IS_TYPE(rec, (PyTypeObject *)Record) ||
+			if (!Py_IS_TYPE(rec, api->record_type) ||
 			    (ts_obj = RSLOT_(rec, R_TS)) == NULL)
 				break;
 			ts = PyFloat_AsDouble(ts_obj);
@@ -774,8 +772,7 @@ static PyObject *epb_write_batch(PyObject *mod, PyObject *const *args, Py_ssize_
 			packets++;
 			continue;
 		}
-		PyObject *full = packed ? PyObject_Vectorcall(packed_record, &rec, 1, NULL)
-					: Py_NewRef(rec);
+		PyObject *full = packed ? api->packed_record(rec, NULL) : Py_NewRef(rec);
 		PyObject *call[2] = {(PyObject *)buf, full}; /* the rest: add */
 		PyObject *r = full == NULL ? NULL : PyObject_Vectorcall(add, call, 2, NULL);
 		Py_XDECREF(full);
@@ -815,22 +812,9 @@ PyMODINIT_FUNC PyInit__epb(void)
 	if ((s_data = PyUnicode_InternFromString("data")) == NULL ||
 	    (empty_bytes = PyBytes_FromStringAndSize(NULL, 0)) == NULL)
 		return NULL;
-	if ((Record = record_layout(MODULE, record_offsets)) == NULL)
+	if ((api = events_api()) == NULL)
 		return NULL;
-	/* the Packed records the capture stage makes (struct packed, _events.h) */
-	PyObject *records = PyImport_ImportModule("usniff.capture._records");
-	PackedType = records == NULL ? NULL
-				     : (PyTypeObject *)PyObject_GetAttrString(records, "Packed");
-	Py_XDECREF(records);
-	if (PackedType == NULL)
-		return NULL;
-	if (!PyType_Check(PackedType) ||
-	    PackedType->tp_basicsize != (Py_ssize_t)offsetof(struct packed, data)) {
-		PyErr_SetString(PyExc_ImportError, MODULE ": Packed is not struct packed (_events.h)");
-		return NULL;
-	}
-	if ((packed_record = PyObject_GetAttrString((PyObject *)PackedType, "record")) == NULL)
-		return NULL;
+	PackedType = api->packed_type;
 	SinkType.tp_base = &PyByteArray_Type;
 	if (PyType_Ready(&DirectionType) < 0 || PyType_Ready(&SinkType) < 0)
 		return NULL;

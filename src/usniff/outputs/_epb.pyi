@@ -5,7 +5,7 @@ from typing import TypeVar
 
 from typing_extensions import Buffer
 
-from usniff.capture._records import Packed
+from usniff._events import Packed
 from usniff.events import Record
 
 SPLICE_MIN: int  # payloads from this size are kept by reference (Sink.splice), not copied

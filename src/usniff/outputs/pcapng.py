@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import platform
-import re
 import stat
 import struct
 import sys
@@ -37,14 +35,48 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
 from usniff import __version__, events
-from usniff.capture._records import Packed
+from usniff._events import Packed
 from usniff.decoders import registry
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, CaptureStats, Record
+from usniff.formats.pcapng import (
+    BT_EPB,
+    BT_IDB,
+    BT_ISB,
+    BT_NRB,
+    BT_SHB,
+    BYTE_ORDER_MAGIC,
+    END_OPTS,
+    EPB_FLAGS,
+    EPB_INBOUND,
+    EPB_OUTBOUND,
+    IF_DESCRIPTION,
+    IF_NAME,
+    IF_TSRESOL,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    ISB_ENDTIME,
+    ISB_IFDROP,
+    ISB_IFRECV,
+    ISB_STARTTIME,
+    ISB_USRDELIV,
+    LINKTYPE_RAW,
+    MASK32,
+    NRB_IPV4,
+    OPT_COMMENT,
+    OTHER_PORT,
+    SHB_HARDWARE,
+    SHB_OS,
+    SHB_USERAPPL,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_SYN,
+    block,
+    option,
+    record_comment,
+)
 from usniff.outputs._epb import MAX_SEGMENT, Direction, Sink, segments, tcp, udp, write_batch
 from usniff.outputs.base import OutputError
 
-LINKTYPE_RAW = 101  # raw IPv4/IPv6 packets, no link-layer header
-OTHER_PORT = 7450  # unassigned by IANA, no Wireshark dissector registered on it
 EPHEMERAL_FIRST = 49152
 EPHEMERAL_COUNT = 65536 - EPHEMERAL_FIRST
 SERVER_NET = 0x0A000000  # 10.0.0.0/9: one address per server path
@@ -55,51 +87,8 @@ FLUSH_BYTES = 1 << 20  # write out as soon as this much is buffered, also within
 IOV_MAX = 1024  # buffers per writev(2)
 MAX_NAMES = 1 << 16  # server paths and client processes with an address at once
 WSCALE = 14  # window scale announced in the SYNs: window 65535 << 14 never fills
-MASK32 = 0xFFFFFFFF
 
-# pcapng block types and option codes
-BT_SHB = 0x0A0D0D0A
-BT_IDB = 1
-BT_NRB = 4
-BT_ISB = 5
-BT_EPB = 6
-BYTE_ORDER_MAGIC = 0x1A2B3C4D
-OPT_END = 0
-OPT_COMMENT = 1
-SHB_HARDWARE = 2
-SHB_OS = 3
-SHB_USERAPPL = 4
-IF_NAME = 2
-IF_DESCRIPTION = 3
-IF_TSRESOL = 9
-EPB_FLAGS = 2
-ISB_STARTTIME = 2
-ISB_ENDTIME = 3
-ISB_IFRECV = 4
-ISB_IFDROP = 5
-ISB_USRDELIV = 8
-NRB_IPV4 = 1
-EPB_INBOUND = 1  # epb_flags direction bits: towards the server
-EPB_OUTBOUND = 2  # from the server
-
-TCP_FIN = 0x01
-TCP_SYN = 0x02
-TCP_ACK = 0x10
-IPPROTO_TCP = 6
-IPPROTO_UDP = 17
-
-_END_OPTS = b"\0\0\0\0"
 _SYN_OPTIONS = bytes((2, 4, MAX_SEGMENT >> 8, MAX_SEGMENT & 0xFF, 1, 3, 3, WSCALE))  # MSS, NOP, WS
-
-
-def _opt(code: int, value: bytes) -> bytes:
-    """One pcapng option, padded to 32 bits."""
-    return struct.pack("<HH", code, len(value)) + value + b"\0" * (-len(value) % 4)
-
-
-def _block(btype: int, body: bytes) -> bytes:
-    total = 12 + len(body)
-    return struct.pack("<II", btype, total) + body + struct.pack("<I", total)
 
 
 def _u64(value: int) -> bytes:
@@ -112,31 +101,6 @@ def _usec(ts: float) -> int:
 
 def _addr_sum(addr: int) -> int:
     return (addr >> 16) + (addr & 0xFFFF)
-
-
-# ---------------------------------------------------------------- comments
-
-_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
-
-
-def record_comment(rec: Record) -> str:
-    """The per-packet comment; :func:`parse_comment` reads it back."""
-    text = (
-        f"pid={rec.pid} tid={rec.tid} uid={rec.uid} comm={json.dumps(rec.comm)} "
-        f"inode={rec.inode} peer={rec.peer_inode}"
-    )
-    if rec.peer_pid:
-        text += f" peer_pid={rec.peer_pid}"
-    if rec.peer_comm:
-        text += f" peer_comm={json.dumps(rec.peer_comm)}"
-    if rec.sock_type != "stream":
-        text += f" type={rec.sock_type}"
-    return f"{text} path={json.dumps(rec.path)}"
-
-
-def parse_comment(text: str) -> dict[str, str]:
-    """``key=value`` pairs of a comment (quoted values are JSON strings)."""
-    return {k: json.loads(v) if v.startswith('"') else v for k, v in _FIELD.findall(text)}
 
 
 # ---------------------------------------------------------------- protocol ports
@@ -165,7 +129,7 @@ class _Dir(Direction):
     def __init__(self, src: int, dst: int, sport: int, dport: int, proto: int, epb: int) -> None:
         self.addrs = struct.pack("!IIHH", src, dst, sport, dport)
         self.proto = proto
-        self.epb_flags = _opt(EPB_FLAGS, struct.pack("<I", epb))
+        self.epb_flags = option(EPB_FLAGS, struct.pack("<I", epb))
         # constant parts of the IPv4 header sum and of the TCP/UDP pseudo-header + header sum
         self.ip_sum = 0x4500 + 0x4000 + (64 << 8) + proto + _addr_sum(src) + _addr_sum(dst)
         window = 0xFFFF if proto == IPPROTO_TCP else 0
@@ -184,10 +148,11 @@ class _Dir(Direction):
 def _names_block(names: Sequence[tuple[int, str]]) -> bytes:
     body = bytearray()
     for addr, name in names:
-        value = struct.pack("!I", addr) + name.encode("utf-8", "surrogateescape") + b"\0"
-        body += struct.pack("<HH", NRB_IPV4, len(value)) + value + b"\0" * (-len(value) % 4)
-    body += _END_OPTS
-    return _block(BT_NRB, bytes(body))
+        body += option(
+            NRB_IPV4, struct.pack("!I", addr) + name.encode("utf-8", "surrogateescape") + b"\0"
+        )
+    body += END_OPTS
+    return block(BT_NRB, bytes(body))
 
 
 class Framer:
@@ -215,21 +180,21 @@ class Framer:
         """Everything a new file starts with: SHB, IDB, all names, and a
         handshake for every flow still open (sequence numbers continue)."""
         uname = os.uname()
-        buf += _block(
+        buf += block(
             BT_SHB,
             struct.pack("<IHHq", BYTE_ORDER_MAGIC, 1, 0, -1)
-            + _opt(SHB_HARDWARE, platform.machine().encode())
-            + _opt(SHB_OS, f"{uname.sysname} {uname.release} {uname.version}".encode())
-            + _opt(SHB_USERAPPL, f"usniff {__version__}".encode())
-            + _END_OPTS,
+            + option(SHB_HARDWARE, platform.machine().encode())
+            + option(SHB_OS, f"{uname.sysname} {uname.release} {uname.version}".encode())
+            + option(SHB_USERAPPL, f"usniff {__version__}".encode())
+            + END_OPTS,
         )
-        buf += _block(
+        buf += block(
             BT_IDB,
             struct.pack("<HHI", LINKTYPE_RAW, 0, self.snaplen + 40 if self.snaplen else 0)
-            + _opt(IF_NAME, b"usniff")
-            + _opt(IF_DESCRIPTION, b"Unix domain sockets as synthetic TCP/IPv4 (usniff)")
-            + _opt(IF_TSRESOL, b"\x06")
-            + _END_OPTS,
+            + option(IF_NAME, b"usniff")
+            + option(IF_DESCRIPTION, b"Unix domain sockets as synthetic TCP/IPv4 (usniff)")
+            + option(IF_TSRESOL, b"\x06")
+            + END_OPTS,
         )
         if self._names:
             buf += _names_block(list(self._names.items()))
@@ -251,16 +216,16 @@ class Framer:
         if stats.unwritten_bytes:
             comment += f" unwritten_bytes={stats.unwritten_bytes}"
         start_us, end_us = _usec(start), _usec(end)
-        buf += _block(
+        buf += block(
             BT_ISB,
             struct.pack("<III", 0, end_us >> 32, end_us & MASK32)
-            + _opt(ISB_STARTTIME, _u64(start_us))
-            + _opt(ISB_ENDTIME, _u64(end_us))
-            + _opt(ISB_IFRECV, struct.pack("<Q", stats.records))
-            + _opt(ISB_IFDROP, struct.pack("<Q", stats.lost_records))
-            + _opt(ISB_USRDELIV, struct.pack("<Q", delivered))
-            + _opt(OPT_COMMENT, comment.encode())
-            + _END_OPTS,
+            + option(ISB_STARTTIME, _u64(start_us))
+            + option(ISB_ENDTIME, _u64(end_us))
+            + option(ISB_IFRECV, struct.pack("<Q", stats.records))
+            + option(ISB_IFDROP, struct.pack("<Q", stats.lost_records))
+            + option(ISB_USRDELIV, struct.pack("<Q", delivered))
+            + option(OPT_COMMENT, comment.encode())
+            + END_OPTS,
         )
 
     # -- records ---------------------------------------------------------
@@ -308,12 +273,12 @@ class Framer:
         key = (rec.pid, rec.tid, rec.uid, rec.comm, rec.peer_pid, rec.peer_comm)
         if key != d.comment_key:
             d.comment_key = key
-            d.comment_opts = _opt(OPT_COMMENT, record_comment(rec).encode()) + d.epb_flags
+            d.comment_opts = option(OPT_COMMENT, record_comment(rec).encode()) + d.epb_flags
         note = d.note
         if not note:
             return d.comment_opts
         d.note = ""
-        return _opt(OPT_COMMENT, f"usniff: {note}; {record_comment(rec)}".encode()) + d.epb_flags
+        return option(OPT_COMMENT, f"usniff: {note}; {record_comment(rec)}".encode()) + d.epb_flags
 
     def _segments(self, buf: Sink, d: _Dir, rec: Record) -> None:
         off = rec.offset
@@ -403,7 +368,7 @@ class Framer:
     def _new_flow(self, buf: Sink, rec: Record) -> _Dir:
         connected = rec.peer_id != 0
         if not connected:
-            from_server = rec.path_is_own
+            from_server = events.sender_is_server(rec) is True
             server_id, client_id = (rec.sock_id, 0) if from_server else (0, rec.sock_id)
         else:
             server_id = events.server_id(rec)
@@ -471,7 +436,7 @@ class Framer:
         """SYN, SYN-ACK, ACK with ISNs chosen so that the next bytes continue the flow."""
         server = client.peer
         c_off, s_off = client.next_off, server.next_off
-        syn_opts = _opt(OPT_COMMENT, f"usniff: {comment}".encode()) + client.epb_flags
+        syn_opts = option(OPT_COMMENT, f"usniff: {comment}".encode()) + client.epb_flags
         self._tcp(buf, client, ts, TCP_SYN, c_off - 1, b"", 0, syn_opts, _SYN_OPTIONS)
         self._tcp(
             buf, server, ts, TCP_SYN | TCP_ACK, s_off - 1, b"", 0, server.epb_flags, _SYN_OPTIONS
@@ -804,10 +769,10 @@ class PcapngOutput:
         stats.lost_bytes += self._unwritten
         if self._fd < 0 or self._pattern == "-":
             return
-        block = Sink()
-        self._framer.statistics(block, stats, self._start, self._clock(), self._durable)
+        isb = Sink()
+        self._framer.statistics(isb, stats, self._start, self._clock(), self._durable)
         try:
-            if os.write(self._fd, block) == len(block):
+            if os.write(self._fd, isb) == len(isb):
                 return
         except OSError:
             pass

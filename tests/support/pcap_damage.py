@@ -12,7 +12,7 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
-CAPTURES = Path(__file__).resolve().parent.parent / "captures"
+from .captures import CAPTURES
 
 BT_SHB, BT_IDB, BT_PB, BT_SPB, BT_NRB, BT_ISB, BT_EPB = 0x0A0D0D0A, 1, 2, 3, 4, 5, 6
 BT_CUSTOM = 0x00000BAD
