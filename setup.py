@@ -14,33 +14,24 @@ class BuildPy(build_py):  # type: ignore[misc]
         super().run()
 
 
+def hot_path(name: str, source: str) -> Extension:
+    """A C module of the per-record hot path (required; see the file's top comment), on
+    ebpf/usniff.h (the ring record layout) and src/usniff/_events.h (the C side of events.py)."""
+    return Extension(
+        name,
+        [source],
+        include_dirs=["ebpf", "src/usniff"],
+        depends=["ebpf/usniff.h", "src/usniff/_events.h"],
+        extra_compile_args=["-Wall"],
+    )
+
+
 setup(
     cmdclass={"build_py": BuildPy},
     ext_modules=[
-        # Records and Packed records, the C API of the two below (see the file's top comment)
-        Extension(
-            "usniff._events",
-            ["src/usniff/_events.c"],
-            include_dirs=["ebpf", "src/usniff"],  # usniff.h: the ring record; _events.h
-            depends=["ebpf/usniff.h", "src/usniff/_events.h"],
-            extra_compile_args=["-Wall"],
-        ),
-        # the capture stage's record assembly and ring walk (required; see the file's top comment)
-        Extension(
-            "usniff.capture._records",
-            ["src/usniff/capture/_records.c"],
-            include_dirs=["ebpf", "src/usniff"],  # usniff.h: the ring record; _events.h
-            depends=["ebpf/usniff.h", "src/usniff/_events.h"],
-            extra_compile_args=["-Wall"],
-        ),
-        # the pcapng output's packet encoder (required; see the file's top comment)
-        Extension(
-            "usniff.outputs._epb",
-            ["src/usniff/outputs/_epb.c"],
-            include_dirs=["ebpf", "src/usniff"],
-            depends=["ebpf/usniff.h", "src/usniff/_events.h"],
-            extra_compile_args=["-Wall"],
-        ),
+        hot_path("usniff._events", "src/usniff/_events.c"),  # Records and Packed records
+        hot_path("usniff.capture._records", "src/usniff/capture/_records.c"),  # record assembly
+        hot_path("usniff.outputs._epb", "src/usniff/outputs/_epb.c"),  # pcapng packet encoder
         # linked against libbpf.so.1, which `auditwheel repair` then copies into the wheel
         Extension(
             "usniff.capture._libbpf",

@@ -8,6 +8,8 @@ from __future__ import annotations
 import gc
 import random
 import struct
+import subprocess
+import sys
 
 import pytest
 
@@ -44,6 +46,13 @@ def event(kind: int, ino: int, peer: int, data: bytes = b"", **kw: int | bytes) 
         f.get("peer_comm", b"redis-server\0"),
     )  # fmt: skip
     return memoryview(hdr + data)
+
+
+@pytest.mark.parametrize("module", ["usniff.capture._records", "usniff.outputs._epb"])
+def test_each_c_module_imports_first(module: str) -> None:
+    # each imports usniff._events' C API itself (a capsule is found only once
+    # its module is imported)
+    subprocess.run([sys.executable, "-c", f"import {module}"], check=True)
 
 
 def test_event_layout_matches() -> None:

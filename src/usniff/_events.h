@@ -88,6 +88,11 @@ struct usniff_events_api {
 /* The API, imported once per module (NULL and an exception on failure). */
 static inline const struct usniff_events_api *events_api(void)
 {
+	/* PyCapsule_Import finds the module as an attribute of usniff: import it first */
+	PyObject *mod = PyImport_ImportModule("usniff._events");
+	if (mod == NULL)
+		return NULL;
+	Py_DECREF(mod);
 	return (const struct usniff_events_api *)PyCapsule_Import(USNIFF_EVENTS_API, 0);
 }
 
