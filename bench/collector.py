@@ -6,7 +6,7 @@ Packs synthetic ring records (struct usniff_event, as the BPF programs write
 them: Redis-like 31-byte sends over 50 connections, then 32 KiB sends) into a
 fake ring buffer (a memfd laid out like the kernel's, mapped by a RingBuffer)
 and runs them through what a capture does with them: ``RingBuffer.drain``
-(the walk and ``RecordAssembler._handle``: record -> Record, in C),
+(the walk and the assembler's C core: record -> Record or Packed),
 ``RecordAssembler.release`` (ordering) and ``PcapngOutput`` (into a file under
 /dev/shm).  Only that is timed, not the filling of the ring.  Prints records/s
 and MB/s of payload per round.  Not a test: figures depend on the machine;
@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from unittest import mock
 
-from usniff._fastpath import Packed
+from usniff._events import Packed
 from usniff.capture import records
 from usniff.capture.ringbuf import RingBuffer
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, CaptureStats, Record
@@ -63,7 +63,9 @@ def collector(out_path: str) -> tuple[records.RecordAssembler[Record | Packed], 
     """The capture's record handling without a kernel side, packed as for `usniff -w`
     (cli/loop.py: data records come as Packed)."""
     cap = records.RecordAssembler(CaptureStats(), packed=True)
-    cap._sock_info = {ino: (PATH, ino % 2 == 1) for ino in range(1000, 1000 + 2 * CONNECTIONS)}
+    cap._sock_info.update(
+        {ino: (PATH, ino % 2 == 1) for ino in range(1000, 1000 + 2 * CONNECTIONS)}
+    )
     return cap, PcapngOutput(out_path)
 
 
@@ -99,7 +101,7 @@ def run(out_path: str, size: int, count: int) -> float:
     for first in range(0, count, per_drain):
         fill(records[first : first + per_drain])
         start = time.perf_counter()
-        ring.drain(cap)
+        ring.drain(cap.core)
         out.write(cap.release(float("inf")))
         out.flush()
         elapsed += time.perf_counter() - start

@@ -18,18 +18,19 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "usniff"
 # stage -> the stages it may import (itself always); "usniff" is the package's
 # own __init__ (__version__)
 ALLOWED = {
+    "__main__": {"cli"},  # python -m usniff
     "events": set(),
     "printable": set(),
-    "_fastpath": {"events"},
+    "_events": {"events"},
     "formats": {"events"},
-    "capture": {"events", "printable", "_fastpath"},
+    "capture": {"events", "printable", "_events"},
     "streams": {"events"},
     "decoders": {"events", "streams"},
-    "outputs": {"events", "printable", "_fastpath", "formats", "streams", "decoders", "usniff"},
+    "outputs": {"events", "printable", "_events", "formats", "streams", "decoders", "usniff"},
     "cli": {
         "events",
         "printable",
-        "_fastpath",
+        "_events",
         "formats",
         "capture",
         "streams",

@@ -20,8 +20,9 @@ from tests.support.pcap_helpers import MYSQL_EXCHANGE, REDIS_EXCHANGE, Conn, sid
 from tests.support.tshark import TSHARK, expert_problems, follow_raw, tshark
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, CaptureStats, Record
 from usniff.formats.pcapng import OTHER_PORT, parse_comment
+from usniff.outputs._epb import Sink
 from usniff.outputs.base import OutputError
-from usniff.outputs.pcapng import Framer, PcapngOutput, _Dir, _Sink
+from usniff.outputs.pcapng import Framer, PcapngOutput, _Dir
 
 pytestmark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
 
@@ -439,7 +440,7 @@ def test_full_disk_raises_and_leaves_a_readable_file(tiny_fs: Path, tmp_path: Pa
 def test_closed_flows_are_forgotten() -> None:
     """A flow is forgotten when both sockets closed, or one closed and the
     other never sent; rotation then re-announces only the open ones."""
-    framer, buf = Framer(), _Sink()
+    framer, buf = Framer(), Sink()
     for i in range(500):
         conn = Conn(client_inode=100_000 + 2 * i, server_inode=100_001 + 2 * i)
         records = [conn.send(False, b"*1\r\n$4\r\nPING\r\n")]
@@ -462,7 +463,7 @@ def test_forgotten_flows_are_freed_without_the_cyclic_gc() -> None:
     gc.collect()
     gc.disable()
     try:
-        framer, buf = Framer(), _Sink()
+        framer, buf = Framer(), Sink()
         for i in range(200):
             conn = Conn(client_inode=100_000 + 2 * i, server_inode=100_001 + 2 * i)
             for r in conn.exchange([(False, b"*1\r\n$4\r\nPING\r\n"), (True, b"+PONG\r\n")]):

@@ -6,6 +6,6 @@ libbpf.py (+ _libbpf.c) binds libbpf; collector.py loads the BPF object
 :class:`usniff.events.Record` batches; sockets.py asks the kernel (sock_diag,
 /proc) about Unix sockets.
 
-May import: usniff.events, usniff.printable, usniff._fastpath (the C hot path).
-Nothing of streams, decoders, outputs or the CLI.
+May import: usniff.events, usniff.printable, usniff._events (Records and Packed
+records in C).  Nothing of streams, decoders, outputs or the CLI.
 """

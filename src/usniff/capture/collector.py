@@ -3,7 +3,7 @@
 Knows nothing about protocols or files: it drains the ring into a
 :class:`~usniff.capture.records.RecordAssembler`, which turns ring-buffer
 records into :class:`usniff.events.Record` batches (or, for a packed
-assembler, also :class:`usniff._fastpath.Packed` records).
+assembler, also :class:`usniff._events.Packed` records).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from ..events import (
     Record,
 )
 from . import libbpf, sockets
+from ._records import CONFIG_SIZE, NAME_KEY_SIZE
 from .records import CLOSE_CHECK, SOCK_STATE, R, RecordAssembler
 from .ringbuf import RingBuffer
 
@@ -39,8 +40,11 @@ _SECTION_BACKEND = {
 }
 TYPE_BITS = {name: n for n, name in SOCK_TYPES.items()}  # --type -> the socket type number
 
+# struct usniff_config and struct usniff_name_key (ebpf/usniff.h, which _records.c includes)
 _CONFIG = struct.Struct("<IIBBBBI")
 ADDR_MAX = 108
+if (_CONFIG.size, 4 + ADDR_MAX) != (CONFIG_SIZE, NAME_KEY_SIZE):
+    raise ImportError("capture._CONFIG/ADDR_MAX no longer match ebpf/usniff.h")
 DEFAULT_BUFFER = 64 << 20
 POLL = 0.1  # seconds between drains of the ring (the kernel wakes us early when it fills up)
 
@@ -247,8 +251,8 @@ class Capture:
     The ring's records are assembled by :attr:`records`, or by the
     :class:`RecordAssembler` given to ``poll`` and ``finish`` (the capture loop
     gives a packed one when every output frames pcapng).  ``poll()`` and
-    ``finish()`` hand the assembler to ``RingBuffer.drain``, whose walk (C,
-    ``_fastpath.drain``) calls its C ``_handle`` directly.
+    ``finish()`` hand the assembler's C core to ``RingBuffer.drain``, whose
+    walk (C, ``_records.drain``) runs it directly.
     """
 
     def __init__(self, opts: CaptureOptions) -> None:
@@ -334,7 +338,7 @@ class Capture:
         assembler = self.records if records is None else records
         if self._ring.pending() < self._ring_bytes // 8:
             self._ring.wait(min(timeout, POLL))
-        self._ring.drain(assembler, limit=self._ring_bytes // 2)
+        self._ring.drain(assembler.core, limit=self._ring_bytes // 2)
         if time.monotonic() >= self._next_close_check:
             try:
                 alive = sockets.inodes()
@@ -352,7 +356,7 @@ class Capture:
     def finish(self, records: RecordAssembler[R] | None = None) -> list[R] | list[Record]:
         """Drain what is left and report losses still pending in the kernel."""
         assembler = self.records if records is None else records
-        self._ring.drain(assembler)
+        self._ring.drain(assembler.core)
         sockets_map = self._obj.map("sockets")
         now = time.time()
         for key in list(sockets_map.keys(8)):

@@ -13,13 +13,14 @@ import time
 from bisect import bisect_right
 from dataclasses import replace
 from operator import attrgetter
-from typing import Generic, Literal, TypeVar, overload
+from typing import Any, Generic, Literal, TypeVar, cast, overload
 
-from .._fastpath import EVENT_SIZE, SOCK_STATE_SIZE, EventHandler, Packed
+from .._events import Packed
 from ..events import FLAG_ADDR, FLAG_MSG_END, FLAG_MSG_START, FLAG_UNCOPYABLE, CaptureStats, Record
 from . import sockets
+from ._records import EVENT_SIZE, SOCK_STATE_SIZE, Assembler
 
-# struct usniff_event and struct usniff_sock_state (ebpf/usniff.h, which _fastpath.c includes)
+# struct usniff_event and struct usniff_sock_state (ebpf/usniff.h, which _records.c includes)
 EVENT = struct.Struct("<QQQQQQIIIIIIHHHHB7x16s16s")
 SOCK_STATE = struct.Struct("<QQQQQQQQIHBB16s")
 if (EVENT.size, SOCK_STATE.size) != (EVENT_SIZE, SOCK_STATE_SIZE):
@@ -35,19 +36,20 @@ R = TypeVar("R", Record, Record | Packed)
 _ts = attrgetter("ts")
 
 
-class RecordAssembler(EventHandler, Generic[R]):
+class RecordAssembler(Generic[R]):
     """Ring records in, Records out (:meth:`release`), counted in ``stats``.
 
-    ``_handle(rec)``, once per ring record, is inherited from the C base class
-    (:class:`usniff._fastpath.EventHandler`): it appends a Record to ``_batch``
-    and calls back into Python only for the rarer cases below (``_announce``,
-    ``_lookup``, ``_destination``, ``_count_loss``).  The C code reads the
-    attributes set in ``__init__`` by name.  It is in C because the per-record
-    Python cost was the collector's limit (docs/performance.md, "Collector").
+    Each ring record goes to ``core`` (:class:`usniff.capture._records.Assembler`,
+    C; ``RingBuffer.drain`` walks the ring into it), which appends a Record to
+    its batch and calls back into Python only for the rarer cases below, the
+    methods it is given (``_announce``, ``_lookup``, ``_destination``,
+    ``_count_loss``); it shares the dicts it reads and fills with them.  It is
+    in C because the per-record Python cost was the collector's limit
+    (docs/performance.md, "Collector").
 
     ``packed=True`` (every output frames pcapng): common data records come as
-    :class:`usniff._fastpath.Packed` (``.record()`` gives the Record), which is
-    what the type parameter says.
+    :class:`usniff._events.Packed` (``.record()`` gives the Record),
+    which is what the type parameter says.
     """
 
     @overload
@@ -60,18 +62,26 @@ class RecordAssembler(EventHandler, Generic[R]):
     ) -> None: ...
     def __init__(self, stats: CaptureStats, *, packed: bool = False) -> None:
         self.stats = stats
-        self.packed = packed
-        self._clock = time.time() - time.monotonic()  # wall clock - CLOCK_MONOTONIC
-        # all keyed by sock_id
+        # all keyed by sock_id, shared with the core
         self._sock_info: dict[int, tuple[str, bool]] = {}
         self._dest: dict[int, str] = {}
         self._in_dest: dict[int, str] = {}
-        self._batch: list[R] = []  # drained, not yet ordered
+        self._last: dict[int, Record | Packed] = {}  # newest record per socket, for closes
+        self.core = Assembler(
+            stats, self._sock_info, self._last, self._dest, self._in_dest,
+            lookup=self._lookup, destination=self._destination,
+            count_loss=self._count_loss, announce=self._announce,
+            clock=time.time() - time.monotonic(), packed=packed,
+        )  # fmt: skip
         self._pending: list[R] = []  # ordered by ts, waiting for REORDER
-        self._last: dict[int, R] = {}  # newest record per socket, for closes
         self._ring_lost = 0  # bytes of full-ring losses reported by loss records
         self._receivers: dict[str, Receiver] = {}  # bound datagram address -> its socket
         self._receivers_at = -RECEIVERS_TTL
+
+    @property
+    def packed(self) -> bool:
+        """Whether common data records come as Packed."""
+        return self.core.packed
 
     @property
     def ring_lost(self) -> int:
@@ -79,7 +89,7 @@ class RecordAssembler(EventHandler, Generic[R]):
         return self._ring_lost
 
     def _announce(self, rec: memoryview) -> None:
-        """An EV_SOCK or EV_DEST record (from ``_handle``): a socket's address,
+        """An EV_SOCK or EV_DEST record (from the core): a socket's address,
         or the destination of the next datagram."""
         fields = EVENT.unpack_from(rec, 0)
         sock_id, kind, addr_len, own = fields[2], fields[12], fields[15], fields[16]
@@ -147,7 +157,7 @@ class RecordAssembler(EventHandler, Generic[R]):
             newest = self._last.pop(sock_id)
             last = newest.record() if isinstance(newest, Packed) else newest
             self._sock_info.pop(sock_id, None)
-            self._batch.append(
+            self.core.batch.append(
                 replace(
                     last,
                     ts=now,
@@ -169,7 +179,7 @@ class RecordAssembler(EventHandler, Generic[R]):
             now, 0, 0, 0, "", ino, peer_ino, "stream", path, own, off, length,
             lost=length, kind="lost", sock_id=sock_id, peer_id=peer_id,
         )  # fmt: skip
-        self._batch.append(rec)
+        self.core.batch.append(rec)
         self._count_loss(rec, length)
 
     def release(self, cutoff: float) -> list[R]:
@@ -180,8 +190,9 @@ class RecordAssembler(EventHandler, Generic[R]):
         request.  Holding records for REORDER seconds and sorting restores the
         order.
         """
-        pending, batch = self._pending, self._batch
-        self._batch = []
+        # the core makes Packed records only when packed, as R says
+        taken: list[Any] = self.core.take()
+        pending, batch = self._pending, cast(list[R], taken)
         if batch:  # only the part of ``pending`` the new records fall into is re-sorted
             batch.sort(key=_ts)
             start = bisect_right(pending, batch[0].ts, key=_ts)
@@ -196,7 +207,7 @@ class RecordAssembler(EventHandler, Generic[R]):
 
     def ripe(self) -> list[R]:
         """The records that waited REORDER seconds (:meth:`release`)."""
-        return self.release(self._clock + time.monotonic() - REORDER)
+        return self.release(self.core.clock + time.monotonic() - REORDER)
 
 
 def _addr(raw: memoryview | bytes) -> str:

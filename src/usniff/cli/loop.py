@@ -77,7 +77,7 @@ def run(
     # otherwise re-traverse it every few hundred thousand records.
     gc.freeze()
     # A Record counts towards the young generation's threshold when allocated,
-    # although _fastpath untracks it, and a poll's batch (up to ~50k records)
+    # although usniff._events untracks it, and a poll's batch (up to ~50k records)
     # stays alive until written: at the default threshold (700) a collection
     # ran every few hundred records. Records form no cycles; cycles elsewhere
     # are still collected, after GC_YOUNG net allocations (what that saves:
@@ -85,7 +85,7 @@ def run(
     thresholds = gc.get_threshold()
     gc.set_threshold(GC_YOUNG, 50, 50)
     # Only pcapng written (-w, the extcap): the capture may hand over Packed
-    # records, framed from their C fields ("packed records" in _fastpath.c).
+    # records, framed from their C fields ("packed records" in _events.c).
     from ..outputs.pcapng import PcapngOutput
 
     frames = [out for out in outputs if isinstance(out, PcapngOutput)]

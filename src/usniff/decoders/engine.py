@@ -54,16 +54,15 @@ class _Conn:
     pids: list[int] = field(default_factory=lambda: [0, 0])
     comms: list[str] = field(default_factory=lambda: ["", ""])
     inodes: list[int] = field(default_factory=lambda: [0, 0])
-
-    @property
-    def name(self) -> str:
-        """client-server socket inodes, as `ss -x` shows them ("?" while not known)."""
-        return "-".join(str(i or "?") for i in self.inodes)
+    name: str = "?-?"  # client-server socket inodes, as `ss -x` shows them ("?": not known)
 
     def learn(self, ev: Data) -> None:
         """Both ends' process and inode, from one end's data (which names its peer)."""
         d = ev.direction
-        self.pids[d], self.comms[d], self.inodes[d] = ev.pid, ev.comm, ev.inode
+        self.pids[d], self.comms[d] = ev.pid, ev.comm
+        if self.inodes[d] != ev.inode:
+            self.inodes[d] = ev.inode
+            self.name = "-".join(str(i or "?") for i in self.inodes)
         if not self.pids[1 - d] and ev.peer_pid:
             self.pids[1 - d], self.comms[1 - d] = ev.peer_pid, ev.peer_comm
 
@@ -138,6 +137,16 @@ class Decoding:
             out.append(Undecoded(rec, conn.reason, conn.name))
 
     def _stream_event(self, ev: StreamEvent, out: list[Event]) -> None:
+        if type(ev) is Data:  # the common case, in the fewest steps
+            conn_or_none = self._conns.get(ev.conn)
+            if conn_or_none is not None:
+                conn_or_none.learn(ev)
+                if conn_or_none.decoder is not None:
+                    events = conn_or_none.decoder.feed(ev.direction, ev.data, ev.ts)
+                    self._emit(conn_or_none, events, out)
+                elif conn_or_none.protocol is None:
+                    self._detect(conn_or_none, ev, out)
+            return
         if isinstance(ev, Open):
             conn = self._conns[ev.conn] = _Conn(ev)
             if self.protocol != "auto":

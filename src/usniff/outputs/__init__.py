@@ -5,6 +5,6 @@ decoded.py (decoded transactions as lines or JSON), stats.py (the --stats
 table), pcapng.py (the pcapng writer: synthetic TCP/UDP flows for Wireshark).
 
 May import: usniff.decoders, usniff.streams, usniff.formats, usniff.events,
-usniff.printable, usniff._fastpath (the C pcapng framing).  Nothing of capture
-or the CLI.
+usniff.printable, usniff._events (Records and Packed records in C).  Nothing
+of capture or the CLI.
 """

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import TextIO
 
@@ -91,10 +91,12 @@ class DecodedOutput:
         redact: bool = False,
         stats_stream: TextIO | None = None,
         live: bool = False,
+        listeners: Sequence[Callable[[Transaction], None]] = (),
     ) -> None:
         """``live``: records arrive as they are sent (not read from a file), so a
         connection undecided for ``Decoding.UNDECIDED_WAIT`` seconds of wall-clock
-        time is shown raw at the next ``write``, even when no record follows."""
+        time is shown raw at the next ``write``, even when no record follows.
+        ``listeners`` are given every transaction printed (--metrics, --otlp)."""
         if fmt not in ("text", "json"):
             raise ValueError(f"format must be text or json, not {fmt!r}")
         self.stream = stream
@@ -102,6 +104,7 @@ class DecodedOutput:
         self.decoding = Decoding(protocol, redact)
         self.live = live
         self.stats = Stats() if stats else None
+        self.listeners = listeners
         self._console = Console(file=stats_stream, stderr=stats_stream is None)
         if not self._console.is_terminal:  # a file or pipe: print the table whole
             self._console.width = WIDE
@@ -156,8 +159,11 @@ class DecodedOutput:
         fmt = to_json if self.fmt == "json" else format_text
         lines = []
         for ev in events:
-            if self.stats is not None and isinstance(ev, Transaction):
-                self.stats.add(ev)
+            if isinstance(ev, Transaction):
+                if self.stats is not None:
+                    self.stats.add(ev)
+                for listener in self.listeners:
+                    listener(ev)
             lines.append(fmt(ev))
         self.stream.write("\n".join(lines) + "\n")
         return len(lines)

@@ -13,10 +13,11 @@ sent over TCP (framing documented in docs/pcapng.md):
   them to the socket path and ``comm[pid]``;
 * each packet carries a comment with pid, tid, uid, comm, inodes and path.
 
-The hot path builds each packet's whole Enhanced Packet Block in C
-(:func:`usniff._fastpath.tcp` / :func:`~usniff._fastpath.udp`: headers, both
-checksums, payload, options) into one buffer per batch and writes it with
-writev(2), large payloads by reference; no scapy.
+The packets are encoded in C (:mod:`usniff.outputs._epb`): each whole
+Enhanced Packet Block (headers, both checksums, payload, options) goes into
+one buffer per batch (:class:`~usniff.outputs._epb.Sink`), written with
+writev(2), large payloads by reference; no scapy.  This module decides what
+the packets are (flows, handshakes, comments, gaps, closes, datagrams).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
 from usniff import __version__, events
-from usniff._fastpath import Direction, Packed, tcp, udp, write_batch
+from usniff._events import Packed
 from usniff.decoders import registry
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, CaptureStats, Record
 from usniff.formats.pcapng import (
@@ -68,12 +69,12 @@ from usniff.formats.pcapng import (
     SHB_USERAPPL,
     TCP_ACK,
     TCP_FIN,
-    TCP_PSH,
     TCP_SYN,
     block,
     option,
     record_comment,
 )
+from usniff.outputs._epb import MAX_SEGMENT, Direction, Sink, segments, tcp, udp, write_batch
 from usniff.outputs.base import OutputError
 
 EPHEMERAL_FIRST = 49152
@@ -81,7 +82,6 @@ EPHEMERAL_COUNT = 65536 - EPHEMERAL_FIRST
 SERVER_NET = 0x0A000000  # 10.0.0.0/9: one address per server path
 CLIENT_NET = 0x0A800000  # 10.128.0.0/9: one address per client process
 NET_SIZE = 1 << 23
-MAX_SEGMENT = 65535 - 20 - 20  # TCP payload that fits one IPv4 packet
 MAX_DATAGRAM = 65535 - 20 - 8  # UDP payload that fits one IPv4 packet
 FLUSH_BYTES = 1 << 20  # write out as soon as this much is buffered, also within a batch
 IOV_MAX = 1024  # buffers per writev(2)
@@ -118,11 +118,13 @@ def server_port(client: bytes, server: bytes) -> int:
 class _Dir(Direction):
     """One direction of one flow: the bytes one socket sends.
 
-    Its numbers (seq0, next_off, fin, proto, l4_sum, ip_sum, addrs) are C
-    fields of :class:`usniff._fastpath.Direction`, which the C framing reads
-    and advances directly; it reads peer, note and the comment from these slots."""
+    Its numbers (seq0, next_off, fin, proto, l4_sum, ip_sum, addrs) and
+    comment state (peer, note, comment_key, comment_opts) are C fields of
+    :class:`usniff.outputs._epb.Direction`, which the C framing reads and
+    advances directly."""
 
-    __slots__ = ("comment_key", "comment_opts", "epb_flags", "key", "note", "peer", "pending")
+    __slots__ = ("epb_flags", "key", "pending")
+    peer: _Dir
 
     def __init__(self, src: int, dst: int, sport: int, dport: int, proto: int, epb: int) -> None:
         self.addrs = struct.pack("!IIHH", src, dst, sport, dport)
@@ -137,9 +139,9 @@ class _Dir(Direction):
         self.fin = 0
         self.note = ""  # extra comment for this direction's next packet
         self.pending: list[Record] = []  # records of a datagram not yet complete
-        self.comment_key: tuple[int, int, int, str, int, str] | None = None
+        self.comment_key = None
         self.comment_opts = b""
-        self.peer: _Dir = self
+        self.peer = self
         self.key: object = None  # its key in Framer._dirs
 
 
@@ -174,7 +176,7 @@ class Framer:
 
     # -- file preamble ---------------------------------------------------
 
-    def preamble(self, buf: _Sink, ts: float) -> None:
+    def preamble(self, buf: Sink, ts: float) -> None:
         """Everything a new file starts with: SHB, IDB, all names, and a
         handshake for every flow still open (sequence numbers continue)."""
         uname = os.uname()
@@ -203,7 +205,7 @@ class Framer:
                     self._tcp(buf, d, ts, TCP_FIN | TCP_ACK, d.next_off, b"", 0, d.epb_flags)
 
     def statistics(
-        self, buf: _Sink, stats: CaptureStats, start: float, end: float, delivered: int
+        self, buf: Sink, stats: CaptureStats, start: float, end: float, delivered: int
     ) -> None:
         """The Interface Statistics Block; ``delivered``: packets that reached
         the files (isb_usrdeliv), fewer than produced when the disk filled up."""
@@ -228,7 +230,18 @@ class Framer:
 
     # -- records ---------------------------------------------------------
 
-    def add(self, buf: _Sink, rec: Record) -> None:
+    def frame(
+        self, buf: Sink, batch: Sequence[Record | Packed], start: int, room: float, deadline: float
+    ) -> int:
+        """Append the packets of batch[start:] (:func:`usniff.outputs._epb.write_batch`:
+        the common record in C, the others with :meth:`add`) up to the first
+        record that needs a rotation (``buf.size() > room`` or ``ts >=
+        deadline``); returns its index (``len(batch)``: all framed)."""
+        i, packets = write_batch(self._dirs, self.add, buf, batch, start, room, deadline)
+        self.packets += packets
+        return i
+
+    def add(self, buf: Sink, rec: Record) -> None:
         """Append the packets for one record."""
         d = self._dirs.get(rec.sock_id if rec.peer_id else (rec.sock_id, rec.path))
         kind = rec.kind
@@ -250,7 +263,7 @@ class Framer:
         """Flow directions still remembered (sockets not closed)."""
         return len(self._dirs)
 
-    def finish(self, buf: _Sink) -> None:
+    def finish(self, buf: Sink) -> None:
         """Write out datagrams still waiting for their last record."""
         for d in self._dirs.values():
             if d.pending:
@@ -267,28 +280,17 @@ class Framer:
         d.note = ""
         return option(OPT_COMMENT, f"usniff: {note}; {record_comment(rec)}".encode()) + d.epb_flags
 
-    def _segments(self, buf: _Sink, d: _Dir, rec: Record) -> None:
-        off, length, data = rec.offset, rec.length, rec.data
+    def _segments(self, buf: Sink, d: _Dir, rec: Record) -> None:
+        off = rec.offset
         if off > d.next_off:
             d.note = f"{off - d.next_off} bytes missing before this packet (not captured)"
         opts = self._comment_opts(d, rec)
-        end = off + length
-        push = TCP_PSH if rec.flags & FLAG_MSG_END else 0
-        # PcapngOutput.write frames the common case (one segment, no gap or
-        # note, same comment, no rotation due) in C (_fastpath.write_batch)
-        if length <= MAX_SEGMENT:
-            self._tcp(buf, d, rec.ts, TCP_ACK | push, off, data, length, opts)
-        else:
-            view = memoryview(data)
-            for pos in range(off, end, MAX_SEGMENT):
-                seg_end = min(pos + MAX_SEGMENT, end)
-                flags = TCP_ACK | (push if seg_end == end else 0)
-                chunk = view[pos - off : seg_end - off]
-                self._tcp(buf, d, rec.ts, flags, pos, chunk, seg_end - pos, opts)
-        if end > d.next_off:
-            d.next_off = end
+        # write_batch frames the common case (no gap or note, same comment) in C
+        # without this call; both cut the record into packets in _epb.segments
+        push = bool(rec.flags & FLAG_MSG_END)
+        self.packets += segments(buf, d, rec.ts, push, off, rec.data, rec.length, opts)
 
-    def _lost(self, buf: _Sink, d: _Dir, rec: Record) -> None:
+    def _lost(self, buf: Sink, d: _Dir, rec: Record) -> None:
         """A sequence gap, announced by a zero-payload packet after the gap."""
         end = rec.offset + rec.lost
         if end > d.next_off:
@@ -298,7 +300,7 @@ class Framer:
             self._tcp(buf, d, rec.ts, TCP_ACK, end, b"", 0, self._comment_opts(d, rec))
         # for datagrams the note goes onto the next datagram
 
-    def _close(self, buf: _Sink, d: _Dir, rec: Record) -> None:
+    def _close(self, buf: Sink, d: _Dir, rec: Record) -> None:
         """The socket is gone: its FIN; the flow is forgotten once its other end
         closed too or never sent (a closed socket's peer cannot send any more)."""
         for key in self._datagram_keys.pop(rec.sock_id, [d.key]):
@@ -320,7 +322,7 @@ class Framer:
             # frees them now (the capture raises the cyclic GC's thresholds)
             del d.peer, peer.peer
 
-    def _datagram(self, buf: _Sink, d: _Dir, rec: Record) -> None:
+    def _datagram(self, buf: Sink, d: _Dir, rec: Record) -> None:
         flags = rec.flags
         if d.pending and flags & FLAG_MSG_START:
             self._emit_datagram(buf, d)  # the previous datagram's end was not seen
@@ -328,7 +330,7 @@ class Framer:
         if flags & FLAG_MSG_END:
             self._emit_datagram(buf, d)
 
-    def _emit_datagram(self, buf: _Sink, d: _Dir) -> None:
+    def _emit_datagram(self, buf: Sink, d: _Dir) -> None:
         recs, d.pending = d.pending, []
         first = recs[0]
         data = b"".join(r.data for r in recs)
@@ -363,7 +365,7 @@ class Framer:
             self._addr_of[key] = addr
         return addr
 
-    def _new_flow(self, buf: _Sink, rec: Record) -> _Dir:
+    def _new_flow(self, buf: Sink, rec: Record) -> _Dir:
         connected = rec.peer_id != 0
         if not connected:
             from_server = events.sender_is_server(rec) is True
@@ -430,7 +432,7 @@ class Framer:
             )
         return server if from_server else client
 
-    def _handshake(self, buf: _Sink, client: _Dir, ts: float, comment: str) -> None:
+    def _handshake(self, buf: Sink, client: _Dir, ts: float, comment: str) -> None:
         """SYN, SYN-ACK, ACK with ISNs chosen so that the next bytes continue the flow."""
         server = client.peer
         c_off, s_off = client.next_off, server.next_off
@@ -445,7 +447,7 @@ class Framer:
 
     def _tcp(
         self,
-        buf: _Sink,
+        buf: Sink,
         d: _Dir,
         ts: float,
         flags: int,
@@ -456,40 +458,10 @@ class Framer:
         tcp_opts: bytes = b"",
     ) -> None:
         """One TCP segment of ``length`` stream bytes (``payload`` may be shorter:
-        snap length) from direction ``d`` starting at stream offset ``off``.
-
-        The block is built in C (:func:`usniff._fastpath.tcp`): 0.3 us for a
-        31-byte segment instead of 2.5 us in Python (struct, big-integer and
-        numpy checksums); see the top of ``_fastpath.c`` for the collector's
-        figures."""
+        snap length) from direction ``d`` starting at stream offset ``off``
+        (a handshake's, a FIN's, a gap's: data goes through ``segments``)."""
         tcp(buf, d, ts, flags, off, payload, length, opts, tcp_opts)
         self.packets += 1
-
-
-class _Sink(bytearray):
-    """The output buffer of one batch.  Headers and small payloads are appended
-    in place; a large payload (``_fastpath.SPLICE_MIN`` bytes or more) is kept
-    by reference (:meth:`splice`, called from the C block writer) and handed
-    to writev(2) with the rest, so only the kernel copies its bytes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.parts: list[bytes | memoryview] = []
-        self.parts_size = 0
-
-    def splice(self, payload: bytes | memoryview) -> None:
-        if self:
-            self.parts.append(bytes(self))
-            self.parts_size += len(self)
-            self.clear()
-        self.parts.append(payload)
-        self.parts_size += len(payload)
-
-    def size(self) -> int:
-        return self.parts_size + len(self)
-
-    def pieces(self) -> list[bytes | memoryview]:
-        return [*self.parts, memoryview(self)] if self else list(self.parts)
 
 
 # ---------------------------------------------------------------- files
@@ -699,7 +671,7 @@ class PcapngOutput:
         self._rotate_seconds = rotate_seconds or 0.0
         self._count = rotate_count or 0
         self._framer = Framer(snaplen)
-        self._buf = _Sink()
+        self._buf = Sink()
         self._kept: deque[str] = deque()
         self._discarder = _Discarder()
         self._index = 0
@@ -724,11 +696,11 @@ class PcapngOutput:
 
     def write(self, batch: Sequence[Record | Packed], limit: int = 0) -> int:
         """Frame a batch (its first ``limit`` records when ``limit`` > 0; returns
-        how many) in :func:`usniff._fastpath.write_batch`: the common
-        record (one TCP segment on a known flow, no gap, no note pending, same
-        comment as before) with no Python call, the others through
-        :meth:`Framer.add`; it returns here when a file must rotate (or for
-        an item that is not a Record).  The loop is in C because a Python call
+        how many) with :meth:`Framer.frame`: the common record (one TCP
+        segment on a known flow, no gap, no note pending, same comment as
+        before) with no Python call, the others through :meth:`Framer.add`;
+        it returns here when a file must rotate (or for an item that is not a
+        Record).  The loop is in C because a Python call
         per record was the writer's limit for small records.
         The buffer is written out whenever it passes FLUSH_BYTES, also
         within a batch (a 0.1 s batch of small records frames to 2-7 MB):
@@ -743,7 +715,7 @@ class PcapngOutput:
             self._check()
             while True:
                 room = min(size_limit - self._size, FLUSH_BYTES)
-                i = write_batch(framer, self._buf, batch, i, room, self._deadline)
+                i = framer.frame(self._buf, batch, i, room, self._deadline)
                 if i >= n:
                     break
                 rec = batch[i]
@@ -790,14 +762,14 @@ class PcapngOutput:
         (datagrams still waiting for their end too), then try to end the file
         with the statistics block saying so; it usually fits in the space the
         cut-off partial block left (tmpfs and ext4 allocate whole pages)."""
-        pending = _Sink()
+        pending = Sink()
         self._framer.finish(pending)
         self._unwritten += _payloads(b"".join(pending.pieces()))[1]
         stats.unwritten_bytes += self._unwritten
         stats.lost_bytes += self._unwritten
         if self._fd < 0 or self._pattern == "-":
             return
-        isb = _Sink()
+        isb = Sink()
         self._framer.statistics(isb, stats, self._start, self._clock(), self._durable)
         try:
             if os.write(self._fd, isb) == len(isb):
@@ -903,7 +875,7 @@ class PcapngOutput:
             for piece in (*pieces, *whole):
                 if isinstance(piece, memoryview):
                     piece.release()
-            self._buf = _Sink()
+            self._buf = Sink()
         self._size += written
         self._durable = self._framer.packets
 

@@ -3,9 +3,7 @@ percentiles of decoded transactions, rendered with rich."""
 
 from __future__ import annotations
 
-import bisect
 import heapq
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from rich.console import Group
@@ -14,24 +12,35 @@ from rich.text import Text
 
 from ..decoders.base import Transaction
 from ..printable import printable
+from .histogram import Histogram
 
 TITLE = "usniff: per command; latency = server time, request's last byte to reply's first byte"
 
 
+PERCENTILES = (50, 95, 99, 100)
+
+
 @dataclass(slots=True)
-class _Row:
+class Tally:
+    """Counts of one operation's transactions (the --stats table, --metrics)."""
+
     count: int = 0
     errors: int = 0
     unanswered: int = 0
-    latencies: list[float] = field(default_factory=list)  # sorted
     bytes_in: int = 0
     bytes_out: int = 0
 
+    def add(self, tx: Transaction) -> None:
+        self.count += 1
+        self.errors += tx.error
+        self.unanswered += tx.unanswered
+        self.bytes_in += tx.bytes_in
+        self.bytes_out += tx.bytes_out
 
-def percentile(values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile of sorted, non-empty ``values``."""
-    rank = max(1, -(-len(values) * p // 100))
-    return values[int(rank) - 1]
+
+@dataclass(slots=True)
+class _Row(Tally):
+    latencies: Histogram = field(default_factory=Histogram)  # of the answered requests
 
 
 def _cell(text: str) -> Text:
@@ -43,8 +52,6 @@ class Stats:
     """Per (protocol, command / query shape) counts, errors, unanswered requests,
     latency percentiles of the answered ones, bytes."""
 
-    MAX_SAMPLES = 100_000  # latencies kept per row (beyond: every other sample dropped)
-
     def __init__(self, top: int = 10) -> None:
         self.rows: dict[tuple[str, str], _Row] = {}
         self.top = top
@@ -53,23 +60,17 @@ class Stats:
 
     def add(self, tx: Transaction) -> None:
         row = self.rows.setdefault((tx.protocol, tx.command), _Row())
-        row.count += 1
-        row.errors += tx.error
-        row.unanswered += tx.unanswered
-        row.bytes_in += tx.bytes_in
-        row.bytes_out += tx.bytes_out
+        row.add(tx)
         latency = tx.latency
         if latency is None:
             return
-        bisect.insort(row.latencies, latency)
-        if len(row.latencies) > self.MAX_SAMPLES:
-            del row.latencies[::2]
-        self._seq += 1
-        item = (latency, self._seq, f"{tx.client_comm} {tx.request}")
+        row.latencies.add(latency)
         if len(self.slowest) < self.top:
-            heapq.heappush(self.slowest, item)
+            self._seq += 1
+            heapq.heappush(self.slowest, (latency, self._seq, f"{tx.client_comm} {tx.request}"))
         elif latency > self.slowest[0][0]:
-            heapq.heapreplace(self.slowest, item)
+            self._seq += 1
+            heapq.heapreplace(self.slowest, (latency, self._seq, f"{tx.client_comm} {tx.request}"))
 
     def render(self) -> Group:
         table = Table(title=TITLE, expand=False)
@@ -79,7 +80,7 @@ class Stats:
         ordered = sorted(self.rows.items(), key=lambda kv: -kv[1].count)
         for (protocol, command), row in ordered:
             lat = row.latencies
-            ms = [f"{percentile(lat, p) * 1000:.3f}" if lat else "-" for p in (50, 95, 99, 100)]
+            ms = [f"{lat.percentile(p) * 1000:.3f}" if lat.total else "-" for p in PERCENTILES]
             counts = (row.count, row.errors, row.unanswered)
             table.add_row(_cell(protocol), _cell(command), *map(str, counts), *ms,
                           str(row.bytes_in), str(row.bytes_out))  # fmt: skip
