@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.support.pcap_helpers import REDIS_EXCHANGE, TSHARK, Conn
+from tests.support.pcap_helpers import REDIS_EXCHANGE, Conn
+from tests.support.tshark import TSHARK
 from usniff.cli.main import main
 from usniff.events import CaptureStats
 from usniff.formats.pcapng import parse_comment

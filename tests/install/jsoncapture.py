@@ -7,8 +7,8 @@ import json
 import re
 from typing import Any
 
-from live import Workload
-from live_helpers import Usniff
+from tests.support.live import Workload
+from tests.support.usniff import Usniff
 
 
 def capture_sends(work: Workload, command: list[str]) -> tuple[dict[str, Any], bytes, set[int]]:

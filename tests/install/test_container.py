@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 from jsoncapture import capture_sends
-from live import Workload
 from rootfs import tarball
 from wheelbuild import make
+
+from tests.support.live import Workload
 
 pytestmark = pytest.mark.root
 BASE = "localhost/usniff-test-base:bookworm"

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 from jsoncapture import capture_sends
-from live import UXWORK, Workload
 from rootfs import Chroot
 from wheelbuild import clone_and_build, manylinux_wheel
+
+from tests.support.live import UXWORK, Workload
 
 VENV = "/opt/usniff"  # where the tests install usniff inside a root file system
 pytestmark = pytest.mark.root

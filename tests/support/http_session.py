@@ -11,7 +11,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from .live_helpers import wait_until
+from .usniff import wait_until
 
 API = "http://d/v1.41"
 MISSING_ID = "0123456789abcdef0123"  # a container id no podman has: 404
