@@ -25,6 +25,7 @@ from typing import IO, Any
 
 import pymysql
 from mysql_stmt import COM_QUERY, COM_STMT_CLOSE, stmt_execute, stmt_prepare
+from servers import connect
 
 USNIFF = str(Path(sys.executable).with_name("usniff"))
 READY = "usniff: capturing with the"
@@ -524,9 +525,7 @@ def memcached_session(sock: str) -> tuple[bytes, bytes]:
     """MEMCACHED_STEPS on one connection, each step in one write and read until its
     reply ends (pipelined where a step holds several requests); returns (sent, received)."""
     sent = received = b""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.connect(sock)
-        s.settimeout(10)
+    with connect(sock, timeout=10) as s:
         for requests, end in MEMCACHED_STEPS:
             payload = b"".join(requests)
             s.sendall(payload)
