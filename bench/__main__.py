@@ -104,7 +104,7 @@ def main() -> None:
     if a.what == "servers":
         res = servers.run(a.rounds, seconds, log)
         results["servers"] = res
-        out += ["", "6. usniff --stats on real servers, alternating with untraced runs",
+        out += ["", "7. usniff --stats on real servers, alternating with untraced runs",
                 servers.report(res)]  # fmt: skip
     if a.what in ("all", "kernel"):
         k = capacity.kernel_cost(seconds, a.rounds, log)
