@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from http_session import PINGS, SECRETS
-from live_helpers import MEMCACHED_EXPECTED
+from live_helpers import MEMCACHED_EXPECTED, follow_all
 from pcap_helpers import TSHARK, tshark
 from pg_session import PIPELINE_INSERTS, PREPARED_RUNS
 from php_session import CONCURRENT, COOKIE, PASSWORD, TOKEN
@@ -147,27 +147,14 @@ def test_redact_hides_every_secret(name: str) -> None:
 # --------------------------------------------------------------------------- reassembly
 
 
-def follow_all(path: Path) -> list[tuple[bytes, bytes]]:
+def followed(path: Path) -> list[tuple[bytes, bytes]]:
     """Every TCP stream's bytes as Wireshark's "Follow TCP stream" has them:
-    (client -> server, server -> client), sorted."""
-    streams = max(map(int, tshark("-r", str(path), "-T", "fields", "-e", "tcp.stream").split()))
-    streams += 1
-    follows = [a for i in range(streams) for a in ("-z", f"follow,tcp,raw,{i}")]
-    out = tshark("-r", str(path), "-q", *follows)
-    found = []
-    for section in out.split("Follow: tcp,raw")[1:]:
-        body = section.split("Node 1:", 1)[1].split("\n", 1)[1]
-        sent = [b"", b""]  # node 0 sent the first packet: the client's SYN
-        for line in body.splitlines():
-            if line.startswith("====="):
-                break
-            sent[1 if line.startswith("\t") else 0] += bytes.fromhex(line.strip())
-        found.append((sent[0], sent[1]))
-    return sorted(found)
+    (client -> server, server -> client), sorted (node 0 sent the SYN)."""
+    return sorted((a, b) for _, _, a, b in follow_all(tshark, str(path)).values())
 
 
 def by_connection(path: Path) -> list[tuple[bytes, bytes]]:
-    """usniff's reassembly of every flow, as follow_all has Wireshark's; no loss."""
+    """usniff's reassembly of every flow, as followed() has Wireshark's; no loss."""
     records = list(read_records(str(path)))
     assert not [r for r in records if r.kind == "lost"]
     flows: dict[int, list[bytes]] = {}
@@ -180,7 +167,7 @@ def by_connection(path: Path) -> list[tuple[bytes, bytes]]:
 @pytest.mark.skipif(TSHARK is None, reason="setup.sh installs tshark")
 @pytest.mark.parametrize("name", NAMES)
 def test_reassembly_equals_wiresharks(name: str) -> None:
-    assert by_connection(tcp(name)) == follow_all(tcp(name))
+    assert by_connection(tcp(name)) == followed(tcp(name))
 
 
 def packets(path: Path) -> tuple[bytes, list[Packet]]:
@@ -280,4 +267,4 @@ def test_bsd_loopback_link_type(tmp_path: Path) -> None:
     write(f, header, null)
     assert summary(f) == summary(tcp("memcached"))
     if TSHARK:
-        assert follow_all(f) == follow_all(tcp("memcached"))
+        assert followed(f) == followed(tcp("memcached"))
