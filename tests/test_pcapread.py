@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from pcap_helpers import MYSQL_EXCHANGE, REDIS_EXCHANGE, TSHARK, Conn, follow_raw
+from servers import free_port
 
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, CaptureStats, Record
 from usniff.outputs.pcapng import PcapngOutput
@@ -70,13 +71,6 @@ def test_not_a_capture_file(tmp_path: Path) -> None:
     f.write_bytes(b"hello world")
     with pytest.raises(PcapReadError):
         list(read_records(str(f)))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_for_port(port: int, deadline: float) -> None:
