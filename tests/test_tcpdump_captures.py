@@ -268,3 +268,14 @@ def test_bsd_loopback_link_type(tmp_path: Path) -> None:
     assert summary(f) == summary(tcp("memcached"))
     if TSHARK:
         assert followed(f) == followed(tcp("memcached"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_connections_seen_without_their_handshake(name: str, tmp_path: Path) -> None:
+    """tcpdump started after the clients connected (kept-alive connections): no SYN
+    in the file, the server on a port no protocol is known by.  The first payload
+    says which side is the client; the file decodes as with the handshakes."""
+    header, pkts = packets(tcp(name))
+    f = tmp_path / "late.pcap"
+    write(f, header, [p for p in pkts if not (seg := _segment(p)) or not seg.flags & 0x02])
+    assert summary(f) == summary(tcp(name))

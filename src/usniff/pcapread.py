@@ -6,8 +6,9 @@
 * ordinary TCP captures (tcpdump/tshark/dumpcap of Redis on 6379, MySQL on
   3306, ...): each TCP flow is reassembled here into per-direction records
   with stream offsets.  The server side is the one that answered the SYN, or,
-  without a SYN in the file, the side on a well-known port (else the lower
-  port).  Such records get synthetic inodes (1, 2, 3, ... per direction) and
+  without a SYN in the file, the side on a well-known port, else the receiver
+  of the flow's first payload if it begins a request of a registered protocol
+  (the sender if it begins a server's greeting), else the lower port.  Such records get synthetic inodes (1, 2, 3, ... per direction) and
   ``path = "ADDR:PORT"`` of the server; pid/comm are unknown (0/"").
 
 Either way a record's ``sock_id`` is its flow endpoint's (1, 2, 3, ...): one
@@ -48,6 +49,7 @@ from usniff.outputs.pcapng import (
     parse_comment,
 )
 
+from .decoders.detect import ENOUGH
 from .decoders.registry import DECODE_AS, PROTOCOLS
 
 WELL_KNOWN_PORTS = frozenset(p.port for p in PROTOCOLS) | {OTHER_PORT}
@@ -460,6 +462,7 @@ class _Side:
 class _Flow:
     server: tuple[bytes, int]
     sides: dict[tuple[bytes, int], _Side] = field(default_factory=dict)
+    guessed: bool = False  # server by the lower port: the first payload may say otherwise
 
 
 def _endpoint_text(addr: bytes, port: int) -> str:
@@ -485,6 +488,8 @@ class _Reassembler:
                 server = b if seg.dport in WELL_KNOWN_PORTS else a
             else:
                 server = b if seg.dport < seg.sport else a
+                flow = self._flows[key] = _Flow(server, guessed=True)
+                return flow
             flow = self._flows[key] = _Flow(server)
         return flow
 
@@ -498,6 +503,11 @@ class _Reassembler:
     def records(self, pkt: Packet, seg: _Segment) -> Iterator[Record]:
         flow = self._flow(seg)
         src, dst = (seg.src, seg.sport), (seg.dst, seg.dport)
+        if flow.guessed and (seg.payload or seg.flags & (TCP_FIN | TCP_RST)):
+            flow.guessed = False  # decided before the flow's first record
+            role = _role(seg.payload[:ENOUGH])
+            if role is not None:
+                flow.server = dst if role == "client" else src
         side, peer = self._side(flow, src), self._side(flow, dst)
         if seg.flags & TCP_SYN:
             side.base = (seg.seq + 1) & MASK32
@@ -601,6 +611,17 @@ class _Reassembler:
             if len(self._fields) < 100_000:
                 self._fields[comment] = info
         return info
+
+
+def _role(payload: bytes) -> str | None:
+    """Whose bytes begin a flow seen without its handshake, on ports that do not
+    say (a server on a high port): "client" when they start a request of a
+    registered protocol, "server" when they start a server's greeting, else None."""
+    if any(p.client_first is not None and p.client_first(payload) for p in PROTOCOLS):
+        return "client"
+    if any(p.server_first is not None and p.server_first(payload) for p in PROTOCOLS):
+        return "server"
+    return None
 
 
 def _fill(holes: list[_Hole], start: int, end: int) -> list[tuple[int, int]]:
