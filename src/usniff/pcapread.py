@@ -3,12 +3,13 @@
 * usniff's own files: the per-packet comments carry pid, tid, uid, comm,
   socket inodes and path, so the records come back as they were captured
   (Name Resolution Blocks name the server when a comment is missing).
-* ordinary TCP captures (tcpdump/tshark/dumpcap of Redis on 6379, MySQL on
-  3306, ...): each TCP flow is reassembled here into per-direction records
-  with stream offsets.  The server side is the one that answered the SYN, or,
-  without a SYN in the file, the side on a well-known port, else the receiver
-  of the flow's first payload if it begins a request of a registered protocol
-  (the sender if it begins a server's greeting), else the lower port.  Such records get synthetic inodes (1, 2, 3, ... per direction) and
+* ordinary TCP captures (tcpdump/tshark/dumpcap of Redis on 6379, PostgreSQL
+  on any port, ...): each TCP flow is reassembled here into per-direction
+  records with stream offsets.  The server side is the one that answered the
+  SYN, or, without a SYN in the file, the side on a well-known port, else the
+  receiver of the flow's first payload if it begins a request of a registered
+  protocol (the sender if it begins a server's greeting), else the lower port.
+  Such records get synthetic inodes (1, 2, 3, ... per direction) and
   ``path = "ADDR:PORT"`` of the server; pid/comm are unknown (0/"").
 
 Either way a record's ``sock_id`` is its flow endpoint's (1, 2, 3, ...): one
