@@ -504,7 +504,7 @@ class _Reassembler:
     def records(self, pkt: Packet, seg: _Segment) -> Iterator[Record]:
         flow = self._flow(seg)
         src, dst = (seg.src, seg.sport), (seg.dst, seg.dport)
-        if flow.guessed and (seg.payload or seg.flags & (TCP_FIN | TCP_RST)):
+        if flow.guessed and seg.proto == 6 and (seg.payload or seg.flags & (TCP_FIN | TCP_RST)):
             flow.guessed = False  # decided before the flow's first record
             role = _role(seg.payload[:ENOUGH])
             if role is not None:
@@ -559,16 +559,16 @@ class _Reassembler:
             if info:  # usniff's own file, written in order: its holes are losses it counted
                 yield from self._give_up(side)
         end = off + seg.length
-        if end > off:
+        pieces = _fill(side.holes, off, min(end, side.next))  # the bytes not seen before
+        if end > side.next:
+            pieces.append((max(off, side.next), end))
+            side.next = end
+        if pieces:
             flags = FLAG_MSG_START if side.msg_start else 0
             if seg.flags & TCP_PSH:
                 flags |= FLAG_MSG_END
             side.msg_start = bool(seg.flags & TCP_PSH)
-            pieces = _fill(side.holes, off, min(end, side.next))
-            if end > side.next:
-                pieces.append((max(off, side.next), end))
-                side.next = end
-            for start, stop in pieces:  # the bytes not seen before
+            for start, stop in pieces:
                 data = seg.payload[start - off : stop - off]
                 cut = FLAG_TRUNCATED if len(data) < stop - start else 0
                 yield replace(template, offset=start, length=stop - start, data=data,
