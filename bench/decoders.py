@@ -23,12 +23,11 @@ from pathlib import Path
 import hiredis
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 
-from recorder import load_records  # noqa: E402
-
-from usniff.decode import Decoding  # noqa: E402
+from tests.support.recorder import load_records  # noqa: E402
+from usniff.cli.read import read_records  # noqa: E402
 from usniff.decoders.base import Decoder, Transaction  # noqa: E402
+from usniff.decoders.engine import Decoding  # noqa: E402
 from usniff.decoders.fastcgi import FastcgiDecoder  # noqa: E402
 from usniff.decoders.http import HttpDecoder  # noqa: E402
 from usniff.decoders.memcached import MemcachedDecoder  # noqa: E402
@@ -36,7 +35,6 @@ from usniff.decoders.mysql import MysqlDecoder  # noqa: E402
 from usniff.decoders.postgres import PostgresDecoder  # noqa: E402
 from usniff.decoders.resp import Parser, RespDecoder  # noqa: E402
 from usniff.events import Record  # noqa: E402
-from usniff.pcapread import read_records  # noqa: E402
 from usniff.streams import Direction, conn_key  # noqa: E402
 
 

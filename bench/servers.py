@@ -27,7 +27,6 @@ import http.client
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -36,12 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .common import ROOT, Usniff, median, table
-from .overhead import CLIENT_CPU
-
-sys.path.insert(0, str(ROOT / "tests"))
-
-from servers import (  # noqa: E402  (tests/servers.py: the servers of the tests)
+from tests.support.servers import (
     connect,
     nginx_socket,
     start_memcached,
@@ -49,6 +43,9 @@ from servers import (  # noqa: E402  (tests/servers.py: the servers of the tests
     start_podman,
     start_postgres,
 )
+
+from .common import Usniff, median, table
+from .overhead import CLIENT_CPU
 
 CONFIGS = ("untraced", "usniff --stats")
 

@@ -1,6 +1,6 @@
 """Record captures/tcp_{postgres,http,memcached,fastcgi}.pcap with tcpdump (needs root).
 
-    sudo .venv/bin/python captures/record_tcpdump.py [postgres|http|memcached|fastcgi ...]
+    sudo .venv/bin/python -m captures.record_tcpdump [postgres|http|memcached|fastcgi ...]
 
 The same scripted sessions as captures/record_live.py, against the same real servers
 listening on TCP on loopback instead of a Unix socket, captured by tcpdump (not by
@@ -24,14 +24,13 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
 
-from http_session import http_session  # noqa: E402
-from live_helpers import memcached_session  # noqa: E402
-from pg_session import postgres_session  # noqa: E402
-from php_session import php_session  # noqa: E402
-from record_live import problems  # noqa: E402
-from servers import (  # noqa: E402
+from captures.record_live import problems  # noqa: E402
+from tests.support.http_session import http_session  # noqa: E402
+from tests.support.live_helpers import memcached_session  # noqa: E402
+from tests.support.pg_session import postgres_session  # noqa: E402
+from tests.support.php_session import php_session  # noqa: E402
+from tests.support.servers import (  # noqa: E402
     free_port,
     start_memcached,
     start_php_app,

@@ -5,17 +5,22 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import random
 import re
+from datetime import datetime
 
 import pytest
 from click.testing import CliRunner
-from conftest import capture
 
-from usniff.cli import main
-from usniff.decode import DecodedOutput, Decoding, Stats, percentile
+from tests.support.captures import capture
+from usniff.cli.main import main
 from usniff.decoders.base import Transaction
+from usniff.decoders.engine import Decoding
 from usniff.decoders.registry import detect
 from usniff.events import CaptureStats, Record
+from usniff.outputs.base import clock_text
+from usniff.outputs.decoded import DecodedOutput
+from usniff.outputs.stats import Stats
 
 
 def run(name: str, **kw: object) -> tuple[str, str]:
@@ -81,7 +86,8 @@ def test_stats_aggregates() -> None:
         stats.add(tx)
     row = stats.rows[("resp", "GET")]
     assert (row.count, row.errors, row.bytes_in, row.bytes_out) == (4, 1, 40, 20)
-    assert percentile(row.latencies, 50) == 0.002 and percentile(row.latencies, 99) == 0.010
+    assert row.latencies.percentile(50) == pytest.approx(0.002, rel=5e-4)
+    assert row.latencies.percentile(99) == 0.010  # the maximum: exact
     assert [t for _, _, t in sorted(stats.slowest)] == [" GET k2", " GET k3"]
 
 
@@ -175,3 +181,13 @@ def test_stats_table_keeps_unanswered_out_of_percentiles_and_markup_out_of_rich(
             for line in err.getvalue().splitlines()) if len(c) == 11}  # fmt: skip
     assert rows["[red]GET"][2:9] == ["3", "0", "2", "4.000", "4.000", "4.000", "4.000"], rows
     assert rows["CONFIG GET"][2:9] == ["1", "0", "1", "-", "-", "-", "-"], rows
+
+
+def test_clock_text_matches_datetime_around_second_boundaries() -> None:
+    """clock_text formats one strftime per second; the microseconds must round as
+    datetime does, also where they round up into the next second."""
+    rng = random.Random(7)
+    edges = (0.0, 5e-7, 1.5e-6, 2.5e-6, 0.4999995, 0.9999994999, 0.9999995, 0.9999996)
+    for i in range(50_000):
+        ts = 1.7e9 + rng.randint(0, 3) + (edges[i % len(edges)] if i % 2 else rng.random())
+        assert clock_text(ts) == datetime.fromtimestamp(ts).strftime("%H:%M:%S.%f"), ts

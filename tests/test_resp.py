@@ -7,13 +7,13 @@ from collections import Counter
 
 import hiredis
 import pytest
-from conftest import capture
 from hypothesis import given
 from hypothesis import strategies as st
 
-from usniff.decode import decode_records
+from tests.support.captures import capture
 from usniff.decoders.base import Notice, Transaction
-from usniff.decoders.resp import KEEP, Agg, Big, Parser, RespDecoder, RespError
+from usniff.decoders.engine import decode_records
+from usniff.decoders.resp import KEEP, Agg, Big, Parser, ProtocolError, RespDecoder, RespError
 from usniff.streams import Direction
 
 C, S = Direction.CLIENT, Direction.SERVER
@@ -346,3 +346,49 @@ def test_a_cut_before_sync_forgets_the_bytes_kept_of_that_send() -> None:
     d.feed(C, b"*1\r\n$4\r\nPING\r\n", 2.0)  # a new send(): not glued to the cut one
     [tx] = d.feed(S, b"+PONG\r\n", 2.5)
     assert (tx.request, tx.reply) == ("PING", "+PONG")
+
+
+def _run_parser(parser: Parser, chunks: list[bytes]) -> list[str]:
+    """What the parser returns for each chunk (or the error it raises), as text."""
+    seen = []
+    for i, chunk in enumerate(chunks):
+        try:
+            seen.append(repr(parser.feed(chunk, float(i))))
+        except ProtocolError as exc:
+            seen.append(f"error {exc}")
+            break
+    return seen
+
+
+_edge_bulk = st.sampled_from([0, 1, KEEP - 1, KEEP, KEEP + 1]).map(
+    lambda n: b"$%d\r\n%s\r\n" % (n, b"v" * n)
+)
+_commands = st.lists(st.one_of(_edge_bulk, resp_values), min_size=1, max_size=4).map(
+    lambda items: b"*%d\r\n" % len(items) + b"".join(items)
+)
+
+
+@given(
+    st.lists(st.one_of(resp_values, _commands, _edge_bulk), min_size=1, max_size=8),
+    st.lists(st.integers(0, 400), max_size=6),
+    st.lists(
+        st.tuples(st.integers(0, 60), st.sampled_from([b"", b"x", b"\r", b"\n", b"-"])), max_size=2
+    ),  # fmt: skip
+    st.booleans(),
+)
+def test_whole_message_fast_path_agrees_with_the_general_parser(
+    messages: list[bytes], cuts: list[int], edits: list[tuple[int, bytes]], inline: bool
+) -> None:
+    """Parser._whole (one call per common message) is checked against the general
+    token-by-token parser (the reference) on valid and damaged streams, cut anywhere."""
+    wire = bytearray(b"".join(messages))
+    for nth, junk in edits:  # damage a line end (the framing the fast path checks)
+        at = -1
+        for _ in range(nth % max(1, wire.count(b"\r\n")) + 1):
+            at = wire.find(b"\r\n", at + 1)
+        if at >= 0:
+            wire[at : at + 1] = junk
+    bounds = sorted({0, len(wire), *(c for c in cuts if c < len(wire))})
+    chunks = [bytes(wire[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
+    fast = _run_parser(Parser(inline=inline), chunks)
+    assert fast == _run_parser(Parser(inline=inline, fast=False), chunks)

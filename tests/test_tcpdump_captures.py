@@ -24,14 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from http_session import PINGS, SECRETS
-from live_helpers import MEMCACHED_EXPECTED, follow_all
-from pcap_helpers import TSHARK, tshark
-from pg_session import PIPELINE_INSERTS, PREPARED_RUNS
-from php_session import CONCURRENT, COOKIE, PASSWORD, TOKEN
-from servers import PG_PASSWORD
 
-from usniff.pcapread import Packet, _segment, read_records
+from tests.support.http_session import PINGS, SECRETS
+from tests.support.live_helpers import MEMCACHED_EXPECTED, follow_all
+from tests.support.pcap_helpers import TSHARK, tshark
+from tests.support.pg_session import PIPELINE_INSERTS, PREPARED_RUNS
+from tests.support.php_session import CONCURRENT, COOKIE, PASSWORD, TOKEN
+from tests.support.servers import PG_PASSWORD
+from usniff.cli.read import Packet, _segment, read_records
 
 CAPTURES = Path(__file__).resolve().parent.parent / "captures"
 USNIFF = str(Path(sys.executable).with_name("usniff"))

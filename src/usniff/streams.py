@@ -166,6 +166,9 @@ class StreamAssembler:
             else:
                 self.stats.duplicates += 1
             return events
+        if rec.offset == side.next and side.start is not None and not side.heap:
+            self._deliver(conn, direction, side, rec, events)  # in order: no reordering
+            return events
         self._seq += 1
         heapq.heappush(side.heap, (rec.offset, self._seq, rec))
         side.pending_bytes += rec.length

@@ -222,6 +222,7 @@ def clip(text: str, limit: int) -> str:
 
 
 _PRINTABLE = frozenset(range(0x21, 0x7F)) - {ord('"'), ord("\\")}
+_PRINTABLE_BYTES = bytes(sorted(_PRINTABLE))  # bytes.translate deletes them: what is left is not
 
 
 def show_bytes(value: bytes, limit: int = 64, total: int | None = None) -> str:
@@ -231,7 +232,7 @@ def show_bytes(value: bytes, limit: int = 64, total: int | None = None) -> str:
     """
     size = len(value) if total is None else total
     cut = value[:limit]
-    if cut and all(b in _PRINTABLE for b in cut) and size == len(cut):
+    if cut and size == len(cut) and not cut.translate(None, _PRINTABLE_BYTES):
         return cut.decode("ascii")
     body = "".join(
         chr(b) if b in _PRINTABLE or b == 0x20 else _ESCAPES.get(b, f"\\x{b:02x}") for b in cut

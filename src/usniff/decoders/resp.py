@@ -6,12 +6,11 @@ Parsing is incremental and hand-written rather than built on
 after loss), inline commands, attributes kept apart from the value they
 annotate, and bulk strings of any size streamed while keeping only a prefix.
 hiredis.Reader returns values only, buffers every bulk string whole and has no
-notion of inline commands.  Measured on this machine (``bench/decoders.py``,
-the replies of a redis-benchmark session): hiredis.Reader parses ~15M
-messages/s, this parser ~1.2M messages/s; the whole decoder (pairing,
-summaries, Transaction objects) runs at ~70k requests/s, so parsing is not
-where the time goes and hiredis would not change the end-to-end figure much.
-hiredis is used in the tests as an independent oracle for parsed values.
+notion of inline commands.  The common messages (a command as an array of
+bulk strings, a simple reply) are read whole in one call (``Parser._whole``);
+the general token-by-token parser reads the rest and is the reference the
+fast path is tested against.  hiredis is used in the tests as an independent
+oracle for parsed values.
 
 Pairing is FIFO: each request waits for one reply (or one confirmation per
 channel for the SUBSCRIBE family).  Not replies: RESP3 push messages
@@ -109,8 +108,9 @@ class _Blob:
 class Parser:
     """Incremental RESP parser for one direction: bytes in, complete messages out."""
 
-    def __init__(self, inline: bool) -> None:
+    def __init__(self, inline: bool, fast: bool = True) -> None:
         self.inline = inline
+        self.fast = fast  # False: every message through the general parser (the reference)
         self.buf = bytearray()
         self.pos = 0
         self.consumed = 0  # stream position of buf[0]
@@ -169,6 +169,8 @@ class Parser:
             pos = self.pos
             if pos >= len(buf):
                 return
+            if not self.stack and self.attribute is None and self._whole(buf, pos):
+                continue
             if self.inline and not self.stack and buf[pos] != 0x2A and self.attribute is None:
                 if not self._inline():
                     return
@@ -182,6 +184,59 @@ class Parser:
             line = bytes(buf[pos + 1 : nl])
             self.pos = nl + 2
             self._token(kind, line)
+
+    def _whole(self, buf: bytearray, pos: int) -> bool:
+        """The common messages (a command as an array of bulk strings; a simple
+        string, error, integer or bulk string reply) when wholly in ``buf``: one
+        call instead of one per token (the collector's hot path, docs/performance.md).
+        False, having consumed nothing, for anything else: the general parser then
+        reads it, and is the one that reports malformed input."""
+        kind = buf[pos]
+        nl = buf.find(_CRLF, pos)
+        if nl < 0 or not self.fast:
+            return False
+        try:
+            if kind == 0x2A:  # *
+                n = int(buf[pos + 1 : nl])
+                if n < 1:
+                    return False
+                items: list[object] = []
+                end = len(buf)
+                p = nl + 2
+                for _ in range(n):
+                    if p >= end or buf[p] != 0x24:
+                        return False
+                    nl = buf.find(_CRLF, p)
+                    size = int(buf[p + 1 : nl]) if nl > 0 else -1
+                    start, p = nl + 2, nl + 4 + size
+                    if size < 0 or p > end or buf[p - 2 : p] != _CRLF:
+                        return False
+                    if len(items) < MAX_ITEMS:
+                        items.append(_blob(buf, start, size))
+                value: object = Agg("*", items, n)
+            elif self.inline:
+                return False
+            elif kind == 0x24:  # $
+                size = int(buf[pos + 1 : nl])
+                start, p = nl + 2, nl + 4 + size
+                if size < 0 or p > len(buf) or buf[p - 2 : p] != _CRLF:
+                    return False
+                value = _blob(buf, start, size)
+            elif kind == 0x2B:  # +
+                value, p = buf[pos + 1 : nl].decode("utf-8", "replace"), nl + 2
+            elif kind == 0x2D:  # -
+                value, p = RespError(buf[pos + 1 : nl].decode("utf-8", "replace")), nl + 2
+            elif kind == 0x3A:  # :
+                value, p = int(buf[pos + 1 : nl]), nl + 2
+            else:
+                return False
+        except ValueError:
+            return False
+        self.pos = p
+        nbytes = self.consumed + p - self.msg_start
+        self._done.append(Message(value, nbytes, self.msg_ts, cut=self.cut))
+        self._next_message()
+        return True
 
     def _token(self, kind: int, line: bytes) -> None:
         value: object
@@ -345,6 +400,13 @@ class Parser:
         self.cut = 0
 
 
+def _blob(buf: bytearray, start: int, size: int) -> object:
+    """A bulk string's value as the general parser keeps it: whole up to KEEP bytes."""
+    if size <= KEEP:
+        return bytes(buf[start : start + size])
+    return Big(bytes(buf[start : start + KEEP]), size)
+
+
 def _int(line: bytes) -> int:
     try:
         return int(line)
@@ -379,6 +441,10 @@ def render(value: object, limit: int = SUMMARY) -> str:
 
 
 def _render(value: object, depth: int) -> str:
+    if isinstance(value, bytes):  # the commonest replies first
+        return show_bytes(value) if value else '""'
+    if isinstance(value, str):
+        return "+" + value
     if value is None:
         return "(nil)"
     if isinstance(value, bool):
@@ -389,12 +455,8 @@ def _render(value: object, depth: int) -> str:
         return f":{value}"
     if isinstance(value, float):
         return f",{value:g}"
-    if isinstance(value, str):
-        return "+" + value
     if isinstance(value, RespError):
         return "-" + value.message
-    if isinstance(value, bytes):
-        return show_bytes(value) if value else '""'
     if isinstance(value, Big):
         return show_bytes(value.prefix, total=value.size)
     assert isinstance(value, Agg)

@@ -12,9 +12,10 @@ of what the user sees: records for the byte views and pcapng, lines
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from usniff.events import CaptureStats, Record
 
@@ -22,10 +23,21 @@ from usniff.events import CaptureStats, Record
 def clock_text(ts: float) -> str:
     """HH:MM:SS.ffffff local time; a time the calendar cannot hold (a damaged
     file's year 294247) as plain epoch seconds."""
+    global _last_second
+    frac, whole = math.modf(ts)
+    micros = round(frac * 1e6)  # as datetime.fromtimestamp rounds (half to even)
+    if 0 <= micros < 1_000_000 and whole == _last_second[0]:  # one strftime per second
+        return f"{_last_second[1]}.{micros:06d}"
     try:
-        return datetime.fromtimestamp(ts).strftime("%H:%M:%S.%f")
+        text = datetime.fromtimestamp(ts).strftime("%H:%M:%S.%f")
     except (ValueError, OverflowError, OSError):
         return f"{ts:.6f}"
+    if ts >= 0 and 0 <= micros < 1_000_000:
+        _last_second = (whole, text[:-7])
+    return text
+
+
+_last_second = (-1.0, "")  # clock_text's last whole second and its HH:MM:SS
 
 
 class OutputError(Exception):
@@ -36,8 +48,14 @@ class OutputError(Exception):
     """
 
 
-class Output(Protocol):
-    def write(self, batch: Sequence[Record], limit: int = 0) -> int:
+Item = TypeVar("Item", contravariant=True)
+
+
+class Sink(Protocol[Item]):
+    """What consumes batches of ``Item``: every output takes Records
+    (:data:`Output`); the pcapng output also takes the capture's Packed records."""
+
+    def write(self, batch: Sequence[Item], limit: int = 0) -> int:
         """Emit ``batch``: at most ``limit`` items when ``limit`` > 0 (and nothing more
         until the next ``write``, ``close`` included).  Returns the items emitted."""
         ...
@@ -48,3 +66,6 @@ class Output(Protocol):
         """Finish (end of input): returns the items emitted while finishing, within
         the last ``write``'s limit (the decoded output's pending transactions)."""
         ...
+
+
+Output = Sink[Record]
