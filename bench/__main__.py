@@ -1,9 +1,11 @@
 """usniff benchmarks: ``python -m bench [WHAT] [--quick]`` (``make bench`` runs them all).
 
 WHAT: all (default) | overhead | windows | capacity | kernel | decoders | pcapng-writer |
-collector | soak (not in all: ~10 min for a million connections).
+collector | soak (not in all: ~10 min for a million connections) | servers (not in all:
+--stats on PostgreSQL, memcached, podman and php-fpm).
 Needs root (eBPF), redis-server, redis-benchmark, mariadbd, mariadb-slap,
-strace, socat, gcc, bpftool.  Every figure is a median of alternating runs,
+strace, socat, gcc, bpftool; servers: postgresql, pgbench, memcached, podman, nginx,
+php-fpm.  Every figure is a median of alternating runs,
 given as a ratio to the untraced run of the same invocation.
 """
 
@@ -17,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import capacity, overhead, soak, windows
+from . import capacity, overhead, servers, soak, windows
 from .common import machine, median
 
 WHAT = (
@@ -30,6 +32,7 @@ WHAT = (
     "pcapng-writer",
     "collector",
     "soak",
+    "servers",
 )
 
 
@@ -98,6 +101,11 @@ def main() -> None:
         results["soak"] = res
         out += ["", "5. memory over a long capture (short connections + steady load)",
                 soak.report(res)]  # fmt: skip
+    if a.what == "servers":
+        res = servers.run(a.rounds, seconds, log)
+        results["servers"] = res
+        out += ["", "7. usniff --stats on real servers, alternating with untraced runs",
+                servers.report(res)]  # fmt: skip
     if a.what in ("all", "kernel"):
         k = capacity.kernel_cost(seconds, a.rounds, log)
         results["kernel"] = k
@@ -130,6 +138,7 @@ def key_figures(r: dict[str, Any]) -> str:
     for c in r.get("capacity", []):
         parts.append(f"capacity {c['size']}B {c['rate']:,.0f}/s {c['mbps']:,.0f} MB/s "
                      f"({c['ratio']:.2f} of untraced)")  # fmt: skip
+    parts += servers.key(r.get("servers", []))
     if "kernel" in r:
         parts.append(f"filtered-out writer {r['kernel']['ratio']:.3f}")
     return "KEY: " + "; ".join(parts) + f" (elapsed {r['elapsed']:.0f} s)"

@@ -1,11 +1,14 @@
-"""Decoded requests per second, per decoder, on this machine.
+"""Decoded requests (messages) and megabytes per second, per decoder, on this machine.
 
-    .venv/bin/python bench/decoders.py
+    .venv/bin/python -m bench decoders
 
-Replays the real sessions of captures/ (recorded by captures/record.py)
-many times through (a) the decoder alone and (b) the whole pipeline
-(Records -> StreamAssembler -> detection -> decoder -> Transaction objects),
-and compares the RESP parser with hiredis.Reader on the same reply bytes.
+Replays the real sessions of captures/ (Redis and MySQL recorded by
+captures/record.py; PostgreSQL, HTTP, FastCGI and memcached by
+captures/record_live.py, read back from their pcapng) many times through
+(a) the decoder alone and (b) the whole pipeline (Records -> StreamAssembler ->
+detection -> decoder -> Transaction objects), and compares the RESP parser with
+hiredis.Reader on the same reply bytes.  A message (msg/s) is one request paired
+with its reply (a Transaction); MB/s counts both directions' bytes.
 Prints figures measured in this run; not a test.
 """
 
@@ -20,9 +23,14 @@ from pathlib import Path
 import hiredis
 
 from tests.support.recorder import load_records
+from usniff.cli.read import read_records
 from usniff.decoders.base import Decoder, Transaction
 from usniff.decoders.engine import Decoding
+from usniff.decoders.fastcgi import FastcgiDecoder
+from usniff.decoders.http import HttpDecoder
+from usniff.decoders.memcached import MemcachedDecoder
 from usniff.decoders.mysql import MysqlDecoder
+from usniff.decoders.postgres import PostgresDecoder
 from usniff.decoders.resp import Parser, RespDecoder
 from usniff.events import Record
 from usniff.streams import Direction, conn_key
@@ -40,8 +48,18 @@ def _session(capture: str, comm: str) -> list[Record]:
     return max(candidates, key=lambda rs: sum(r.kind == "data" for r in rs))
 
 
+def _connections(capture: str) -> list[Record]:
+    """Every connection of captures/<capture>.pcapng, one after the other (each
+    connection's records in capture order)."""
+    conns: dict[object, list[Record]] = {}
+    for r in read_records(str(ROOT / "captures" / f"{capture}.pcapng")):
+        conns.setdefault(conn_key(r), []).append(r)
+    return [r for rs in conns.values() for r in rs]
+
+
 def _best(fn: Callable[[], int], seconds: float = 2.0) -> float:
-    """Best items/s over repeated runs for ``seconds``."""
+    """Best items/s over repeated runs for ``seconds`` (``fn`` returns how many items
+    its run handled)."""
     best, deadline = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         t0 = time.perf_counter()
@@ -50,16 +68,22 @@ def _best(fn: Callable[[], int], seconds: float = 2.0) -> float:
     return best
 
 
+def _payload(records: list[Record]) -> int:
+    return sum(len(r.data) for r in records if r.data and len(r.data) < 65536)
+
+
 def decoder_only(factory: Callable[[], Decoder], records: list[Record], repeat: int) -> int:
+    """Transactions of ``repeat`` replays; each connection gets a decoder of its own."""
     chunks = [
-        (Direction.SERVER if r.path_is_own else Direction.CLIENT, r.data, r.ts)
+        (conn_key(r), Direction.SERVER if r.path_is_own else Direction.CLIENT, r.data, r.ts)
         for r in records
         if r.data and len(r.data) < 65536
     ]
     n = 0
     for _ in range(repeat):
-        d = factory()
-        for direction, data, ts in chunks:
+        decoders: dict[object, Decoder] = {}
+        for key, direction, data, ts in chunks:
+            d = decoders.get(key) or decoders.setdefault(key, factory())
             n += sum(isinstance(e, Transaction) for e in d.feed(direction, data, ts))
     return n
 
@@ -96,14 +120,24 @@ def main() -> None:
     redis_py = _session("redis", "python")
     mysql_py = [r for r in _session("mysql", "python") if len(r.data) < 65536]
     print(f"python {sys.version.split()[0]}, figures are best of repeated runs (2 s each)")
+    print(f"{'':40s} {'decoder alone':>26s}   {'full pipeline':>26s}")
     for label, factory, records in (
         ("resp  (redis-benchmark -P 4 SET/GET)", RespDecoder, redis_bench),
         ("resp  (redis-py session, mixed)", RespDecoder, redis_py),
         ("mysql (pymysql session, mixed)", MysqlDecoder, mysql_py),
+        ("postgres (psql, psycopg, raw client)", PostgresDecoder, _connections("postgres")),
+        ("http (curl -> podman API)", HttpDecoder, _connections("http")),
+        ("fastcgi (nginx, cgi-fcgi -> php-fpm)", FastcgiDecoder, _connections("fastcgi")),
+        ("memcached (text + meta commands)", MemcachedDecoder, _connections("memcached")),
     ):
-        alone = _best(lambda f=factory, r=records: decoder_only(f, r, 20))  # type: ignore[misc]
-        whole = _best(lambda r=records: pipeline(r, 5))  # type: ignore[misc]
-        print(f"{label:40s} decoder {alone:>10,.0f} req/s   full pipeline {whole:>10,.0f} req/s")
+        runs = decoder_only(factory, records, 1)  # the transactions of one replay
+        megabytes = _payload(records) / 1e6
+        alone = _best(lambda f=factory, r=records: decoder_only(f, r, 20)) / runs  # type: ignore[misc]
+        whole = _best(lambda r=records: pipeline(r, 5)) / runs  # type: ignore[misc]
+        print(
+            f"{label:40s} {alone * runs:>10,.0f} msg/s {alone * megabytes:>7.1f} MB/s"
+            f"   {whole * runs:>10,.0f} msg/s {whole * megabytes:>7.1f} MB/s"
+        )
     replies = b"".join(r.data for r in redis_bench if r.path_is_own) * 20
     assert resp_messages(replies, 1, False) == resp_messages(replies, 1, True)
     ours = _best(lambda: resp_messages(replies, 1, False))

@@ -9,7 +9,10 @@ runs 20x more.  ``test_zz_inputs_counted`` checks the count.
 
 from __future__ import annotations
 
+import gc
 import random
+import sys
+import types
 from collections import Counter
 from collections.abc import Callable
 
@@ -219,3 +222,47 @@ def test_zz_inputs_counted(name: str) -> None:
         pytest.skip("fuzz tests for this decoder did not run in this session")
     target = 100_000 * settings().max_examples // 250
     assert COUNTS[name] >= target, COUNTS
+
+
+LONG_INPUTS = 2000  # random and mutated streams fed to one decoder, back to back
+RETAINED_LIMIT = 256 << 10  # bytes a decoder may hold, whatever it was fed
+_SHARED = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType,
+           types.MethodType)  # fmt: skip
+
+
+def held_bytes(root: object) -> int:
+    """The size of every object reachable from ``root`` (its buffers, pending
+    requests, previews), classes, modules and functions left out."""
+    seen: set[int] = set()
+    stack, total = [root], 0
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, _SHARED):
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        stack.extend(gc.get_referents(obj))
+    return total
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_one_connection_fed_fuzz_keeps_bounded_memory(name: str) -> None:
+    """Bounded memory: ONE decoder (a connection that never ends) fed thousands of
+    random and mutated streams with gaps, more than twice RETAINED_LIMIT in all,
+    never holds more than RETAINED_LIMIT: what it buffers for partial messages,
+    pending requests and previews is capped, whatever the bytes."""
+    rng = random.Random(18)
+    decoder = DECODERS[name]()
+    fed, held = 0, 0
+    for i in range(LONG_INPUTS):
+        steps = mutate(rng.choice(SESSIONS[name]), rng) if i % 2 else random_stream(name, rng)
+        for direction, item in steps:
+            if isinstance(item, int):
+                decoder.gap(direction, item, 1.0, False)
+            else:
+                decoder.feed(direction, item, 1.0)
+                fed += len(item)
+        if i % 50 == 49:
+            held = max(held, held_bytes(decoder))
+    assert fed > 2 * RETAINED_LIMIT
+    assert held < RETAINED_LIMIT, held

@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 
 from tests.support.decoded import Run, assert_clean_exit, stats_table
-from tests.support.live_helpers import tcp_bytes_by_port
 from tests.support.php_session import (
     CONCURRENT,
     COOKIE,
@@ -33,7 +32,7 @@ from tests.support.php_session import (
     php_session,
 )
 from tests.support.servers import start_php_app
-from tests.support.tshark import TSHARK, follow_all, tshark
+from tests.support.tshark import TSHARK, follow_all, tcp_bytes_by_port, tshark
 from tests.support.usniff import USNIFF, Usniff
 from usniff.decoders.registry import BY_NAME
 

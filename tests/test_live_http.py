@@ -25,8 +25,9 @@ import pytest
 from tests.support.decoded import Run, assert_clean_exit
 from tests.support.http_session import MISSING_ID, SECRETS, VOLUME_BODY, Sent, http_session
 from tests.support.servers import PODMAN, start_podman
-from tests.support.tshark import TSHARK, tshark
+from tests.support.tshark import TSHARK, follow_all, tcp_bytes_by_port, tshark
 from tests.support.usniff import USNIFF, Usniff
+from usniff.decoders.registry import BY_NAME
 
 pytestmark = [
     pytest.mark.root,
@@ -223,6 +224,13 @@ def test_tshark_dissects_http_without_options(pcapng_run: HttpRun) -> None:
     # never ends (curl hung up mid-stream), so Wireshark's chunk reassembly never shows it
     wanted = [s.status for s in pcapng_run.sent if s.target != "/v1.41/events"] + [100]
     assert sorted(map(int, codes)) == sorted(wanted), codes
+    # the followed TCP streams carry exactly the bytes the transactions count
+    events = [json.loads(x) for x in _read(pcapng_run.pcapng, "--format", "json", "--protocol",
+                                           "auto").splitlines()]  # fmt: skip
+    txs = _in_order(events)
+    assert tcp_bytes_by_port(follow_all(path), BY_NAME["http"].port) == (
+        sum(t["bytes_in"] for t in txs), sum(t["bytes_out"] for t in txs)
+    )  # fmt: skip
 
 
 def test_podman_remote_client() -> None:

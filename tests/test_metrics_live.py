@@ -19,8 +19,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.live_helpers import free_port
-from tests.support.servers import start_redis
+from tests.support.servers import free_port, start_redis
 from tests.support.usniff import Usniff, run, wait_until
 from usniff.decoders.base import Transaction
 from usniff.outputs.metrics import MAX_OPERATIONS, OTHER, Metrics

@@ -18,8 +18,7 @@ import redis
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from tests.support.live_helpers import free_port
-from tests.support.servers import start_redis
+from tests.support.servers import free_port, start_redis
 from tests.support.usniff import Usniff, wait_until
 
 pytestmark = pytest.mark.root

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.pcap_helpers import MYSQL_EXCHANGE, REDIS_EXCHANGE, Conn
+from tests.support.servers import free_port
 from tests.support.tshark import TSHARK, follow_raw
 from usniff.cli.read import PcapReadError, dissect_wireshark, read_records
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, CaptureStats, Record
@@ -71,13 +72,6 @@ def test_not_a_capture_file(tmp_path: Path) -> None:
     f.write_bytes(b"hello world")
     with pytest.raises(PcapReadError):
         list(read_records(str(f)))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_for_port(port: int, deadline: float) -> None:

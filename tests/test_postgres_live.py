@@ -23,7 +23,9 @@ from tests.support.pg_session import (
     postgres_session,
 )
 from tests.support.servers import PG_PASSWORD, start_postgres
+from tests.support.tshark import TSHARK, follow_all, tcp_bytes_by_port, tshark
 from tests.support.usniff import USNIFF, Usniff
+from usniff.decoders.registry import BY_NAME
 
 pytestmark = pytest.mark.root
 
@@ -63,6 +65,7 @@ def pg_run() -> Iterator[PgRun]:
             {
                 "type": "offline",
                 "events": [json.loads(line) for line in offline.stdout.splitlines()],
+                "pcapng": f"{tmp}/pg.pcapng",
             }
         )
         yield run, _server_calls(sock)
@@ -82,6 +85,35 @@ def test_pcapng_read_back_decodes_like_live(pg_run: PgRun) -> None:
 
     live = lines(run.events)
     assert len(live) > 100 and lines(offline) == live
+
+
+@pytest.mark.skipif(TSHARK is None, reason="setup.sh installs tshark")
+def test_tshark_dissects_the_pcapng_as_pgsql(pg_run: PgRun) -> None:
+    """Stock tshark: no malformed packet, every pgbench SELECT a Simple query, and the
+    followed TCP streams carry exactly the bytes the transactions count."""
+    (offline,) = [e for e in pg_run[0].events if e["type"] == "offline"]
+    path = offline["pcapng"]
+    assert tshark("-r", path, "-Y", "_ws.malformed") == ""
+    queries = tshark("-r", path, "-Y", 'pgsql.type == "Simple query"', "-T", "fields",
+                     "-e", "pgsql.query").splitlines()  # fmt: skip
+    assert sum(q.startswith("SELECT abalance FROM pgbench_accounts") for q in queries) == (
+        PGBENCH_SELECTS
+    )
+    # the server's asynchronous messages (pgbench's "table does not exist, skipping"
+    # notices, the NOTIFY) are no request's: their sizes as Wireshark dissects them
+    fields = tshark("-r", path, "-Y", "pgsql", "-T", "fields", "-E", "occurrence=a",
+                    "-e", "pgsql.type", "-e", "pgsql.length")  # fmt: skip
+    unasked = sum(
+        int(n) + 1  # the type byte
+        for line in fields.splitlines()
+        for kind, n in zip(*(col.split(",") for col in line.split("\t")), strict=True)
+        if kind.startswith("Notice") or kind == "Notification"
+    )
+    assert unasked > 0
+    txs = [e for e in offline["events"] if e["type"] == "transaction"]
+    assert tcp_bytes_by_port(follow_all(path), BY_NAME["postgres"].port) == (
+        sum(t["bytes_in"] for t in txs), sum(t["bytes_out"] for t in txs) + unasked
+    )  # fmt: skip
 
 
 def test_every_request_paired_with_processes_and_latency(pg_run: PgRun) -> None:

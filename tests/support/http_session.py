@@ -6,11 +6,11 @@ Used by tests/test_live_http.py and captures/record_live.py.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
 
+from .servers import connect, tcp_address
 from .usniff import wait_until
 
 API = "http://d/v1.41"
@@ -33,14 +33,22 @@ class Sent:
     size: int
 
 
+def _via(sock: str) -> tuple[list[str], str]:
+    """curl's options to reach the server address ``sock``, and the API's base URL."""
+    if tcp_address(sock):
+        return [], API.replace("//d/", f"//{sock}/")
+    return ["--unix-socket", sock], API
+
+
 def curl(sock: str, *args: str, urls: tuple[str, ...]) -> list[Sent]:
     """curl over ``sock``: one connection for all ``urls`` (keep-alive); what curl got."""
     method = "GET"
     if "-X" in args:
         method = args[args.index("-X") + 1]
-    cmd = ["curl", "-sS", "--unix-socket", sock, *args]
+    via, api = _via(sock)
+    cmd = ["curl", "-sS", *via, *args]
     for url in urls:
-        cmd += [f"{API}{url}", "-o", "/dev/null", "-w", "%{http_code} %{size_download}\\n"]
+        cmd += [f"{api}{url}", "-o", "/dev/null", "-w", "%{http_code} %{size_download}\\n"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
     codes = out.split()
     assert len(codes) == 2 * len(urls), out
@@ -59,9 +67,7 @@ def pipelined(sock: str, targets: tuple[str, ...]) -> bytes:
         % (t.encode(), b"Connection: close\r\n" if i == last else b"")
         for i, t in enumerate(targets)
     )
-    with socket.socket(socket.AF_UNIX) as s:
-        s.connect(sock)
-        s.settimeout(10)
+    with connect(sock, timeout=10) as s:
         s.sendall(requests)
         got = b""
         while part := s.recv(65536):
@@ -82,7 +88,7 @@ def http_session(sock: str) -> tuple[list[Sent], bytes]:
                  f"X-Registry-Auth: {REGISTRY_AUTH}", "-b", COOKIE, urls=("/_ping",))  # fmt: skip
     # an event stream read while a volume is created and removed
     events = subprocess.Popen(
-        ["curl", "-sS", "-N", "--unix-socket", sock, f"{API}/events"], stdout=subprocess.PIPE
+        ["curl", "-sS", "-N", *_via(sock)[0], f"{_via(sock)[1]}/events"], stdout=subprocess.PIPE
     )
     sent.append(Sent("GET", "/v1.41/events", 200, -1))  # its size: the bytes read below
     try:

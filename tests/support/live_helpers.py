@@ -20,18 +20,12 @@ from typing import Any
 import pymysql
 
 from .mysql_stmt import COM_QUERY, COM_STMT_CLOSE, stmt_execute, stmt_prepare
-from .servers import RedisInfo
+from .servers import RedisInfo, connect
 from .usniff import run, wait_until
 
 REDIS_PASSWORD = "s3cr3t-pw"  # for the ACL user "app" (masked by --redact)
 MYSQL_PASSWORD = "hunter2-pw"  # for app@localhost (masked by --redact)
 SUBSCRIBE_MESSAGE = "hello-subscribers"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --------------------------------------------------------------------------- Redis
@@ -241,20 +235,6 @@ def mysql_session(sock: str) -> None:
     conn.close()
 
 
-def tcp_bytes_by_port(
-    follow: dict[int, tuple[str, str, bytes, bytes]], port: int
-) -> tuple[int, int]:
-    """(to the server on ``port``, from it) summed over every followed stream."""
-    to_server = from_server = 0
-    for node0, node1, a, b in follow.values():
-        if node1.endswith(f":{port}"):
-            to_server, from_server = to_server + len(a), from_server + len(b)
-        else:
-            assert node0.endswith(f":{port}"), (node0, node1)
-            to_server, from_server = to_server + len(b), from_server + len(a)
-    return to_server, from_server
-
-
 @contextlib.contextmanager
 def signal_on_exit(proc: subprocess.Popen[Any], sig: int = signal.SIGINT) -> Iterator[None]:
     try:
@@ -358,9 +338,7 @@ def memcached_session(sock: str) -> tuple[bytes, bytes]:
     """MEMCACHED_STEPS on one connection, each step in one write and read until its
     reply ends (pipelined where a step holds several requests); returns (sent, received)."""
     sent = received = b""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.connect(sock)
-        s.settimeout(10)
+    with connect(sock, timeout=10) as s:
         for requests, end in MEMCACHED_STEPS:
             payload = b"".join(requests)
             s.sendall(payload)

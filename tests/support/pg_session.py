@@ -17,7 +17,7 @@ import time
 
 import psycopg
 
-from .servers import PG_PASSWORD, PG_PLAIN_USER, PG_USER
+from .servers import PG_PASSWORD, PG_PLAIN_USER, PG_USER, connect, tcp_address
 
 PGBENCH_SELECTS = 50
 PREPARED_RUNS = 10  # psycopg executes of one prepared statement
@@ -32,8 +32,16 @@ PSQL_SQL = [
 ]
 
 
+def host_port(sock: str) -> tuple[str, str]:
+    """libpq's host and port for a server address: the socket's directory and the
+    port in its name (``.s.PGSQL.5432``), or a TCP address's host and port."""
+    tcp = tcp_address(sock)
+    return (tcp[0], str(tcp[1])) if tcp else (os.path.dirname(sock), sock.rsplit(".", 1)[1])
+
+
 def psql(sock: str, *sql: str, user: str = "postgres", password: str = "") -> None:
-    args = ["psql", "-h", os.path.dirname(sock), "-U", user, "-X", "-q", "-d", "postgres"]
+    host, port = host_port(sock)
+    args = ["psql", "-h", host, "-p", port, "-U", user, "-X", "-q", "-d", "postgres"]
     for s in sql:
         args += ["-c", s]
     env = dict(os.environ, PGPASSWORD=password) if password else None
@@ -46,8 +54,7 @@ def _msg(kind: bytes, body: bytes) -> bytes:
 
 def raw_ssl_session(sock: str) -> bytes:
     """SSLRequest (answered N), StartupMessage, one Query, Terminate; returns the answer byte."""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.connect(sock)
+    with connect(sock) as s:
         s.sendall(struct.pack(">ii", 8, 80877103))
         answer = s.recv(1)
         params = b"user\0postgres\0database\0postgres\0application_name\0raw\0\0"
@@ -69,7 +76,8 @@ def _read_until_ready(s: socket.socket) -> None:
 
 
 def psycopg_session(sock: str) -> None:
-    dsn = f"host={os.path.dirname(sock)} dbname=postgres user=postgres application_name=usniff-test"
+    host, port = host_port(sock)
+    dsn = f"host={host} port={port} dbname=postgres user=postgres application_name=usniff-test"
     with psycopg.connect(dsn, autocommit=True) as conn:
         for i in range(PREPARED_RUNS):
             conn.execute("SELECT id, v FROM t WHERE id = %s", (i,), prepare=True).fetchall()
@@ -96,7 +104,7 @@ def psycopg_session(sock: str) -> None:
 
 def pgbench(sock: str) -> None:
     """pgbench -i (a COPY of 100000 rows), then -S: PGBENCH_SELECTS simple-protocol SELECTs."""
-    host = ["-h", os.path.dirname(sock), "-U", "postgres"]
+    host = ["-h", host_port(sock)[0], "-p", host_port(sock)[1], "-U", "postgres"]
     subprocess.run(["pgbench", *host, "-i", "-s", "1", "-q", "postgres"],
                    check=True, capture_output=True)  # fmt: skip
     subprocess.run(["pgbench", *host, "-S", "-t", str(PGBENCH_SELECTS), "-n", "postgres"],

@@ -10,13 +10,12 @@ directly, and a raw client asks php-fpm for its FCGI_ variables (GET_VALUES).
 
 from __future__ import annotations
 
-import socket
 import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .servers import nginx_socket
+from .servers import connect, nginx_socket, php_app_dir
 
 PASSWORD, COOKIE, TOKEN = "pw-secret-1", "cookie-secret-2", "tok-secret-3"  # --redact hides them
 POST_BODY = bytes(range(256)) * 400  # 102400 bytes: several STDIN records
@@ -72,9 +71,7 @@ def _cgi_fcgi(fpm: str, app: Path, body: bytes) -> Sent:
 def _get_values(fpm: str) -> dict[str, str]:
     """FCGI_GET_VALUES on a connection of its own; the answer parsed here."""
     body = b"".join(bytes([len(name), 0]) + name for name in MGMT_NAMES)
-    with socket.socket(socket.AF_UNIX) as s:
-        s.connect(fpm)
-        s.settimeout(10)
+    with connect(fpm, timeout=10) as s:
         s.sendall(struct.pack(">BBHHBB", 1, 9, 0, len(body), 0, 0) + body)
         got = b""
         while len(got) < 8 or len(got) < 8 + sum(struct.unpack_from(">HB", got, 4)):
@@ -133,5 +130,5 @@ def php_session(fpm: str) -> Session:
         sent.append(
             Sent("curl", "GET", f"/slow.php?n={i}", "/slow.php", int(code), int(size), ctype)
         )
-    sent.append(_cgi_fcgi(fpm, Path(fpm).parent / "app", b"hello from libfcgi"))
+    sent.append(_cgi_fcgi(fpm, php_app_dir(fpm), b"hello from libfcgi"))
     return Session(sent, _get_values(fpm))

@@ -29,24 +29,62 @@ MARIADBD = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
 MARIADB_INSTALL_DB = shutil.which("mariadb-install-db") or "/usr/bin/mariadb-install-db"
 
 
-def _wait_for_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> None:
+def tcp_address(address: str) -> tuple[str, int] | None:
+    """(host, port) of a server address ``HOST:PORT`` or ``[IPV6]:PORT``; None for
+    a Unix socket's path (which starts with ``/``)."""
+    if address.startswith("/"):
+        return None
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def tcp_text(host: str, port: int) -> str:
+    """The address ``HOST:PORT`` (``[HOST]:PORT`` for IPv6) that tcp_address reads."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def connect(address: str, timeout: float | None = None) -> socket.socket:
+    """A stream socket connected to a server address (a Unix socket's path or HOST:PORT)."""
+    tcp = tcp_address(address)
+    if tcp is not None:
+        return socket.create_connection(tcp, timeout=timeout)
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.settimeout(timeout)
+        s.connect(address)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+def _wait_for_socket(address: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
-        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
-            s.connect(str(path))
+        with contextlib.suppress(OSError), connect(address):
             return
         time.sleep(0.05)
-    raise TimeoutError(f"{path} did not accept connections within {timeout}s")
+    raise TimeoutError(f"{address} did not accept connections within {timeout}s")
 
 
 @contextlib.contextmanager
-def _running(args: list[str], sock: Path, timeout: float, log: Path) -> Iterator[str]:
+def _running(args: list[str], sock: Path | str, timeout: float, log: Path) -> Iterator[str]:
+    """Run ``args`` until the block ends; yield the server address ``sock`` once it
+    accepts connections."""
     with log.open("wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
     try:
-        _wait_for_socket(sock, proc, timeout)
+        _wait_for_socket(str(sock), proc, timeout)
         yield str(sock)
     finally:
         proc.terminate()
@@ -90,11 +128,15 @@ MEMCACHED = shutil.which("memcached") or "/usr/bin/memcached"
 
 
 @contextlib.contextmanager
-def start_memcached(tmpdir: str | os.PathLike[str]) -> Iterator[str]:
-    """Run memcached on ``tmpdir/memcached.sock`` (text protocol); yield the socket path."""
+def start_memcached(tmpdir: str | os.PathLike[str], port: int = 0) -> Iterator[str]:
+    """Run memcached on ``tmpdir/memcached.sock`` (text protocol), or with ``port`` on
+    127.0.0.1:port (TCP only); yield the server's address (tcp_address)."""
     d = Path(tmpdir)
-    sock = d / "memcached.sock"
+    sock: Path | str = d / "memcached.sock"
     args = [MEMCACHED, "-s", str(sock), "-a", "0777", "-u", "root", "-m", "16"]
+    if port:
+        sock = tcp_text("127.0.0.1", port)
+        args = [MEMCACHED, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-u", "root", "-m", "16"]
     with _running(args, sock, 10, d / "memcached.log") as path:
         yield path
 
@@ -161,15 +203,22 @@ PG_HBA = f"""\
 local all {PG_USER} scram-sha-256
 local all {PG_PLAIN_USER} password
 local all all trust
+host all {PG_USER} 127.0.0.1/32 scram-sha-256
+host all {PG_USER} ::1/128 scram-sha-256
+host all {PG_PLAIN_USER} 127.0.0.1/32 password
+host all {PG_PLAIN_USER} ::1/128 password
+host all all 127.0.0.1/32 trust
+host all all ::1/128 trust
 """
 
 
 @contextlib.contextmanager
-def start_postgres(tmpdir: str | os.PathLike[str]) -> Iterator[str]:
+def start_postgres(tmpdir: str | os.PathLike[str], host: str = "", port: int = 0) -> Iterator[str]:
     """initdb and run postgres (as the ``postgres`` user, which owns the data) with
     its socket in ``tmpdir/pg`` and pg_stat_statements loaded; the users PG_USER and
     PG_PLAIN_USER have the password PG_PASSWORD.  Yields the socket's path
-    (``SOCKDIR/.s.PGSQL.5432``; clients are given SOCKDIR, ``psql -h SOCKDIR``)."""
+    (``SOCKDIR/.s.PGSQL.5432``; clients are given SOCKDIR, ``psql -h SOCKDIR``), or
+    with ``host`` and ``port`` the TCP address ``HOST:PORT`` it listens on as well."""
     d = Path(tmpdir) / "pg"
     data = d / "data"
     d.mkdir(exist_ok=True)
@@ -182,34 +231,37 @@ def start_postgres(tmpdir: str | os.PathLike[str]) -> Iterator[str]:
         subprocess.run([*as_postgres, *initdb], check=True, capture_output=True)
         (data / "pg_hba.conf").write_text(PG_HBA)
     args = ["runuser", "-u", "postgres", "--", str(PG_BIN / "postgres"), "-D", str(data),
-            "-k", str(d), "-c", "listen_addresses=", "-c", "fsync=off",
-            "-c", "shared_preload_libraries=pg_stat_statements"]  # fmt: skip
-    with _running(args, d / ".s.PGSQL.5432", 60, d / "postgres.log") as sock:
+            "-k", str(d), "-c", f"listen_addresses={host}", "-p", str(port or 5432),
+            "-c", "fsync=off", "-c", "shared_preload_libraries=pg_stat_statements"]  # fmt: skip
+    unix = d / f".s.PGSQL.{port or 5432}"
+    with _running(args, unix, 60, d / "postgres.log"):
         setup = (
             "CREATE EXTENSION IF NOT EXISTS pg_stat_statements;"
             f"CREATE ROLE {PG_USER} LOGIN SUPERUSER PASSWORD '{PG_PASSWORD}';"
             f"CREATE ROLE {PG_PLAIN_USER} LOGIN PASSWORD '{PG_PASSWORD}';"
         )
-        subprocess.run(["psql", "-h", str(d), "-U", "postgres", "-q", "-c", setup, "postgres"],
-                       check=True, stdout=subprocess.DEVNULL)  # fmt: skip
-        yield sock
+        psql = ["psql", "-h", str(d), "-p", str(port or 5432), "-U", "postgres", "-q"]
+        subprocess.run([*psql, "-c", setup, "postgres"], check=True, stdout=subprocess.DEVNULL)
+        yield tcp_text(host, port) if host else str(unix)
 
 
 PODMAN = shutil.which("podman") or "/usr/bin/podman"
 
 
 @contextlib.contextmanager
-def start_podman(tmpdir: str | os.PathLike[str]) -> Iterator[str]:
-    """Run the Docker-compatible API server of podman on ``tmpdir/podman.sock``, with its
-    storage, run state and event log in ``tmpdir``; yield the socket path.  ``tmpdir`` must
-    be short: podman refuses a run root (``tmpdir/run``) longer than 50 characters."""
+def start_podman(tmpdir: str | os.PathLike[str], port: int = 0) -> Iterator[str]:
+    """Run the Docker-compatible API server of podman on ``tmpdir/podman.sock`` (with
+    ``port``: on 127.0.0.1:port), with its storage, run state and event log in ``tmpdir``;
+    yield the server's address.  ``tmpdir`` must be short: podman refuses a run root
+    (``tmpdir/run``) longer than 50 characters."""
     d = Path(tmpdir)
-    sock = d / "podman.sock"
+    sock = tcp_text("127.0.0.1", port) if port else str(d / "podman.sock")
+    listen = f"tcp:{sock}" if port else f"unix://{sock}"
     for sub in ("root", "run"):
         (d / sub).mkdir(exist_ok=True)
     args = [PODMAN, "--log-level=error", f"--root={d / 'root'}", f"--runroot={d / 'run'}",
             f"--tmpdir={d / 'run'}", "--events-backend=file", "--storage-driver=vfs",
-            "system", "service", "--time=0", f"unix://{sock}"]  # fmt: skip
+            "system", "service", "--time=0", listen]  # fmt: skip
     with _running(args, sock, 30, d / "podman.log") as path:
         yield path
 
@@ -238,14 +290,15 @@ PHP_APP = {
 
 
 @contextlib.contextmanager
-def start_php_fpm(tmpdir: str | os.PathLike[str]) -> Iterator[str]:
+def start_php_fpm(tmpdir: str | os.PathLike[str], port: int = 0) -> Iterator[str]:
     """Run php-fpm (one static pool of 4 workers, as root) on ``tmpdir/php-fpm.sock``
-    serving the scripts of PHP_APP from ``tmpdir/app``; yield the socket path.
+    (with ``port``: on 127.0.0.1:port) serving the scripts of PHP_APP from ``tmpdir/app``;
+    yield the server's address.
 
     No php.ini (``-n``): log_errors on, display_errors off, so PHP's warnings go
     to the web server over FCGI_STDERR (fastcgi.logging is on by default)."""
     d = Path(tmpdir)
-    sock, app = d / "php-fpm.sock", d / "app"
+    sock, app = tcp_text("127.0.0.1", port) if port else str(d / "php-fpm.sock"), d / "app"
     app.mkdir(exist_ok=True)
     for name, text in PHP_APP.items():
         (app / name).write_text(text)
@@ -264,7 +317,7 @@ def start_php_fpm(tmpdir: str | os.PathLike[str]) -> Iterator[str]:
 
 @contextlib.contextmanager
 def start_nginx(tmpdir: str | os.PathLike[str], fpm_sock: str) -> Iterator[str]:
-    """Run nginx on ``tmpdir/nginx.sock`` passing ``*.php`` to php-fpm on ``fpm_sock``
+    """Run nginx on ``tmpdir/nginx.sock`` passing ``*.php`` to php-fpm at ``fpm_sock``
     over kept-alive FastCGI connections (``fastcgi_keep_conn on``); yield its socket."""
     d = Path(tmpdir)
     sock, app = d / "nginx.sock", d / "app"
@@ -276,7 +329,8 @@ def start_nginx(tmpdir: str | os.PathLike[str], fpm_sock: str) -> Iterator[str]:
         f"pid {d / 'nginx.pid'};\nerror_log {d / 'nginx-error.log'};\n"
         "events { worker_connections 64; }\n"
         f"http {{\naccess_log {d / 'nginx-access.log'};\n{temp}"
-        f"upstream php {{ server unix:{fpm_sock}; keepalive 2; }}\n"
+        f"upstream php {{ server {'' if tcp_address(fpm_sock) else 'unix:'}{fpm_sock}; "
+        "keepalive 2; }\n"
         f"server {{\nlisten unix:{sock};\nroot {app};\n"
         "location ~ \\.php$ {\ninclude /etc/nginx/fastcgi_params;\n"
         "fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name;\n"
@@ -289,12 +343,31 @@ def start_nginx(tmpdir: str | os.PathLike[str], fpm_sock: str) -> Iterator[str]:
 
 def nginx_socket(fpm_sock: str) -> str:
     """The socket of the nginx that start_php_app started in front of ``fpm_sock``."""
-    return str(Path(fpm_sock).with_name("nginx.sock"))
+    return str(_app_home(fpm_sock) / "nginx.sock")
+
+
+_HOMES: dict[str, Path] = {}  # php-fpm's TCP address -> its start_php_app directory
+
+
+def _app_home(fpm_sock: str) -> Path:
+    """The directory start_php_app ran the php-fpm at ``fpm_sock`` in."""
+    return _HOMES[fpm_sock] if tcp_address(fpm_sock) else Path(fpm_sock).parent
+
+
+def php_app_dir(fpm_sock: str) -> Path:
+    """The PHP_APP scripts of the php-fpm at ``fpm_sock`` (its SCRIPT_FILENAMEs)."""
+    return _app_home(fpm_sock) / "app"
 
 
 @contextlib.contextmanager
-def start_php_app(tmpdir: str | os.PathLike[str]) -> Iterator[str]:
-    """php-fpm with nginx in front of it (on ``nginx_socket(sock)``); yield php-fpm's socket."""
-    with start_php_fpm(tmpdir) as fpm, start_nginx(tmpdir, fpm) as nginx:
-        assert nginx == nginx_socket(fpm)
-        yield fpm
+def start_php_app(tmpdir: str | os.PathLike[str], port: int = 0) -> Iterator[str]:
+    """php-fpm (with ``port``: on 127.0.0.1:port) with nginx in front of it (on
+    ``nginx_socket(sock)``); yield php-fpm's address."""
+    with start_php_fpm(tmpdir, port) as fpm:
+        _HOMES[fpm] = Path(tmpdir)
+        try:
+            with start_nginx(tmpdir, fpm) as nginx:
+                assert nginx == nginx_socket(fpm)
+                yield fpm
+        finally:
+            del _HOMES[fpm]

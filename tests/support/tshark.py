@@ -69,3 +69,17 @@ def expert_problems(path: str) -> str:
         for line in out.splitlines()
         if line.startswith(("Errors", "Warns")) or "Malformed" in line
     )
+
+
+def tcp_bytes_by_port(
+    follow: dict[int, tuple[str, str, bytes, bytes]], port: int
+) -> tuple[int, int]:
+    """(to the server on ``port``, from it) summed over every followed stream."""
+    to_server = from_server = 0
+    for node0, node1, a, b in follow.values():
+        if node1.endswith(f":{port}"):
+            to_server, from_server = to_server + len(a), from_server + len(b)
+        else:
+            assert node0.endswith(f":{port}"), (node0, node1)
+            to_server, from_server = to_server + len(b), from_server + len(a)
+    return to_server, from_server

@@ -502,7 +502,7 @@ def list_cmd(path_filter: str | None) -> None:
 )
 def read_cmd(file: str, protocol: str | None, fmt: str, stats: bool, redact: bool,
              ascii_: bool, hexdump: bool, dissect: str) -> None:  # fmt: skip
-    """Decode a pcap/pcapng file offline (usniff's, or a tcpdump capture of Redis/MySQL)."""
+    """Decode a pcap/pcapng file offline (usniff's, or tcpdump's of a protocol over TCP)."""
     from .read import PcapReadError, dissect_wireshark, read_records
 
     check_redact(redact, write=None, ascii_=ascii_, hexdump=hexdump, fmt=fmt,

@@ -3,19 +3,26 @@
 * usniff's own files: the per-packet comments carry pid, tid, uid, comm,
   socket inodes and path, so the records come back as they were captured
   (Name Resolution Blocks name the server when a comment is missing).
-* ordinary TCP captures (tcpdump/tshark/dumpcap of Redis on 6379, MySQL on
-  3306, ...): each TCP flow is reassembled here into per-direction records
-  with stream offsets.  The server side is the one that answered the SYN, or,
-  without a SYN in the file, the side on a well-known port (else the lower
-  port).  Such records get synthetic inodes (1, 2, 3, ... per direction) and
+* ordinary TCP captures (tcpdump/tshark/dumpcap of Redis on 6379, PostgreSQL
+  on any port, ...): each TCP flow is reassembled here into per-direction
+  records with stream offsets.  The server side is the one that answered the
+  SYN, or, without a SYN in the file, the side on a well-known port, else the
+  receiver of the flow's first payload if it begins a request of a registered
+  protocol (the sender if it begins a server's greeting), else the lower port.
+  Such records get synthetic inodes (1, 2, 3, ... per direction) and
   ``path = "ADDR:PORT"`` of the server; pid/comm are unknown (0/"").
 
 Either way a record's ``sock_id`` is its flow endpoint's (1, 2, 3, ...): one
 TCP flow is one connection, whatever the comments say of the inodes.
 
-Reassembly is streaming and keeps no payload: a segment that starts beyond
-the next expected byte turns the hole into a loss record at once, a segment
-that was already seen (retransmission) is trimmed or dropped.
+Reassembly is streaming and keeps no payload.  A segment that starts beyond
+the next expected byte leaves a hole, which a later segment may fill (a segment
+the network lost, retransmitted after the ones behind it): the records go out
+in packet order, each at its stream offset, and the stream assembler downstream
+puts them back in order.  A hole is given up as a loss record when MAX_HOLE_AGE
+seconds of capture pass without it being filled, when a side has more than
+MAX_HOLES, when its side sends FIN or RST, and at the end of the file.  Bytes
+that were already seen (retransmissions) are dropped.
 """
 
 from __future__ import annotations
@@ -57,9 +64,14 @@ from usniff.formats.pcapng import (
     parse_comment,
 )
 
+from ..decoders.detect import ENOUGH
 from ..decoders.registry import DECODE_AS, PROTOCOLS
 
 WELL_KNOWN_PORTS = frozenset(p.port for p in PROTOCOLS) | {OTHER_PORT}
+MAX_HOLES = 64  # per direction; beyond, the oldest is given up
+# Less than the stream assembler's reorder window (1 s), so that the loss record
+# of a hole reaches it before it gives up waiting for the bytes.
+MAX_HOLE_AGE = 0.5
 _PROTO_TYPE = {IPPROTO_TCP: "stream", IPPROTO_UDP: "dgram"}
 _PART = re.compile(r"usniff: part (\d+)/(\d+) of one ")
 
@@ -438,18 +450,28 @@ def _segment(pkt: Packet) -> _Segment | None:
 
 
 @dataclass(slots=True)
+class _Hole:
+    start: int
+    end: int
+    ts: float  # when the bytes after it were seen
+
+
+@dataclass(slots=True)
 class _Side:
     id: int  # the Record's sock_id: one per flow endpoint
     base: int | None = None  # sequence number of stream offset 0
-    next: int = 0  # next stream offset expected
+    next: int = 0  # the stream offset after the highest byte seen
     msg_start: bool = True
     closed: bool = False
+    holes: list[_Hole] = field(default_factory=list)  # bytes below ``next`` not seen, in order
+    last: Record | None = None  # the side's latest record: what a hole's loss record is like
 
 
 @dataclass(slots=True)
 class _Flow:
     server: tuple[bytes, int]
     sides: dict[tuple[bytes, int], _Side] = field(default_factory=dict)
+    guessed: bool = False  # server by the lower port: the first payload may say otherwise
 
 
 def _endpoint_text(addr: bytes, port: int) -> str:
@@ -475,6 +497,8 @@ class _Reassembler:
                 server = b if seg.dport in WELL_KNOWN_PORTS else a
             else:
                 server = b if seg.dport < seg.sport else a
+                flow = self._flows[key] = _Flow(server, guessed=True)
+                return flow
             flow = self._flows[key] = _Flow(server)
         return flow
 
@@ -488,6 +512,12 @@ class _Reassembler:
     def records(self, pkt: Packet, seg: _Segment) -> Iterator[Record]:
         flow = self._flow(seg)
         src, dst = (seg.src, seg.sport), (seg.dst, seg.dport)
+        opening = seg.payload or seg.flags & (TCP_FIN | TCP_RST)
+        if flow.guessed and seg.proto == IPPROTO_TCP and opening:
+            flow.guessed = False  # decided before the flow's first record
+            role = _role(seg.payload[:ENOUGH])
+            if role is not None:
+                flow.server = dst if role == "client" else src
         side, peer = self._side(flow, src), self._side(flow, dst)
         if seg.flags & TCP_SYN:
             side.base = (seg.seq + 1) & MASK32
@@ -523,30 +553,51 @@ class _Reassembler:
         if seg.proto == IPPROTO_UDP:
             yield self._datagram(side, seg, pkt.comment, template)
             return
+        side.last = template
         if side.base is None:
             side.base = seg.seq
         rel = (seg.seq - side.base - side.next) & MASK32
         off = side.next + (rel - (1 << 32) if rel & 0x80000000 else rel)
+        while side.holes and (
+            len(side.holes) > MAX_HOLES or pkt.ts - side.holes[0].ts > MAX_HOLE_AGE
+        ):
+            yield _lost(side, side.holes.pop(0))
         if off > side.next:
-            gap = off - side.next
-            yield replace(template, length=gap, lost=gap, kind="lost")
+            side.holes.append(_Hole(side.next, off, pkt.ts))
             side.next = off
-        length, payload = seg.length, seg.payload
-        if off < side.next:  # retransmission: keep only what is new
-            skip = min(side.next - off, length)
-            off, length, payload = off + skip, length - skip, payload[skip:]
-        if length > 0:
+            if info:  # usniff's own file, written in order: its holes are losses it counted
+                yield from self._give_up(side)
+        end = off + seg.length
+        pieces = _fill(side.holes, off, min(end, side.next))  # the bytes not seen before
+        if end > side.next:
+            pieces.append((max(off, side.next), end))
+            side.next = end
+        if pieces:
             flags = FLAG_MSG_START if side.msg_start else 0
             if seg.flags & TCP_PSH:
                 flags |= FLAG_MSG_END
-            if len(payload) < length:
-                flags |= FLAG_TRUNCATED
             side.msg_start = bool(seg.flags & TCP_PSH)
-            side.next = off + length
-            yield replace(template, offset=off, length=length, data=payload, flags=flags)
+            for start, stop in pieces:
+                data = seg.payload[start - off : stop - off]
+                cut = FLAG_TRUNCATED if len(data) < stop - start else 0
+                yield replace(template, offset=start, length=stop - start, data=data,
+                              flags=flags | cut)  # fmt: skip
         if seg.flags & (TCP_FIN | TCP_RST) and not side.closed:
             side.closed = True
+            yield from self._give_up(side)
             yield replace(template, offset=side.next, kind="close")
+
+    def finish(self) -> Iterator[Record]:
+        """End of the file: the holes still open are losses."""
+        for flow in self._flows.values():
+            for side in flow.sides.values():
+                yield from self._give_up(side)
+
+    @staticmethod
+    def _give_up(side: _Side) -> Iterator[Record]:
+        for hole in side.holes:
+            yield _lost(side, hole)
+        side.holes.clear()
 
     @staticmethod
     def _datagram(side: _Side, seg: _Segment, comment: str, template: Record) -> Record:
@@ -570,6 +621,40 @@ class _Reassembler:
             if len(self._fields) < 100_000:
                 self._fields[comment] = info
         return info
+
+
+def _role(payload: bytes) -> str | None:
+    """Whose bytes begin a flow seen without its handshake, on ports that do not
+    say (a server on a high port): "client" when they start a request of a
+    registered protocol, "server" when they start a server's greeting, else None."""
+    if any(p.client_first is not None and p.client_first(payload) for p in PROTOCOLS):
+        return "client"
+    if any(p.server_first is not None and p.server_first(payload) for p in PROTOCOLS):
+        return "server"
+    return None
+
+
+def _fill(holes: list[_Hole], start: int, end: int) -> list[tuple[int, int]]:
+    """The parts of [start, end) that fill ``holes``, taken out of them."""
+    pieces: list[tuple[int, int]] = []
+    i = 0
+    while i < len(holes) and start < end:
+        hole = holes[i]
+        lo, hi = max(start, hole.start), min(end, hole.end)
+        if lo >= hi:
+            i += 1
+            continue
+        pieces.append((lo, hi))
+        rest = [_Hole(a, b, hole.ts) for a, b in ((hole.start, lo), (hi, hole.end)) if a < b]
+        holes[i : i + 1] = rest
+        i += len(rest)
+    return pieces
+
+
+def _lost(side: _Side, hole: _Hole) -> Record:
+    assert side.last is not None  # a hole is found by a record of its side
+    return replace(side.last, offset=hole.start, length=hole.end - hole.start, data=b"",
+                   lost=hole.end - hole.start, kind="lost", flags=0)  # fmt: skip
 
 
 def _comment_fields(comment: str) -> dict[str, str]:
@@ -619,10 +704,15 @@ def read_records(path: str) -> Iterator[Record]:
     PcapReadError after the last one when the file is damaged."""
     names = _Names()
     flows = _Reassembler(names)
-    for pkt in read_packets(path, names):
-        seg = _segment(pkt)
-        if seg is not None:
-            yield from flows.records(pkt, seg)
+    try:
+        for pkt in read_packets(path, names):
+            seg = _segment(pkt)
+            if seg is not None:
+                yield from flows.records(pkt, seg)
+    except PcapReadError:
+        yield from flows.finish()
+        raise
+    yield from flows.finish()
 
 
 @dataclass(slots=True)
