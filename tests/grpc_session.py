@@ -8,7 +8,8 @@ the ground truth the tests compare usniff's output with.
 
 Calls: unary ``Echo`` (twice), server streaming ``Count`` (n replies), client
 streaming ``Sum`` (n requests, one reply), and ``Fail`` which ends with
-NOT_FOUND and a message; every call carries an ``authorization`` metadata
+NOT_FOUND and a message, and ``Watch``, a stream the client cancels after
+WATCH_READ replies (RST_STREAM CANCEL); every call carries an ``authorization`` metadata
 header (masked by ``--redact``).
 """
 
@@ -31,6 +32,8 @@ TOKEN = "Bearer grpc-s3cr3t-token"
 COUNT = 4  # replies of the server streaming call
 SUM = 3  # requests of the client streaming call
 FAIL_MESSAGE = "no such thing: widget 42"
+WATCH_READ = 2  # replies of the Watch stream the client reads before it cancels
+WATCH_MAX = 500
 
 
 def pb_string(number: int, text: str) -> bytes:
@@ -65,6 +68,15 @@ def _sum(requests: Iterable[bytes], context: grpc.ServicerContext) -> bytes:
     return pb_varint(1, sum(len(r) for r in requests))
 
 
+def _watch(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+    """Streams until the client cancels (at most WATCH_MAX items)."""
+    for i in range(WATCH_MAX):
+        if not context.is_active():
+            return
+        yield pb_varint(1, i + 1)
+        time.sleep(0.02)
+
+
 def _fail(request: bytes, context: grpc.ServicerContext) -> bytes:
     context.abort(grpc.StatusCode.NOT_FOUND, FAIL_MESSAGE)
     raise AssertionError("abort returns by raising")
@@ -79,6 +91,7 @@ def serve(sock: str) -> None:
         "Count": grpc.unary_stream_rpc_method_handler(_count),
         "Sum": grpc.stream_unary_rpc_method_handler(_sum),
         "Fail": grpc.unary_unary_rpc_method_handler(_fail),
+        "Watch": grpc.unary_stream_rpc_method_handler(_watch),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_insecure_port(f"unix:{sock}")
@@ -137,6 +150,11 @@ def client(sock: str) -> list[dict[str, Any]]:
             code = exc.code().name
             assert exc.details() == FAIL_MESSAGE
         record("Fail", [req], [], code)
+        req = pb_varint(1, 1)
+        call = method("Watch", "unary_stream")(req, metadata=meta)
+        got = [next(call) for _ in range(WATCH_READ)]
+        call.cancel()
+        record("Watch", [req], got, call.code().name)
     return calls
 
 
