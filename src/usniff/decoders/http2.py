@@ -248,6 +248,7 @@ class _Side:
         self.sync_buf = b""
         self.hpack = _new_hpack()
         self.block: _Block | None = None
+        self.failing = False  # HPACK failed on the last block (one notice until it recovers)
         self.ts_first = 0.0  # ts of the current frame's first byte
         self.cut = 0  # bytes of the current frame not captured
 
@@ -332,9 +333,14 @@ class Http2Decoder:
             return events
         # bytes cut inside a DATA frame's payload keep the framing
         if (cut and len(side.buf) >= HEADER_SIZE and side.buf[3] == DATA
-                and n < side.want()):  # fmt: skip
+                and n <= side.want()):  # fmt: skip
             side.cut += n
             side.buf += bytes(n)  # placeholder, never read as message bytes (holed)
+            if side.want() == 0:
+                try:
+                    self._complete(direction, side, ts, events)
+                except ProtocolError as exc:
+                    self._desync(direction, f"protocol error: {exc}", ts, events)
             return events
         self._desync(direction, lost(n, cut), ts, events)
         return events
@@ -358,19 +364,24 @@ class Http2Decoder:
             take = min(side.want(), end - pos)
             side.buf += data[pos : pos + take]
             pos += take
-            if side.want() > 0:
-                continue
-            raw = bytes(side.buf)
-            side.buf.clear()
-            cut, side.cut = side.cut, 0
-            try:
-                frame, length = Frame.parse_frame_header(memoryview(raw[:HEADER_SIZE]))
-                frame.parse_body(memoryview(raw[HEADER_SIZE:]))
-            except HyperframeError as exc:
-                raise ProtocolError(f"{type(exc).__name__}: {exc}") from exc
-            except ValueError as exc:  # hyperframe's struct unpacking of short bodies
-                raise ProtocolError(f"frame type {raw[3]}: {exc}") from exc
-            self._frame(direction, side, frame, len(raw), side.ts_first, ts, cut, events)
+            if side.want() == 0:
+                self._complete(direction, side, ts, events)
+
+    def _complete(
+        self, direction: Direction, side: _Side, ts: float, events: list[DecoderEvent]
+    ) -> None:
+        """The frame in ``side.buf`` is whole: parse and handle it."""
+        raw = bytes(side.buf)
+        side.buf.clear()
+        cut, side.cut = side.cut, 0
+        try:
+            frame, _ = Frame.parse_frame_header(memoryview(raw[:HEADER_SIZE]))
+            frame.parse_body(memoryview(raw[HEADER_SIZE:]))
+        except HyperframeError as exc:
+            raise ProtocolError(f"{type(exc).__name__}: {exc}") from exc
+        except ValueError as exc:  # hyperframe's struct unpacking of short bodies
+            raise ProtocolError(f"frame type {raw[3]}: {exc}") from exc
+        self._frame(direction, side, frame, len(raw), side.ts_first, ts, cut, events)
 
     def _desync(
         self, direction: Direction, why: str, ts: float, events: list[DecoderEvent]
@@ -488,9 +499,12 @@ class Http2Decoder:
                 why = f"HPACK: {exc}"
         if headers is None:
             side.hpack = _new_hpack()  # its table no longer matches the sender's
-            events.append(Notice(PROTOCOL, direction, "undecodable",
-                                 f"#{block.stream} headers not decoded: {clip(why, 120)}",
-                                 block.ts_first))  # fmt: skip
+            if not side.failing:
+                events.append(Notice(PROTOCOL, direction, "undecodable",
+                                     f"#{block.stream} headers not decoded: {clip(why, 120)}"
+                                     " (and later ones until a block decodes)",
+                                     block.ts_first))  # fmt: skip
+        side.failing = headers is None
         if block.kind == PUSH_PROMISE:
             path = _text(_get(headers, b":path") or b"?")
             events.append(Notice(PROTOCOL, direction, "push",
@@ -642,7 +656,7 @@ class Http2Decoder:
         details["data_bytes"] = {"client": stream.data_in, "server": stream.data_out}
         grpc_status: int | None = None
         if grpc:
-            path = _text(_get(req, b":path") or b"")
+            path = _text((_get(req, b":path") or b"").split(b"?", 1)[0])
             service, _, method = path.lstrip("/").rpartition("/")
             details["grpc"] = {"service": service, "method": method}
             raw = _get(stream.trailers, b"grpc-status")
@@ -753,7 +767,7 @@ class Http2Decoder:
         elif "response" in stream.undecoded:
             parts.append("(headers not decoded)")
         body = self._body_text(stream, Direction.SERVER, grpc)
-        if body and stream.ts_reply is not None:
+        if body and stream.response is not None:
             parts.append(body)
         if stream.reset:
             parts.append(f"RST_STREAM {stream.reset}")

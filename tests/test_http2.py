@@ -1,0 +1,324 @@
+"""HTTP/2 + gRPC decoder, offline: the real capture (captures/grpc.pcapng, a grpcio
+client and server recorded by captures/record_live.py) and frames built here with
+hpack's encoder for what a healthy session does not show (resets, GOAWAY,
+CONTINUATION, mid-connection starts, lost and cut bytes, plain HTTP/2)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+import hpack
+import pytest
+from conftest import capture
+from live_helpers import USNIFF
+
+from usniff.decoders.base import DecoderEvent, Notice, Transaction
+from usniff.decoders.http2 import (
+    MAX_STREAMS,
+    PREFACE,
+    Http2Decoder,
+    fields,
+    h2_preface,
+    plausible_frame,
+)
+from usniff.decoders.registry import detect
+from usniff.streams import Direction, conn_key
+
+C, S = Direction.CLIENT, Direction.SERVER
+GRPC_SERVICE = "/usniff.test.Demo/"
+
+
+def frame(kind: int, flags: int, sid: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + sid.to_bytes(4, "big") + payload
+
+
+def settings() -> bytes:
+    return frame(4, 0, 0, b"")
+
+
+def headers(sid: int, block: bytes, end_stream: bool = False, end_headers: bool = True) -> bytes:
+    return frame(1, (1 if end_stream else 0) | (4 if end_headers else 0), sid, block)
+
+
+def data(sid: int, payload: bytes, end_stream: bool = False) -> bytes:
+    return frame(0, 1 if end_stream else 0, sid, payload)
+
+
+def grpc_message(body: bytes) -> bytes:
+    return b"\x00" + len(body).to_bytes(4, "big") + body
+
+
+def request_headers(path: str, **extra: str) -> list[tuple[str, str]]:
+    return [(":method", "POST"), (":scheme", "http"), (":path", path),
+            (":authority", "localhost"), ("content-type", "application/grpc"),
+            *extra.items()]  # fmt: skip
+
+
+RESPONSE = [(":status", "200"), ("content-type", "application/grpc")]
+
+
+def run(steps: list[tuple[Direction, bytes | int]], redact: bool = False) -> list[DecoderEvent]:
+    decoder = Http2Decoder(redact=redact)
+    events: list[DecoderEvent] = []
+    ts = 1.0
+    for direction, item in steps:
+        ts += 0.001
+        if isinstance(item, int):
+            events += decoder.gap(direction, item, ts, False)
+        else:
+            events += decoder.feed(direction, item, ts)
+    return events + decoder.close()
+
+
+def txs(events: list[DecoderEvent]) -> list[Transaction]:
+    return [e for e in events if isinstance(e, Transaction)]
+
+
+def notices(events: list[DecoderEvent], kind: str) -> list[str]:
+    return [e.summary for e in events if isinstance(e, Notice) and e.kind == kind]
+
+
+class Session:
+    """Both sides' HPACK encoders and the bytes of a connection built call by call."""
+
+    def __init__(self) -> None:
+        self.enc = (hpack.Encoder(), hpack.Encoder())
+        self.steps: list[tuple[Direction, bytes | int]] = [(C, PREFACE + settings()),
+                                                           (S, settings())]  # fmt: skip
+
+    def block(self, direction: Direction, hdrs: list[tuple[str, str]]) -> bytes:
+        return bytes(self.enc[direction].encode(hdrs))
+
+    def unary(self, sid: int, path: str, status: int = 0, **extra: str) -> None:
+        req = self.block(C, request_headers(path, **extra))
+        self.steps.append((C, headers(sid, req) + data(sid, grpc_message(b"\x08\x01"), True)))
+        trailers = [("grpc-status", str(status))]
+        if status == 0:
+            resp = headers(sid, self.block(S, RESPONSE)) + data(sid, grpc_message(b"\x08\x02"))
+            resp += headers(sid, self.block(S, trailers), end_stream=True)
+        else:  # trailers-only
+            resp = headers(sid, self.block(S, RESPONSE + trailers), end_stream=True)
+        self.steps.append((S, resp))
+
+
+# --------------------------------------------------------------------------- the real capture
+
+
+def _read(*extra: str) -> list[dict[str, Any]]:
+    out = subprocess.run([USNIFF, "read", "captures/grpc.pcapng", "--format", "json",
+                          "--protocol", "auto", *extra],
+                         capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def test_capture_decodes_every_call() -> None:
+    events = _read()
+    calls = [e for e in events if e["type"] == "transaction"]
+    assert [c["command"].removeprefix(GRPC_SERVICE) for c in calls] == [
+        "Echo", "Echo", "Count", "Sum", "Fail", "Watch"
+    ]  # fmt: skip
+    assert all(c["latency"] is not None and c["latency"] > 0 for c in calls)
+    echo, _, count, total, fail, watch = calls
+    assert echo["reply"] == "OK, 1 msg 9 bytes" and not echo["error"]
+    assert count["reply"] == "OK, 4 msgs 40 bytes"
+    assert total["request"] == f"#7 {GRPC_SERVICE}Sum 3 msgs 12 bytes"
+    assert fail["error"] and fail["details"]["grpc_status"] == 5
+    assert fail["reply"] == 'NOT_FOUND "no such thing: widget 42", 0 msgs 0 bytes'
+    assert watch["error"] and watch["details"]["reset"] == "CANCEL by client"
+    assert count["details"]["server_first_message"] == [[1, 0, 1], [2, 2, "item-1"]]
+    kinds = {e["kind"] for e in events if e["type"] == "notice"}
+    assert kinds == {"stream", "reset"}
+
+
+def test_capture_redacted() -> None:
+    plain, redacted = json.dumps(_read()), json.dumps(_read("--redact"))
+    assert "grpc-s3cr3t-token" in plain and "grpc-s3cr3t-token" not in redacted
+    assert '"authorization": "***"' in redacted
+
+
+def _sessions() -> list[list[tuple[Direction, bytes]]]:
+    conns: dict[object, list[tuple[Direction, bytes]]] = {}
+    for rec in capture("grpc"):
+        if rec.kind == "data":
+            direction = S if rec.path_is_own else C
+            conns.setdefault(conn_key(rec), []).append((direction, rec.data))
+    return list(conns.values())
+
+
+def _summary(events: list[DecoderEvent]) -> list[tuple[str, str, str, bool, int, int]]:
+    return [(t.command, t.request, t.reply, t.error, t.bytes_in, t.bytes_out) for t in txs(events)]
+
+
+def test_byte_by_byte_feeding_decodes_the_same() -> None:
+    [session] = _sessions()
+    whole = run(list(session))
+    split = run([(d, chunk[i : i + 1]) for d, chunk in session for i in range(len(chunk))])
+    assert len(txs(whole)) == 6 and _summary(split) == _summary(whole)
+
+
+def test_capture_started_mid_connection() -> None:
+    """From the client's 4th chunk on: its HPACK references to entries sent before
+    are not decoded (never resolved to a wrong entry), the server's table is whole
+    (its first header block is in the capture): replies, gRPC message counts and
+    statuses are as in the full capture."""
+    [session] = _sessions()
+    client = [i for i, (d, _) in enumerate(session) if d is C]
+    events = run(list(session[client[3] :]))
+    undecodable = notices(events, "undecodable")
+    assert undecodable[0].startswith("capture began mid-connection (no client preface)")
+    assert undecodable[1].startswith("#3 headers not decoded: HPACK: Invalid table index")
+    assert len(undecodable) == 2  # one notice while the failures go on
+    late, full = txs(events), txs(run(list(session)))
+    assert [t.reply for t in late] == [t.reply for t in full]
+    assert (late[0].command, late[0].request) == (
+        "(begun before the capture)",
+        "#1 (begun before the capture) 0 msgs 0 bytes",
+    )
+    for t in late[1:]:
+        assert t.command == "(headers not decoded)" and t.details["headers_not_decoded"] == [
+            "request"
+        ], t  # fmt: skip
+        assert t.request.startswith(f"#{t.details['stream_id']} (headers not decoded) ")
+
+
+# --------------------------------------------------------------------------- built frames
+
+
+def test_unary_calls_and_trailers_only_error() -> None:
+    s = Session()
+    s.unary(1, "/pkg.Svc/Get")
+    s.unary(3, "/pkg.Svc/Get", status=14)
+    ok, err = txs(run(s.steps))
+    assert (ok.command, ok.reply, ok.error) == ("/pkg.Svc/Get", "OK, 1 msg 2 bytes", False)
+    assert ok.details["grpc"] == {"service": "pkg.Svc", "method": "Get"}
+    assert (err.reply, err.error, err.details["grpc_status"]) == ("UNAVAILABLE, 0 msgs 0 bytes",
+                                                                   True, 14)  # fmt: skip
+
+
+def test_redact_masks_credential_headers_and_query_values() -> None:
+    s = Session()
+    s.unary(1, "/pkg.Svc/Get?token=abc&x=1", authorization="Bearer xyz", cookie="sid=1",
+            x_api_key="k")  # fmt: skip
+    [t] = txs(run(s.steps, redact=True))
+    hdrs = t.details["request_headers"]
+    assert isinstance(hdrs, dict)
+    assert hdrs["authorization"] == hdrs["cookie"] == "***"
+    assert t.details["path"] == "/pkg.Svc/Get?token=***&x=1"
+    assert "abc" not in t.request + json.dumps(t.details)
+
+
+def test_plain_http2_request_normalised_for_stats() -> None:
+    s = Session()
+    req = [(":method", "GET"), (":scheme", "http"), (":path", "/v1/items/12345?q=secret"),
+           (":authority", "x")]  # fmt: skip
+    s.steps.append((C, headers(1, s.block(C, req), end_stream=True)))
+    resp = [(":status", "404"), ("content-type", "text/plain")]
+    s.steps.append((S, headers(1, s.block(S, resp)) + data(1, b"not found", True)))
+    [t] = txs(run(s.steps))
+    assert t.command == "GET /v1/items/{n}"
+    assert (t.request, t.reply, t.error) == ("#1 GET /v1/items/12345?q=secret",
+                                             "404 text/plain, 9 bytes", True)  # fmt: skip
+
+
+def test_continuation_frames() -> None:
+    s = Session()
+    block = s.block(C, request_headers("/pkg.Svc/Big", big="v" * 300))
+    first, rest = block[:10], block[10:]
+    s.steps.append((C, headers(1, first, end_headers=False) + frame(9, 0, 1, rest[:100])
+                    + frame(9, 4, 1, rest[100:]) + data(1, grpc_message(b""), True)))  # fmt: skip
+    s.steps.append((S, headers(1, s.block(S, RESPONSE + [("grpc-status", "0")]), True)))
+    [t] = txs(run(s.steps))
+    hdrs = t.details["request_headers"]
+    assert isinstance(hdrs, dict) and t.command == "/pkg.Svc/Big"
+    assert hdrs["big"] == "v" * 253 + "..."  # values are clipped in the details
+
+
+def test_data_inside_a_header_block_is_a_protocol_error() -> None:
+    s = Session()
+    block = s.block(C, request_headers("/pkg.Svc/X"))
+    s.steps.append((C, headers(1, block[:5], end_headers=False) + data(1, b"x")))
+    events = run(s.steps)
+    assert notices(events, "undecodable") == ["protocol error: DataFrame inside a header block"]
+
+
+def test_rst_stream_and_goaway() -> None:
+    s = Session()
+    for sid in (1, 3, 5):
+        s.steps.append((C, headers(sid, s.block(C, request_headers(f"/pkg.Svc/M{sid}")))))
+    s.steps.append((S, frame(3, 0, 1, (8).to_bytes(4, "big"))))  # RST_STREAM CANCEL
+    goaway = (3).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"bye"
+    s.steps.append((S, frame(7, 0, 0, goaway)))
+    s.steps.append((S, headers(3, s.block(S, RESPONSE + [("grpc-status", "0")]), True)))
+    events = run(s.steps)
+    assert notices(events, "reset") == ["#1 RST_STREAM CANCEL by server /pkg.Svc/M1"]
+    assert notices(events, "goaway") == ["GOAWAY NO_ERROR by server, last stream 3: bye"]
+    m1, m5, m3 = txs(events)
+    assert (m1.command, m1.reply, m1.error) == ("/pkg.Svc/M1", "RST_STREAM CANCEL by server",
+                                                True)  # fmt: skip
+    assert m5.command == "/pkg.Svc/M5" and m5.error and m5.reply.startswith("not processed")
+    assert m3.command == "/pkg.Svc/M3" and m3.reply == "OK, 0 msgs 0 bytes" and not m3.error
+
+
+def test_gap_resyncs_and_restarts_hpack() -> None:
+    s = Session()
+    s.unary(1, "/pkg.Svc/A")
+    s.steps.append((C, 50))  # lost bytes: the client's HPACK insertions in them are unknown
+    s.unary(3, "/pkg.Svc/A")  # its block refers to the entries of the first call
+    s.unary(5, "/pkg.Svc/B")
+    events = run(s.steps)
+    assert notices(events, "undecodable")[0] == "50 bytes missing"
+    a, lost, b = txs(events)
+    assert a.command == "/pkg.Svc/A" and lost.command == "(headers not decoded)"
+    assert "headers not decoded" in notices(events, "undecodable")[1]
+    assert b.command in ("/pkg.Svc/B", "(headers not decoded)")  # never a wrong name
+    assert lost.reply == "OK, 1 msg 2 bytes"  # the server's table is whole
+    assert "lost_sync" not in lost.details  # it began after the gap
+
+
+def test_cut_inside_data_keeps_framing() -> None:
+    decoder = Http2Decoder()
+    enc = hpack.Encoder()
+    decoder.feed(C, PREFACE + headers(1, bytes(enc.encode(request_headers("/p.S/M")))), 1.0)
+    body = data(1, grpc_message(b"x" * 100), True)
+    decoder.feed(C, body[:50], 1.1)
+    assert decoder.gap(C, len(body) - 50, 1.1, True) == []
+    enc_s = hpack.Encoder()
+    events = decoder.feed(S, headers(1, bytes(enc_s.encode(RESPONSE + [("grpc-status", "0")])),
+                                     True), 1.2)  # fmt: skip
+    [t] = txs(events)
+    assert t.cut == len(body) - 50 and t.request == "#1 /p.S/M 0 msgs 0 bytes (incomplete)"
+
+
+def test_streams_are_bounded() -> None:
+    s = Session()
+    for i in range(MAX_STREAMS + 5):
+        s.steps.append((C, headers(2 * i + 1, s.block(C, request_headers("/p.S/Open")))))
+    events = run(s.steps)
+    assert len(txs(events)) == MAX_STREAMS + 5 and all(t.unanswered for t in txs(events))
+
+
+def test_detection() -> None:
+    assert h2_preface(PREFACE) and h2_preface(PREFACE[:8]) and not h2_preface(PREFACE[:7])
+    assert not h2_preface(b"GET / HTTP/1.1\r\n")
+    assert detect(PREFACE + settings(), b"") == "http2"
+    assert plausible_frame(settings()) and plausible_frame(data(1, b"x"))
+    assert plausible_frame(b"\x00\x00") is None
+    assert not plausible_frame(data(0, b"x"))  # DATA on stream 0
+    assert not plausible_frame(frame(4, 0, 1, b""))  # SETTINGS on a stream
+    assert not plausible_frame(frame(9, 4, 1, b""))  # CONTINUATION: not a block's start
+
+
+@pytest.mark.parametrize(
+    ("raw", "tree"),
+    [
+        (b"\x08\x96\x01", [[1, 0, 150]]),
+        (b"\x12\x03abc", [[2, 2, "abc"]]),
+        (b"\x1a\x02\x08\x01", [[3, 2, [[1, 0, 1]]]]),
+        (b"\x25\x01\x00\x00\x00", [[4, 5, "00000001"]]),
+        (b"\xff", "ff"),  # not a message: hex
+    ],
+)
+def test_protobuf_field_tree(raw: bytes, tree: object) -> None:
+    assert fields(raw) == tree
