@@ -648,7 +648,7 @@ class Http2Decoder:
             details["informational"] = list(stream.informational)
         status = _get(stream.response, b":status")
         if status is not None:
-            details["status"] = int(status) if status.isdigit() else _text(status)
+            details["status"] = _number(status) if _number(status) >= 0 else clip(_text(status), 40)
         if stream.response:
             details["response_headers"] = self._headers(stream.response)
         if stream.trailers and stream.trailers is not stream.response:
@@ -661,8 +661,8 @@ class Http2Decoder:
             details["grpc"] = {"service": service, "method": method}
             raw = _get(stream.trailers, b"grpc-status")
             if raw is not None:
-                grpc_status = int(raw) if raw.isdigit() else -1
-                details["grpc_status"] = grpc_status
+                grpc_status = _number(raw)
+                details["grpc_status"] = grpc_status if grpc_status >= 0 else clip(_text(raw), 40)
                 message = _get(stream.trailers, b"grpc-message")
                 if message is not None:
                     details["grpc_message"] = _percent_decoded(message)
@@ -749,8 +749,9 @@ class Http2Decoder:
             return "(lost sync)" if stream.lost else ""
         if stream.response is not None or stream.trailers is not None:
             if grpc and grpc_status is not None:
+                shown = _text(_get(stream.trailers, b"grpc-status") or b"")
                 name = (GRPC_STATUS[grpc_status] if 0 <= grpc_status < len(GRPC_STATUS)
-                        else f"grpc-status {grpc_status}")  # fmt: skip
+                        else f"grpc-status {clip(shown, 40)}")  # fmt: skip
                 message = _get(stream.trailers, b"grpc-message")
                 if message:
                     name += f' "{clip(_percent_decoded(message), 80)}"'
@@ -783,6 +784,11 @@ class Http2Decoder:
             text = f"{m.count} msg{'' if m.count == 1 else 's'} {m.size} bytes"
             return text + ("" if m.complete else " (incomplete)")
         return f"{size} bytes" if size or direction is Direction.SERVER else ""
+
+
+def _number(value: bytes) -> int:
+    """A status code's value; -1 when it is not a (short) decimal number."""
+    return int(value) if value.isdigit() and len(value) <= 9 else -1
 
 
 def _percent_decoded(value: bytes) -> str:
