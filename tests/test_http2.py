@@ -209,6 +209,28 @@ def test_redact_masks_credential_headers_and_query_values() -> None:
     assert "abc" not in t.request + json.dumps(t.details)
 
 
+def test_status_that_is_not_a_short_number() -> None:
+    """int() of a 5000-digit status raised ValueError (Python's digit limit)."""
+    s = Session()
+    req = s.block(C, request_headers("/pkg.Svc/Get"))
+    s.steps.append((C, headers(1, req, end_stream=True)))
+    resp = [(":status", "9" * 5000), ("content-type", "application/grpc"), ("grpc-status", "x1")]
+    s.steps.append((S, headers(1, s.block(S, resp), end_stream=True)))
+    [t] = txs(run(s.steps))
+    assert t.details["status"] == "9" * 37 + "..." and t.details["grpc_status"] == "x1"
+    assert t.error and t.reply == "grpc-status x1, 0 msgs 0 bytes"
+
+
+def test_informational_responses_are_bounded() -> None:
+    s = Session()
+    s.steps.append((C, headers(1, s.block(C, request_headers("/pkg.Svc/Get")), end_stream=True)))
+    for _ in range(100):
+        s.steps.append((S, headers(1, s.block(S, [(":status", "103")]))))
+    s.steps.append((S, headers(1, s.block(S, RESPONSE + [("grpc-status", "0")]), True)))
+    [t] = txs(run(s.steps))
+    assert t.details["informational"] == ["103"] * 8 and t.reply == "OK, 0 msgs 0 bytes"
+
+
 def test_plain_http2_request_normalised_for_stats() -> None:
     s = Session()
     req = [(":method", "GET"), (":scheme", "http"), (":path", "/v1/items/12345?q=secret"),

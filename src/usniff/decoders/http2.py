@@ -74,6 +74,7 @@ MAX_CLOSED = 1024  # recently ended stream ids remembered (their late frames are
 MAX_HEADERS = 64  # headers kept per block in the details
 HEADER_VALUE = 256  # characters of a header value kept
 KEEP = 256  # bytes kept of each direction's first gRPC message
+MAX_LISTED = 8  # informational responses and undecoded blocks listed per stream
 SUMMARY = 200
 
 (DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE,
@@ -514,7 +515,7 @@ class Http2Decoder:
         stream = self._streams.get(block.stream)
         if stream is None:
             return  # stream 0 or a stream already ended (its table update is applied)
-        if headers is None:
+        if headers is None and len(stream.undecoded) < MAX_LISTED:
             stream.undecoded.append("request" if direction is Direction.CLIENT else "response")
         if direction is Direction.CLIENT:
             if not stream.request_seen:
@@ -527,7 +528,8 @@ class Http2Decoder:
             return
         status = _get(headers, b":status")
         if stream.response is None and status is not None and status[:1] == b"1":
-            stream.informational.append(_text(status))
+            if len(stream.informational) < MAX_LISTED:
+                stream.informational.append(clip(_text(status), 40))
         elif stream.response is None:
             stream.response = headers if headers is not None else []
             if block.end_stream:  # trailers-only (a gRPC error without a body)
