@@ -97,11 +97,20 @@ def test_every_call_paired_with_what_the_client_saw(runs: Runs) -> None:
 
 
 def test_streaming_calls_shown_as_they_progress(runs: Runs) -> None:
-    shown = Counter(n["summary"].rsplit(" ", 1)[0] for n in runs.json.notices("stream"))
+    streamed = runs.json.notices("stream")
+    shown = Counter(n["summary"].rsplit(" ", 3)[0] for n in streamed)
     assert shown[f"#5 /{SERVICE}/Count server message"] == COUNT, shown
     assert shown[f"#7 /{SERVICE}/Sum client message"] == SUM, shown
     assert shown[f"#11 /{SERVICE}/Watch server message"] >= WATCH_READ, shown
     assert len(shown) == 3, shown  # unary calls give no stream notices
+    calls = {c["method"]: c for c in runs.calls}
+    count = [n for n in streamed if "/Count " in n["summary"]]
+    assert [(n["details"]["message"], n["details"]["bytes"]) for n in count] == list(
+        enumerate(calls[f"/{SERVICE}/Count"]["received"], 1)
+    )  # fmt: skip
+    assert count[-1]["summary"] == f"#5 /{SERVICE}/Count server message {COUNT}: 10 bytes"
+    sums = [n["details"]["bytes"] for n in streamed if "/Sum " in n["summary"]]
+    assert sums == calls[f"/{SERVICE}/Sum"]["sent"]
     [reset] = runs.json.notices("reset")
     assert reset["summary"] == f"#11 RST_STREAM CANCEL by client /{SERVICE}/Watch", reset
     kinds = {e["kind"] for e in runs.json.events if e["type"] == "notice"}

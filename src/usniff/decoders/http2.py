@@ -149,14 +149,15 @@ class _Messages:
     compressed: int = 0
     prefix: bytearray = field(default_factory=bytearray)
     length: int = 0  # the current message's size
+    first_size: int = 0
     left: int = 0  # bytes of it still to come
     first: bytearray = field(default_factory=bytearray)  # start of the first message
     holed: bool = False  # DATA bytes were not captured: message boundaries are unknown
     partial: bool = False  # a message is being read
 
-    def feed(self, data: bytes) -> int:
-        """Read ``data``; return how many messages it completes."""
-        done = 0
+    def feed(self, data: bytes) -> list[int]:
+        """Read ``data``; return the sizes of the messages it completes."""
+        done: list[int] = []
         pos, end = 0, len(data)
         while pos < end and not self.holed:
             if not self.partial:
@@ -178,7 +179,9 @@ class _Messages:
                 self.partial = False
                 self.count += 1
                 self.size += self.length
-                done += 1
+                if self.count == 1:
+                    self.first_size = self.length
+                done.append(self.length)
         return done
 
     @property
@@ -562,9 +565,7 @@ class Http2Decoder:
         msgs = stream.msgs[direction]
         if cut:
             msgs.holed = True
-        before = msgs.count
-        msgs.feed(bytes(frame.data))
-        self._progress(direction, stream, before, ts, events)
+        self._progress(direction, stream, msgs.feed(bytes(frame.data)), ts, events)
         if "END_STREAM" in frame.flags:
             if client:
                 stream.client_end = True
@@ -575,24 +576,24 @@ class Http2Decoder:
         self,
         direction: Direction,
         stream: _Stream,
-        before: int,
+        sizes: list[int],
         ts: float,
         events: list[DecoderEvent],
     ) -> None:
-        """``stream``'s messages ``before``.. of ``direction`` arrived: shown when it streams."""
+        """The last ``sizes`` messages of ``direction`` arrived: shown when it streams."""
         msgs = stream.msgs[direction]
         if msgs.count < 2 or not stream.grpc:
             return
-        start = before
-        if not stream.streaming[direction]:
+        if not stream.streaming[direction]:  # the first message, held back until now
             stream.streaming[direction] = True
-            start = 0
+            if msgs.count > len(sizes):
+                sizes = [msgs.first_size, *sizes]
         who = "client" if direction is Direction.CLIENT else "server"
-        path = _text(_get(stream.request, b":path") or b"?")
-        for n in range(start, msgs.count):
-            events.append(Notice(PROTOCOL, direction, "stream",
-                                 f"#{stream.id} {clip(path, 100)} {who} message {n + 1}", ts,
-                                 {"stream_id": stream.id, "message": n + 1}))  # fmt: skip
+        path = clip(_text(_get(stream.request, b":path") or b"?"), 100)
+        for n, size in enumerate(sizes, msgs.count - len(sizes) + 1):
+            summary = f"#{stream.id} {path} {who} message {n}: {size} bytes"
+            details: Details = {"stream_id": stream.id, "message": n, "bytes": size}
+            events.append(Notice(PROTOCOL, direction, "stream", summary, ts, details))
 
     # -- resets and endings
 
