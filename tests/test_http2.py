@@ -231,6 +231,25 @@ def test_informational_responses_are_bounded() -> None:
     assert t.details["informational"] == ["103"] * 8 and t.reply == "OK, 0 msgs 0 bytes"
 
 
+def test_compressed_messages_and_redacted_stream_notices() -> None:
+    s = Session()
+    req = s.block(C, request_headers("/pkg.Svc/Up?token=abc"))
+    chunks = [b"\x01" + (3).to_bytes(4, "big") + b"\x78\x9c\x03" for _ in range(2)]
+    s.steps.append((C, headers(1, req) + data(1, b"".join(chunks), True)))
+    s.steps.append((S, headers(1, s.block(S, RESPONSE + [("grpc-status", "0")]), True)))
+    events = run(s.steps, redact=True)
+    [t] = txs(events)
+    assert t.details["client_first_message"] == "(compressed)"
+    assert t.details["messages"] == {
+        "client": {"count": 2, "bytes": 6, "complete": True, "compressed": 2},
+        "server": {"count": 0, "bytes": 0, "complete": True},
+    }
+    assert notices(events, "stream") == [
+        "#1 /pkg.Svc/Up?token=*** client message 1: 3 bytes",
+        "#1 /pkg.Svc/Up?token=*** client message 2: 3 bytes",
+    ]
+
+
 def test_plain_http2_request_normalised_for_stats() -> None:
     s = Session()
     req = [(":method", "GET"), (":scheme", "http"), (":path", "/v1/items/12345?q=secret"),

@@ -146,10 +146,11 @@ class _Messages:
 
     count: int = 0
     size: int = 0  # payload bytes of the complete messages
-    compressed: int = 0
+    compressed: int = 0  # messages with the compressed flag
     prefix: bytearray = field(default_factory=bytearray)
     length: int = 0  # the current message's size
     first_size: int = 0
+    first_compressed: bool = False
     left: int = 0  # bytes of it still to come
     first: bytearray = field(default_factory=bytearray)  # start of the first message
     holed: bool = False  # DATA bytes were not captured: message boundaries are unknown
@@ -167,6 +168,8 @@ class _Messages:
                 if len(self.prefix) < 5:
                     break
                 self.compressed += self.prefix[0] & 1
+                if self.count == 0:
+                    self.first_compressed = bool(self.prefix[0] & 1)
                 self.left = self.length = int.from_bytes(self.prefix[1:5], "big")
                 self.prefix.clear()
                 self.partial = True
@@ -589,7 +592,7 @@ class Http2Decoder:
             if msgs.count > len(sizes):
                 sizes = [msgs.first_size, *sizes]
         who = "client" if direction is Direction.CLIENT else "server"
-        path = clip(_text(_get(stream.request, b":path") or b"?"), 100)
+        path = clip(self._masked_path(_get(stream.request, b":path") or b"?"), 100)
         for n, size in enumerate(sizes, msgs.count - len(sizes) + 1):
             summary = f"#{stream.id} {path} {who} message {n}: {size} bytes"
             details: Details = {"stream_id": stream.id, "message": n, "bytes": size}
@@ -602,7 +605,7 @@ class Http2Decoder:
     ) -> None:
         who = "client" if direction is Direction.CLIENT else "server"
         stream = self._streams.get(sid)
-        path = _text(_get(stream.request if stream else None, b":path") or b"")
+        path = self._masked_path(_get(stream.request if stream else None, b":path") or b"")
         events.append(Notice(PROTOCOL, direction, "reset",
                              f"#{sid} RST_STREAM {_error_name(code)} by {who} {path}".rstrip(),
                              ts, {"stream_id": sid, "error_code": code}))  # fmt: skip
@@ -669,13 +672,16 @@ class Http2Decoder:
                 message = _get(stream.trailers, b"grpc-message")
                 if message is not None:
                     details["grpc_message"] = _percent_decoded(message)
-            details["messages"] = {
-                who: {"count": m.count, "bytes": m.size, "complete": m.complete}
-                for who, m in zip(("client", "server"), stream.msgs, strict=True)
-            }
+            messages: dict[str, dict[str, object]] = {}
             for who, m in zip(("client", "server"), stream.msgs, strict=True):
+                messages[who] = {"count": m.count, "bytes": m.size, "complete": m.complete}
+                if m.compressed:
+                    messages[who]["compressed"] = m.compressed
                 if m.count and m.first:
-                    details[f"{who}_first_message"] = fields(bytes(m.first))
+                    details[f"{who}_first_message"] = (
+                        "(compressed)" if m.first_compressed else fields(bytes(m.first))
+                    )
+            details["messages"] = messages
         if stream.reset:
             details["reset"] = stream.reset
         if stream.refused:
