@@ -18,7 +18,7 @@ from conftest import capture
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from usniff.decoders.base import Decoder, Notice, Transaction
+from usniff.decoders.base import Decoder, DecoderEvent, Notice, Transaction
 from usniff.decoders.fastcgi import FastcgiDecoder
 from usniff.decoders.http import HttpDecoder
 from usniff.decoders.http2 import PREFACE, Http2Decoder
@@ -71,9 +71,9 @@ ALPHABET = {
 }
 
 
-def feed(name: str, steps: list[Step]) -> None:
-    decoder = DECODERS[name]()
-    events = []
+def drive(decoder: Decoder, steps: list[Step]) -> list[DecoderEvent]:
+    """Feed ``steps`` (1 ms apart) to ``decoder``, then close it: all its events."""
+    events: list[DecoderEvent] = []
     ts = 1.0
     for direction, item in steps:
         ts += 0.001
@@ -81,8 +81,11 @@ def feed(name: str, steps: list[Step]) -> None:
             events += decoder.gap(direction, item, ts, False)
         else:
             events += decoder.feed(direction, item, ts)
-    events += decoder.close()
-    for ev in events:
+    return events + decoder.close()
+
+
+def feed(name: str, steps: list[Step]) -> None:
+    for ev in drive(DECODERS[name](), steps):
         assert isinstance(ev, Transaction | Notice)
         if isinstance(ev, Transaction):
             assert ev.bytes_in >= 0 and ev.bytes_out >= 0 and isinstance(ev.reply, str)

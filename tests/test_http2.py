@@ -11,8 +11,8 @@ from typing import Any
 
 import hpack
 import pytest
-from conftest import capture
 from live_helpers import USNIFF
+from test_fuzz_decoders import SESSIONS, Step, drive
 
 from usniff.decoders.base import DecoderEvent, Notice, Transaction
 from usniff.decoders.http2 import (
@@ -24,7 +24,7 @@ from usniff.decoders.http2 import (
     plausible_frame,
 )
 from usniff.decoders.registry import detect
-from usniff.streams import Direction, conn_key
+from usniff.streams import Direction
 
 C, S = Direction.CLIENT, Direction.SERVER
 GRPC_SERVICE = "/usniff.test.Demo/"
@@ -59,17 +59,8 @@ def request_headers(path: str, **extra: str) -> list[tuple[str, str]]:
 RESPONSE = [(":status", "200"), ("content-type", "application/grpc")]
 
 
-def run(steps: list[tuple[Direction, bytes | int]], redact: bool = False) -> list[DecoderEvent]:
-    decoder = Http2Decoder(redact=redact)
-    events: list[DecoderEvent] = []
-    ts = 1.0
-    for direction, item in steps:
-        ts += 0.001
-        if isinstance(item, int):
-            events += decoder.gap(direction, item, ts, False)
-        else:
-            events += decoder.feed(direction, item, ts)
-    return events + decoder.close()
+def run(steps: list[Step], redact: bool = False) -> list[DecoderEvent]:
+    return drive(Http2Decoder(redact=redact), steps)
 
 
 def txs(events: list[DecoderEvent]) -> list[Transaction]:
@@ -85,7 +76,7 @@ class Session:
 
     def __init__(self) -> None:
         self.enc = (hpack.Encoder(), hpack.Encoder())
-        self.steps: list[tuple[Direction, bytes | int]] = [(C, PREFACE + settings()),
+        self.steps: list[Step] = [(C, PREFACE + settings()),
                                                            (S, settings())]  # fmt: skip
 
     def block(self, direction: Direction, hdrs: list[tuple[str, str]]) -> bytes:
@@ -138,13 +129,10 @@ def test_capture_redacted() -> None:
     assert '"authorization": "***"' in redacted
 
 
-def _sessions() -> list[list[tuple[Direction, bytes]]]:
-    conns: dict[object, list[tuple[Direction, bytes]]] = {}
-    for rec in capture("grpc"):
-        if rec.kind == "data":
-            direction = S if rec.path_is_own else C
-            conns.setdefault(conn_key(rec), []).append((direction, rec.data))
-    return list(conns.values())
+def _session() -> list[tuple[Direction, bytes]]:
+    """The capture's one connection, its chunks in capture order."""
+    [session] = SESSIONS["http2"]
+    return [(d, item) for d, item in session if isinstance(item, bytes)]
 
 
 def _summary(events: list[DecoderEvent]) -> list[tuple[str, str, str, bool, int, int]]:
@@ -152,7 +140,7 @@ def _summary(events: list[DecoderEvent]) -> list[tuple[str, str, str, bool, int,
 
 
 def test_byte_by_byte_feeding_decodes_the_same() -> None:
-    [session] = _sessions()
+    session = _session()
     whole = run(list(session))
     split = run([(d, chunk[i : i + 1]) for d, chunk in session for i in range(len(chunk))])
     assert len(txs(whole)) == 6 and _summary(split) == _summary(whole)
@@ -163,7 +151,7 @@ def test_capture_started_mid_connection() -> None:
     are not decoded (never resolved to a wrong entry), the server's table is whole
     (its first header block is in the capture): replies, gRPC message counts and
     statuses are as in the full capture."""
-    [session] = _sessions()
+    session = _session()
     client = [i for i, (d, _) in enumerate(session) if d is C]
     events = run(list(session[client[3] :]))
     undecodable = notices(events, "undecodable")

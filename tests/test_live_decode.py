@@ -13,10 +13,10 @@ import json
 import re
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from live_helpers import (
@@ -63,6 +63,28 @@ class Run:
 
     def notices(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["type"] == "notice" and e["kind"] == kind]
+
+
+T = TypeVar("T")
+
+
+def three_runs(
+    sock: str, pcap: str, session: Callable[[str], T], *text_args: str
+) -> tuple[T, Run, Run, Run]:
+    """``session(sock)`` watched by three usniff at once: JSON with --stats and --redact
+    (events parsed), text (``text_args`` added) and ``-w pcap``; the session's result
+    and the three runs."""
+    json_args = ("--path", sock, "--format", "json", "--stats", "--redact")
+    with (
+        Usniff(*json_args) as json_run,
+        Usniff("--path", sock, *text_args) as text_run,
+        Usniff("--path", sock, "-w", pcap) as pcap_run,
+    ):
+        result = session(sock)
+        results = [run.stop() for run in (json_run, text_run, pcap_run)]
+    decoded, text, written = (Run(sock, r.returncode, r.text, r.stderr, []) for r in results)
+    decoded.events = [json.loads(line) for line in decoded.stdout.splitlines()]
+    return result, decoded, text, written
 
 
 def _capture(sock: str, protocol: str, session: Any) -> Run:

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from live_helpers import USNIFF, Usniff, follow_all, tcp_bytes_by_port
+from live_helpers import USNIFF, follow_all, tcp_bytes_by_port
 from pcap_helpers import TSHARK, tshark
 from php_session import CONCURRENT, COOKIE, PASSWORD, POST_BODY, TOKEN, Session, php_session
 from servers import start_php_app
-from test_live_decode import Run, assert_clean_exit, stats_table
+from test_live_decode import Run, assert_clean_exit, stats_table, three_runs
 
 from usniff.decoders.registry import BY_NAME
 
@@ -58,16 +58,7 @@ class Runs:
 def runs() -> Iterator[Runs]:
     with tempfile.TemporaryDirectory(prefix="usniff-fcgi-") as tmp, start_php_app(tmp) as sock:
         pcap = os.path.join(tmp, "fcgi.pcapng")
-        json_args = ("--path", sock, "--format", "json", "--stats", "--redact")
-        with (
-            Usniff(*json_args) as json_run,
-            Usniff("--path", sock) as text_run,
-            Usniff("--path", sock, "-w", pcap) as pcap_run,
-        ):
-            session = php_session(sock)
-            results = [run.stop() for run in (json_run, text_run, pcap_run)]
-        decoded, text, written = (Run(sock, r.returncode, r.text, r.stderr, []) for r in results)
-        decoded.events = [json.loads(line) for line in decoded.stdout.splitlines()]
+        session, decoded, text, written = three_runs(sock, pcap, php_session)
         yield Runs(session, decoded, text, written, pcap)
 
 

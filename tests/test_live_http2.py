@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 from grpc_session import COUNT, FAIL_MESSAGE, SERVICE, SUM, TOKEN, WATCH_READ, run_client
 from grpc_session import start_grpc_server as start_server
-from live_helpers import USNIFF, Usniff
+from live_helpers import USNIFF
 from pcap_helpers import TSHARK, tshark
-from test_live_decode import Run, assert_clean_exit, stats_table
+from test_live_decode import Run, assert_clean_exit, stats_table, three_runs
 
 pytestmark = [
     pytest.mark.root,
@@ -48,16 +48,7 @@ class Runs:
 def runs() -> Iterator[Runs]:
     with tempfile.TemporaryDirectory(prefix="usniff-h2-") as tmp, start_server(tmp) as sock:
         pcap = os.path.join(tmp, "grpc.pcapng")
-        json_args = ("--path", sock, "--format", "json", "--stats", "--redact")
-        with (
-            Usniff(*json_args) as json_run,
-            Usniff("--path", sock, "--protocol", "auto") as text_run,
-            Usniff("--path", sock, "-w", pcap) as pcap_run,
-        ):
-            calls = run_client(sock)
-            results = [run.stop() for run in (json_run, text_run, pcap_run)]
-        decoded, text, written = (Run(sock, r.returncode, r.text, r.stderr, []) for r in results)
-        decoded.events = [json.loads(line) for line in decoded.stdout.splitlines()]
+        calls, decoded, text, written = three_runs(sock, pcap, run_client, "--protocol", "auto")
         yield Runs(calls, decoded, text, written, pcap)
 
 
