@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from live_helpers import (
     PIPE_N,
     REDIS_PASSWORD,
     SUBSCRIBE_MESSAGE,
+    USNIFF,
     Usniff,
     create_redis_user,
     mysql_session,
@@ -85,6 +87,21 @@ def three_runs(
     decoded, text, written = (Run(sock, r.returncode, r.text, r.stderr, []) for r in results)
     decoded.events = [json.loads(line) for line in decoded.stdout.splitlines()]
     return result, decoded, text, written
+
+
+def usniff_read(path: str, *args: str) -> list[dict[str, Any]]:
+    """The events of ``usniff read PATH --format json --protocol auto ARGS``."""
+    out = subprocess.run([USNIFF, "read", path, "--format", "json", "--protocol", "auto", *args],
+                         capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def tx_rows(events: list[dict[str, Any]], *details: str) -> list[tuple[Any, ...]]:
+    """The transactions of ``events`` as sorted rows of what must not differ between live
+    and offline decoding (and the ``details`` named)."""
+    keys = ("command", "request", "reply", "bytes_in", "bytes_out", "error", "client_comm")
+    return sorted(tuple(e.get(k) for k in keys) + tuple(e["details"].get(d) for d in details)
+                  for e in events if e["type"] == "transaction")  # fmt: skip
 
 
 def _capture(sock: str, protocol: str, session: Any) -> Run:

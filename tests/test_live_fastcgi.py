@@ -9,10 +9,8 @@ raw client parsed) and Wireshark's own FastCGI dissector on the pcapng.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import subprocess
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -20,11 +18,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from live_helpers import USNIFF, follow_all, tcp_bytes_by_port
+from live_helpers import follow_all, tcp_bytes_by_port
 from pcap_helpers import TSHARK, tshark
 from php_session import CONCURRENT, COOKIE, PASSWORD, POST_BODY, TOKEN, Session, php_session
 from servers import start_php_app
-from test_live_decode import Run, assert_clean_exit, stats_table, three_runs
+from test_live_decode import (
+    Run,
+    assert_clean_exit,
+    stats_table,
+    three_runs,
+    tx_rows,
+    usniff_read,
+)
 
 from usniff.decoders.registry import BY_NAME
 
@@ -184,15 +189,6 @@ def test_pcapng_dissected_by_wireshark(runs: Runs) -> None:
 
 
 def test_usniff_read_decodes_the_pcapng_as_live(runs: Runs) -> None:
-    out = subprocess.run([USNIFF, "read", runs.pcap_file, "--format", "json", "--protocol", "auto",
-                          "--redact"],
-                         capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
-    offline = [json.loads(line) for line in out.stdout.splitlines()]
-    keys = ("command", "request", "reply", "bytes_in", "bytes_out", "error", "client_comm")
-
-    def rows(events: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-        return sorted(tuple(e.get(k) for k in keys) + (e["details"].get("status"),)
-                      for e in events)  # fmt: skip
-
-    assert rows(offline) == rows(runs.json.events)
+    offline = usniff_read(runs.pcap_file, "--redact")
+    assert tx_rows(offline, "status") == tx_rows(runs.json.events, "status")
     assert all(e["type"] == "transaction" and e["latency"] is not None for e in offline)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -21,9 +20,15 @@ from typing import Any
 import pytest
 from grpc_session import COUNT, FAIL_MESSAGE, SERVICE, SUM, TOKEN, WATCH_READ, run_client
 from grpc_session import start_grpc_server as start_server
-from live_helpers import USNIFF
 from pcap_helpers import TSHARK, tshark
-from test_live_decode import Run, assert_clean_exit, stats_table, three_runs
+from test_live_decode import (
+    Run,
+    assert_clean_exit,
+    stats_table,
+    three_runs,
+    tx_rows,
+    usniff_read,
+)
 
 pytestmark = [
     pytest.mark.root,
@@ -120,9 +125,7 @@ def test_redact_masks_the_authorization_metadata(runs: Runs) -> None:
         assert tx["details"]["request_headers"]["authorization"] == "***", tx
         assert tx["details"]["request_headers"]["x-request-id"] == "req-1", tx
     # without --redact it is there (usniff read of the pcapng): the mask is no accident
-    out = subprocess.run([USNIFF, "read", runs.pcap_file, "--format", "json", "--protocol", "auto"],
-                         capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
-    assert out.stdout.count(TOKEN) == len(runs.calls)
+    assert json.dumps(usniff_read(runs.pcap_file)).count(TOKEN) == len(runs.calls)
 
 
 def test_text_lines(runs: Runs) -> None:
@@ -153,15 +156,7 @@ def test_pcapng_dissected_by_wireshark(runs: Runs) -> None:
 
 
 def test_usniff_read_decodes_the_pcapng_as_live(runs: Runs) -> None:
-    out = subprocess.run([USNIFF, "read", runs.pcap_file, "--format", "json", "--protocol", "auto",
-                          "--redact"],
-                         capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
-    offline = [json.loads(line) for line in out.stdout.splitlines()]
-    keys = ("command", "request", "reply", "bytes_in", "bytes_out", "error", "client_comm")
-
-    def rows(events: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-        return sorted(tuple(e.get(k) for k in keys) for e in events if e["type"] == "transaction")
-
-    assert rows(offline) == rows(runs.json.events)
-    assert len(rows(offline)) == len(runs.calls)
+    offline = usniff_read(runs.pcap_file, "--redact")
+    assert tx_rows(offline) == tx_rows(runs.json.events)
+    assert len(tx_rows(offline)) == len(runs.calls)
     assert all(e["latency"] is not None for e in offline if e["type"] == "transaction")
