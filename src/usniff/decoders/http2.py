@@ -209,7 +209,6 @@ class _Stream:
     data_out: int = 0
     msgs: tuple[_Messages, _Messages] = field(default_factory=lambda: (_Messages(), _Messages()))
     streaming: list[bool] = field(default_factory=lambda: [False, False])
-    client_end: bool = False
     reset: str = ""  # "CANCEL by client"
     refused: str = ""  # a GOAWAY said the server did not process it
     cut: int = 0
@@ -241,9 +240,18 @@ class _Block:
     end_stream: bool
     fragment: bytearray
     ts_first: float
-    size: int  # wire bytes of its frames
     promised: int = 0
     dropped: bool = False  # longer than MAX_BLOCK
+
+
+@dataclass(slots=True)
+class _Wire:
+    """Where a frame was on the wire."""
+
+    size: int  # bytes, its header included
+    ts_first: float  # ts of the chunk holding its first byte
+    ts: float  # ts of the chunk holding its last byte
+    cut: int  # bytes of it not captured (snap length)
 
 
 class _Side:
@@ -388,7 +396,7 @@ class Http2Decoder:
             raise ProtocolError(f"{type(exc).__name__}: {exc}") from exc
         except ValueError as exc:  # hyperframe's struct unpacking of short bodies
             raise ProtocolError(f"frame type {raw[3]}: {exc}") from exc
-        self._frame(direction, side, frame, len(raw), side.ts_first, ts, cut, events)
+        self._frame(direction, side, frame, _Wire(len(raw), side.ts_first, ts, cut), events)
 
     def _desync(
         self, direction: Direction, why: str, ts: float, events: list[DecoderEvent]
@@ -408,10 +416,7 @@ class Http2Decoder:
         direction: Direction,
         side: _Side,
         frame: Frame,
-        size: int,
-        ts_first: float,
-        ts: float,
-        cut: int,
+        wire: _Wire,
         events: list[DecoderEvent],
     ) -> None:
         block = side.block
@@ -421,29 +426,28 @@ class Http2Decoder:
             promised = frame.promised_stream_id if isinstance(frame, PushPromiseFrame) else 0
             kind = PUSH_PROMISE if promised else HEADERS
             side.block = _Block(kind, frame.stream_id, "END_STREAM" in frame.flags,
-                                bytearray(frame.data), ts_first, size, promised)  # fmt: skip
-            self._count(direction, frame.stream_id, size, ts_first, ts, cut, events)
+                                bytearray(frame.data), wire.ts_first, promised)  # fmt: skip
+            self._count(direction, frame.stream_id, wire, events)
             if "END_HEADERS" in frame.flags:
-                self._block(direction, side, ts, events)
+                self._block(direction, side, events)
         elif isinstance(frame, ContinuationFrame):
             if block is None or block.stream != frame.stream_id:
                 raise ProtocolError("CONTINUATION without its HEADERS")
-            block.size += size
             if len(block.fragment) + len(frame.data) > MAX_BLOCK:
                 block.dropped = True
                 block.fragment.clear()
             elif not block.dropped:
                 block.fragment += frame.data
-            self._count(direction, frame.stream_id, size, ts_first, ts, cut, events)
+            self._count(direction, frame.stream_id, wire, events)
             if "END_HEADERS" in frame.flags:
-                self._block(direction, side, ts, events)
+                self._block(direction, side, events)
         elif isinstance(frame, DataFrame):
-            self._data(direction, frame, size, ts_first, ts, cut, events)
+            self._data(direction, frame, wire, events)
         elif isinstance(frame, RstStreamFrame):
-            self._count(direction, frame.stream_id, size, ts_first, ts, cut, events)
-            self._reset(direction, frame.stream_id, frame.error_code, ts, events)
+            self._count(direction, frame.stream_id, wire, events)
+            self._reset(direction, frame.stream_id, frame.error_code, wire.ts, events)
         elif isinstance(frame, GoAwayFrame):
-            self._goaway(direction, frame, ts, events)
+            self._goaway(direction, frame, wire.ts, events)
         elif isinstance(frame, SettingsFrame):
             table = frame.settings.get(SettingsFrame.HEADER_TABLE_SIZE)
             if table is not None:  # the most the peer's encoder may use
@@ -454,10 +458,7 @@ class Http2Decoder:
         self,
         direction: Direction,
         sid: int,
-        size: int,
-        ts_first: float,
-        ts: float,
-        cut: int,
+        wire: _Wire,
         events: list[DecoderEvent],
     ) -> _Stream | None:
         """Count a frame of stream ``sid`` (opened when new); None for stream 0 and
@@ -468,16 +469,16 @@ class Http2Decoder:
                 return None
             if len(self._streams) >= MAX_STREAMS:  # the oldest is reported as it stands
                 self._done(next(iter(self._streams.values())), events)
-            stream = self._streams[sid] = _Stream(sid, ts)
-        stream.cut += cut
+            stream = self._streams[sid] = _Stream(sid, wire.ts)
+        stream.cut += wire.cut
         if direction is Direction.CLIENT:
-            stream.bytes_in += size
+            stream.bytes_in += wire.size
             if stream.ts_reply is None:
-                stream.ts_request = ts
+                stream.ts_request = wire.ts
         else:
-            stream.bytes_out += size
+            stream.bytes_out += wire.size
             if stream.ts_reply is None:
-                stream.ts_reply = ts_first
+                stream.ts_reply = wire.ts_first
         return stream
 
     def _end(self, stream: _Stream) -> None:
@@ -488,9 +489,7 @@ class Http2Decoder:
 
     # -- headers
 
-    def _block(
-        self, direction: Direction, side: _Side, ts: float, events: list[DecoderEvent]
-    ) -> None:
+    def _block(self, direction: Direction, side: _Side, events: list[DecoderEvent]) -> None:
         block = side.block
         assert block is not None
         side.block = None
@@ -529,8 +528,6 @@ class Http2Decoder:
                 stream.request = headers
             else:
                 stream.trailers = stream.trailers or headers
-            if block.end_stream:
-                stream.client_end = True
             return
         status = _get(headers, b":status")
         if stream.response is None and status is not None and status[:1] == b"1":
@@ -551,13 +548,10 @@ class Http2Decoder:
         self,
         direction: Direction,
         frame: DataFrame,
-        size: int,
-        ts_first: float,
-        ts: float,
-        cut: int,
+        wire: _Wire,
         events: list[DecoderEvent],
     ) -> None:
-        stream = self._count(direction, frame.stream_id, size, ts_first, ts, cut, events)
+        stream = self._count(direction, frame.stream_id, wire, events)
         if stream is None:
             return
         client = direction is Direction.CLIENT
@@ -566,14 +560,11 @@ class Http2Decoder:
         else:
             stream.data_out += len(frame.data)
         msgs = stream.msgs[direction]
-        if cut:
+        if wire.cut:
             msgs.holed = True
-        self._progress(direction, stream, msgs.feed(bytes(frame.data)), ts, events)
-        if "END_STREAM" in frame.flags:
-            if client:
-                stream.client_end = True
-            else:
-                self._done(stream, events)
+        self._progress(direction, stream, msgs.feed(bytes(frame.data)), wire.ts, events)
+        if "END_STREAM" in frame.flags and not client:
+            self._done(stream, events)
 
     def _progress(
         self,
