@@ -290,6 +290,24 @@ def test_rst_stream_and_goaway() -> None:
     assert m3.command == "/pkg.Svc/M3" and m3.reply == "OK, 0 msgs 0 bytes" and not m3.error
 
 
+def test_push_promise_and_refused_streams_are_not_unanswered() -> None:
+    s = Session()
+    s.steps.append((C, headers(1, s.block(C, request_headers("/pkg.Svc/A")), end_stream=True)))
+    s.steps.append((C, headers(3, s.block(C, request_headers("/pkg.Svc/B")), end_stream=True)))
+    pushed = [(":method", "GET"), (":scheme", "http"), (":path", "/style.css?sig=1"),
+              (":authority", "x")]  # fmt: skip
+    s.steps.append((S, frame(5, 4, 1, (2).to_bytes(4, "big") + s.block(S, pushed))))
+    s.steps.append((S, frame(7, 0, 0, (1).to_bytes(4, "big") + bytes(4))))  # GOAWAY, last 1
+    s.steps.append((S, headers(2, s.block(S, [(":status", "200")])) + data(2, b"css", True)))
+    s.steps.append((S, headers(1, s.block(S, RESPONSE + [("grpc-status", "0")]), True)))
+    events = run(s.steps, redact=True)
+    assert notices(events, "push") == ["#1 PUSH_PROMISE #2 /style.css?sig=***"]
+    refused, css, a = txs(events)
+    assert (refused.command, refused.unanswered, refused.error) == ("/pkg.Svc/B", False, True)
+    assert (css.command, css.reply, css.unanswered) == ("GET /style.css", "200, 3 bytes", False)
+    assert a.reply == "OK, 0 msgs 0 bytes"
+
+
 def test_gap_resyncs_and_restarts_hpack() -> None:
     s = Session()
     s.unary(1, "/pkg.Svc/A")

@@ -58,7 +58,16 @@ from hyperframe.frame import (
 )
 
 from ..streams import Direction
-from .base import REDACTED, DecoderEvent, Details, Notice, Transaction, clip, lost
+from .base import (
+    REDACTED,
+    DecoderEvent,
+    Details,
+    Notice,
+    ProtocolError,
+    Transaction,
+    clip,
+    lost,
+)
 from .fastcgi import mask_query
 from .http import route
 
@@ -280,10 +289,6 @@ def _new_hpack() -> hpack.Decoder:
     return decoder
 
 
-class ProtocolError(ValueError):
-    pass
-
-
 # --------------------------------------------------------------------------- decoder
 
 
@@ -467,9 +472,7 @@ class Http2Decoder:
         if stream is None:
             if sid == 0 or sid in self._closed:
                 return None
-            if len(self._streams) >= MAX_STREAMS:  # the oldest is reported as it stands
-                self._done(next(iter(self._streams.values())), events)
-            stream = self._streams[sid] = _Stream(sid, wire.ts)
+            stream = self._open(sid, wire.ts, events)
         stream.cut += wire.cut
         if direction is Direction.CLIENT:
             stream.bytes_in += wire.size
@@ -479,6 +482,12 @@ class Http2Decoder:
             stream.bytes_out += wire.size
             if stream.ts_reply is None:
                 stream.ts_reply = wire.ts_first
+        return stream
+
+    def _open(self, sid: int, ts: float, events: list[DecoderEvent]) -> _Stream:
+        if len(self._streams) >= MAX_STREAMS:  # the oldest is reported as it stands
+            self._done(next(iter(self._streams.values())), events)
+        stream = self._streams[sid] = _Stream(sid, ts)
         return stream
 
     def _end(self, stream: _Stream) -> None:
@@ -512,10 +521,15 @@ class Http2Decoder:
                                      block.ts_first))  # fmt: skip
         side.failing = headers is None
         if block.kind == PUSH_PROMISE:
-            path = _text(_get(headers, b":path") or b"?")
+            path = self._masked_path(_get(headers, b":path") or b"?")
             events.append(Notice(PROTOCOL, direction, "push",
                                  f"#{block.stream} PUSH_PROMISE #{block.promised} {path}",
                                  block.ts_first))  # fmt: skip
+            promised = block.promised
+            if promised not in self._streams and promised not in self._closed:
+                # the promised request, as if the client had sent it
+                pushed = self._open(promised, block.ts_first, events)
+                pushed.request_seen, pushed.request = True, headers
             return
         stream = self._streams.get(block.stream)
         if stream is None:
@@ -697,7 +711,8 @@ class Http2Decoder:
                 stream.bytes_in,
                 stream.bytes_out,
                 details,
-                unanswered=stream.ts_reply is None and not stream.lost and not stream.reset,
+                unanswered=stream.ts_reply is None
+                and not (stream.lost or stream.reset or stream.refused),
                 cut=stream.cut,
             )
         )
