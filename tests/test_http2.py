@@ -338,6 +338,17 @@ def test_cut_inside_data_keeps_framing() -> None:
     assert t.cut == len(body) - 50 and t.request == "#1 /p.S/M 0 msgs 0 bytes (incomplete)"
 
 
+def test_stream_open_when_the_connection_ends() -> None:
+    s = Session()
+    s.steps.append((C, headers(1, s.block(C, request_headers("/pkg.Svc/Watch")), True)))
+    s.steps.append((S, headers(1, s.block(S, RESPONSE)) + data(1, grpc_message(b"\x08\x01") * 3)))
+    events = run(s.steps)
+    [t] = txs(events)
+    assert t.reply == "200, 3 msgs 6 bytes, (stream not ended)" and t.details["not_ended"]
+    assert not t.error and not t.unanswered
+    assert len(notices(events, "stream")) == 3
+
+
 def test_streams_are_bounded() -> None:
     s = Session()
     for i in range(MAX_STREAMS + 5):

@@ -222,6 +222,7 @@ class _Stream:
     refused: str = ""  # a GOAWAY said the server did not process it
     cut: int = 0
     lost: bool = False
+    open: bool = False  # reported before it ended
 
     @property
     def grpc(self) -> bool:
@@ -368,7 +369,7 @@ class Http2Decoder:
     def close(self) -> list[DecoderEvent]:
         events: list[DecoderEvent] = []
         for stream in list(self._streams.values()):
-            self._finish(stream, events)
+            self._finish(stream, events, ended=False)
         self._streams.clear()
         return events
 
@@ -486,7 +487,7 @@ class Http2Decoder:
 
     def _open(self, sid: int, ts: float, events: list[DecoderEvent]) -> _Stream:
         if len(self._streams) >= MAX_STREAMS:  # the oldest is reported as it stands
-            self._done(next(iter(self._streams.values())), events)
+            self._done(next(iter(self._streams.values())), events, ended=False)
         stream = self._streams[sid] = _Stream(sid, ts)
         return stream
 
@@ -634,13 +635,17 @@ class Http2Decoder:
                     stream.refused = f"not processed (GOAWAY last stream {frame.last_stream_id})"
                     self._done(stream, events)
 
-    def _done(self, stream: _Stream, events: list[DecoderEvent]) -> None:
+    def _done(self, stream: _Stream, events: list[DecoderEvent], ended: bool = True) -> None:
         self._end(stream)
-        self._finish(stream, events)
+        self._finish(stream, events, ended)
 
     # -- transactions
 
-    def _finish(self, stream: _Stream, events: list[DecoderEvent]) -> None:
+    def _finish(self, stream: _Stream, events: list[DecoderEvent], ended: bool) -> None:
+        """Report ``stream``; ``ended``: the server ended it, or a reset or GOAWAY did
+        (not: the connection or capture ended, or too many streams were open)."""
+        if not ended:
+            stream.open = True
         grpc = stream.grpc
         details: Details = {"stream_id": stream.id}
         req = stream.request
@@ -693,6 +698,8 @@ class Http2Decoder:
             details["refused"] = stream.refused
         if stream.lost:
             details["lost_sync"] = True
+        if stream.open and stream.ts_reply is not None:
+            details["not_ended"] = True
         error = bool(
             (grpc_status is not None and grpc_status != 0)
             or (isinstance(details.get("status"), int) and int(status or 0) >= 400)
@@ -789,6 +796,8 @@ class Http2Decoder:
             parts.append(f"RST_STREAM {stream.reset}")
         if stream.lost:
             parts.append("(lost sync)")
+        if stream.open:
+            parts.append("(stream not ended)")
         return ", ".join(parts)
 
     @staticmethod
