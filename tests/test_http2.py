@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tracemalloc
 from typing import Any
 
 import hpack
@@ -269,7 +270,7 @@ def test_data_inside_a_header_block_is_a_protocol_error() -> None:
     block = s.block(C, request_headers("/pkg.Svc/X"))
     s.steps.append((C, headers(1, block[:5], end_headers=False) + data(1, b"x")))
     events = run(s.steps)
-    assert notices(events, "undecodable") == ["protocol error: DataFrame inside a header block"]
+    assert notices(events, "undecodable") == ["protocol error: DATA inside a header block"]
 
 
 def test_rst_stream_and_goaway() -> None:
@@ -347,6 +348,36 @@ def test_stream_open_when_the_connection_ends() -> None:
     assert t.reply == "200, 3 msgs 6 bytes, (stream not ended)" and t.details["not_ended"]
     assert not t.error and not t.unanswered
     assert len(notices(events, "stream")) == 3
+
+
+def test_padded_data_and_large_frames_are_not_buffered() -> None:
+    """DATA payloads are passed on as they come (a 4 MiB frame in 64 KiB chunks is never
+    held whole); padding is not data; other frames longer than a header block may be
+    are a protocol error, not a buffer."""
+    decoder = Http2Decoder()
+    enc = hpack.Encoder()
+    decoder.feed(C, PREFACE + headers(1, bytes(enc.encode(request_headers("/p.S/Up")))), 1.0)
+    size = 4 << 20
+    big = frame(0, 0, 1, grpc_message(bytes(size - 5))[:size])
+    padded = frame(0, 0x9, 1, bytes([3]) + grpc_message(b"\x08\x01") + bytes(3))
+    tracemalloc.start()
+    for i in range(0, len(big), 65536):
+        decoder.feed(C, big[i : i + 65536], 1.1)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1 << 20, peak
+    decoder.feed(C, padded, 1.2)
+    events = decoder.feed(S, headers(1, bytes(hpack.Encoder().encode(
+        RESPONSE + [("grpc-status", "0")])), True), 1.3)  # fmt: skip
+    [t] = txs(events)
+    assert t.details["messages"]["client"] == {  # type: ignore[index]
+        "count": 2, "bytes": size - 5 + 2, "complete": True
+    }  # fmt: skip
+    assert t.details["data_bytes"] == {"client": size + 7, "server": 0}
+    huge = frame(4, 0, 0, bytes(300 * 1024 - 4))  # a SETTINGS frame of 300 KiB
+    assert notices(decoder.feed(C, huge[:20], 1.4), "undecodable") == [
+        "protocol error: a 307196-byte frame of type 4"
+    ]
 
 
 def test_streams_are_bounded() -> None:

@@ -1,8 +1,8 @@
 """HTTP/2 and gRPC decoder (sans-IO): h2c with prior knowledge, as gRPC speaks it
 over Unix sockets (containerd, kubelet plugins, Go and Python services).
 
-Framing is hyperframe's (frame headers and bodies) and header compression is
-hpack's; h2's connection state machine is not used: it enforces flow control and
+Framing is hyperframe's (frame headers and bodies; DATA payloads are read here as
+they come, to buffer none) and header compression is hpack's; h2's connection state machine is not used: it enforces flow control and
 stream states and raises on what a passive observer must tolerate (a capture that
 starts mid-connection, frames after a reset, lost bytes).
 
@@ -33,9 +33,10 @@ newest of the real table, so later references to them decode exactly, and a
 reference beyond them fails rather than resolving to a wrong entry.  Lost bytes
 (a gap) do the same to the direction they hit.
 
-Memory: a frame is buffered whole (at most 2**24 - 1 + 9 bytes, the protocol's
-limit), a header block up to MAX_BLOCK bytes, at most MAX_STREAMS streams per
-connection, KEEP bytes of each direction's first gRPC message.
+Memory: DATA payloads are passed on as they arrive, never buffered; other frames
+are buffered whole up to MAX_BLOCK bytes (a longer one is a protocol error), a
+header block up to MAX_BLOCK bytes, at most MAX_STREAMS streams per connection,
+KEEP bytes of each direction's first gRPC message.
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ import hpack
 from hyperframe.exceptions import HyperframeError
 from hyperframe.frame import (
     ContinuationFrame,
-    DataFrame,
     Frame,
     GoAwayFrame,
     HeadersFrame,
@@ -74,6 +74,7 @@ from .http import route
 PROTOCOL = "http2"
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 HEADER_SIZE = 9
+END_STREAM, PADDED = 0x1, 0x8  # DATA flags
 SYNC_FRAME = 16384  # largest DATA/HEADERS frame taken as a sync point (the default max)
 MAX_BLOCK = 256 * 1024  # header block bytes (HEADERS + CONTINUATIONs) kept
 MAX_HEADER_LIST = 256 * 1024  # decoded header list size hpack accepts
@@ -264,6 +265,20 @@ class _Wire:
     cut: int  # bytes of it not captured (snap length)
 
 
+@dataclass(slots=True)
+class _Data:
+    """A DATA frame being read: its payload is never buffered, only passed on."""
+
+    sid: int
+    flags: int
+    length: int  # payload bytes
+    left: int  # payload bytes still to come
+    stream: _Stream | None  # None: stream 0 or ended, the bytes are dropped
+    content: int  # payload bytes that are data, not padding (-1: pad length not read yet)
+    seen: int = 0  # data bytes passed on (or cut)
+    cut: int = 0
+
+
 class _Side:
     """One direction: frame reassembly, its HPACK context, its header block in progress."""
 
@@ -273,9 +288,9 @@ class _Side:
         self.sync_buf = b""
         self.hpack = _new_hpack()
         self.block: _Block | None = None
+        self.data: _Data | None = None
         self.failing = False  # HPACK failed on the last block (one notice until it recovers)
         self.ts_first = 0.0  # ts of the current frame's first byte
-        self.cut = 0  # bytes of the current frame not captured
 
     def want(self) -> int:
         """Bytes still missing from the current frame (header included)."""
@@ -352,16 +367,18 @@ class Http2Decoder:
                 self._started = True  # the preface, if any, is lost
                 self._preface = b""
             return events
-        # bytes cut inside a DATA frame's payload keep the framing
-        if (cut and len(side.buf) >= HEADER_SIZE and side.buf[3] == DATA
-                and n <= side.want()):  # fmt: skip
-            side.cut += n
-            side.buf += bytes(n)  # placeholder, never read as message bytes (holed)
-            if side.want() == 0:
-                try:
-                    self._complete(direction, side, ts, events)
-                except ProtocolError as exc:
-                    self._desync(direction, f"protocol error: {exc}", ts, events)
+        data = side.data
+        if cut and data is not None and n <= data.left:  # inside a DATA payload: framing kept
+            data.left -= n
+            data.cut += n
+            if data.content < 0:  # the pad length was cut: taken as 0
+                data.content = data.length - 1
+                n -= 1
+            data.seen += n  # taken as data (if it held padding, the count is too high)
+            if data.stream is not None:
+                data.stream.msgs[direction].holed = True
+            if data.left == 0:
+                self._data_end(direction, side, data, ts, events)
             return events
         self._desync(direction, lost(n, cut), ts, events)
         return events
@@ -380,11 +397,21 @@ class Http2Decoder:
     ) -> None:
         pos, end = 0, len(data)
         while pos < end:
+            if side.data is not None:
+                pos = self._data_bytes(direction, side, side.data, data, pos, ts, events)
+                continue
             if not side.buf:
                 side.ts_first = ts
             take = min(side.want(), end - pos)
             side.buf += data[pos : pos + take]
             pos += take
+            if len(side.buf) == HEADER_SIZE:
+                length = int.from_bytes(side.buf[:3], "big")
+                if side.buf[3] == DATA:
+                    self._data_start(direction, side, length, ts, events)
+                    continue
+                if length > MAX_BLOCK:  # never buffered: a header block this long is not kept
+                    raise ProtocolError(f"a {length}-byte frame of type {side.buf[3]}")
             if side.want() == 0:
                 self._complete(direction, side, ts, events)
 
@@ -394,7 +421,6 @@ class Http2Decoder:
         """The frame in ``side.buf`` is whole: parse and handle it."""
         raw = bytes(side.buf)
         side.buf.clear()
-        cut, side.cut = side.cut, 0
         try:
             frame, _ = Frame.parse_frame_header(memoryview(raw[:HEADER_SIZE]))
             frame.parse_body(memoryview(raw[HEADER_SIZE:]))
@@ -402,7 +428,7 @@ class Http2Decoder:
             raise ProtocolError(f"{type(exc).__name__}: {exc}") from exc
         except ValueError as exc:  # hyperframe's struct unpacking of short bodies
             raise ProtocolError(f"frame type {raw[3]}: {exc}") from exc
-        self._frame(direction, side, frame, _Wire(len(raw), side.ts_first, ts, cut), events)
+        self._frame(direction, side, frame, _Wire(len(raw), side.ts_first, ts, 0), events)
 
     def _desync(
         self, direction: Direction, why: str, ts: float, events: list[DecoderEvent]
@@ -447,8 +473,6 @@ class Http2Decoder:
             self._count(direction, frame.stream_id, wire, events)
             if "END_HEADERS" in frame.flags:
                 self._block(direction, side, events)
-        elif isinstance(frame, DataFrame):
-            self._data(direction, frame, wire, events)
         elif isinstance(frame, RstStreamFrame):
             self._count(direction, frame.stream_id, wire, events)
             self._reset(direction, frame.stream_id, frame.error_code, wire.ts, events)
@@ -559,27 +583,69 @@ class Http2Decoder:
 
     # -- data
 
-    def _data(
+    def _data_start(
+        self, direction: Direction, side: _Side, length: int, ts: float, events: list[DecoderEvent]
+    ) -> None:
+        """A DATA frame's header is in ``side.buf``: read its payload as it comes."""
+        if side.block is not None:
+            raise ProtocolError("DATA inside a header block")
+        flags, sid = side.buf[4], int.from_bytes(side.buf[5:9], "big") & 0x7FFFFFFF
+        side.buf.clear()
+        if sid == 0:
+            raise ProtocolError("DATA on stream 0")
+        stream = self._streams.get(sid)
+        if stream is None and sid not in self._closed:
+            stream = self._open(sid, ts, events)
+        content = -1 if flags & PADDED else length
+        data = side.data = _Data(sid, flags, length, length, stream, content)
+        if length == 0:
+            if flags & PADDED:
+                raise ProtocolError("PADDED DATA without its pad length")
+            self._data_end(direction, side, data, ts, events)
+
+    def _data_bytes(
         self,
         direction: Direction,
-        frame: DataFrame,
-        wire: _Wire,
+        side: _Side,
+        data: _Data,
+        chunk: bytes,
+        pos: int,
+        ts: float,
         events: list[DecoderEvent],
+    ) -> int:
+        """Pass on the payload bytes of ``data`` in ``chunk`` from ``pos``; the position
+        after them."""
+        take = min(data.left, len(chunk) - pos)
+        start, end = pos, pos + take
+        if data.content < 0:  # the pad length comes first
+            data.content = data.length - 1 - chunk[start]
+            if data.content < 0:
+                raise ProtocolError(f"padding of {chunk[start]} bytes in a {data.length}-byte DATA")
+            start += 1
+        body = chunk[start : min(end, start + max(0, data.content - data.seen))]
+        data.seen += len(body)
+        data.left -= take
+        if body and data.stream is not None and self._streams.get(data.sid) is data.stream:
+            sizes = data.stream.msgs[direction].feed(body)
+            self._progress(direction, data.stream, sizes, ts, events)
+        if data.left == 0:
+            self._data_end(direction, side, data, ts, events)
+        return end
+
+    def _data_end(
+        self, direction: Direction, side: _Side, data: _Data, ts: float, events: list[DecoderEvent]
     ) -> None:
-        stream = self._count(direction, frame.stream_id, wire, events)
+        side.data = None
+        wire = _Wire(HEADER_SIZE + data.length, side.ts_first, ts, data.cut)
+        stream = self._count(direction, data.sid, wire, events)
         if stream is None:
             return
-        client = direction is Direction.CLIENT
-        if client:
-            stream.data_in += len(frame.data)
+        if direction is Direction.CLIENT:
+            stream.data_in += data.seen
         else:
-            stream.data_out += len(frame.data)
-        msgs = stream.msgs[direction]
-        if wire.cut:
-            msgs.holed = True
-        self._progress(direction, stream, msgs.feed(bytes(frame.data)), wire.ts, events)
-        if "END_STREAM" in frame.flags and not client:
-            self._done(stream, events)
+            stream.data_out += data.seen
+            if data.flags & END_STREAM:
+                self._done(stream, events)
 
     def _progress(
         self,
