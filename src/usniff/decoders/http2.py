@@ -2,9 +2,10 @@
 over Unix sockets (containerd, kubelet plugins, Go and Python services).
 
 Framing is hyperframe's (frame headers and bodies; DATA payloads are read here as
-they come, to buffer none) and header compression is hpack's; h2's connection state machine is not used: it enforces flow control and
-stream states and raises on what a passive observer must tolerate (a capture that
-starts mid-connection, frames after a reset, lost bytes).
+they come, to buffer none) and header compression is hpack's; h2's connection state
+machine is not used: it enforces flow control and stream states and raises on what
+a passive observer must tolerate (a capture that starts mid-connection, frames after
+a reset, lost bytes).
 
 The client's first bytes are the preface ``PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n``
 (the detector's evidence), then each side sends frames.  A request is the
