@@ -8,14 +8,18 @@ from __future__ import annotations
 import json
 import subprocess
 import tracemalloc
+from pathlib import Path
 from typing import Any
 
 import hpack
 import pytest
-from live_helpers import USNIFF
-from test_fuzz_decoders import SESSIONS, Step, drive
 
+from tests.support.captures import CAPTURES
+from tests.support.live_helpers import USNIFF
+from tests.support.pcap_helpers import TSHARK, Conn, tshark
+from tests.test_fuzz_decoders import SESSIONS, Step, drive
 from usniff.decoders.base import DecoderEvent, Notice, Transaction
+from usniff.decoders.engine import decode_records
 from usniff.decoders.http2 import (
     MAX_STREAMS,
     PREFACE,
@@ -25,6 +29,8 @@ from usniff.decoders.http2 import (
     plausible_frame,
 )
 from usniff.decoders.registry import detect
+from usniff.events import CaptureStats
+from usniff.outputs.pcapng import PcapngOutput
 from usniff.streams import Direction
 
 C, S = Direction.CLIENT, Direction.SERVER
@@ -99,7 +105,7 @@ class Session:
 
 
 def _read(*extra: str) -> list[dict[str, Any]]:
-    out = subprocess.run([USNIFF, "read", "captures/grpc.pcapng", "--format", "json",
+    out = subprocess.run([USNIFF, "read", str(CAPTURES / "grpc.pcapng"), "--format", "json",
                           "--protocol", "auto", *extra],
                          capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
     return [json.loads(line) for line in out.stdout.splitlines()]
@@ -145,6 +151,31 @@ def test_byte_by_byte_feeding_decodes_the_same() -> None:
     whole = run(list(session))
     split = run([(d, chunk[i : i + 1]) for d, chunk in session for i in range(len(chunk))])
     assert len(txs(whole)) == 6 and _summary(split) == _summary(whole)
+
+
+@pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
+def test_server_settings_first_still_http2_in_the_pcapng(tmp_path: Path) -> None:
+    """A gRPC server sends its SETTINGS as it accepts, often before the client's
+    preface: the pcapng flow must still get HTTP/2's port (it got the unknown one,
+    where stock tshark dissects nothing), and the decoding is the same."""
+    session = _session()
+    first_server = next(i for i, (d, _) in enumerate(session) if d is S)
+    reordered = [session[first_server]] + session[:first_server] + session[first_server + 1 :]
+    assert reordered[0][0] is S and reordered[1][1].startswith(PREFACE)
+    conn = Conn(path="/run/app/grpc.sock", client_comm="client", server_comm="server")
+    records = conn.exchange([(d is S, chunk) for d, chunk in reordered])
+    path = str(tmp_path / "f.pcapng")
+    out = PcapngOutput(path)
+    out.write(records)
+    out.close(CaptureStats(records=len(records), backend="test"))
+    assert tshark("-r", path, "-Y", "_ws.malformed") == ""
+    paths = tshark("-r", path, "-Y", "http2.headers.path", "-T", "fields", "-E", "occurrence=a",
+                   "-e", "http2.headers.path").split()  # fmt: skip
+    assert sorted(p for line in paths for p in line.split(",")) == sorted(
+        [f"{GRPC_SERVICE}{m}" for m in ("Echo", "Echo", "Count", "Sum", "Fail", "Watch")]
+    )  # fmt: skip
+    decoded = [e for e in decode_records(records) if isinstance(e, Transaction)]
+    assert _summary(decoded) == _summary(run(list(session)))
 
 
 def test_capture_started_mid_connection() -> None:
@@ -392,6 +423,11 @@ def test_detection() -> None:
     assert h2_preface(PREFACE) and h2_preface(PREFACE[:8]) and not h2_preface(PREFACE[:7])
     assert not h2_preface(b"GET / HTTP/1.1\r\n")
     assert detect(PREFACE + settings(), b"") == "http2"
+    grpc_settings = frame(4, 0, 0, bytes.fromhex("000400400000000500400000fe0300000001"))
+    assert detect(b"", grpc_settings) == "http2"  # the server spoke first
+    assert detect(b"", settings()) is None  # empty: not evidence enough
+    assert detect(b"", frame(4, 0, 0, bytes.fromhex("000500000010"))) is None  # frame size 16
+    assert detect(b"", grpc_settings[:-1]) is None  # not whole yet
     assert plausible_frame(settings()) and plausible_frame(data(1, b"x"))
     assert plausible_frame(b"\x00\x00") is None
     assert not plausible_frame(data(0, b"x"))  # DATA on stream 0

@@ -1,5 +1,5 @@
 """HTTP/2 and gRPC live, end to end: the real `usniff` CLI on the real kernel, a real
-grpcio server and client on a ``unix:`` socket (tests/grpc_session.py).
+grpcio server and client on a ``unix:`` socket (tests/support/grpc_session.py).
 
 Three usniff runs watch the same session at once: JSON with --stats and --redact,
 text, and -w (pcapng).  The ground truth is what the gRPC client sent and received
@@ -18,10 +18,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from grpc_session import COUNT, FAIL_MESSAGE, SERVICE, SUM, TOKEN, WATCH_READ, run_client
-from grpc_session import start_grpc_server as start_server
-from pcap_helpers import TSHARK, tshark
-from test_live_decode import (
+
+from tests.support.grpc_session import (
+    COUNT,
+    FAIL_MESSAGE,
+    SERVICE,
+    SUM,
+    TOKEN,
+    WATCH_READ,
+    run_client,
+)
+from tests.support.grpc_session import start_grpc_server as start_server
+from tests.support.pcap_helpers import TSHARK, tshark
+from tests.test_live_decode import (
     Run,
     assert_clean_exit,
     stats_table,

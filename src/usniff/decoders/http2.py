@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import hpack
@@ -125,6 +126,31 @@ def h2_preface(client: bytes) -> bool:
     """The HTTP/2 connection preface of a client with prior knowledge."""
     n = min(len(client), len(PREFACE))
     return n >= 8 and client[:n] == PREFACE[:n]
+
+
+def server_settings(server: bytes) -> bool:
+    """The server's connection preface: a whole, non-empty SETTINGS frame (stream 0, no
+    ACK) whose known settings have valid values.  A gRPC server sends it as soon as it
+    accepts, often before the client's preface arrives."""
+    if len(server) < HEADER_SIZE or server[3:9] != b"\x04\x00\x00\x00\x00\x00":
+        return False
+    length = int.from_bytes(server[:3], "big")
+    if not 0 < length <= 6 * 16 or length % 6 or len(server) < HEADER_SIZE + length:
+        return False
+    for pos in range(HEADER_SIZE, HEADER_SIZE + length, 6):
+        ident = int.from_bytes(server[pos : pos + 2], "big")
+        value = int.from_bytes(server[pos + 2 : pos + 6], "big")
+        valid = _SETTING_VALID.get(ident)
+        if ident == 0 or (valid is not None and not valid(value)):
+            return False
+    return True
+
+
+_SETTING_VALID: dict[int, Callable[[int], bool]] = {
+    2: lambda v: v <= 1,  # ENABLE_PUSH
+    4: lambda v: v < 1 << 31,  # INITIAL_WINDOW_SIZE
+    5: lambda v: 1 << 14 <= v < 1 << 24,  # MAX_FRAME_SIZE
+}
 
 
 def plausible_frame(data: bytes) -> bool | None:
