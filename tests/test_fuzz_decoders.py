@@ -21,9 +21,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.support.captures import capture
-from usniff.decoders.base import Decoder, Notice, Transaction
+from usniff.decoders.base import Decoder, DecoderEvent, Notice, Transaction
 from usniff.decoders.fastcgi import FastcgiDecoder
 from usniff.decoders.http import HttpDecoder
+from usniff.decoders.http2 import PREFACE, Http2Decoder
 from usniff.decoders.memcached import MemcachedDecoder
 from usniff.decoders.mysql import MysqlDecoder
 from usniff.decoders.postgres import PostgresDecoder
@@ -38,6 +39,7 @@ DECODERS: dict[str, Callable[[], Decoder]] = {
     "http": HttpDecoder,
     "memcached": MemcachedDecoder,
     "fastcgi": FastcgiDecoder,
+    "http2": Http2Decoder,
 }
 CAPTURE = {
     "resp": "redis",
@@ -46,10 +48,12 @@ CAPTURE = {
     "http": "http",
     "memcached": "memcached",
     "fastcgi": "fastcgi",
+    "http2": "grpc",
 }
 # transactions the captures give at least (fastcgi's is small: 13 requests)
 SESSION_TRANSACTIONS = {
     "resp": 41, "mysql": 41, "postgres": 41, "http": 41, "memcached": 30, "fastcgi": 12,
+    "http2": 6,
 }  # fmt: skip
 RANDOM_BATCH = 400
 MUTATED_BATCH = 40
@@ -67,12 +71,13 @@ ALPHABET = {
     b"chunked Host:Upgrade:Connection:close Expect:100-continue",
     "memcached": b"\r\n 0123456789-getsmvqOkVALUEND VA HD EN MN STAT ERROR noreply",
     "fastcgi": bytes(range(12)) + b"\x80\xff\x00\x00\x00Status: 404\r\n\r\nLocation:FCGI_",
+    "http2": bytes(range(10)) + b"\x80\x82\x84\x86\x3f\xe1\xff\x00\x00\x00\x05PRI * HTTP/2.0",
 }
 
 
-def feed(name: str, steps: list[Step]) -> None:
-    decoder = DECODERS[name]()
-    events = []
+def drive(decoder: Decoder, steps: list[Step]) -> list[DecoderEvent]:
+    """Feed ``steps`` (1 ms apart) to ``decoder``, then close it: all its events."""
+    events: list[DecoderEvent] = []
     ts = 1.0
     for direction, item in steps:
         ts += 0.001
@@ -80,8 +85,11 @@ def feed(name: str, steps: list[Step]) -> None:
             events += decoder.gap(direction, item, ts, False)
         else:
             events += decoder.feed(direction, item, ts)
-    events += decoder.close()
-    for ev in events:
+    return events + decoder.close()
+
+
+def feed(name: str, steps: list[Step]) -> None:
+    for ev in drive(DECODERS[name](), steps):
         assert isinstance(ev, Transaction | Notice)
         if isinstance(ev, Transaction):
             assert ev.bytes_in >= 0 and ev.bytes_out >= 0 and isinstance(ev.reply, str)
@@ -118,7 +126,35 @@ def fastcgi_records(rng: random.Random) -> bytes:
     return out
 
 
-FRAMED = {"fastcgi": fastcgi_records}
+_H2_PAYLOADS = (
+    b"\x82\x86\x84\x41\x09localhost",  # HPACK: GET http / :authority (static table)
+    b"\x88",  # :status 200
+    b"\xbe\xbf",  # dynamic table entries (maybe not there)
+    b"\x3f\xe1\x1f",  # a dynamic table size update
+    b"\x00\x00\x00\x00\x03\x08\x96\x01",  # a gRPC message
+    b"\x00\x00\x00\x00\x08",  # ... cut short
+    bytes(8),
+    b"",
+)
+
+
+def http2_frames(rng: random.Random) -> bytes:
+    """Well-framed HTTP/2 frames of random types, flags, streams and payloads, after
+    the preface half of the time."""
+    out = PREFACE if rng.random() < 0.5 else b""
+    for _ in range(1 + int(rng.random() * 5)):
+        kind = int(rng.random() * 11)
+        roll = rng.random()
+        payload = (_H2_PAYLOADS[int(roll * 10)] if roll < 0.8
+                   else rng.randbytes(int(rng.random() * 40)))  # fmt: skip
+        flags = (0, 1, 4, 5, 8, 0x20, 0xFF)[int(rng.random() * 7)]
+        sid = (0, 1, 1, 3, 5, 2**31 - 1)[int(rng.random() * 6)]
+        out += len(payload).to_bytes(3, "big") + bytes([kind, flags]) + sid.to_bytes(4, "big")
+        out += payload
+    return out
+
+
+FRAMED = {"fastcgi": fastcgi_records, "http2": http2_frames}
 
 
 def random_stream(name: str, rng: random.Random) -> list[Step]:

@@ -9,10 +9,8 @@ raw client parsed) and Wireshark's own FastCGI dissector on the pcapng.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import subprocess
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -21,7 +19,14 @@ from typing import Any
 
 import pytest
 
-from tests.support.decoded import Run, assert_clean_exit, stats_table
+from tests.support.decoded import (
+    Run,
+    assert_clean_exit,
+    stats_table,
+    three_runs,
+    tx_rows,
+    usniff_read,
+)
 from tests.support.php_session import (
     CONCURRENT,
     COOKIE,
@@ -33,7 +38,6 @@ from tests.support.php_session import (
 )
 from tests.support.servers import start_php_app
 from tests.support.tshark import TSHARK, follow_all, tcp_bytes_by_port, tshark
-from tests.support.usniff import USNIFF, Usniff
 from usniff.decoders.registry import BY_NAME
 
 pytestmark = [
@@ -66,16 +70,7 @@ class Runs:
 def runs() -> Iterator[Runs]:
     with tempfile.TemporaryDirectory(prefix="usniff-fcgi-") as tmp, start_php_app(tmp) as sock:
         pcap = os.path.join(tmp, "fcgi.pcapng")
-        json_args = ("--path", sock, "--format", "json", "--stats", "--redact")
-        with (
-            Usniff(*json_args) as json_run,
-            Usniff("--path", sock) as text_run,
-            Usniff("--path", sock, "-w", pcap) as pcap_run,
-        ):
-            session = php_session(sock)
-            results = [run.stop() for run in (json_run, text_run, pcap_run)]
-        decoded, text, written = (Run(sock, r.returncode, r.text, r.stderr, []) for r in results)
-        decoded.events = [json.loads(line) for line in decoded.stdout.splitlines()]
+        session, decoded, text, written = three_runs(sock, pcap, php_session)
         yield Runs(session, decoded, text, written, pcap)
 
 
@@ -201,15 +196,6 @@ def test_pcapng_dissected_by_wireshark(runs: Runs) -> None:
 
 
 def test_usniff_read_decodes_the_pcapng_as_live(runs: Runs) -> None:
-    out = subprocess.run([USNIFF, "read", runs.pcap_file, "--format", "json", "--protocol", "auto",
-                          "--redact"],
-                         capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
-    offline = [json.loads(line) for line in out.stdout.splitlines()]
-    keys = ("command", "request", "reply", "bytes_in", "bytes_out", "error", "client_comm")
-
-    def rows(events: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-        return sorted(tuple(e.get(k) for k in keys) + (e["details"].get("status"),)
-                      for e in events)  # fmt: skip
-
-    assert rows(offline) == rows(runs.json.events)
+    offline = usniff_read(runs.pcap_file, "--redact")
+    assert tx_rows(offline, "status") == tx_rows(runs.json.events, "status")
     assert all(e["type"] == "transaction" and e["latency"] is not None for e in offline)

@@ -29,14 +29,12 @@ from tests.support.live_helpers import (
     MysqlCounters,
     RedisCounters,
     create_redis_user,
-    free_port,
     mysql_session,
     redis_session,
     resp_command,
-    tcp_bytes_by_port,
 )
-from tests.support.servers import start_mariadb, start_redis
-from tests.support.tshark import TSHARK, follow_all, tshark
+from tests.support.servers import free_port, start_mariadb, start_redis
+from tests.support.tshark import TSHARK, follow_all, tcp_bytes_by_port, tshark
 from tests.support.usniff import USNIFF, Usniff, run, wait_until
 
 pytestmark = [

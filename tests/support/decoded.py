@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from usniff.decoders.registry import DECODABLE
 
-from .usniff import Usniff
+from .usniff import USNIFF, Usniff
 
 
 @dataclass
@@ -65,3 +67,40 @@ def assert_clean_exit(run: Run) -> None:
     assert summary, run.stderr
     assert int(summary[1]) > 0 and int(summary[2]) > 0 and int(summary[3]) == 0, summary[0]
     assert "Traceback" not in run.stderr
+
+
+T = TypeVar("T")
+
+
+def three_runs(
+    sock: str, pcap: str, session: Callable[[str], T], *text_args: str
+) -> tuple[T, Run, Run, Run]:
+    """``session(sock)`` watched by three usniff at once: JSON with --stats and --redact
+    (events parsed), text (``text_args`` added) and ``-w pcap``; the session's result
+    and the three runs."""
+    json_args = ("--path", sock, "--format", "json", "--stats", "--redact")
+    with (
+        Usniff(*json_args) as json_run,
+        Usniff("--path", sock, *text_args) as text_run,
+        Usniff("--path", sock, "-w", pcap) as pcap_run,
+    ):
+        result = session(sock)
+        results = [run.stop() for run in (json_run, text_run, pcap_run)]
+    decoded, text, written = (Run(sock, r.returncode, r.text, r.stderr, []) for r in results)
+    decoded.events = [json.loads(line) for line in decoded.stdout.splitlines()]
+    return result, decoded, text, written
+
+
+def usniff_read(path: str, *args: str) -> list[dict[str, Any]]:
+    """The events of ``usniff read PATH --format json --protocol auto ARGS``."""
+    out = subprocess.run([USNIFF, "read", path, "--format", "json", "--protocol", "auto", *args],
+                         capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def tx_rows(events: list[dict[str, Any]], *details: str) -> list[tuple[Any, ...]]:
+    """The transactions of ``events`` as sorted rows of what must not differ between live
+    and offline decoding (and the ``details`` named)."""
+    keys = ("command", "request", "reply", "bytes_in", "bytes_out", "error", "client_comm")
+    return sorted(tuple(e.get(k) for k in keys) + tuple(e["details"].get(d) for d in details)
+                  for e in events if e["type"] == "transaction")  # fmt: skip

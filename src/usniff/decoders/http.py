@@ -75,7 +75,6 @@ _REQUEST_PREFIX = re.compile(rb"(?:" + _METHODS + rb") [\x21-\x7e]+ HTTP/1")
 _REQUEST_START = re.compile(
     rb"[A-Z]{1,7}(?: [\x21-\x7e]*(?: [HTP/1.0]{0,8}\r?)?)?"
 )  # may grow into one
-_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 # route normalisation for --stats: numbers, hex ids and UUIDs in the path
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -89,12 +88,6 @@ _NUMBER = re.compile(r"\d+")
 def request_line(client: bytes) -> bool:
     """An HTTP/1.0 or 1.1 request line (HTTP/2's ``PRI * HTTP/2.0`` is not one)."""
     return _REQUEST_PREFIX.match(client) is not None
-
-
-def h2_preface(client: bytes) -> bool:
-    """The HTTP/2 connection preface of a client with prior knowledge."""
-    n = min(len(client), len(_H2_PREFACE))
-    return n >= 8 and client[:n] == _H2_PREFACE[:n]
 
 
 # ------------------------------------------------ decoder

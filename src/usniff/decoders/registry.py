@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import detect as d
-from . import fastcgi
+from . import fastcgi, http2
 from . import http as h
 from . import memcached as mc
 from .base import Decoder
@@ -48,7 +48,14 @@ class Protocol:
 PROTOCOLS: tuple[Protocol, ...] = (
     Protocol("tls", 443, "tls", client_first=d.tls_hello, server_first=d.tls_server),
     Protocol("http", 80, "http", HttpDecoder, client_first=h.request_line),
-    Protocol("http2", 80, "http2", client_first=h.h2_preface),
+    Protocol(
+        "http2",
+        80,  # Wireshark's http dissector hands a connection starting with the preface to http2
+        "http2",
+        http2.Http2Decoder,
+        client_first=http2.h2_preface,
+        server_first=http2.server_settings,
+    ),
     Protocol("resp", 6379, "resp", RespDecoder, client_first=d.resp_array, exchange=d.resp_inline),
     Protocol(
         "mysql",
