@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import detect as d
-from . import fastcgi
+from . import dbus, fastcgi
 from . import http as h
 from . import memcached as mc
 from .base import Decoder
@@ -84,6 +84,14 @@ PROTOCOLS: tuple[Protocol, ...] = (
         client_first=fastcgi.begin_request,
         exchange=fastcgi.record_exchange,
         wireshark_port=False,
+    ),
+    Protocol(
+        "dbus",
+        7451,  # no port of its own: stock Wireshark dissects D-Bus only as a link type
+        "dbus",
+        dbus.DbusDecoder,
+        client_first=dbus.auth,
+        exchange=dbus.messages,
     ),
 )
 BY_NAME = {p.name: p for p in PROTOCOLS}
