@@ -23,6 +23,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dbus_fast import DBusError, Message
+from dbus_fast.aio import MessageBus
+from dbus_fast.annotations import DBusBool, DBusDict, DBusStr, DBusUInt32
+from dbus_fast.service import ServiceInterface, method, signal
 from servers import _running
 
 NAME = "org.usniff.Demo"
@@ -140,9 +144,6 @@ def cookie_session(sock: str) -> str:
 
 
 async def _client(bus: str, s: Session) -> None:
-    from dbus_fast import Message
-    from dbus_fast.aio import MessageBus
-
     conn = await MessageBus(bus_address=bus).connect()
     try:
 
@@ -165,42 +166,39 @@ async def _client(bus: str, s: Session) -> None:
 # --------------------------------------------------------------------------- the service
 
 
+class Demo(ServiceInterface):
+    def __init__(self) -> None:
+        super().__init__(IFACE)
+
+    @method()
+    def Echo(self, text: DBusStr) -> DBusStr:
+        return text
+
+    @method()
+    async def Sleep(self, ms: DBusUInt32) -> DBusUInt32:
+        await asyncio.sleep(ms / 1000)
+        return ms
+
+    @method()
+    def Login(self, settings: DBusDict) -> DBusBool:
+        return bool(settings["password"].value == SECRET)
+
+    @method()
+    def Fail(self):  # type: ignore[no-untyped-def]  # dbus-fast refuses "-> None"
+        raise DBusError(ERROR_NAME, ERROR_TEXT)
+
+    @method()
+    def Emit(self, n: DBusUInt32) -> DBusUInt32:
+        for i in range(n):
+            self.Tick(i)
+        return n
+
+    @signal()
+    def Tick(self, i: int) -> DBusUInt32:
+        return i
+
+
 async def _serve(bus: str) -> None:
-    from dbus_fast import DBusError
-    from dbus_fast.aio import MessageBus
-    from dbus_fast.service import ServiceInterface, method, signal
-
-    class Demo(ServiceInterface):
-        def __init__(self) -> None:
-            super().__init__(IFACE)
-
-        @method()
-        def Echo(self, text: "s") -> "s":  # type: ignore[name-defined] # noqa: F821
-            return text
-
-        @method()
-        async def Sleep(self, ms: "u") -> "u":  # type: ignore[name-defined] # noqa: F821
-            await asyncio.sleep(ms / 1000)
-            return ms
-
-        @method()
-        def Login(self, settings: "a{sv}") -> "b":  # type: ignore[name-defined] # noqa: F821
-            return bool(settings["password"].value == SECRET)
-
-        @method()
-        def Fail(self):  # type: ignore[no-untyped-def] # noqa: ANN201
-            raise DBusError(ERROR_NAME, ERROR_TEXT)
-
-        @method()
-        def Emit(self, n: "u") -> "u":  # type: ignore[name-defined] # noqa: F821
-            for i in range(n):
-                self.Tick(i)
-            return n
-
-        @signal()
-        def Tick(self, i: int) -> "u":  # type: ignore[name-defined] # noqa: F821
-            return i
-
     conn = await MessageBus(bus_address=bus).connect()
     conn.export(PATH, Demo())
     await conn.request_name(NAME)

@@ -102,7 +102,9 @@ def test_every_call_paired_with_its_reply(runs: Runs) -> None:
         calls = _demo(runs, caller)
         assert Counter(t["details"]["member"] for t in calls) == runs.session.calls, calls
         for tx in calls:
-            assert tx["protocol"] == "dbus" and tx["command"] == f"{IFACE}.{tx['details']['member']}"
+            assert (
+                tx["protocol"] == "dbus" and tx["command"] == f"{IFACE}.{tx['details']['member']}"
+            )
             assert tx["client_pid"] and tx["server_comm"] == "dbus-daemon", tx
             if "no_reply_expected" in tx["details"].get("flags", ()):
                 assert (tx["reply"], tx["latency"], tx["unanswered"]) == ("", None, False), tx

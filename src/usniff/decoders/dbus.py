@@ -267,11 +267,11 @@ def parse(msg: Msg) -> Parsed:
     whole = len(data) == msg.size and not msg.cut
     try:
         if whole:
-            m = Unmarshaller(io.BytesIO(data)).unmarshall()
+            m = Unmarshaller(io.BytesIO(data)).unmarshall()  # type: ignore[arg-type]
         else:  # the header alone, as a message without a body
             head = bytearray(data[: msg.body_start])
             head[4:8] = bytes(4)
-            m = Unmarshaller(io.BytesIO(bytes(head))).unmarshall()
+            m = Unmarshaller(io.BytesIO(bytes(head))).unmarshall()  # type: ignore[arg-type]
     except Exception as exc:  # the bytes come from anywhere: whatever fails is malformed
         raise ProtocolError(f"malformed message: {type(exc).__name__}: {exc}") from None
     if m is None:

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import detect as d
 from . import dbus, fastcgi
+from . import detect as d
 from . import http as h
 from . import memcached as mc
 from .base import Decoder
