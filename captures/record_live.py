@@ -1,7 +1,7 @@
-"""Record captures/{redis,mysql,postgres,http,memcached,fastcgi}.pcapng with usniff itself
-(needs root).
+"""Record captures/{redis,mysql,postgres,http,memcached,fastcgi,dbus}.pcapng with usniff
+itself (needs root).
 
-    sudo .venv/bin/python captures/record_live.py [redis|mysql|postgres|http|memcached|fastcgi ...]
+    sudo .venv/bin/python captures/record_live.py [redis|mysql|postgres|http|memcached|...]
 
 Starts a real redis-server, mariadbd and memcached in a temporary directory, starts
 ``usniff --path SOCKET -w FILE`` (waiting for its ``capturing with the`` line),
@@ -10,8 +10,10 @@ runs the scripted sessions of tests/live_helpers.py (redis-cli, redis-cli
 pymysql with multi-statements and COM_STMT_*; psql, psycopg and a raw client of
 tests/pg_session.py; curl against podman's Docker API, tests/http_session.py;
 memcached_session's text and meta commands; nginx, cgi-fcgi and a GET_VALUES to php-fpm,
-tests/php_session.py), then stops usniff with SIGTERM.  tests/test_captures_offline.py,
-tests/test_http.py and tests/test_fastcgi.py decode the files with ``usniff read`` (no root).
+tests/php_session.py; busctl, dbus-send and dbus-fast clients of a dbus-fast service on a
+private dbus-daemon, tests/dbus_session.py), then stops usniff with SIGTERM.
+tests/test_captures_offline.py, tests/test_http.py, tests/test_fastcgi.py and
+tests/test_dbus.py decode the files with ``usniff read`` (no root).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from dbus_session import served_session, start_dbus  # noqa: E402
 from http_session import http_session  # noqa: E402
 from live_helpers import (  # noqa: E402
     Usniff,
@@ -97,8 +100,8 @@ def record(
 
 
 def main(names: list[str]) -> None:
-    """Record the captures of ``names`` (redis, mysql, postgres, http, memcached, fastcgi; all
-    when empty)."""
+    """Record the captures of ``names`` (redis, mysql, postgres, http, memcached, fastcgi,
+    dbus; all when empty)."""
     if not names or "redis" in names:
         record(HERE / "redis.pcapng", start_redis,
                lambda sock: redis_session(sock, benchmark_requests=BENCHMARK_REQUESTS),
@@ -114,6 +117,8 @@ def main(names: list[str]) -> None:
         record(HERE / "memcached.pcapng", start_memcached, memcached_session, "memcached")
     if not names or "fastcgi" in names:
         record(HERE / "fastcgi.pcapng", start_php_app, php_session, "fastcgi")
+    if not names or "dbus" in names:
+        record(HERE / "dbus.pcapng", start_dbus, served_session, "dbus")
 
 
 if __name__ == "__main__":

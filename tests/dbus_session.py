@@ -131,6 +131,12 @@ def dbus_session(sock: str) -> Session:
     return s
 
 
+def served_session(sock: str) -> Session:
+    """dbus_session with the demo service running (captures/record_live.py)."""
+    with demo_service(sock):
+        return dbus_session(sock)
+
+
 def cookie_session(sock: str) -> str:
     """One call authenticated by DBUS_COOKIE_SHA1 (dbus-send, HOME as the daemon's);
     returns what dbus-send printed."""

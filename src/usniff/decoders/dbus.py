@@ -515,7 +515,7 @@ class DbusDecoder:
             command = "AUTH " + _ascii(side.mechanism) if word == b"AUTH" else _ascii(word)
             call = _Call(0, command, text, line.ts_last, line.size, 0, {"sasl": True}, False)
             if word == b"BEGIN":
-                call.details["no_reply_expected"] = True
+                call.details["reply_suppressed"] = True  # BEGIN has no answer
                 events.append(self._transaction(call, "", None, 0, 0, False, False))
             else:
                 side.sasl.append(call)
@@ -569,6 +569,7 @@ class DbusDecoder:
         call = _Call(msg.serial, _name(msg), clip(text, SUMMARY), item.ts_last, item.size,
                      item.cut, details, secret)  # fmt: skip
         if msg.flags & NO_REPLY_EXPECTED:
+            details["reply_suppressed"] = True
             events.append(self._transaction(call, "", None, 0, 0, False, False))
             return
         calls = self._sides[direction].calls
@@ -617,7 +618,8 @@ class DbusDecoder:
             return render([_masked(v) for v in msg.body])
         text = render(msg.body)
         if msg.unix_fds:
-            text += f" [{msg.unix_fds} fd{'s' if msg.unix_fds > 1 else ''}]"
+            fds = f"[{msg.unix_fds} fd{'s' if msg.unix_fds > 1 else ''}]"
+            text = f"{text} {fds}" if text else fds
         return text
 
     def _secret(self, interface: str | None) -> bool:
