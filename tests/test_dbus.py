@@ -248,13 +248,36 @@ def test_big_body_framed_not_decoded() -> None:
     assert after.request.endswith('Echo("after")')
 
 
-def test_malformed_body_is_a_notice_and_framing_holds() -> None:
+def test_malformed_body_shown_as_such_and_framing_holds() -> None:
     bad = bytearray(call("Echo", "s", ("hello",), 1))
-    bad[-3] = 0xFF  # not UTF-8
-    good = call("Echo", "s", ("ok",), 2)
-    events = run([(C, bytes(bad) + good)])
-    assert [e.kind for e in events if isinstance(e, Notice)] == ["undecodable"]
-    assert [t.request.rsplit(".", 1)[1] for t in demo(events)] == ['Echo("ok")']
+    bad[-10] = 0x7F  # the string's length: past the body's end
+    odd = bytearray(call("Echo", "s", ("hello",), 2))
+    odd[-3] = 0xFF  # not UTF-8: shown escaped, not refused
+    broken_header = bytearray(call("Echo", "s", ("x",), 3))
+    broken_header[20:24] = b"\xff\xff\x00\x00"  # the path's length
+    good = call("Echo", "s", ("ok",), 4)
+    events = run([(C, bytes(bad) + bytes(odd) + bytes(broken_header) + good)])
+    assert [t.request.rsplit(".", 1)[1] for t in demo(events)] == [
+        "Echo(<body not decoded: malformed: value runs past the end>)",
+        'Echo("hel\\xffo")',
+        'Echo("ok")',
+    ]
+    [notice] = [e for e in events if isinstance(e, Notice)]
+    assert notice.kind == "undecodable" and notice.summary == "value runs past the end"
+
+
+def test_hostile_values_that_crash_or_hang_the_libraries() -> None:
+    """An ``aay`` whose array claims 4 GiB (SIGSEGV in dbus-fast 5.2.0) and a variant
+    ``a()`` (an endless loop in jeepney 0.9)."""
+    fields = b"\x08\x01g\x00\x03aay\x00" + bytes(7) + b"\x05\x01u\x00\x00\x00\x00\x01"
+    crash = b"B\x01\x01\x01" + bytes.fromhex("00000008 00000002 00000018") + fields + b"\xff" * 8
+    assert len(crash) == 48
+    [tx] = txs(run([(C, crash)]))
+    assert tx.request == "?(<body not decoded: malformed: array of 4294967295 bytes>)"
+    assert tx.details["reply_suppressed"]  # its flags: NO_REPLY_EXPECTED
+    body = bytes([3]) + b"a()\0" + bytes(4) + (8).to_bytes(4, "little") + bytes(8)
+    with pytest.raises(dbus.ProtocolError, match="empty struct"):
+        dbus.Unmarshal(body, len(body), "little").value("v", 0)
 
 
 def test_pending_calls_bounded() -> None:

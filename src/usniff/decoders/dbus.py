@@ -14,10 +14,9 @@ padding to 8, the body.
 
 Messages are framed here (lengths from the fixed header: the decoder keeps at
 most KEEP_BODY bytes of a body, counts the rest, and can skip bytes cut by the
-snap length inside a body); each kept message is parsed by dbus-fast's
-``Unmarshaller``, which checks what it reads (sizes, nesting depth, signatures)
-and is compiled.  The one header field dbus-fast does not return when it does
-not read from a socket, UNIX_FDS, is read here (``_unix_fds``).
+snap length inside a body); their header fields and body values are read by
+``Unmarshal``, which checks every length, signature and nesting depth (dbus-fast
+and jeepney do not survive hostile bytes: see ``Unmarshal``).
 
 Pairing is by serial: a METHOD_RETURN or ERROR carries the serial of the call it
 answers (REPLY_SERIAL), so replies pair in any order.  Either side may call (the
@@ -36,13 +35,11 @@ fields, MAX_LINE of a SASL line, MAX_PENDING calls in flight per direction.
 
 from __future__ import annotations
 
-import io
 import re
+import struct
 from collections import deque
 from dataclasses import dataclass, field
-
-from dbus_fast import Variant
-from dbus_fast._private.unmarshaller import Unmarshaller
+from typing import Literal
 
 from ..streams import Direction
 from .base import REDACTED, DecoderEvent, Details, Notice, Transaction, clip, lost, show_bytes
@@ -259,77 +256,214 @@ class Parsed:
 
 
 def parse(msg: Msg) -> Parsed:
-    """The message's header fields and body values (dbus-fast); ProtocolError when
-    its header cannot be read."""
+    """The message's header fields and body values; ProtocolError when its header
+    cannot be read (a body that cannot be read is reported in ``why``)."""
     data = msg.data
-    endian = data[0]
+    order: Literal["little", "big"] = "little" if data[0] == 0x6C else "big"
+    fields: dict[int, object] = {}
+    head = Unmarshal(data, msg.body_start, order)
+    head.pos = 12
+    raw = head.value("a(yv)", 0)
+    assert isinstance(raw, list)
+    for item in raw:
+        if isinstance(item, tuple) and len(item) == 2:
+            fields[item[0]] = item[1]
+    for code, kind in _FIELD_KINDS.items():
+        if code in fields and not isinstance(fields[code], kind):
+            raise ProtocolError(f"header field {code} of the wrong type")
+    signature = _opt(fields.get(8)) or ""
+    body: list[object] | None = None
     body_len = msg.size - msg.body_start
-    whole = len(data) == msg.size and not msg.cut
-    try:
-        if whole:
-            m = Unmarshaller(io.BytesIO(data)).unmarshall()  # type: ignore[arg-type]
-        else:  # the header alone, as a message without a body
-            head = bytearray(data[: msg.body_start])
-            head[4:8] = bytes(4)
-            m = Unmarshaller(io.BytesIO(bytes(head))).unmarshall()  # type: ignore[arg-type]
-    except Exception as exc:  # the bytes come from anywhere: whatever fails is malformed
-        raise ProtocolError(f"malformed message: {type(exc).__name__}: {exc}") from None
-    if m is None:
-        raise ProtocolError("malformed message: shorter than its header says")
     why = ""
-    if not whole:
+    if len(data) < msg.size or msg.cut:
         why = f"{body_len} bytes, {msg.cut} not captured" if msg.cut else f"{body_len} bytes"
+    else:
+        try:
+            types = split_signature(signature)
+            reader = Unmarshal(data, msg.size, order)
+            reader.pos = msg.body_start
+            body = [reader.value(t, 0) for t in types]
+        except ProtocolError as exc:
+            why = f"malformed: {exc}"
     return Parsed(
-        m.message_type.value,
-        int(m.flags),
-        m.serial,
-        "little" if endian == 0x6C else "big",
-        m.path,
-        m.interface,
-        m.member,
-        m.error_name,
-        m.reply_serial,
-        m.destination,
-        m.sender,
-        m.signature if whole else _signature(data, endian, msg.body_start),
-        list(m.body) if whole else None,
-        _unix_fds(data, endian, msg.body_start),
+        data[1],
+        data[2],
+        _u32(data, 8, data[0]),
+        order,
+        _opt(fields.get(1)),
+        _opt(fields.get(2)),
+        _opt(fields.get(3)),
+        _opt(fields.get(4)),
+        _int(fields.get(5)),
+        _opt(fields.get(6)),
+        _opt(fields.get(7)),
+        signature,
+        body,
+        _int(fields.get(UNIX_FDS)),
         why,
     )
 
 
-def _fields(data: bytes, endian: int, end: int) -> dict[int, tuple[int, int]]:
-    """Header field code -> (type byte, offset of its value), for fields of the types
-    the specification gives them (a field of another type ends the walk)."""
-    found: dict[int, tuple[int, int]] = {}
-    pos = FIXED
-    limit = min(end, FIXED + _u32(data, 12, endian))
-    while pos + 4 <= limit:
-        code, siglen, kind = data[pos], data[pos + 1], data[pos + 2]
-        if siglen != 1 or kind not in _FIELD_TYPES:
-            break
-        pos += 4
-        if kind == ord("g"):
-            found[code] = (kind, pos)
-            pos += data[pos] + 2 if pos < limit else 0
-        else:
-            pos += -pos & 3
-            found[code] = (kind, pos)
-            pos += 4 if kind == ord("u") else _u32(data, pos, endian) + 5
-        pos += -pos & 7
-    return found
+def _opt(value: object) -> str | None:
+    """A header field's text, terminal- and JSON-safe (bytes not UTF-8 as \\xNN)."""
+    if not isinstance(value, str):
+        return None
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _unix_fds(data: bytes, endian: int, end: int) -> int:
-    kind, pos = _fields(data, endian, end).get(UNIX_FDS, (0, 0))
-    return _u32(data, pos, endian) if kind == ord("u") and pos + 4 <= end else 0
+def _int(value: object) -> int:
+    return value if isinstance(value, int) else 0
 
 
-def _signature(data: bytes, endian: int, end: int) -> str:
-    kind, pos = _fields(data, endian, end).get(8, (0, 0))
-    if kind != ord("g") or pos >= end:
-        return ""
-    return data[pos + 1 : pos + 1 + data[pos]].decode("ascii", "backslashreplace")
+# header field code -> the Python type of its value (o, s, s, s, u, s, s, g, u)
+_FIELD_KINDS: dict[int, type] = {1: str, 2: str, 3: str, 4: str, 5: int, 6: str, 7: str,
+                                 8: str, 9: int}  # fmt: skip
+_BASIC = frozenset("ybnqiuxtdsogh")
+_FIXED = {"y": (1, False), "n": (2, True), "q": (2, False), "i": (4, True), "u": (4, False),
+          "h": (4, False), "x": (8, True), "t": (8, False)}  # fmt: skip
+_ALIGN = {"y": 1, "g": 1, "v": 1, "n": 2, "q": 2, "b": 4, "i": 4, "u": 4, "h": 4, "s": 4,
+          "o": 4, "a": 4, "x": 8, "t": 8, "d": 8, "(": 8, "{": 8}  # fmt: skip
+MAX_ARRAY = 1 << 26  # the specification's limit on an array's bytes
+MAX_DEPTH = 64  # containers nested, variants included (the specification's 32 + 32)
+
+
+@dataclass(slots=True)
+class More:
+    """The elements of an array past the first MAX_ITEMS: their bytes, not parsed."""
+
+    nbytes: int
+
+
+def split_signature(sig: str) -> list[str]:
+    """The complete types of ``sig``; ProtocolError when it is not a valid signature."""
+    types, pos = [], 0
+    while pos < len(sig):
+        end = _complete_type(sig, pos, 0, 0)
+        types.append(sig[pos:end])
+        pos = end
+    return types
+
+
+def _complete_type(sig: str, pos: int, arrays: int, structs: int) -> int:
+    """The end of the complete type starting at ``sig[pos]``."""
+    if pos >= len(sig):
+        raise ProtocolError(f"signature {sig!r} ends inside a type")
+    code = sig[pos]
+    if code in _BASIC or code in "vd":
+        return pos + 1
+    if code == "a":
+        if arrays >= 32:
+            raise ProtocolError("arrays nested too deep")
+        if sig[pos + 1 : pos + 2] == "{":
+            key = pos + 2
+            if key >= len(sig) or sig[key] not in _BASIC and sig[key] != "d":
+                raise ProtocolError(f"signature {sig!r}: dict key not of a basic type")
+            end = _complete_type(sig, key + 1, arrays + 1, structs + 1)
+            if sig[end : end + 1] != "}":
+                raise ProtocolError(f"signature {sig!r}: dict entry not closed")
+            return end + 1
+        return _complete_type(sig, pos + 1, arrays + 1, structs)
+    if code == "(":
+        if structs >= 32:
+            raise ProtocolError("structs nested too deep")
+        end = pos + 1
+        while sig[end : end + 1] != ")":
+            end = _complete_type(sig, end, arrays, structs + 1)
+        if end == pos + 1:
+            raise ProtocolError("empty struct")
+        return end + 1
+    raise ProtocolError(f"signature {sig!r}: {code!r} is not a type")
+
+
+class Unmarshal:
+    """Values of the D-Bus wire format read from ``data[pos:end]``, every length
+    checked against ``end``.  Written here rather than taken from dbus-fast or jeepney:
+    on hostile bytes dbus-fast's compiled unmarshaller crashes the process (a 48-byte
+    message: signature ``aay``, array length 0xffffffff, SIGSEGV in dbus-fast 5.2.0)
+    and jeepney's loops forever (a variant ``a()`` with a non-zero length)."""
+
+    def __init__(self, data: bytes, end: int, order: Literal["little", "big"]) -> None:
+        self.data = data
+        self.end = end
+        self.order = order
+        self.pos = 0
+
+    def _take(self, n: int) -> bytes:
+        if self.pos + n > self.end:
+            raise ProtocolError("value runs past the end")
+        self.pos += n
+        return self.data[self.pos - n : self.pos]
+
+    def _align(self, n: int) -> None:
+        self._take(-self.pos % n)
+
+    def _uint(self, n: int) -> int:
+        self._align(n)
+        return int.from_bytes(self._take(n), self.order)
+
+    def _text(self, n: int) -> str:
+        # bytes that are not UTF-8 are kept (shown as \\xNN by render), never refused
+        text = self._take(n).decode("utf-8", "surrogateescape")
+        if self._take(1) != b"\0":
+            raise ProtocolError("string without its NUL")
+        return text
+
+    def value(self, sig: str, depth: int) -> object:
+        """One value of the complete type ``sig``."""
+        if depth > MAX_DEPTH:
+            raise ProtocolError("values nested too deep")
+        code = sig[0]
+        fixed = _FIXED.get(code)
+        if fixed is not None:
+            n, signed = fixed
+            self._align(n)
+            return int.from_bytes(self._take(n), self.order, signed=signed)
+        if code in "so":
+            return self._text(self._uint(4))
+        if code == "g":
+            return self._text(self._take(1)[0])
+        if code == "b":
+            return self._uint(4) != 0
+        if code == "d":
+            self._align(8)
+            return struct.unpack("<d" if self.order == "little" else ">d", self._take(8))[0]
+        if code == "v":
+            inner = self._text(self._take(1)[0])
+            if len(split_signature(inner)) != 1:
+                raise ProtocolError(f"variant signature {inner!r} is not one type")
+            return self.value(inner, depth + 1)
+        if code == "(":
+            self._align(8)
+            return tuple(self.value(t, depth + 1) for t in split_signature(sig[1:-1]))
+        return self._array(sig[1:], depth)
+
+    def _array(self, elem: str, depth: int) -> object:
+        size = self._uint(4)
+        if size > MAX_ARRAY:
+            raise ProtocolError(f"array of {size} bytes")
+        self._align(_ALIGN[elem[0]])
+        end = self.pos + size
+        if end > self.end:
+            raise ProtocolError("array runs past the end")
+        if elem == "y":
+            return self._take(size)
+        entry = elem[0] == "{"
+        types = split_signature(elem[1:-1]) if entry else [elem]
+        items: list[object] = []
+        while self.pos < end and len(items) < MAX_ITEMS:
+            if entry:
+                self._align(8)
+                items.append(tuple(self.value(t, depth + 1) for t in types))
+            else:
+                items.append(self.value(elem, depth + 1))
+        if self.pos > end:
+            raise ProtocolError("array element runs past the array")
+        if self.pos < end:
+            items.append(More(end - self.pos))
+            self.pos = end
+        if entry:
+            return {k: v for k, v in (i if isinstance(i, tuple) else ("...", i) for i in items)}
+        return items
 
 
 # --------------------------------------------------------------------------- rendering
@@ -347,15 +481,15 @@ def _more(n: int) -> str:
 
 def _value(value: object, depth: int) -> str:
     if isinstance(value, str):
-        return '"' + show_bytes(value.encode(), 80).strip('"') + '"'
+        return '"' + show_bytes(value.encode("utf-8", "surrogateescape"), 80).strip('"') + '"'
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, bytes):
         return "b" + show_bytes(value, 48)
-    if isinstance(value, Variant):
-        return _value(value.value, depth)
+    if isinstance(value, More):
+        return f"...({value.nbytes} bytes more)"
     if depth >= 4:
         return "..."
     if isinstance(value, dict):
@@ -370,8 +504,6 @@ def _value(value: object, depth: int) -> str:
 
 def _masked(value: object) -> object:
     """``value`` with what is stored under secret-looking dict keys masked."""
-    if isinstance(value, Variant):
-        return _masked(value.value)
     if isinstance(value, dict):
         return {k: REDACTED if isinstance(k, str) and SECRET_KEY.search(k) else _masked(v)
                 for k, v in value.items()}  # fmt: skip
@@ -551,7 +683,7 @@ class DbusDecoder:
             self._call(direction, item, msg, events)
         elif msg.kind == SIGNAL:
             body = self._body(msg, self._secret(msg.interface))
-            text = f"{self._route(msg)}{msg.path} {_name(msg)}({body})"
+            text = f"{self._route(msg)}{_name(msg, True)}({body})"
             events.append(Notice(PROTOCOL, direction, "signal", clip(text, SUMMARY),
                                  item.ts_first, _details(msg, item)))  # fmt: skip
         else:
@@ -561,7 +693,7 @@ class DbusDecoder:
         self, direction: Direction, item: Msg, msg: Parsed, events: list[DecoderEvent]
     ) -> None:
         secret = self._secret(msg.interface)
-        text = f"{self._route(msg)}{msg.path} {_name(msg)}({self._body(msg, secret)})"
+        text = f"{self._route(msg)}{_name(msg, True)}({self._body(msg, secret)})"
         details = _details(msg, item)
         details["caller"] = "client" if direction is Direction.CLIENT else "server"
         if direction is Direction.SERVER:  # e.g. the bus forwarding a peer's call to a service
@@ -654,10 +786,12 @@ class DbusDecoder:
                            cut=call.cut + cut)  # fmt: skip
 
 
-def _name(msg: Parsed) -> str:
-    """The --stats key: interface.member (member alone when the call names no interface)."""
+def _name(msg: Parsed, path: bool = False) -> str:
+    """The --stats key: interface.member (member alone when the call names no
+    interface); with ``path``, the object path before it."""
     member = msg.member or "?"
-    return f"{msg.interface}.{member}" if msg.interface else member
+    name = f"{msg.interface}.{member}" if msg.interface else member
+    return f"{msg.path} {name}" if path and msg.path else name
 
 
 def _details(msg: Parsed, item: Msg) -> Details:
