@@ -35,6 +35,7 @@ fields, MAX_LINE of a SASL line, MAX_PENDING calls in flight per direction.
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 from collections import deque
@@ -260,14 +261,7 @@ def parse(msg: Msg) -> Parsed:
     cannot be read (a body that cannot be read is reported in ``why``)."""
     data = msg.data
     order: Literal["little", "big"] = "little" if data[0] == 0x6C else "big"
-    fields: dict[int, object] = {}
-    head = Unmarshal(data, msg.body_start, order)
-    head.pos = 12
-    raw = head.value("a(yv)", 0)
-    assert isinstance(raw, list)
-    for item in raw:
-        if isinstance(item, tuple) and len(item) == 2:
-            fields[item[0]] = item[1]
+    fields = Unmarshal(data, msg.body_start, order).header_fields()
     for code, kind in _FIELD_KINDS.items():
         if code in fields and not isinstance(fields[code], kind):
             raise ProtocolError(f"header field {code} of the wrong type")
@@ -334,14 +328,15 @@ class More:
     nbytes: int
 
 
-def split_signature(sig: str) -> list[str]:
+@functools.lru_cache(maxsize=1024)
+def split_signature(sig: str) -> tuple[str, ...]:
     """The complete types of ``sig``; ProtocolError when it is not a valid signature."""
     types, pos = [], 0
     while pos < len(sig):
         end = _complete_type(sig, pos, 0, 0)
         types.append(sig[pos:end])
         pos = end
-    return types
+    return tuple(types)
 
 
 def _complete_type(sig: str, pos: int, arrays: int, structs: int) -> int:
@@ -407,6 +402,34 @@ class Unmarshal:
         if self._take(1) != b"\0":
             raise ProtocolError("string without its NUL")
         return text
+
+    def header_fields(self) -> dict[int, object]:
+        """The header fields (``a(yv)`` at offset 12), code -> value; the common
+        single-type variants read inline (the decoder's hot path)."""
+        fields: dict[int, object] = {}
+        data = self.data
+        self.pos = 12
+        end = self._uint(4) + 16
+        if end > self.end:
+            raise ProtocolError("header fields run past the end")
+        while self.pos < end:
+            self._align(8)
+            pos = self.pos
+            if (
+                pos + 4 <= end
+                and data[pos + 1] == 1
+                and data[pos + 2] in _FIELD_TYPES
+                and not data[pos + 3]
+            ):
+                self.pos = pos + 4
+                value = self.value(chr(data[pos + 2]), 1)
+            else:
+                self.pos = pos + 1
+                value = self.value("v", 1)
+            if self.pos > end:
+                raise ProtocolError("header field runs past the header")
+            fields[data[pos]] = value
+        return fields
 
     def value(self, sig: str, depth: int) -> object:
         """One value of the complete type ``sig``."""
