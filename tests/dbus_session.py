@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import subprocess
 import sys
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +29,10 @@ from dbus_fast import DBusError, Message
 from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusBool, DBusDict, DBusStr, DBusUInt32
 from dbus_fast.service import ServiceInterface, method, signal
+from jeepney import HeaderFields as JHeaderFields
+from jeepney import MessageType as JMessageType
+from jeepney import Parser as JParser
+from jeepney import new_method_return
 from servers import _running
 
 NAME = "org.usniff.Demo"
@@ -167,6 +173,72 @@ async def _client(bus: str, s: Session) -> None:
         s.calls["Emit"] += 1
     finally:
         conn.disconnect()
+
+
+# --------------------------------------------------------------------------- peer to peer
+
+
+@contextlib.contextmanager
+def p2p_server(sock: str) -> Iterator[str]:
+    """A peer-to-peer D-Bus server (no bus daemon, as systemd's private socket) on
+    ``sock``: the SASL handshake by hand (EXTERNAL accepted), then every method call
+    answered with the string ``"p2p <member>"`` (jeepney)."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(sock)
+    listener.listen()
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            buf = b""
+            while b"BEGIN\r\n" not in buf:
+                data = conn.recv(4096)
+                if not data:
+                    return
+                buf += data
+                while b"\r\n" in buf and not buf.lstrip(b"\0").startswith(b"BEGIN\r\n"):
+                    line, buf = buf.split(b"\r\n", 1)
+                    word = line.lstrip(b"\0").split(b" ")[0]
+                    answer = {
+                        b"AUTH": b"OK 0123456789abcdef0123456789abcdef",
+                        b"NEGOTIATE_UNIX_FD": b"AGREE_UNIX_FD",
+                    }.get(word, b"ERROR")
+                    conn.sendall(answer + b"\r\n")  # fmt: skip
+            parser = JParser()
+            messages = parser.feed(buf.split(b"BEGIN\r\n", 1)[1])
+            while True:
+                for msg in messages:
+                    if msg.header.message_type is JMessageType.method_call:
+                        member = msg.header.fields[JHeaderFields.member]
+                        reply = new_method_return(msg, "s", (f"p2p {member}",))
+                        conn.sendall(reply.serialise(serial=msg.header.serial + 1000))
+                data = conn.recv(65536)
+                if not data:
+                    return
+                messages = parser.feed(data)
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield sock
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+
+
+def p2p_call(sock: str, member: str) -> str:
+    """dbus-send on a peer-to-peer connection (--address: no Hello); what it printed."""
+    out = subprocess.run(["dbus-send", f"--address={address(sock)}", "--print-reply",
+                          f"--dest={NAME}", PATH, f"{IFACE}.{member}", "string:peer"],
+                         capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return out.stdout
 
 
 # --------------------------------------------------------------------------- the service

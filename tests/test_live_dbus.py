@@ -32,6 +32,8 @@ from dbus_session import (
     cookie_session,
     dbus_session,
     demo_service,
+    p2p_call,
+    p2p_server,
     start_dbus,
 )
 from live_helpers import USNIFF, Usniff
@@ -236,3 +238,28 @@ def test_usniff_read_decodes_the_pcapng_as_live(runs: Runs) -> None:
         return sorted(tuple(str(e.get(k)) for k in keys) for e in events)
 
     assert rows(offline) == rows(runs.json.events)
+
+
+def test_peer_to_peer_connection() -> None:
+    """No bus daemon: dbus-send talks to a peer-to-peer server (SASL, then its calls
+    answered directly, no Hello), watched with --format json."""
+    with (
+        tempfile.TemporaryDirectory(prefix="usniff-dbus-p2p-") as tmp,
+        p2p_server(os.path.join(tmp, "p2p")) as sock,
+        Usniff("--path", sock, "--format", "json", "--protocol", "auto") as run,
+    ):
+        printed = [p2p_call(sock, member) for member in ("Ping", "Pong")]
+        result = run.stop()
+    assert [p.splitlines()[1].strip() for p in printed] == ['string "p2p Ping"',
+                                                            'string "p2p Pong"']  # fmt: skip
+    events = [json.loads(line) for line in result.text.splitlines()]
+    calls = [e for e in events if e["type"] == "transaction" and "sasl" not in e["details"]]
+    assert [(t["command"], t["reply"]) for t in calls] == [
+        (f"{IFACE}.Ping", '("p2p Ping")'), (f"{IFACE}.Pong", '("p2p Pong")')
+    ]  # fmt: skip
+    for t in calls:
+        assert t["latency"] is not None and t["client_comm"] == "dbus-send", t
+        assert t["details"]["reply_serial"] == t["details"]["serial"]
+    sasl = Counter(e["command"] for e in events if "sasl" in e.get("details", {}))
+    assert sasl == {"AUTH EXTERNAL": 2, "NEGOTIATE_UNIX_FD": 2, "BEGIN": 2}, sasl
+    assert not [e for e in events if e["type"] != "transaction"], events
