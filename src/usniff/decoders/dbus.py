@@ -43,7 +43,17 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..streams import Direction
-from .base import REDACTED, DecoderEvent, Details, Notice, Transaction, clip, lost, show_bytes
+from .base import (
+    REDACTED,
+    DecoderEvent,
+    Details,
+    Notice,
+    Pending,
+    Transaction,
+    clip,
+    lost,
+    show_bytes,
+)
 
 PROTOCOL = "dbus"
 FIXED = 16  # endianness, type, flags, version, body length, serial, header fields length
@@ -540,15 +550,9 @@ def _masked(value: object) -> object:
 
 
 @dataclass(slots=True)
-class _Call:
-    serial: int
-    command: str
-    text: str
-    ts: float  # the call's last byte
-    size: int
-    cut: int
-    details: Details
-    secret: bool  # --redact: its reply's body is masked too
+class _Call(Pending):
+    serial: int = 0
+    secret: bool = False  # --redact: its reply's body is masked too
     lost: bool = False  # the other direction lost bytes while it waited
 
 
@@ -668,10 +672,10 @@ class DbusDecoder:
                 side.mechanism = arg.partition(b" ")[0]
             text = self._sasl_text(side.mechanism, word, arg)
             command = "AUTH " + _ascii(side.mechanism) if word == b"AUTH" else _ascii(word)
-            call = _Call(0, command, text, line.ts_last, line.size, 0, {"sasl": True}, False)
+            call = _Call(b"", command, text, line.ts_last, line.size, details={"sasl": True})
             if word == b"BEGIN":
                 call.details["reply_suppressed"] = True  # BEGIN has no answer
-                events.append(self._transaction(call, "", None, 0, 0, False, False))
+                events.append(call.transaction(PROTOCOL, "", False))
             else:
                 side.sasl.append(call)
             return
@@ -682,7 +686,7 @@ class DbusDecoder:
             return
         call = client.sasl.popleft()
         error = word in (b"REJECTED", b"ERROR")
-        events.append(self._transaction(call, reply, line.ts_first, line.size, 0, error, False))
+        events.append(_answered(call, reply, line.ts_first, line.size, 0, error))
 
     def _sasl_text(self, mechanism: bytes, word: bytes, arg: bytes) -> str:
         if word == b"AUTH":
@@ -721,11 +725,11 @@ class DbusDecoder:
         details["caller"] = "client" if direction is Direction.CLIENT else "server"
         if direction is Direction.SERVER:  # e.g. the bus forwarding a peer's call to a service
             text = "[call from the server side] " + text
-        call = _Call(msg.serial, _name(msg), clip(text, SUMMARY), item.ts_last, item.size,
-                     item.cut, details, secret)  # fmt: skip
+        call = _Call(b"", _name(msg), clip(text, SUMMARY), item.ts_last, item.size, cut=item.cut,
+                     details=details, serial=msg.serial, secret=secret)  # fmt: skip
         if msg.flags & NO_REPLY_EXPECTED:
             details["reply_suppressed"] = True
-            events.append(self._transaction(call, "", None, 0, 0, False, False))
+            events.append(call.transaction(PROTOCOL, "", False))
             return
         calls = self._sides[direction].calls
         if msg.serial in calls:  # a serial reused before its reply came
@@ -733,7 +737,7 @@ class DbusDecoder:
         if len(calls) >= MAX_PENDING:
             oldest = calls.pop(next(iter(calls)))
             reply = f"(no reply while {MAX_PENDING} later calls were made)"
-            events.append(self._transaction(oldest, reply, None, 0, 0, False, False))
+            events.append(oldest.transaction(PROTOCOL, reply, False))
         calls[msg.serial] = call
 
     def _reply(
@@ -761,8 +765,8 @@ class DbusDecoder:
             call.details["reply_sender"] = msg.sender
         if msg.why:
             call.details["reply_body_not_decoded"] = msg.why
-        events.append(self._transaction(call, clip(reply, SUMMARY), item.ts_first, item.size,
-                                        item.cut, msg.kind == ERROR, False))  # fmt: skip
+        events.append(_answered(call, clip(reply, SUMMARY), item.ts_first, item.size, item.cut,
+                                msg.kind == ERROR))  # fmt: skip
 
     def _body(self, msg: Parsed, secret: bool) -> str:
         if msg.body is None:
@@ -792,21 +796,15 @@ class DbusDecoder:
 
     def _unanswered(self, call: _Call, events: list[DecoderEvent]) -> None:
         reply = "(lost sync)" if call.lost else ""
-        events.append(self._transaction(call, reply, None, 0, 0, False, not call.lost))
+        events.append(call.transaction(PROTOCOL, reply, not call.lost))
 
-    @staticmethod
-    def _transaction(
-        call: _Call,
-        reply: str,
-        ts_reply: float | None,
-        size: int,
-        cut: int,
-        error: bool,
-        unanswered: bool,
-    ) -> Transaction:
-        return Transaction(PROTOCOL, call.command, call.text, reply, error, call.ts, ts_reply,
-                           call.size, size, call.details, unanswered=unanswered,
-                           cut=call.cut + cut)  # fmt: skip
+
+def _answered(
+    call: _Call, reply: str, ts_reply: float, size: int, cut: int, error: bool
+) -> Transaction:
+    call.ts_reply, call.reply_bytes, call.error = ts_reply, size, error
+    call.cut += cut
+    return call.transaction(PROTOCOL, reply, False)
 
 
 def _name(msg: Parsed, path: bool = False) -> str:
