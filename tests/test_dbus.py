@@ -280,12 +280,15 @@ def test_hostile_values_that_crash_or_hang_the_libraries() -> None:
         dbus.Unmarshal(body, len(body), "little").value("v", 0)
 
 
-def test_pending_calls_bounded() -> None:
+def test_pending_calls_and_sasl_lines_bounded() -> None:
     decoder = DbusDecoder()
     out = []
     for i in range(dbus.MAX_PENDING + 5):
         out += decoder.feed(C, call("Echo", serial=i + 1), float(i))
     assert len(out) == 5 and all("later calls" in t.reply for t in txs(out))
+    decoder = DbusDecoder()
+    out = decoder.feed(C, b"\0" + b"AUTH\r\n" * (dbus.MAX_PENDING + 3), 1.0)
+    assert len(out) == 3 and all("later lines" in t.reply for t in txs(out))
 
 
 def test_detection() -> None:

@@ -677,6 +677,9 @@ class DbusDecoder:
                 call.details["reply_suppressed"] = True  # BEGIN has no answer
                 events.append(call.transaction(PROTOCOL, "", False))
             else:
+                if len(side.sasl) >= MAX_PENDING:  # a client that never waits for answers
+                    reply = f"(no answer while {MAX_PENDING} later lines were sent)"
+                    events.append(side.sasl.popleft().transaction(PROTOCOL, reply, False))
                 side.sasl.append(call)
             return
         client = self._sides[Direction.CLIENT]
