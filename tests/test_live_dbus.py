@@ -225,6 +225,10 @@ def test_pcapng_stock_tshark(runs: Runs) -> None:
                   "-Y", "tcp.flags.syn == 1 && tcp.flags.ack == 0")  # fmt: skip
     conns = {t["conn"] for t in runs.txs if t["command"] == "BEGIN"}
     assert syns.split() == [str(PORT)] * len(conns), syns
+    lengths = tshark("-r", path, "-T", "fields", "-e", "tcp.len", "-Y", "tcp.len > 0")
+    captured = re.search(r"(\d+) bytes captured", runs.pcap.stderr)
+    assert captured and sum(map(int, lengths.split())) == int(captured[1]), runs.pcap.stderr
+    assert tshark("-r", path, "-Y", "dbus") == ""  # no dissector reads them unasked
 
 
 def test_usniff_read_decodes_the_pcapng_as_live(runs: Runs) -> None:
