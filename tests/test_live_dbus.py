@@ -137,7 +137,6 @@ def test_replies_out_of_order_pair_by_serial(runs: Runs) -> None:
     order of their delays, not of the calls."""
     assert runs.session.sleep_order == sorted(SLEEPS)
     sleeps = [t for t in _demo(runs, "client") if t["details"]["member"] == "Sleep"]
-    assert [t["request"].endswith(f"Sleep({ms})") for t, ms in zip(sleeps, SLEEPS, strict=True)]
     by_ms = {int(t["request"].rsplit("(", 1)[1].rstrip(")")): t for t in sleeps}
     assert sorted(by_ms) == sorted(SLEEPS)
     for ms, tx in by_ms.items():
@@ -267,3 +266,11 @@ def test_peer_to_peer_connection() -> None:
     sasl = Counter(e["command"] for e in events if "sasl" in e.get("details", {}))
     assert sasl == {"AUTH EXTERNAL": 2, "NEGOTIATE_UNIX_FD": 2, "BEGIN": 2}, sasl
     assert not [e for e in events if e["type"] != "transaction"], events
+
+
+def test_redacted_text_read_back(runs: Runs) -> None:
+    out = subprocess.run([USNIFF, "read", runs.pcap_file, "--protocol", "auto", "--redact"],
+                         capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+    assert SECRET not in out.stdout and '"password": "***"' in out.stdout
+    assert "  DATA ***  OK " in out.stdout  # the DBUS_COOKIE_SHA1 response
+    assert "AUTH EXTERNAL 30 (0)" in out.stdout  # the uid stays
