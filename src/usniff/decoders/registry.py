@@ -87,7 +87,7 @@ PROTOCOLS: tuple[Protocol, ...] = (
     ),
     Protocol(
         "dbus",
-        7451,  # no port of its own: stock Wireshark dissects D-Bus only as a link type
+        7451,  # no dissector listens here: -d ...,dbus misreads the SASL bytes (docs/decoders.md)
         "dbus",
         dbus.DbusDecoder,
         client_first=dbus.auth,
