@@ -400,18 +400,28 @@ class Unmarshal:
         return self.data[self.pos - n : self.pos]
 
     def _align(self, n: int) -> None:
-        self._take(-self.pos % n)
+        pos = self.pos + (-self.pos % n)
+        if pos > self.end:
+            raise ProtocolError("value runs past the end")
+        self.pos = pos
 
     def _uint(self, n: int) -> int:
-        self._align(n)
-        return int.from_bytes(self._take(n), self.order)
+        start = self.pos + (-self.pos % n)
+        end = start + n
+        if end > self.end:
+            raise ProtocolError("value runs past the end")
+        self.pos = end
+        return int.from_bytes(self.data[start:end], self.order)
 
     def _text(self, n: int) -> str:
-        # bytes that are not UTF-8 are kept (shown as \\xNN by render), never refused
-        text = self._take(n).decode("utf-8", "surrogateescape")
-        if self._take(1) != b"\0":
+        start, end = self.pos, self.pos + n
+        if end >= self.end:
+            raise ProtocolError("value runs past the end")
+        if self.data[end]:
             raise ProtocolError("string without its NUL")
-        return text
+        self.pos = end + 1
+        # bytes that are not UTF-8 are kept (shown as \\xNN by render), never refused
+        return self.data[start:end].decode("utf-8", "surrogateescape")
 
     def header_fields(self) -> dict[int, object]:
         """The header fields (``a(yv)`` at offset 12), code -> value; the common

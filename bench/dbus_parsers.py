@@ -1,0 +1,92 @@
+"""D-Bus message parsing per second of CPU, in-process, on this machine.
+
+    .venv/bin/python bench/dbus_parsers.py
+
+The binary messages of captures/dbus.pcapng (a real dbus-daemon session) parsed by
+usniff's ``dbus.parse`` (header fields and body values), by dbus-fast's compiled
+``Unmarshaller`` and by jeepney's ``Message.from_buffer`` (both kept out of the
+decoder: they do not survive hostile bytes, docs/decoders.md); then the whole
+``DbusDecoder`` on the capture's sessions.  CPU time (``time.process_time``), so a
+machine shared with other work still gives comparable figures.  Not a test.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from dbus_fast._private.unmarshaller import Unmarshaller
+from jeepney.low_level import Message as JeepneyMessage
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest import capture  # noqa: E402
+
+from usniff.decoders.base import Transaction  # noqa: E402
+from usniff.decoders.dbus import DbusDecoder, Msg, Reader, parse  # noqa: E402
+from usniff.streams import Direction, conn_key  # noqa: E402
+
+ROUNDS = 200
+
+
+def sessions() -> list[list[tuple[Direction, bytes]]]:
+    conns: dict[object, list[tuple[Direction, bytes]]] = {}
+    for rec in capture("dbus"):
+        if rec.kind == "data":
+            direction = Direction.SERVER if rec.path_is_own else Direction.CLIENT
+            conns.setdefault(conn_key(rec), []).append((direction, rec.data))
+    return list(conns.values())
+
+
+def messages(conns: list[list[tuple[Direction, bytes]]]) -> list[Msg]:
+    found: list[Msg] = []
+    for steps in conns:
+        readers = (Reader(True), Reader(False))
+        for direction, data in steps:
+            found += [m for m in readers[direction].feed(data, 0.0) if isinstance(m, Msg)]
+    return found
+
+
+def dbus_fast(m: Msg) -> object:
+    return Unmarshaller(io.BytesIO(m.data)).unmarshall()  # type: ignore[arg-type]
+
+
+def rate(msgs: list[Msg], parser: Callable[[Msg], object]) -> float:
+    start = time.process_time()
+    for _ in range(ROUNDS):
+        for m in msgs:
+            parser(m)
+    return ROUNDS * len(msgs) / (time.process_time() - start)
+
+
+def decoder_rate(conns: list[list[tuple[Direction, bytes]]]) -> float:
+    start, n = time.process_time(), 0
+    for _ in range(ROUNDS):
+        for steps in conns:
+            decoder = DbusDecoder()
+            for direction, data in steps:
+                n += sum(isinstance(e, Transaction) for e in decoder.feed(direction, data, 1.0))
+            n += len(decoder.close())
+    return n / (time.process_time() - start)
+
+
+def main() -> None:
+    conns = sessions()
+    msgs = messages(conns)
+    print(f"{len(msgs)} messages, {sum(m.size for m in msgs)} bytes, {ROUNDS} rounds")
+    parsers: dict[str, Callable[[Msg], object]] = {
+        "usniff dbus.parse": parse,
+        "dbus-fast Unmarshaller (compiled)": dbus_fast,
+        "jeepney Message.from_buffer": lambda m: JeepneyMessage.from_buffer(m.data, fds=[0] * 8),
+    }
+    for name, parser in parsers.items():
+        print(f"{name:36s} {rate(msgs, parser):>10,.0f} messages/s")
+    print(f"{'DbusDecoder, whole sessions':36s} {decoder_rate(conns):>10,.0f} transactions/s")
+
+
+if __name__ == "__main__":
+    main()
