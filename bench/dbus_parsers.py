@@ -6,8 +6,9 @@ The binary messages of captures/dbus.pcapng (a real dbus-daemon session) parsed 
 usniff's ``dbus.parse`` (header fields and body values), by dbus-fast's compiled
 ``Unmarshaller`` and by jeepney's ``Message.from_buffer`` (both kept out of the
 decoder: they do not survive hostile bytes, docs/decoders.md); then the whole
-``DbusDecoder`` on the capture's sessions.  CPU time (``time.process_time``), so a
-machine shared with other work still gives comparable figures.  Not a test.
+``DbusDecoder`` on the capture's sessions and on a stream of calls and replies.
+CPU time (``time.process_time``), so a machine shared with other work still gives
+comparable figures.  Not a test.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dbus_fast._private.unmarshaller import Unmarshaller
+from jeepney import DBusAddress, new_method_call, new_method_return
 from jeepney.low_level import Message as JeepneyMessage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,6 +76,24 @@ def decoder_rate(conns: list[list[tuple[Direction, bytes]]]) -> float:
     return n / (time.process_time() - start)
 
 
+def steady_rate(n: int = 2000) -> float:
+    """Calls (``Echo(sa{sv})``, built by jeepney) and their replies, one pair at a time."""
+    target = DBusAddress("/org/usniff/Demo", "org.usniff.Demo", "org.usniff.Demo")
+    pairs = []
+    for i in range(1, n + 1):
+        call = new_method_call(target, "Echo", "sa{sv}", ("hello", {"k": ("u", i)}))
+        data = call.serialise(serial=i)
+        reply = new_method_return(JeepneyMessage.from_buffer(data), "s", ("hello",))
+        pairs.append((data, reply.serialise(serial=n + i)))
+    start, done = time.process_time(), 0
+    for _ in range(ROUNDS // 40):
+        decoder = DbusDecoder()
+        for call_bytes, reply_bytes in pairs:
+            decoder.feed(Direction.CLIENT, call_bytes, 1.0)
+            done += len(decoder.feed(Direction.SERVER, reply_bytes, 1.1))
+    return done / (time.process_time() - start)
+
+
 def main() -> None:
     conns = sessions()
     msgs = messages(conns)
@@ -86,6 +106,7 @@ def main() -> None:
     for name, parser in parsers.items():
         print(f"{name:36s} {rate(msgs, parser):>10,.0f} messages/s")
     print(f"{'DbusDecoder, whole sessions':36s} {decoder_rate(conns):>10,.0f} transactions/s")
+    print(f"{'DbusDecoder, call/reply stream':36s} {steady_rate():>10,.0f} calls/s")
 
 
 if __name__ == "__main__":
