@@ -201,6 +201,14 @@ def test_no_reply_expected_error_fds_and_unpaired() -> None:
     assert unpaired.details["unix_fds"] == 2
 
 
+def test_long_values_clipped() -> None:
+    req = call("Echo", "sai", ("x" * 100, list(range(40))), 1)
+    [tx] = demo(run([(C, req)]))
+    body = f'"{"x" * 80}"...(100 bytes), [{", ".join(map(str, range(16)))}, ...(96 bytes more)]'
+    assert tx.details["body"] == body and len(tx.request) == 200
+    assert tx.request.endswith("...") and "Echo(" + body[:130] in tx.request
+
+
 def test_signal_is_a_notice() -> None:
     sig = new_signal(DEMO, "Tick", "u", (4,)).serialise(serial=7)
     [notice] = run([(S, sig)])

@@ -64,6 +64,7 @@ MAX_LINE = 16 * 1024  # longest SASL line (dbus-daemon's limit)
 MAX_PENDING = 4096  # calls in flight per direction
 MAX_ITEMS = 16  # elements shown of each array, dict or struct
 SUMMARY = 200  # characters of a request/reply summary
+DETAIL = 2000  # characters of a body in the details (JSON)
 
 METHOD_CALL, METHOD_RETURN, ERROR, SIGNAL = 1, 2, 3, 4
 NO_REPLY_EXPECTED, NO_AUTO_START, ALLOW_INTERACTIVE_AUTHORIZATION = 1, 2, 4
@@ -523,8 +524,9 @@ def _more(n: int) -> str:
 
 
 def _value(value: object, depth: int) -> str:
-    if isinstance(value, str):
-        return '"' + show_bytes(value.encode("utf-8", "surrogateescape"), 80).strip('"') + '"'
+    if isinstance(value, str):  # quoted even when show_bytes would leave it bare
+        shown = show_bytes(value.encode("utf-8", "surrogateescape"), 80)
+        return shown if shown.startswith('"') else f'"{shown}"'
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -535,12 +537,17 @@ def _value(value: object, depth: int) -> str:
         return f"...({value.nbytes} bytes more)"
     if depth >= 4:
         return "..."
+    # arrays and dicts come capped at MAX_ITEMS by Unmarshal (then a More)
     if isinstance(value, dict):
-        items = list(value.items())
-        shown = [f"{_value(k, depth + 1)}: {_value(v, depth + 1)}" for k, v in items[:MAX_ITEMS]]
-        return "{" + ", ".join(shown) + _more(len(items)) + "}"
+        pairs = [
+            _value(v, depth + 1)
+            if isinstance(v, More)
+            else f"{_value(k, depth + 1)}: {_value(v, depth + 1)}"
+            for k, v in value.items()
+        ]
+        return "{" + ", ".join(pairs) + "}"
     if isinstance(value, list | tuple):
-        inner = ", ".join(_value(v, depth + 1) for v in value[:MAX_ITEMS]) + _more(len(value))
+        inner = ", ".join(_value(v, depth + 1) for v in value)
         return f"[{inner}]" if isinstance(value, list) else f"({inner})"
     return repr(value)
 
@@ -722,10 +729,12 @@ class DbusDecoder:
         if msg.kind == METHOD_CALL:
             self._call(direction, item, msg, events)
         elif msg.kind == SIGNAL:
-            body = self._body(msg, self._secret(msg.interface))
-            text = f"{self._route(msg)}{_name(msg, True)}({body})"
+            secret = self._secret(msg.interface)
+            text = f"{self._route(msg)}{_name(msg, True)}({self._body(msg, secret)})"
+            details = _details(msg, item)
+            details["body"] = self._body(msg, secret, DETAIL)
             events.append(Notice(PROTOCOL, direction, "signal", clip(text, SUMMARY),
-                                 item.ts_first, _details(msg, item)))  # fmt: skip
+                                 item.ts_first, details))  # fmt: skip
         else:
             self._reply(direction, item, msg, events)
 
@@ -735,6 +744,7 @@ class DbusDecoder:
         secret = self._secret(msg.interface)
         text = f"{self._route(msg)}{_name(msg, True)}({self._body(msg, secret)})"
         details = _details(msg, item)
+        details["body"] = self._body(msg, secret, DETAIL)
         details["caller"] = "client" if direction is Direction.CLIENT else "server"
         if direction is Direction.SERVER:  # e.g. the bus forwarding a peer's call to a service
             text = "[call from the server side] " + text
@@ -776,19 +786,19 @@ class DbusDecoder:
             call.details["reply_unix_fds"] = msg.unix_fds
         if msg.sender:
             call.details["reply_sender"] = msg.sender
-        if msg.why:
-            call.details["reply_body_not_decoded"] = msg.why
+        call.details["reply_body"] = self._body(msg, call.secret, DETAIL)
         events.append(_answered(call, clip(reply, SUMMARY), item.ts_first, item.size, item.cut,
                                 msg.kind == ERROR))  # fmt: skip
 
-    def _body(self, msg: Parsed, secret: bool) -> str:
+    def _body(self, msg: Parsed, secret: bool, limit: int = SUMMARY) -> str:
         if msg.body is None:
             return f"<body not decoded: {msg.why}>" if msg.why else ""
-        if self.redact and msg.body:
-            if secret:
-                return REDACTED
-            return render([_masked(v) for v in msg.body])
-        text = render(msg.body)
+        if self.redact and secret and msg.body:
+            text = REDACTED
+        elif self.redact:
+            text = render([_masked(v) for v in msg.body], limit)
+        else:
+            text = render(msg.body, limit)
         if msg.unix_fds:
             fds = f"[{msg.unix_fds} fd{'s' if msg.unix_fds > 1 else ''}]"
             text = f"{text} {fds}" if text else fds
