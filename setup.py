@@ -14,21 +14,28 @@ class BuildPy(build_py):  # type: ignore[misc]
         super().run()
 
 
+def hot_path(name: str, source: str) -> Extension:
+    """A C module of the per-record hot path (required; see the file's top comment), on
+    ebpf/usniff.h (the ring record layout) and src/usniff/_events.h (the C side of events.py)."""
+    return Extension(
+        name,
+        [source],
+        include_dirs=["ebpf", "src/usniff"],
+        depends=["ebpf/usniff.h", "src/usniff/_events.h"],
+        extra_compile_args=["-Wall"],
+    )
+
+
 setup(
     cmdclass={"build_py": BuildPy},
     ext_modules=[
-        # the collector's per-record hot path (required; see the file's top comment)
-        Extension(
-            "usniff._fastpath",
-            ["src/usniff/_fastpath.c"],
-            include_dirs=["ebpf"],  # usniff.h: the ring record layout
-            depends=["ebpf/usniff.h"],
-            extra_compile_args=["-Wall"],
-        ),
+        hot_path("usniff._events", "src/usniff/_events.c"),  # Records and Packed records
+        hot_path("usniff.capture._records", "src/usniff/capture/_records.c"),  # record assembly
+        hot_path("usniff.outputs._epb", "src/usniff/outputs/_epb.c"),  # pcapng packet encoder
         # linked against libbpf.so.1, which `auditwheel repair` then copies into the wheel
         Extension(
-            "usniff._libbpf",
-            ["src/usniff/_libbpf.c"],
+            "usniff.capture._libbpf",
+            ["src/usniff/capture/_libbpf.c"],
             libraries=["bpf"],
             extra_compile_args=["-Wall"],
         ),

@@ -6,8 +6,8 @@ Packs synthetic ring records (struct usniff_event, as the BPF programs write
 them: Redis-like 31-byte sends over 50 connections, then 32 KiB sends) into a
 fake ring buffer (a memfd laid out like the kernel's, mapped by a RingBuffer)
 and runs them through what a capture does with them: ``RingBuffer.drain``
-(the walk and ``Capture._handle``: record -> Record, in C),
-``Capture._release`` (ordering) and ``PcapngOutput`` (into a file under
+(the walk and the assembler's C core: record -> Record or Packed),
+``RecordAssembler.release`` (ordering) and ``PcapngOutput`` (into a file under
 /dev/shm).  Only that is timed, not the filling of the ring.  Prints records/s
 and MB/s of payload per round.  Not a test: figures depend on the machine;
 see docs/performance.md.
@@ -24,10 +24,11 @@ import time
 from collections.abc import Callable
 from unittest import mock
 
-from usniff import capture
-from usniff.events import FLAG_MSG_END, FLAG_MSG_START, CaptureStats
+from usniff._events import Packed
+from usniff.capture import records
+from usniff.capture.ringbuf import RingBuffer
+from usniff.events import FLAG_MSG_END, FLAG_MSG_START, CaptureStats, Record
 from usniff.outputs.pcapng import PcapngOutput
-from usniff.ringbuf import RingBuffer
 
 CONNECTIONS = 50
 BATCH = 4096  # records per drain, about what one poll() hands over under load
@@ -50,21 +51,21 @@ def ring_records(size: int, count: int) -> list[bytes]:
         off = offsets.get(ino, 0)
         offsets[ino] = off + size
         comm = b"redis-server" if server else b"redis-benchmark"
-        hdr = capture._EVENT.pack(
+        hdr = records.EVENT.pack(
             t0 + i * 1000, off, ino, peer, ino, peer, 100 + conn, 100 + conn, 0, 200, size, size,
-            capture.EV_DATA, FLAG_MSG_START | FLAG_MSG_END, 1, 0, 0, comm, b"redis-server",
+            records.EV_DATA, FLAG_MSG_START | FLAG_MSG_END, 1, 0, 0, comm, b"redis-server",
         )  # fmt: skip
         out.append(hdr + payload)
     return out
 
 
-def collector(out_path: str) -> tuple[capture.Capture, PcapngOutput]:
-    """A Capture without a kernel side: only its record handling."""
-    cap = capture.Capture.__new__(capture.Capture)
-    cap.stats = CaptureStats()
-    cap._init_records()
-    cap.packed = True  # as for `usniff -w` (capture_main.run): data records come as Packed
-    cap._sock_info = {ino: (PATH, ino % 2 == 1) for ino in range(1000, 1000 + 2 * CONNECTIONS)}
+def collector(out_path: str) -> tuple[records.RecordAssembler[Record | Packed], PcapngOutput]:
+    """The capture's record handling without a kernel side, packed as for `usniff -w`
+    (cli/loop.py: data records come as Packed)."""
+    cap = records.RecordAssembler(CaptureStats(), packed=True)
+    cap._sock_info.update(
+        {ino: (PATH, ino % 2 == 1) for ino in range(1000, 1000 + 2 * CONNECTIONS)}
+    )
     return cap, PcapngOutput(out_path)
 
 
@@ -100,8 +101,8 @@ def run(out_path: str, size: int, count: int) -> float:
     for first in range(0, count, per_drain):
         fill(records[first : first + per_drain])
         start = time.perf_counter()
-        ring.drain(cap)
-        out.write(cap._release(float("inf")))
+        ring.drain(cap.core)
+        out.write(cap.release(float("inf")))
         out.flush()
         elapsed += time.perf_counter() - start
     out.close(cap.stats)

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 
 USNIFF = [str(Path(sys.executable).with_name("usniff"))]
 SUMMARY = re.compile(

@@ -1,6 +1,6 @@
 """D-Bus message parsing per second of CPU, in-process, on this machine.
 
-    .venv/bin/python bench/dbus_parsers.py
+    .venv/bin/python -m bench.dbus_parsers
 
 The binary messages of captures/dbus.pcapng (a real dbus-daemon session) parsed by
 usniff's ``dbus.parse`` (header fields and body values), by dbus-fast's compiled
@@ -14,23 +14,17 @@ comparable figures.  Not a test.
 from __future__ import annotations
 
 import io
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from dbus_fast._private.unmarshaller import Unmarshaller
 from jeepney import DBusAddress, new_method_call, new_method_return
 from jeepney.low_level import Message as JeepneyMessage
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from conftest import capture  # noqa: E402
-
-from usniff.decoders.base import Transaction  # noqa: E402
-from usniff.decoders.dbus import DbusDecoder, Msg, Reader, parse  # noqa: E402
-from usniff.streams import Direction, conn_key  # noqa: E402
+from tests.support.captures import capture
+from usniff.decoders.base import Transaction
+from usniff.decoders.dbus import DbusDecoder, Msg, Reader, parse
+from usniff.streams import Direction, conn_key
 
 ROUNDS = 200
 

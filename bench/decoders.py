@@ -20,12 +20,10 @@ from pathlib import Path
 import hiredis
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 
-from recorder import load_records  # noqa: E402
-
-from usniff.decode import Decoding  # noqa: E402
+from tests.support.recorder import load_records  # noqa: E402
 from usniff.decoders.base import Decoder, Transaction  # noqa: E402
+from usniff.decoders.engine import Decoding  # noqa: E402
 from usniff.decoders.mysql import MysqlDecoder  # noqa: E402
 from usniff.decoders.resp import Parser, RespDecoder  # noqa: E402
 from usniff.events import Record  # noqa: E402

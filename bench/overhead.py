@@ -216,7 +216,7 @@ def _ratio(runs: list[dict[str, int]], num: str, den: str) -> float:
 
 
 def run_redis(quick: bool, rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
-    from servers import redis_net_bytes, start_redis
+    from tests.support.servers import redis_net_bytes, start_redis
 
     n1, n16 = (60_000, 600_000) if quick else (150_000, 1_500_000)
     with tempfile.TemporaryDirectory(prefix="usniff-bench-") as tmp:
@@ -233,7 +233,7 @@ def run_redis(quick: bool, rounds: int, log: Callable[[str], None]) -> dict[str,
 
 
 def run_mariadb(quick: bool, rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
-    from servers import mariadb_bytes, start_mariadb
+    from tests.support.servers import mariadb_bytes, start_mariadb
 
     queries = 1_000 if quick else 2_000
     with tempfile.TemporaryDirectory(prefix="usniff-bench-") as tmp:

@@ -104,7 +104,7 @@ def soak(
 
 
 def run(quick: bool, connections: int | None, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    from servers import start_redis
+    from tests.support.servers import start_redis
 
     n = connections or (100_000 if quick else 1_000_000)
     with tempfile.TemporaryDirectory(prefix="usniff-soak-") as tmp, start_redis(tmp) as sock:

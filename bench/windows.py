@@ -9,7 +9,7 @@ windows), so whole runs taken one after the other (bench/overhead.py) give
 ratios that move by +-0.1 from run to run.  Here one redis-benchmark runs
 throughout, and each usniff configuration is loaded once, in an agent
 process that runs the CLI's own capture loop and outputs
-(``capture_main.run``, ``cli.make_outputs``); the agent only detaches and
+(``cli.loop.run``, ``cli.main.make_outputs``); the agent only detaches and
 re-attaches its BPF programs.  The windows go: untraced, configuration A,
 untraced, configuration B, ... and each traced window is taken as a ratio to
 the mean of the untraced windows on either side.  Reported per configuration:
@@ -17,12 +17,15 @@ the median of those ratios, their mean with its standard error, the
 quartiles, and the CPU time per request of redis-server, redis-benchmark
 and usniff (schedstat) in traced and untraced windows.
 
-Configurations: ``usniff --path SOCK -w FILE -C 1000 -W 2`` (pcapng on
-disk, rotated so that a long run stays within 2 GB), ``usniff --path SOCK``
-(decoded text, to /dev/null) and ``usniff --path OTHER -w FILE`` (filtered
-out: the kernel-side filter alone).  redis-server and redis-benchmark are
-pinned as in bench/overhead.py.  The request rate is read from INFO
-(total_commands_processed) at the edges of each window.
+Configurations: ``redis-cli MONITOR`` (Redis's own command feed, read and
+discarded: what an operator who only wants the commands pays),
+``usniff --path SOCK -w FILE -C 1000 -W 2`` (pcapng on disk, rotated so that
+a long run stays within 2 GB), ``usniff --path SOCK`` (decoded text, to
+/dev/null), ``usniff --path SOCK --stats`` (the statistics table only) and
+``usniff --path OTHER -w FILE`` (filtered out: the kernel-side filter
+alone).  redis-server and redis-benchmark are pinned as in bench/overhead.py.
+The request rate is read from INFO (total_commands_processed) at the edges of
+each window.
 """
 
 from __future__ import annotations
@@ -44,7 +47,13 @@ from typing import Any
 from .common import SUMMARY, median, table
 from .overhead import CLIENT_CPU, SERVER_CPU, _pid_of, pin_process
 
-CONFIGS = ("usniff -w pcapng", "usniff text", "usniff other path")
+CONFIGS = (
+    "redis MONITOR",
+    "usniff -w pcapng",
+    "usniff text",
+    "usniff --stats",
+    "usniff other path",
+)
 SETTLE = 0.05  # s after attaching, before the window opens
 QUIET = 0.002  # CPU s per 50 ms under which a detached agent has caught up
 
@@ -56,9 +65,12 @@ def agent(config: str, sock: str, work: str) -> None:
     """``python -m bench.windows CONFIG SOCK WORKDIR``: a capture whose programs
     the controller detaches and attaches ("attach"/"detach" lines on stdin,
     "ok" on stdout); SIGTERM ends it with the CLI's summary on stderr."""
-    from usniff.capture import Capture, CaptureOptions
-    from usniff.capture_main import run
-    from usniff.cli import make_outputs, summary
+    if config == "redis MONITOR":
+        monitor(sock)
+        return
+    from usniff.capture.collector import Capture, CaptureOptions
+    from usniff.cli.loop import run
+    from usniff.cli.main import make_outputs, summary
 
     path, write = sock, None
     if config == "usniff -w pcapng":
@@ -70,7 +82,7 @@ def agent(config: str, sock: str, work: str) -> None:
     outputs = make_outputs(
         devnull, write=write, rotate_mb=1000 if write else None, rotate_count=2 if write else None,
         rotate_seconds=None, snaplen=0, ascii_=False, hexdump=False, fmt="text", protocol=None,
-        stats=False, redact=False,
+        stats=config == "usniff --stats", redact=False,
     )  # fmt: skip
     # Capture has no public detach: bytes sent while detached are not counted,
     # so a stream would resume without a gap mark; only a measurement wants it.
@@ -90,11 +102,36 @@ def agent(config: str, sock: str, work: str) -> None:
     print(summary(outcome.stats), file=sys.stderr, flush=True)
 
 
+def monitor(sock: str) -> None:
+    """The MONITOR agent: "attach" opens a MONITOR connection whose feed a thread
+    reads and discards, "detach" closes it; SIGTERM ends it."""
+    conn: socket.socket | None = None
+
+    def drain(s: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while s.recv(1 << 20):
+                pass
+
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "attach":
+            conn = socket.socket(socket.AF_UNIX)
+            conn.connect(sock)
+            conn.sendall(b"MONITOR\r\n")
+            threading.Thread(target=drain, args=(conn,), daemon=True).start()
+        elif line.strip() == "detach" and conn is not None:
+            conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+            conn = None
+        print("ok", flush=True)
+
+
 # ------------------------------------------------------------- controller side
 
 
 class Agent:
     def __init__(self, config: str, sock: str, work: Path) -> None:
+        self.config = config
         self.err = work / f"agent-{CONFIGS.index(config)}.err"
         with self.err.open("wb") as err:
             self.proc = subprocess.Popen(
@@ -131,6 +168,8 @@ class Agent:
     def stop(self) -> dict[str, int]:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=120)
+        if not self.config.startswith("usniff"):
+            return {"records": 0, "lost_bytes": 0, "lost_records": 0}
         m = SUMMARY.search(self.err.read_text(errors="replace"))
         if not m:
             raise RuntimeError(f"usniff agent: no summary: {self.err.read_text()}")
@@ -228,7 +267,7 @@ def measure(
 
 
 def run(quick: bool, cycles: int | None, window: float, log: Callable[[str], None]) -> list[Any]:
-    from servers import start_redis
+    from tests.support.servers import start_redis
 
     cycles = cycles or (15 if quick else 40)
     out = []
@@ -270,6 +309,7 @@ def key(results: list[dict[str, Any]]) -> list[str]:
         r = {x["config"]: x for x in res["rows"]}
         parts.append(
             f"windows redis {res['workload']}: pcapng {r['usniff -w pcapng']['median']:.3f} "
+            f"text {r['usniff text']['median']:.3f} stats {r['usniff --stats']['median']:.3f} "
             f"filtered-out {r['usniff other path']['median']:.3f}"
         )
     return parts

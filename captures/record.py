@@ -1,9 +1,9 @@
 """Record the scripted Redis and MariaDB sessions used by the offline decoder tests.
 
-    .venv/bin/python captures/record.py            # writes captures/redis.jsonl.gz, mysql.jsonl.gz
+    .venv/bin/python -m captures.record            # writes captures/redis.jsonl.gz, mysql.jsonl.gz
 
 Starts a real redis-server and a real mariadbd in a temporary directory, puts a
-recording relay (tests/recorder.py) in front of each and drives them with
+recording relay (tests/support/recorder.py) in front of each and drives them with
 their own clients (redis-cli, redis-benchmark, mariadb) and with redis-py /
 pymysql for the rest.  The expected values asserted by tests/test_resp.py and
 tests/test_mysql.py come from these scripts.
@@ -16,7 +16,6 @@ import socket
 import ssl
 import struct
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -27,11 +26,10 @@ import pymysql
 import redis
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
 
-from mysql_stmt import COM_STMT_CLOSE, COM_STMT_RESET, stmt_execute, stmt_prepare  # noqa: E402
-from recorder import Relay, save_records  # noqa: E402
-from servers import start_mariadb, start_redis  # noqa: E402
+from tests.support.mysql_stmt import COM_STMT_CLOSE, COM_STMT_RESET, stmt_execute, stmt_prepare  # noqa: E402
+from tests.support.recorder import Relay, save_records  # noqa: E402
+from tests.support.servers import start_mariadb, start_redis  # noqa: E402
 
 BIG_REDIS = b"0123456789abcdef" * 20000  # 320000 bytes
 BIG_MYSQL = 17 * 1024 * 1024 + 123  # > 16 MiB: packets continue with 0xffffff

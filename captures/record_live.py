@@ -1,18 +1,18 @@
 """Record captures/{redis,mysql,postgres,http,memcached,fastcgi,dbus}.pcapng with usniff
 itself (needs root).
 
-    sudo .venv/bin/python captures/record_live.py [redis|mysql|postgres|http|memcached|...]
+    sudo .venv/bin/python -m captures.record_live [redis|mysql|postgres|http|memcached|...]
 
 Starts a real redis-server, mariadbd and memcached in a temporary directory, starts
 ``usniff --path SOCKET -w FILE`` (waiting for its ``capturing with the`` line),
-runs the scripted sessions of tests/live_helpers.py (redis-cli, redis-cli
+runs the scripted sessions of tests/support/live_helpers.py (redis-cli, redis-cli
 --pipe, SUBSCRIBE/PUBLISH, BLPOP, AUTH, redis-benchmark; the mariadb client and
 pymysql with multi-statements and COM_STMT_*; psql, psycopg and a raw client of
-tests/pg_session.py; curl against podman's Docker API, tests/http_session.py;
+tests/support/pg_session.py; curl against podman's Docker API, tests/support/http_session.py;
 memcached_session's text and meta commands; nginx, cgi-fcgi and a GET_VALUES to php-fpm,
-tests/php_session.py; busctl, dbus-send and dbus-fast clients of a dbus-fast service on a
-private dbus-daemon, tests/dbus_session.py), then stops usniff with SIGTERM.
-tests/test_captures_offline.py, tests/test_http.py, tests/test_fastcgi.py and
+tests/support/php_session.py; busctl, dbus-send and dbus-fast clients of a dbus-fast
+service on a private dbus-daemon, tests/support/dbus_session.py), then stops usniff with
+SIGTERM.  tests/test_captures_offline.py, tests/test_http.py, tests/test_fastcgi.py and
 tests/test_dbus.py decode the files with ``usniff read`` (no root).
 """
 
@@ -27,20 +27,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
 
-from dbus_session import served_session, start_dbus  # noqa: E402
-from http_session import http_session  # noqa: E402
-from live_helpers import (  # noqa: E402
+from tests.support.dbus_session import served_session, start_dbus  # noqa: E402
+from tests.support.http_session import http_session  # noqa: E402
+from tests.support.live_helpers import (  # noqa: E402
     Usniff,
     create_redis_user,
     memcached_session,
     mysql_session,
     redis_session,
 )
-from pg_session import postgres_session  # noqa: E402
-from php_session import php_session  # noqa: E402
-from servers import (  # noqa: E402
+from tests.support.pg_session import postgres_session  # noqa: E402
+from tests.support.php_session import php_session  # noqa: E402
+from tests.support.servers import (  # noqa: E402
     start_mariadb,
     start_memcached,
     start_php_app,

@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /*
  * The only layout shared by the BPF programs and the collector: included by
- * src/usniff/_fastpath.c; src/usniff/capture.py mirrors it with struct
- * formats (keep them in step).
+ * src/usniff/_events.h (so by the C modules _events.c, capture/_records.c and
+ * outputs/_epb.c; _records reports the structs' sizes); capture/records.py and
+ * capture/collector.py mirror it with struct formats, checked against those
+ * sizes at import (keep them in step).
  */
 #ifndef __USNIFF_H
 #define __USNIFF_H

@@ -1,24 +1,14 @@
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from recorder import load_records  # noqa: E402
-
-from usniff.events import Record  # noqa: E402
-from usniff.pcapread import read_records  # noqa: E402
-
-CAPTURES = Path(__file__).resolve().parent.parent / "captures"
 PROGS = Path(__file__).resolve().parent / "progs"
 
 # ci: every decoder sees >= 100k fuzz inputs (inputs are batched per example, see
@@ -27,16 +17,6 @@ _common = {"deadline": 10_000, "suppress_health_check": [HealthCheck.too_slow]}
 settings.register_profile("ci", max_examples=250, **_common)
 settings.register_profile("nightly", max_examples=5000, **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
-
-@functools.cache
-def capture(name: str) -> tuple[Record, ...]:
-    """Records of captures/<name>.jsonl.gz (recorded from real servers by captures/record.py),
-    else of captures/<name>.pcapng (written by usniff, captures/record_live.py)."""
-    jsonl = CAPTURES / f"{name}.jsonl.gz"
-    if jsonl.exists():
-        return tuple(load_records(jsonl))
-    return tuple(read_records(str(CAPTURES / f"{name}.pcapng")))
 
 
 @pytest.fixture(scope="session")

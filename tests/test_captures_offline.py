@@ -1,7 +1,7 @@
 """Offline: `usniff read` decodes the usniff-made captures in captures/*.pcapng (no root).
 
 The files were written by ``usniff -w`` from real redis-server and mariadbd
-sessions (captures/record_live.py, sessions in tests/live_helpers.py).
+sessions (captures/record_live.py, sessions in tests/support/live_helpers.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from live_helpers import (
+
+from tests.support.captures import CAPTURES
+from tests.support.live_helpers import (
     MEMCACHED_EXPECTED,
     MEMCACHED_STEPS,
     MYSQL_PASSWORD,
@@ -24,7 +26,6 @@ from live_helpers import (
     SUBSCRIBE_MESSAGE,
 )
 
-CAPTURES = Path(__file__).resolve().parent.parent / "captures"
 USNIFF = str(Path(sys.executable).with_name("usniff"))
 BENCH_N = 64  # captures/record_live.py BENCHMARK_REQUESTS
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from live_helpers import USNIFF, Usniff, run
-from servers import start_redis
+
+from tests.support.live_helpers import USNIFF, Usniff, run
+from tests.support.servers import start_redis
 
 pytestmark = pytest.mark.root
 

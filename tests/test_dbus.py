@@ -1,5 +1,5 @@
 """D-Bus decoder: the real capture (captures/dbus.pcapng, recorded by
-`captures/record_live.py dbus` from busctl, dbus-send and dbus-fast against a real
+`python -m captures.record_live dbus` from busctl, dbus-send and dbus-fast against a real
 dbus-daemon) and wire cases built by jeepney (a second D-Bus implementation, both
 endiannesses): pairing by reply_serial in either direction, NO_REPLY_EXPECTED, errors,
 unix fds, SASL and --redact, gaps, cuts, resync, bounds, detection."""
@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from conftest import CAPTURES
 from jeepney import (
     DBusAddress,
     Endianness,
@@ -24,12 +23,13 @@ from jeepney import (
 from jeepney import Message as JMessage
 from jeepney.low_level import MessageFlag
 
-from usniff.decode import decode_records
+from tests.support.captures import CAPTURES
+from usniff.cli.read import read_records
 from usniff.decoders import dbus
 from usniff.decoders.base import Notice, Transaction
 from usniff.decoders.dbus import DbusDecoder
+from usniff.decoders.engine import decode_records
 from usniff.decoders.registry import detect
-from usniff.pcapread import read_records
 from usniff.streams import Direction
 
 C, S = Direction.CLIENT, Direction.SERVER

@@ -17,9 +17,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from live_helpers import Usniff, resp_command, wait_until
-from pcap_helpers import TSHARK, tmpfs, tshark
-from servers import start_redis
+
+from tests.support.live_helpers import Usniff, resp_command, wait_until
+from tests.support.pcap_helpers import TSHARK, tmpfs, tshark
+from tests.support.servers import start_redis
 
 pytestmark = [
     pytest.mark.root,

@@ -10,18 +10,18 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import CAPTURES, capture
 from hypothesis import given
 from hypothesis import strategies as st
-from pcap_helpers import TSHARK
-from php_session import CONCURRENT, COOKIE, PASSWORD, POST_BODY, TOKEN
 
-from usniff.decode import decode_records
+from tests.support.captures import CAPTURES, capture
+from tests.support.pcap_helpers import TSHARK
+from tests.support.php_session import CONCURRENT, COOKIE, PASSWORD, POST_BODY, TOKEN
+from usniff.cli.read import dissect_wireshark, read_records
 from usniff.decoders import fastcgi
 from usniff.decoders.base import Notice, Transaction
+from usniff.decoders.engine import decode_records
 from usniff.decoders.fastcgi import FastcgiDecoder, parse_pairs
 from usniff.decoders.registry import detect
-from usniff.pcapread import dissect_wireshark, read_records
 from usniff.streams import Direction
 
 C, S = Direction.CLIENT, Direction.SERVER
@@ -416,7 +416,7 @@ def test_garbage_before_sync_is_ignored(direction: Direction) -> None:
 
 
 # --------------------------------------------------------------------------- the real capture
-# captures/fastcgi.pcapng: usniff -w of tests/php_session.py against nginx + php-fpm 8.2
+# captures/fastcgi.pcapng: usniff -w of tests/support/php_session.py against nginx + php-fpm 8.2
 
 
 def _capture_txs(redact: bool = False) -> list[Transaction]:

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from typing import Literal
 
 import pytest
-from conftest import capture
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.captures import capture
 from usniff.decoders.base import Decoder, Notice, Transaction
 from usniff.decoders.dbus import DbusDecoder
 from usniff.decoders.fastcgi import FastcgiDecoder
@@ -27,6 +27,7 @@ from usniff.decoders.memcached import MemcachedDecoder
 from usniff.decoders.mysql import MysqlDecoder
 from usniff.decoders.postgres import PostgresDecoder
 from usniff.decoders.resp import RespDecoder
+from usniff.events import server_id
 from usniff.streams import Direction, conn_key
 
 DECODERS: dict[str, Callable[[], Decoder]] = {
@@ -178,7 +179,7 @@ def _sessions(name: str) -> list[list[Step]]:
     conns: dict[object, list[Step]] = {}
     for rec in capture(CAPTURE[name]):
         if rec.kind == "data" and len(rec.data) < 4096:
-            direction = Direction.SERVER if rec.path_is_own else Direction.CLIENT
+            direction = Direction.SERVER if rec.sock_id == server_id(rec) else Direction.CLIENT
             conns.setdefault(conn_key(rec), []).append((direction, rec.data))
     return list(conns.values())
 

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from http_session import MISSING_ID, PINGS, SECRETS
-from pcap_helpers import TSHARK, Conn, tshark
 
-from usniff.decode import Undecoded, decode_records
+from tests.support.captures import CAPTURES
+from tests.support.http_session import MISSING_ID, PINGS, SECRETS
+from tests.support.pcap_helpers import TSHARK, Conn, tshark
 from usniff.decoders.base import DecoderEvent, Notice, Transaction
+from usniff.decoders.engine import Undecoded, decode_records
 from usniff.decoders.http import MAX_BUFFER, MAX_CHUNKS, HttpDecoder, route
 from usniff.decoders.registry import detect
 from usniff.events import CaptureStats
@@ -29,7 +30,7 @@ from usniff.outputs.pcapng import PcapngOutput
 from usniff.streams import Direction
 
 C, S = Direction.CLIENT, Direction.SERVER
-CAPTURES = Path(__file__).resolve().parent.parent / "captures"
+
 USNIFF = str(Path(sys.executable).with_name("usniff"))
 
 GET = b"GET /v1.41/version HTTP/1.1\r\nHost: d\r\nUser-Agent: curl/7.88.1\r\n\r\n"

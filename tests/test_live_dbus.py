@@ -1,5 +1,5 @@
 """D-Bus live, end to end: the real `usniff` CLI on the real kernel, watching a real
-dbus-daemon (private config, tests/dbus_session.py) used by busctl, dbus-send, a
+dbus-daemon (private config, tests/support/dbus_session.py) used by busctl, dbus-send, a
 dbus-fast client and a dbus-fast service; a second daemon accepts only
 DBUS_COOKIE_SHA1 (its client's SASL response is a credential).
 
@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from dbus_session import (
+
+from tests.support.dbus_session import (
     ERROR_NAME,
     ERROR_TEXT,
     IFACE,
@@ -36,10 +37,9 @@ from dbus_session import (
     p2p_server,
     start_dbus,
 )
-from live_helpers import USNIFF, Usniff
-from pcap_helpers import TSHARK, tshark
-from test_live_decode import Run, assert_clean_exit, stats_table
-
+from tests.support.live_helpers import USNIFF, Usniff
+from tests.support.pcap_helpers import TSHARK, tshark
+from tests.test_live_decode import Run, assert_clean_exit, stats_table
 from usniff.decoders.registry import BY_NAME
 
 pytestmark = [

@@ -2,7 +2,7 @@
 
 usniff starts first (ready when it prints ``usniff: capturing with the``),
 then redis-cli / redis-benchmark / mariadb / pymysql run a scripted session
-(tests/live_helpers.py), then SIGTERM stops usniff.  Every request must come
+(tests/support/live_helpers.py), then SIGTERM stops usniff.  Every request must come
 out decoded, with the right values and a latency, and ``--stats`` must print
 the per-command table at exit.
 """
@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from live_helpers import (
+
+from tests.support.live_helpers import (
     MYSQL_CLI_SQL,
     MYSQL_PASSWORD,
     PIPE_N,
@@ -30,8 +31,7 @@ from live_helpers import (
     mysql_session,
     redis_session,
 )
-from servers import start_mariadb, start_redis
-
+from tests.support.servers import start_mariadb, start_redis
 from usniff.decoders.registry import DECODABLE
 
 pytestmark = pytest.mark.root

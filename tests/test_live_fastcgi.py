@@ -1,5 +1,5 @@
 """FastCGI live, end to end: the real `usniff` CLI on the real kernel, nginx and cgi-fcgi
-talking to a real php-fpm (tests/servers.py, tests/php_session.py).
+talking to a real php-fpm (tests/support/servers.py, tests/support/php_session.py).
 
 Three usniff runs watch the same session at once: JSON with --stats and --redact,
 text, and -w (pcapng).  The ground truth is what the clients saw (curl's status,
@@ -20,12 +20,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from live_helpers import USNIFF, Usniff, follow_all, tcp_bytes_by_port
-from pcap_helpers import TSHARK, tshark
-from php_session import CONCURRENT, COOKIE, PASSWORD, POST_BODY, TOKEN, Session, php_session
-from servers import start_php_app
-from test_live_decode import Run, assert_clean_exit, stats_table
 
+from tests.support.live_helpers import USNIFF, Usniff, follow_all, tcp_bytes_by_port
+from tests.support.pcap_helpers import TSHARK, tshark
+from tests.support.php_session import (
+    CONCURRENT,
+    COOKIE,
+    PASSWORD,
+    POST_BODY,
+    TOKEN,
+    Session,
+    php_session,
+)
+from tests.support.servers import start_php_app
+from tests.test_live_decode import Run, assert_clean_exit, stats_table
 from usniff.decoders.registry import BY_NAME
 
 pytestmark = [

@@ -1,7 +1,7 @@
 """HTTP/1.1 live end to end: the real `usniff` CLI, real kernel, podman's Docker API, curl.
 
 podman ``system service`` serves the Docker-compatible API on a private socket
-(tests/servers.py); curl drives it (tests/http_session.py: keep-alive, a 404,
+(tests/support/servers.py); curl drives it (tests/support/http_session.py: keep-alive, a 404,
 POSTs with JSON bodies, ``Expect: 100-continue``, credentials in headers, an
 event stream, a pipelined pair on a raw socket).  Ground truth is curl's own
 ``%{http_code} %{size_download}`` for each exchange and the bytes the event
@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from http_session import MISSING_ID, SECRETS, VOLUME_BODY, Sent, http_session
-from live_helpers import USNIFF, Usniff
-from pcap_helpers import TSHARK, tshark
-from servers import PODMAN, start_podman
-from test_live_decode import Run, assert_clean_exit
+
+from tests.support.http_session import MISSING_ID, SECRETS, VOLUME_BODY, Sent, http_session
+from tests.support.live_helpers import USNIFF, Usniff
+from tests.support.pcap_helpers import TSHARK, tshark
+from tests.support.servers import PODMAN, start_podman
+from tests.test_live_decode import Run, assert_clean_exit
 
 pytestmark = [
     pytest.mark.root,

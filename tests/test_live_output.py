@@ -22,8 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from live_helpers import USNIFF, Result, Usniff, raw_exchange, resp_command, run, wait_until
-from servers import start_memcached, start_redis
+
+from tests.support.live_helpers import (
+    USNIFF,
+    Result,
+    Usniff,
+    raw_exchange,
+    resp_command,
+    run,
+    wait_until,
+)
+from tests.support.servers import start_memcached, start_redis
 
 pytestmark = pytest.mark.root
 

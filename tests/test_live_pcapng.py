@@ -4,7 +4,7 @@ The byte totals are checked against the servers' own counters (Redis INFO
 total_net_input_bytes/total_net_output_bytes, MariaDB Bytes_received/
 Bytes_sent), read on one connection opened before the capture so that the
 only uncaptured bytes are the first counter reply and the second counter
-request (tests/live_helpers.py: RedisCounters, MysqlCounters).
+request (tests/support/live_helpers.py: RedisCounters, MysqlCounters).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from live_helpers import (
+
+from tests.support.live_helpers import (
     MYSQL_CLI_SQL,
     MYSQL_PASSWORD,
     PIPE_N,
@@ -38,8 +39,8 @@ from live_helpers import (
     tcp_bytes_by_port,
     wait_until,
 )
-from pcap_helpers import TSHARK, tshark
-from servers import start_mariadb, start_redis
+from tests.support.pcap_helpers import TSHARK, tshark
+from tests.support.servers import start_mariadb, start_redis
 
 pytestmark = [
     pytest.mark.root,

@@ -9,14 +9,14 @@ import socket
 import struct
 from pathlib import Path
 
-from conftest import CAPTURES
-from live_helpers import MEMCACHED_EXPECTED
-from servers import start_memcached
-
+from tests.support.captures import CAPTURES
+from tests.support.live_helpers import MEMCACHED_EXPECTED
+from tests.support.servers import start_memcached
+from usniff.cli.read import read_records
 from usniff.decoders.base import DecoderEvent, Notice, Transaction
 from usniff.decoders.memcached import KEEP, MAX_LINE, MAX_PENDING, SHOWN, MemcachedDecoder
 from usniff.decoders.registry import detect
-from usniff.pcapread import read_records
+from usniff.events import server_id
 from usniff.streams import Direction
 
 C, S = Direction.CLIENT, Direction.SERVER
@@ -24,7 +24,7 @@ C, S = Direction.CLIENT, Direction.SERVER
 
 def session() -> list[tuple[Direction, bytes, float]]:
     recs = read_records(str(CAPTURES / "memcached.pcapng"))
-    return [(S if r.path_is_own else C, r.data, r.ts) for r in recs if r.kind == "data"]
+    return [(S if r.sock_id == server_id(r) else C, r.data, r.ts) for r in recs if r.kind == "data"]
 
 
 def run(steps: list[tuple[Direction, bytes, float]]) -> list[DecoderEvent]:

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from live_helpers import (
+
+from tests.support.live_helpers import (
     MEMCACHED_EXPECTED,
     MEMCACHED_STEPS,
     USNIFF,
@@ -30,8 +31,8 @@ from live_helpers import (
     memcached_stats,
     raw_exchange,
 )
-from pcap_helpers import TSHARK, tshark
-from servers import start_memcached
+from tests.support.pcap_helpers import TSHARK, tshark
+from tests.support.servers import start_memcached
 
 pytestmark = pytest.mark.root
 SELF_COMM = Path("/proc/self/comm").read_text().strip()

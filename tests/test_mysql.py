@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import capture
 
-from usniff.decode import decode_records
+from tests.support.captures import capture
 from usniff.decoders.base import Notice, Transaction
+from usniff.decoders.engine import decode_records
 from usniff.decoders.mysql import MysqlDecoder, PacketReader, query_shape, redact_sql
 from usniff.events import Record
 from usniff.streams import Direction, conn_key

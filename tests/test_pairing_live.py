@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from live_helpers import USNIFF, Usniff, run
-from servers import start_redis
+
+from tests.support.live_helpers import USNIFF, Usniff, run
+from tests.support.servers import start_redis
 
 pytestmark = pytest.mark.root
 

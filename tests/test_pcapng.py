@@ -13,7 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from pcap_helpers import (
+from scapy.layers.inet import TCP
+from scapy.utils import rdpcap
+
+from tests.support.pcap_helpers import (
     MYSQL_EXCHANGE,
     REDIS_EXCHANGE,
     TSHARK,
@@ -24,12 +27,11 @@ from pcap_helpers import (
     tmpfs,
     tshark,
 )
-from scapy.layers.inet import TCP
-from scapy.utils import rdpcap
-
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, CaptureStats, Record
+from usniff.formats.pcapng import OTHER_PORT, parse_comment
+from usniff.outputs._epb import Sink
 from usniff.outputs.base import OutputError
-from usniff.outputs.pcapng import OTHER_PORT, Framer, PcapngOutput, _Dir, _Sink, parse_comment
+from usniff.outputs.pcapng import Framer, PcapngOutput, _Dir
 
 pytestmark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
 
@@ -349,8 +351,8 @@ def test_rotation_refuses_stdout() -> None:
 
 WRITER = """
 import sys, time
-sys.path.insert(0, {tests!r})
-from pcap_helpers import Conn, REDIS_EXCHANGE
+sys.path.insert(0, {root!r})
+from tests.support.pcap_helpers import Conn, REDIS_EXCHANGE
 from usniff.events import CaptureStats
 from usniff.outputs.pcapng import PcapngOutput
 out = PcapngOutput({path!r})
@@ -361,7 +363,7 @@ out.write(conn.exchange(REDIS_EXCHANGE, close=False))
 
 
 def run_writer(path: str, tail: str) -> subprocess.Popen[bytes]:
-    code = WRITER.format(tests=str(Path(__file__).parent), path=path, tail=tail)
+    code = WRITER.format(root=str(Path(__file__).parents[1]), path=path, tail=tail)
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
 
 
@@ -447,7 +449,7 @@ def test_full_disk_raises_and_leaves_a_readable_file(tiny_fs: Path, tmp_path: Pa
 def test_closed_flows_are_forgotten() -> None:
     """A flow is forgotten when both sockets closed, or one closed and the
     other never sent; rotation then re-announces only the open ones."""
-    framer, buf = Framer(), _Sink()
+    framer, buf = Framer(), Sink()
     for i in range(500):
         conn = Conn(client_inode=100_000 + 2 * i, server_inode=100_001 + 2 * i)
         records = [conn.send(False, b"*1\r\n$4\r\nPING\r\n")]
@@ -465,12 +467,12 @@ def test_closed_flows_are_forgotten() -> None:
 
 def test_forgotten_flows_are_freed_without_the_cyclic_gc() -> None:
     """A flow's two directions refer to each other: forgotten, they must be
-    unlinked, since the capture runs the cyclic GC rarely (capture_main.GC_YOUNG):
+    unlinked, since the capture runs the cyclic GC rarely (cli.loop.GC_YOUNG):
     ~1.5 KB per connection stayed until a full collection."""
     gc.collect()
     gc.disable()
     try:
-        framer, buf = Framer(), _Sink()
+        framer, buf = Framer(), Sink()
         for i in range(200):
             conn = Conn(client_inode=100_000 + 2 * i, server_inode=100_001 + 2 * i)
             for r in conn.exchange([(False, b"*1\r\n$4\r\nPING\r\n"), (True, b"+PONG\r\n")]):

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pcap_helpers import REDIS_EXCHANGE, Conn, tmpfs, tshark
 
+from tests.support.pcap_helpers import REDIS_EXCHANGE, Conn, tmpfs, tshark
 from usniff.events import CaptureStats
 from usniff.outputs.base import OutputError
 from usniff.outputs.pcapng import PcapngOutput

@@ -2,7 +2,7 @@
 damage is named with its byte offset, the exit status is 1, and there is
 never a traceback.
 
-Each hand-made file (tests/pcap_damage.py builds them from packets of the
+Each hand-made file (tests/support/pcap_damage.py builds them from packets of the
 real captures) is also read by the real tshark: where tshark reads it
 without complaint, usniff reads the same packets (lengths, times) and calls
 it undamaged; where tshark reports damage, usniff does too, having read at
@@ -22,7 +22,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from pcap_damage import (
+
+from tests.support.pcap_damage import (
     BT_CUSTOM,
     BT_EPB,
     BT_IDB,
@@ -42,9 +43,8 @@ from pcap_damage import (
     to_big_endian,
     to_pcap,
 )
-from pcap_helpers import TSHARK
-
-from usniff.pcapread import Packet, PcapReadError, read_packets
+from tests.support.pcap_helpers import TSHARK
+from usniff.cli.read import Packet, PcapReadError, read_packets
 
 pytestmark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
 
@@ -268,8 +268,8 @@ def test_fuzz_damaged_files_never_raise_anything_but_the_readers_error() -> None
     code = (
         "import json, resource, sys\n"
         f"resource.setrlimit(resource.RLIMIT_AS, ({FUZZ_MEMORY}, {FUZZ_MEMORY}))\n"
-        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-        "from pcap_damage import fuzz\n"
+        f"sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n"
+        "from tests.support.pcap_damage import fuzz\n"
         f"result = fuzz(17, {FUZZ_FILES}, 50, sys.argv[1])\n"
         "result['maxrss_kib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "print(json.dumps(result))\n"

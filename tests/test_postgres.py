@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pg_session import PIPELINE_INSERTS, PREPARED_RUNS
-from servers import PG_PASSWORD
 
+from tests.support.pg_session import PIPELINE_INSERTS, PREPARED_RUNS
+from tests.support.servers import PG_PASSWORD
 from usniff.decoders.base import Notice, Transaction
 from usniff.decoders.postgres import KEEP, MAX_PENDING, PostgresDecoder, query_shape
 from usniff.decoders.registry import detect

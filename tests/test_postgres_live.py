@@ -1,5 +1,5 @@
 """PostgreSQL decoded live (the real `usniff` CLI, kernel and server): psql, pgbench and
-psycopg 3 (tests/pg_session.py) against a postgres started on a private socket.
+psycopg 3 (tests/support/pg_session.py) against a postgres started on a private socket.
 
 Ground truth: the clients' own counts (pgbench -t, the session's loops) and the
 server's pg_stat_statements calls."""
@@ -16,10 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from live_helpers import Usniff
-from pg_session import PGBENCH_SELECTS, PIPELINE_INSERTS, PREPARED_RUNS, postgres_session
-from servers import PG_PASSWORD, start_postgres
-from test_live_decode import Run, _capture, assert_clean_exit, stats_table
+
+from tests.support.live_helpers import Usniff
+from tests.support.pg_session import (
+    PGBENCH_SELECTS,
+    PIPELINE_INSERTS,
+    PREPARED_RUNS,
+    postgres_session,
+)
+from tests.support.servers import PG_PASSWORD, start_postgres
+from tests.test_live_decode import Run, _capture, assert_clean_exit, stats_table
 
 pytestmark = pytest.mark.root
 

@@ -7,12 +7,12 @@ from collections import Counter
 
 import hiredis
 import pytest
-from conftest import capture
 from hypothesis import given
 from hypothesis import strategies as st
 
-from usniff.decode import decode_records
+from tests.support.captures import capture
 from usniff.decoders.base import Notice, Transaction
+from usniff.decoders.engine import decode_records
 from usniff.decoders.resp import KEEP, Agg, Big, Parser, ProtocolError, RespDecoder, RespError
 from usniff.streams import Direction
 

@@ -3,8 +3,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from conftest import capture
-
+from tests.support.captures import capture
 from usniff.events import Record
 from usniff.streams import (
     Close,

@@ -72,20 +72,28 @@ def conn_key(rec: Record) -> ConnKey:
     return (a, 0, rec.path)
 
 
+def sender_is_server(rec: Record) -> bool | None:
+    """Whether the record's sender is the server side of its connection: the
+    socket that owns the bound address (``path_is_own``); False when the
+    address is the peer's or the destination's; None when no address is known
+    on either side (a socketpair)."""
+    if rec.path_is_own:
+        return True
+    return False if rec.path else None
+
+
 def server_id(rec: Record) -> int:
     """The id of the connection's server side (0: an unconnected datagram's receiver).
 
-    The server is the socket that owns the bound address (``path_is_own``),
-    else the peer of a socket that knows an address; with no address on
+    The server is decided by :func:`sender_is_server`; with no address on
     either side (socketpair) the lower id is the client ("A" side).
     """
     if not rec.peer_id:
         return 0
-    if rec.path_is_own:
-        return rec.sock_id
-    if rec.path:
-        return rec.peer_id
-    return max(rec.sock_id, rec.peer_id)
+    is_server = sender_is_server(rec)
+    if is_server is None:
+        return max(rec.sock_id, rec.peer_id)
+    return rec.sock_id if is_server else rec.peer_id
 
 
 @dataclass(slots=True)

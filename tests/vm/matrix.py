@@ -84,7 +84,7 @@ def build_probe() -> None:
     subprocess.run(["clang", *flags, "-c", str(PROBE_SRC), "-o", str(PROBE_OBJ)], check=True)
 
 
-TIMEOUT_SCALE = 5  # tests/live.py: the live tests' deadlines, scaled for emulation
+TIMEOUT_SCALE = 5  # tests/support/live.py: the live tests' deadlines, scaled for emulation
 
 
 def guest_command(backend: str, pytest_args: list[str]) -> list[str]:

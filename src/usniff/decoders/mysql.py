@@ -11,6 +11,13 @@ and bound parameter values, multi-statements and multi-resultsets
 checking.  TLS (SSLRequest) and compressed (CLIENT_COMPRESS/ZSTD) connections
 are labelled and not parsed further.
 
+The decoder is a state machine: the connection's :class:`Phase` (waiting
+for sync, login, commands, opaque) and, per command in flight, where its
+reply is (:class:`Reply`); each reply state has its reader
+(``_REPLY_READERS``), each client and server packet goes to the reader of
+the state it arrives in.  Command bytes are :class:`Command`, the first
+byte of a server packet :class:`Header`.
+
 Resultset terminators are recognised the way libmysqlclient does (``0xfe``
 header and length below 0xffffff), which works with and without
 CLIENT_DEPRECATE_EOF, so a connection seen mid-stream (no handshake) still
@@ -24,8 +31,10 @@ from __future__ import annotations
 import re
 import struct
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from enum import Enum, IntEnum
 
 from ..streams import Direction
 from .base import REDACTED, DecoderEvent, Details, Notice, Transaction, clip, lost
@@ -49,30 +58,78 @@ CLIENT_QUERY_ATTRIBUTES = 0x8000000
 MARIADB_CACHE_METADATA = 1 << 36
 SERVER_MORE_RESULTS_EXISTS = 0x8
 
-COMMANDS = {
-    0x01: "QUIT",
-    0x02: "INIT_DB",
-    0x03: "QUERY",
-    0x04: "FIELD_LIST",
-    0x05: "CREATE_DB",
-    0x06: "DROP_DB",
-    0x07: "REFRESH",
-    0x09: "STATISTICS",
-    0x0A: "PROCESS_INFO",
-    0x0C: "PROCESS_KILL",
-    0x0D: "DEBUG",
-    0x0E: "PING",
-    0x11: "CHANGE_USER",
-    0x16: "STMT_PREPARE",
-    0x17: "STMT_EXECUTE",
-    0x18: "STMT_SEND_LONG_DATA",
-    0x19: "STMT_CLOSE",
-    0x1A: "STMT_RESET",
-    0x1B: "SET_OPTION",
-    0x1C: "STMT_FETCH",
-    0x1F: "RESET_CONNECTION",
+
+class Command(IntEnum):
+    """The first byte of a command packet (COM_*)."""
+
+    QUIT = 0x01
+    INIT_DB = 0x02
+    QUERY = 0x03
+    FIELD_LIST = 0x04
+    CREATE_DB = 0x05
+    DROP_DB = 0x06
+    REFRESH = 0x07
+    STATISTICS = 0x09
+    PROCESS_INFO = 0x0A
+    PROCESS_KILL = 0x0C
+    DEBUG = 0x0D
+    PING = 0x0E
+    CHANGE_USER = 0x11
+    STMT_PREPARE = 0x16
+    STMT_EXECUTE = 0x17
+    STMT_SEND_LONG_DATA = 0x18
+    STMT_CLOSE = 0x19
+    STMT_RESET = 0x1A
+    SET_OPTION = 0x1B
+    STMT_FETCH = 0x1C
+    RESET_CONNECTION = 0x1F
+
+
+COMMANDS = {c.value: c.name for c in Command}
+LOGIN = -1  # _Command.code of the login exchange (no command byte)
+_NO_REPLY = frozenset((Command.QUIT, Command.STMT_SEND_LONG_DATA, Command.STMT_CLOSE))
+_RESULTSETS = frozenset((Command.QUERY, Command.STMT_EXECUTE, Command.STMT_FETCH))
+_AUTH = frozenset((LOGIN, Command.CHANGE_USER))  # replies: OK, ERR, auth switch, more data
+_ON_STATEMENT = {  # commands on a prepared statement (stmt_id first): their verb
+    Command.STMT_EXECUTE: "EXECUTE",
+    Command.STMT_CLOSE: "CLOSE",
+    Command.STMT_RESET: "RESET",
+    Command.STMT_SEND_LONG_DATA: "LONG DATA",
+    Command.STMT_FETCH: "FETCH",
 }
-_NO_REPLY = frozenset((0x01, 0x18, 0x19))
+
+
+class Header(IntEnum):
+    """The first byte of a server packet (and of a LOCAL INFILE request)."""
+
+    OK = 0x00
+    AUTH_MORE_DATA = 0x01
+    GREETING = 0x0A  # protocol version 10
+    LOCAL_INFILE = 0xFB
+    EOF = 0xFE  # also an auth switch request during login, and OK-as-EOF
+    ERR = 0xFF
+
+
+class Phase(Enum):
+    """The connection's phase."""
+
+    SYNC = "sync"  # waiting for a point to start decoding (start, or after a gap)
+    LOGIN = "login"  # greeting seen: the handshake response and its auth exchange
+    COMMAND = "command"  # commands and their replies
+    OPAQUE = "opaque"  # TLS or compressed: not decoded any further
+
+
+class Reply(Enum):
+    """Where a command's reply is: what its next server packet may be."""
+
+    FIRST = "first"  # a result's first packet: OK, ERR, LOCAL INFILE or a resultset header
+    INFILE = "infile"  # LOCAL INFILE requested: the client sends the file, then FIRST
+    PARAMS = "params"  # parameter definitions (PREPARE reply)
+    COLUMNS = "columns"  # column definitions (resultset or PREPARE reply)
+    ROWS = "rows"  # rows, up to a terminator or ERR
+    EOF = "eof"  # definitions of a PREPARE ended: only the EOF packet after them may follow
+    DONE = "done"  # complete
+
 
 _, T_TINY, T_SHORT, T_LONG, T_FLOAT, T_DOUBLE, T_NULL, T_TIMESTAMP = range(8)
 T_LONGLONG, T_INT24, T_DATE, T_TIME, T_DATETIME, T_YEAR = range(8, 14)
@@ -344,14 +401,14 @@ class _Stmt:
 
 @dataclass(slots=True)
 class _Command:
-    code: int  # command byte; -1 for the login exchange
+    code: int  # command byte (a Command, or a byte this decoder does not know); LOGIN
     name: str
     text: str
     shape: str
     ts: float
     nbytes: int
     seq: int  # next expected sequence id
-    state: str = "first"  # first | infile | params | columns | rows | done
+    state: Reply = Reply.FIRST
     reply_bytes: int = 0
     ts_reply: float | None = None  # first byte of the reply
     cut: int = 0  # bytes of request and reply not captured
@@ -359,7 +416,7 @@ class _Command:
     results: list[str] = field(default_factory=list)
     details: Details = field(default_factory=dict)
     binary: bool = False
-    left: int = 0  # definitions still to read in state params/columns
+    left: int = 0  # definitions still to read in state PARAMS/COLUMNS
     eof_pending: bool = False  # an EOF packet may follow the definitions just read
     progress: int = 0  # MariaDB progress reports received
     columns: list[Column] = field(default_factory=list)
@@ -401,7 +458,7 @@ def _err(payload: bytes) -> tuple[str, Details]:
 
 
 def _terminator(packet: Packet) -> bool:
-    return bool(packet.payload) and packet.payload[0] == 0xFE and packet.length < 0xFFFFFF
+    return bool(packet.payload) and packet.payload[0] == Header.EOF and packet.length < 0xFFFFFF
 
 
 def _status_of_terminator(payload: bytes) -> int:
@@ -418,7 +475,7 @@ class MysqlDecoder:
     def __init__(self, redact: bool = False) -> None:
         self.redact = redact
         self._readers = (PacketReader(), PacketReader())
-        self.phase = "sync"  # sync | login | command | opaque
+        self.phase = Phase.SYNC
         self.server_caps = 0
         self.client_caps = 0
         self.server_version = ""
@@ -436,7 +493,7 @@ class MysqlDecoder:
 
     def feed(self, direction: Direction, data: bytes, ts: float) -> list[DecoderEvent]:
         events: list[DecoderEvent] = []
-        synced = None if self.phase == "opaque" else self._synced(direction, data, ts)
+        synced = None if self.phase is Phase.OPAQUE else self._synced(direction, data, ts)
         if synced is None:
             return events
         self._packets(direction, synced, ts, events)
@@ -444,9 +501,9 @@ class MysqlDecoder:
 
     def gap(self, direction: Direction, n: int, ts: float, cut: bool) -> list[DecoderEvent]:
         events: list[DecoderEvent] = []
-        if self.phase == "opaque":
+        if self.phase is Phase.OPAQUE:
             return events
-        if cut and self.phase == "sync" and not self._parsing(direction):
+        if cut and self.phase is Phase.SYNC and not self._parsing(direction):
             # the rest of a send() skipped while not in sync: no packet continues across it
             self._sync_buf[direction] = b""
             return events
@@ -480,7 +537,7 @@ class MysqlDecoder:
                     self._client(packet, ts, events)
                 else:
                     self._server(packet, ts, events)
-                if self.phase == "opaque":
+                if self.phase is Phase.OPAQUE:
                     break
         except ValueError as exc:  # ProtocolError, or a malformed value (e.g. a date)
             self._desync(events, str(exc), ts, direction)
@@ -495,19 +552,19 @@ class MysqlDecoder:
 
     def _synced(self, direction: Direction, data: bytes, ts: float) -> bytes | None:
         """The bytes to parse, or None while waiting for a sync point."""
-        if self.phase != "sync":
+        if self.phase is not Phase.SYNC:
             return data
         data, self._sync_buf[direction] = self._sync_buf[direction] + data, b""
         if len(data) < 5:
             self._sync_buf[direction] = data  # too short to judge a packet header
             return None
         if direction is Direction.SERVER:
-            if data[3] == 0 and data[4] == 0x0A:  # greeting: a fresh connection
-                self.phase = "login"
+            if data[3] == 0 and data[4] == Header.GREETING:  # a fresh connection
+                self.phase = Phase.LOGIN
                 return data
             if self._sync_ts is None or ts < self._sync_ts or data[3] != 1:
                 return None
-            self.phase = "command"
+            self.phase = Phase.COMMAND
             return data
         if self._sync_ts is None:
             n = int.from_bytes(data[:3], "little")
@@ -522,14 +579,14 @@ class MysqlDecoder:
         while self._commands:
             self._finish(self._commands.popleft(), events, lost_sync=True)
         self._readers = (PacketReader(), PacketReader())
-        self.phase = "sync"
+        self.phase = Phase.SYNC
         self._sync_ts = None
         self._sync_buf = [b"", b""]
         self._done_seq = None
         events.append(Notice(self.protocol, direction, "undecodable", reason, ts))
 
     def _opaque(self, events: list[DecoderEvent], label: str, ts: float) -> None:
-        self.phase = "opaque"
+        self.phase = Phase.OPAQUE
         events.append(Notice(self.protocol, Direction.CLIENT, "label", label, ts))
         events.extend(self.close())
 
@@ -537,15 +594,15 @@ class MysqlDecoder:
 
     def _client(self, packet: Packet, ts: float, events: list[DecoderEvent]) -> None:
         head = self._commands[0] if self._commands else None
-        if self.phase == "login" and head is None:
+        if self.phase is Phase.LOGIN and head is None:
             self._handshake_response(packet, ts, events)
             return
         if packet.seq != 0 and head is not None:  # infile data, auth data
             self._check_seq(head, packet)
             head.nbytes += packet.nbytes
             head.cut += packet.cut
-            if head.state == "infile" and packet.length == 0:
-                head.state = "first"
+            if head.state is Reply.INFILE and packet.length == 0:  # the file's end
+                head.state = Reply.FIRST
             return
         if packet.seq != 0 or not packet.payload:
             raise ProtocolError(f"unexpected client packet seq {packet.seq}")
@@ -563,7 +620,7 @@ class MysqlDecoder:
         text, shape = "COM_" + name, "COM_" + name
         details: Details = {"conn_id": self.conn_id, "db": self.db} if self.conn_id else {}
         cmd = _Command(code, name, text, shape, ts, packet.nbytes, (packet.last_seq + 1) & 0xFF)
-        if code == 0x03:
+        if code == Command.QUERY:
             if self.client_caps & CLIENT_QUERY_ATTRIBUTES:
                 r.lenenc()
                 r.lenenc()
@@ -575,17 +632,17 @@ class MysqlDecoder:
             use = _USE.match(sql)
             if use:
                 details["use_db"] = use.group(1)
-        elif code == 0x02:
+        elif code == Command.INIT_DB:
             cmd.details["init_db"] = db = r.rest().decode("utf-8", "replace")
             cmd.text = f"USE {db}"
-        elif code == 0x16:
+        elif code == Command.STMT_PREPARE:
             sql = r.rest().decode("utf-8", "replace")
             cmd.shape = "PREPARE " + query_shape(sql)
             cmd.text = "PREPARE " + (redact_sql(sql) if self.redact else sql)
             cmd.prepared = _Stmt(sql, 0, 0)
-        elif code in (0x17, 0x19, 0x1A, 0x18, 0x1C):
+        elif code in _ON_STATEMENT:
             self._statement_command(cmd, r)
-        elif code == 0x0C:
+        elif code == Command.PROCESS_KILL:
             cmd.text = f"KILL {r.uint(4)}"
         cmd.details.update(details)
         cmd.text = one_line(cmd.text, SUMMARY)
@@ -596,12 +653,12 @@ class MysqlDecoder:
         stmt = self._stmts.get(stmt_id)
         cmd.details["stmt_id"] = stmt_id
         sql = stmt.sql if stmt is not None else f"stmt {stmt_id}"
-        verb = {0x17: "EXECUTE", 0x19: "CLOSE", 0x1A: "RESET", 0x18: "LONG DATA", 0x1C: "FETCH"}
-        cmd.shape = f"{verb[cmd.code]} " + (query_shape(sql) if stmt else "?")
-        cmd.text = f"{verb[cmd.code]} {sql}"
-        if cmd.code == 0x19:
+        verb = _ON_STATEMENT[Command(cmd.code)]
+        cmd.shape = f"{verb} " + (query_shape(sql) if stmt else "?")
+        cmd.text = f"{verb} {sql}"
+        if cmd.code == Command.STMT_CLOSE:
             self._stmts.pop(stmt_id, None)
-        if cmd.code != 0x17:
+        if cmd.code != Command.STMT_EXECUTE:
             return
         cmd.binary = True
         cmd.stmt = stmt
@@ -643,7 +700,8 @@ class MysqlDecoder:
             self.db = r.cstr().decode("utf-8", "replace")
         plugin = r.cstr().decode("utf-8", "replace") if caps & CLIENT_PLUGIN_AUTH and r.left else ""
         text = f"login user={self.user}" + (f" db={self.db}" if self.db else "")
-        cmd = _Command(-1, "LOGIN", text, "LOGIN", ts, packet.nbytes, (packet.last_seq + 1) & 0xFF)
+        seq = (packet.last_seq + 1) & 0xFF
+        cmd = _Command(LOGIN, "LOGIN", text, "LOGIN", ts, packet.nbytes, seq)
         cmd.cut = packet.cut
         cmd.details.update(
             user=self.user,
@@ -660,7 +718,8 @@ class MysqlDecoder:
 
     def _server(self, packet: Packet, ts: float, events: list[DecoderEvent]) -> None:
         if not self._commands:
-            if self.phase == "login" and packet.seq == 0 and packet.payload[:1] == b"\x0a":
+            greeting = packet.payload[:1] == bytes((Header.GREETING,))
+            if self.phase is Phase.LOGIN and packet.seq == 0 and greeting:
                 self._greeting(packet, ts, events)
                 return
             if _terminator(packet) and packet.seq == self._done_seq:
@@ -676,16 +735,16 @@ class MysqlDecoder:
             cmd.ts_reply = ts
         if not packet.payload:
             raise ProtocolError("empty server packet")
-        if cmd.code in (-1, 0x11):
+        if cmd.code in _AUTH:
             self._login_reply(cmd, packet)
         else:
             self._response(cmd, packet)
-        if cmd.state == "done":
+        if cmd.state is Reply.DONE:
             self._commands.popleft()
             self._done_seq = cmd.seq
             self._finish(cmd, events)
-            if cmd.code == -1 and not cmd.error:
-                self.phase = "command"
+            if cmd.code == LOGIN and not cmd.error:
+                self.phase = Phase.COMMAND
                 compress = self.client_caps & self.server_caps & (CLIENT_COMPRESS | CLIENT_ZSTD)
                 if compress:
                     self._opaque(events, "compressed protocol: not decoded", ts)
@@ -725,25 +784,22 @@ class MysqlDecoder:
 
     def _login_reply(self, cmd: _Command, packet: Packet) -> None:
         first = packet.payload[0]
-        if first == 0x00:
+        if first == Header.OK:
             cmd.results.append("OK")
-            cmd.state = "done"
-        elif first == 0xFF:
-            text, details = _err(packet.payload)
-            cmd.results.append(text)
-            cmd.details.update(details)
-            cmd.error = True
-            cmd.state = "done"
-        elif first == 0xFE:
+            cmd.state = Reply.DONE
+        elif first == Header.ERR:
+            self._error(cmd, packet.payload)
+        elif first == Header.EOF:
             plugin = _Reader(packet.payload, 1).cstr().decode("utf-8", "replace")
             cmd.details["auth_switch"] = plugin
             cmd.results.append(f"auth switch to {plugin}")
-        elif first == 0x01:
+        elif first == Header.AUTH_MORE_DATA:
             cmd.results.append("auth more data")
         else:
             raise ProtocolError(f"unexpected login reply {first:#x}")
 
     def _response(self, cmd: _Command, packet: Packet) -> None:
+        """A server packet of a command's reply: to the reader of its state."""
         payload = packet.payload
         if payload[:3] == b"\xff\xff\xff":  # MariaDB progress report (error code 0xffff)
             cmd.progress += 1
@@ -752,74 +808,78 @@ class MysqlDecoder:
             cmd.eof_pending = False
             if _terminator(packet) and len(payload) < 9:
                 self.deprecate_eof = False
-                if cmd.state == "eof":
-                    cmd.state = "done"
+                if cmd.state is Reply.EOF:
+                    cmd.state = Reply.DONE
                 return
             if self.deprecate_eof is None:
                 self.deprecate_eof = True
-        state = cmd.state
-        if state in ("first", "infile"):
-            self._first(cmd, packet)
-        elif state in ("params", "columns"):
-            column = _column(payload)
-            if state == "params" and cmd.prepared is not None:
-                cmd.prepared.param_types.append((column.type, bool(column.flags & UNSIGNED_FLAG)))
-            elif len(cmd.columns) < MAX_COLUMNS:
-                cmd.columns.append(column)
-            cmd.left -= 1
-            if cmd.left == 0:
-                self._definitions_done(cmd)
-        elif state == "rows":
-            self._row(cmd, packet)
-        else:
-            raise ProtocolError(f"unexpected server packet in state {state}")
+        reader = _REPLY_READERS.get(cmd.state)
+        if reader is None:
+            raise ProtocolError(f"unexpected server packet in state {cmd.state.value}")
+        reader(self, cmd, packet)
+
+    def _error(self, cmd: _Command, payload: bytes, before: str = "") -> None:
+        """An ERR packet ends the command."""
+        text, details = _err(payload)
+        cmd.results.append(before + text)
+        cmd.details.update(details)
+        cmd.error = True
+        cmd.state = Reply.DONE
 
     def _first(self, cmd: _Command, packet: Packet) -> None:
+        """Reader of FIRST and INFILE: a result's first packet."""
         payload = packet.payload
         first = payload[0]
-        if first == 0xFF:
-            text, details = _err(payload)
-            cmd.results.append(text)
-            cmd.details.update(details)
-            cmd.error = True
-            cmd.state = "done"
-        elif first == 0x00 and cmd.code == 0x16:
+        if first == Header.ERR:
+            self._error(cmd, payload)
+        elif first == Header.OK and cmd.code == Command.STMT_PREPARE:
             self._prepare_ok(cmd, payload)
-        elif first == 0x00 or (first == 0xFE and cmd.code not in (0x03, 0x17, 0x1C)):
+        elif first == Header.OK or (first == Header.EOF and cmd.code not in _RESULTSETS):
             self._ok_result(cmd, payload)
-        elif first == 0xFB and cmd.code == 0x03:
+        elif first == Header.LOCAL_INFILE and cmd.code == Command.QUERY:
             name = payload[1:].decode("utf-8", "replace")
             cmd.details["infile"] = name
             cmd.results.append(f"LOCAL INFILE {name}")
-            cmd.state = "infile"
-        elif cmd.code == 0x09:
+            cmd.state = Reply.INFILE
+        elif cmd.code == Command.STATISTICS:  # its reply is a string, no header
             cmd.results.append(clip(payload.decode("utf-8", "replace"), SUMMARY))
-            cmd.state = "done"
+            cmd.state = Reply.DONE
         else:
             r = _Reader(payload)
             ncols = r.lenenc() or 0
             send_meta = r.uint(1) if r.left and self.client_caps & MARIADB_CACHE_METADATA else 1
             cmd.ncols, cmd.rows, cmd.columns, cmd.samples = ncols, 0, [], []
             if send_meta:
-                cmd.state, cmd.left = "columns", ncols
+                cmd.state, cmd.left = Reply.COLUMNS, ncols
             else:
                 if cmd.stmt is not None:
                     cmd.columns = cmd.stmt.columns
-                cmd.state = "rows"
+                cmd.state = Reply.ROWS
+
+    def _definition(self, cmd: _Command, packet: Packet) -> None:
+        """Reader of PARAMS and COLUMNS: one definition."""
+        column = _column(packet.payload)
+        if cmd.state is Reply.PARAMS and cmd.prepared is not None:
+            cmd.prepared.param_types.append((column.type, bool(column.flags & UNSIGNED_FLAG)))
+        elif len(cmd.columns) < MAX_COLUMNS:
+            cmd.columns.append(column)
+        cmd.left -= 1
+        if cmd.left == 0:
+            self._definitions_done(cmd)
 
     def _ok_result(self, cmd: _Command, payload: bytes) -> None:
-        if payload[0] == 0xFE and len(payload) < 9:
+        if payload[0] == Header.EOF and len(payload) < 9:
             status = _status_of_terminator(payload)
             text = "EOF"
         else:
             text, status, details = _ok(_Reader(payload, 1))
             cmd.details.update(details)
         cmd.results.append(text)
-        if cmd.code == 0x02:
+        if cmd.code == Command.INIT_DB:
             self.db = str(cmd.details["init_db"])
         elif "use_db" in cmd.details:
             self.db = str(cmd.details["use_db"])
-        cmd.state = "first" if status & SERVER_MORE_RESULTS_EXISTS else "done"
+        cmd.state = Reply.FIRST if status & SERVER_MORE_RESULTS_EXISTS else Reply.DONE
 
     def _prepare_ok(self, cmd: _Command, payload: bytes) -> None:
         r = _Reader(payload, 1)
@@ -832,9 +892,9 @@ class MysqlDecoder:
         self._stmts[stmt_id] = stmt
         cmd.details.update(stmt_id=stmt_id, params=nparams, columns=ncols)
         cmd.results.append(f"stmt {stmt_id}: {nparams} params, {ncols} columns")
-        cmd.state, cmd.left = ("params", nparams) if nparams else ("columns", ncols)
+        cmd.state, cmd.left = (Reply.PARAMS, nparams) if nparams else (Reply.COLUMNS, ncols)
         if not cmd.left:
-            cmd.state = "done"  # no definitions follow
+            cmd.state = Reply.DONE  # no definitions follow
 
     def _definitions_done(self, cmd: _Command) -> None:
         """A block of column/parameter definitions ended; an EOF may follow it."""
@@ -843,25 +903,22 @@ class MysqlDecoder:
         if stmt is None:
             if cmd.stmt is not None:
                 cmd.stmt.columns = cmd.columns
-            cmd.state = "rows"
-        elif cmd.state == "params" and stmt.ncols:
-            cmd.state, cmd.left = "columns", stmt.ncols
+            cmd.state = Reply.ROWS
+        elif cmd.state is Reply.PARAMS and stmt.ncols:
+            cmd.state, cmd.left = Reply.COLUMNS, stmt.ncols
         else:
             stmt.columns = cmd.columns
             # with CLIENT_DEPRECATE_EOF unknown (no handshake seen) a trailing EOF is
             # recognised by its sequence id after the command finished
-            cmd.state = "eof" if self.deprecate_eof is False else "done"
+            cmd.state = Reply.EOF if self.deprecate_eof is False else Reply.DONE
 
     def _row(self, cmd: _Command, packet: Packet) -> None:
+        """Reader of ROWS: a row, or the resultset's end."""
         payload = packet.payload
         if _terminator(packet):
             self._resultset_done(cmd, _status_of_terminator(payload))
-        elif payload[0] == 0xFF:
-            text, details = _err(payload)
-            cmd.results.append(f"{cmd.rows} rows then {text}")
-            cmd.details.update(details)
-            cmd.error = True
-            cmd.state = "done"
+        elif payload[0] == Header.ERR:
+            self._error(cmd, payload, f"{cmd.rows} rows then ")
         else:
             cmd.rows += 1
             if len(cmd.samples) < SAMPLE_ROWS and packet.complete:
@@ -889,7 +946,7 @@ class MysqlDecoder:
                 "sample": cmd.samples,
             }
         )
-        cmd.state = "first" if status & SERVER_MORE_RESULTS_EXISTS else "done"
+        cmd.state = Reply.FIRST if status & SERVER_MORE_RESULTS_EXISTS else Reply.DONE
 
     # -- results
 
@@ -897,7 +954,7 @@ class MysqlDecoder:
         """Report ``cmd``; ``lost_sync``: the rest of its reply may be in bytes that could
         not be decoded (not "unanswered": nobody knows)."""
         unanswered = False
-        if cmd.state not in ("done", "eof") and cmd.code not in _NO_REPLY:
+        if cmd.state not in (Reply.DONE, Reply.EOF) and cmd.code not in _NO_REPLY:
             if lost_sync:
                 cmd.results.append("(lost sync)")
             else:
@@ -921,3 +978,14 @@ class MysqlDecoder:
                 cut=cmd.cut,
             )
         )
+
+
+# The reader of each reply state (EOF and DONE take no server packet but the EOF
+# that _response handles before these).
+_REPLY_READERS: dict[Reply, Callable[[MysqlDecoder, _Command, Packet], None]] = {
+    Reply.FIRST: MysqlDecoder._first,
+    Reply.INFILE: MysqlDecoder._first,
+    Reply.PARAMS: MysqlDecoder._definition,
+    Reply.COLUMNS: MysqlDecoder._definition,
+    Reply.ROWS: MysqlDecoder._row,
+}

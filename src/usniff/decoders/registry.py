@@ -96,10 +96,13 @@ PROTOCOLS: tuple[Protocol, ...] = (
 )
 BY_NAME = {p.name: p for p in PROTOCOLS}
 DECODABLE = tuple(p.name for p in PROTOCOLS if p.decoder is not None)
+CHOICES = ("auto", *DECODABLE)  # what decoding can be asked for (auto: detect the protocol)
 
 
-# tshark's -d options that make stock Wireshark dissect every protocol on its port
-DECODE_AS = {f"tcp.port=={p.port}": p.wireshark for p in PROTOCOLS if not p.wireshark_port}
+# (port, Wireshark dissector) where stock Wireshark needs to be told (usniff's Lua plugin
+# does it; so do tshark's -d options, DECODE_AS)
+WIRESHARK_PORTS = tuple((p.port, p.wireshark) for p in PROTOCOLS if not p.wireshark_port)
+DECODE_AS = {f"tcp.port=={port}": name for port, name in WIRESHARK_PORTS}
 
 
 def detect(client: bytes, server: bytes) -> str | None:

@@ -6,12 +6,11 @@ Parsing is incremental and hand-written rather than built on
 after loss), inline commands, attributes kept apart from the value they
 annotate, and bulk strings of any size streamed while keeping only a prefix.
 hiredis.Reader returns values only, buffers every bulk string whole and has no
-notion of inline commands.  Measured on this machine (``bench/decoders.py``,
-the replies of a redis-benchmark session): hiredis.Reader parses ~15M
-messages/s, this parser ~1.2M messages/s; the whole decoder (pairing,
-summaries, Transaction objects) runs at ~70k requests/s, so parsing is not
-where the time goes and hiredis would not change the end-to-end figure much.
-hiredis is used in the tests as an independent oracle for parsed values.
+notion of inline commands.  The common messages (a command as an array of
+bulk strings, a simple reply) are read whole in one call (``Parser._whole``);
+the general token-by-token parser reads the rest and is the reference the
+fast path is tested against.  hiredis is used in the tests as an independent
+oracle for parsed values.
 
 Pairing is FIFO: each request waits for one reply (or one confirmation per
 channel for the SUBSCRIBE family).  Not replies: RESP3 push messages

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from usniff.events import CaptureStats, Record
 
@@ -48,8 +48,14 @@ class OutputError(Exception):
     """
 
 
-class Output(Protocol):
-    def write(self, batch: Sequence[Record], limit: int = 0) -> int:
+Item = TypeVar("Item", contravariant=True)
+
+
+class Sink(Protocol[Item]):
+    """What consumes batches of ``Item``: every output takes Records
+    (:data:`Output`); the pcapng output also takes the capture's Packed records."""
+
+    def write(self, batch: Sequence[Item], limit: int = 0) -> int:
         """Emit ``batch``: at most ``limit`` items when ``limit`` > 0 (and nothing more
         until the next ``write``, ``close`` included).  Returns the items emitted."""
         ...
@@ -60,3 +66,6 @@ class Output(Protocol):
         """Finish (end of input): returns the items emitted while finishing, within
         the last ``write``'s limit (the decoded output's pending transactions)."""
         ...
+
+
+Output = Sink[Record]

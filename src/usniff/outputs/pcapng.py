@@ -13,20 +13,19 @@ sent over TCP (framing documented in docs/pcapng.md):
   them to the socket path and ``comm[pid]``;
 * each packet carries a comment with pid, tid, uid, comm, inodes and path.
 
-The hot path builds each packet's whole Enhanced Packet Block in C
-(:func:`usniff._fastpath.tcp` / :func:`~usniff._fastpath.udp`: headers, both
-checksums, payload, options) into one buffer per batch and writes it with
-writev(2), large payloads by reference; no scapy.
+The packets are encoded in C (:mod:`usniff.outputs._epb`): each whole
+Enhanced Packet Block (headers, both checksums, payload, options) goes into
+one buffer per batch (:class:`~usniff.outputs._epb.Sink`), written with
+writev(2), large payloads by reference; no scapy.  This module decides what
+the packets are (flows, handshakes, comments, gaps, closes, datagrams).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import platform
-import re
 import stat
 import struct
 import sys
@@ -36,70 +35,60 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
 from usniff import __version__, events
-from usniff._fastpath import Direction, Packed, tcp, udp, write_batch
+from usniff._events import Packed
 from usniff.decoders import registry
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, CaptureStats, Record
+from usniff.formats.pcapng import (
+    BT_EPB,
+    BT_IDB,
+    BT_ISB,
+    BT_NRB,
+    BT_SHB,
+    BYTE_ORDER_MAGIC,
+    END_OPTS,
+    EPB_FLAGS,
+    EPB_INBOUND,
+    EPB_OUTBOUND,
+    IF_DESCRIPTION,
+    IF_NAME,
+    IF_TSRESOL,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    ISB_ENDTIME,
+    ISB_IFDROP,
+    ISB_IFRECV,
+    ISB_STARTTIME,
+    ISB_USRDELIV,
+    LINKTYPE_RAW,
+    MASK32,
+    NRB_IPV4,
+    OPT_COMMENT,
+    OTHER_PORT,
+    SHB_HARDWARE,
+    SHB_OS,
+    SHB_USERAPPL,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_SYN,
+    block,
+    option,
+    record_comment,
+)
+from usniff.outputs._epb import MAX_SEGMENT, Direction, Sink, segments, tcp, udp, write_batch
 from usniff.outputs.base import OutputError
 
-LINKTYPE_RAW = 101  # raw IPv4/IPv6 packets, no link-layer header
-OTHER_PORT = 7450  # unassigned by IANA, no Wireshark dissector registered on it
 EPHEMERAL_FIRST = 49152
 EPHEMERAL_COUNT = 65536 - EPHEMERAL_FIRST
 SERVER_NET = 0x0A000000  # 10.0.0.0/9: one address per server path
 CLIENT_NET = 0x0A800000  # 10.128.0.0/9: one address per client process
 NET_SIZE = 1 << 23
-MAX_SEGMENT = 65535 - 20 - 20  # TCP payload that fits one IPv4 packet
 MAX_DATAGRAM = 65535 - 20 - 8  # UDP payload that fits one IPv4 packet
 FLUSH_BYTES = 1 << 20  # write out as soon as this much is buffered, also within a batch
 IOV_MAX = 1024  # buffers per writev(2)
 MAX_NAMES = 1 << 16  # server paths and client processes with an address at once
 WSCALE = 14  # window scale announced in the SYNs: window 65535 << 14 never fills
-MASK32 = 0xFFFFFFFF
 
-# pcapng block types and option codes
-BT_SHB = 0x0A0D0D0A
-BT_IDB = 1
-BT_NRB = 4
-BT_ISB = 5
-BT_EPB = 6
-BYTE_ORDER_MAGIC = 0x1A2B3C4D
-OPT_END = 0
-OPT_COMMENT = 1
-SHB_HARDWARE = 2
-SHB_OS = 3
-SHB_USERAPPL = 4
-IF_NAME = 2
-IF_DESCRIPTION = 3
-IF_TSRESOL = 9
-EPB_FLAGS = 2
-ISB_STARTTIME = 2
-ISB_ENDTIME = 3
-ISB_IFRECV = 4
-ISB_IFDROP = 5
-ISB_USRDELIV = 8
-NRB_IPV4 = 1
-EPB_INBOUND = 1  # epb_flags direction bits: towards the server
-EPB_OUTBOUND = 2  # from the server
-
-TCP_FIN = 0x01
-TCP_SYN = 0x02
-TCP_PSH = 0x08
-TCP_ACK = 0x10
-IPPROTO_TCP = 6
-IPPROTO_UDP = 17
-
-_END_OPTS = b"\0\0\0\0"
 _SYN_OPTIONS = bytes((2, 4, MAX_SEGMENT >> 8, MAX_SEGMENT & 0xFF, 1, 3, 3, WSCALE))  # MSS, NOP, WS
-
-
-def _opt(code: int, value: bytes) -> bytes:
-    """One pcapng option, padded to 32 bits."""
-    return struct.pack("<HH", code, len(value)) + value + b"\0" * (-len(value) % 4)
-
-
-def _block(btype: int, body: bytes) -> bytes:
-    total = 12 + len(body)
-    return struct.pack("<II", btype, total) + body + struct.pack("<I", total)
 
 
 def _u64(value: int) -> bytes:
@@ -112,31 +101,6 @@ def _usec(ts: float) -> int:
 
 def _addr_sum(addr: int) -> int:
     return (addr >> 16) + (addr & 0xFFFF)
-
-
-# ---------------------------------------------------------------- comments
-
-_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
-
-
-def record_comment(rec: Record) -> str:
-    """The per-packet comment; :func:`parse_comment` reads it back."""
-    text = (
-        f"pid={rec.pid} tid={rec.tid} uid={rec.uid} comm={json.dumps(rec.comm)} "
-        f"inode={rec.inode} peer={rec.peer_inode}"
-    )
-    if rec.peer_pid:
-        text += f" peer_pid={rec.peer_pid}"
-    if rec.peer_comm:
-        text += f" peer_comm={json.dumps(rec.peer_comm)}"
-    if rec.sock_type != "stream":
-        text += f" type={rec.sock_type}"
-    return f"{text} path={json.dumps(rec.path)}"
-
-
-def parse_comment(text: str) -> dict[str, str]:
-    """``key=value`` pairs of a comment (quoted values are JSON strings)."""
-    return {k: json.loads(v) if v.startswith('"') else v for k, v in _FIELD.findall(text)}
 
 
 # ---------------------------------------------------------------- protocol ports
@@ -154,16 +118,18 @@ def server_port(client: bytes, server: bytes) -> int:
 class _Dir(Direction):
     """One direction of one flow: the bytes one socket sends.
 
-    Its numbers (seq0, next_off, fin, proto, l4_sum, ip_sum, addrs) are C
-    fields of :class:`usniff._fastpath.Direction`, which the C framing reads
-    and advances directly; it reads peer, note and the comment from these slots."""
+    Its numbers (seq0, next_off, fin, proto, l4_sum, ip_sum, addrs) and
+    comment state (peer, note, comment_key, comment_opts) are C fields of
+    :class:`usniff.outputs._epb.Direction`, which the C framing reads and
+    advances directly."""
 
-    __slots__ = ("comment_key", "comment_opts", "epb_flags", "key", "note", "peer", "pending")
+    __slots__ = ("epb_flags", "key", "pending")
+    peer: _Dir
 
     def __init__(self, src: int, dst: int, sport: int, dport: int, proto: int, epb: int) -> None:
         self.addrs = struct.pack("!IIHH", src, dst, sport, dport)
         self.proto = proto
-        self.epb_flags = _opt(EPB_FLAGS, struct.pack("<I", epb))
+        self.epb_flags = option(EPB_FLAGS, struct.pack("<I", epb))
         # constant parts of the IPv4 header sum and of the TCP/UDP pseudo-header + header sum
         self.ip_sum = 0x4500 + 0x4000 + (64 << 8) + proto + _addr_sum(src) + _addr_sum(dst)
         window = 0xFFFF if proto == IPPROTO_TCP else 0
@@ -173,19 +139,20 @@ class _Dir(Direction):
         self.fin = 0
         self.note = ""  # extra comment for this direction's next packet
         self.pending: list[Record] = []  # records of a datagram not yet complete
-        self.comment_key: tuple[int, int, int, str, int, str] | None = None
+        self.comment_key = None
         self.comment_opts = b""
-        self.peer: _Dir = self
+        self.peer = self
         self.key: object = None  # its key in Framer._dirs
 
 
 def _names_block(names: Sequence[tuple[int, str]]) -> bytes:
     body = bytearray()
     for addr, name in names:
-        value = struct.pack("!I", addr) + name.encode("utf-8", "surrogateescape") + b"\0"
-        body += struct.pack("<HH", NRB_IPV4, len(value)) + value + b"\0" * (-len(value) % 4)
-    body += _END_OPTS
-    return _block(BT_NRB, bytes(body))
+        body += option(
+            NRB_IPV4, struct.pack("!I", addr) + name.encode("utf-8", "surrogateescape") + b"\0"
+        )
+    body += END_OPTS
+    return block(BT_NRB, bytes(body))
 
 
 class Framer:
@@ -209,25 +176,25 @@ class Framer:
 
     # -- file preamble ---------------------------------------------------
 
-    def preamble(self, buf: _Sink, ts: float) -> None:
+    def preamble(self, buf: Sink, ts: float) -> None:
         """Everything a new file starts with: SHB, IDB, all names, and a
         handshake for every flow still open (sequence numbers continue)."""
         uname = os.uname()
-        buf += _block(
+        buf += block(
             BT_SHB,
             struct.pack("<IHHq", BYTE_ORDER_MAGIC, 1, 0, -1)
-            + _opt(SHB_HARDWARE, platform.machine().encode())
-            + _opt(SHB_OS, f"{uname.sysname} {uname.release} {uname.version}".encode())
-            + _opt(SHB_USERAPPL, f"usniff {__version__}".encode())
-            + _END_OPTS,
+            + option(SHB_HARDWARE, platform.machine().encode())
+            + option(SHB_OS, f"{uname.sysname} {uname.release} {uname.version}".encode())
+            + option(SHB_USERAPPL, f"usniff {__version__}".encode())
+            + END_OPTS,
         )
-        buf += _block(
+        buf += block(
             BT_IDB,
             struct.pack("<HHI", LINKTYPE_RAW, 0, self.snaplen + 40 if self.snaplen else 0)
-            + _opt(IF_NAME, b"usniff")
-            + _opt(IF_DESCRIPTION, b"Unix domain sockets as synthetic TCP/IPv4 (usniff)")
-            + _opt(IF_TSRESOL, b"\x06")
-            + _END_OPTS,
+            + option(IF_NAME, b"usniff")
+            + option(IF_DESCRIPTION, b"Unix domain sockets as synthetic TCP/IPv4 (usniff)")
+            + option(IF_TSRESOL, b"\x06")
+            + END_OPTS,
         )
         if self._names:
             buf += _names_block(list(self._names.items()))
@@ -238,7 +205,7 @@ class Framer:
                     self._tcp(buf, d, ts, TCP_FIN | TCP_ACK, d.next_off, b"", 0, d.epb_flags)
 
     def statistics(
-        self, buf: _Sink, stats: CaptureStats, start: float, end: float, delivered: int
+        self, buf: Sink, stats: CaptureStats, start: float, end: float, delivered: int
     ) -> None:
         """The Interface Statistics Block; ``delivered``: packets that reached
         the files (isb_usrdeliv), fewer than produced when the disk filled up."""
@@ -249,21 +216,32 @@ class Framer:
         if stats.unwritten_bytes:
             comment += f" unwritten_bytes={stats.unwritten_bytes}"
         start_us, end_us = _usec(start), _usec(end)
-        buf += _block(
+        buf += block(
             BT_ISB,
             struct.pack("<III", 0, end_us >> 32, end_us & MASK32)
-            + _opt(ISB_STARTTIME, _u64(start_us))
-            + _opt(ISB_ENDTIME, _u64(end_us))
-            + _opt(ISB_IFRECV, struct.pack("<Q", stats.records))
-            + _opt(ISB_IFDROP, struct.pack("<Q", stats.lost_records))
-            + _opt(ISB_USRDELIV, struct.pack("<Q", delivered))
-            + _opt(OPT_COMMENT, comment.encode())
-            + _END_OPTS,
+            + option(ISB_STARTTIME, _u64(start_us))
+            + option(ISB_ENDTIME, _u64(end_us))
+            + option(ISB_IFRECV, struct.pack("<Q", stats.records))
+            + option(ISB_IFDROP, struct.pack("<Q", stats.lost_records))
+            + option(ISB_USRDELIV, struct.pack("<Q", delivered))
+            + option(OPT_COMMENT, comment.encode())
+            + END_OPTS,
         )
 
     # -- records ---------------------------------------------------------
 
-    def add(self, buf: _Sink, rec: Record) -> None:
+    def frame(
+        self, buf: Sink, batch: Sequence[Record | Packed], start: int, room: float, deadline: float
+    ) -> int:
+        """Append the packets of batch[start:] (:func:`usniff.outputs._epb.write_batch`:
+        the common record in C, the others with :meth:`add`) up to the first
+        record that needs a rotation (``buf.size() > room`` or ``ts >=
+        deadline``); returns its index (``len(batch)``: all framed)."""
+        i, packets = write_batch(self._dirs, self.add, buf, batch, start, room, deadline)
+        self.packets += packets
+        return i
+
+    def add(self, buf: Sink, rec: Record) -> None:
         """Append the packets for one record."""
         d = self._dirs.get(rec.sock_id if rec.peer_id else (rec.sock_id, rec.path))
         kind = rec.kind
@@ -285,7 +263,7 @@ class Framer:
         """Flow directions still remembered (sockets not closed)."""
         return len(self._dirs)
 
-    def finish(self, buf: _Sink) -> None:
+    def finish(self, buf: Sink) -> None:
         """Write out datagrams still waiting for their last record."""
         for d in self._dirs.values():
             if d.pending:
@@ -295,35 +273,24 @@ class Framer:
         key = (rec.pid, rec.tid, rec.uid, rec.comm, rec.peer_pid, rec.peer_comm)
         if key != d.comment_key:
             d.comment_key = key
-            d.comment_opts = _opt(OPT_COMMENT, record_comment(rec).encode()) + d.epb_flags
+            d.comment_opts = option(OPT_COMMENT, record_comment(rec).encode()) + d.epb_flags
         note = d.note
         if not note:
             return d.comment_opts
         d.note = ""
-        return _opt(OPT_COMMENT, f"usniff: {note}; {record_comment(rec)}".encode()) + d.epb_flags
+        return option(OPT_COMMENT, f"usniff: {note}; {record_comment(rec)}".encode()) + d.epb_flags
 
-    def _segments(self, buf: _Sink, d: _Dir, rec: Record) -> None:
-        off, length, data = rec.offset, rec.length, rec.data
+    def _segments(self, buf: Sink, d: _Dir, rec: Record) -> None:
+        off = rec.offset
         if off > d.next_off:
             d.note = f"{off - d.next_off} bytes missing before this packet (not captured)"
         opts = self._comment_opts(d, rec)
-        end = off + length
-        push = TCP_PSH if rec.flags & FLAG_MSG_END else 0
-        # PcapngOutput.write frames the common case (one segment, no gap or
-        # note, same comment, no rotation due) in C (_fastpath.write_batch)
-        if length <= MAX_SEGMENT:
-            self._tcp(buf, d, rec.ts, TCP_ACK | push, off, data, length, opts)
-        else:
-            view = memoryview(data)
-            for pos in range(off, end, MAX_SEGMENT):
-                seg_end = min(pos + MAX_SEGMENT, end)
-                flags = TCP_ACK | (push if seg_end == end else 0)
-                chunk = view[pos - off : seg_end - off]
-                self._tcp(buf, d, rec.ts, flags, pos, chunk, seg_end - pos, opts)
-        if end > d.next_off:
-            d.next_off = end
+        # write_batch frames the common case (no gap or note, same comment) in C
+        # without this call; both cut the record into packets in _epb.segments
+        push = bool(rec.flags & FLAG_MSG_END)
+        self.packets += segments(buf, d, rec.ts, push, off, rec.data, rec.length, opts)
 
-    def _lost(self, buf: _Sink, d: _Dir, rec: Record) -> None:
+    def _lost(self, buf: Sink, d: _Dir, rec: Record) -> None:
         """A sequence gap, announced by a zero-payload packet after the gap."""
         end = rec.offset + rec.lost
         if end > d.next_off:
@@ -333,7 +300,7 @@ class Framer:
             self._tcp(buf, d, rec.ts, TCP_ACK, end, b"", 0, self._comment_opts(d, rec))
         # for datagrams the note goes onto the next datagram
 
-    def _close(self, buf: _Sink, d: _Dir, rec: Record) -> None:
+    def _close(self, buf: Sink, d: _Dir, rec: Record) -> None:
         """The socket is gone: its FIN; the flow is forgotten once its other end
         closed too or never sent (a closed socket's peer cannot send any more)."""
         for key in self._datagram_keys.pop(rec.sock_id, [d.key]):
@@ -355,7 +322,7 @@ class Framer:
             # frees them now (the capture raises the cyclic GC's thresholds)
             del d.peer, peer.peer
 
-    def _datagram(self, buf: _Sink, d: _Dir, rec: Record) -> None:
+    def _datagram(self, buf: Sink, d: _Dir, rec: Record) -> None:
         flags = rec.flags
         if d.pending and flags & FLAG_MSG_START:
             self._emit_datagram(buf, d)  # the previous datagram's end was not seen
@@ -363,7 +330,7 @@ class Framer:
         if flags & FLAG_MSG_END:
             self._emit_datagram(buf, d)
 
-    def _emit_datagram(self, buf: _Sink, d: _Dir) -> None:
+    def _emit_datagram(self, buf: Sink, d: _Dir) -> None:
         recs, d.pending = d.pending, []
         first = recs[0]
         data = b"".join(r.data for r in recs)
@@ -398,10 +365,10 @@ class Framer:
             self._addr_of[key] = addr
         return addr
 
-    def _new_flow(self, buf: _Sink, rec: Record) -> _Dir:
+    def _new_flow(self, buf: Sink, rec: Record) -> _Dir:
         connected = rec.peer_id != 0
         if not connected:
-            from_server = rec.path_is_own
+            from_server = events.sender_is_server(rec) is True
             server_id, client_id = (rec.sock_id, 0) if from_server else (0, rec.sock_id)
         else:
             server_id = events.server_id(rec)
@@ -465,11 +432,11 @@ class Framer:
             )
         return server if from_server else client
 
-    def _handshake(self, buf: _Sink, client: _Dir, ts: float, comment: str) -> None:
+    def _handshake(self, buf: Sink, client: _Dir, ts: float, comment: str) -> None:
         """SYN, SYN-ACK, ACK with ISNs chosen so that the next bytes continue the flow."""
         server = client.peer
         c_off, s_off = client.next_off, server.next_off
-        syn_opts = _opt(OPT_COMMENT, f"usniff: {comment}".encode()) + client.epb_flags
+        syn_opts = option(OPT_COMMENT, f"usniff: {comment}".encode()) + client.epb_flags
         self._tcp(buf, client, ts, TCP_SYN, c_off - 1, b"", 0, syn_opts, _SYN_OPTIONS)
         self._tcp(
             buf, server, ts, TCP_SYN | TCP_ACK, s_off - 1, b"", 0, server.epb_flags, _SYN_OPTIONS
@@ -480,7 +447,7 @@ class Framer:
 
     def _tcp(
         self,
-        buf: _Sink,
+        buf: Sink,
         d: _Dir,
         ts: float,
         flags: int,
@@ -491,40 +458,10 @@ class Framer:
         tcp_opts: bytes = b"",
     ) -> None:
         """One TCP segment of ``length`` stream bytes (``payload`` may be shorter:
-        snap length) from direction ``d`` starting at stream offset ``off``.
-
-        The block is built in C (:func:`usniff._fastpath.tcp`): 0.3 us for a
-        31-byte segment instead of 2.5 us in Python (struct, big-integer and
-        numpy checksums); see the top of ``_fastpath.c`` for the collector's
-        figures."""
+        snap length) from direction ``d`` starting at stream offset ``off``
+        (a handshake's, a FIN's, a gap's: data goes through ``segments``)."""
         tcp(buf, d, ts, flags, off, payload, length, opts, tcp_opts)
         self.packets += 1
-
-
-class _Sink(bytearray):
-    """The output buffer of one batch.  Headers and small payloads are appended
-    in place; a large payload (``_fastpath.SPLICE_MIN`` bytes or more) is kept
-    by reference (:meth:`splice`, called from the C block writer) and handed
-    to writev(2) with the rest, so only the kernel copies its bytes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.parts: list[bytes | memoryview] = []
-        self.parts_size = 0
-
-    def splice(self, payload: bytes | memoryview) -> None:
-        if self:
-            self.parts.append(bytes(self))
-            self.parts_size += len(self)
-            self.clear()
-        self.parts.append(payload)
-        self.parts_size += len(payload)
-
-    def size(self) -> int:
-        return self.parts_size + len(self)
-
-    def pieces(self) -> list[bytes | memoryview]:
-        return [*self.parts, memoryview(self)] if self else list(self.parts)
 
 
 # ---------------------------------------------------------------- files
@@ -734,7 +671,7 @@ class PcapngOutput:
         self._rotate_seconds = rotate_seconds or 0.0
         self._count = rotate_count or 0
         self._framer = Framer(snaplen)
-        self._buf = _Sink()
+        self._buf = Sink()
         self._kept: deque[str] = deque()
         self._discarder = _Discarder()
         self._index = 0
@@ -759,11 +696,11 @@ class PcapngOutput:
 
     def write(self, batch: Sequence[Record | Packed], limit: int = 0) -> int:
         """Frame a batch (its first ``limit`` records when ``limit`` > 0; returns
-        how many) in :func:`usniff._fastpath.write_batch`: the common
-        record (one TCP segment on a known flow, no gap, no note pending, same
-        comment as before) with no Python call, the others through
-        :meth:`Framer.add`; it returns here when a file must rotate (or for
-        an item that is not a Record).  The loop is in C because a Python call
+        how many) with :meth:`Framer.frame`: the common record (one TCP
+        segment on a known flow, no gap, no note pending, same comment as
+        before) with no Python call, the others through :meth:`Framer.add`;
+        it returns here when a file must rotate (or for an item that is not a
+        Record).  The loop is in C because a Python call
         per record was the writer's limit for small records.
         The buffer is written out whenever it passes FLUSH_BYTES, also
         within a batch (a 0.1 s batch of small records frames to 2-7 MB):
@@ -778,7 +715,7 @@ class PcapngOutput:
             self._check()
             while True:
                 room = min(size_limit - self._size, FLUSH_BYTES)
-                i = write_batch(framer, self._buf, batch, i, room, self._deadline)
+                i = framer.frame(self._buf, batch, i, room, self._deadline)
                 if i >= n:
                     break
                 rec = batch[i]
@@ -825,17 +762,17 @@ class PcapngOutput:
         (datagrams still waiting for their end too), then try to end the file
         with the statistics block saying so; it usually fits in the space the
         cut-off partial block left (tmpfs and ext4 allocate whole pages)."""
-        pending = _Sink()
+        pending = Sink()
         self._framer.finish(pending)
         self._unwritten += _payloads(b"".join(pending.pieces()))[1]
         stats.unwritten_bytes += self._unwritten
         stats.lost_bytes += self._unwritten
         if self._fd < 0 or self._pattern == "-":
             return
-        block = _Sink()
-        self._framer.statistics(block, stats, self._start, self._clock(), self._durable)
+        isb = Sink()
+        self._framer.statistics(isb, stats, self._start, self._clock(), self._durable)
         try:
-            if os.write(self._fd, block) == len(block):
+            if os.write(self._fd, isb) == len(isb):
                 return
         except OSError:
             pass
@@ -938,7 +875,7 @@ class PcapngOutput:
             for piece in (*pieces, *whole):
                 if isinstance(piece, memoryview):
                     piece.release()
-            self._buf = _Sink()
+            self._buf = Sink()
         self._size += written
         self._durable = self._framer.packets
 

@@ -7,18 +7,19 @@ import json
 from collections.abc import Sequence
 from typing import TextIO
 
-from usniff.events import FLAG_TRUNCATED, CaptureStats, Record
+from usniff.events import FLAG_TRUNCATED, CaptureStats, Record, sender_is_server
 from usniff.outputs.base import clock_text
 from usniff.printable import printable
 
 PREVIEW = 64  # bytes shown by default (use -A or -X for all)
 
 
+_SIDE = {True: "server", False: "client", None: "peer"}
+
+
 def direction(rec: Record) -> str:
-    """Which end sent it: the side owning the address is the server."""
-    if not rec.path:
-        return "peer"
-    return "server" if rec.path_is_own else "client"
+    """Which end sent it (:func:`usniff.events.sender_is_server`)."""
+    return _SIDE[sender_is_server(rec)]
 
 
 def escaped(data: bytes, limit: int = PREVIEW) -> str:

@@ -1,7 +1,7 @@
 """The scripted FastCGI session and what its clients saw (the FastCGI tests' ground truth).
 
 nginx (``fastcgi_keep_conn on``: several requests per connection to php-fpm)
-serves curl's requests for the PHP app of tests/servers.py: a 200 with a query,
+serves curl's requests for the PHP app of tests/support/servers.py: a 200 with a query,
 a 404 (missing script), a PHP warning on stderr, a slow script, a 418, a PHP
 fatal error (500), a 100 kB POST, credentials for --redact, three slow requests
 at once (on more than one connection).  cgi-fcgi (libfcgi) POSTs to php-fpm
@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from servers import nginx_socket
+from .servers import nginx_socket
 
 PASSWORD, COOKIE, TOKEN = "pw-secret-1", "cookie-secret-2", "tok-secret-3"  # --redact hides them
 POST_BODY = bytes(range(256)) * 400  # 102400 bytes: several STDIN records

@@ -9,12 +9,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import cast
 
-from ._fastpath import Packed
-from .capture import Capture, CaptureOptions
-from .events import CaptureStats, Record
-from .outputs.base import Output, OutputError
+from ..capture.collector import Capture, CaptureOptions
+from ..capture.records import R, RecordAssembler
+from ..events import CaptureStats
+from ..outputs.base import Output, OutputError, Sink
 
 FLUSH_EVERY = 1.0  # seconds between write-outs of the outputs (-U: after every batch)
 POLL_WAIT = 0.2  # longest wait for records in one cap.poll (the collector wakes every capture.POLL)
@@ -77,7 +76,7 @@ def run(
     # otherwise re-traverse it every few hundred thousand records.
     gc.freeze()
     # A Record counts towards the young generation's threshold when allocated,
-    # although _fastpath untracks it, and a poll's batch (up to ~50k records)
+    # although usniff._events untracks it, and a poll's batch (up to ~50k records)
     # stays alive until written: at the default threshold (700) a collection
     # ran every few hundred records. Records form no cycles; cycles elsewhere
     # are still collected, after GC_YOUNG net allocations (what that saves:
@@ -85,20 +84,40 @@ def run(
     thresholds = gc.get_threshold()
     gc.set_threshold(GC_YOUNG, 50, 50)
     # Only pcapng written (-w, the extcap): the capture may hand over Packed
-    # records, framed from their C fields ("packed records" in _fastpath.c).
-    from .outputs.pcapng import PcapngOutput
+    # records, framed from their C fields ("packed records" in _events.c).
+    from ..outputs.pcapng import PcapngOutput
 
     frames = [out for out in outputs if isinstance(out, PcapngOutput)]
-    cap.packed = bool(outputs) and len(frames) == len(outputs)
-
-    def write(batch: list[Record | Packed]) -> int:
-        """Hand ``batch`` to every output, each emitting at most what -c still allows."""
-        left = count - emitted if count else 0
-        if cap.packed:
-            return [out.write(batch, left) for out in frames][0]
-        return write_batch(outputs, cast(list[Record], batch), left)
-
     emitted = 0
+    try:
+        if outputs and len(frames) == len(outputs):
+            packed = RecordAssembler(cap.stats, packed=True)
+            emitted = _pump(cap, packed, frames, count, duration, on_ready, flush_every)
+        else:
+            emitted = _pump(cap, cap.records, outputs, count, duration, on_ready, flush_every)
+    finally:
+        closed = [out.close(cap.stats) for out in outputs]
+        cap.close()
+        gc.set_threshold(*thresholds)
+    return Outcome(cap.stats, emitted + (closed[0] if closed else 0))
+
+
+def _pump(
+    cap: Capture,
+    records: RecordAssembler[R],
+    outputs: Sequence[Sink[R]],
+    count: int,
+    duration: float,
+    on_ready: Callable[[], None] | None,
+    flush_every: float,
+) -> int:
+    """The loop of :func:`run`: batches from ``records`` to ``outputs``; the items emitted."""
+    emitted = 0
+
+    def write(batch: list[R]) -> int:
+        """Hand ``batch`` to every output, each emitting at most what -c still allows."""
+        return write_batch(outputs, batch, count - emitted if count else 0)
+
     finishing = False
     deadline = time.monotonic() + duration if duration else float("inf")
     next_flush = time.monotonic() + flush_every
@@ -110,7 +129,7 @@ def run(
                 now = time.monotonic()
                 if now >= deadline:
                     break
-                batch = cap.poll(min(POLL_WAIT, max(0.0, deadline - now)))
+                batch = cap.poll(min(POLL_WAIT, max(0.0, deadline - now)), records)
                 emitted += write(batch)
                 if count and emitted >= count:
                     break
@@ -120,20 +139,16 @@ def run(
                     next_flush = time.monotonic() + flush_every
             if not count or emitted < count:
                 finishing = True
-                emitted += write(cap.finish())
+                emitted += write(cap.finish(records))
     except OutputError:
         if not finishing:  # what the capture still holds was captured: the output counts it
             with contextlib.suppress(OutputError):
-                write(cap.finish())
+                write(cap.finish(records))
         raise
-    finally:
-        closed = [out.close(cap.stats) for out in outputs]
-        cap.close()
-        gc.set_threshold(*thresholds)
-    return Outcome(cap.stats, emitted + (closed[0] if closed else 0))
+    return emitted
 
 
-def write_batch(outputs: Sequence[Output], batch: list[Record], limit: int = 0) -> int:
+def write_batch(outputs: Sequence[Sink[R]], batch: Sequence[R], limit: int = 0) -> int:
     """Write ``batch`` to every output (at most ``limit`` items each, when > 0);
     the items the first output emitted.  Empty batches are written too: every poll
     lets an output emit what it held back (DecodedOutput's undecided connections)."""
@@ -142,7 +157,7 @@ def write_batch(outputs: Sequence[Output], batch: list[Record], limit: int = 0) 
 
 
 def run_capture(options: object, output: Output) -> None:
-    """Entry point for the Wireshark extcap (usniff.extcap.CaptureOptions)."""
+    """Entry point for the Wireshark extcap (usniff.cli.extcap.CaptureOptions)."""
     path = getattr(options, "path", None)
     pid = getattr(options, "pid", None)
     opts = CaptureOptions(paths=[path] if path else [], pids=[pid] if pid else [])

@@ -12,6 +12,8 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
+from ..events import SOCK_TYPES
+
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST, NLM_F_DUMP = 1, 0x300
@@ -19,7 +21,6 @@ NLMSG_DONE, NLMSG_ERROR = 3, 2
 UDIAG_SHOW_NAME, UDIAG_SHOW_VFS, UDIAG_SHOW_PEER, UDIAG_SHOW_RQLEN = 1, 2, 4, 0x10
 UNIX_DIAG_NAME, UNIX_DIAG_VFS, UNIX_DIAG_PEER, UNIX_DIAG_RQLEN = 0, 1, 2, 4
 STATES = {1: "ESTAB", 7: "UNCONN", 10: "LISTEN", 2: "SYN_SENT", 8: "CLOSE_WAIT"}
-TYPES = {1: "stream", 2: "dgram", 5: "seqpacket"}
 
 
 @dataclass
@@ -64,7 +65,7 @@ def _dump() -> list[UnixSocket]:
 
 def _parse(m: bytes) -> UnixSocket:
     _fam, typ, state, _pad, ino = struct.unpack_from("<BBBBI", m, 0)
-    s = UnixSocket(ino, TYPES.get(typ, str(typ)), STATES.get(state, str(state)))
+    s = UnixSocket(ino, SOCK_TYPES.get(typ, str(typ)), STATES.get(state, str(state)))
     pos = 16
     while pos + 4 <= len(m):
         alen, atype = struct.unpack_from("<HH", m, pos)
@@ -152,7 +153,7 @@ def _proc_net_unix() -> list[UnixSocket]:
             state, ino = int(fields[5], 16), int(fields[6])
             path = fields[7].rstrip("\n") if len(fields) > 7 else ""
             name = "LISTEN" if flags & _SO_ACCEPTCON else _PROC_STATES.get(state, str(state))
-            sock = UnixSocket(ino, TYPES.get(typ, str(typ)), name)
+            sock = UnixSocket(ino, SOCK_TYPES.get(typ, str(typ)), name)
             raw = os.fsencode(path)
             _set_name(sock, b"\0" + raw[1:] if path.startswith("@") else raw)
             out.append(sock)

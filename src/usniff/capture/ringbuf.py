@@ -4,8 +4,8 @@ libbpf's ``ring_buffer__poll`` calls back into Python once per record through
 ctypes, which limits the collector to ~100k records/s.  Reading the mmap-ed
 ring ourselves costs one header load per record and one consumer-position
 store per MiB.  This class maps the ring and waits on it; the walk over the
-records is ``_fastpath.drain`` (C), which hands each one to the C record
-handler without a Python call.
+records is ``_records.drain`` (C), which hands each one to the C record
+assembler without a Python call.
 
 Layout (kernel/bpf/ringbuf.c): page 0 holds the consumer position (we write
 it), page 1 the producer position, then the data pages mapped twice in a row
@@ -19,8 +19,8 @@ from __future__ import annotations
 import mmap
 import select
 
-from ._fastpath import EventHandler
-from ._fastpath import drain as _drain
+from ._records import Assembler
+from ._records import drain as _drain
 
 
 class RingBuffer:
@@ -51,8 +51,8 @@ class RingBuffer:
         cons: int = self._cons_pos[0]
         return prod - cons
 
-    def drain(self, handler: EventHandler, limit: int = 1 << 62) -> int:
-        """Hand each committed record to ``handler`` (its C ``_handle``).
+    def drain(self, assembler: Assembler, limit: int = 1 << 62) -> int:
+        """Hand each committed record to ``assembler`` (its C code).
 
         Returns the number of bytes of ring consumed; stops at a record still
         being written, or after ``limit`` bytes so a caller can interleave output.
@@ -60,11 +60,11 @@ class RingBuffer:
         kernel can reuse the space while the rest of a large batch is handled,
         and at the end, also when a Python callback raises.
 
-        The walk is ``_fastpath.drain`` (C), calling the C ``_handle`` directly:
+        The walk is ``_records.drain`` (C), calling the assembler's C code directly:
         in Python the walk cost as much per small record as the handling
         (figures: docs/performance.md, "Collector").
         """
-        return _drain(handler, self._cons, self._prod, limit)
+        return _drain(assembler, self._cons, self._prod, limit)
 
     def close(self) -> None:
         self._epoll.close()

@@ -12,7 +12,7 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
-CAPTURES = Path(__file__).resolve().parent.parent / "captures"
+from .captures import CAPTURES
 
 BT_SHB, BT_IDB, BT_PB, BT_SPB, BT_NRB, BT_ISB, BT_EPB = 0x0A0D0D0A, 1, 2, 3, 4, 5, 6
 BT_CUSTOM = 0x00000BAD
@@ -221,7 +221,7 @@ def damaged_file(rng: random.Random, captures: list[bytes]) -> bytes:
 
 
 def fuzz(seed: int, count: int, cli_every: int, workdir: str) -> dict[str, object]:
-    """Read ``count`` damaged files with :func:`usniff.pcapread.read_records`
+    """Read ``count`` damaged files with :func:`usniff.cli.read.read_records`
     and every ``cli_every``-th one with ``usniff read`` (in-process, each
     output mode in turn).  Returns counts and the first failures: any
     exception but PcapReadError, or an exit status that does not say
@@ -230,8 +230,8 @@ def fuzz(seed: int, count: int, cli_every: int, workdir: str) -> dict[str, objec
 
     from click.testing import CliRunner
 
-    from usniff.cli import main
-    from usniff.pcapread import PcapReadError, read_records
+    from usniff.cli.main import main
+    from usniff.cli.read import PcapReadError, read_records
 
     modes = [[], ["-A"], ["-X"], ["--format", "json"], ["--stats"], ["--protocol", "mysql"]]
     rng = random.Random(seed)

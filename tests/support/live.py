@@ -27,13 +27,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from usniff.capture import Capture, CaptureOptions
+from usniff.capture.collector import Capture, CaptureOptions
 from usniff.events import Record
 
 BACKEND = os.environ.get("USNIFF_BACKEND", "auto")
 SCALE = float(os.environ.get("USNIFF_TEST_TIMEOUT_SCALE", "1"))
 TIMEOUT = 60.0 * SCALE
-PROGS = Path(__file__).resolve().parent / "progs"
+PROGS = Path(__file__).resolve().parent.parent / "progs"
 UXWORK = PROGS / "uxwork.py"
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any, TextIO
 
 import click
 
-from . import __version__
-from .capture import (
+from .. import __version__
+from ..capture.collector import (
     BACKENDS,
     DEFAULT_BUFFER,
     Capture,
@@ -18,10 +19,11 @@ from .capture import (
     _ring_size,
     filter_warnings,
 )
-from .capture_main import FLUSH_EVERY, run, write_batch
-from .decoders.registry import DECODABLE
-from .events import CaptureStats
-from .outputs.base import Output, OutputError
+from ..decoders.registry import CHOICES
+from ..events import SOCK_TYPES, CaptureStats
+from ..outputs.base import Output, OutputError
+from ..outputs.sink import TransactionSink
+from .loop import FLUSH_EVERY, run, write_batch
 
 EXAMPLES = """
 \b
@@ -35,7 +37,7 @@ Examples:
   usniff read q.pcapng --stats               decode a capture offline (no root)
 """
 
-PROTOCOLS = ("auto", *DECODABLE, "raw")
+PROTOCOLS = (*CHOICES, "raw")
 
 
 def parse_size(text: str) -> int:
@@ -128,10 +130,21 @@ def make_outputs(
     stats: bool,
     redact: bool,
     live: bool = False,
+    metrics: str | None = None,
+    otlp: str | None = None,
+    sinks_only: bool = False,
 ) -> list[Output]:
     outputs: list[Output] = []
+    proto = protocol if protocol and protocol != "raw" else "auto"
+    decoded_beside = stats or not (
+        sinks_only or write or _byte_view(ascii_, hexdump, fmt, protocol)
+    )
+    sinks = _sinks(metrics, otlp, decoded_beside, proto, redact)
+    listeners = [sink.add for sink in sinks] if decoded_beside else []
+    if sinks_only:
+        return list(sinks)
     if write:
-        from .outputs.pcapng import PcapngOutput
+        from ..outputs.pcapng import PcapngOutput
 
         try:
             outputs.append(
@@ -146,9 +159,9 @@ def make_outputs(
         except ValueError as e:
             raise click.UsageError(str(e)) from None
         if not stats:
-            return outputs  # the file (or stdout, for -w -) carries pcapng only
+            return outputs + sinks  # the file (or stdout, for -w -) carries pcapng only
     if _byte_view(ascii_, hexdump, fmt, protocol) and not stats:
-        from .outputs.raw import JsonOutput, TextOutput
+        from ..outputs.raw import JsonOutput, TextOutput
 
         if fmt == "json":
             outputs.append(JsonOutput(stream))
@@ -157,22 +170,61 @@ def make_outputs(
                 TextOutput(stream, "ascii" if ascii_ else "hex" if hexdump else "preview")
             )
     else:
-        from .decode import DecodedOutput
+        from ..outputs.decoded import DecodedOutput
 
-        proto = protocol if protocol and protocol != "raw" else "auto"
         if write:  # -w FILE --stats: only the table, on stderr
             stream = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the output)
-        outputs.append(DecodedOutput(stream, proto, fmt, stats=stats, redact=redact, live=live))
-    return outputs
+        outputs.append(DecodedOutput(stream, proto, fmt, stats=stats, redact=redact, live=live,
+                                     listeners=listeners))  # fmt: skip
+    return outputs + sinks  # the first output's items are what -c counts
+
+
+def _sinks(
+    metrics: str | None, otlp: str | None, decoded_beside: bool, protocol: str, redact: bool
+) -> list[TransactionSink]:
+    """The --metrics and --otlp outputs.  Without a decoded output beside them the
+    first decodes and hands each transaction to the others."""
+    from ..outputs.metrics import MetricsOutput
+    from ..outputs.otlp import OtlpOutput
+
+    sinks: list[TransactionSink] = []
+    try:
+        for addr, kind in ((metrics, MetricsOutput), (otlp, OtlpOutput)):
+            if addr:
+                sinks.append(kind(addr, not decoded_beside and not sinks, protocol, redact))
+    except OutputError as e:
+        for sink in sinks:
+            sink.stop()
+        raise click.UsageError(str(e)) from None
+    if sinks and not decoded_beside:
+        sinks[0].listeners = [sink.add for sink in sinks[1:]]
+    return sinks
+
+
+def _reports(outputs: list[Output]) -> list[str]:
+    from ..outputs.sink import TransactionSink
+
+    return [o.report() for o in outputs if isinstance(o, TransactionSink) and o.report()]
+
+
+def _sinks_only(ctx: click.Context, kw: dict[str, Any]) -> bool:
+    """--metrics / --otlp with no output asked for beside them (--format text asks for
+    the lines)."""
+    asked = kw["write"] or kw["stats"] or kw["ascii_"] or kw["hexdump"]
+    default_format = ctx.get_parameter_source("fmt") is click.core.ParameterSource.DEFAULT
+    return bool(kw["metrics"] or kw["otlp"]) and default_format and not asked
 
 
 def _items(output: Output) -> str:
     """What ``output`` emits, as -c counts it."""
-    from .decode import DecodedOutput
-    from .outputs.pcapng import PcapngOutput
+    from ..outputs.decoded import DecodedOutput
+    from ..outputs.pcapng import PcapngOutput
+    from ..outputs.sink import TransactionSink
 
     if isinstance(output, DecodedOutput):
         return "lines printed"
+    if isinstance(output, TransactionSink):
+        return "transactions counted"
     done = "written" if isinstance(output, PcapngOutput) else "printed"
     return f"records {done} (data, loss and close records)"
 
@@ -228,7 +280,7 @@ def summary(stats: CaptureStats, shown: str = "") -> str:
     "--type",
     "types",
     multiple=True,
-    type=click.Choice(["stream", "dgram", "seqpacket"]),
+    type=click.Choice(list(SOCK_TYPES.values())),
     help="Socket type (repeatable).",
 )
 @click.option(
@@ -282,6 +334,21 @@ def summary(stats: CaptureStats, shown: str = "") -> str:
     help="Live per-command table, printed at exit: counts, errors, unanswered requests, "
     "latency percentiles of the answered ones. Latency is the server-side time from the "
     "request's last byte to the reply's first byte, as the two ends sent them.",
+)
+@click.option(
+    "--metrics",
+    metavar="ADDR",
+    help="Serve Prometheus metrics on ADDR (HOST:PORT, :PORT or a Unix socket path) while "
+    "capturing: requests, errors and latency per socket path, protocol and operation; bytes, "
+    "messages and losses per socket path. Alone, it is the only output; with -w, --stats, "
+    "--format text|json, -A or -X, it runs beside them.",
+)
+@click.option(
+    "--otlp",
+    metavar="URL",
+    help="Export each decoded transaction as an OpenTelemetry span (OTLP/HTTP protobuf to "
+    "URL/v1/traces, e.g. http://collector:4318), batched; a full queue drops and counts. "
+    "Alone or beside other outputs, as --metrics.",
 )
 @click.option(
     "--redact",
@@ -345,6 +412,9 @@ def main(ctx: click.Context, /, **kw: Any) -> None:  # fmt: skip
             protocol=kw["protocol"],
             stats=kw["stats"],
             redact=kw["redact"],
+            metrics=kw["metrics"],
+            otlp=kw["otlp"],
+            sinks_only=_sinks_only(ctx, kw),
             live=True,
         )
     except OutputError as e:
@@ -370,6 +440,8 @@ def main(ctx: click.Context, /, **kw: Any) -> None:  # fmt: skip
         sys.stderr.write(summary(cap.stats) + "\n")
         os._exit(0)  # the reader went away (e.g. `| head`): nothing more to say
     click.echo(summary(stats, shown), err=True)
+    for line in _reports(outputs):
+        click.echo(line, err=True)
     ctx.exit(status)
 
 
@@ -385,7 +457,7 @@ def list_cmd(path_filter: str | None) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from .sockets import list_sockets, printable
+    from ..capture.sockets import list_sockets, printable
 
     try:
         socks = list_sockets()
@@ -431,7 +503,7 @@ def list_cmd(path_filter: str | None) -> None:
 def read_cmd(file: str, protocol: str | None, fmt: str, stats: bool, redact: bool,
              ascii_: bool, hexdump: bool, dissect: str) -> None:  # fmt: skip
     """Decode a pcap/pcapng file offline (usniff's, or a tcpdump capture of Redis/MySQL)."""
-    from .pcapread import PcapReadError, dissect_wireshark, read_records
+    from .read import PcapReadError, dissect_wireshark, read_records
 
     check_redact(redact, write=None, ascii_=ascii_, hexdump=hexdump, fmt=fmt,
                  protocol=protocol, stats=stats, dissect=dissect)  # fmt: skip
@@ -478,3 +550,30 @@ def extcap_cmd(args: tuple[str, ...]) -> None:
     from .extcap import main as extcap_main
 
     sys.exit(extcap_main(list(args)))
+
+
+@main.command("wireshark")
+@click.option("--install", "action", flag_value="install", help="Write the plugin (no root).")
+@click.option("--uninstall", "action", flag_value="uninstall", help="Remove the plugin.")
+@click.option("--show", "action", flag_value="show", help="Print the plugin on stdout.")
+@click.option(
+    "--dir", "folder", type=click.Path(file_okay=False, path_type=Path),
+    help="Plugin folder (default: Wireshark's personal one, ~/.local/lib/wireshark/plugins).",
+)  # fmt: skip
+def wireshark_cmd(action: str | None, folder: Path | None) -> None:
+    """usniff's Wireshark Lua plugin: usniff.pid, usniff.comm, usniff.peer_pid,
+    usniff.peer_comm, usniff.path, usniff.inode ... as fields and columns, and the
+    dissectors of the protocols stock Wireshark has no port for (FastCGI). Install it
+    as the user who runs Wireshark."""
+    from . import wireshark
+
+    where = folder or wireshark.plugin_dir()
+    if action == "install":
+        click.echo(f"usniff: wrote {wireshark.install(where)}; restart Wireshark to load it")
+    elif action == "uninstall":
+        gone = wireshark.uninstall(where)
+        click.echo(f"usniff: removed {gone}" if gone else f"usniff: no plugin in {where}")
+    elif action == "show":
+        click.echo(wireshark.plugin_text(), nl=False)
+    else:
+        raise click.UsageError("give --install, --uninstall or --show")

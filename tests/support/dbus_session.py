@@ -5,7 +5,7 @@ session the D-Bus tests watch (and what its clients saw: the ground truth).
     with demo_service(sock): ...               # org.usniff.Demo, at /org/usniff/Demo
     session = dbus_session(sock)               # busctl, dbus-send, a dbus-fast client
 
-The service (``python tests/dbus_session.py serve ADDRESS``, dbus-fast) exposes
+The service (``python -m tests.support.dbus_session serve ADDRESS``, dbus-fast) exposes
 ``Echo(s) -> s``, ``Sleep(u ms) -> u`` (answers after ``ms`` milliseconds: calls
 made at once are answered out of order), ``Fail()`` (an error) and
 ``Emit(u n)`` (sends the signal ``Tick(u)`` ``n`` times, then returns ``n``).
@@ -33,7 +33,8 @@ from jeepney import HeaderFields as JHeaderFields
 from jeepney import MessageType as JMessageType
 from jeepney import Parser as JParser
 from jeepney import new_method_return
-from servers import _running
+
+from .servers import _running
 
 NAME = "org.usniff.Demo"
 PATH = "/org/usniff/Demo"
@@ -44,6 +45,7 @@ SECRET = "pw-dbus-secret-1"  # sent under the key "password": --redact masks it
 TICKS = 3
 SLEEPS = (300, 10, 150)  # ms: Sleep calls made at once on one connection, answered 10, 150, 300
 READY = "demo service ready"
+ROOT = Path(__file__).resolve().parents[2]  # where ``python -m tests.support...`` runs
 
 BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -80,8 +82,8 @@ def address(sock: str) -> str:
 
 @contextlib.contextmanager
 def demo_service(sock: str) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen([sys.executable, __file__, "serve", address(sock)],
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    args = [sys.executable, "-m", "tests.support.dbus_session", "serve", address(sock)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()

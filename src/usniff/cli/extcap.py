@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from types import FrameType
 
 from usniff import __version__
-from usniff.decoders.registry import DECODABLE
+from usniff.decoders.registry import CHOICES
+from usniff.formats.pcapng import LINKTYPE_RAW
 from usniff.outputs.base import Output, OutputError
-from usniff.outputs.pcapng import LINKTYPE_RAW, PcapngOutput
+from usniff.outputs.pcapng import PcapngOutput
 
 INTERFACE = "usniff"
 DISPLAY = "Unix sockets (usniff)"
 LAUNCHER = "usniff-extcap"
-PROTOCOLS = ("auto", *DECODABLE)
 
 
 @dataclass
@@ -67,7 +67,7 @@ def config_text() -> str:
     ]
     lines += [
         f"value {{arg=2}}{{value={p}}}{{display={p}}}{{default={str(p == 'auto').lower()}}}"
-        for p in PROTOCOLS
+        for p in CHOICES
     ]
     return "\n".join(lines) + "\n"
 
@@ -84,14 +84,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--fifo")
     parser.add_argument("--path")
     parser.add_argument("--pid", type=int, default=0)
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="auto")
+    parser.add_argument("--protocol", choices=CHOICES, default="auto")
     parser.add_argument("--install", action="store_true", help="install the Wireshark launcher")
     parser.add_argument("--install-dir", help="extcap directory (default: Wireshark's)")
     return parser
 
 
 def _default_capture() -> CaptureFunction:
-    module = importlib.import_module("usniff.capture_main")
+    module = importlib.import_module("usniff.cli.loop")
     run: CaptureFunction = module.run_capture
     return run
 
@@ -102,7 +102,7 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None, capture: CaptureFunction | None = None) -> int:
     """Entry point of the launcher; ``capture`` defaults to
-    ``usniff.capture_main.run_capture(options, output)``, which must write
+    ``usniff.cli.loop.run_capture(options, output)``, which must write
     batches to ``output`` until stopped and then close it."""
     args = _parser().parse_args(argv)
     if args.install:
@@ -165,7 +165,7 @@ def install(directory: str | None = None) -> str:
     directory = directory or extcap_dir()
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, LAUNCHER)
-    script = f'#!/bin/sh\nexec {sys.executable} -m usniff.extcap "$@"\n'
+    script = f'#!/bin/sh\nexec {sys.executable} -m usniff.cli.extcap "$@"\n'
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(script)

@@ -1,4 +1,4 @@
-"""The scripted HTTP session against podman's Docker-compatible API (tests/servers.py
+"""The scripted HTTP session against podman's Docker-compatible API (tests/support/servers.py
 ``start_podman``), with curl's own account of every exchange as ground truth.
 
 Used by tests/test_live_http.py and captures/record_live.py.
@@ -11,7 +11,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from live_helpers import wait_until
+from .live_helpers import wait_until
 
 API = "http://d/v1.41"
 MISSING_ID = "0123456789abcdef0123"  # a container id no podman has: 404

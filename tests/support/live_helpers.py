@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import pymysql
-from mysql_stmt import COM_QUERY, COM_STMT_CLOSE, stmt_execute, stmt_prepare
+
+from .mysql_stmt import COM_QUERY, COM_STMT_CLOSE, stmt_execute, stmt_prepare
 
 USNIFF = str(Path(sys.executable).with_name("usniff"))
 READY = "usniff: capturing with the"

@@ -1,9 +1,9 @@
 """Load the BPF object, pick a backend, program the filters, yield Records.
 
-Knows nothing about protocols or files: it turns ring-buffer records (layout
-in ``ebpf/usniff.h``) into :class:`usniff.events.Record` batches.  With
-``Capture.packed`` set (every output frames pcapng), common data records come
-as :class:`usniff._fastpath.Packed` instead (``.record()`` gives the Record).
+Knows nothing about protocols or files: it drains the ring into a
+:class:`~usniff.capture.records.RecordAssembler`, which turns ring-buffer
+records into :class:`usniff.events.Record` batches (or, for a packed
+assembler, also :class:`usniff._events.Packed` records).
 """
 
 from __future__ import annotations
@@ -13,23 +13,20 @@ import os
 import stat
 import struct
 import time
-from bisect import bisect_right
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib import resources
-from operator import attrgetter
 from pathlib import Path
+from typing import overload
 
-from . import libbpf, sockets
-from ._fastpath import EVENT_SIZE, SOCK_STATE_SIZE, EventHandler, Packed
-from .events import (
-    FLAG_ADDR,
-    FLAG_MSG_END,
-    FLAG_MSG_START,
-    FLAG_UNCOPYABLE,
+from ..events import (
+    SOCK_TYPES,
     CaptureStats,
     Record,
 )
+from . import libbpf, sockets
+from ._records import CONFIG_SIZE, NAME_KEY_SIZE
+from .records import CLOSE_CHECK, SOCK_STATE, R, RecordAssembler
 from .ringbuf import RingBuffer
 
 BACKENDS = ("fentry", "kprobe", "tracepoint")
@@ -41,25 +38,15 @@ _SECTION_BACKEND = {
     "tracepoint": "tracepoint",
     "tp_btf": "tracepoint",
 }
-TYPE_BITS = {"stream": 1, "dgram": 2, "seqpacket": 5}
+TYPE_BITS = {name: n for n, name in SOCK_TYPES.items()}  # --type -> the socket type number
 
-# struct usniff_event and struct usniff_sock_state (ebpf/usniff.h, which _fastpath.c includes)
-_EVENT = struct.Struct("<QQQQQQIIIIIIHHHHB7x16s16s")
-_STATE = struct.Struct("<QQQQQQQQIHBB16s")
-if (_EVENT.size, _STATE.size) != (EVENT_SIZE, SOCK_STATE_SIZE):
-    raise ImportError("capture._EVENT/_STATE no longer match ebpf/usniff.h")
-EV_DATA, EV_LOST, EV_SOCK, EV_DEST = 1, 2, 3, 4
+# struct usniff_config and struct usniff_name_key (ebpf/usniff.h, which _records.c includes)
 _CONFIG = struct.Struct("<IIBBBBI")
 ADDR_MAX = 108
+if (_CONFIG.size, 4 + ADDR_MAX) != (CONFIG_SIZE, NAME_KEY_SIZE):
+    raise ImportError("capture._CONFIG/ADDR_MAX no longer match ebpf/usniff.h")
 DEFAULT_BUFFER = 64 << 20
-CLOSE_CHECK = 1.0  # seconds between checks for sockets that went away
-REORDER = 0.1  # seconds records wait so that records from other CPUs can precede them
-RECEIVERS_TTL = 10.0  # seconds a datagram address's receiving socket is taken as known
 POLL = 0.1  # seconds between drains of the ring (the kernel wakes us early when it fills up)
-
-
-_ts = attrgetter("ts")
-Receiver = tuple[int, int, str]  # a datagram receiver's inode, pid and comm
 
 
 class CaptureError(Exception):
@@ -82,7 +69,7 @@ def bpf_object_path() -> str:
     env = os.environ.get("USNIFF_BPF_OBJECT")
     if env:
         return env
-    return str(resources.files("usniff") / "bpf" / "usniff.bpf.o")
+    return str(resources.files("usniff.capture") / "bpf" / "usniff.bpf.o")
 
 
 def kernel_dev(st_dev: int) -> int:
@@ -258,17 +245,14 @@ def _backend_of(section: str) -> str:
     return _SECTION_BACKEND.get(section.split("/", 1)[0], "")
 
 
-class Capture(EventHandler):
+class Capture:
     """One loaded backend: ``poll()`` returns batches of Records, ``finish()`` the rest.
 
-    ``_handle(rec)``, once per ring record, is inherited from the C base class
-    (:class:`usniff._fastpath.EventHandler`): a ring record becomes a Record in
-    ``_batch``; it calls back into Python only for the rarer cases below
-    (``_announce``, ``_lookup``, ``_destination``, ``_count_loss``).
-    ``poll()`` and ``finish()`` hand ``self`` to ``RingBuffer.drain``, whose
-    walk (C, ``_fastpath.drain``) calls that C ``_handle`` directly.  Both are
-    in C because the per-record Python cost was the collector's limit; figures
-    in docs/performance.md ("Collector").
+    The ring's records are assembled by :attr:`records`, or by the
+    :class:`RecordAssembler` given to ``poll`` and ``finish`` (the capture loop
+    gives a packed one when every output frames pcapng).  ``poll()`` and
+    ``finish()`` hand the assembler's C core to ``RingBuffer.drain``, whose
+    walk (C, ``_records.drain``) runs it directly.
     """
 
     def __init__(self, opts: CaptureOptions) -> None:
@@ -283,24 +267,7 @@ class Capture(EventHandler):
         libbpf.set_log(opts.log)
         self._obj = self._load_backend()
         self._ring = RingBuffer(self._obj.map("events").fd, self._ring_bytes)
-        self._init_records()
-
-    def _init_records(self) -> None:
-        """The state ``_handle`` and ``_release`` work on (alone: bench/collector.py)."""
-        self._clock = time.time() - time.monotonic()
-        # Set when every output takes Packed records (capture_main.run: pcapng only):
-        # the drain then makes one, not a Record, for data on connected stream sockets.
-        self.packed = False
-        # all keyed by sock_id
-        self._sock_info: dict[int, tuple[str, bool]] = {}
-        self._dest: dict[int, str] = {}
-        self._in_dest: dict[int, str] = {}
-        self._batch: list[Record | Packed] = []  # drained, not yet ordered
-        self._pending: list[Record | Packed] = []  # ordered by ts, waiting for REORDER
-        self._last: dict[int, Record | Packed] = {}  # newest record per socket, for closes
-        self._ring_lost = 0  # bytes of full-ring losses reported by loss records
-        self._receivers: dict[str, Receiver] = {}  # bound datagram address -> its socket
-        self._receivers_at = -RECEIVERS_TTL
+        self.records = RecordAssembler(self.stats)
         self._next_close_check = time.monotonic() + CLOSE_CHECK
 
     # ------------------------------------------------------------------ load
@@ -360,154 +327,54 @@ class Capture(EventHandler):
         obj.map("cfg_map").update(b"\0\0\0\0", cfg)
 
     # --------------------------------------------------------------- records
-    def _announce(self, rec: memoryview) -> None:
-        """An EV_SOCK or EV_DEST record (from ``_handle``): a socket's address,
-        or the destination of the next datagram."""
-        fields = _EVENT.unpack_from(rec, 0)
-        sock_id, kind, addr_len, own = fields[2], fields[12], fields[15], fields[16]
-        addr = _addr(rec[_EVENT.size : _EVENT.size + addr_len])
-        if kind == EV_SOCK:
-            self._sock_info[sock_id] = (addr, bool(own))
-        else:
-            self._dest[sock_id] = addr
-
-    def _destination(
-        self, sock_id: int, path: str, is_own: bool, flags: int
-    ) -> tuple[str, bool, int, Receiver | None]:
-        """A datagram sent to an explicit address is labelled with that address
-        (announced by an EV_DEST record just before its first data record), and
-        with the socket bound to it, which receives it (``_receiver``)."""
-        if flags & FLAG_MSG_START:
-            dest = self._dest.pop(sock_id, None)
-            if dest is not None:
-                self._in_dest[sock_id] = dest
-            else:
-                self._in_dest.pop(sock_id, None)
-        dest = self._in_dest.get(sock_id)
-        if dest is None:
-            return path, is_own, flags, None
-        if flags & FLAG_MSG_END:
-            del self._in_dest[sock_id]
-        return dest, False, flags | FLAG_ADDR, self._receiver(dest)
-
-    def _receiver(self, address: str) -> Receiver | None:
-        """(inode, pid, comm) of the socket bound to ``address``, from sock_diag and
-        /proc, looked up again at most once per RECEIVERS_TTL (or CLOSE_CHECK
-        seconds when the address was not bound at the last look)."""
-        now = time.monotonic()
-        age = now - self._receivers_at
-        if age >= RECEIVERS_TTL or (address not in self._receivers and age >= CLOSE_CHECK):
-            try:
-                self._receivers = sockets.receivers()
-            except OSError:
-                self._receivers = {}
-            self._receivers_at = now
-        return self._receivers.get(address)
-
-    def _count_loss(self, rec: Record, n: int) -> None:
-        st = self.stats
-        st.lost_records += 1
-        st.lost_bytes += n
-        st.per_socket_lost[rec.inode] = st.per_socket_lost.get(rec.inode, 0) + n
-        if not rec.flags & FLAG_UNCOPYABLE:
-            self._ring_lost += n
-
-    def _closed(self) -> None:
-        """Close records for sockets no longer in the kernel's socket table.
-
-        Checked from user space (sock_diag) so that every backend, and process
-        exit without close(), are covered alike.
-        """
-        try:
-            alive = sockets.inodes()
-        except OSError:
-            return
-        now = time.time()
-        for sock_id in [i for i, newest in self._last.items() if newest.inode not in alive]:
-            newest = self._last.pop(sock_id)
-            last = newest.record() if isinstance(newest, Packed) else newest
-            self._sock_info.pop(sock_id, None)
-            self._batch.append(
-                replace(
-                    last,
-                    ts=now,
-                    kind="close",
-                    offset=last.offset + last.length,
-                    length=0,
-                    data=b"",
-                    lost=0,
-                    flags=0,
-                )  # fmt: skip
-            )
-
-    def _lookup(self, sock_id: int, ino: int, peer: int) -> tuple[str, bool]:
-        """Fallback when the socket's announcement was lost: ask sock_diag."""
-        addresses = sockets.addresses()
-        own = addresses.get(ino, "")
-        info = (own, True) if own else (addresses.get(peer, "") if peer else "", False)
-        self._sock_info[sock_id] = info
-        return info
-
-    def poll(self, timeout: float) -> list[Record | Packed]:
+    @overload
+    def poll(self, timeout: float) -> list[Record]: ...
+    @overload
+    def poll(self, timeout: float, records: RecordAssembler[R]) -> list[R]: ...
+    def poll(
+        self, timeout: float, records: RecordAssembler[R] | None = None
+    ) -> list[R] | list[Record]:
         """Wait up to ``timeout`` s for data; return what the ring holds (maybe [])."""
+        assembler = self.records if records is None else records
         if self._ring.pending() < self._ring_bytes // 8:
             self._ring.wait(min(timeout, POLL))
-        self._ring.drain(self, limit=self._ring_bytes // 2)
+        self._ring.drain(assembler.core, limit=self._ring_bytes // 2)
         if time.monotonic() >= self._next_close_check:
-            self._closed()
+            try:
+                alive = sockets.inodes()
+            except OSError:
+                alive = None
+            if alive is not None:
+                assembler.close_gone(alive)
             self._next_close_check = time.monotonic() + CLOSE_CHECK
-        return self._release(self._clock + time.monotonic() - REORDER)
+        return assembler.ripe()
 
-    def _release(self, cutoff: float) -> list[Record | Packed]:
-        """Records stamped before ``cutoff``, in time order.
-
-        Records are stamped when the send began (in the kernel), but reach the
-        ring when it ended, from any CPU: a reply can be drained before its
-        request.  Holding records for REORDER seconds and sorting restores the
-        order.
-        """
-        pending, batch = self._pending, self._batch
-        self._batch = []
-        if batch:  # only the part of ``pending`` the new records fall into is re-sorted
-            batch.sort(key=_ts)
-            start = bisect_right(pending, batch[0].ts, key=_ts)
-            pending[start:] = (
-                sorted(pending[start:] + batch, key=_ts) if start < len(pending) else batch
-            )
-        if not pending:
-            return []
-        cut = bisect_right(pending, cutoff, key=_ts)
-        out, self._pending = pending[:cut], pending[cut:]
-        return out
-
-    def finish(self) -> list[Record | Packed]:
+    @overload
+    def finish(self) -> list[Record]: ...
+    @overload
+    def finish(self, records: RecordAssembler[R]) -> list[R]: ...
+    def finish(self, records: RecordAssembler[R] | None = None) -> list[R] | list[Record]:
         """Drain what is left and report losses still pending in the kernel."""
-        self._ring.drain(self)
+        assembler = self.records if records is None else records
+        self._ring.drain(assembler.core)
         sockets_map = self._obj.map("sockets")
         now = time.time()
         for key in list(sockets_map.keys(8)):
             try:
-                state = _STATE.unpack(sockets_map.lookup(key, _STATE.size))
+                state = SOCK_STATE.unpack(sockets_map.lookup(key, SOCK_STATE.size))
             except libbpf.LibbpfError:
                 continue
             sock_id, ino, _, lost_off, lost_len, _, peer_id, peer_ino = state[:8]
-            if not lost_len:
-                continue
-            path, own = self._sock_info.get(sock_id, ("", False))
-            rec = Record(
-                now, 0, 0, 0, "", ino, peer_ino, "stream", path, own, lost_off, lost_len,
-                lost=lost_len, kind="lost", sock_id=sock_id, peer_id=peer_id,
-            )  # fmt: skip
-            self._batch.append(rec)
-            self._count_loss(rec, lost_len)
+            if lost_len:
+                assembler.pending_loss(now, sock_id, ino, peer_id, peer_ino, lost_off, lost_len)
         # A loss is reported with the socket's next record, or from its map entry
         # here; a socket that closed first had its entry reused or evicted: the
         # kernel's total still counts those bytes.
-        unattributed = self.kernel_stats()["lost_bytes"] - self._ring_lost
+        unattributed = self.kernel_stats()["lost_bytes"] - assembler.ring_lost
         if unattributed > 0:
             st = self.stats
             st.unattributed_lost, st.lost_bytes = unattributed, st.lost_bytes + unattributed
-        return self._release(float("inf"))
+        return assembler.release(float("inf"))
 
     def kernel_stats(self) -> dict[str, int]:
         """Counters kept by the BPF programs (summed over CPUs)."""
@@ -522,13 +389,6 @@ class Capture(EventHandler):
     def close(self) -> None:
         self._ring.close()
         self._obj.close()
-
-
-def _addr(raw: memoryview | bytes) -> str:
-    b = bytes(raw)
-    if b[:1] == b"\0":
-        return "@" + b[1:].decode(errors="backslashreplace")
-    return b.split(b"\0", 1)[0].decode(errors="backslashreplace")
 
 
 def _kernel_version() -> tuple[int, int]:

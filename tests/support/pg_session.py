@@ -1,4 +1,4 @@
-"""A scripted PostgreSQL session against a real server (tests/servers.py start_postgres):
+"""A scripted PostgreSQL session against a real server (tests/support/servers.py start_postgres):
 psql (simple queries, an error, LISTEN/NOTIFY, SCRAM and cleartext logins), pgbench
 (-i: COPY FROM STDIN; -S: PGBENCH_SELECTS simple-protocol SELECTs), psycopg 3
 (prepared statements, a binary parameter, pipeline mode with an error, COPY TO
@@ -16,7 +16,8 @@ import threading
 import time
 
 import psycopg
-from servers import PG_PASSWORD, PG_PLAIN_USER, PG_USER
+
+from .servers import PG_PASSWORD, PG_PLAIN_USER, PG_USER
 
 PGBENCH_SELECTS = 50
 PREPARED_RUNS = 10  # psycopg executes of one prepared statement

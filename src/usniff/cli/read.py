@@ -31,30 +31,40 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, FLAG_TRUNCATED, SOCK_TYPES, Record
-from usniff.outputs.pcapng import (
+from usniff.formats.pcapng import (
     BT_EPB,
     BT_IDB,
     BT_NRB,
+    BT_PB,
     BT_SHB,
+    BT_SPB,
+    BYTE_ORDER_MAGIC,
+    IF_TSOFFSET,
     IF_TSRESOL,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    LINKTYPE_RAW,
+    MASK32,
     NRB_IPV4,
+    NRB_IPV6,
     OPT_COMMENT,
     OTHER_PORT,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_PSH,
+    TCP_RST,
+    TCP_SYN,
     parse_comment,
 )
 
-from .decoders.registry import DECODE_AS, PROTOCOLS
+from ..decoders.registry import DECODE_AS, PROTOCOLS
 
 WELL_KNOWN_PORTS = frozenset(p.port for p in PROTOCOLS) | {OTHER_PORT}
-MASK32 = 0xFFFFFFFF
-BT_SPB = 3
-NRB_IPV6 = 2
-TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
-_PROTO_TYPE = {6: "stream", 17: "dgram"}
+_PROTO_TYPE = {IPPROTO_TCP: "stream", IPPROTO_UDP: "dgram"}
 _PART = re.compile(r"usniff: part (\d+)/(\d+) of one ")
 
 # link types -> how to find the IP header
-LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LOOP = 0, 1, 101, 108
+LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_LOOP = 0, 1, 108
 LINKTYPE_SLL, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_SLL2 = 113, 228, 229, 276
 _RAW_LINKTYPES = {LINKTYPE_RAW, 12, 14, LINKTYPE_IPV4, LINKTYPE_IPV6}
 _PCAP_MAGIC = {
@@ -83,9 +93,7 @@ class Packet:
 
 MAX_BLOCK = 64 << 20  # a longer block is skipped, not read into memory (packets are <= 256 KiB)
 MAX_PROBLEMS = 10  # damage reports kept per file
-BT_PB = 2  # obsolete Packet Block, still written by old tools
-IF_TSOFFSET = 14
-SHB_MAGIC = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}
+SHB_MAGIC = {struct.pack(e + "I", BYTE_ORDER_MAGIC): e for e in "<>"}
 PCAP_MAX_PACKET = 262144  # what libpcap and Wireshark accept in a pcap record
 
 
@@ -413,14 +421,14 @@ def _segment(pkt: Packet) -> _Segment | None:
         return None  # damaged IP header
     l4 = ip[hlen:total]
     wire = total - hlen
-    if proto == 6 and len(l4) >= 20:
+    if proto == IPPROTO_TCP and len(l4) >= 20:
         sport, dport, seq, _ack, off_flags = struct.unpack_from("!HHIIH", l4)
         doff = (off_flags >> 12) * 4
         if not 20 <= doff <= wire:
             return None  # damaged TCP header
         flags = off_flags & 0x3F
         return _Segment(src, dst, proto, sport, dport, seq, flags, wire - doff, bytes(l4[doff:]))
-    if proto == 17 and len(l4) >= 8:
+    if proto == IPPROTO_UDP and len(l4) >= 8:
         sport, dport = struct.unpack_from("!HH", l4)
         return _Segment(src, dst, proto, sport, dport, 0, 0, wire - 8, bytes(l4[8:]))
     return None
@@ -492,7 +500,7 @@ class _Reassembler:
         path = self._names.get(server_addr) or _endpoint_text(server_addr, server_port)
         peer_inode = _number(info, "peer", peer.id)
         # a datagram socket's flow is its own unless the comment names a peer
-        connected = seg.proto == 6 or peer_inode != 0 or not info
+        connected = seg.proto == IPPROTO_TCP or peer_inode != 0 or not info
         sock_type = info.get("type", "")
         template = Record(
             ts=pkt.ts,
@@ -512,7 +520,7 @@ class _Reassembler:
             peer_id=peer.id if connected else 0,
             peer_comm=info.get("peer_comm", ""),
         )
-        if seg.proto == 17:
+        if seg.proto == IPPROTO_UDP:
             yield self._datagram(side, seg, pkt.comment, template)
             return
         if side.base is None:

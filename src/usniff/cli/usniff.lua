@@ -1,0 +1,123 @@
+-- usniff's Wireshark plugin, written by `usniff wireshark --install`.
+--
+-- (a) Dissects the protocols usniff writes on ports where stock Wireshark has no
+--     dissector (the table below is filled in from usniff's protocol registry).
+-- (b) Shows the process metadata usniff writes in each packet's comment
+--     (pid=.. tid=.. uid=.. comm="..." inode=.. peer=.. peer_pid=.. peer_comm="..."
+--     type=.. path="...") as fields: filter with `usniff.comm == "php-fpm8.2"`,
+--     or right-click a field and "Apply as Column".
+
+local DECODE_AS = {} -- usniff: ports
+
+local usniff = Proto("usniff", "usniff Unix socket metadata")
+local f = {
+    pid = ProtoField.uint32("usniff.pid", "Sender PID"),
+    tid = ProtoField.uint32("usniff.tid", "Sender thread"),
+    uid = ProtoField.uint32("usniff.uid", "Sender UID"),
+    comm = ProtoField.string("usniff.comm", "Sender process"),
+    inode = ProtoField.uint32("usniff.inode", "Sender socket inode"),
+    peer = ProtoField.uint32("usniff.peer_inode", "Peer socket inode"),
+    peer_pid = ProtoField.uint32("usniff.peer_pid", "Peer PID"),
+    peer_comm = ProtoField.string("usniff.peer_comm", "Peer process"),
+    type = ProtoField.string("usniff.type", "Socket type"),
+    path = ProtoField.string("usniff.path", "Socket path"),
+}
+usniff.fields = { f.pid, f.tid, f.uid, f.comm, f.inode, f.peer, f.peer_pid, f.peer_comm,
+                  f.type, f.path }
+local NUMBERS = { "pid", "tid", "uid", "inode", "peer", "peer_pid" }
+local STRINGS = { "comm", "peer_comm", "type", "path" }
+
+local comment_field = Field.new("frame.comment")
+
+-- UTF-8 bytes of a code point (Wireshark's Lua 5.2 has no utf8 library)
+local function utf8_char(cp)
+    if cp < 0x80 then return string.char(cp) end
+    if cp < 0x800 then
+        return string.char(0xC0 + math.floor(cp / 0x40), 0x80 + cp % 0x40)
+    end
+    if cp < 0x10000 then
+        return string.char(0xE0 + math.floor(cp / 0x1000), 0x80 + math.floor(cp / 0x40) % 0x40,
+                           0x80 + cp % 0x40)
+    end
+    return string.char(0xF0 + math.floor(cp / 0x40000), 0x80 + math.floor(cp / 0x1000) % 0x40,
+                       0x80 + math.floor(cp / 0x40) % 0x40, 0x80 + cp % 0x40)
+end
+
+local ESCAPES = { ['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f", n = "\n",
+                  r = "\r", t = "\t" }
+
+-- A JSON string starting at text[i] (the opening quote): its value, and the index after it.
+local function json_string(text, i)
+    local out, j, n = {}, i + 1, #text
+    while j <= n do
+        local c = text:sub(j, j)
+        if c == '"' then return table.concat(out), j + 1 end
+        if c == "\\" then
+            local e = text:sub(j + 1, j + 1)
+            if e == "u" then
+                local cp = tonumber(text:sub(j + 2, j + 5), 16) or 0xFFFD
+                j = j + 6
+                if cp >= 0xD800 and cp < 0xDC00 and text:sub(j, j + 1) == "\\u" then
+                    local low = tonumber(text:sub(j + 2, j + 5), 16) or 0
+                    cp = 0x10000 + (cp - 0xD800) * 0x400 + (low - 0xDC00)
+                    j = j + 6
+                end
+                out[#out + 1] = utf8_char(cp)
+            else
+                out[#out + 1] = ESCAPES[e] or e
+                j = j + 2
+            end
+        else
+            out[#out + 1] = c
+            j = j + 1
+        end
+    end
+    return table.concat(out), j
+end
+
+-- key=value pairs of a usniff comment (values: bare words or JSON strings)
+local function parse(text)
+    local meta, i, n = {}, 1, #text
+    while i <= n do
+        local _, key_end, key = text:find("^([%w_]+)=", i)
+        if not key then
+            local space = text:find(" ", i, true)
+            if not space then break end
+            i = space + 1
+        elseif text:sub(key_end + 1, key_end + 1) == '"' then
+            meta[key], i = json_string(text, key_end + 1)
+            i = i + 1
+        else
+            local space = text:find(" ", key_end + 1, true) or n + 1
+            meta[key] = text:sub(key_end + 1, space - 1)
+            i = space + 1
+        end
+    end
+    return meta
+end
+
+function usniff.dissector(tvb, pinfo, tree)
+    for _, comment in ipairs({ comment_field() }) do
+        local meta = parse(tostring(comment.value))
+        if meta.pid and meta.inode then
+            local who = (meta.comm or "?") .. "[" .. meta.pid .. "]"
+            local to = meta.peer_comm and (" -> " .. meta.peer_comm .. "[" .. (meta.peer_pid or "?") .. "]") or ""
+            local t = tree:add(usniff, tvb(0, 0), "usniff: " .. who .. to .. " " .. (meta.path or ""))
+            for _, k in ipairs(NUMBERS) do
+                if meta[k] then t:add(f[k], tonumber(meta[k])) end
+            end
+            for _, k in ipairs(STRINGS) do
+                if meta[k] then t:add(f[k], meta[k]) end
+            end
+            return
+        end
+    end
+end
+
+register_postdissector(usniff)
+
+local tcp_port = DissectorTable.get("tcp.port")
+for _, entry in ipairs(DECODE_AS) do
+    local ok, handle = pcall(Dissector.get, entry[2])
+    if ok and handle then tcp_port:add(entry[1], handle) end
+end

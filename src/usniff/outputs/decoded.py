@@ -1,0 +1,169 @@
+"""Decoded output: one line per transaction, notice or undecoded record, or
+JSON lines, with an optional live statistics table.
+
+:class:`DecodedOutput` is an Output (``write(batch, limit)``, ``flush()``,
+``close(stats)``) around the decoding engine (:class:`usniff.decoders.engine.Decoding`).
+Every line printed for a person goes through :func:`usniff.printable.printable`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import TextIO
+
+from rich.console import Console
+from rich.live import Live
+
+from ..decoders.base import Notice, Transaction
+from ..decoders.engine import Decoding, Event, Undecoded
+from ..events import CaptureStats, Record
+from ..printable import printable
+from . import raw
+from .base import clock_text
+from .stats import Stats
+
+WIDE = 1000  # columns for the statistics table when stderr is not a terminal (never cut)
+
+
+def _who(comm: str, pid: int) -> str:
+    return f"{comm or '?'}[{pid}]" if pid else comm or "?"
+
+
+def format_text(ev: Event) -> str:
+    """One line; every character that came from the capture is terminal-safe."""
+    if isinstance(ev, Undecoded):
+        rec = ev.record
+        line = f"{raw.header(rec)} [not decoded: {ev.reason}]"
+        return printable(line + (" " + raw.escaped(rec.data) if rec.data else ""))
+    if isinstance(ev, Notice):
+        return printable(f"{clock_text(ev.ts)} {ev.conn} [{ev.kind}] {ev.summary}")
+    client = _who(ev.client_comm, ev.client_pid)
+    server = _who(ev.server_comm, ev.server_pid)
+    parts = [f"{clock_text(ev.ts_request)} {client} -> {server}"]
+    if ev.protocol == "mysql" and ev.details.get("conn_id"):
+        db = ev.details.get("db")
+        parts.append(f"conn {ev.details['conn_id']}" + (f" db={db}" if db else ""))
+    parts.append(ev.request)
+    if ev.reply:
+        parts.append(("-> " if ev.protocol in ("mysql", "postgres") else "") + ev.reply)
+    if ev.cut:
+        total = ev.bytes_in + ev.bytes_out
+        parts.append(f"[cut: {total - ev.cut} of {total} bytes]")
+    latency = ev.latency
+    if latency is not None:
+        parts.append(f"{latency * 1000:.3f} ms")
+    else:
+        parts.append("unanswered" if ev.unanswered else "-")
+    return printable("  ".join(parts))
+
+
+def to_json(ev: Event) -> str:
+    if isinstance(ev, Undecoded):
+        row = raw.record_json(ev.record)
+        row["sock_type"] = row.pop("type")
+        row.update(type="record", conn=ev.conn, not_decoded=ev.reason)
+    else:
+        row = asdict(ev)
+        if isinstance(ev, Transaction):
+            row["type"] = "transaction"
+            row["latency"] = ev.latency
+        else:
+            row["type"] = "notice"
+            row["direction"] = ev.direction.name.lower()
+    return json.dumps(row, default=str, separators=(",", ":"))
+
+
+class DecodedOutput:
+    """Output printing decoded transactions (text or JSON lines), the raw records
+    of connections it does not decode, and optional statistics."""
+
+    REFRESH = 0.5  # seconds between live statistics redraws
+
+    def __init__(
+        self,
+        stream: TextIO,
+        protocol: str = "auto",
+        fmt: str = "text",
+        stats: bool = False,
+        redact: bool = False,
+        stats_stream: TextIO | None = None,
+        live: bool = False,
+        listeners: Sequence[Callable[[Transaction], None]] = (),
+    ) -> None:
+        """``live``: records arrive as they are sent (not read from a file), so a
+        connection undecided for ``Decoding.UNDECIDED_WAIT`` seconds of wall-clock
+        time is shown raw at the next ``write``, even when no record follows.
+        ``listeners`` are given every transaction printed (--metrics, --otlp)."""
+        if fmt not in ("text", "json"):
+            raise ValueError(f"format must be text or json, not {fmt!r}")
+        self.stream = stream
+        self.fmt = fmt
+        self.decoding = Decoding(protocol, redact)
+        self.live = live
+        self.stats = Stats() if stats else None
+        self.listeners = listeners
+        self._console = Console(file=stats_stream, stderr=stats_stream is None)
+        if not self._console.is_terminal:  # a file or pipe: print the table whole
+            self._console.width = WIDE
+        self._live: Live | None = None
+        self._last_refresh = 0.0
+        self._left: int | None = None  # lines still allowed (write's limit), None: no limit
+        if self.stats is not None and self._console.is_terminal:
+            self._live = Live(console=self._console, auto_refresh=False, transient=True)
+            self._live.start()
+
+    def write(self, batch: Sequence[Record], limit: int = 0) -> int:
+        self._left = limit or None
+        events = self.decoding.feed(batch)
+        if self.live:
+            self.decoding.expire(time.time(), events)
+        printed = self._print(events)
+        now = time.monotonic()
+        if (
+            self._live is not None
+            and self.stats is not None
+            and now - self._last_refresh > (self.REFRESH)
+        ):
+            self._last_refresh = now
+            self._live.update(self.stats.render(), refresh=True)
+        return printed
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close(self, stats: CaptureStats) -> int:
+        printed = self._print(self.decoding.finish())
+        self.stream.flush()
+        if self._live is not None:
+            self._live.stop()
+        if self.stats is not None:
+            self._console.print(self.stats.render())
+        asm = self.decoding.assembler.stats
+        if stats.lost_bytes or asm.gap_bytes:
+            self._console.print(
+                f"usniff: {stats.lost_bytes} bytes lost in capture, "
+                f"{asm.gap_bytes} bytes in {asm.gaps} stream gaps"
+            )
+        return printed
+
+    def _print(self, events: list[Event]) -> int:
+        """Print ``events`` (within the limit); returns the lines printed."""
+        if self._left is not None:
+            events = events[: self._left]
+            self._left -= len(events)
+        if not events:
+            return 0
+        fmt = to_json if self.fmt == "json" else format_text
+        lines = []
+        for ev in events:
+            if isinstance(ev, Transaction):
+                if self.stats is not None:
+                    self.stats.add(ev)
+                for listener in self.listeners:
+                    listener(ev)
+            lines.append(fmt(ev))
+        self.stream.write("\n".join(lines) + "\n")
+        return len(lines)

@@ -1,0 +1,231 @@
+"""Prometheus metrics (``--metrics ADDR``): what was captured and decoded, served
+in the exposition format while capturing.
+
+:class:`Metrics` aggregates in O(1) per transaction and per record (counters and
+classic histogram buckets in plain dicts); prometheus_client only turns them
+into metric families when scraped (a custom collector), so nothing of
+prometheus_client runs on the capture's hot path.  Label cardinality is
+bounded: at most ``MAX_PATHS`` socket paths and ``MAX_OPERATIONS`` operations
+per path and protocol; beyond, the label is ``other`` (docs/metrics.md).
+
+:class:`MetricsOutput` is the Output (a :class:`~usniff.outputs.sink.TransactionSink`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from http.server import ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, MetricsHandler, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from ..decoders.base import Transaction
+from ..events import Record
+from .base import OutputError
+from .sink import TransactionSink
+from .stats import Tally
+
+# seconds; sub-millisecond resolution, as Unix-socket servers answer in tens of microseconds
+BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1,
+           0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # fmt: skip
+MAX_PATHS = 100
+MAX_OPERATIONS = 200  # per (path, protocol)
+OTHER = "other"
+
+
+@dataclass(slots=True)
+class _Op(Tally):
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
+    seconds: float = 0.0  # sum of the answered requests' latencies
+
+
+@dataclass(slots=True)
+class _Side:
+    messages: int = 0  # send() calls / datagrams
+    bytes: int = 0
+    lost: int = 0
+
+
+class Metrics(Collector):
+    """Counters of transactions per (path, protocol, operation) and of records per
+    (path, sender role); a prometheus_client collector of them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ops: dict[tuple[str, str, str], _Op] = {}
+        self._per_path: dict[str, int] = {}  # operations labelled per path
+        self._sides: dict[tuple[str, str], _Side] = {}
+        self._paths: set[str] = set()
+        self.records = 0
+
+    def _path(self, path: str) -> str:
+        if path in self._paths:
+            return path
+        if len(self._paths) >= MAX_PATHS:
+            return OTHER
+        self._paths.add(path)
+        return path
+
+    def add(self, tx: Transaction) -> None:
+        path = self._path(tx.path)
+        key = (path, tx.protocol, tx.command)
+        with self._lock:
+            op = self._ops.get(key)
+            if op is None:
+                seen = self._per_path.get(path + "\0" + tx.protocol, 0)
+                if seen >= MAX_OPERATIONS:
+                    key = (path, tx.protocol, OTHER)
+                    op = self._ops.get(key)
+                else:
+                    self._per_path[path + "\0" + tx.protocol] = seen + 1
+                if op is None:
+                    op = self._ops[key] = _Op()
+            op.add(tx)
+            latency = tx.latency
+            if latency is not None:
+                op.buckets[bisect.bisect_left(BUCKETS, latency)] += 1
+                op.seconds += latency
+
+    def add_records(self, batch: Sequence[Record]) -> None:
+        with self._lock:
+            self.records += len(batch)
+            for rec in batch:
+                if rec.kind == "close":
+                    continue
+                key = (self._path(rec.path), "server" if rec.path_is_own else "client")
+                side = self._sides.get(key)
+                if side is None:
+                    side = self._sides[key] = _Side()
+                if rec.lost:
+                    side.lost += rec.lost
+                else:
+                    side.bytes += rec.length
+                    side.messages += rec.flags & 1  # FLAG_MSG_START: one per send()
+
+    def collect(self) -> Iterator[Any]:
+        with self._lock:
+            ops = [(k, replace(o, buckets=list(o.buckets))) for k, o in self._ops.items()]
+            sides = [(k, _Side(s.messages, s.bytes, s.lost)) for k, s in self._sides.items()]
+            records = self.records
+        labels = ["path", "protocol", "operation"]
+        requests = CounterMetricFamily(
+            "usniff_requests", "Decoded requests (with or without a reply).", labels=labels
+        )
+        errors = CounterMetricFamily(
+            "usniff_request_errors", "Requests answered with an error.", labels=labels
+        )
+        unanswered = CounterMetricFamily(
+            "usniff_requests_unanswered",
+            "Requests whose reply never came before the connection or capture ended.",
+            labels=labels,
+        )
+        size = CounterMetricFamily(
+            "usniff_request_bytes",
+            "Bytes of requests (direction=request) and of their replies (direction=response).",
+            labels=[*labels, "direction"],
+        )
+        latency = HistogramMetricFamily(
+            "usniff_request_duration_seconds",
+            "Server time: from the request's last byte to the reply's first byte.",
+            labels=labels,
+        )
+        for (path, protocol, operation), op in ops:
+            values = [path, protocol, operation]
+            requests.add_metric(values, op.count)
+            errors.add_metric(values, op.errors)
+            unanswered.add_metric(values, op.unanswered)
+            size.add_metric([*values, "request"], op.bytes_in)
+            size.add_metric([*values, "response"], op.bytes_out)
+            cumulative, running = [], 0
+            for bound, n in zip((*map(_le, BUCKETS), "+Inf"), op.buckets, strict=True):
+                running += n
+                cumulative.append((bound, running))
+            latency.add_metric(values, cumulative, op.seconds)
+        messages = CounterMetricFamily(
+            "usniff_socket_messages", "send() calls and datagrams seen.", labels=["path", "sender"]
+        )
+        sent = CounterMetricFamily(
+            "usniff_socket_bytes", "Bytes sent (captured or lost).", labels=["path", "sender"]
+        )
+        lost = CounterMetricFamily(
+            "usniff_socket_bytes_lost",
+            "Bytes sent that usniff could not copy (full ring, not in user memory).",
+            labels=["path", "sender"],
+        )
+        for (path, sender), side in sides:
+            messages.add_metric([path, sender], side.messages)
+            sent.add_metric([path, sender], side.bytes + side.lost)
+            lost.add_metric([path, sender], side.lost)
+        seen = CounterMetricFamily("usniff_capture_records", "Records read from the ring buffer.")
+        seen.add_metric([], records)
+        paths = GaugeMetricFamily("usniff_socket_paths", "Socket paths labelled (at most 100).")
+        paths.add_metric([], len(self._paths))
+        yield from (requests, errors, unanswered, size, latency, messages, sent, lost, seen, paths)
+
+
+def _le(bound: float) -> str:
+    return repr(bound)
+
+
+class _UnixHTTPServer(ThreadingHTTPServer):
+    address_family = socket.AF_UNIX
+
+    def server_bind(self) -> None:
+        self.socket.bind(self.server_address)
+        self.server_name, self.server_port = "localhost", 0
+
+
+def serve(metrics: Metrics, addr: str) -> ThreadingHTTPServer:
+    """Serve ``metrics`` (and this process's CPU and memory) on ``addr``: ``HOST:PORT``,
+    ``:PORT`` (every interface) or a Unix socket path (containing ``/``)."""
+    registry = CollectorRegistry()
+    registry.register(metrics)
+    ProcessCollector(registry=registry)
+    handler = MetricsHandler.factory(registry)
+    try:
+        if "/" in addr:
+            if os.path.exists(addr):
+                raise OutputError(f"--metrics {addr}: the file exists; remove it or pick a path")
+            server: ThreadingHTTPServer = _UnixHTTPServer(addr, handler)  # type: ignore[arg-type]
+        else:
+            host, sep, port = addr.rpartition(":")
+            if not sep or not port.isdigit():
+                raise OutputError(f"--metrics {addr}: give HOST:PORT, :PORT or a socket path")
+            server = ThreadingHTTPServer((host.strip("[]"), int(port)), handler)
+    except OSError as e:
+        raise OutputError(f"--metrics {addr}: {e.strerror or e}") from None
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
+
+
+class MetricsOutput(TransactionSink):
+    """The ``--metrics`` output: counts records, and transactions (its own decoding's
+    when ``decode``, else those a decoded output hands it)."""
+
+    def __init__(
+        self, addr: str, decode: bool, protocol: str = "auto", redact: bool = False
+    ) -> None:
+        super().__init__(decode, protocol, redact)
+        self.addr = addr
+        self.metrics = Metrics()
+        self._server = serve(self.metrics, addr)
+
+    def add(self, tx: Transaction) -> None:
+        self.metrics.add(tx)
+
+    def records(self, batch: Sequence[Record]) -> None:
+        self.metrics.add_records(batch)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if "/" in self.addr:
+            os.unlink(self.addr)

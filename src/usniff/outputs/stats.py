@@ -1,0 +1,92 @@
+"""The statistics table (``--stats``): per command counts, errors and latency
+percentiles of decoded transactions, rendered with rich."""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from ..decoders.base import Transaction
+from ..printable import printable
+from .histogram import Histogram
+
+TITLE = "usniff: per command; latency = server time, request's last byte to reply's first byte"
+
+
+PERCENTILES = (50, 95, 99, 100)
+
+
+@dataclass(slots=True)
+class Tally:
+    """Counts of one operation's transactions (the --stats table, --metrics)."""
+
+    count: int = 0
+    errors: int = 0
+    unanswered: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+    def add(self, tx: Transaction) -> None:
+        self.count += 1
+        self.errors += tx.error
+        self.unanswered += tx.unanswered
+        self.bytes_in += tx.bytes_in
+        self.bytes_out += tx.bytes_out
+
+
+@dataclass(slots=True)
+class _Row(Tally):
+    latencies: Histogram = field(default_factory=Histogram)  # of the answered requests
+
+
+def _cell(text: str) -> Text:
+    """A table cell from captured text: escaped, and never read as rich markup."""
+    return Text(printable(text))
+
+
+class Stats:
+    """Per (protocol, command / query shape) counts, errors, unanswered requests,
+    latency percentiles of the answered ones, bytes."""
+
+    def __init__(self, top: int = 10) -> None:
+        self.rows: dict[tuple[str, str], _Row] = {}
+        self.top = top
+        self.slowest: list[tuple[float, int, str]] = []  # min-heap of the slowest requests
+        self._seq = 0
+
+    def add(self, tx: Transaction) -> None:
+        row = self.rows.setdefault((tx.protocol, tx.command), _Row())
+        row.add(tx)
+        latency = tx.latency
+        if latency is None:
+            return
+        row.latencies.add(latency)
+        if len(self.slowest) < self.top:
+            self._seq += 1
+            heapq.heappush(self.slowest, (latency, self._seq, f"{tx.client_comm} {tx.request}"))
+        elif latency > self.slowest[0][0]:
+            self._seq += 1
+            heapq.heapreplace(self.slowest, (latency, self._seq, f"{tx.client_comm} {tx.request}"))
+
+    def render(self) -> Group:
+        table = Table(title=TITLE, expand=False)
+        for col in ("protocol", "command", "count", "errors", "unanswered", "p50 ms", "p95 ms",
+                    "p99 ms", "max ms", "bytes in", "bytes out"):  # fmt: skip
+            table.add_column(col, justify="left" if col in ("protocol", "command") else "right")
+        ordered = sorted(self.rows.items(), key=lambda kv: -kv[1].count)
+        for (protocol, command), row in ordered:
+            lat = row.latencies
+            ms = [f"{lat.percentile(p) * 1000:.3f}" if lat.total else "-" for p in PERCENTILES]
+            counts = (row.count, row.errors, row.unanswered)
+            table.add_row(_cell(protocol), _cell(command), *map(str, counts), *ms,
+                          str(row.bytes_in), str(row.bytes_out))  # fmt: skip
+        slow = Table(title="slowest requests")
+        slow.add_column("ms", justify="right")
+        slow.add_column("request")
+        for latency, _, text in sorted(self.slowest, reverse=True):
+            slow.add_row(f"{latency * 1000:.3f}", _cell(text))
+        return Group(table, slow)

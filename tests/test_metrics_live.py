@@ -1,0 +1,165 @@
+"""--metrics against real servers: a real Prometheus scrapes usniff, and the counts
+it stores equal Redis's own command counters; the Unix-socket endpoint beside the
+text output agrees with the lines printed."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import urllib.parse
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.live_helpers import Usniff, free_port, run, wait_until
+from tests.support.servers import start_redis
+from usniff.decoders.base import Transaction
+from usniff.outputs.metrics import MAX_OPERATIONS, OTHER, Metrics
+
+PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+
+
+@pytest.fixture
+def tmp() -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="usniff-metrics-") as d:
+        yield d
+
+
+def redis_calls(sock: str) -> dict[str, int]:
+    stats = redis.Redis(unix_socket_path=sock).info("commandstats")
+    return {k.removeprefix("cmdstat_").upper(): v["calls"] for k, v in stats.items()}
+
+
+def scrape_unix(path: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = run(["curl", "-sf", "--unix-socket", path, "http://localhost/metrics"]).stdout
+    samples = {}
+    for family in text_string_to_metric_families(out):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+@pytest.mark.root
+def test_prometheus_scrapes_request_counts_equal_to_redis_counters(tmp: str) -> None:
+    port, prom_port = free_port(), free_port()
+    config = Path(tmp, "prometheus.yml")
+    config.write_text(
+        "global: {scrape_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: usniff\n    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n"
+    )
+    with start_redis(tmp) as sock:
+        before = redis_calls(sock)
+        with Usniff("--path", sock, "--metrics", f"127.0.0.1:{port}") as u:
+            prom = subprocess.Popen(
+                [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp}/tsdb",
+                 f"--web.listen-address=127.0.0.1:{prom_port}"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            try:
+                subprocess.run(
+                    ["redis-benchmark", "-s", sock, "-n", "3000", "-c", "4", "-t", "set,get",
+                     "-q"], check=True, capture_output=True, timeout=120,
+                )  # fmt: skip
+                after = redis_calls(sock)
+                want = {c: after[c] - before.get(c, 0) for c in ("SET", "GET")}
+
+                def stored() -> dict[str, float] | None:
+                    query = urllib.parse.urlencode(
+                        {"query": f'usniff_requests_total{{path="{sock}",protocol="resp"}}'}
+                    )
+                    url = f"http://127.0.0.1:{prom_port}/api/v1/query?{query}"
+                    try:
+                        with urllib.request.urlopen(url, timeout=5) as r:
+                            data = json.load(r)["data"]["result"]
+                    except OSError:
+                        return None
+                    got = {row["metric"]["operation"]: float(row["value"][1]) for row in data}
+                    ok = all(got.get(c) == n for c, n in want.items())
+                    return got if ok else None
+
+                got = wait_until(stored, 60, "Prometheus to store usniff's counts", step=0.5)
+            finally:
+                prom.terminate()
+                prom.wait(30)
+            result = u.stop()
+    assert result.returncode == 0, result.stderr
+    assert {c: got[c] for c in want} == want
+    assert "transactions counted" in result.stderr
+
+
+@pytest.mark.root
+def test_unix_socket_endpoint_beside_text_agrees_with_the_lines(tmp: str) -> None:
+    endpoint = f"{tmp}/metrics.sock"
+    with (
+        start_redis(tmp) as sock,
+        Usniff("--path", sock, "--metrics", endpoint, "--format", "text") as u,
+    ):
+        client = redis.Redis(unix_socket_path=sock)
+        for i in range(50):
+            client.set(f"k{i}", "v" * i)
+        for i in range(30):
+            client.get(f"k{i}")
+        with pytest.raises(redis.ResponseError):
+            client.lpush("k1", "x")  # WRONGTYPE: an error reply
+        want_lines = 50 + 30 + 1
+
+        def counted() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+            s = scrape_unix(endpoint)
+            key = (("operation", "LPUSH"), ("path", sock), ("protocol", "resp"))
+            return s if s.get(("usniff_request_errors_total", key)) == 1 else None
+
+        samples = wait_until(counted, 20, "the last request on the metrics socket", step=0.2)
+        result = u.stop()
+    assert result.returncode == 0, result.stderr
+    printed = Counter(
+        m[1] for line in result.text.splitlines() if (m := re.search(r"\]  (\S+)", line))
+    )
+    assert sum(printed.values()) >= want_lines  # the client's handshake commands come too
+
+    def value(name: str, op: str, **extra: str) -> float:
+        labels = {"operation": op, "path": sock, "protocol": "resp", **extra}
+        return float(samples[(name, tuple(sorted(labels.items())))])
+
+    total = sum(v for (name, _), v in samples.items() if name == "usniff_requests_total")
+    assert total == sum(printed.values())  # every line printed is counted
+    for op in ("SET", "GET", "LPUSH"):
+        assert value("usniff_requests_total", op) == printed[op], op
+    assert value("usniff_requests_total", "GET") == 30
+    assert value("usniff_request_errors_total", "LPUSH") == 1
+    assert value("usniff_request_duration_seconds_count", "SET") == 50
+    assert value("usniff_request_duration_seconds_bucket", "SET", le="+Inf") == 50
+    sent_by_client = samples[("usniff_socket_bytes_total", (("path", sock), ("sender", "client")))]
+    assert sent_by_client >= sum(
+        value("usniff_request_bytes_total", op, direction="request") for op in ("SET", "GET")
+    )
+    assert not Path(endpoint).exists()  # removed at exit
+
+
+def test_operation_labels_are_capped_per_path() -> None:
+    metrics = Metrics()
+    for i in range(MAX_OPERATIONS + 50):
+        metrics.add(Transaction("resp", f"CMD{i}", "", "", False, 0.0, 1e-4, 10, 5, path="/s"))
+    ops = {
+        s.labels["operation"]
+        for family in metrics.collect()
+        if family.name == "usniff_requests"
+        for s in family.samples
+    }
+    assert len(ops) == MAX_OPERATIONS + 1 and OTHER in ops
+    total = sum(
+        s.value
+        for family in metrics.collect()
+        if family.name == "usniff_requests"
+        for s in family.samples
+        if s.name == "usniff_requests_total"
+    )
+    assert total == MAX_OPERATIONS + 50  # every request counted, the rest as "other"

@@ -1,0 +1,111 @@
+"""usniff's Wireshark Lua plugin in the real tshark: its usniff.* fields equal the
+packet comments as usniff's own codec reads them, and FastCGI is dissected on
+usniff's port with no option typed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.support.pcap_helpers import REDIS_EXCHANGE, TSHARK, Conn
+from usniff.cli.main import main
+from usniff.events import CaptureStats
+from usniff.formats.pcapng import parse_comment
+from usniff.outputs.pcapng import PcapngOutput
+
+pytestmark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
+
+CAPTURES = Path(__file__).resolve().parent.parent / "captures"
+FIELDS = ("pid", "tid", "uid", "comm", "inode", "peer_inode", "peer_pid", "peer_comm", "path")
+
+
+def tshark(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    assert TSHARK
+    env = {**os.environ, "HOME": str(home)}
+    return subprocess.run([TSHARK, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def install(home: Path) -> None:
+    result = CliRunner(env={"HOME": str(home)}).invoke(main, ["wireshark", "--install"])
+    assert result.exit_code == 0, result.output
+    assert (home / ".local/lib/wireshark/plugins/usniff.lua").is_file()
+
+
+def plugin_fields(home: Path, capture: Path) -> list[tuple[dict[str, str], dict[str, str]]]:
+    """Per packet: the usniff.* fields the plugin gives, and the comment as
+    usniff's codec parses it (the comment text as tshark reads it)."""
+    args = ["-r", str(capture), "-T", "fields", "-E", "separator=\x1f", "-E", "occurrence=l"]
+    for name in ("frame.comment", *(f"usniff.{k}" for k in FIELDS)):
+        args += ["-e", name]
+    out = tshark(home, *args)
+    assert out.returncode == 0, out.stderr
+    rows = []
+    for line in out.stdout.splitlines():
+        comment, *values = line.split("\x1f")
+        got = {k: v for k, v in zip(FIELDS, values, strict=True) if v}
+        want = {k: str(v) for k, v in parse_comment(comment).items() if k in FIELDS}
+        if "peer" in parse_comment(comment):
+            want["peer_inode"] = parse_comment(comment)["peer"]
+        rows.append((got, want))
+    return rows
+
+
+@pytest.mark.parametrize("name", ["fastcgi", "redis", "mysql", "postgres", "http", "memcached"])
+def test_fields_equal_the_comments(tmp_path: Path, name: str) -> None:
+    install(tmp_path)
+    rows = plugin_fields(tmp_path, CAPTURES / f"{name}.pcapng")
+    with_meta = [(got, want) for got, want in rows if "pid" in want]
+    assert with_meta, "no packet carries usniff's metadata"
+    for got, want in with_meta:
+        assert got == want
+
+
+def test_escaped_names_and_paths_round_trip(tmp_path: Path) -> None:
+    """Quotes, backslashes, non-ASCII (BMP and beyond) in process names and paths."""
+    f = tmp_path / "odd.pcapng"
+    conn = Conn(client_comm='a"b\\c é', server_comm="srv\U0001f600", path='/tmp/sp ace/"q".sock')
+    out = PcapngOutput(str(f))
+    out.write(conn.exchange(REDIS_EXCHANGE))
+    out.close(CaptureStats())
+    install(tmp_path)
+    rows = [(g, w) for g, w in plugin_fields(tmp_path, f) if "pid" in w]
+    assert {g["comm"] for g, _ in rows} == {'a"b\\c é', "srv\U0001f600"}
+    for got, want in rows:
+        assert got == want
+    sel = tshark(tmp_path, "-r", str(f), "-Y", 'usniff.comm == "a\\"b\\\\c é"')
+    assert sel.returncode == 0 and len(sel.stdout.splitlines()) == sum(
+        g["comm"] == 'a"b\\c é' for g, _ in rows
+    )
+
+
+def test_filter_selects_exactly_the_process_and_fastcgi_is_dissected(tmp_path: Path) -> None:
+    capture = CAPTURES / "fastcgi.pcapng"
+    without = tshark(tmp_path, "-r", str(capture), "-Y", 'usniff.comm == "php-fpm8.2"')
+    assert without.returncode != 0  # stock Wireshark has no usniff.* fields
+    assert tshark(tmp_path, "-r", str(capture), "-Y", "fcgi").stdout == ""
+    install(tmp_path)
+    php = [
+        got for got, want in plugin_fields(tmp_path, capture) if want.get("comm") == "php-fpm8.2"
+    ]
+    sel = tshark(tmp_path, "-r", str(capture), "-Y", 'usniff.comm == "php-fpm8.2"')
+    assert sel.returncode == 0 and len(sel.stdout.splitlines()) == len(php) > 0
+    fcgi = tshark(tmp_path, "-r", str(capture), "-Y", "fcgi")
+    assert fcgi.returncode == 0 and fcgi.stdout.count("FCGI") >= 4
+    malformed = tshark(tmp_path, "-r", str(capture), "-Y", "_ws.malformed")
+    assert malformed.stdout == ""
+
+
+def test_uninstall_and_show(tmp_path: Path) -> None:
+    install(tmp_path)
+    runner = CliRunner(env={"HOME": str(tmp_path)})
+    shown = runner.invoke(main, ["wireshark", "--show"])
+    assert '{ 9000, "fcgi" }' in shown.output  # the registry's FastCGI port
+    gone = runner.invoke(main, ["wireshark", "--uninstall"])
+    assert (
+        gone.exit_code == 0 and not (tmp_path / ".local/lib/wireshark/plugins/usniff.lua").exists()
+    )
+    assert runner.invoke(main, ["wireshark"]).exit_code == 2  # no action: a usage error
