@@ -49,6 +49,7 @@ from .base import (
     Details,
     Notice,
     Pending,
+    ProtocolError,
     Transaction,
     clip,
     lost,
@@ -62,7 +63,7 @@ MAX_HEADER = 64 * 1024  # header fields kept; real ones are a few hundred bytes
 KEEP_BODY = 64 * 1024  # body bytes kept (and decoded) per message
 MAX_LINE = 16 * 1024  # longest SASL line (dbus-daemon's limit)
 MAX_PENDING = 4096  # calls in flight per direction
-MAX_ITEMS = 16  # elements shown of each array, dict or struct
+MAX_ITEMS = 16  # elements shown of each array or dict, and of a message's values
 SUMMARY = 200  # characters of a request/reply summary
 DETAIL = 2000  # characters of a body in the details (JSON)
 
@@ -81,10 +82,6 @@ _OPEN_MECHANISMS = frozenset((b"EXTERNAL", b"ANONYMOUS"))
 SECRET_KEY = re.compile(r"pass|secret|token|psk|credential|private.?key|cookie", re.IGNORECASE)
 # --redact: interfaces whose every argument may be a secret (the Secret Service API)
 SECRET_INTERFACE = re.compile(r"^org\.freedesktop\.Secret\.|SecretAgent$")
-
-
-class ProtocolError(ValueError):
-    pass
 
 
 # --------------------------------------------------------------------------- framing
