@@ -288,6 +288,17 @@ def test_hostile_values_that_crash_or_hang_the_libraries() -> None:
         dbus.Unmarshal(body, len(body), "little").value("v", 0)
 
 
+def test_messages_before_a_framing_error_count() -> None:
+    req = call("Echo", "s", ("a",), 1)
+    events = run([(C, req + b"l\x09\x00\x01" + bytes(16)), (S, reply_to(req))])
+    notices = [e for e in events if isinstance(e, Notice)]
+    assert [n.summary for n in notices] == [
+        'protocol error: not a message header: "l\\t\\x00\\x01"'
+    ]
+    [tx] = demo(events)
+    assert tx.reply == "()" and tx.latency is not None
+
+
 def test_pending_calls_and_sasl_lines_bounded() -> None:
     decoder = DbusDecoder()
     out = []

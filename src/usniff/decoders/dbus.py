@@ -141,9 +141,19 @@ class Reader:
         self.body_start = 0
         self.seen = 0  # bytes of the current message seen (kept, skipped or cut)
         self.cut = 0
+        self.error = ""  # what broke the framing (the caller resynchronises)
 
     def feed(self, data: bytes, ts: float) -> list[Msg | Line]:
+        """The messages and lines ``data`` completes; those before a framing error too
+        (then ``error`` says what broke the framing)."""
         out: list[Msg | Line] = []
+        try:
+            self._feed(data, ts, out)
+        except ProtocolError as exc:
+            self.error = str(exc)
+        return out
+
+    def _feed(self, data: bytes, ts: float, out: list[Msg | Line]) -> None:
         pos, end = 0, len(data)
         while pos < end:
             if not self.seen:
@@ -166,7 +176,6 @@ class Reader:
             pos += take
             if self.seen == self.size:
                 out.append(self._message(ts))
-        return out
 
     def skip(self, n: int, ts: float) -> list[Msg | Line] | None:
         """``n`` bytes not captured: counted as cut when they fall inside the body of
@@ -596,13 +605,10 @@ class DbusDecoder:
             data = self._sync(side, direction, data)
             if not data:
                 return events
-        try:
-            items = side.reader.feed(data, ts)
-        except ProtocolError as exc:
-            # the messages before the bad one still count
-            self._desync(direction, f"protocol error: {exc}", ts, events)
-            return events
-        self._items(direction, items, events)
+        items = side.reader.feed(data, ts)
+        self._items(direction, items, events)  # those before a framing error still count
+        if side.reader.error:
+            self._desync(direction, f"protocol error: {side.reader.error}", ts, events)
         return events
 
     def gap(self, direction: Direction, n: int, ts: float, cut: bool) -> list[DecoderEvent]:
