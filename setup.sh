@@ -13,7 +13,7 @@ fi
 PKGS="clang llvm make libbpf-dev libbpf1 bpftool python3-venv python3-dev gcc libc6-dev
       redis-server redis-tools mariadb-server mariadb-client postgresql postgresql-contrib memcached tshark socat strace
       busybox-static qemu-system-x86 cpio podman curl php8.2-fpm nginx-light
-      libfcgi-bin prometheus tcpdump"  # tcpdump: captures/record_tcpdump.py
+      libfcgi-bin prometheus tcpdump dbus-daemon dbus-bin systemd"  # tcpdump: record_tcpdump.py
 PKGS="$PKGS debootstrap runc"  # make test-install: root file systems; podman's runtime here
 missing=""
 for p in $PKGS; do

@@ -1,8 +1,8 @@
-"""Record captures/{redis,mysql,postgres,http,memcached,fastcgi,grpc}.pcapng with usniff itself
-(needs root).
+"""Record captures/{redis,mysql,postgres,http,memcached,fastcgi,grpc,dbus}.pcapng with usniff
+itself (needs root).
 
     sudo .venv/bin/python -m captures.record_live [redis|mysql|postgres|http|memcached|fastcgi
-                                                   |grpc ...]
+                                                   |grpc|dbus ...]
 
 Starts a real redis-server, mariadbd and memcached in a temporary directory, starts
 ``usniff --path SOCKET -w FILE`` (waiting for its ``capturing with the`` line),
@@ -11,9 +11,11 @@ runs the scripted sessions of tests/support/live_helpers.py (redis-cli, redis-cl
 pymysql with multi-statements and COM_STMT_*; psql, psycopg and a raw client of
 tests/support/pg_session.py; curl against podman's Docker API, tests/support/http_session.py;
 memcached_session's text and meta commands; nginx, cgi-fcgi and a GET_VALUES to php-fpm,
-tests/support/php_session.py; a grpcio client and server, tests/support/grpc_session.py),
-then stops usniff with SIGTERM.  tests/test_captures_offline.py, tests/test_http.py,
-tests/test_fastcgi.py and tests/test_http2.py decode the files with ``usniff read`` (no root).
+tests/support/php_session.py; a grpcio client and server, tests/support/grpc_session.py;
+busctl, dbus-send and dbus-fast clients of a dbus-fast service on a private dbus-daemon,
+tests/support/dbus_session.py), then stops usniff with SIGTERM.
+tests/test_captures_offline.py, tests/test_http.py, tests/test_fastcgi.py,
+tests/test_http2.py and tests/test_dbus.py decode the files with ``usniff read`` (no root).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.support.dbus_session import served_session, start_dbus
 from tests.support.grpc_session import run_client, start_grpc_server
 from tests.support.http_session import http_session
 from tests.support.live_helpers import (
@@ -99,7 +102,7 @@ def record(
 
 def main(names: list[str]) -> None:
     """Record the captures of ``names`` (redis, mysql, postgres, http, memcached, fastcgi,
-    grpc; all when empty)."""
+    grpc, dbus; all when empty)."""
     if not names or "redis" in names:
         record(HERE / "redis.pcapng", start_redis,
                lambda sock: redis_session(sock, benchmark_requests=BENCHMARK_REQUESTS),
@@ -117,6 +120,8 @@ def main(names: list[str]) -> None:
         record(HERE / "fastcgi.pcapng", start_php_app, php_session, "fastcgi")
     if not names or "grpc" in names:
         record(HERE / "grpc.pcapng", start_grpc_server, run_client, "http2")
+    if not names or "dbus" in names:
+        record(HERE / "dbus.pcapng", start_dbus, served_session, "dbus")
 
 
 if __name__ == "__main__":

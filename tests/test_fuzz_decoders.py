@@ -15,6 +15,7 @@ import sys
 import types
 from collections import Counter
 from collections.abc import Callable
+from typing import Literal
 
 import pytest
 from hypothesis import given, settings
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 
 from tests.support.captures import capture
 from usniff.decoders.base import Decoder, DecoderEvent, Notice, Transaction
+from usniff.decoders.dbus import DbusDecoder
 from usniff.decoders.fastcgi import FastcgiDecoder
 from usniff.decoders.http import HttpDecoder
 from usniff.decoders.http2 import PREFACE, Http2Decoder
@@ -40,6 +42,7 @@ DECODERS: dict[str, Callable[[], Decoder]] = {
     "memcached": MemcachedDecoder,
     "fastcgi": FastcgiDecoder,
     "http2": Http2Decoder,
+    "dbus": DbusDecoder,
 }
 CAPTURE = {
     "resp": "redis",
@@ -49,11 +52,13 @@ CAPTURE = {
     "memcached": "memcached",
     "fastcgi": "fastcgi",
     "http2": "grpc",
+    "dbus": "dbus",
 }
 # transactions the captures give at least (fastcgi's is small: 13 requests)
 SESSION_TRANSACTIONS = {
     "resp": 41, "mysql": 41, "postgres": 41, "http": 41, "memcached": 30, "fastcgi": 12,
     "http2": 6,
+    "dbus": 41,
 }  # fmt: skip
 RANDOM_BATCH = 400
 MUTATED_BATCH = 40
@@ -72,6 +77,8 @@ ALPHABET = {
     "memcached": b"\r\n 0123456789-getsmvqOkVALUEND VA HD EN MN STAT ERROR noreply",
     "fastcgi": bytes(range(12)) + b"\x80\xff\x00\x00\x00Status: 404\r\n\r\nLocation:FCGI_",
     "http2": bytes(range(10)) + b"\x80\x82\x84\x86\x3f\xe1\xff\x00\x00\x00\x05PRI * HTTP/2.0",
+    "dbus": b"\0AUTH EXTERNAL DATA BEGIN OK REJECTED NEGOTIATE_UNIX_FD AGREE_UNIX_FD 3031\r\n"
+    b"lB\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09osgvua{}()",
 }
 
 
@@ -154,7 +161,40 @@ def http2_frames(rng: random.Random) -> bytes:
     return out
 
 
-FRAMED = {"fastcgi": fastcgi_records, "http2": http2_frames}
+_DBUS_SIGNATURES = (b"", b"s", b"a{sv}", b"v", b"aay", b"(ii)", b"a()", b"h", b"av", b"((s))", b"x")
+_DBUS_VALUES = (b"", b"\x00" * 8, b"\x03\x00\x00\x00abc\x00", b"\xff" * 8, b"\x01v\x00" * 8,
+                b"\x01a\x00\x00", b"\x10\x00\x00\x00")  # fmt: skip
+
+
+def dbus_messages(rng: random.Random) -> bytes:
+    """Well-framed D-Bus messages (either endianness) with random header fields, a
+    signature from a list (some invalid) and a body of values that may not fit it."""
+    out = b""
+    for _ in range(1 + int(rng.random() * 3)):
+        order: Literal["little", "big"] = "little" if rng.random() < 0.5 else "big"
+        fields = b""
+        for _ in range(int(rng.random() * 4)):
+            code = int(rng.random() * 11)
+            if rng.random() < 0.5:
+                value = int(rng.random() * 4).to_bytes(4, order)  # u: reply serial, unix fds
+                field = bytes([code, 1]) + b"u\0" + value
+            elif rng.random() < 0.5:
+                sig = _DBUS_SIGNATURES[int(rng.random() * len(_DBUS_SIGNATURES))]
+                field = bytes([code, 1]) + b"g\0" + bytes([len(sig)]) + sig + b"\0"
+            else:
+                text = rng.choice((b"/a", b"org.x", b"Ping", b"\xff"))
+                field = bytes([code, 1]) + b"s\0" + len(text).to_bytes(4, order) + text + b"\0"
+            fields += field + bytes(-len(field) % 8)
+        body = b"".join(rng.choice(_DBUS_VALUES) for _ in range(int(rng.random() * 3)))
+        head = (b"l" if order == "little" else b"B") + bytes([1 + int(rng.random() * 4),
+                int(rng.random() * 2), 1])  # fmt: skip
+        head += len(body).to_bytes(4, order) + (1 + int(rng.random() * 3)).to_bytes(4, order)
+        head += len(fields).to_bytes(4, order) + fields
+        out += head + bytes(-len(head) % 8) + body
+    return out
+
+
+FRAMED = {"fastcgi": fastcgi_records, "http2": http2_frames, "dbus": dbus_messages}
 
 
 def random_stream(name: str, rng: random.Random) -> list[Step]:

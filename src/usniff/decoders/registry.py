@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import dbus, fastcgi, http2
 from . import detect as d
-from . import fastcgi, http2
 from . import http as h
 from . import memcached as mc
 from .base import Decoder
@@ -91,6 +91,14 @@ PROTOCOLS: tuple[Protocol, ...] = (
         client_first=fastcgi.begin_request,
         exchange=fastcgi.record_exchange,
         wireshark_port=False,
+    ),
+    Protocol(
+        "dbus",
+        7451,  # no dissector listens here: -d ...,dbus misreads the SASL bytes (docs/decoders.md)
+        "dbus",
+        dbus.DbusDecoder,
+        client_first=dbus.auth,
+        exchange=dbus.messages,
     ),
 )
 BY_NAME = {p.name: p for p in PROTOCOLS}
