@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.support.pcap_helpers import REDIS_EXCHANGE, Conn
-from tests.support.tshark import TSHARK
+from tests.support.tshark import TSHARK, follow_all
 from usniff.cli.main import main
 from usniff.events import CaptureStats
 from usniff.formats.pcapng import parse_comment
@@ -110,3 +110,38 @@ def test_uninstall_and_show(tmp_path: Path) -> None:
         gone.exit_code == 0 and not (tmp_path / ".local/lib/wireshark/plugins/usniff.lua").exists()
     )
     assert runner.invoke(main, ["wireshark"]).exit_code == 2  # no action: a usage error
+
+
+def _dbus_messages(data: bytes) -> int:
+    """D-Bus messages in one direction's bytes: the SASL lines (and the client's
+    credentials byte) skipped, then each message's length from its header."""
+    if data.startswith(b"\0"):
+        data = data[1:]
+    count, at = 0, 0
+    while at < len(data):
+        if data[at : at + 1] in (b"l", b"B") and data[at + 3 : at + 4] == b"\x01":
+            order = "little" if data[at : at + 1] == b"l" else "big"
+            body = int.from_bytes(data[at + 4 : at + 8], order)
+            header = 16 + int.from_bytes(data[at + 12 : at + 16], order)
+            at += header + (-header % 8) + body
+            count += 1
+        else:
+            at = data.index(b"\r\n", at) + 2
+    return count
+
+
+def test_dbus_messages_are_dissected_after_the_sasl_lines(tmp_path: Path) -> None:
+    capture = str(CAPTURES / "dbus.pcapng")
+    assert tshark(tmp_path, "-r", capture, "-Y", "dbus").stdout == ""  # stock: plain TCP
+    install(tmp_path)
+    want = sum(_dbus_messages(a) + _dbus_messages(b) for _, _, a, b in follow_all(capture).values())
+    serials = tshark(tmp_path, "-r", capture, "-T", "fields", "-e", "dbus.serial")
+    got = sum(len(line.split(",")) for line in serials.stdout.splitlines() if line)
+    assert got == want > 50
+    sasl = tshark(tmp_path, "-r", capture, "-Y", "usniff_dbus_sasl", "-T", "fields",
+                  "-e", "usniff_dbus_sasl.line")  # fmt: skip
+    assert "BEGIN" in sasl.stdout.split() and any(
+        line.startswith("AUTH EXTERNAL") for line in sasl.stdout.splitlines()
+    )
+    malformed = tshark(tmp_path, "-r", capture, "-Y", "_ws.malformed")
+    assert malformed.returncode == 0 and malformed.stdout == ""

@@ -116,7 +116,79 @@ end
 
 register_postdissector(usniff)
 
+-- D-Bus on the port usniff gives it: the SASL lines shown as text, each binary message
+-- (its length from the header) handed to Wireshark's own D-Bus dissector.
+local DBUS_PORT = 0 -- usniff: dbus port
+local sasl = Proto("usniff_dbus_sasl", "D-Bus authentication (SASL)")
+local sasl_line = ProtoField.string("usniff_dbus_sasl.line", "Line")
+sasl.fields = { sasl_line }
+
+local function message_length(tvb, offset)
+    -- fixed header: endianness, type, flags, version, body length, serial, fields length
+    local order = tvb(offset, 1):uint()
+    local le = order == 0x6c -- "l"
+    local function u32(at)
+        return le and tvb(offset + at, 4):le_uint() or tvb(offset + at, 4):uint()
+    end
+    local fields = u32(12)
+    local header = 16 + fields
+    header = header + (8 - header % 8) % 8
+    return header + u32(4)
+end
+
+local function is_message(tvb, offset)
+    local order = tvb(offset, 1):uint()
+    local kind = tvb(offset + 1, 1):uint()
+    return (order == 0x6c or order == 0x42) and kind >= 1 and kind <= 4
+        and tvb(offset + 3, 1):uint() == 1
+end
+
+local dbus_tcp = Proto("usniff_dbus", "D-Bus over a Unix socket (usniff)")
+
+-- Wireshark registers its D-Bus dissector for the D-Bus link type only, not by name
+local dbus_ok, dbus = pcall(function()
+    return DissectorTable.get("wtap_encap"):get_dissector(wtap_encaps.DBUS)
+end)
+
+function dbus_tcp.dissector(tvb, pinfo, tree)
+    local offset, n = 0, tvb:len()
+    while offset < n do
+        local first = tvb(offset, 1):uint()
+        if first == 0 then -- the client's credentials byte, before AUTH
+            tree:add(sasl, tvb(offset, 1), "D-Bus credentials byte")
+            offset = offset + 1
+        elseif n - offset >= 16 and is_message(tvb, offset) then
+            local len = message_length(tvb, offset)
+            if offset + len > n then
+                pinfo.desegment_offset = offset
+                pinfo.desegment_len = offset + len - n
+                return n
+            end
+            if dbus_ok and dbus then
+                dbus:call(tvb(offset, len):tvb(), pinfo, tree)
+            end
+            offset = offset + len
+        else
+            local text = tvb(offset, n - offset):string()
+            local eol = text:find("\r\n", 1, true)
+            if not eol then
+                pinfo.desegment_offset = offset
+                pinfo.desegment_len = DESEGMENT_ONE_MORE_SEGMENT
+                return n
+            end
+            local t = tree:add(sasl, tvb(offset, eol + 1))
+            t:add(sasl_line, tvb(offset, eol - 1))
+            t:append_text(": " .. text:sub(1, eol - 1))
+            pinfo.cols.protocol = "D-Bus SASL"
+            pinfo.cols.info = text:sub(1, eol - 1)
+            offset = offset + eol + 1
+        end
+    end
+    return n
+end
+
 local tcp_port = DissectorTable.get("tcp.port")
+if DBUS_PORT > 0 then tcp_port:add(DBUS_PORT, dbus_tcp) end
 for _, entry in ipairs(DECODE_AS) do
     local ok, handle = pcall(Dissector.get, entry[2])
     if ok and handle then tcp_port:add(entry[1], handle) end

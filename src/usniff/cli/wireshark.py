@@ -11,10 +11,11 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from ..decoders.registry import WIRESHARK_PORTS
+from ..decoders.registry import BY_NAME, WIRESHARK_PORTS
 
 NAME = "usniff.lua"
 MARK = "local DECODE_AS = {} -- usniff: ports"
+DBUS_MARK = "local DBUS_PORT = 0 -- usniff: dbus port"
 
 
 def plugin_dir() -> Path:
@@ -26,7 +27,9 @@ def plugin_text() -> str:
     """The plugin, its port table filled in from the registry."""
     template = resources.files(__package__).joinpath(NAME).read_text()
     ports = ", ".join(f'{{ {port}, "{name}" }}' for port, name in WIRESHARK_PORTS)
-    return template.replace(MARK, f"local DECODE_AS = {{ {ports} }} -- from usniff's registry")
+    text = template.replace(MARK, f"local DECODE_AS = {{ {ports} }} -- from usniff's registry")
+    dbus = f"local DBUS_PORT = {BY_NAME['dbus'].port} -- from usniff's registry"
+    return text.replace(DBUS_MARK, dbus)
 
 
 def install(folder: Path) -> Path:
