@@ -37,9 +37,9 @@ from tests.support.dbus_session import (
     p2p_server,
     start_dbus,
 )
-from tests.support.live_helpers import USNIFF, Usniff
-from tests.support.pcap_helpers import TSHARK, tshark
-from tests.test_live_decode import Run, assert_clean_exit, stats_table
+from tests.support.decoded import Run, assert_clean_exit, stats_table
+from tests.support.tshark import TSHARK, tshark
+from tests.support.usniff import USNIFF, Usniff
 from usniff.decoders.registry import BY_NAME
 
 pytestmark = [
