@@ -3,7 +3,7 @@
     .venv/bin/python -m bench decoders
 
 Replays the real sessions of captures/ (Redis and MySQL recorded by
-captures/record.py; PostgreSQL, HTTP, FastCGI and memcached by
+captures/record.py; PostgreSQL, HTTP, FastCGI, memcached, gRPC and D-Bus by
 captures/record_live.py, read back from their pcapng) many times through
 (a) the decoder alone and (b) the whole pipeline (Records -> StreamAssembler ->
 detection -> decoder -> Transaction objects), and compares the RESP parser with
@@ -25,9 +25,11 @@ import hiredis
 from tests.support.recorder import load_records
 from usniff.cli.read import read_records
 from usniff.decoders.base import Decoder, Transaction
+from usniff.decoders.dbus import DbusDecoder
 from usniff.decoders.engine import Decoding
 from usniff.decoders.fastcgi import FastcgiDecoder
 from usniff.decoders.http import HttpDecoder
+from usniff.decoders.http2 import Http2Decoder
 from usniff.decoders.memcached import MemcachedDecoder
 from usniff.decoders.mysql import MysqlDecoder
 from usniff.decoders.postgres import PostgresDecoder
@@ -90,13 +92,15 @@ def decoder_only(factory: Callable[[], Decoder], records: list[Record], repeat: 
 
 def pipeline(records: list[Record], repeat: int) -> int:
     n = 0
-    for i in range(repeat):  # distinct connections: shift the inodes
+    for i in range(repeat):  # distinct connections: shift the socket ids and inodes
+        k = i * 1000003
         shifted = [
             dataclasses.replace(
-                r, inode=r.inode + i * 1000003, peer_inode=r.peer_inode + i * 1000003
+                r, sock_id=r.sock_id + k, peer_id=r.peer_id + k if r.peer_id else 0,
+                inode=r.inode + k, peer_inode=r.peer_inode + k,
             )
             for r in records
-        ]
+        ]  # fmt: skip
         decoding = Decoding()
         n += sum(isinstance(e, Transaction) for e in decoding.feed(shifted) + decoding.finish())
     return n
@@ -129,6 +133,8 @@ def main() -> None:
         ("http (curl -> podman API)", HttpDecoder, _connections("http")),
         ("fastcgi (nginx, cgi-fcgi -> php-fpm)", FastcgiDecoder, _connections("fastcgi")),
         ("memcached (text + meta commands)", MemcachedDecoder, _connections("memcached")),
+        ("http2 (grpcio client -> grpcio server)", Http2Decoder, _connections("grpc")),
+        ("dbus (busctl, dbus-send, dbus-fast)", DbusDecoder, _connections("dbus")),
     ):
         runs = decoder_only(factory, records, 1)  # the transactions of one replay
         megabytes = _payload(records) / 1e6
