@@ -448,3 +448,44 @@ def test_detection() -> None:
 )
 def test_protobuf_field_tree(raw: bytes, tree: object) -> None:
     assert fields(raw) == tree
+
+
+def _demo_descriptor_set(path: Path) -> None:
+    """A descriptor set of the test service, as protoc would write it for
+    package usniff.test; message Msg {string text = 1; int32 number = 2;}
+    message Item {int32 index = 1; string name = 2;} message Ask {int32 n = 1;}
+    service Demo {rpc Echo(Msg) returns (Msg); rpc Count(Ask) returns (stream Item);}"""
+    from google.protobuf import descriptor_pb2
+
+    f = descriptor_pb2.FileDescriptorProto(name="demo.proto", package="usniff.test")
+    kind = descriptor_pb2.FieldDescriptorProto
+    string, int32 = kind.TYPE_STRING, kind.TYPE_INT32
+    for name, members in (("Msg", [("text", 1, string), ("number", 2, int32)]),
+                         ("Item", [("index", 1, int32), ("name", 2, string)]),
+                         ("Ask", [("n", 1, int32)])):  # fmt: skip
+        m = f.message_type.add(name=name)
+        for field, number, type_ in members:
+            m.field.add(name=field, number=number, type=type_, label=kind.LABEL_OPTIONAL)
+    service = f.service.add(name="Demo")
+    service.method.add(name="Echo", input_type=".usniff.test.Msg", output_type=".usniff.test.Msg")
+    service.method.add(name="Count", input_type=".usniff.test.Ask",
+                       output_type=".usniff.test.Item", server_streaming=True)  # fmt: skip
+    path.write_bytes(descriptor_pb2.FileDescriptorSet(file=[f]).SerializeToString())
+
+
+def test_descriptor_set_names_the_fields(tmp_path: Path) -> None:
+    schema = tmp_path / "demo.pb"
+    _demo_descriptor_set(schema)
+    calls = [e for e in _read("--proto-descriptor", str(schema)) if e["type"] == "transaction"]
+    echo, count = calls[0], calls[2]
+    assert echo["details"]["client_first_message"] == {"text": "hello", "number": 7}
+    assert echo["details"]["server_first_message"] == {"text": "hello", "number": 7}
+    assert count["details"]["client_first_message"] == {"n": 4}
+    assert count["details"]["server_first_message"] == {"index": 1, "name": "item-1"}
+    fail = calls[4]  # a method the descriptor set does not have: the raw tree
+    assert fail["details"]["client_first_message"] == [[1, 2, "widget"]]
+    bad = tmp_path / "bad.pb"
+    bad.write_bytes(b"\xff not a descriptor set")
+    out = subprocess.run([USNIFF, "read", str(CAPTURES / "grpc.pcapng"), "--proto-descriptor",
+                          str(bad)], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 2 and "not a protobuf descriptor set" in out.stderr

@@ -19,6 +19,7 @@ from ..capture.collector import (
     _ring_size,
     filter_warnings,
 )
+from ..decoders.engine import DecoderOptions
 from ..decoders.registry import CHOICES
 from ..events import SOCK_TYPES, CaptureStats
 from ..outputs.base import Output, OutputError
@@ -38,6 +39,15 @@ Examples:
 """
 
 PROTOCOLS = (*CHOICES, "raw")
+
+
+PROTO_DESCRIPTOR = click.option(
+    "--proto-descriptor",
+    metavar="FILE",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A protobuf descriptor set (protoc --include_imports --descriptor_set_out=FILE): "
+    "gRPC messages shown with their field names instead of field numbers.",
+)
 
 
 def parse_size(text: str) -> int:
@@ -133,13 +143,15 @@ def make_outputs(
     metrics: str | None = None,
     otlp: str | None = None,
     sinks_only: bool = False,
+    proto_descriptor: str | None = None,
 ) -> list[Output]:
     outputs: list[Output] = []
+    options = _decoder_options(proto_descriptor)
     proto = protocol if protocol and protocol != "raw" else "auto"
     decoded_beside = stats or not (
         sinks_only or write or _byte_view(ascii_, hexdump, fmt, protocol)
     )
-    sinks = _sinks(metrics, otlp, decoded_beside, proto, redact)
+    sinks = _sinks(metrics, otlp, decoded_beside, proto, redact, options)
     listeners = [sink.add for sink in sinks] if decoded_beside else []
     if sinks_only:
         return list(sinks)
@@ -175,12 +187,29 @@ def make_outputs(
         if write:  # -w FILE --stats: only the table, on stderr
             stream = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the output)
         outputs.append(DecodedOutput(stream, proto, fmt, stats=stats, redact=redact, live=live,
-                                     listeners=listeners))  # fmt: skip
+                                     listeners=listeners, options=options))  # fmt: skip
     return outputs + sinks  # the first output's items are what -c counts
 
 
+def _decoder_options(proto_descriptor: str | None) -> DecoderOptions:
+    """The decoders' options from the CLI's (--proto-descriptor: gRPC field names)."""
+    if not proto_descriptor:
+        return {}
+    from ..decoders.protobuf import Schema, SchemaError
+
+    try:
+        return {"http2": {"schema": Schema(proto_descriptor)}}
+    except SchemaError as e:
+        raise click.UsageError(f"--proto-descriptor {e}") from None
+
+
 def _sinks(
-    metrics: str | None, otlp: str | None, decoded_beside: bool, protocol: str, redact: bool
+    metrics: str | None,
+    otlp: str | None,
+    decoded_beside: bool,
+    protocol: str,
+    redact: bool,
+    options: DecoderOptions,
 ) -> list[TransactionSink]:
     """The --metrics and --otlp outputs.  Without a decoded output beside them the
     first decodes and hands each transaction to the others."""
@@ -191,7 +220,8 @@ def _sinks(
     try:
         for addr, kind in ((metrics, MetricsOutput), (otlp, OtlpOutput)):
             if addr:
-                sinks.append(kind(addr, not decoded_beside and not sinks, protocol, redact))
+                decode = not decoded_beside and not sinks
+                sinks.append(kind(addr, decode, protocol, redact, options))
     except OutputError as e:
         for sink in sinks:
             sink.stop()
@@ -343,6 +373,7 @@ def summary(stats: CaptureStats, shown: str = "") -> str:
     "messages and losses per socket path. Alone, it is the only output; with -w, --stats, "
     "--format text|json, -A or -X, it runs beside them.",
 )
+@PROTO_DESCRIPTOR
 @click.option(
     "--otlp",
     metavar="URL",
@@ -415,6 +446,7 @@ def main(ctx: click.Context, /, **kw: Any) -> None:  # fmt: skip
             metrics=kw["metrics"],
             otlp=kw["otlp"],
             sinks_only=_sinks_only(ctx, kw),
+            proto_descriptor=kw["proto_descriptor"],
             live=True,
         )
     except OutputError as e:
@@ -500,8 +532,10 @@ def list_cmd(path_filter: str | None) -> None:
     show_default=True,
     help="Whose dissectors decode the file.",
 )
+@PROTO_DESCRIPTOR
 def read_cmd(file: str, protocol: str | None, fmt: str, stats: bool, redact: bool,
-             ascii_: bool, hexdump: bool, dissect: str) -> None:  # fmt: skip
+             ascii_: bool, hexdump: bool, dissect: str,
+             proto_descriptor: str | None) -> None:  # fmt: skip
     """Decode a pcap/pcapng file offline (usniff's, or tcpdump's of a protocol over TCP)."""
     from .read import PcapReadError, dissect_wireshark, read_records
 
@@ -516,6 +550,7 @@ def read_cmd(file: str, protocol: str | None, fmt: str, stats: bool, redact: boo
     outputs = make_outputs(
         out, write=None, rotate_mb=None, rotate_count=None, rotate_seconds=None, snaplen=0,
         ascii_=ascii_, hexdump=hexdump, fmt=fmt, protocol=protocol, stats=stats, redact=redact,
+        proto_descriptor=proto_descriptor,
     )  # fmt: skip
     stats_ = CaptureStats(backend="file")
     damage = None

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from ..events import Record
@@ -39,6 +39,7 @@ class Undecoded:
 
 
 Event = DecoderEvent | Undecoded
+DecoderOptions = Mapping[str, Mapping[str, object]]  # protocol -> decoder keyword arguments
 
 
 @dataclass(slots=True)
@@ -77,11 +78,16 @@ class Decoding:
 
     UNDECIDED_WAIT = 1.0
 
-    def __init__(self, protocol: str = "auto", redact: bool = False) -> None:
+    def __init__(
+        self, protocol: str = "auto", redact: bool = False, options: DecoderOptions | None = None
+    ) -> None:
+        """``options``: per protocol name, more keyword arguments for its decoder (e.g.
+        ``{"http2": {"schema": Schema(...)}}``)."""
         if protocol not in CHOICES:
             raise ValueError(f"protocol must be one of {CHOICES}, not {protocol!r}")
         self.protocol = protocol
         self.redact = redact
+        self.options = options or {}
         self.assembler = StreamAssembler()
         self.protocols_seen: dict[str, int] = {}
         self._conns: dict[ConnKey, _Conn] = {}
@@ -194,7 +200,7 @@ class Decoding:
             conn.reason = self._reason(conn, protocol)
             out.extend(Undecoded(rec, conn.reason, conn.name) for rec in held)
         else:
-            conn.decoder = factory(redact=self.redact)
+            conn.decoder = factory(redact=self.redact, **self.options.get(protocol, {}))
             self._decoded += 1
             for ev in pending:
                 self._decode(conn, ev, out)
@@ -239,10 +245,13 @@ class Decoding:
 
 
 def decode_records(
-    records: Iterable[Record], protocol: str = "auto", redact: bool = False
+    records: Iterable[Record],
+    protocol: str = "auto",
+    redact: bool = False,
+    options: DecoderOptions | None = None,
 ) -> Iterator[Event]:
     """Decode a finite sequence of Records (e.g. read back from a file)."""
-    decoding = Decoding(protocol, redact)
+    decoding = Decoding(protocol, redact, options)
     for rec in records:
         yield from decoding.feed((rec,))
     yield from decoding.finish()

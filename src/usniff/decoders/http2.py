@@ -72,6 +72,7 @@ from .base import (
 )
 from .fastcgi import mask_query
 from .http import route
+from .protobuf import Schema
 
 PROTOCOL = "http2"
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -338,8 +339,9 @@ def _new_hpack() -> hpack.Decoder:
 class Http2Decoder:
     protocol = PROTOCOL
 
-    def __init__(self, redact: bool = False) -> None:
+    def __init__(self, redact: bool = False, schema: Schema | None = None) -> None:
         self.redact = redact
+        self.schema = schema  # names for gRPC messages' fields (--proto-descriptor)
         self._sides = (_Side(), _Side())
         self._preface = b""  # the client's first bytes while they may be the preface
         self._started = False  # the client's first chunk was seen
@@ -781,9 +783,7 @@ class Http2Decoder:
                 if m.compressed:
                     messages[who]["compressed"] = m.compressed
                 if m.count and m.first:
-                    details[f"{who}_first_message"] = (
-                        "(compressed)" if m.first_compressed else fields(bytes(m.first))
-                    )
+                    details[f"{who}_first_message"] = self._message(path, who, m)
             details["messages"] = messages
         if stream.reset:
             details["reset"] = stream.reset
@@ -816,6 +816,18 @@ class Http2Decoder:
                 cut=stream.cut,
             )
         )
+
+    def _message(self, path: str, who: str, m: _Messages) -> object:
+        """The first message of one side: named by the schema when it knows the call and
+        the message was kept whole, else a raw field tree."""
+        if m.first_compressed:
+            return "(compressed)"
+        data = bytes(m.first)
+        if self.schema is not None and m.first_size == len(data):
+            named = self.schema.decode(path, who == "client", data)
+            if named is not None:
+                return named
+        return fields(data)
 
     def _headers(self, headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
         out: dict[str, str] = {}

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.live import Live
 
 from ..decoders.base import Notice, Transaction
-from ..decoders.engine import Decoding, Event, Undecoded
+from ..decoders.engine import DecoderOptions, Decoding, Event, Undecoded
 from ..events import CaptureStats, Record
 from ..printable import printable
 from . import raw
@@ -92,6 +92,7 @@ class DecodedOutput:
         stats_stream: TextIO | None = None,
         live: bool = False,
         listeners: Sequence[Callable[[Transaction], None]] = (),
+        options: DecoderOptions | None = None,
     ) -> None:
         """``live``: records arrive as they are sent (not read from a file), so a
         connection undecided for ``Decoding.UNDECIDED_WAIT`` seconds of wall-clock
@@ -101,7 +102,7 @@ class DecodedOutput:
             raise ValueError(f"format must be text or json, not {fmt!r}")
         self.stream = stream
         self.fmt = fmt
-        self.decoding = Decoding(protocol, redact)
+        self.decoding = Decoding(protocol, redact, options)
         self.live = live
         self.stats = Stats() if stats else None
         self.listeners = listeners

@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from ..decoders.base import Transaction
+from ..decoders.engine import DecoderOptions
 from ..events import Record
 from .base import OutputError
 from .sink import TransactionSink
@@ -211,9 +212,14 @@ class MetricsOutput(TransactionSink):
     when ``decode``, else those a decoded output hands it)."""
 
     def __init__(
-        self, addr: str, decode: bool, protocol: str = "auto", redact: bool = False
+        self,
+        addr: str,
+        decode: bool,
+        protocol: str = "auto",
+        redact: bool = False,
+        options: DecoderOptions | None = None,
     ) -> None:
-        super().__init__(decode, protocol, redact)
+        super().__init__(decode, protocol, redact, options)
         self.addr = addr
         self.metrics = Metrics()
         self._server = serve(self.metrics, addr)

@@ -26,6 +26,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 
 from .. import __version__
 from ..decoders.base import Transaction
+from ..decoders.engine import DecoderOptions
 from .base import OutputError
 from .sink import TransactionSink
 
@@ -91,9 +92,14 @@ class OtlpOutput(TransactionSink):
     """``--otlp URL``: transactions queued, exported as spans by a thread."""
 
     def __init__(
-        self, url: str, decode: bool, protocol: str = "auto", redact: bool = False
+        self,
+        url: str,
+        decode: bool,
+        protocol: str = "auto",
+        redact: bool = False,
+        options: DecoderOptions | None = None,
     ) -> None:
-        super().__init__(decode, protocol, redact)
+        super().__init__(decode, protocol, redact, options)
         if not url.startswith(("http://", "https://")):
             raise OutputError(f"--otlp {url}: give the collector's http:// or https:// URL")
         self.endpoint = url.rstrip("/") + ("" if url.endswith("/v1/traces") else "/v1/traces")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from ..decoders.base import Transaction
-from ..decoders.engine import Decoding
+from ..decoders.engine import DecoderOptions, Decoding
 from ..events import CaptureStats, Record
 
 
@@ -21,8 +21,14 @@ class TransactionSink:
     decodes); subclasses implement ``add`` and may override ``records`` (every
     batch, decoded or not) and ``stop`` (end of the capture)."""
 
-    def __init__(self, decode: bool, protocol: str = "auto", redact: bool = False) -> None:
-        self.decoding = Decoding(protocol, redact) if decode else None
+    def __init__(
+        self,
+        decode: bool,
+        protocol: str = "auto",
+        redact: bool = False,
+        options: DecoderOptions | None = None,
+    ) -> None:
+        self.decoding = Decoding(protocol, redact, options) if decode else None
         self.listeners: list[Callable[[Transaction], None]] = []
 
     def add(self, tx: Transaction) -> None:
