@@ -27,6 +27,7 @@ that were already seen (retransmissions) are dropped.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import io
 import ipaddress
@@ -739,11 +740,15 @@ def dissect_wireshark(
     tshark, e.g. ``{"tcp.port==16379": "resp"}`` for a server on another port, besides
     the ports of the protocols stock Wireshark does not dissect unasked (FastCGI's)."""
     pyshark = importlib.import_module("pyshark")  # optional dependency
+    # an event loop of its own: pyshark takes the thread's current one, which code that
+    # ran asyncio.run() before (in the same process) has left unset
+    loop = asyncio.new_event_loop()
     capture = pyshark.FileCapture(
         path,
         display_filter=" || ".join(protocols),
         keep_packets=False,
         decode_as={**DECODE_AS, **(decode_as or {})},
+        eventloop=loop,
     )
     try:
         for pkt in capture:
@@ -759,3 +764,4 @@ def dissect_wireshark(
                 yield Dissected(int(pkt.number), float(pkt.sniff_timestamp), name, values)
     finally:
         capture.close()
+        loop.close()
