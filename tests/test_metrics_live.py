@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.servers import free_port, start_redis
 from tests.support.usniff import Usniff, run, wait_until
 from usniff.decoders.base import Transaction
-from usniff.outputs.metrics import MAX_OPERATIONS, OTHER, Metrics
+from usniff.outputs.metrics import MAX_OPERATIONS, OTHER, SERIES_PER_PATH, Metrics
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
@@ -163,3 +163,26 @@ def test_operation_labels_are_capped_per_path() -> None:
         if s.name == "usniff_requests_total"
     )
     assert total == MAX_OPERATIONS + 50  # every request counted, the rest as "other"
+
+
+def test_series_of_a_busy_capture_stay_under_the_documented_bound() -> None:
+    """50 clients, 10k distinct Redis keys and 1k distinct SQL statement shapes on two
+    sockets: the scrape holds at most SERIES_PER_PATH series per path (docs/metrics.md)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    metrics = Metrics()
+    for i in range(10_000):
+        cmd = ("GET", "SET", "HGETALL", "EXPIRE")[i % 4]  # the key is no label
+        metrics.add(Transaction("resp", cmd, f"{cmd} key:{i}", "+OK", False, 0.0, 1e-4, 30, 5,
+                                path="/run/redis.sock", client_pid=1000 + i % 50))  # fmt: skip
+    for i in range(1_000):
+        shape = f"SELECT c{i} FROM t WHERE id = ?"
+        metrics.add(Transaction("postgres", shape, shape, "1 row", False, 0.0, 2e-3, 60, 90,
+                                path="/run/postgresql/.s.PGSQL.5432"))  # fmt: skip
+    registry = CollectorRegistry()
+    registry.register(metrics)
+    lines = [x for x in generate_latest(registry).decode().splitlines() if not x.startswith("#")]
+    per_path = Counter(re.search(r'path="([^"]*)"', x)[1] for x in lines if 'path="' in x)  # type: ignore[index]
+    assert per_path["/run/postgresql/.s.PGSQL.5432"] <= SERIES_PER_PATH
+    assert per_path["/run/redis.sock"] <= SERIES_PER_PATH
+    assert per_path["/run/postgresql/.s.PGSQL.5432"] > 0.9 * SERIES_PER_PATH  # the cap is hit

@@ -39,6 +39,10 @@ BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5
 MAX_PATHS = 100
 MAX_OPERATIONS = 200  # per (path, protocol)
 OTHER = "other"
+# per operation: requests, errors, unanswered, 2 byte counters, the histogram's buckets
+# (+Inf too), sum and count; per path: 3 socket counters for each of 2 senders
+SERIES_PER_OPERATION = 5 + len(BUCKETS) + 1 + 2
+SERIES_PER_PATH = (MAX_OPERATIONS + 1) * SERIES_PER_OPERATION + 6  # for one protocol
 
 
 @dataclass(slots=True)
