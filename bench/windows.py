@@ -21,7 +21,9 @@ Configurations: ``redis-cli MONITOR`` (Redis's own command feed, read and
 discarded: what an operator who only wants the commands pays),
 ``usniff --path SOCK -w FILE -C 1000 -W 2`` (pcapng on disk, rotated so that
 a long run stays within 2 GB), ``usniff --path SOCK`` (decoded text, to
-/dev/null), ``usniff --path SOCK --stats`` (the statistics table only) and
+/dev/null), ``usniff --path SOCK --stats`` (text to /dev/null and the table),
+``usniff --path SOCK --metrics S`` alone and beside ``-w`` (Prometheus
+metrics served on a Unix socket, not scraped) and
 ``usniff --path OTHER -w FILE`` (filtered out: the kernel-side filter
 alone).  redis-server and redis-benchmark are pinned as in bench/overhead.py.
 The request rate is read from INFO (total_commands_processed) at the edges of
@@ -50,6 +52,8 @@ from .overhead import CLIENT_CPU, SERVER_CPU, _pid_of, pin_process
 CONFIGS = (
     "redis MONITOR",
     "usniff -w pcapng",
+    "usniff -w --metrics",
+    "usniff --metrics",
     "usniff text",
     "usniff --stats",
     "usniff other path",
@@ -73,7 +77,8 @@ def agent(config: str, sock: str, work: str) -> None:
     from usniff.cli.main import make_outputs, summary
 
     path, write = sock, None
-    if config == "usniff -w pcapng":
+    metrics = f"{work}/metrics-{CONFIGS.index(config)}.sock" if "--metrics" in config else None
+    if config in ("usniff -w pcapng", "usniff -w --metrics"):
         write = f"{work}/windows.pcapng"
     elif config == "usniff other path":
         path, write = f"{work}/other.sock", f"{work}/other.pcapng"
@@ -82,7 +87,8 @@ def agent(config: str, sock: str, work: str) -> None:
     outputs = make_outputs(
         devnull, write=write, rotate_mb=1000 if write else None, rotate_count=2 if write else None,
         rotate_seconds=None, snaplen=0, ascii_=False, hexdump=False, fmt="text", protocol=None,
-        stats=config == "usniff --stats", redact=False,
+        stats=config == "usniff --stats", redact=False, metrics=metrics,
+        sinks_only=config == "usniff --metrics",
     )  # fmt: skip
     # Capture has no public detach: bytes sent while detached are not counted,
     # so a stream would resume without a gap mark; only a measurement wants it.
@@ -310,6 +316,7 @@ def key(results: list[dict[str, Any]]) -> list[str]:
         parts.append(
             f"windows redis {res['workload']}: pcapng {r['usniff -w pcapng']['median']:.3f} "
             f"text {r['usniff text']['median']:.3f} stats {r['usniff --stats']['median']:.3f} "
+            f"metrics {r['usniff --metrics']['median']:.3f} "
             f"filtered-out {r['usniff other path']['median']:.3f}"
         )
     return parts
