@@ -7,7 +7,7 @@ ARCH := $(shell uname -m | sed 's/x86_64/x86/;s/aarch64/arm64/')
 # A packager builds once on any BTF kernel (or with VMLINUX_BTF=path/to/vmlinux);
 # CO-RE relocates the object on every kernel it loads on.
 VMLINUX_BTF ?= /sys/kernel/btf/vmlinux
-BPF_OBJ := src/usniff/bpf/usniff.bpf.o
+BPF_OBJ := src/usniff/capture/bpf/usniff.bpf.o
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 PODMAN ?= podman
 IMAGE ?= usniff:$(VERSION)

@@ -27,8 +27,8 @@ setup(
         ),
         # linked against libbpf.so.1, which `auditwheel repair` then copies into the wheel
         Extension(
-            "usniff._libbpf",
-            ["src/usniff/_libbpf.c"],
+            "usniff.capture._libbpf",
+            ["src/usniff/capture/_libbpf.c"],
             libraries=["bpf"],
             extra_compile_args=["-Wall"],
         ),

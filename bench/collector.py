@@ -24,10 +24,10 @@ import time
 from collections.abc import Callable
 from unittest import mock
 
-from usniff import capture
+from usniff.capture import collector as capture
+from usniff.capture.ringbuf import RingBuffer
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, CaptureStats
 from usniff.outputs.pcapng import PcapngOutput
-from usniff.ringbuf import RingBuffer
 
 CONNECTIONS = 50
 BATCH = 4096  # records per drain, about what one poll() hands over under load

@@ -24,11 +24,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from recorder import load_records  # noqa: E402
 
-from usniff.decode import Decoding  # noqa: E402
 from usniff.decoders.base import Decoder, Transaction  # noqa: E402
 from usniff.decoders.mysql import MysqlDecoder  # noqa: E402
 from usniff.decoders.resp import Parser, RespDecoder  # noqa: E402
 from usniff.events import Record  # noqa: E402
+from usniff.outputs.decoded import Decoding  # noqa: E402
 from usniff.streams import Direction, conn_key  # noqa: E402
 
 

@@ -56,9 +56,9 @@ def agent(config: str, sock: str, work: str) -> None:
     """``python -m bench.windows CONFIG SOCK WORKDIR``: a capture whose programs
     the controller detaches and attaches ("attach"/"detach" lines on stdin,
     "ok" on stdout); SIGTERM ends it with the CLI's summary on stderr."""
-    from usniff.capture import Capture, CaptureOptions
-    from usniff.capture_main import run
-    from usniff.cli import make_outputs, summary
+    from usniff.capture.collector import Capture, CaptureOptions
+    from usniff.cli.loop import run
+    from usniff.cli.main import make_outputs, summary
 
     path, write = sock, None
     if config == "usniff -w pcapng":

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /*
  * The only layout shared by the BPF programs and the collector: included by
- * src/usniff/_fastpath.c; src/usniff/capture.py mirrors it with struct
+ * src/usniff/_fastpath.c; src/usniff/capture/collector.py mirrors it with struct
  * formats (keep them in step).
  */
 #ifndef __USNIFF_H

@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from recorder import load_records  # noqa: E402
 
+from usniff.cli.read import read_records  # noqa: E402
 from usniff.events import Record  # noqa: E402
-from usniff.pcapread import read_records  # noqa: E402
 
 CAPTURES = Path(__file__).resolve().parent.parent / "captures"
 PROGS = Path(__file__).resolve().parent / "progs"

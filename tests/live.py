@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from usniff.capture import Capture, CaptureOptions
+from usniff.capture.collector import Capture, CaptureOptions
 from usniff.events import Record
 
 BACKEND = os.environ.get("USNIFF_BACKEND", "auto")

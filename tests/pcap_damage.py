@@ -221,7 +221,7 @@ def damaged_file(rng: random.Random, captures: list[bytes]) -> bytes:
 
 
 def fuzz(seed: int, count: int, cli_every: int, workdir: str) -> dict[str, object]:
-    """Read ``count`` damaged files with :func:`usniff.pcapread.read_records`
+    """Read ``count`` damaged files with :func:`usniff.cli.read.read_records`
     and every ``cli_every``-th one with ``usniff read`` (in-process, each
     output mode in turn).  Returns counts and the first failures: any
     exception but PcapReadError, or an exit status that does not say
@@ -230,8 +230,8 @@ def fuzz(seed: int, count: int, cli_every: int, workdir: str) -> dict[str, objec
 
     from click.testing import CliRunner
 
-    from usniff.cli import main
-    from usniff.pcapread import PcapReadError, read_records
+    from usniff.cli.main import main
+    from usniff.cli.read import PcapReadError, read_records
 
     modes = [[], ["-A"], ["-X"], ["--format", "json"], ["--stats"], ["--protocol", "mysql"]]
     rng = random.Random(seed)

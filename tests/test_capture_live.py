@@ -34,7 +34,7 @@ import pytest
 from live import BACKEND, PROGS, SCALE, TIMEOUT, Collected, Workload, collect, covers, options
 from servers import start_redis
 
-from usniff.capture import Capture, CaptureError, CaptureOptions
+from usniff.capture.collector import Capture, CaptureError, CaptureOptions
 from usniff.events import FLAG_ADDR, FLAG_MSG_END, FLAG_MSG_START, FLAG_TRUNCATED, Record
 
 pytestmark = [

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from usniff.cli import main, parse_size
+from usniff.cli.main import main, parse_size
 
 
 def test_sizes_take_suffixes() -> None:

@@ -13,12 +13,12 @@ import pytest
 from click.testing import CliRunner
 from conftest import capture
 
-from usniff.cli import main
-from usniff.decode import DecodedOutput, Decoding, Stats
+from usniff.cli.main import main
 from usniff.decoders.base import Transaction
 from usniff.decoders.registry import detect
 from usniff.events import CaptureStats, Record
 from usniff.outputs.base import clock_text
+from usniff.outputs.decoded import DecodedOutput, Decoding, Stats
 
 
 def run(name: str, **kw: object) -> tuple[str, str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pcap_helpers import REDIS_EXCHANGE, TSHARK, Conn, tshark
 
-from usniff import extcap
+from usniff.cli import extcap
 from usniff.events import CaptureStats
 from usniff.outputs.base import Output
 

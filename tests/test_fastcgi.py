@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 from pcap_helpers import TSHARK
 from php_session import CONCURRENT, COOKIE, PASSWORD, POST_BODY, TOKEN
 
-from usniff.decode import decode_records
+from usniff.cli.read import dissect_wireshark, read_records
 from usniff.decoders import fastcgi
 from usniff.decoders.base import Notice, Transaction
 from usniff.decoders.fastcgi import FastcgiDecoder, parse_pairs
 from usniff.decoders.registry import detect
-from usniff.pcapread import dissect_wireshark, read_records
+from usniff.outputs.decoded import decode_records
 from usniff.streams import Direction
 
 C, S = Direction.CLIENT, Direction.SERVER

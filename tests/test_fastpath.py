@@ -9,7 +9,8 @@ import struct
 
 import pytest
 
-from usniff import _fastpath, capture
+from usniff import _fastpath
+from usniff.capture import collector as capture
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, FLAG_TRUNCATED, CaptureStats, Record
 from usniff.outputs.pcapng import IPPROTO_TCP, IPPROTO_UDP, PcapngOutput, _Dir, _Sink
 

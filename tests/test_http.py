@@ -20,11 +20,11 @@ import pytest
 from http_session import MISSING_ID, PINGS, SECRETS
 from pcap_helpers import TSHARK, Conn, tshark
 
-from usniff.decode import Undecoded, decode_records
 from usniff.decoders.base import DecoderEvent, Notice, Transaction
 from usniff.decoders.http import MAX_BUFFER, MAX_CHUNKS, HttpDecoder, route
 from usniff.decoders.registry import detect
 from usniff.events import CaptureStats
+from usniff.outputs.decoded import Undecoded, decode_records
 from usniff.outputs.pcapng import PcapngOutput
 from usniff.streams import Direction
 

@@ -1,4 +1,4 @@
-"""usniff.libbpf refuses a libbpf older than 1.0 and names the version it found.
+"""usniff.capture.libbpf refuses a libbpf older than 1.0 and names the version it found.
 
 The libraries are tiny shared objects compiled here that export what an old
 libbpf exports (libbpf_major_version/minor from 0.6 on; nothing of the sort
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from usniff import libbpf
+from usniff.capture import libbpf
 
 
 def shared_object(path: Path, source: str) -> str:

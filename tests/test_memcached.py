@@ -13,10 +13,10 @@ from conftest import CAPTURES
 from live_helpers import MEMCACHED_EXPECTED
 from servers import start_memcached
 
+from usniff.cli.read import read_records
 from usniff.decoders.base import DecoderEvent, Notice, Transaction
 from usniff.decoders.memcached import KEEP, MAX_LINE, MAX_PENDING, SHOWN, MemcachedDecoder
 from usniff.decoders.registry import detect
-from usniff.pcapread import read_records
 from usniff.streams import Direction
 
 C, S = Direction.CLIENT, Direction.SERVER

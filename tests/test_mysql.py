@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from conftest import capture
 
-from usniff.decode import decode_records
 from usniff.decoders.base import Notice, Transaction
 from usniff.decoders.mysql import MysqlDecoder, PacketReader, query_shape, redact_sql
 from usniff.events import Record
+from usniff.outputs.decoded import decode_records
 from usniff.streams import Direction, conn_key
 
 C, S = Direction.CLIENT, Direction.SERVER

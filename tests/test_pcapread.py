@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from pcap_helpers import MYSQL_EXCHANGE, REDIS_EXCHANGE, TSHARK, Conn, follow_raw
 
+from usniff.cli.read import PcapReadError, dissect_wireshark, read_records
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, CaptureStats, Record
 from usniff.outputs.pcapng import PcapngOutput
-from usniff.pcapread import PcapReadError, dissect_wireshark, read_records
 
 
 def write(path: Path, records: list[Record]) -> None:

@@ -44,7 +44,7 @@ from pcap_damage import (
 )
 from pcap_helpers import TSHARK
 
-from usniff.pcapread import Packet, PcapReadError, read_packets
+from usniff.cli.read import Packet, PcapReadError, read_packets
 
 pytestmark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
 

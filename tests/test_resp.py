@@ -11,9 +11,9 @@ from conftest import capture
 from hypothesis import given
 from hypothesis import strategies as st
 
-from usniff.decode import decode_records
 from usniff.decoders.base import Notice, Transaction
 from usniff.decoders.resp import KEEP, Agg, Big, Parser, ProtocolError, RespDecoder, RespError
+from usniff.outputs.decoded import decode_records
 from usniff.streams import Direction
 
 C, S = Direction.CLIENT, Direction.SERVER

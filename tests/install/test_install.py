@@ -40,13 +40,13 @@ def test_wheel_is_reproducible_and_self_contained(
     assert again.name == wheel.name
     assert again.read_bytes() == wheel.read_bytes(), "two builds of one commit differ"
     subprocess.run([sys.executable, "-m", "zipfile", "-e", str(wheel), str(tmp_path)], check=True)
-    obj = tmp_path / "usniff" / "bpf" / "usniff.bpf.o"
+    obj = tmp_path / "usniff" / "capture" / "bpf" / "usniff.bpf.o"
     sections = set(re.findall(r"\] (\.\S+)", readelf("-SW", obj)))
     assert {".BTF", ".BTF.ext"} <= sections, "CO-RE needs the BTF kept"
     assert not {s for s in sections if s.startswith(".debug")}, "DWARF not stripped"
     libs = {p.name.split("-")[0] for p in (tmp_path / "usniff.libs").iterdir()}
     assert {"libbpf", "libelf"} <= libs
-    for so in [*tmp_path.glob("usniff/*.so"), *(tmp_path / "usniff.libs").iterdir()]:
+    for so in [*tmp_path.glob("usniff/**/*.so"), *(tmp_path / "usniff.libs").iterdir()]:
         for path in re.findall(r"R(?:UN)?PATH.*\[(.*)\]", readelf("-d", so)):
             assert path.startswith("$ORIGIN"), f"{so.name}: build-host search path {path}"
 

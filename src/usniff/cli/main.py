@@ -8,8 +8,8 @@ from typing import Any, TextIO
 
 import click
 
-from . import __version__
-from .capture import (
+from .. import __version__
+from ..capture.collector import (
     BACKENDS,
     DEFAULT_BUFFER,
     Capture,
@@ -18,10 +18,10 @@ from .capture import (
     _ring_size,
     filter_warnings,
 )
-from .capture_main import FLUSH_EVERY, run, write_batch
-from .decoders.registry import DECODABLE
-from .events import CaptureStats
-from .outputs.base import Output, OutputError
+from ..decoders.registry import DECODABLE
+from ..events import CaptureStats
+from ..outputs.base import Output, OutputError
+from .loop import FLUSH_EVERY, run, write_batch
 
 EXAMPLES = """
 \b
@@ -131,7 +131,7 @@ def make_outputs(
 ) -> list[Output]:
     outputs: list[Output] = []
     if write:
-        from .outputs.pcapng import PcapngOutput
+        from ..outputs.pcapng import PcapngOutput
 
         try:
             outputs.append(
@@ -148,7 +148,7 @@ def make_outputs(
         if not stats:
             return outputs  # the file (or stdout, for -w -) carries pcapng only
     if _byte_view(ascii_, hexdump, fmt, protocol) and not stats:
-        from .outputs.raw import JsonOutput, TextOutput
+        from ..outputs.raw import JsonOutput, TextOutput
 
         if fmt == "json":
             outputs.append(JsonOutput(stream))
@@ -157,7 +157,7 @@ def make_outputs(
                 TextOutput(stream, "ascii" if ascii_ else "hex" if hexdump else "preview")
             )
     else:
-        from .decode import DecodedOutput
+        from ..outputs.decoded import DecodedOutput
 
         proto = protocol if protocol and protocol != "raw" else "auto"
         if write:  # -w FILE --stats: only the table, on stderr
@@ -168,8 +168,8 @@ def make_outputs(
 
 def _items(output: Output) -> str:
     """What ``output`` emits, as -c counts it."""
-    from .decode import DecodedOutput
-    from .outputs.pcapng import PcapngOutput
+    from ..outputs.decoded import DecodedOutput
+    from ..outputs.pcapng import PcapngOutput
 
     if isinstance(output, DecodedOutput):
         return "lines printed"
@@ -385,7 +385,7 @@ def list_cmd(path_filter: str | None) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from .sockets import list_sockets, printable
+    from ..capture.sockets import list_sockets, printable
 
     try:
         socks = list_sockets()
@@ -431,7 +431,7 @@ def list_cmd(path_filter: str | None) -> None:
 def read_cmd(file: str, protocol: str | None, fmt: str, stats: bool, redact: bool,
              ascii_: bool, hexdump: bool, dissect: str) -> None:  # fmt: skip
     """Decode a pcap/pcapng file offline (usniff's, or a tcpdump capture of Redis/MySQL)."""
-    from .pcapread import PcapReadError, dissect_wireshark, read_records
+    from .read import PcapReadError, dissect_wireshark, read_records
 
     check_redact(redact, write=None, ascii_=ascii_, hexdump=hexdump, fmt=fmt,
                  protocol=protocol, stats=stats, dissect=dissect)  # fmt: skip

@@ -20,9 +20,8 @@ from importlib import resources
 from operator import attrgetter
 from pathlib import Path
 
-from . import libbpf, sockets
-from ._fastpath import EVENT_SIZE, SOCK_STATE_SIZE, EventHandler, Packed
-from .events import (
+from .._fastpath import EVENT_SIZE, SOCK_STATE_SIZE, EventHandler, Packed
+from ..events import (
     FLAG_ADDR,
     FLAG_MSG_END,
     FLAG_MSG_START,
@@ -30,6 +29,7 @@ from .events import (
     CaptureStats,
     Record,
 )
+from . import libbpf, sockets
 from .ringbuf import RingBuffer
 
 BACKENDS = ("fentry", "kprobe", "tracepoint")
@@ -82,7 +82,7 @@ def bpf_object_path() -> str:
     env = os.environ.get("USNIFF_BPF_OBJECT")
     if env:
         return env
-    return str(resources.files("usniff") / "bpf" / "usniff.bpf.o")
+    return str(resources.files("usniff.capture") / "bpf" / "usniff.bpf.o")
 
 
 def kernel_dev(st_dev: int) -> int:

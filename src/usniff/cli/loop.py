@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import cast
 
-from ._fastpath import Packed
-from .capture import Capture, CaptureOptions
-from .events import CaptureStats, Record
-from .outputs.base import Output, OutputError
+from .._fastpath import Packed
+from ..capture.collector import Capture, CaptureOptions
+from ..events import CaptureStats, Record
+from ..outputs.base import Output, OutputError
 
 FLUSH_EVERY = 1.0  # seconds between write-outs of the outputs (-U: after every batch)
 POLL_WAIT = 0.2  # longest wait for records in one cap.poll (the collector wakes every capture.POLL)
@@ -86,7 +86,7 @@ def run(
     gc.set_threshold(GC_YOUNG, 50, 50)
     # Only pcapng written (-w, the extcap): the capture may hand over Packed
     # records, framed from their C fields ("packed records" in _fastpath.c).
-    from .outputs.pcapng import PcapngOutput
+    from ..outputs.pcapng import PcapngOutput
 
     frames = [out for out in outputs if isinstance(out, PcapngOutput)]
     cap.packed = bool(outputs) and len(frames) == len(outputs)
@@ -142,7 +142,7 @@ def write_batch(outputs: Sequence[Output], batch: list[Record], limit: int = 0) 
 
 
 def run_capture(options: object, output: Output) -> None:
-    """Entry point for the Wireshark extcap (usniff.extcap.CaptureOptions)."""
+    """Entry point for the Wireshark extcap (usniff.cli.extcap.CaptureOptions)."""
     path = getattr(options, "path", None)
     pid = getattr(options, "pid", None)
     opts = CaptureOptions(paths=[path] if path else [], pids=[pid] if pid else [])

@@ -19,8 +19,8 @@ from __future__ import annotations
 import mmap
 import select
 
-from ._fastpath import EventHandler
-from ._fastpath import drain as _drain
+from .._fastpath import EventHandler
+from .._fastpath import drain as _drain
 
 
 class RingBuffer:

@@ -43,7 +43,7 @@ from usniff.outputs.pcapng import (
     parse_comment,
 )
 
-from .decoders.registry import DECODE_AS, PROTOCOLS
+from ..decoders.registry import DECODE_AS, PROTOCOLS
 
 WELL_KNOWN_PORTS = frozenset(p.port for p in PROTOCOLS) | {OTHER_PORT}
 MASK32 = 0xFFFFFFFF

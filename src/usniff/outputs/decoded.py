@@ -25,15 +25,12 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .decoders.base import Decoder, DecoderEvent, Notice, Transaction
-from .decoders.detect import ENOUGH
-from .decoders.registry import BY_NAME, DECODABLE, detect
-from .events import CaptureStats, Record
-from .outputs import raw
-from .outputs.base import clock_text
-from .outputs.histogram import Histogram
-from .printable import printable
-from .streams import (
+from ..decoders.base import Decoder, DecoderEvent, Notice, Transaction
+from ..decoders.detect import ENOUGH
+from ..decoders.registry import BY_NAME, DECODABLE, detect
+from ..events import CaptureStats, Record
+from ..printable import printable
+from ..streams import (
     Close,
     ConnKey,
     Data,
@@ -43,6 +40,9 @@ from .streams import (
     StreamEvent,
     conn_key,
 )
+from . import raw
+from .base import clock_text
+from .histogram import Histogram
 
 PROTOCOLS = ("auto", *DECODABLE)
 MAX_UNDECIDED = 64 * 1024  # bytes buffered per connection while detecting

@@ -1,6 +1,6 @@
 """Thin typed ctypes binding over libbpf (>= 1.0).
 
-The libbpf used is the wheel's own: ``usniff._libbpf`` is linked against it
+The libbpf used is the wheel's own: ``usniff.capture._libbpf`` is linked against it
 and ``auditwheel repair`` copies it into the wheel (``_libbpf.c``).  Where
 that module is missing or cannot load (a source tree without the extension
 built), the system's ``libbpf.so.1`` is used if it is 1.0 or newer.
@@ -8,7 +8,7 @@ built), the system's ``libbpf.so.1`` is used if it is 1.0 or newer.
 Only what usniff needs: open an object file, choose which programs load,
 size maps, load, attach, update/lookup map elements.  libbpf's own log is
 routed to a Python callback (``--verbose``).  The ring buffer is *not*
-consumed through libbpf's per-record callback (see ``usniff.ringbuf``).
+consumed through libbpf's per-record callback (see ``usniff.capture.ringbuf``).
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _default_capture() -> CaptureFunction:
-    module = importlib.import_module("usniff.capture_main")
+    module = importlib.import_module("usniff.cli.loop")
     run: CaptureFunction = module.run_capture
     return run
 
@@ -102,7 +102,7 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None, capture: CaptureFunction | None = None) -> int:
     """Entry point of the launcher; ``capture`` defaults to
-    ``usniff.capture_main.run_capture(options, output)``, which must write
+    ``usniff.cli.loop.run_capture(options, output)``, which must write
     batches to ``output`` until stopped and then close it."""
     args = _parser().parse_args(argv)
     if args.install:
@@ -165,7 +165,7 @@ def install(directory: str | None = None) -> str:
     directory = directory or extcap_dir()
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, LAUNCHER)
-    script = f'#!/bin/sh\nexec {sys.executable} -m usniff.extcap "$@"\n'
+    script = f'#!/bin/sh\nexec {sys.executable} -m usniff.cli.extcap "$@"\n'
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(script)

@@ -1,0 +1,1 @@
+"""The capture stage: BPF object, libbpf binding, ring buffer, record assembly, sockets."""

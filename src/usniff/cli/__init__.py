@@ -1,0 +1,1 @@
+"""The command line: the click CLI, the capture loop, `usniff read` and the Wireshark extcap."""
