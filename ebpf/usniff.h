@@ -25,6 +25,9 @@ enum usniff_flags {
 	USNIFF_F_TRUNCATED = 4,
 	USNIFF_F_ADDR = 8,
 	USNIFF_F_UNCOPYABLE = 16, /* LOST because the bytes were not in user memory */
+	/* with UNCOPYABLE: LOST because the send had more iovecs and chunks than the copy
+	   loop's steps (bounded variant, kernels without bpf_loop: ebpf/usniff.bpf.c) */
+	USNIFF_F_COPY_LIMIT = 32,
 };
 
 struct usniff_event {

@@ -34,7 +34,6 @@ from kernels import CACHE, REPO, VM_DIR, Kernel, find_kernel, load_index
 from run import NO_STATUS, TIMEOUT_STATUS, Console, run_vm
 
 BACKENDS = ("fentry", "kprobe", "tracepoint")
-BPF_LOOP_SINCE = (5, 17)  # usniff's copy engine iterates with bpf_loop
 # probe.py kinds each backend's hooks need
 NEEDS = {
     "fentry": ("fentry",),
@@ -143,8 +142,6 @@ def judge(cell: Cell, status: int, out: Path) -> None:
         return
     probe: dict[str, str] = json.loads(probe_file.read_text())
     missing = [f"no {k}: {v.removeprefix('error: ')}" for k, v in probe.items() if v != "ok"]
-    if tuple(int(x) for x in cell.kernel.series.split(".")) < BPF_LOOP_SINCE:
-        missing.append("no bpf_loop (usniff's copy loop needs kernel >= 5.17)")
     cell.kernel_can = "; ".join(missing) if missing else "yes"
     if not load_file.is_file():
         cell.problem = cell.problem or "the load check did not run"
