@@ -756,11 +756,12 @@ __noinline int copy_steps(void)
 	return 0;
 }
 
-static __always_inline void copy_bounded(void)
+static __always_inline void copy_bounded(struct usniff_config *cfg)
 {
+	__u32 calls = cfg->copy_calls ? cfg->copy_calls : COPY_CALLS;
 	struct scratch *s;
 
-	for (__u32 i = 0; i < COPY_CALLS; i++)
+	for (__u32 i = 0; i < COPY_CALLS && i < calls; i++)
 		if (copy_steps())
 			return;
 	s = get_scratch();
@@ -935,7 +936,7 @@ static __always_inline int emit_send_as(struct sock *sk, long sent, struct send_
 		}
 	}
 	if (bounded) {
-		copy_bounded();
+		copy_bounded(cfg);
 		return 0;
 	}
 	/* each step copies up to a chunk or opens an iovec; worst case both per chunk */

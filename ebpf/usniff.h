@@ -83,6 +83,7 @@ struct usniff_config {
 	__u8 filter_comm;
 	__u8 type_mask; /* bit (1 << sk_type); 0 = every type */
 	__u32 wake_bytes; /* a CPU's ring output between wakeups of the collector */
+	__u32 copy_calls; /* bounded variant: calls of its copy loop per send (0: all; tests lower it) */
 };
 
 struct usniff_path_key {

@@ -60,7 +60,7 @@ _STATE = struct.Struct("<QQQQQQQQIHBB16s")
 if (_EVENT.size, _STATE.size) != (EVENT_SIZE, SOCK_STATE_SIZE):
     raise ImportError("capture._EVENT/_STATE no longer match ebpf/usniff.h")
 EV_DATA, EV_LOST, EV_SOCK, EV_DEST = 1, 2, 3, 4
-_CONFIG = struct.Struct("<IIBBBBI")
+_CONFIG = struct.Struct("<IIBBBBII")
 ADDR_MAX = 108
 DEFAULT_BUFFER = 64 << 20
 CLOSE_CHECK = 1.0  # seconds between checks for sockets that went away
@@ -87,6 +87,7 @@ class CaptureOptions:
     buffer_size: int = DEFAULT_BUFFER
     backend: str = "auto"
     log: Callable[[int, str], None] | None = None  # libbpf's messages (--verbose)
+    copy_calls: int = 0  # bounded variant: copy calls of 16 steps per send (0: all); for tests
 
 
 def bpf_object_path() -> str:
@@ -386,6 +387,7 @@ class Capture(EventHandler):
             int(bool(o.comms)),
             mask,
             max(4096, self._ring_bytes // (8 * libbpf.num_possible_cpus())),
+            o.copy_calls,
         )
         obj.map("cfg_map").update(b"\0\0\0\0", cfg)
 
