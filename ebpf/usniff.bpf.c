@@ -9,6 +9,18 @@
  *   the byte count, the syscall's saved registers the user buffers, and
  *   the receiver's tp_btf/skb_copy_datagram_iovec what the send's stamp needs.
  * The collector enables the programs of one backend (autoload) before load.
+ *
+ * The fentry (and kprobe) backends come in two variants of the same code, picked
+ * by the collector from what the kernel offers (helper and map probes):
+ *   the loop variant copies with bpf_loop (>= 5.17), stashes in task storage
+ *   and reserves offsets with an atomic fetch-add (>= 5.12);
+ *   the bounded variant (fentry only; programs named *_bounded, for 5.8 - 5.16) copies with
+ *   bounded loops (COPY_STEPS steps per send at most: the rest is an explicit
+ *   loss), stashes in a hash keyed by pid_tgid and reserves offsets under a
+ *   per-socket lock (a hash insert).
+ * A program that passes a callback to bpf_loop does not load on a kernel
+ * without it, even if the call is never reached, so the variants are
+ * separate programs (a constant `bounded` argument to inlined code).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -113,23 +125,57 @@ struct {
 	__type(value, struct send_src);
 } stash SEC(".maps");
 
+/*
+ * The bounded variant's stash: kernels before task storage for tracing
+ * programs.  An LRU hash, so that the entries of threads that exited between
+ * entry and exit (or whose kretprobe was missed) cannot fill it.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); /* pid_tgid */
+	__type(value, struct send_src);
+} stash_tid SEC(".maps");
+
 static __always_inline struct send_src *stash_get(__u64 flags)
 {
 	return bpf_task_storage_get(&stash, bpf_get_current_task_btf(), 0, flags);
 }
 
-/* This task's send in progress, or NULL. */
-static __always_inline struct send_src *stashed(void)
+/* This task's send in progress (taken out of the stash), or NULL. */
+static __always_inline struct send_src *stashed(struct send_src *out, const int bounded)
 {
-	struct send_src *p = stash_get(0);
+	struct send_src *p;
+	__u64 tid;
 
-	return p && p->sk ? p : NULL;
+	if (bounded) {
+		tid = bpf_get_current_pid_tgid();
+		p = bpf_map_lookup_elem(&stash_tid, &tid);
+		if (!p)
+			return NULL;
+		*out = *p;
+		bpf_map_delete_elem(&stash_tid, &tid);
+		return out->sk ? out : NULL;
+	}
+	p = stash_get(0);
+	if (!p || !p->sk)
+		return NULL;
+	*out = *p;
+	p->sk = 0;
+	return out;
 }
 
-static __always_inline void stash_put(const struct send_src *src)
+static __always_inline void stash_put(const struct send_src *src, const int bounded)
 {
-	struct send_src *p = stash_get(BPF_LOCAL_STORAGE_GET_F_CREATE);
+	struct send_src *p;
+	__u64 tid;
 
+	if (bounded) {
+		tid = bpf_get_current_pid_tgid();
+		bpf_map_update_elem(&stash_tid, &tid, src, BPF_ANY);
+		return;
+	}
+	p = stash_get(BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (p)
 		*p = *src;
 }
@@ -275,6 +321,54 @@ static __always_inline int task_matches(struct usniff_config *cfg, __u32 pid, __
 __u64 next_id = 1;
 
 /*
+ * The bounded variant has no atomic fetch-add (BPF_FETCH, 5.12): socket ids
+ * are counted per CPU instead, the CPU number in their low ID_CPU_BITS
+ * (unique as long as CPU numbers fit: NR_CPUS is at most 8192).
+ */
+#define ID_CPU_BITS 13
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} cpu_ids SEC(".maps");
+
+static __always_inline __u64 new_sock_id(const int bounded)
+{
+	__u32 zero = 0;
+	__u64 *n;
+
+	if (!bounded)
+		return __sync_fetch_and_add(&next_id, 1);
+	n = bpf_map_lookup_elem(&cpu_ids, &zero);
+	if (!n)
+		return 0;
+	*n += 1;
+	return *n << ID_CPU_BITS | (bpf_get_smp_processor_id() & ((1 << ID_CPU_BITS) - 1));
+}
+
+/*
+ * The bounded variant's offset reservation: the socket's offset is read and
+ * advanced by one sender at a time, the one whose insert of the sock's key
+ * succeeded (a bucket lock in the kernel; tracing programs may not take a
+ * bpf_spin_lock).  The holder keeps it for a few instructions, but its CPU may
+ * stall (an interrupt, or a hypervisor running another vCPU: 128 tries were
+ * not enough in a loaded QEMU guest, 8 threads sending on one socket), so a
+ * sender waits with lockless lookups, LOCK_SPINS per call of a global
+ * function (verified once), up to LOCK_CALLS calls.  After that the send
+ * advances the offset without learning where its bytes are, and is counted as
+ * lost (the collector sees the hole and the kernel's loss count).
+ */
+#define LOCK_SPINS 64
+#define LOCK_CALLS 2048
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u8);
+} offset_locks SEC(".maps");
+
+/*
  * The state of socket sk, whose inode is ino (0 while it waits in a
  * listener's queue), created with a new id on first sight.  The map is keyed
  * by the sock's address, which the slab reuses once the socket is freed: an
@@ -282,7 +376,8 @@ __u64 next_id = 1;
  * lose it) belonged to a socket that is gone, and starts afresh.  An entry
  * first made for a queued peer takes its inode when accept() gave it one.
  */
-static __always_inline struct usniff_sock_state *sock_state(struct sock *sk, __u64 ino)
+static __always_inline struct usniff_sock_state *sock_state(struct sock *sk, __u64 ino,
+							 const int bounded)
 {
 	struct usniff_sock_state *st, fresh = {};
 	__u64 key = (__u64)sk;
@@ -296,7 +391,7 @@ static __always_inline struct usniff_sock_state *sock_state(struct sock *sk, __u
 			return st;
 		}
 	}
-	fresh.id = __sync_fetch_and_add(&next_id, 1);
+	fresh.id = new_sock_id(bounded);
 	fresh.ino = ino;
 	/* two CPUs meeting a new socket at once: one entry wins, both use it */
 	bpf_map_update_elem(&sockets, &key, &fresh, st ? BPF_ANY : BPF_NOEXIST);
@@ -326,7 +421,8 @@ static __always_inline void pid_comm(struct pid *p, char *comm)
  * listener's queue (a client may send before accept()), so that is looked
  * up again until found.
  */
-static __always_inline void cache_peer(struct usniff_sock_state *st, struct sock *sk)
+static __always_inline void cache_peer(struct usniff_sock_state *st, struct sock *sk,
+				       const int bounded)
 {
 	struct usniff_sock_state *ps;
 	struct sock *peer;
@@ -341,7 +437,7 @@ static __always_inline void cache_peer(struct usniff_sock_state *st, struct sock
 	if (!st->sock_type || st->peer != (__u64)peer) {
 		st->peer = (__u64)peer;
 		st->peer_id = 0;
-		ps = peer ? sock_state(peer, st->peer_ino) : NULL;
+		ps = peer ? sock_state(peer, st->peer_ino, bounded) : NULL;
 		if (ps)
 			st->peer_id = ps->id;
 		pp = BPF_CORE_READ(sk, sk_peer_pid);
@@ -355,19 +451,32 @@ static __always_inline void cache_peer(struct usniff_sock_state *st, struct sock
 /*
  * The sender's ids and comm are loaded straight from its task_struct rather
  * than through three helpers: on this machine every kernel return goes
- * through a thunk (SRSO "Safe RET"), so each helper call is dear.
+ * through a thunk (SRSO "Safe RET"), so each helper call is dear.  task is
+ * NULL in the bounded variant (no bpf_get_current_task_btf before 5.11): the
+ * helpers then.
  */
 static __always_inline void fill_hdr(struct usniff_event *h, struct usniff_sock_state *st, __u64 ino,
 				     __u16 kind, __u64 ts, struct task_struct *task)
 {
+	__u64 id;
+
 	h->ts_ns = ts ? ts : bpf_ktime_get_ns();
 	h->sock_id = st->id;
 	h->peer_id = st->peer_id;
 	h->inode = ino;
 	h->peer_inode = st->peer_ino;
-	h->pid = task->tgid;
-	h->tid = task->pid;
-	h->uid = task->cred->uid.val;
+	if (task) {
+		h->pid = task->tgid;
+		h->tid = task->pid;
+		h->uid = task->cred->uid.val;
+		__builtin_memcpy(h->comm, task->comm, sizeof(h->comm));
+	} else {
+		id = bpf_get_current_pid_tgid();
+		h->pid = id >> 32;
+		h->tid = (__u32)id;
+		h->uid = (__u32)bpf_get_current_uid_gid();
+		bpf_get_current_comm(h->comm, sizeof(h->comm));
+	}
 	h->peer_pid = st->peer_pid;
 	h->kind = kind;
 	h->flags = 0;
@@ -377,7 +486,6 @@ static __always_inline void fill_hdr(struct usniff_event *h, struct usniff_sock_
 	h->len = 0;
 	h->caplen = 0;
 	h->offset = 0;
-	__builtin_memcpy(h->comm, task->comm, sizeof(h->comm));
 	__builtin_memcpy(h->peer_comm, st->peer_comm, sizeof(h->peer_comm));
 }
 
@@ -550,6 +658,25 @@ static __always_inline long read_iovec(struct iovec *seg, __u64 addr, int kernel
 	return bpf_probe_read_user(seg, sizeof(*seg), (void *)addr);
 }
 
+/* Keep what was copied; report the rest of the send as lost (flags say why), never invent. */
+static __always_inline void lose_rest(struct copy_ctx *c, struct scratch *s, __u16 flags)
+{
+	struct usniff_sock_state *st;
+
+	if (c->rec_len)
+		flush_chunk(c, s, 0);
+	c->rec_len = c->left;
+	c->left = 0;
+	s->hdr.kind = USNIFF_EV_LOST;
+	s->hdr.offset = c->offset;
+	s->hdr.len = c->rec_len;
+	s->hdr.caplen = 0;
+	s->hdr.flags = flags;
+	st = bpf_map_lookup_elem(&sockets, &c->key);
+	if (st)
+		output_record(s, st);
+}
+
 static long copy_step(__u64 i, void *arg)
 {
 	struct scratch *s = get_scratch();
@@ -607,23 +734,78 @@ static long copy_step(__u64 i, void *arg)
 		flush_chunk(c, s, !c->left);
 	return 0;
 
-unreadable: /* keep what was copied; count the rest as lost, never invent */
-	if (c->rec_len)
-		flush_chunk(c, s, 0);
-	c->rec_len = c->left;
-	c->left = 0;
-	s->hdr.kind = USNIFF_EV_LOST;
-	s->hdr.offset = c->offset;
-	s->hdr.len = c->rec_len;
-	s->hdr.caplen = 0;
-	s->hdr.flags = USNIFF_F_UNCOPYABLE;
-	{
-		struct usniff_sock_state *st = bpf_map_lookup_elem(&sockets, &c->key);
-
-		if (st)
-			output_record(s, st);
-	}
+unreadable:
+	lose_rest(c, s, USNIFF_F_UNCOPYABLE);
 	return 1;
+}
+
+/*
+ * The bounded variant's copy loop: COPY_STEPS_PER_CALL steps in a global
+ * function, which the verifier checks once (not once per call), called up to
+ * COPY_CALLS times.  COPY_STEPS = COPY_STEPS_PER_CALL * COPY_CALLS steps per
+ * send: a step copies up to a chunk (32 KiB) or opens an iovec, so a send of
+ * one buffer is copied whole up to COPY_STEPS chunks (256 MiB), a writev of
+ * n segments up to COPY_STEPS - n chunks.  What is left after that is
+ * reported as lost (USNIFF_F_COPY_LIMIT), never silently cut.
+ */
+#define COPY_STEPS_PER_CALL 16
+#define COPY_CALLS 512
+#define COPY_STEPS (COPY_STEPS_PER_CALL * COPY_CALLS)
+
+__noinline int copy_steps(void)
+{
+	for (__u32 i = 0; i < COPY_STEPS_PER_CALL; i++)
+		if (copy_step(i, NULL))
+			return 1;
+	return 0;
+}
+
+static __always_inline void copy_bounded(struct usniff_config *cfg)
+{
+	__u32 calls = cfg->copy_calls ? cfg->copy_calls : COPY_CALLS;
+	struct scratch *s;
+
+	for (__u32 i = 0; i < COPY_CALLS && i < calls; i++)
+		if (copy_steps())
+			return;
+	s = get_scratch();
+	if (!s)
+		return;
+	if (s->c.left)
+		lose_rest(&s->c, s, USNIFF_F_UNCOPYABLE | USNIFF_F_COPY_LIMIT);
+	else if (s->c.rec_len) /* the last bytes were copied, not yet sent */
+		flush_chunk(&s->c, s, 1);
+}
+
+/* c->offset = where the send's `sent` bytes go (see offset_locks); 0 when they are lost instead. */
+/* Take the offset lock of the sock whose key this is: 1 if taken within LOCK_SPINS looks. */
+__noinline int offset_lock(__u64 key)
+{
+	__u8 one = 1;
+
+	for (int i = 0; i < LOCK_SPINS; i++) {
+		if (bpf_map_lookup_elem(&offset_locks, &key))
+			continue; /* held: wait without the bucket lock an insert takes */
+		if (!bpf_map_update_elem(&offset_locks, &key, &one, BPF_NOEXIST))
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline int reserve_offset(struct copy_ctx *c, struct usniff_sock_state *st, __u64 sent)
+{
+	for (int i = 0; i < LOCK_CALLS; i++) {
+		if (offset_lock(c->key)) {
+			c->offset = st->offset;
+			__sync_fetch_and_add(&st->offset, sent); /* not fetched: an XADD, as on 5.8 */
+			bpf_map_delete_elem(&offset_locks, &c->key);
+			return 1;
+		}
+	}
+	__sync_fetch_and_add(&st->offset, sent);
+	stat_add(USNIFF_STAT_LOST_RECORDS, 1);
+	stat_add(USNIFF_STAT_LOST_BYTES, sent);
+	return 0;
 }
 
 /* The destination's sun_path bytes (user or kernel memory) into buf; 0 if none. */
@@ -675,8 +857,9 @@ static __always_inline int dest_matches(struct send_src *src)
 /* emit_send's verdict: SEND_REJECTED for every send of a socket whose address or type the filter rejects */
 enum { SEND_OTHER, SEND_REJECTED };
 
-/* Copy `sent` bytes (the send's return value) described by src. */
-static __always_inline int emit_send(struct sock *sk, long sent, struct send_src *src)
+/* Copy `sent` bytes (the send's return value) described by src; bounded: see the file's head. */
+static __always_inline int emit_send_as(struct sock *sk, long sent, struct send_src *src,
+					const int bounded)
 {
 	__u32 zero = 0;
 	struct usniff_config *cfg = bpf_map_lookup_elem(&cfg_map, &zero);
@@ -697,7 +880,7 @@ static __always_inline int emit_send(struct sock *sk, long sent, struct send_src
 		if (!ino)
 			return 0;
 	}
-	st = sock_state(sk, ino);
+	st = sock_state(sk, ino, bounded);
 	if (!st)
 		return 0;
 	match = st->match;
@@ -705,9 +888,9 @@ static __always_inline int emit_send(struct sock *sk, long sent, struct send_src
 		st->match = match = sock_matches(sk, cfg) ? 1 : 2;
 	if (match != 1 && !(src->name_len && cfg->filter_path && dest_matches(src)))
 		return SEND_REJECTED;
-	cache_peer(st, sk);
-	task = bpf_get_current_task_btf();
-	if (!task_matches(cfg, task->tgid, st->peer_pid))
+	cache_peer(st, sk, bounded);
+	task = bounded ? NULL : bpf_get_current_task_btf();
+	if (!task_matches(cfg, task ? task->tgid : bpf_get_current_pid_tgid() >> 32, st->peer_pid))
 		return 0;
 	s = get_scratch();
 	if (!s)
@@ -726,8 +909,11 @@ static __always_inline int emit_send(struct sock *sk, long sent, struct send_src
 
 	c = &s->c;
 	__builtin_memset(c, 0, sizeof(*c));
-	c->offset = __sync_fetch_and_add(&st->offset, sent);
 	c->key = (__u64)sk;
+	if (!bounded)
+		c->offset = __sync_fetch_and_add(&st->offset, sent);
+	else if (!reserve_offset(c, st, sent))
+		return 0;
 	c->left = sent;
 	c->cap_left = cfg->snaplen ? cfg->snaplen : sent;
 	c->first = 1;
@@ -765,9 +951,18 @@ static __always_inline int emit_send(struct sock *sk, long sent, struct send_src
 			return 0;
 		}
 	}
+	if (bounded) {
+		copy_bounded(cfg);
+		return 0;
+	}
 	/* each step copies up to a chunk or opens an iovec; worst case both per chunk */
 	bpf_loop(2 * ((__u64)sent / USNIFF_CHUNK) + 2 * src->nr_segs + 4, copy_step, NULL, 0);
 	return 0;
+}
+
+static __always_inline int emit_send(struct sock *sk, long sent, struct send_src *src)
+{
+	return emit_send_as(sk, sent, src, 0);
 }
 
 /* ---------------------------------------------------------------- tracepoint */
@@ -1079,7 +1274,7 @@ int BPF_PROG(tp_send_length, struct sock *sk, int ret, int flags)
 
 /* ------------------------------------------------------- fentry and kprobe */
 
-static __always_inline void stash_iter(struct socket *sock, struct msghdr *msg)
+static __always_inline void stash_iter(struct socket *sock, struct msghdr *msg, const int bounded)
 {
 	struct send_src src = {};
 	struct iov_iter *it = &msg->msg_iter;
@@ -1113,51 +1308,55 @@ static __always_inline void stash_iter(struct socket *sock, struct msghdr *msg)
 	}
 	src.name = (__u64)BPF_CORE_READ(msg, msg_name);
 	src.name_len = src.name ? BPF_CORE_READ(msg, msg_namelen) : 0;
-	stash_put(&src);
+	stash_put(&src, bounded);
 }
 
-static __always_inline int emit_stashed(long ret)
+static __always_inline int emit_stashed(long ret, const int bounded)
 {
-	struct send_src *p = stashed();
 	struct send_src src;
 
-	if (!p)
-		return 0;
-	src = *p;
-	p->sk = 0;
-	emit_send((struct sock *)src.sk, ret, &src);
+	if (stashed(&src, bounded))
+		emit_send_as((struct sock *)src.sk, ret, &src, bounded);
 	return 0;
 }
 
-/* One entry/exit pair per hooked function and backend. */
-#define FENTRY_PAIR(fn)                                                                  \
+/* One entry/exit pair per hooked function, backend and variant (name suffix _bounded). */
+#define FENTRY_PAIR(fn, variant, bounded)                                                \
 	SEC("fentry/" #fn)                                                               \
-	int BPF_PROG(fe_##fn, struct socket *sock, struct msghdr *msg, size_t len)        \
+	int BPF_PROG(fe_##fn##variant, struct socket *sock, struct msghdr *msg, size_t len) \
 	{                                                                                \
-		stash_iter(sock, msg);                                                   \
+		stash_iter(sock, msg, bounded);                                          \
 		return 0;                                                                \
 	}                                                                                \
 	SEC("fexit/" #fn)                                                                \
-	int BPF_PROG(fx_##fn, struct socket *sock, struct msghdr *msg, size_t len, int ret) \
+	int BPF_PROG(fx_##fn##variant, struct socket *sock, struct msghdr *msg, size_t len, \
+		     int ret)                                                            \
 	{                                                                                \
-		return emit_stashed(ret);                                                \
+		return emit_stashed(ret, bounded);                                       \
 	}
 
-#define KPROBE_PAIR(fn)                                                                  \
+#define KPROBE_PAIR(fn, variant, bounded)                                                \
 	SEC("kprobe/" #fn)                                                               \
-	int BPF_KPROBE(kp_##fn, struct socket *sock, struct msghdr *msg)                 \
+	int BPF_KPROBE(kp_##fn##variant, struct socket *sock, struct msghdr *msg)        \
 	{                                                                                \
-		stash_iter(sock, msg);                                                   \
+		stash_iter(sock, msg, bounded);                                          \
 		return 0;                                                                \
 	}                                                                                \
 	SEC("kretprobe/" #fn)                                                            \
-	int BPF_KRETPROBE(kr_##fn, int ret) /* int: the upper half of rax is junk */ \
+	int BPF_KRETPROBE(kr_##fn##variant, int ret) /* int: the upper half of rax is junk */ \
 	{                                                                                \
-		return emit_stashed(ret);                                                \
+		return emit_stashed(ret, bounded);                                       \
 	}
 
 /* seqpacket sends go through unix_dgram_sendmsg */
-FENTRY_PAIR(unix_stream_sendmsg)
-FENTRY_PAIR(unix_dgram_sendmsg)
-KPROBE_PAIR(unix_stream_sendmsg)
-KPROBE_PAIR(unix_dgram_sendmsg)
+FENTRY_PAIR(unix_stream_sendmsg, , 0)
+FENTRY_PAIR(unix_dgram_sendmsg, , 0)
+KPROBE_PAIR(unix_stream_sendmsg, , 0)
+KPROBE_PAIR(unix_dgram_sendmsg, , 0)
+/*
+ * No bounded kprobe pair: on 5.10 it missed a third of the bytes of 8 threads
+ * sending on one socket, with no loss counted (fentry: none missed); the
+ * collector refuses kprobe there instead.
+ */
+FENTRY_PAIR(unix_stream_sendmsg, _bounded, 1)
+FENTRY_PAIR(unix_dgram_sendmsg, _bounded, 1)

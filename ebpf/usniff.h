@@ -27,6 +27,9 @@ enum usniff_flags {
 	USNIFF_F_TRUNCATED = 4,
 	USNIFF_F_ADDR = 8,
 	USNIFF_F_UNCOPYABLE = 16, /* LOST because the bytes were not in user memory */
+	/* with UNCOPYABLE: LOST because the send had more iovecs and chunks than the copy
+	   loop's steps (bounded variant, kernels without bpf_loop: ebpf/usniff.bpf.c) */
+	USNIFF_F_COPY_LIMIT = 32,
 };
 
 struct usniff_event {
@@ -82,6 +85,7 @@ struct usniff_config {
 	__u8 filter_comm;
 	__u8 type_mask; /* bit (1 << sk_type); 0 = every type */
 	__u32 wake_bytes; /* a CPU's ring output between wakeups of the collector */
+	__u32 copy_calls; /* bounded variant: calls of its copy loop per send (0: all; tests lower it) */
 };
 
 struct usniff_path_key {

@@ -46,9 +46,11 @@ from tests.support.usniff import USNIFF, Usniff
 from usniff.capture.collector import Capture, CaptureError, CaptureOptions
 from usniff.events import (
     FLAG_ADDR,
+    FLAG_COPY_LIMIT,
     FLAG_MSG_END,
     FLAG_MSG_START,
     FLAG_TRUNCATED,
+    FLAG_UNCOPYABLE,
     Record,
     sender_is_server,
 )
@@ -163,6 +165,31 @@ def test_sends_around_record_chunk_sizes(start: Any, work: Any) -> None:
     ]
     assert col.stream(a) == sent[a]
     assert [sum(r.length for r in c) for c in sends(col.data(a))] == CHUNK_EDGES
+
+
+def test_copy_limit_is_a_counted_loss(start: Any, work: Any) -> None:
+    """On kernels without bpf_loop a send is copied in a bounded number of steps
+    (16 per copy call; the test allows one call): the rest of a longer
+    send is one loss record flagged COPY_LIMIT, counted, never a silent cut.  With
+    bpf_loop the same send is copied whole."""
+    chunk, size = 32768, 20 * 32768
+    w = work("sizes", size)
+    cap = start(pids=[w.pid], copy_calls=1)
+    _, sent, col = run_workload(w, cap)
+    a = w.ready["a"]
+    if not cap.bounded:
+        assert col.stream(a) == sent[a]
+        assert cap.stats.lost_bytes == 0
+        return
+    *data, lost = col.tiles(a)
+    # 16 steps: 16 chunks, or 15 and the step that opens the iovec when send()'s
+    # buffer reaches the socket as a one-iovec array (kernels before ITER_UBUF, 6.0)
+    kept = len(data) * chunk
+    assert [(r.kind, r.length) for r in data] in ([("data", chunk)] * 15, [("data", chunk)] * 16)
+    assert b"".join(r.data for r in data) == sent[a][:kept]
+    assert (lost.kind, lost.offset, lost.lost) == ("lost", kept, size - kept)
+    assert lost.flags & FLAG_COPY_LIMIT and lost.flags & FLAG_UNCOPYABLE
+    assert (cap.stats.lost_records, cap.stats.lost_bytes) == (1, size - kept)
 
 
 def test_send_stamped_before_any_answer(start: Any, work: Any) -> None:

@@ -31,6 +31,7 @@ FLAG_MSG_END = 2  # last record of one send() call / datagram
 FLAG_TRUNCATED = 4  # snap length cut this record's data (len(data) < length)
 FLAG_ADDR = 8  # datagram sent with an explicit destination address (sendto/sendmsg)
 FLAG_UNCOPYABLE = 16  # a loss record for bytes that were not in user memory, not a full ring
+FLAG_COPY_LIMIT = 32  # with UNCOPYABLE: more than the copy loop's steps (kernels without bpf_loop)
 
 
 @dataclass(slots=True)

@@ -40,8 +40,19 @@ _SECTION_BACKEND = {
 }
 TYPE_BITS = {name: n for n, name in SOCK_TYPES.items()}  # --type -> the socket type number
 
+# The fentry and kprobe programs come in two variants (ebpf/usniff.bpf.c, file head):
+# with bpf_loop, task storage and atomic fetch-add, or, named *_bounded, without.
+BOUNDED = "_bounded"
+COPY_STEPS = 16 * 512  # the bounded variant's copy steps per send (COPY_STEPS in the BPF code)
+# what the loop variant needs, checked by libbpf's probes (test loads); ids from uapi/linux/bpf.h
+_PROG_KPROBE = 2
+_LOOP_HELPERS = {"bpf_loop": 181, "bpf_get_current_task_btf": 158, "bpf_task_storage_get": 156}
+_MAP_TASK_STORAGE, _MAP_RINGBUF = 29, 27
+# the maps only the other variant uses are not created (no task storage maps before 5.11)
+_NOT_CREATED = {False: ("stash_tid", "offset_locks", "cpu_ids"), True: ("stash", "task_sends")}
+
 # struct usniff_config and struct usniff_name_key (ebpf/usniff.h, which _records.c includes)
-_CONFIG = struct.Struct("<IIBBBBI")
+_CONFIG = struct.Struct("<IIBBBBII")
 ADDR_MAX = 108
 if (_CONFIG.size, 4 + ADDR_MAX) != (CONFIG_SIZE, NAME_KEY_SIZE):
     raise ImportError("capture._CONFIG/ADDR_MAX no longer match ebpf/usniff.h")
@@ -63,6 +74,7 @@ class CaptureOptions:
     buffer_size: int = DEFAULT_BUFFER
     backend: str = "auto"
     log: Callable[[int, str], None] | None = None  # libbpf's messages (--verbose)
+    copy_calls: int = 0  # bounded variant: copy calls of 16 steps per send (0: all); for tests
 
 
 def bpf_object_path() -> str:
@@ -258,6 +270,8 @@ class Capture:
     def __init__(self, opts: CaptureOptions) -> None:
         self.opts = opts
         self.reasons: dict[str, str] = {}
+        self.bounded = False  # the loaded programs are the bounded variant
+        self.bounded_because: list[str] = []  # what the kernel lacks for the loop variant
         self.stats = CaptureStats()
         self._filters = resolve_filters(opts.paths)
         for t in opts.types:
@@ -276,7 +290,15 @@ class Capture:
         if self.opts.backend not in ("auto", *BACKENDS):
             raise CaptureError(f"--backend {self.opts.backend}: choose auto, {', '.join(BACKENDS)}")
         self._ring_bytes = _ring_size(self.opts.buffer_size)
+        self.bounded_because = loop_variant_missing()
         for name in wanted:
+            if name == "kprobe" and self.bounded_because:
+                self.reasons[name] = (
+                    f"this kernel lacks {', '.join(self.bounded_because)}, and the kprobe "
+                    "backend has no bounded variant (on 5.10 it missed sends of 8 threads on "
+                    "one socket, uncounted: docs/capture.md); use --backend fentry"
+                )
+                continue
             try:
                 obj = self._try(name)
             except libbpf.LibbpfError as e:
@@ -288,10 +310,15 @@ class Capture:
         raise CaptureError(f"no capture backend could be loaded ({detail})")
 
     def _try(self, backend: str) -> libbpf.Object:
+        # only fentry has a bounded variant (kprobe: _load_backend; tracepoint needs >= 6.3)
+        bounded = bool(self.bounded_because) and backend == "fentry"
         obj = libbpf.Object(bpf_object_path())
         try:
             for prog in obj.programs():
-                prog.set_autoload(_backend_of(prog.section) == backend)
+                ours = _backend_of(prog.section) == backend
+                prog.set_autoload(ours and prog.name.endswith(BOUNDED) == bounded)
+            for name in _NOT_CREATED[bounded]:
+                obj.map(name).set_autocreate(False)
             obj.map("events").set_max_entries(self._ring_bytes)
             obj.map("scratch_map").set_max_entries(libbpf.num_possible_cpus())
             obj.load()
@@ -300,7 +327,18 @@ class Capture:
         except BaseException:
             obj.close()
             raise
+        self.bounded = bounded
         return obj
+
+    def copy_note(self) -> str:
+        """How the loaded programs copy, when it is not the usual way (for --verbose)."""
+        if not self.bounded:
+            return ""
+        return (
+            f"this kernel lacks {', '.join(self.bounded_because)}: the {self.stats.backend} "
+            f"programs copy with bounded loops, {COPY_STEPS} steps per send (a step copies "
+            "32 KiB or opens an iovec); the rest of a larger send is reported as lost"
+        )
 
     def _program(self, obj: libbpf.Object) -> None:
         o, f = self.opts, self._filters
@@ -323,6 +361,7 @@ class Capture:
             int(bool(o.comms)),
             mask,
             max(4096, self._ring_bytes // (8 * libbpf.num_possible_cpus())),
+            o.copy_calls,
         )
         obj.map("cfg_map").update(b"\0\0\0\0", cfg)
 
@@ -391,9 +430,18 @@ class Capture:
         self._obj.close()
 
 
-def _kernel_version() -> tuple[int, int]:
-    major, minor, *_ = (os.uname().release.split("-")[0] + ".0").split(".")
-    return int(major), int(minor)
+def loop_variant_missing() -> list[str]:
+    """What the loop variant of the programs needs that this kernel lacks (libbpf's
+    probes: test loads).  A probe that cannot run (None) does not count as missing:
+    the load then says what is wrong."""
+    missing = [
+        name
+        for name, helper in _LOOP_HELPERS.items()
+        if libbpf.has_helper(_PROG_KPROBE, helper) is False
+    ]
+    if libbpf.has_map_type(_MAP_TASK_STORAGE) is False:
+        missing.append("task storage maps")
+    return missing
 
 
 def _has_btf_type(name: bytes) -> bool:
@@ -412,8 +460,8 @@ def _explain(backend: str, e: libbpf.LibbpfError) -> str:
             "CAP_SYS_ADMIN; run the container with --security-opt seccomp=unconfined, or a "
             "profile that allows both (docs/install.md)"
         )
-    if _kernel_version() < (5, 17):
-        return f"usniff needs bpf_loop (kernel >= 5.17); this kernel is {os.uname().release} ({e})"
+    if libbpf.has_map_type(_MAP_RINGBUF) is False:
+        return f"this kernel has no BPF ring buffers (BPF_MAP_TYPE_RINGBUF, Linux 5.8) ({e})"
     if backend == "fentry" and e.errno in (errno.EPERM, errno.EOPNOTSUPP, 524):
         return f"BPF trampolines unavailable on this kernel ({e})"
     if backend == "kprobe" and e.errno in (errno.EPERM, errno.ENOENT, errno.EOPNOTSUPP, 524):
@@ -422,4 +470,9 @@ def _explain(backend: str, e: libbpf.LibbpfError) -> str:
         for tp in ("sock_send_length", "skb_copy_datagram_iovec"):
             if not _has_btf_type(f"btf_trace_{tp}".encode()):
                 return f"no {tp} tracepoint (needs kernel >= 6.3) ({e})"
+        if libbpf.has_helper(_PROG_KPROBE, _LOOP_HELPERS["bpf_loop"]) is False:
+            return (
+                f"this kernel has no bpf_loop helper, which the tracepoint backend's copy "
+                f"needs (fentry and kprobe do without) ({e})"
+            )
     return str(e)

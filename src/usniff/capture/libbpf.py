@@ -109,6 +109,7 @@ def _declare(b: ctypes.CDLL) -> None:
         "bpf_link__destroy": (ctypes.c_int, [c_void_p]),
         "bpf_map__fd": (ctypes.c_int, [c_void_p]),
         "bpf_map__set_max_entries": (ctypes.c_int, [c_void_p, ctypes.c_uint32]),
+        "bpf_map__set_autocreate": (ctypes.c_int, [c_void_p, ctypes.c_bool]),
         "bpf_map__max_entries": (ctypes.c_uint32, [c_void_p]),
         "bpf_map__update_elem": (
             ctypes.c_int,
@@ -123,6 +124,8 @@ def _declare(b: ctypes.CDLL) -> None:
             [c_void_p, c_void_p, c_void_p, ctypes.c_size_t],
         ),
         "libbpf_num_possible_cpus": (ctypes.c_int, []),
+        "libbpf_probe_bpf_helper": (ctypes.c_int, [ctypes.c_int, ctypes.c_int, c_void_p]),
+        "libbpf_probe_bpf_map_type": (ctypes.c_int, [ctypes.c_int, c_void_p]),
         "libbpf_set_print": (c_void_p, [_PRINT_FN]),
     }
     for name, (restype, argtypes) in sigs.items():
@@ -179,6 +182,10 @@ class Map:
 
     def set_max_entries(self, n: int) -> None:
         _check_rc(lib().bpf_map__set_max_entries(self._ptr, n), f"resize map {self.name}")
+
+    def set_autocreate(self, on: bool) -> None:
+        """Whether load() creates this map (off: a map only programs not loaded use)."""
+        _check_rc(lib().bpf_map__set_autocreate(self._ptr, on), f"autocreate map {self.name}")
 
     def update(self, key: bytes, value: bytes) -> None:
         rc = lib().bpf_map__update_elem(self._ptr, key, len(key), value, len(value), 0)
@@ -270,6 +277,21 @@ class Object:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _probe_result(rc: int) -> bool | None:
+    return None if rc < 0 else rc > 0
+
+
+def has_helper(prog_type: int, helper: int) -> bool | None:
+    """Whether the kernel lets programs of ``prog_type`` call ``helper`` (a test load
+    by libbpf); None when the probe itself failed (no permission, seccomp...)."""
+    return _probe_result(lib().libbpf_probe_bpf_helper(prog_type, helper, None))
+
+
+def has_map_type(map_type: int) -> bool | None:
+    """Whether the kernel creates maps of ``map_type`` (a test creation); None: unknown."""
+    return _probe_result(lib().libbpf_probe_bpf_map_type(map_type, None))
 
 
 def num_possible_cpus() -> int:

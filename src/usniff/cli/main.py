@@ -427,6 +427,8 @@ def main(ctx: click.Context, /, **kw: Any) -> None:  # fmt: skip
     if kw["verbose"]:
         for backend, reason in cap.reasons.items():
             click.echo(f"usniff: backend {backend} not used: {reason}", err=True)
+        if cap.copy_note():
+            click.echo(f"usniff: {cap.copy_note()}", err=True)
     for warning in filter_warnings(opts.paths, opts.pids):
         click.echo(f"usniff: warning: {warning}", err=True)
     try:
