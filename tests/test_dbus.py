@@ -24,6 +24,7 @@ from jeepney import Message as JMessage
 from jeepney.low_level import MessageFlag
 
 from tests.support.captures import CAPTURES
+from tests.support.replay import Step, drive
 from usniff.cli.read import read_records
 from usniff.decoders import dbus
 from usniff.decoders.base import Notice, Transaction
@@ -53,17 +54,8 @@ def reply_to(
     return new_method_return(parent, sig, body).serialise(serial=serial)
 
 
-def run(steps: list[tuple[Direction, bytes | int]], redact: bool = False) -> list[object]:
-    decoder = DbusDecoder(redact=redact)
-    events: list[object] = []
-    ts = 1.0
-    for direction, item in steps:
-        ts += 0.001
-        if isinstance(item, int):
-            events += decoder.gap(direction, item, ts, False)
-        else:
-            events += decoder.feed(direction, item, ts)
-    return events + decoder.close()
+def run(steps: list[Step], redact: bool = False) -> list[object]:
+    return list(drive(DbusDecoder(redact=redact), steps))
 
 
 def txs(events: list[object]) -> list[Transaction]:

@@ -22,7 +22,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.support.captures import capture
-from usniff.decoders.base import Decoder, DecoderEvent, Notice, Transaction
+from tests.support.replay import Step, drive
+from usniff.decoders.base import Decoder, Notice, Transaction
 from usniff.decoders.dbus import DbusDecoder
 from usniff.decoders.fastcgi import FastcgiDecoder
 from usniff.decoders.http import HttpDecoder
@@ -66,7 +67,6 @@ COUNTS: Counter[str] = Counter()
 RAN: set[str] = set()
 
 # a stream is a list of steps: (direction, bytes) to feed or (direction, n) for a gap
-Step = tuple[Direction, bytes | int]
 
 ALPHABET = {
     "resp": b"*$+-:%~>|_#,(!=;.?\r\n0123456789-abcdefPINGSET ",
@@ -80,19 +80,6 @@ ALPHABET = {
     "dbus": b"\0AUTH EXTERNAL DATA BEGIN OK REJECTED NEGOTIATE_UNIX_FD AGREE_UNIX_FD 3031\r\n"
     b"lB\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09osgvua{}()",
 }
-
-
-def drive(decoder: Decoder, steps: list[Step]) -> list[DecoderEvent]:
-    """Feed ``steps`` (1 ms apart) to ``decoder``, then close it: all its events."""
-    events: list[DecoderEvent] = []
-    ts = 1.0
-    for direction, item in steps:
-        ts += 0.001
-        if isinstance(item, int):
-            events += decoder.gap(direction, item, ts, False)
-        else:
-            events += decoder.feed(direction, item, ts)
-    return events + decoder.close()
 
 
 def feed(name: str, steps: list[Step]) -> None:

@@ -16,9 +16,10 @@ import pytest
 
 from tests.support.captures import CAPTURES
 from tests.support.pcap_helpers import Conn
+from tests.support.replay import Step, drive
 from tests.support.tshark import TSHARK, tshark
 from tests.support.usniff import USNIFF
-from tests.test_fuzz_decoders import SESSIONS, Step, drive
+from tests.test_fuzz_decoders import SESSIONS
 from usniff.decoders.base import DecoderEvent, Notice, Transaction
 from usniff.decoders.engine import decode_records
 from usniff.decoders.http2 import (
