@@ -208,6 +208,53 @@ class FramedDecoder(Generic[T]):
         raise NotImplementedError
 
 
+class Skipping(Protocol[T]):
+    """One direction's reader that can step over bytes not captured (snap length)."""
+
+    def skip(self, n: int, ts: float) -> list[T] | None: ...
+
+
+class SyncedSide(Protocol[T]):
+    """One direction of a decoder whose directions resync each on their own."""
+
+    synced: bool
+    sync_buf: bytes  # the start of a chunk too short to judge
+
+    @property
+    def reader(self) -> Skipping[T]: ...
+
+
+class SidedDecoder(Generic[T]):
+    """``gap`` of a decoder whose two directions each have a reader and resync on
+    their own (FastCGI, D-Bus): a cut inside a message's payload keeps the framing;
+    anything else loses it (``_desync``)."""
+
+    def _side(self, direction: Direction) -> SyncedSide[T]:
+        raise NotImplementedError
+
+    def gap(self, direction: Direction, n: int, ts: float, cut: bool) -> list[DecoderEvent]:
+        events: list[DecoderEvent] = []
+        side = self._side(direction)
+        if cut and not side.synced:  # the rest of a send() skipped while not in sync
+            side.sync_buf = b""  # a message cannot continue across the cut
+            return events
+        items = side.reader.skip(n, ts) if cut else None
+        if items is None:
+            self._desync(direction, lost(n, cut), ts, events)
+        else:
+            self._items(direction, items, events)
+        return events
+
+    def _desync(
+        self, direction: Direction, why: str, ts: float, events: list[DecoderEvent]
+    ) -> None:
+        raise NotImplementedError
+
+    def _items(self, direction: Direction, items: list[T], events: list[DecoderEvent]) -> None:
+        """The messages ``items`` of ``direction``, in stream order."""
+        raise NotImplementedError
+
+
 REDACTED = "***"
 
 

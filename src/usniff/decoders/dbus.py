@@ -50,9 +50,9 @@ from .base import (
     Notice,
     Pending,
     ProtocolError,
+    SidedDecoder,
     Transaction,
     clip,
-    lost,
     show_bytes,
 )
 
@@ -589,7 +589,7 @@ class _Side:
     mechanism: bytes = b""  # the last AUTH's (client side)
 
 
-class DbusDecoder:
+class DbusDecoder(SidedDecoder[Msg | Line]):
     protocol = PROTOCOL
 
     def __init__(self, redact: bool = False) -> None:
@@ -611,18 +611,8 @@ class DbusDecoder:
             self._desync(direction, f"protocol error: {side.reader.error}", ts, events)
         return events
 
-    def gap(self, direction: Direction, n: int, ts: float, cut: bool) -> list[DecoderEvent]:
-        events: list[DecoderEvent] = []
-        side = self._sides[direction]
-        if cut and not side.synced:  # the rest of a send() skipped while not in sync
-            side.sync_buf = b""
-            return events
-        items = side.reader.skip(n, ts) if cut else None
-        if items is None:
-            self._desync(direction, lost(n, cut), ts, events)
-        else:
-            self._items(direction, items, events)
-        return events
+    def _side(self, direction: Direction) -> _Side:
+        return self._sides[direction]
 
     def close(self) -> list[DecoderEvent]:
         events: list[DecoderEvent] = []

@@ -48,9 +48,9 @@ from .base import (
     DecoderEvent,
     Details,
     Notice,
+    SidedDecoder,
     Transaction,
     clip,
-    lost,
     show_bytes,
 )
 
@@ -284,7 +284,7 @@ def plausible_header(data: bytes, types: frozenset[int]) -> bool | None:
     return bool(reserved == 0 and _FIXED_SIZE.get(kind, clen) == clen)
 
 
-class FastcgiDecoder:
+class FastcgiDecoder(SidedDecoder[Rec]):
     protocol = PROTOCOL
 
     def __init__(self, redact: bool = False) -> None:
@@ -319,21 +319,11 @@ class FastcgiDecoder:
         except ProtocolError as exc:
             self._desync(direction, f"protocol error: {exc}", ts, events)
             return events
-        self._records(direction, records, events)
+        self._items(direction, records, events)
         return events
 
-    def gap(self, direction: Direction, n: int, ts: float, cut: bool) -> list[DecoderEvent]:
-        events: list[DecoderEvent] = []
-        side = self._sides[direction]
-        if cut and not side.synced:  # the rest of a send() skipped while not in sync
-            side.sync_buf = b""  # a record cannot continue across the cut
-            return events
-        records = side.reader.skip(n, ts) if cut else None
-        if records is None:
-            self._desync(direction, lost(n, cut), ts, events)
-        else:
-            self._records(direction, records, events)
-        return events
+    def _side(self, direction: Direction) -> _Side:
+        return self._sides[direction]
 
     def close(self) -> list[DecoderEvent]:
         events: list[DecoderEvent] = []
@@ -346,9 +336,7 @@ class FastcgiDecoder:
 
     # -- framing and sync
 
-    def _records(
-        self, direction: Direction, records: list[Rec], events: list[DecoderEvent]
-    ) -> None:
+    def _items(self, direction: Direction, records: list[Rec], events: list[DecoderEvent]) -> None:
         for rec in records:
             if direction is Direction.CLIENT:
                 self._client(rec, events)
