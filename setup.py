@@ -22,6 +22,7 @@ def hot_path(name: str, source: str) -> Extension:
         [source],
         include_dirs=["ebpf", "src/usniff"],
         depends=["ebpf/usniff.h", "src/usniff/_events.h"],
+        libraries=["m"],
         extra_compile_args=["-Wall"],
     )
 
@@ -32,6 +33,7 @@ setup(
         hot_path("usniff._events", "src/usniff/_events.c"),  # Records and Packed records
         hot_path("usniff.capture._records", "src/usniff/capture/_records.c"),  # record assembly
         hot_path("usniff.outputs._epb", "src/usniff/outputs/_epb.c"),  # pcapng packet encoder
+        hot_path("usniff.outputs._fast", "src/usniff/outputs/_fast.c"),  # --stats in C (RESP)
         # linked against libbpf.so.1, which `auditwheel repair` then copies into the wheel
         Extension(
             "usniff.capture._libbpf",

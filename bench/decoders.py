@@ -6,8 +6,10 @@ Replays the real sessions of captures/ (Redis and MySQL recorded by
 captures/record.py; PostgreSQL, HTTP, FastCGI, memcached, gRPC and D-Bus by
 captures/record_live.py, read back from their pcapng) many times through
 (a) the decoder alone and (b) the whole pipeline (Records -> StreamAssembler ->
-detection -> decoder -> Transaction objects), and compares the RESP parser with
-hiredis.Reader on the same reply bytes.  A message (msg/s) is one request paired
+detection -> decoder -> Transaction objects), then the --stats table's pipeline
+(Records -> table) through the Python engine and through the native path that
+``usniff --stats`` runs (outputs/fast.py) side by side, and compares the RESP
+parser with hiredis.Reader on the same reply bytes.  A message (msg/s) is one request paired
 with its reply (a Transaction); MB/s counts both directions' bytes.
 Prints figures measured in this run; not a test.
 """
@@ -26,7 +28,7 @@ from tests.support.recorder import load_records
 from usniff.cli.read import read_records
 from usniff.decoders.base import Decoder, Transaction
 from usniff.decoders.dbus import DbusDecoder
-from usniff.decoders.engine import Decoding
+from usniff.decoders.engine import Decoding, Event
 from usniff.decoders.fastcgi import FastcgiDecoder
 from usniff.decoders.http import HttpDecoder
 from usniff.decoders.http2 import Http2Decoder
@@ -35,9 +37,14 @@ from usniff.decoders.mysql import MysqlDecoder
 from usniff.decoders.postgres import PostgresDecoder
 from usniff.decoders.resp import Parser, RespDecoder
 from usniff.events import Record
+from usniff.outputs.fast import NativeStats
+from usniff.outputs.stats import Stats
 from usniff.streams import Direction, conn_key
 
 ROOT = Path(__file__).resolve().parent.parent
+BATCH = 4096  # records per batch of the --stats pipeline rows (a busy poll's batch)
+REDIS = list(load_records(ROOT / "captures" / "redis.jsonl.gz"))
+MYSQL = list(load_records(ROOT / "captures" / "mysql.jsonl.gz"))
 
 
 def _session(capture: str, comm: str) -> list[Record]:
@@ -90,20 +97,67 @@ def decoder_only(factory: Callable[[], Decoder], records: list[Record], repeat: 
     return n
 
 
+def shifted(records: list[Record], i: int) -> list[Record]:
+    """The records as other connections' (replay ``i``): socket ids and inodes shifted."""
+    k = i * 1000003
+    return [
+        dataclasses.replace(
+            r, sock_id=r.sock_id + k, peer_id=r.peer_id + k if r.peer_id else 0,
+            inode=r.inode + k, peer_inode=r.peer_inode + k,
+        )
+        for r in records
+    ]  # fmt: skip
+
+
+def pipeline_replays(records: list[Record], repeat: int) -> list[Record]:
+    return [r for i in range(repeat) for r in shifted(records, i)]
+
+
 def pipeline(records: list[Record], repeat: int) -> int:
     n = 0
-    for i in range(repeat):  # distinct connections: shift the socket ids and inodes
-        k = i * 1000003
-        shifted = [
-            dataclasses.replace(
-                r, sock_id=r.sock_id + k, peer_id=r.peer_id + k if r.peer_id else 0,
-                inode=r.inode + k, peer_inode=r.peer_inode + k,
-            )
-            for r in records
-        ]  # fmt: skip
+    for i in range(repeat):  # distinct connections
         decoding = Decoding()
-        n += sum(isinstance(e, Transaction) for e in decoding.feed(shifted) + decoding.finish())
+        events = decoding.feed(shifted(records, i)) + decoding.finish()
+        n += sum(isinstance(e, Transaction) for e in events)
     return n
+
+
+def long_connection(records: list[Record], times: int) -> list[Record]:
+    """One connection's records, then ``times`` - 1 more copies of its data records
+    as if sent after them on the same connection (offsets and times shifted): a
+    long-lived client, as redis-benchmark's 50 connections are."""
+    data = [r for r in records if r.kind == "data"]
+    sent = {
+        sock: sum(r.length for r in data if r.sock_id == sock) for sock in {r.sock_id for r in data}
+    }
+    span = data[-1].ts - data[0].ts + 1e-4
+    out = list(data)
+    for i in range(1, times):
+        out += [
+            dataclasses.replace(r, offset=r.offset + i * sent[r.sock_id], ts=r.ts + i * span)
+            for r in data
+        ]
+    return out
+
+
+def stats_pipeline(records: list[Record], native: bool) -> int:
+    """Transactions of the --stats table's pipeline over ``records`` in batches as the
+    capture loop gives them: the Python engine's (Decoding, Stats.add per transaction),
+    or the native path's (outputs/fast.py, what ``usniff --stats`` runs)."""
+    decoding, stats = Decoding(), Stats()
+
+    def add(events: list[Event]) -> int:
+        txs = [e for e in events if isinstance(e, Transaction)]
+        for tx in txs:
+            stats.add(tx)
+        return len(txs)
+
+    batches = [records[i : i + BATCH] for i in range(0, len(records), BATCH)]
+    if not native:
+        return sum(add(decoding.feed(b)) for b in batches) + add(decoding.finish())
+    path = NativeStats(decoding, stats, add)
+    n = sum(path.feed(b) for b in batches) + path.release()
+    return n + add(decoding.finish())
 
 
 def resp_messages(replies: bytes, repeat: int, use_hiredis: bool) -> int:
@@ -144,6 +198,16 @@ def main() -> None:
             f"{label:40s} {alone * runs:>10,.0f} msg/s {alone * megabytes:>7.1f} MB/s"
             f"   {whole * runs:>10,.0f} msg/s {whole * megabytes:>7.1f} MB/s"
         )
+    print("--stats pipeline (Records -> table), Python engine vs native path (outputs/fast.py):")
+    for label, records in (
+        ("resp  (redis-benchmark -P 4 connection, x200)", long_connection(redis_bench, 200)),
+        ("resp  (redis capture as recorded, 5 replays)", pipeline_replays(REDIS, 5)),
+        ("mysql (mysql capture as recorded, 5 replays)", pipeline_replays(MYSQL, 5)),
+    ):
+        python = _best(lambda r=records: stats_pipeline(r, False))  # type: ignore[misc]
+        native = _best(lambda r=records: stats_pipeline(r, True))  # type: ignore[misc]
+        print(f"{label:48s} python {python:>10,.0f} tx/s   native {native:>10,.0f} tx/s"
+              f"   x{native / python:.1f}")  # fmt: skip
     replies = b"".join(r.data for r in redis_bench if r.path_is_own) * 20
     assert resp_messages(replies, 1, False) == resp_messages(replies, 1, True)
     ours = _best(lambda: resp_messages(replies, 1, False))

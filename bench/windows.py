@@ -21,7 +21,8 @@ Configurations: ``redis-cli MONITOR`` (Redis's own command feed, read and
 discarded: what an operator who only wants the commands pays),
 ``usniff --path SOCK -w FILE -C 1000 -W 2`` (pcapng on disk, rotated so that
 a long run stays within 2 GB), ``usniff --path SOCK`` (decoded text, to
-/dev/null), ``usniff --path SOCK --stats`` (text to /dev/null and the table),
+/dev/null), ``usniff --path SOCK --stats`` (the table only, as the CLI gives it: plain
+RESP connections counted in C, outputs/fast.py),
 ``usniff --path SOCK --metrics S`` alone and beside ``-w`` (Prometheus
 metrics served on a Unix socket, not scraped) and
 ``usniff --path OTHER -w FILE`` (filtered out: the kernel-side filter
@@ -88,7 +89,7 @@ def agent(config: str, sock: str, work: str) -> None:
         devnull, write=write, rotate_mb=1000 if write else None, rotate_count=2 if write else None,
         rotate_seconds=None, snaplen=0, ascii_=False, hexdump=False, fmt="text", protocol=None,
         stats=config == "usniff --stats", redact=False, metrics=metrics,
-        sinks_only=config == "usniff --metrics",
+        sinks_only=config == "usniff --metrics", lines=config != "usniff --stats",
     )  # fmt: skip
     # Capture has no public detach: bytes sent while detached are not counted,
     # so a stream would resume without a gap mark; only a measurement wants it.

@@ -202,7 +202,8 @@ def test_server_only_capture_is_printed(tmp: str) -> None:
 def test_unanswered_requests_are_listed_and_kept_out_of_latency(tmp: str) -> None:
     blpop = resp_command("BLPOP", "never", "0")  # blocks until usniff has stopped
     with start_redis(tmp) as sock:
-        with Usniff("--path", sock, "--stats") as text_run, socket.socket(socket.AF_UNIX) as s:
+        text_args = ("--path", sock, "--stats", "--format", "text")
+        with Usniff(*text_args) as text_run, socket.socket(socket.AF_UNIX) as s:
             s.connect(sock)
             s.sendall(blpop)
             assert raw_exchange(sock, resp_command("GET", "k"), b"\r\n") == b"$-1\r\n"
@@ -354,7 +355,12 @@ sys.stdout.buffer.write(got)
 """
 
 
-@pytest.mark.parametrize("args", [("--stats",), ("-A",), ("-X",), ("--protocol", "raw")])
+STATS_TEXT = ("--stats", "--format", "text")
+
+
+@pytest.mark.parametrize(
+    "args", [STATS_TEXT, ("--stats",), ("-A",), ("-X",), ("--protocol", "raw")]
+)
 def test_hostile_bytes_never_reach_the_terminal(tmp: str, args: tuple[str, ...]) -> None:
     request = resp_command(HOSTILE, "arg\x1b[0m")
     with start_redis(tmp) as sock, Usniff("--path", sock, *args) as usniff:
@@ -364,12 +370,15 @@ def test_hostile_bytes_never_reach_the_terminal(tmp: str, args: tuple[str, ...])
     assert client.stdout.startswith(b"-ERR unknown command '\x1b]0;owned-title\x07"), client
     out = result.stdout + result.stderr.encode()
     assert not CONTROL.search(out), out
-    if args == ("--stats",):
-        line = next(x for x in result.text.splitlines() if "owned-title" in x)
-        assert line.startswith(rf"{line[:15]} \x1b[31mevil\x07[") and (
-            r"\x1b]0;owned-title\x07\x1b[2J\x1b[31mRED[bold]markup[/bold]" in line
-        ), line
-        assert r"-ERR unknown command '\x1b]0;owned-title\x07" in line, line
+    if "--stats" in args:
+        if args == STATS_TEXT:
+            line = next(x for x in result.text.splitlines() if "owned-title" in x)
+            assert line.startswith(rf"{line[:15]} \x1b[31mevil\x07[") and (
+                r"\x1b]0;owned-title\x07\x1b[2J\x1b[31mRED[bold]markup[/bold]" in line
+            ), line
+            assert r"-ERR unknown command '\x1b]0;owned-title\x07" in line, line
+        else:
+            assert not result.text, result.text  # --stats alone: the table only
         # the table shows the name escaped, and rich did not read it as markup
         name = r"\x1b]0;OWNED-TITLE\x07\x1b[2J\x1b[31MRED[BOLD]MARKUP[/BOLD]"  # upper-cased
         assert f"│ {name} │" in result.stderr, result.stderr

@@ -96,6 +96,16 @@ class AssemblerStats:
     evicted: int = 0  # connections forgotten while open (more than max_connections open)
 
 
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a connection's streams stand (StreamAssembler.hand_over)."""
+
+    server_id: int
+    next: tuple[int, int]  # per direction (client, server): the offset delivered up to
+    started: tuple[bool, bool]  # per direction: its start is known
+    last_ts: float  # capture time of the connection's newest record
+
+
 @dataclass(slots=True)
 class _Side:
     start: int | None = None
@@ -182,6 +192,31 @@ class StreamAssembler:
     @property
     def open_connections(self) -> int:
         return len(self._conns)
+
+    def hand_over(self, key: ConnKey) -> Position | None:
+        """Where connection ``key`` stands, when nothing of it is buffered (None otherwise):
+        another reader (outputs/fast.py) may then deliver its in-order records itself,
+        until it hands the connection back (:meth:`take_back`)."""
+        conn = self._conns.get(key)
+        if conn is None or conn.sides[0].heap or conn.sides[1].heap:
+            return None
+        client, server = conn.sides
+        return Position(
+            conn.server_id,
+            (client.next, server.next),
+            (client.start is not None, server.start is not None),
+            conn.last_ts,
+        )
+
+    def take_back(self, key: ConnKey, position: Position) -> None:
+        """Connection ``key`` handed back at ``position`` (the other reader counts the
+        records it delivered in ``stats.records``)."""
+        conn = self._conns[key]
+        for side, next_, started in zip(conn.sides, position.next, position.started, strict=True):
+            side.next = next_
+            if started and side.start is None:
+                side.start = 0  # it started at offset 0, with the other reader
+        conn.last_ts = position.last_ts
 
     def _evict(self, events: list[StreamEvent]) -> None:
         """Forget the least recently active eighth of the connections (their

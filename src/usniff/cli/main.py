@@ -144,7 +144,10 @@ def make_outputs(
     otlp: str | None = None,
     sinks_only: bool = False,
     proto_descriptor: str | None = None,
+    lines: bool = True,
 ) -> list[Output]:
+    """The outputs the options ask for.  ``lines``: with ``stats``, the decoded lines
+    too (False: the table only, what --stats alone gives)."""
     outputs: list[Output] = []
     options = _decoder_options(proto_descriptor)
     proto = protocol if protocol and protocol != "raw" else "auto"
@@ -184,10 +187,10 @@ def make_outputs(
     else:
         from ..outputs.decoded import DecodedOutput
 
-        if write:  # -w FILE --stats: only the table, on stderr
-            stream = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the output)
-        outputs.append(DecodedOutput(stream, proto, fmt, stats=stats, redact=redact, live=live,
-                                     listeners=listeners, options=options))  # fmt: skip
+        table_only = stats and (write or not lines)  # -w FILE --stats: the table, on stderr
+        outputs.append(DecodedOutput(None if table_only else stream, proto, fmt, stats=stats,
+                                     redact=redact, live=live, listeners=listeners,
+                                     options=options))  # fmt: skip
     return outputs + sinks  # the first output's items are what -c counts
 
 
@@ -235,6 +238,11 @@ def _reports(outputs: list[Output]) -> list[str]:
     from ..outputs.sink import TransactionSink
 
     return [o.report() for o in outputs if isinstance(o, TransactionSink) and o.report()]
+
+
+def _lines(ctx: click.Context, fmt: str) -> bool:
+    """Decoded lines beside --stats: only when --format asks for them."""
+    return ctx.get_parameter_source(fmt) is not click.core.ParameterSource.DEFAULT
 
 
 def _sinks_only(ctx: click.Context, kw: dict[str, Any]) -> bool:
@@ -363,7 +371,8 @@ def summary(stats: CaptureStats, shown: str = "") -> str:
     is_flag=True,
     help="Live per-command table, printed at exit: counts, errors, unanswered requests, "
     "latency percentiles of the answered ones. Latency is the server-side time from the "
-    "request's last byte to the reply's first byte, as the two ends sent them.",
+    "request's last byte to the reply's first byte, as the two ends sent them. The table "
+    "only (stderr), unless --format text|json asks for the decoded lines too.",
 )
 @click.option(
     "--metrics",
@@ -450,6 +459,7 @@ def main(ctx: click.Context, /, **kw: Any) -> None:  # fmt: skip
             sinks_only=_sinks_only(ctx, kw),
             proto_descriptor=kw["proto_descriptor"],
             live=True,
+            lines=_lines(ctx, "fmt"),
         )
     except OutputError as e:
         cap.close()
@@ -520,7 +530,8 @@ def list_cmd(path_filter: str | None) -> None:
     "--stats",
     is_flag=True,
     help="Per-command table: counts, errors, unanswered requests, latency (request's last "
-    "byte to reply's first byte) of the answered ones.",
+    "byte to reply's first byte) of the answered ones. The table only, unless --format "
+    "text|json asks for the decoded lines too.",
 )
 @click.option(
     "--redact", is_flag=True, help="Mask passwords (decoded output only; see usniff --help)."
@@ -552,7 +563,7 @@ def read_cmd(file: str, protocol: str | None, fmt: str, stats: bool, redact: boo
     outputs = make_outputs(
         out, write=None, rotate_mb=None, rotate_count=None, rotate_seconds=None, snaplen=0,
         ascii_=ascii_, hexdump=hexdump, fmt=fmt, protocol=protocol, stats=stats, redact=redact,
-        proto_descriptor=proto_descriptor,
+        proto_descriptor=proto_descriptor, lines=_lines(click.get_current_context(), "fmt"),
     )  # fmt: skip
     stats_ = CaptureStats(backend="file")
     damage = None

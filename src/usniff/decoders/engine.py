@@ -18,6 +18,7 @@ from ..streams import (
     Data,
     Gap,
     Open,
+    Position,
     StreamAssembler,
     StreamEvent,
     conn_key,
@@ -25,6 +26,7 @@ from ..streams import (
 from .base import Decoder, DecoderEvent, Transaction
 from .detect import ENOUGH
 from .registry import BY_NAME, CHOICES, detect
+from .resp import RespDecoder, Waiting
 
 MAX_UNDECIDED = 64 * 1024  # bytes buffered per connection while detecting
 
@@ -40,6 +42,24 @@ class Undecoded:
 
 Event = DecoderEvent | Undecoded
 DecoderOptions = Mapping[str, Mapping[str, object]]  # protocol -> decoder keyword arguments
+
+
+@dataclass(frozen=True, slots=True)
+class Ends:
+    """The two ends of a connection (client, server), as learnt from its records."""
+
+    pids: tuple[int, int]
+    comms: tuple[str, str]
+    inodes: tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """A connection handed to another reader (Decoding.hand_over)."""
+
+    position: Position
+    ends: Ends
+    pending: list[Waiting]  # its requests waiting for a reply, oldest first
 
 
 @dataclass(slots=True)
@@ -98,7 +118,9 @@ class Decoding:
     def open_connections(self) -> int:
         return len(self._conns)
 
-    def feed(self, records: Iterable[Record]) -> list[Event]:
+    def feed(self, records: Iterable[Record], expire: bool = True) -> list[Event]:
+        """Decode ``records``; then, unless not ``expire``, show the records of connections
+        undecided for ``UNDECIDED_WAIT`` before the last one (:meth:`expire`)."""
         out: list[Event] = []
         ts = 0.0
         for rec in records:
@@ -107,9 +129,41 @@ class Decoding:
             if self._decoded < len(self._conns):
                 self._route(rec, out)
             ts = rec.ts
-        if ts:
+        if ts and expire:
             self.expire(ts, out)
         return out
+
+    def hand_over(self, key: ConnKey) -> Handover | None:
+        """Connection ``key`` for another reader (outputs/fast.py), when it is RESP in a
+        plain state (RespDecoder.plain) and nothing of it is buffered: its position, ends
+        and requests waiting for a reply (taken out).  None otherwise.  The reader
+        delivers and decodes its records until it hands it back (:meth:`take_back`)."""
+        conn = self._conns.get(key)
+        if conn is None or not isinstance(conn.decoder, RespDecoder) or not conn.decoder.plain():
+            return None
+        position = self.assembler.hand_over(key)
+        if position is None:
+            return None
+        ends = Ends((conn.pids[0], conn.pids[1]), (conn.comms[0], conn.comms[1]),
+                    (conn.inodes[0], conn.inodes[1]))  # fmt: skip
+        return Handover(position, ends, conn.decoder.hand_over())
+
+    def take_back(
+        self,
+        key: ConnKey,
+        position: Position,
+        ends: Ends,
+        pending: list[tuple[object, float, int]],
+    ) -> None:
+        """Connection ``key`` handed back, as the other reader leaves it: its position,
+        its ends, its requests waiting for a reply (each handed over, or the request's
+        bytes; RespDecoder.take_back)."""
+        self.assembler.take_back(key, position)
+        conn = self._conns[key]
+        conn.pids, conn.comms, conn.inodes = list(ends.pids), list(ends.comms), list(ends.inodes)
+        conn.name = "-".join(str(i or "?") for i in conn.inodes)
+        assert isinstance(conn.decoder, RespDecoder)
+        conn.decoder.take_back(pending)
 
     def expire(self, now: float, out: list[Event]) -> None:
         """Show the records of connections undecided since before ``now - UNDECIDED_WAIT``."""

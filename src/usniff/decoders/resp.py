@@ -393,6 +393,10 @@ class Parser:
         self._next_message()
         return True
 
+    def idle(self) -> bool:
+        """Between messages, with nothing buffered."""
+        return not self.buf and not self.stack and self.blob is None and self.attribute is None
+
     def _next_message(self) -> None:
         """The next message starts here, in the chunk being parsed."""
         self.msg_start = self.consumed + self.pos
@@ -488,7 +492,7 @@ def _show_arg(value: object) -> str:
 
 # --------------------------------------------------------------------------- pairing
 
-_CONTAINERS = frozenset(
+CONTAINERS = frozenset(
     b"ACL CLIENT CLUSTER COMMAND CONFIG DEBUG FUNCTION LATENCY MEMORY MODULE OBJECT PUBSUB "
     b"SCRIPT SLOWLOG XGROUP XINFO".split()
 )
@@ -516,6 +520,9 @@ _CONFIRM = {
 }
 _SUBSCRIBERS = frozenset(_SUBSCRIBE) | frozenset(_UNSUBSCRIBE)
 _PUBSUB_MESSAGES = frozenset((b"message", b"pmessage", b"smessage"))
+# commands (name, or name and subcommand) after which pairing is more than FIFO: a
+# connection that sent one is decoded here, never by the native --stats path (_fast.c)
+STATEFUL = frozenset(_SUBSCRIBERS | {b"MONITOR", b"CLIENT REPLY"})
 _MONITOR_LINE = re.compile(r"\d+\.\d+ \[")
 _COMMAND_START = re.compile(rb"\*[1-9]\d*\r\n\$\d+\r\n|[A-Za-z]+[ \r\n]")
 _COMMAND_PREFIX = re.compile(rb"\*[1-9]?\d*\r?|\*[1-9]\d*\r\n(\$\d*\r?)?|[A-Za-z]+")
@@ -523,7 +530,9 @@ _REPLY_START = frozenset(b"+-:$*%~>|_#,(!=")
 
 
 @dataclass(slots=True)
-class _Request(Pending):
+class Waiting(Pending):
+    """A request waiting for its reply (or replies)."""
+
     expect: int = 1
     replies: list[str] = field(default_factory=list)
 
@@ -533,7 +542,7 @@ class RespDecoder(FramedDecoder[Message]):
 
     def __init__(self, redact: bool = False) -> None:
         self.redact = redact
-        self._pending: deque[_Request] = deque()
+        self._pending: deque[Waiting] = deque()
         self._restart()
         self._subs: dict[str, set[bytes]] = {"channel": set(), "pattern": set(), "shard": set()}
         self._reply_off = False
@@ -581,22 +590,8 @@ class RespDecoder(FramedDecoder[Message]):
     # -- requests
 
     def _request(self, msg: Message, ts: float, events: list[DecoderEvent]) -> None:
-        value = msg.value
-        args = value.items if isinstance(value, Agg) else [value]
-        size = value.size if isinstance(value, Agg) else 1
-        name = _arg(args[0]).upper() if args else b""
-        sub = _arg(args[1]).upper() if name in _CONTAINERS and len(args) > 1 else b""
-        command = (name + b" " + sub if sub else name).decode("utf-8", "replace")
-        req = _Request(name, command, self._request_text(name, args, size), ts, msg.nbytes)
-        req.cut = msg.cut
-        if msg.inline:
-            req.details["inline"] = True
-        if name in _BLOCKING:
-            req.details["blocking"] = True
-        if name in _SUBSCRIBE:
-            req.expect = max(1, size - 1)
-        elif name in _UNSUBSCRIBE:
-            req.expect = size - 1 if size > 1 else max(1, len(self._subs[_UNSUBSCRIBE[name]]))
+        req, sub, args = self._new_request(msg, ts)
+        name = req.name
         no_reply = self._reply_off or self._skip_next
         self._skip_next = False
         if name == b"CLIENT" and sub == b"REPLY" and len(args) > 2:
@@ -609,6 +604,67 @@ class RespDecoder(FramedDecoder[Message]):
             self._finish(req, events, "")
         else:
             self._pending.append(req)
+
+    def _new_request(self, msg: Message, ts: float) -> tuple[Waiting, bytes, list[object]]:
+        """The request ``msg``, complete at ``ts``; its subcommand and arguments."""
+        value = msg.value
+        args = value.items if isinstance(value, Agg) else [value]
+        size = value.size if isinstance(value, Agg) else 1
+        name = _arg(args[0]).upper() if args else b""
+        sub = _arg(args[1]).upper() if name in CONTAINERS and len(args) > 1 else b""
+        command = (name + b" " + sub if sub else name).decode("utf-8", "replace")
+        req = Waiting(name, command, self._request_text(name, args, size), ts, msg.nbytes)
+        req.cut = msg.cut
+        if msg.inline:
+            req.details["inline"] = True
+        if name in _BLOCKING:
+            req.details["blocking"] = True
+        if name in _SUBSCRIBE:
+            req.expect = max(1, size - 1)
+        elif name in _UNSUBSCRIBE:
+            req.expect = size - 1 if size > 1 else max(1, len(self._subs[_UNSUBSCRIBE[name]]))
+        return req, sub, args
+
+    # -- the native --stats path (outputs/fast.py) takes plain connections over
+
+    def plain(self) -> bool:
+        """In sync, no message half read, and every later request is answered by the next
+        reply (no subscription, MONITOR or CLIENT REPLY in force or waiting)."""
+        return (
+            self._sync_ts is not None
+            and self._server_synced
+            and not self._sync_buf
+            and not (self._monitor or self._reply_off or self._skip_next)
+            and not any(self._subs.values())
+            and all(isinstance(p, Parser) and p.idle() for p in self._parsers)
+            and all(
+                r.expect == 1 and not r.replies and r.name not in STATEFUL for r in self._pending
+            )  # fmt: skip
+        )
+
+    def hand_over(self) -> list[Waiting]:
+        """The requests waiting for a reply, taken out (the connection is :meth:`plain`)."""
+        pending = list(self._pending)
+        self._pending.clear()
+        return pending
+
+    def take_back(self, pending: list[tuple[object, float, int]]) -> None:
+        """The requests waiting for a reply, handed back: each one taken out by
+        :meth:`hand_over`, or (the request as sent, the ts of its last byte, its size)."""
+        for item, ts, nbytes in pending:
+            self._pending.append(
+                item if isinstance(item, Waiting) else self.request(item, ts, nbytes)
+            )
+
+    def request(self, raw: object, ts: float, nbytes: int) -> Waiting:
+        """The request whose bytes were ``raw`` (one whole command, as sent), or ``raw``
+        itself when it was handed over."""
+        if isinstance(raw, Waiting):
+            return raw
+        assert isinstance(raw, bytes)
+        [msg] = Parser(inline=False).feed(raw, ts)
+        msg.nbytes = nbytes
+        return self._new_request(msg, ts)[0]
 
     def _request_text(self, name: bytes, args: list[object], size: int) -> str:
         shown = [_show_arg(a) for a in args]
@@ -664,7 +720,7 @@ class RespDecoder(FramedDecoder[Message]):
             else:
                 subs.add(channel)
 
-    def _finish(self, req: _Request, events: list[DecoderEvent], why: str) -> None:
+    def _finish(self, req: Waiting, events: list[DecoderEvent], why: str) -> None:
         """Report ``req``.  Without a reply, ``why`` says what happened: "" (none came
         before the connection or the capture ended: unanswered) or "(lost sync)" (it
         may have come in bytes that could not be decoded: neither answered nor not)."""

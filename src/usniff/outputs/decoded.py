@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import TextIO
@@ -23,6 +24,7 @@ from ..events import CaptureStats, Record
 from ..printable import printable
 from . import raw
 from .base import clock_text
+from .fast import NativeStats
 from .stats import Stats
 
 WIDE = 1000  # columns for the statistics table when stderr is not a terminal (never cut)
@@ -84,7 +86,7 @@ class DecodedOutput:
 
     def __init__(
         self,
-        stream: TextIO,
+        stream: TextIO | None,
         protocol: str = "auto",
         fmt: str = "text",
         stats: bool = False,
@@ -97,15 +99,27 @@ class DecodedOutput:
         """``live``: records arrive as they are sent (not read from a file), so a
         connection undecided for ``Decoding.UNDECIDED_WAIT`` seconds of wall-clock
         time is shown raw at the next ``write``, even when no record follows.
-        ``listeners`` are given every transaction printed (--metrics, --otlp)."""
+        ``listeners`` are given every transaction printed (--metrics, --otlp).
+
+        ``stream`` None: no lines, the table only (``stats`` must be True); the items
+        (``write``'s count, -c) are then the transactions counted, and what was not
+        decoded is counted in a line at the end.  Without listeners, the plain RESP
+        connections are then counted in C (:class:`~usniff.outputs.fast.NativeStats`)."""
         if fmt not in ("text", "json"):
             raise ValueError(f"format must be text or json, not {fmt!r}")
+        if stream is None and not stats:
+            raise ValueError("without a stream for the lines, the output is the table")
         self.stream = stream
         self.fmt = fmt
         self.decoding = Decoding(protocol, redact, options)
         self.live = live
         self.stats = Stats() if stats else None
         self.listeners = listeners
+        self.not_decoded: Counter[str] = Counter()  # without lines: records, by reason
+        self.lost_sync = 0  # without lines: notices of a decoder that lost sync
+        self._native: NativeStats | None = None
+        if stream is None and self.stats is not None and not listeners:
+            self._native = NativeStats(self.decoding, self.stats, self._print)
         self._console = Console(file=stats_stream, stderr=stats_stream is None)
         if not self._console.is_terminal:  # a file or pipe: print the table whole
             self._console.width = WIDE
@@ -118,10 +132,19 @@ class DecodedOutput:
 
     def write(self, batch: Sequence[Record], limit: int = 0) -> int:
         self._left = limit or None
-        events = self.decoding.feed(batch)
-        if self.live:
-            self.decoding.expire(time.time(), events)
-        printed = self._print(events)
+        if self._native is not None and not limit:
+            now = time.time() if self.live else None
+            printed = self._native.feed(batch if isinstance(batch, list) else list(batch), now)
+        else:
+            if self._native is not None:
+                printed = self._native.release()  # -c counts each transaction: in Python
+                self._left = max(0, limit - printed)
+            else:
+                printed = 0
+            events = self.decoding.feed(batch)
+            if self.live:
+                self.decoding.expire(time.time(), events)
+            printed += self._print(events)
         now = time.monotonic()
         if (
             self._live is not None
@@ -133,15 +156,19 @@ class DecodedOutput:
         return printed
 
     def flush(self) -> None:
-        self.stream.flush()
+        if self.stream is not None:
+            self.stream.flush()
 
     def close(self, stats: CaptureStats) -> int:
-        printed = self._print(self.decoding.finish())
-        self.stream.flush()
+        printed = self._native.release() if self._native is not None else 0
+        printed += self._print(self.decoding.finish())
+        self.flush()
         if self._live is not None:
             self._live.stop()
         if self.stats is not None:
             self._console.print(self.stats.render())
+        if self.not_decoded or self.lost_sync:
+            self._console.print(self._not_decoded())
         asm = self.decoding.assembler.stats
         if stats.lost_bytes or asm.gap_bytes:
             self._console.print(
@@ -150,8 +177,40 @@ class DecodedOutput:
             )
         return printed
 
+    def _not_decoded(self) -> str:
+        """What the table leaves out (no lines were printed to show it)."""
+        parts = [f"{n} records ({reason})" for reason, n in self.not_decoded.most_common()]
+        if self.lost_sync:
+            parts.append(f"{self.lost_sync} times a decoder lost sync (the requests in "
+                         "flight counted without a latency)")  # fmt: skip
+        return printable("usniff: not in the table: " + "; ".join(parts))
+
+    def _count(self, events: list[Event]) -> int:
+        """The transactions among ``events`` into the table (within the limit), the rest
+        counted; returns the transactions counted."""
+        assert self.stats is not None
+        counted = 0
+        for ev in events:
+            if isinstance(ev, Transaction):
+                if self._left is not None and counted >= self._left:
+                    break
+                self.stats.add(ev)
+                for listener in self.listeners:
+                    listener(ev)
+                counted += 1
+            elif isinstance(ev, Undecoded):
+                self.not_decoded[ev.reason] += 1
+            elif ev.kind == "undecodable":
+                self.lost_sync += 1
+        if self._left is not None:
+            self._left -= counted
+        return counted
+
     def _print(self, events: list[Event]) -> int:
-        """Print ``events`` (within the limit); returns the lines printed."""
+        """Print ``events`` (within the limit); returns the lines printed (without a
+        stream: the transactions counted)."""
+        if self.stream is None:
+            return self._count(events)
         if self._left is not None:
             events = events[: self._left]
             self._left -= len(events)

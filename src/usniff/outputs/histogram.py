@@ -5,35 +5,17 @@ A sorted list of every latency costs an O(n) insertion per transaction; here
 few hundred per command in practice), as in HdrHistogram: times are counted
 in nanoseconds, exactly below 2**SUB_BITS ns, then in 2**(SUB_BITS - 1)
 buckets per power of two, so a bucket is at most 1/1024 of its value wide.
+The buckets are defined once, in C (``_fast.c``), whose native ``--stats`` path
+counts in them too (:meth:`Histogram.merge`).
 A percentile is the middle of its bucket: within 0.05 % of the nearest-rank
 value of the exact latencies (at 1 ms, within 0.5 us); the maximum is exact.
 """
 
 from __future__ import annotations
 
-SUB_BITS = 11
-_MASK = (1 << SUB_BITS) - 1
+from ._fast import SUB_BITS, bucket, bucket_middle
 
-
-def bucket(ns: int) -> int:
-    """The bucket of a latency of ``ns`` nanoseconds (monotonic in ``ns``)."""
-    if ns < 0:  # clocks of two CPUs a few ns apart: keep the order, mirrored
-        return -bucket(-ns) - 1
-    shift = ns.bit_length() - SUB_BITS
-    if shift <= 0:
-        return ns
-    return (shift << SUB_BITS) | (ns >> shift)
-
-
-def bucket_middle(key: int) -> float:
-    """The middle of bucket ``key``, in nanoseconds."""
-    if key < 0:
-        return -bucket_middle(-key - 1)
-    shift = key >> SUB_BITS
-    if shift == 0:
-        return float(key)
-    low = (key & _MASK) << shift
-    return low + ((1 << shift) - 1) / 2
+__all__ = ["SUB_BITS", "Histogram", "bucket", "bucket_middle"]
 
 
 class Histogram:
@@ -52,6 +34,14 @@ class Histogram:
         self.total += 1
         if self.max is None or seconds > self.max:
             self.max = seconds
+
+    def merge(self, counts: dict[int, int], largest: float) -> None:
+        """Add the counts per bucket of other latencies, whose largest is ``largest``."""
+        for key, n in counts.items():
+            self.counts[key] = self.counts.get(key, 0) + n
+            self.total += n
+        if self.max is None or largest > self.max:
+            self.max = largest
 
     def percentile(self, p: float) -> float:
         """Nearest-rank ``p``-th percentile in seconds (the maximum for 100); the

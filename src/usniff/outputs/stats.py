@@ -4,6 +4,7 @@ percentiles of decoded transactions, rendered with rich."""
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from rich.console import Group
@@ -18,6 +19,9 @@ TITLE = "usniff: per command; latency = server time, request's last byte to repl
 
 
 PERCENTILES = (50, 95, 99, 100)
+# one command's answered transactions counted natively (Stats.merge): command, count,
+# errors, bytes in, bytes out, latency counts per histogram bucket, the largest latency
+NativeRow = tuple[str, int, int, int, int, dict[int, int], float]
 
 
 @dataclass(slots=True)
@@ -65,19 +69,39 @@ class Stats:
         if latency is None:
             return
         row.latencies.add(latency)
+        if self.takes(latency):
+            self.push(latency, f"{tx.client_comm} {tx.request}")
+
+    def merge(self, protocol: str, rows: Sequence[NativeRow]) -> None:
+        """Add the counts of answered transactions counted elsewhere (outputs/fast.py):
+        per command, count, errors, bytes in and out, latency buckets and the largest."""
+        for command, count, errors, bytes_in, bytes_out, buckets, largest in rows:
+            row = self.rows.setdefault((protocol, command), _Row())
+            row.count += count
+            row.errors += errors
+            row.bytes_in += bytes_in
+            row.bytes_out += bytes_out
+            row.latencies.merge(buckets, largest)
+
+    def takes(self, latency: float) -> bool:
+        """Would the slowest list take a request of this latency now?"""
+        return len(self.slowest) < self.top or latency > self.slowest[0][0]
+
+    def push(self, latency: float, text: str) -> None:
+        """Into the slowest list (after :meth:`takes`)."""
+        self._seq += 1
         if len(self.slowest) < self.top:
-            self._seq += 1
-            heapq.heappush(self.slowest, (latency, self._seq, f"{tx.client_comm} {tx.request}"))
-        elif latency > self.slowest[0][0]:
-            self._seq += 1
-            heapq.heapreplace(self.slowest, (latency, self._seq, f"{tx.client_comm} {tx.request}"))
+            heapq.heappush(self.slowest, (latency, self._seq, text))
+        else:
+            heapq.heapreplace(self.slowest, (latency, self._seq, text))
 
     def render(self) -> Group:
         table = Table(title=TITLE, expand=False)
         for col in ("protocol", "command", "count", "errors", "unanswered", "p50 ms", "p95 ms",
                     "p99 ms", "max ms", "bytes in", "bytes out"):  # fmt: skip
             table.add_column(col, justify="left" if col in ("protocol", "command") else "right")
-        ordered = sorted(self.rows.items(), key=lambda kv: -kv[1].count)
+        # ties by name: the same table whichever path counted first (outputs/fast.py)
+        ordered = sorted(self.rows.items(), key=lambda kv: (-kv[1].count, kv[0]))
         for (protocol, command), row in ordered:
             lat = row.latencies
             ms = [f"{lat.percentile(p) * 1000:.3f}" if lat.total else "-" for p in PERCENTILES]

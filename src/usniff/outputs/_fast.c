@@ -1,0 +1,991 @@
+/*
+ * usniff.outputs._fast: the native path of the statistics table (--stats
+ * without decoded lines), driven by outputs/fast.py.
+ *
+ * The Python engine (decoders/engine.py, streams.py, decoders/resp.py) costs
+ * a few microseconds per transaction; a traced Redis answers one in ten.
+ * Core takes over a RESP connection from the Python engine when the Python
+ * side says it is plain (RespDecoder.plain(): in sync, no partial message,
+ * FIFO pairing) and then, for each of its records that it can handle exactly,
+ * does in C what the engine would have: in-order reassembly (the next offset
+ * of each direction), RESP framing, the command name, FIFO pairing and the
+ * per-command counts, bytes and latency histogram (the buckets below, which
+ * outputs/histogram.py uses too), plus the candidates for the slowest list.
+ * Python is touched once per run of such records (Core.take).
+ *
+ * A record it cannot handle exactly (out of order, a duplicate, a loss or
+ * truncation, a close, a message split across records, a type it does not
+ * frame, a reply without a request, a command whose pairing is not FIFO:
+ * resp.STATEFUL) ends the run: the connection is handed back (the state
+ * fast.py gives the Python engine) before the record, and the Python engine
+ * decodes it.  Records of connections Core does not own are the engine's.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "_events.h"
+
+#define MODULE "usniff.outputs._fast"
+
+static const struct usniff_events_api *API;
+#define SLOT(r, i) RSLOT(API->record_offsets, r, i)
+static PyObject *s_data;
+
+/* ---------------------------------------------------------- latency buckets */
+
+/*
+ * Log-linear buckets of a latency in nanoseconds, as in HdrHistogram: exact
+ * below 2**SUB_BITS ns, then 2**(SUB_BITS - 1) buckets per power of two (a
+ * bucket is at most 1/1024 of its value wide).  Negative latencies (two CPUs'
+ * clocks a few ns apart) are mirrored, keeping the order.
+ */
+#define SUB_BITS 11
+
+static int64_t bucket_of(int64_t ns)
+{
+	if (ns < 0)
+		return ns == INT64_MIN ? INT64_MIN : -bucket_of(-ns) - 1;
+	int shift = ns ? 64 - __builtin_clzll((uint64_t)ns) - SUB_BITS : 0;
+	if (shift <= 0)
+		return ns;
+	return ((int64_t)shift << SUB_BITS) | (ns >> shift);
+}
+
+static double bucket_middle_of(int64_t key)
+{
+	if (key < 0)
+		return -bucket_middle_of(-(key + 1));
+	int shift = (int)(key >> SUB_BITS);
+	if (shift == 0)
+		return (double)key;
+	int64_t low = (key & ((1 << SUB_BITS) - 1)) << shift;
+	return (double)low + (double)((1ll << shift) - 1) / 2;
+}
+
+PyDoc_STRVAR(bucket_doc, "bucket(ns)\n--\n\nThe bucket of a latency of ns nanoseconds.");
+
+static PyObject *py_bucket(PyObject *mod, PyObject *arg)
+{
+	(void)mod;
+	long long ns = PyLong_AsLongLong(arg);
+	if (ns == -1 && PyErr_Occurred())
+		return NULL;
+	return PyLong_FromLongLong(bucket_of(ns));
+}
+
+PyDoc_STRVAR(bucket_middle_doc,
+	     "bucket_middle(key)\n--\n\nThe middle of bucket key, in nanoseconds.");
+
+static PyObject *py_bucket_middle(PyObject *mod, PyObject *arg)
+{
+	(void)mod;
+	long long key = PyLong_AsLongLong(arg);
+	if (key == -1 && PyErr_Occurred())
+		return NULL;
+	return PyFloat_FromDouble(bucket_middle_of(key));
+}
+
+/* The latency of seconds as Histogram.add counts it: round(seconds * 1e9), ties to even. */
+static int64_t nanoseconds(double seconds)
+{
+	double ns = nearbyint(seconds * 1e9);
+	if (ns >= 9.2e18)
+		return INT64_MAX;
+	if (ns <= -9.2e18)
+		return INT64_MIN + 1;
+	return (int64_t)ns;
+}
+
+/* ------------------------------------------------------------- hash tables */
+
+static uint64_t mix(uint64_t x)
+{
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdull;
+	x ^= x >> 33;
+	x *= 0xc4ceb9fe1a85ec53ull;
+	return x ^ (x >> 33);
+}
+
+static uint64_t hash_bytes(const unsigned char *p, size_t n)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ p[i]) * 0x100000001b3ull;
+	return mix(h ^ n);
+}
+
+/* bucket -> count, open addressing (INT64_MIN: empty, never a bucket of a latency we count) */
+struct hist {
+	int64_t *keys;
+	uint64_t *counts;
+	size_t cap, used;
+};
+
+static int hist_add(struct hist *h, int64_t key)
+{
+	if (2 * (h->used + 1) > h->cap) {
+		size_t cap = h->cap ? 2 * h->cap : 64;
+		int64_t *keys = PyMem_Malloc(cap * sizeof *keys);
+		uint64_t *counts = PyMem_Calloc(cap, sizeof *counts);
+		if (keys == NULL || counts == NULL) {
+			PyMem_Free(keys);
+			PyMem_Free(counts);
+			PyErr_NoMemory();
+			return -1;
+		}
+		for (size_t i = 0; i < cap; i++)
+			keys[i] = INT64_MIN;
+		for (size_t i = 0; i < h->cap; i++) {
+			if (h->keys[i] == INT64_MIN)
+				continue;
+			size_t j = mix((uint64_t)h->keys[i]) & (cap - 1);
+			while (keys[j] != INT64_MIN)
+				j = (j + 1) & (cap - 1);
+			keys[j] = h->keys[i];
+			counts[j] = h->counts[i];
+		}
+		PyMem_Free(h->keys);
+		PyMem_Free(h->counts);
+		h->keys = keys;
+		h->counts = counts;
+		h->cap = cap;
+	}
+	size_t j = mix((uint64_t)key) & (h->cap - 1);
+	while (h->keys[j] != INT64_MIN && h->keys[j] != key)
+		j = (j + 1) & (h->cap - 1);
+	if (h->keys[j] == INT64_MIN) {
+		h->keys[j] = key;
+		h->used++;
+	}
+	h->counts[j]++;
+	return 0;
+}
+
+/* A command (the --stats key): its counts since the last take. */
+struct row {
+	unsigned char *key; /* upper-cased name [+ " " + upper-cased subcommand] */
+	size_t keylen;
+	uint64_t hash;
+	PyObject *command; /* the key decoded as the decoder does (utf-8, errors replaced) */
+	int stateful; /* a key of resp.STATEFUL: the connection goes back to Python */
+	int container; /* a name of resp.CONTAINERS: the subcommand is part of the key */
+	uint64_t count, errors, bytes_in, bytes_out;
+	struct hist hist;
+	double max;
+	int has_max;
+};
+
+/* A request waiting for its reply. */
+struct pend {
+	PyObject *obj; /* bytes: the request as sent; or the decoder's own request (adopted) */
+	struct row *row;
+	double ts;
+	int64_t nbytes;
+};
+
+struct conn {
+	uint64_t lo, hi, server;
+	int64_t next[2];
+	int started[2];
+	double last_ts;
+	PyObject *pid[2], *comm[2], *inode[2];
+	struct pend *q;
+	size_t head, len, cap;
+};
+
+typedef struct {
+	PyObject_HEAD
+	struct conn **conns; /* open addressing on (lo, hi); NULL: empty */
+	size_t ccap, cused;
+	struct row **rows; /* open addressing on the key */
+	size_t rcap, rused;
+	PyObject *containers, *stateful; /* frozensets of bytes (resp.py) */
+	double *heap; /* latencies of the slowest list as it would stand without Python's */
+	Py_ssize_t top, nheap;
+	PyObject *slow; /* list of (latency, comm, request) candidates since the last take */
+	uint64_t transactions, records;
+} Core;
+
+static void pend_clear(struct pend *p)
+{
+	Py_CLEAR(p->obj);
+}
+
+static void conn_free(struct conn *c)
+{
+	for (size_t i = 0; i < c->len; i++)
+		pend_clear(&c->q[(c->head + i) % c->cap]);
+	for (int d = 0; d < 2; d++) {
+		Py_XDECREF(c->pid[d]);
+		Py_XDECREF(c->comm[d]);
+		Py_XDECREF(c->inode[d]);
+	}
+	PyMem_Free(c->q);
+	PyMem_Free(c);
+}
+
+static size_t conn_slot(Core *self, uint64_t lo, uint64_t hi)
+{
+	size_t j = mix(lo * 0x9E3779B97F4A7C15ull ^ hi) & (self->ccap - 1);
+	while (self->conns[j] != NULL && (self->conns[j]->lo != lo || self->conns[j]->hi != hi))
+		j = (j + 1) & (self->ccap - 1);
+	return j;
+}
+
+static struct conn *conn_get(Core *self, uint64_t lo, uint64_t hi)
+{
+	return self->cused ? self->conns[conn_slot(self, lo, hi)] : NULL;
+}
+
+static int conn_put(Core *self, struct conn *c)
+{
+	if (2 * (self->cused + 1) > self->ccap) {
+		size_t cap = self->ccap ? 2 * self->ccap : 64;
+		struct conn **conns = PyMem_Calloc(cap, sizeof *conns);
+		if (conns == NULL) {
+			PyErr_NoMemory();
+			return -1;
+		}
+		struct conn **old = self->conns;
+		size_t oldcap = self->ccap;
+		self->conns = conns;
+		self->ccap = cap;
+		for (size_t i = 0; i < oldcap; i++)
+			if (old[i] != NULL)
+				conns[conn_slot(self, old[i]->lo, old[i]->hi)] = old[i];
+		PyMem_Free(old);
+	}
+	self->conns[conn_slot(self, c->lo, c->hi)] = c;
+	self->cused++;
+	return 0;
+}
+
+/* Forget c (linear probing: the entries after it move back into the hole). */
+static void conn_del(Core *self, struct conn *c)
+{
+	size_t mask = self->ccap - 1, i = conn_slot(self, c->lo, c->hi), j = i;
+	self->conns[i] = NULL;
+	self->cused--;
+	for (;;) {
+		j = (j + 1) & mask;
+		struct conn *e = self->conns[j];
+		if (e == NULL)
+			return;
+		size_t home = mix(e->lo * 0x9E3779B97F4A7C15ull ^ e->hi) & mask;
+		if ((j > i && (home <= i || home > j)) || (j < i && home <= i && home > j)) {
+			self->conns[i] = e;
+			self->conns[j] = NULL;
+			i = j;
+		}
+	}
+}
+
+/*
+ * The row of key[0:n], made on first use (NULL and an exception on failure).
+ * Its flags are of the key as a whole: a name alone when looked up by name
+ * (the only lookup that reads ``container``); the stateful names are no
+ * containers, so a key with a subcommand is stateful only as a whole (CLIENT REPLY).
+ */
+static struct row *row_get(Core *self, const unsigned char *key, size_t n)
+{
+	uint64_t h = hash_bytes(key, n);
+	size_t mask = self->rcap - 1, j = self->rcap ? h & mask : 0;
+	if (self->rcap)
+		for (; self->rows[j] != NULL; j = (j + 1) & mask) {
+			struct row *r = self->rows[j];
+			if (r->hash == h && r->keylen == n && memcmp(r->key, key, n) == 0)
+				return r;
+		}
+	struct row *r = PyMem_Calloc(1, sizeof *r);
+	unsigned char *k = PyMem_Malloc(n ? n : 1);
+	if (r == NULL || k == NULL) {
+		PyMem_Free(r);
+		PyMem_Free(k);
+		PyErr_NoMemory();
+		return NULL;
+	}
+	memcpy(k, key, n);
+	r->key = k;
+	r->keylen = n;
+	r->hash = h;
+	PyObject *whole = PyBytes_FromStringAndSize((const char *)key, (Py_ssize_t)n);
+	r->command = PyUnicode_DecodeUTF8((const char *)key, (Py_ssize_t)n, "replace");
+	int st = whole == NULL ? -1 : PySet_Contains(self->stateful, whole);
+	int ct = st < 0 ? -1 : PySet_Contains(self->containers, whole);
+	Py_XDECREF(whole);
+	if (r->command == NULL || ct < 0) {
+		Py_XDECREF(r->command);
+		PyMem_Free(k);
+		PyMem_Free(r);
+		return NULL;
+	}
+	r->stateful = st;
+	r->container = ct;
+	if (2 * (self->rused + 1) > self->rcap) {
+		size_t cap = self->rcap ? 2 * self->rcap : 64;
+		struct row **rows = PyMem_Calloc(cap, sizeof *rows);
+		if (rows == NULL) {
+			Py_DECREF(r->command);
+			PyMem_Free(k);
+			PyMem_Free(r);
+			PyErr_NoMemory();
+			return NULL;
+		}
+		for (size_t i = 0; i < self->rcap; i++) {
+			struct row *e = self->rows[i];
+			if (e == NULL)
+				continue;
+			size_t p = e->hash & (cap - 1);
+			while (rows[p] != NULL)
+				p = (p + 1) & (cap - 1);
+			rows[p] = e;
+		}
+		PyMem_Free(self->rows);
+		self->rows = rows;
+		self->rcap = cap;
+		mask = cap - 1;
+		for (j = h & mask; rows[j] != NULL; j = (j + 1) & mask)
+			;
+	}
+	self->rows[j] = r;
+	self->rused++;
+	return r;
+}
+
+/* ------------------------------------------------------------ RESP framing */
+
+#define KEEP 256 /* bytes of a bulk string the decoder keeps: of a name, all it upper-cases */
+#define MAX_DEPTH 8 /* deeper replies go to the Python decoder */
+
+/*
+ * A decimal number of at most 18 digits ending at a CRLF, from p (neg: a
+ * leading '-' allowed).  Stricter than Python's int() (no '+', spaces or
+ * '_'), so that whatever is read here is read alike by the decoder.  Returns
+ * the position after the CRLF, or NULL when not so (or not all in [p, end)).
+ */
+static const unsigned char *number(const unsigned char *p, const unsigned char *end, int neg,
+				   int64_t *out)
+{
+	int sign = 1, digits = 0;
+	int64_t v = 0;
+	if (neg && p < end && *p == '-') {
+		sign = -1;
+		p++;
+	}
+	for (; p < end && *p >= '0' && *p <= '9'; p++) {
+		if (++digits > 18)
+			return NULL;
+		v = v * 10 + (*p - '0');
+	}
+	if (!digits || end - p < 2 || p[0] != '\r' || p[1] != '\n')
+		return NULL;
+	*out = sign * v;
+	return p + 2;
+}
+
+/* A bulk string ``$N\r\n...\r\n`` at p: the position after it, its payload in *s, *n. */
+static const unsigned char *bulk(const unsigned char *p, const unsigned char *end,
+				 const unsigned char **s, int64_t *n)
+{
+	if (p >= end || *p != '$' || (p = number(p + 1, end, 0, n)) == NULL)
+		return NULL;
+	if (end - p < *n + 2 || p[*n] != '\r' || p[*n + 1] != '\n')
+		return NULL;
+	*s = p;
+	return p + *n + 2;
+}
+
+/* A reply the Python decoder reads alike and pairs FIFO: + - : $ and * of them. */
+static const unsigned char *reply(const unsigned char *p, const unsigned char *end, int depth)
+{
+	int64_t n;
+	const unsigned char *s;
+	if (p >= end)
+		return NULL;
+	switch (*p) {
+	case '+':
+	case '-':
+		s = memchr(p, '\r', (size_t)(end - p));
+		while (s != NULL && s + 1 < end && s[1] != '\n')
+			s = memchr(s + 1, '\r', (size_t)(end - s - 1));
+		return s == NULL || s + 1 >= end ? NULL : s + 2;
+	case ':':
+		return number(p + 1, end, 1, &n);
+	case '$':
+		if (end - p >= 5 && memcmp(p, "$-1\r\n", 5) == 0)
+			return p + 5;
+		return bulk(p, end, &s, &n);
+	case '*':
+		if (end - p >= 5 && memcmp(p, "*-1\r\n", 5) == 0)
+			return p + 5;
+		if (depth >= MAX_DEPTH || (p = number(p + 1, end, 0, &n)) == NULL)
+			return NULL;
+		for (int64_t i = 0; i < n && p != NULL; i++)
+			p = reply(p, end, depth + 1);
+		return p;
+	}
+	return NULL;
+}
+
+/* upper-case n bytes (ASCII, as bytes.upper()) into out */
+static void upper(unsigned char *out, const unsigned char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		out[i] = s[i] >= 'a' && s[i] <= 'z' ? s[i] - 32 : s[i];
+}
+
+/*
+ * A command (an array of bulk strings, as RespDecoder reads it in one piece)
+ * at p: the position after it, its row in *row.  NULL when it is anything
+ * else, or a command of resp.STATEFUL (*row NULL then unless an error).
+ */
+static const unsigned char *command(Core *self, const unsigned char *p, const unsigned char *end,
+				    struct row **row)
+{
+	int64_t n, size[2] = {0, 0};
+	const unsigned char *s, *arg[2] = {NULL, NULL};
+	*row = NULL;
+	if (p >= end || *p != '*' || (p = number(p + 1, end, 0, &n)) == NULL || n < 1)
+		return NULL;
+	for (int64_t i = 0; i < n; i++) {
+		int64_t len;
+		if ((p = bulk(p, end, &s, &len)) == NULL)
+			return NULL;
+		if (i < 2) {
+			arg[i] = s;
+			size[i] = len < KEEP ? len : KEEP;
+		}
+	}
+	unsigned char key[2 * KEEP + 1];
+	size_t k = (size_t)size[0];
+	upper(key, arg[0], k);
+	struct row *r = row_get(self, key, k);
+	if (r != NULL && r->container && n > 1) {
+		key[k] = ' ';
+		upper(key + k + 1, arg[1], (size_t)size[1]);
+		r = row_get(self, key, k + 1 + (size_t)size[1]);
+	}
+	if (r == NULL || r->stateful)
+		return NULL;
+	*row = r;
+	return p;
+}
+
+/* ------------------------------------------------------------- the core */
+
+static int push_pending(struct conn *c, PyObject *obj, struct row *row, double ts,
+			int64_t nbytes)
+{
+	if (c->len == c->cap) {
+		size_t cap = c->cap ? 2 * c->cap : 16;
+		struct pend *q = PyMem_Malloc(cap * sizeof *q);
+		if (q == NULL) {
+			PyErr_NoMemory();
+			return -1;
+		}
+		for (size_t i = 0; i < c->len; i++)
+			q[i] = c->q[(c->head + i) % c->cap];
+		PyMem_Free(c->q);
+		c->q = q;
+		c->cap = cap;
+		c->head = 0;
+	}
+	struct pend *p = &c->q[(c->head + c->len) % c->cap];
+	p->obj = obj;
+	p->row = row;
+	p->ts = ts;
+	p->nbytes = nbytes;
+	c->len++;
+	return 0;
+}
+
+/* The slowest list as Stats keeps it, on latencies alone: would it take this one? */
+static int slow_candidate(Core *self, double latency)
+{
+	double *h = self->heap;
+	Py_ssize_t n = self->nheap, i = 0;
+	if (n < self->top) {
+		for (i = n++; i > 0 && h[(i - 1) / 2] > latency; i = (i - 1) / 2)
+			h[i] = h[(i - 1) / 2];
+		h[i] = latency;
+		self->nheap = n;
+		return 1;
+	}
+	if (n == 0 || latency <= h[0])
+		return 0;
+	for (;;) { /* replace the root, sift down */
+		Py_ssize_t c = 2 * i + 1;
+		if (c >= n)
+			break;
+		if (c + 1 < n && h[c + 1] < h[c])
+			c++;
+		if (h[c] >= latency)
+			break;
+		h[i] = h[c];
+		i = c;
+	}
+	h[i] = latency;
+	return 1;
+}
+
+/* A transaction: req answered by a reply of nbytes sent at ts. */
+static int answer(Core *self, struct conn *c, struct pend *req, double ts, int64_t nbytes,
+		  int error)
+{
+	struct row *r = req->row;
+	double latency = ts - req->ts;
+	r->count++;
+	r->errors += error;
+	r->bytes_in += (uint64_t)req->nbytes;
+	r->bytes_out += (uint64_t)nbytes;
+	if (hist_add(&r->hist, bucket_of(nanoseconds(latency))) < 0)
+		return -1;
+	if (!r->has_max || latency > r->max) {
+		r->max = latency;
+		r->has_max = 1;
+	}
+	self->transactions++;
+	if (slow_candidate(self, latency)) {
+		PyObject *t = Py_BuildValue("(dOO)", latency, c->comm[0], req->obj);
+		if (t == NULL || PyList_Append(self->slow, t) < 0) {
+			Py_XDECREF(t);
+			return -1;
+		}
+		Py_DECREF(t);
+	}
+	return 0;
+}
+
+static int u64(PyObject *o, uint64_t *out)
+{
+	*out = PyLong_AsUnsignedLongLong(o);
+	return *out == (uint64_t)-1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* The connection of rec if Core owns it (NULL: not owned, or an error set). */
+static struct conn *owner(Core *self, PyObject *rec)
+{
+	uint64_t a, b;
+	if (!self->cused)
+		return NULL;
+	if (u64(SLOT(rec, R_SOCK_ID), &a) < 0 || u64(SLOT(rec, R_PEER_ID), &b) < 0 || !b)
+		return NULL;
+	return conn_get(self, a < b ? a : b, a < b ? b : a);
+}
+
+#define MAX_MESSAGES 4096 /* per record; more: the Python decoder */
+
+/*
+ * Handle rec of c if it can be done exactly: 1 done, 0 not (nothing
+ * changed), -1 error.
+ */
+static int handle(Core *self, struct conn *c, PyObject *rec)
+{
+	PyObject *data = SLOT(rec, R_DATA), *kind = SLOT(rec, R_KIND);
+	if (kind != s_data && (!PyUnicode_Check(kind) ||
+			       PyUnicode_CompareWithASCIIString(kind, "data") != 0))
+		return 0;
+	if (!PyBytes_Check(data) || PyBytes_GET_SIZE(data) == 0)
+		return 0;
+	uint64_t sock, off, len;
+	if (u64(SLOT(rec, R_SOCK_ID), &sock) < 0 || u64(SLOT(rec, R_OFFSET), &off) < 0 ||
+	    u64(SLOT(rec, R_LENGTH), &len) < 0)
+		return -1;
+	Py_ssize_t n = PyBytes_GET_SIZE(data);
+	int d = sock == c->server;
+	if (len != (uint64_t)n || off != (c->started[d] ? (uint64_t)c->next[d] : 0))
+		return 0;
+	double ts = PyFloat_AsDouble(SLOT(rec, R_TS));
+	if (ts == -1.0 && PyErr_Occurred())
+		return -1;
+	const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(data), *end = p + n;
+	const unsigned char *start[MAX_MESSAGES + 1];
+	struct row *rows[MAX_MESSAGES];
+	int m = 0;
+	start[0] = p;
+	while (p < end) { /* every message whole, all of a kind handled here */
+		if (m == MAX_MESSAGES)
+			return 0;
+		p = d ? reply(p, end, 0) : command(self, p, end, &rows[m]);
+		if (p == NULL)
+			return PyErr_Occurred() ? -1 : 0;
+		start[++m] = p;
+	}
+	if (d && (size_t)m > c->len)
+		return 0; /* a reply without a request: the decoder's "unpaired" notice */
+	/* commit: as StreamAssembler._deliver and Decoding's _Conn.learn */
+	c->started[d] = 1;
+	c->next[d] = (int64_t)(off + len);
+	c->last_ts = ts;
+	self->records++;
+	PyObject *pid = SLOT(rec, R_PID), *comm = SLOT(rec, R_COMM);
+	Py_SETREF(c->pid[d], Py_NewRef(pid));
+	Py_SETREF(c->comm[d], Py_NewRef(comm));
+	Py_SETREF(c->inode[d], Py_NewRef(SLOT(rec, R_INODE)));
+	int known = PyObject_IsTrue(c->pid[1 - d]);
+	int peer = known ? 0 : PyObject_IsTrue(SLOT(rec, R_PEER_PID));
+	if (known < 0 || peer < 0)
+		return -1;
+	if (peer) {
+		Py_SETREF(c->pid[1 - d], Py_NewRef(SLOT(rec, R_PEER_PID)));
+		Py_SETREF(c->comm[1 - d], Py_NewRef(SLOT(rec, R_PEER_COMM)));
+	}
+	for (int i = 0; i < m; i++) {
+		int64_t size = start[i + 1] - start[i];
+		if (!d) {
+			PyObject *raw = PyBytes_FromStringAndSize((const char *)start[i], size);
+			if (raw == NULL || push_pending(c, raw, rows[i], ts, size) < 0) {
+				Py_XDECREF(raw);
+				return -1;
+			}
+			continue;
+		}
+		struct pend req = c->q[c->head];
+		c->head = (c->head + 1) % c->cap;
+		c->len--;
+		int rc = answer(self, c, &req, ts, size, *start[i] == '-');
+		pend_clear(&req);
+		if (rc < 0)
+			return -1;
+	}
+	return 1;
+}
+
+/* The state of c for the Python engine (fast.py: Handback), and c forgotten. */
+static PyObject *release(Core *self, struct conn *c)
+{
+	PyObject *pending = PyList_New((Py_ssize_t)c->len);
+	if (pending == NULL)
+		return NULL;
+	for (size_t i = 0; i < c->len; i++) {
+		struct pend *p = &c->q[(c->head + i) % c->cap];
+		PyObject *t = Py_BuildValue("(OdL)", p->obj, p->ts, (long long)p->nbytes);
+		if (t == NULL) {
+			Py_DECREF(pending);
+			return NULL;
+		}
+		PyList_SET_ITEM(pending, (Py_ssize_t)i, t);
+	}
+	PyObject *state = Py_BuildValue(
+		"((KK)K(LL)(OO)d(OO)(OO)(OO)N)", (unsigned long long)c->lo,
+		(unsigned long long)c->hi, (unsigned long long)c->server, (long long)c->next[0],
+		(long long)c->next[1], c->started[0] ? Py_True : Py_False,
+		c->started[1] ? Py_True : Py_False, c->last_ts, c->pid[0], c->pid[1], c->comm[0],
+		c->comm[1], c->inode[0], c->inode[1], pending);
+	if (state == NULL)
+		return NULL;
+	conn_del(self, c);
+	conn_free(c);
+	return state;
+}
+
+PyDoc_STRVAR(feed_doc, "feed(batch, start)\n--\n\n"
+	     "Handle batch[start:] up to the first record not handled: (j, k, handback).");
+
+static PyObject *core_feed(Core *self, PyObject *const *args, Py_ssize_t nargs)
+{
+	if (nargs != 2 || !PyList_Check(args[0])) {
+		PyErr_SetString(PyExc_TypeError, "feed(batch: list, start: int)");
+		return NULL;
+	}
+	PyObject *batch = args[0];
+	Py_ssize_t n = PyList_GET_SIZE(batch), i = PyLong_AsSsize_t(args[1]);
+	if (i == -1 && PyErr_Occurred())
+		return NULL;
+	PyObject *state = Py_NewRef(Py_None);
+	for (; i < n; i++) {
+		PyObject *rec = PyList_GET_ITEM(batch, i);
+		if (!PyObject_TypeCheck(rec, API->record_type))
+			break;
+		struct conn *c = owner(self, rec);
+		if (c == NULL) {
+			if (PyErr_Occurred())
+				goto error;
+			break;
+		}
+		int rc = handle(self, c, rec);
+		if (rc < 0)
+			goto error;
+		if (rc == 0) {
+			Py_SETREF(state, release(self, c));
+			if (state == NULL)
+				return NULL;
+			break;
+		}
+	}
+	Py_ssize_t k = i < n ? i + 1 : n;
+	for (; k < n; k++) {
+		PyObject *rec = PyList_GET_ITEM(batch, k);
+		if (!PyObject_TypeCheck(rec, API->record_type))
+			continue;
+		if (owner(self, rec) != NULL)
+			break;
+		if (PyErr_Occurred())
+			goto error;
+	}
+	return Py_BuildValue("(nnN)", i, k, state);
+error:
+	Py_DECREF(state);
+	return NULL;
+}
+
+PyDoc_STRVAR(adopt_doc, "adopt(key, server, next, started, last_ts, pids, comms, inodes, "
+			"pending)\n--\n\nTake a connection over from the Python engine.");
+
+static PyObject *core_adopt(Core *self, PyObject *args)
+{
+	unsigned long long lo, hi, server;
+	long long n0, n1;
+	int s0, s1;
+	double last_ts;
+	PyObject *p0, *p1, *c0, *c1, *i0, *i1, *pending;
+	if (!PyArg_ParseTuple(args, "(KK)K(LL)(pp)d(OO)(OO)(OO)O!", &lo, &hi, &server, &n0, &n1,
+			      &s0, &s1, &last_ts, &p0, &p1, &c0, &c1, &i0, &i1, &PyList_Type,
+			      &pending))
+		return NULL;
+	if (conn_get(self, lo, hi) != NULL) {
+		PyErr_SetString(PyExc_ValueError, "connection already adopted");
+		return NULL;
+	}
+	struct conn *c = PyMem_Calloc(1, sizeof *c);
+	if (c == NULL)
+		return PyErr_NoMemory();
+	c->lo = lo;
+	c->hi = hi;
+	c->server = server;
+	c->next[0] = n0;
+	c->next[1] = n1;
+	c->started[0] = s0;
+	c->started[1] = s1;
+	c->last_ts = last_ts;
+	c->pid[0] = Py_NewRef(p0);
+	c->pid[1] = Py_NewRef(p1);
+	c->comm[0] = Py_NewRef(c0);
+	c->comm[1] = Py_NewRef(c1);
+	c->inode[0] = Py_NewRef(i0);
+	c->inode[1] = Py_NewRef(i1);
+	/* pending: (request, command key bytes, ts, nbytes) of the decoder's requests */
+	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(pending); i++) {
+		PyObject *obj, *key;
+		double ts;
+		long long nbytes;
+		if (!PyArg_ParseTuple(PyList_GET_ITEM(pending, i), "OSdL", &obj, &key, &ts,
+				      &nbytes))
+			goto error;
+		struct row *r = row_get(self, (const unsigned char *)PyBytes_AS_STRING(key),
+					(size_t)PyBytes_GET_SIZE(key));
+		if (r == NULL || push_pending(c, Py_NewRef(obj), r, ts, nbytes) < 0)
+			goto error;
+	}
+	if (conn_put(self, c) < 0)
+		goto error;
+	Py_RETURN_NONE;
+error:
+	conn_free(c);
+	return NULL;
+}
+
+PyDoc_STRVAR(release_all_doc, "release_all()\n--\n\nHand every connection back: their states.");
+
+static PyObject *core_release_all(Core *self, PyObject *unused)
+{
+	(void)unused;
+	PyObject *out = PyList_New(0);
+	while (out != NULL && self->cused) {
+		struct conn *c = NULL;
+		for (size_t i = 0; c == NULL; i++)
+			c = self->conns[i];
+		PyObject *state = release(self, c);
+		if (state == NULL || PyList_Append(out, state) < 0)
+			Py_CLEAR(out);
+		Py_XDECREF(state);
+	}
+	return out;
+}
+
+PyDoc_STRVAR(seed_doc, "seed(latencies)\n--\n\nThe latencies of the slowest list now.");
+
+static PyObject *core_seed(Core *self, PyObject *arg)
+{
+	PyObject *seq = PySequence_Fast(arg, "seed() takes a sequence of floats");
+	if (seq == NULL)
+		return NULL;
+	self->nheap = 0;
+	for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq) && i < self->top; i++) {
+		double v = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+		if (v == -1.0 && PyErr_Occurred()) {
+			Py_DECREF(seq);
+			return NULL;
+		}
+		slow_candidate(self, v);
+	}
+	Py_DECREF(seq);
+	Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(take_doc, "take()\n--\n\n"
+	     "What was counted since the last take: (rows, slow, transactions, records).");
+
+static PyObject *core_take(Core *self, PyObject *unused)
+{
+	(void)unused;
+	PyObject *rows = PyList_New(0), *slow = self->slow;
+	if (rows == NULL)
+		return NULL;
+	for (size_t i = 0; i < self->rcap; i++) {
+		struct row *r = self->rows[i];
+		if (r == NULL || !r->count)
+			continue;
+		PyObject *hist = PyDict_New();
+		for (size_t j = 0; hist != NULL && j < r->hist.cap; j++) {
+			if (r->hist.keys[j] == INT64_MIN || !r->hist.counts[j])
+				continue;
+			PyObject *k = PyLong_FromLongLong(r->hist.keys[j]);
+			PyObject *v = PyLong_FromUnsignedLongLong(r->hist.counts[j]);
+			if (k == NULL || v == NULL || PyDict_SetItem(hist, k, v) < 0)
+				Py_CLEAR(hist);
+			Py_XDECREF(k);
+			Py_XDECREF(v);
+			r->hist.counts[j] = 0;
+		}
+		PyObject *t = hist == NULL ? NULL
+					   : Py_BuildValue("(OKKKKNd)", r->command, r->count,
+							   r->errors, r->bytes_in, r->bytes_out,
+							   hist, r->max);
+		if (t == NULL || PyList_Append(rows, t) < 0) {
+			Py_XDECREF(t);
+			Py_DECREF(rows);
+			return NULL;
+		}
+		Py_DECREF(t);
+		r->count = r->errors = r->bytes_in = r->bytes_out = 0;
+		r->has_max = 0;
+	}
+	if ((self->slow = PyList_New(0)) == NULL) {
+		self->slow = slow;
+		Py_DECREF(rows);
+		return NULL;
+	}
+	PyObject *out = Py_BuildValue("(NNKK)", rows, slow, self->transactions, self->records);
+	self->transactions = self->records = 0;
+	return out;
+}
+
+static PyObject *core_owned(Core *self, void *closure)
+{
+	(void)closure;
+	return PyLong_FromSize_t(self->cused);
+}
+
+static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+	static char *names[] = {"containers", "stateful", "top", NULL};
+	PyObject *containers, *stateful;
+	Py_ssize_t top;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!n", names, &PyFrozenSet_Type,
+					 &containers, &PyFrozenSet_Type, &stateful, &top))
+		return NULL;
+	if (top < 0) {
+		PyErr_SetString(PyExc_ValueError, "top must be >= 0");
+		return NULL;
+	}
+	Core *self = (Core *)type->tp_alloc(type, 0);
+	if (self == NULL)
+		return NULL;
+	self->containers = Py_NewRef(containers);
+	self->stateful = Py_NewRef(stateful);
+	self->top = top;
+	self->heap = PyMem_Malloc((size_t)(top ? top : 1) * sizeof(double));
+	self->slow = PyList_New(0);
+	if (self->heap == NULL || self->slow == NULL) {
+		Py_DECREF(self);
+		return PyErr_NoMemory();
+	}
+	return (PyObject *)self;
+}
+
+static void core_dealloc(Core *self)
+{
+	for (size_t i = 0; i < self->ccap; i++)
+		if (self->conns[i] != NULL)
+			conn_free(self->conns[i]);
+	PyMem_Free(self->conns);
+	for (size_t i = 0; i < self->rcap; i++) {
+		struct row *r = self->rows[i];
+		if (r == NULL)
+			continue;
+		Py_XDECREF(r->command);
+		PyMem_Free(r->key);
+		PyMem_Free(r->hist.keys);
+		PyMem_Free(r->hist.counts);
+		PyMem_Free(r);
+	}
+	PyMem_Free(self->rows);
+	PyMem_Free(self->heap);
+	Py_XDECREF(self->slow);
+	Py_XDECREF(self->containers);
+	Py_XDECREF(self->stateful);
+	Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef core_methods[] = {
+	{"feed", (PyCFunction)(void (*)(void))core_feed, METH_FASTCALL, feed_doc},
+	{"adopt", (PyCFunction)core_adopt, METH_VARARGS, adopt_doc},
+	{"release_all", (PyCFunction)core_release_all, METH_NOARGS, release_all_doc},
+	{"seed", (PyCFunction)core_seed, METH_O, seed_doc},
+	{"take", (PyCFunction)core_take, METH_NOARGS, take_doc},
+	{NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef core_getset[] = {
+	{"owned", (getter)core_owned, NULL, "connections owned", NULL},
+	{NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject CoreType = {
+	PyVarObject_HEAD_INIT(NULL, 0).tp_name = MODULE ".Core",
+	.tp_basicsize = sizeof(Core),
+	.tp_dealloc = (destructor)core_dealloc,
+	.tp_flags = Py_TPFLAGS_DEFAULT,
+	.tp_doc = PyDoc_STR("RESP connections decoded and counted in C (see _fast.c)."),
+	.tp_methods = core_methods,
+	.tp_getset = core_getset,
+	.tp_new = core_new,
+};
+
+static PyMethodDef module_methods[] = {
+	{"bucket", py_bucket, METH_O, bucket_doc},
+	{"bucket_middle", py_bucket_middle, METH_O, bucket_middle_doc},
+	{NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+	PyModuleDef_HEAD_INIT,
+	.m_name = MODULE,
+	.m_doc = "The native path of the statistics table (see _fast.c).",
+	.m_size = -1,
+	.m_methods = module_methods,
+};
+
+PyMODINIT_FUNC PyInit__fast(void)
+{
+	if ((API = events_api()) == NULL)
+		return NULL;
+	if ((s_data = PyUnicode_InternFromString("data")) == NULL)
+		return NULL;
+	if (PyType_Ready(&CoreType) < 0)
+		return NULL;
+	PyObject *m = PyModule_Create(&module);
+	if (m == NULL)
+		return NULL;
+	if (PyModule_AddObjectRef(m, "Core", (PyObject *)&CoreType) < 0 ||
+	    PyModule_AddIntConstant(m, "SUB_BITS", SUB_BITS) < 0) {
+		Py_DECREF(m);
+		return NULL;
+	}
+	return m;
+}

@@ -1,0 +1,68 @@
+"""The native path of the statistics table, in C (_fast.c); outputs/fast.py drives it."""
+
+from usniff.events import Record
+
+SUB_BITS: int  # the latency histogram's buckets: exact below 2**SUB_BITS ns
+
+def bucket(ns: int) -> int:
+    """The bucket of a latency of ``ns`` nanoseconds (monotonic in ``ns``)."""
+
+def bucket_middle(key: int) -> float:
+    """The middle of bucket ``key``, in nanoseconds."""
+
+ConnKey = tuple[int, int]
+# what a connection hands back (Core.feed, Core.release_all): its key, its server's id,
+# the next offset and whether it started, per direction (client, server), the capture time
+# of its last record, the pids, comms and inodes of both ends (client, server), the
+# requests waiting for a reply (each the request as sent, bytes, or the object adopted,
+# with its ts and size)
+Handback = tuple[
+    ConnKey,
+    int,
+    tuple[int, int],
+    tuple[bool, bool],
+    float,
+    tuple[int, int],
+    tuple[str, str],
+    tuple[int, int],
+    list[tuple[object, float, int]],
+]
+# per command (the --stats key): command, count, errors, bytes in, bytes out, latency
+# counts per bucket, the largest latency (outputs.stats.NativeRow)
+Row = tuple[str, int, int, int, int, dict[int, int], float]
+# a candidate for the slowest list: latency, the client's comm, the request (as in Handback)
+Slow = tuple[float, str, object]
+
+class Core:
+    """RESP connections taken over from the Python engine, decoded and counted in C."""
+
+    def __init__(self, containers: frozenset[bytes], stateful: frozenset[bytes], top: int) -> None:
+        """``containers``: names whose subcommand is part of the key; ``stateful``: keys
+        after which a connection goes back to Python; ``top``: the slowest list's size."""
+    @property
+    def owned(self) -> int:
+        """Connections owned."""
+    def feed(self, batch: list[Record], start: int) -> tuple[int, int, Handback | None]:
+        """Handle ``batch[start:]`` up to the first record not handled, ``j``; ``k``: the
+        first record after it of a connection owned (len(batch): none); the state of the
+        connection of ``batch[j]`` when it was owned and is handed back for that record."""
+    def adopt(
+        self,
+        key: ConnKey,
+        server: int,
+        next: tuple[int, int],
+        started: tuple[bool, bool],
+        last_ts: float,
+        pids: tuple[int, int],
+        comms: tuple[str, str],
+        inodes: tuple[int, int],
+        pending: list[tuple[object, bytes, float, int]],
+    ) -> None:
+        """Take a connection over; ``pending``: its requests (object, command key, ts, size)."""
+    def release_all(self) -> list[Handback]:
+        """Hand every connection back."""
+    def seed(self, latencies: list[float]) -> None:
+        """The latencies in the slowest list now (candidates are the requests it may take)."""
+    def take(self) -> tuple[list[Row], list[Slow], int, int]:
+        """Counted since the last take: rows, slowest candidates in order, transactions,
+        records handled."""

@@ -1,0 +1,115 @@
+"""The native path of the statistics table: Records -> :class:`~usniff.outputs.stats.Stats`
+with the per-transaction work of plain RESP connections in C (``_fast.c``).
+
+The Python engine (:class:`~usniff.decoders.engine.Decoding`) stays the owner of every
+connection and the reference: it detects protocols, reorders, resyncs, pairs the
+stateful commands, and decodes everything else.  When a RESP connection is plain
+(``Decoding.hand_over``: in sync, nothing buffered, FIFO pairing), the C core takes it
+over and handles its records for as long as each is the next in order and holds
+whole messages it frames exactly; at the first record that is not, it hands the
+connection back (``Decoding.take_back``) and the engine decodes that record.  The
+counts, bytes, latency buckets and slowest requests are those the engine's
+transactions would have given (tests/test_native_stats.py compares the two).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..decoders.engine import Decoding, Ends, Event
+from ..decoders.resp import CONTAINERS, STATEFUL, RespDecoder
+from ..events import ConnKey, Record, conn_key
+from ..streams import Position
+from ._fast import Core
+from .stats import Stats
+
+if TYPE_CHECKING:  # types of _fast.pyi only
+    from ._fast import Handback
+
+
+RUN = 64  # most records the engine decodes before the connections they touched may be adopted
+
+
+class NativeStats:
+    """Feed Records, get ``stats`` counted; the engine's own events (of the connections
+    it decodes) go to ``on_events``, which returns how many it counted."""
+
+    def __init__(
+        self, decoding: Decoding, stats: Stats, on_events: Callable[[list[Event]], int]
+    ) -> None:
+        self.decoding = decoding
+        self.stats = stats
+        self.on_events = on_events
+        self.core = Core(containers=CONTAINERS, stateful=STATEFUL, top=stats.top)
+        self._texts = RespDecoder(redact=decoding.redact)  # the slowest requests' text
+
+    def feed(self, batch: list[Record], now: float | None = None) -> int:
+        """Decode ``batch`` as ``Decoding.feed`` (then ``expire(now)`` when given);
+        returns the transactions counted."""
+        counted, i, n = 0, 0, len(batch)
+        asm = self.decoding.assembler
+        while i < n:
+            self.core.seed([latency for latency, _, _ in self.stats.slowest])
+            j, k, back = self.core.feed(batch, i)
+            if j > i:
+                counted += self._take()
+            if j == n:
+                break
+            if back is not None:
+                self._take_back(back)
+            if self.core.owned and asm.open_connections + k - j >= asm.max_connections:
+                self.release()  # the assembler may evict: it must see every connection as is
+            k = min(k, j + RUN)  # connections become plain within a run: adopt them soon
+            run = batch[j:k]
+            counted += self.on_events(self.decoding.feed(run, expire=False))
+            if self.decoding.protocols_seen.get("resp") and (
+                asm.open_connections < asm.max_connections // 2
+            ):
+                for key in {conn_key(rec) for rec in run}:
+                    self._adopt(key)
+            i = k
+        out: list[Event] = []
+        if n and batch[-1].ts:
+            self.decoding.expire(batch[-1].ts, out)
+        if now is not None:
+            self.decoding.expire(now, out)
+        counted += self.on_events(out)
+        return counted
+
+    def release(self) -> int:
+        """Hand every connection back to the engine (before it finishes, or decodes
+        with a limit); returns the transactions counted until then."""
+        counted = self._take()
+        for back in self.core.release_all():
+            self._take_back(back)
+        return counted
+
+    def _adopt(self, key: ConnKey) -> None:
+        if len(key) != 2:  # an unconnected datagram's
+            return
+        over = self.decoding.hand_over(key)
+        if over is None:
+            return
+        pos, ends = over.position, over.ends
+        pending: list[tuple[object, bytes, float, int]] = [
+            (w, w.command.encode(), w.ts, w.nbytes) for w in over.pending
+        ]
+        self.core.adopt(key, pos.server_id, pos.next, pos.started, pos.last_ts, ends.pids,
+                        ends.comms, ends.inodes, pending)  # fmt: skip
+
+    def _take_back(self, back: Handback) -> None:
+        key, server, next_, started, last_ts, pids, comms, inodes, pending = back
+        position = Position(server, next_, started, last_ts)
+        self.decoding.take_back(key, position, Ends(pids, comms, inodes), pending)
+
+    def _take(self) -> int:
+        """Merge what the core counted since the last take; the transactions."""
+        rows, slow, transactions, records = self.core.take()
+        self.stats.merge("resp", rows)
+        for latency, comm, request in slow:
+            if self.stats.takes(latency):
+                text = self._texts.request(request, 0.0, 0).text
+                self.stats.push(latency, f"{comm} {text}")
+        self.decoding.assembler.stats.records += records
+        return transactions
