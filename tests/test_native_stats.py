@@ -145,7 +145,7 @@ def exchange(rng: random.Random) -> list[tuple[int, bytes]]:
     """(direction, bytes) sends of a RESP conversation: pipelined requests, replies
     (mostly the right count), inline commands and garbage now and then."""
     sends: list[tuple[int, bytes]] = []
-    for _ in range(rng.randint(1, 4) if rng.random() < 0.98 else 40):  # a few long ones
+    for _ in range(rng.randint(1, 2) if rng.random() < 0.98 else 40):  # a few long ones
         n = rng.choice((1, 1, 1, 1, 2, 3, 16) if rng.random() < 0.1 else (1,))
         words = [rng.choice(COMMANDS) for _ in range(n)]
         roll = rng.random()
@@ -195,7 +195,7 @@ def capture_sends(rng: random.Random) -> list[tuple[int, bytes]]:
     """Sends of one connection of the redis capture, mutated lightly."""
     sends = rng.choice(CONNS)
     start = rng.randrange(len(sends)) if rng.random() < 0.2 else 0  # mid-stream
-    sends = sends[start : start + rng.randint(1, 8)]
+    sends = sends[start : start + rng.randint(1, 6)]
     if rng.random() < 0.3:
         i = rng.randrange(len(sends))
         d, data = sends[i]
@@ -275,4 +275,4 @@ def test_fuzzed_connections_give_the_same_table(seed: int) -> None:
     handled = 0
     for records in fuzzed(seed, CASES // len(SEEDS)):
         handled += assert_same(records, rng)
-    assert handled > 3000  # the native path ran (and handed back at the accidents)
+    assert handled > 1500  # the native path ran (and handed back at the accidents)
