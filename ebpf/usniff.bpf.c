@@ -75,6 +75,14 @@ struct {
 	__type(value, __u8);
 } comm_filter SEC(".maps");
 
+/* cgroup v2 ids (--cgroup, --container): the cgroups and their descendants */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u8);
+} cgroup_filter SEC(".maps");
+
 /*
  * Keyed by the struct sock's address, not its inode: a client may send before
  * the server accept()s, when the server's socket has no inode yet but is
@@ -299,8 +307,9 @@ static __always_inline __u32 pid_nr(struct pid *p)
 	return BPF_CORE_READ(p, numbers[0].nr);
 }
 
-/* Per-send part of the filter: who is sending (or receiving). */
-static __always_inline int task_matches(struct usniff_config *cfg, __u32 pid, __u32 ppid)
+/* Per-send part of the filter: who is sending (or receiving), by pid, cgroup and comm. */
+static __always_inline int task_matches(struct usniff_config *cfg, __u32 pid, __u32 ppid, __u64 cg,
+					__u64 pcg)
 {
 	char comm[USNIFF_COMM_LEN] = {};
 
@@ -308,6 +317,9 @@ static __always_inline int task_matches(struct usniff_config *cfg, __u32 pid, __
 		return 0;
 	if (cfg->filter_pid && !bpf_map_lookup_elem(&pid_filter, &pid) &&
 	    !(ppid && bpf_map_lookup_elem(&pid_filter, &ppid)))
+		return 0;
+	if (cfg->filter_cgroup && !bpf_map_lookup_elem(&cgroup_filter, &cg) &&
+	    !(pcg && bpf_map_lookup_elem(&cgroup_filter, &pcg)))
 		return 0;
 	if (cfg->filter_comm) {
 		bpf_get_current_comm(comm, sizeof(comm));
@@ -398,20 +410,18 @@ static __always_inline struct usniff_sock_state *sock_state(struct sock *sk, __u
 	return bpf_map_lookup_elem(&sockets, &key);
 }
 
-/* The name of the process whose pid p is (its thread group leader's comm). */
-static __always_inline void pid_comm(struct pid *p, char *comm)
+/* The thread group leader of the process whose pid p is; NULL once it has exited. */
+static __always_inline struct task_struct *pid_leader(struct pid *p)
 {
 	struct hlist_node *first;
-	struct task_struct *t;
 
 	if (!p)
-		return;
+		return NULL;
 	first = BPF_CORE_READ(p, tasks[PIDTYPE_TGID].first);
 	if (!first)
-		return; /* the process has exited */
-	t = (void *)first - bpf_core_field_offset(struct task_struct, pid_links) -
-	    PIDTYPE_TGID * sizeof(struct hlist_node);
-	bpf_probe_read_kernel_str(comm, USNIFF_COMM_LEN, &t->comm);
+		return NULL;
+	return (void *)first - bpf_core_field_offset(struct task_struct, pid_links) -
+	       PIDTYPE_TGID * sizeof(struct hlist_node);
 }
 
 /*
@@ -425,6 +435,7 @@ static __always_inline void cache_peer(struct usniff_sock_state *st, struct sock
 				       const int bounded)
 {
 	struct usniff_sock_state *ps;
+	struct task_struct *pt;
 	struct sock *peer;
 	struct pid *pp;
 
@@ -443,7 +454,12 @@ static __always_inline void cache_peer(struct usniff_sock_state *st, struct sock
 		pp = BPF_CORE_READ(sk, sk_peer_pid);
 		st->peer_pid = pid_nr(pp);
 		__builtin_memset(st->peer_comm, 0, sizeof(st->peer_comm));
-		pid_comm(pp, st->peer_comm);
+		st->peer_cgroup = 0;
+		pt = pid_leader(pp);
+		if (pt) {
+			bpf_probe_read_kernel_str(st->peer_comm, USNIFF_COMM_LEN, &pt->comm);
+			st->peer_cgroup = BPF_CORE_READ(pt, cgroups, dfl_cgrp, kn, id);
+		}
 		st->sock_type = BPF_CORE_READ(sk, sk_type);
 	}
 }
@@ -456,7 +472,7 @@ static __always_inline void cache_peer(struct usniff_sock_state *st, struct sock
  * helpers then.
  */
 static __always_inline void fill_hdr(struct usniff_event *h, struct usniff_sock_state *st, __u64 ino,
-				     __u16 kind, __u64 ts, struct task_struct *task)
+				     __u16 kind, __u64 ts, struct task_struct *task, __u64 cg)
 {
 	__u64 id;
 
@@ -465,6 +481,8 @@ static __always_inline void fill_hdr(struct usniff_event *h, struct usniff_sock_
 	h->peer_id = st->peer_id;
 	h->inode = ino;
 	h->peer_inode = st->peer_ino;
+	h->cgroup = cg;
+	h->peer_cgroup = st->peer_cgroup;
 	if (task) {
 		h->pid = task->tgid;
 		h->tid = task->pid;
@@ -867,7 +885,7 @@ static __always_inline int emit_send_as(struct sock *sk, long sent, struct send_
 	struct task_struct *task;
 	struct copy_ctx *c;
 	struct scratch *s;
-	__u64 ino;
+	__u64 ino, cg;
 	__u8 match;
 
 	if (!cfg || sent <= 0 || !sk)
@@ -890,7 +908,9 @@ static __always_inline int emit_send_as(struct sock *sk, long sent, struct send_
 		return SEND_REJECTED;
 	cache_peer(st, sk, bounded);
 	task = bounded ? NULL : bpf_get_current_task_btf();
-	if (!task_matches(cfg, task ? task->tgid : bpf_get_current_pid_tgid() >> 32, st->peer_pid))
+	cg = task ? task->cgroups->dfl_cgrp->kn->id : bpf_get_current_cgroup_id();
+	if (!task_matches(cfg, task ? task->tgid : bpf_get_current_pid_tgid() >> 32, st->peer_pid, cg,
+			  st->peer_cgroup))
 		return 0;
 	s = get_scratch();
 	if (!s)
@@ -901,7 +921,7 @@ static __always_inline int emit_send_as(struct sock *sk, long sent, struct send_
 	 * send_stamp), never from this program's own clock when it has one: the
 	 * peer may be woken, answer and be recorded before this program runs.
 	 */
-	fill_hdr(&s->hdr, st, ino, USNIFF_EV_DATA, src->start_ns, task);
+	fill_hdr(&s->hdr, st, ino, USNIFF_EV_DATA, src->start_ns, task, cg);
 	if (!st->announced && !announce(s, sk))
 		st->announced = 1;
 	if (src->name_len)
