@@ -212,7 +212,8 @@ struct copy_ctx {
 struct scratch {
 	struct copy_ctx c;
 	__u64 unwoken; /* bytes this CPU put in the ring since it last woke the collector */
-	struct usniff_event hdr;
+	struct usniff_event lost; /* output_record's pending loss: too big for the bounded stack */
+	struct usniff_event hdr; /* the record: hdr and data are output as one */
 	/* twice the chunk: lets the verifier bound "fill + n" without a proof */
 	char data[2 * USNIFF_CHUNK];
 };
@@ -425,6 +426,26 @@ static __always_inline struct task_struct *pid_leader(struct pid *p)
 }
 
 /*
+ * The cgroup v2 id of task t.  One variable for every hop: BPF_CORE_READ's
+ * temporaries, inlined into the bounded exit programs, took them past the
+ * 512-byte stack on 5.10 ("combined stack size of 3 calls is 544").
+ */
+static __always_inline __u64 task_cgroup(struct task_struct *t)
+{
+	void *p = NULL;
+	__u64 id = 0;
+
+	bpf_core_read(&p, sizeof(p), &t->cgroups);
+	if (p)
+		bpf_core_read(&p, sizeof(p), &((struct css_set *)p)->dfl_cgrp);
+	if (p)
+		bpf_core_read(&p, sizeof(p), &((struct cgroup *)p)->kn);
+	if (p)
+		bpf_core_read(&id, sizeof(id), &((struct kernfs_node *)p)->id);
+	return id;
+}
+
+/*
  * Fill st's cached header fields.  A connected stream or seqpacket socket
  * keeps its peer for life; a datagram socket's may change with connect().
  * The peer has an id from the start, but no inode while it waits in the
@@ -458,7 +479,7 @@ static __always_inline void cache_peer(struct usniff_sock_state *st, struct sock
 		pt = pid_leader(pp);
 		if (pt) {
 			bpf_probe_read_kernel_str(st->peer_comm, USNIFF_COMM_LEN, &pt->comm);
-			st->peer_cgroup = BPF_CORE_READ(pt, cgroups, dfl_cgrp, kn, id);
+			st->peer_cgroup = task_cgroup(pt);
 		}
 		st->sock_type = BPF_CORE_READ(sk, sk_type);
 	}
@@ -472,7 +493,7 @@ static __always_inline void cache_peer(struct usniff_sock_state *st, struct sock
  * helpers then.
  */
 static __always_inline void fill_hdr(struct usniff_event *h, struct usniff_sock_state *st, __u64 ino,
-				     __u16 kind, __u64 ts, struct task_struct *task, __u64 cg)
+				     __u16 kind, __u64 ts, struct task_struct *task)
 {
 	__u64 id;
 
@@ -481,8 +502,7 @@ static __always_inline void fill_hdr(struct usniff_event *h, struct usniff_sock_
 	h->peer_id = st->peer_id;
 	h->inode = ino;
 	h->peer_inode = st->peer_ino;
-	h->cgroup = cg;
-	h->peer_cgroup = st->peer_cgroup;
+	h->peer_cgroup = st->peer_cgroup; /* h->cgroup: set by the caller */
 	if (task) {
 		h->pid = task->tgid;
 		h->tid = task->pid;
@@ -573,17 +593,17 @@ static __always_inline void count_record(__u64 len)
 
 static __always_inline void output_record(struct scratch *s, struct usniff_sock_state *st)
 {
-	struct usniff_event lost;
+	struct usniff_event *lost = &s->lost;
 	__u32 size = sizeof(s->hdr) + (s->hdr.caplen & (2 * USNIFF_CHUNK - 1));
 
 	if (st->lost_len) {
-		__builtin_memcpy(&lost, &s->hdr, sizeof(lost));
-		lost.kind = USNIFF_EV_LOST;
-		lost.flags = 0;
-		lost.offset = st->lost_off;
-		lost.len = st->lost_len;
-		lost.caplen = 0;
-		if (ring_output(s, &lost, sizeof(lost)))
+		__builtin_memcpy(lost, &s->hdr, sizeof(*lost));
+		lost->kind = USNIFF_EV_LOST;
+		lost->flags = 0;
+		lost->offset = st->lost_off;
+		lost->len = st->lost_len;
+		lost->caplen = 0;
+		if (ring_output(s, lost, sizeof(*lost)))
 			goto lose;
 		st->lost_len = 0;
 	}
@@ -885,7 +905,7 @@ static __always_inline int emit_send_as(struct sock *sk, long sent, struct send_
 	struct task_struct *task;
 	struct copy_ctx *c;
 	struct scratch *s;
-	__u64 ino, cg;
+	__u64 ino;
 	__u8 match;
 
 	if (!cfg || sent <= 0 || !sk)
@@ -908,12 +928,13 @@ static __always_inline int emit_send_as(struct sock *sk, long sent, struct send_
 		return SEND_REJECTED;
 	cache_peer(st, sk, bounded);
 	task = bounded ? NULL : bpf_get_current_task_btf();
-	cg = task ? task->cgroups->dfl_cgrp->kn->id : bpf_get_current_cgroup_id();
-	if (!task_matches(cfg, task ? task->tgid : bpf_get_current_pid_tgid() >> 32, st->peer_pid, cg,
-			  st->peer_cgroup))
-		return 0;
 	s = get_scratch();
 	if (!s)
+		return 0;
+	/* in the scratch header rather than a local: the bounded variant's stack is full */
+	s->hdr.cgroup = task ? task->cgroups->dfl_cgrp->kn->id : bpf_get_current_cgroup_id();
+	if (!task_matches(cfg, task ? task->tgid : bpf_get_current_pid_tgid() >> 32, st->peer_pid,
+			  s->hdr.cgroup, st->peer_cgroup))
 		return 0;
 
 	/*
@@ -921,7 +942,7 @@ static __always_inline int emit_send_as(struct sock *sk, long sent, struct send_
 	 * send_stamp), never from this program's own clock when it has one: the
 	 * peer may be woken, answer and be recorded before this program runs.
 	 */
-	fill_hdr(&s->hdr, st, ino, USNIFF_EV_DATA, src->start_ns, task, cg);
+	fill_hdr(&s->hdr, st, ino, USNIFF_EV_DATA, src->start_ns, task);
 	if (!st->announced && !announce(s, sk))
 		st->announced = 1;
 	if (src->name_len)
