@@ -52,8 +52,8 @@ def ring_records(size: int, count: int) -> list[bytes]:
         offsets[ino] = off + size
         comm = b"redis-server" if server else b"redis-benchmark"
         hdr = records.EVENT.pack(
-            t0 + i * 1000, off, ino, peer, ino, peer, 100 + conn, 100 + conn, 0, 200, size, size,
-            records.EV_DATA, FLAG_MSG_START | FLAG_MSG_END, 1, 0, 0, comm, b"redis-server",
+            t0 + i * 1000, off, ino, peer, ino, peer, 0, 0, 100 + conn, 100 + conn, 0, 200, size,
+            size, records.EV_DATA, FLAG_MSG_START | FLAG_MSG_END, 1, 0, 0, comm, b"redis-server",
         )  # fmt: skip
         out.append(hdr + payload)
     return out

@@ -75,6 +75,14 @@ struct {
 	__type(value, __u8);
 } comm_filter SEC(".maps");
 
+/* cgroup v2 ids (--cgroup, --container): the cgroups and their descendants */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u8);
+} cgroup_filter SEC(".maps");
+
 /*
  * Keyed by the struct sock's address, not its inode: a client may send before
  * the server accept()s, when the server's socket has no inode yet but is
@@ -204,7 +212,8 @@ struct copy_ctx {
 struct scratch {
 	struct copy_ctx c;
 	__u64 unwoken; /* bytes this CPU put in the ring since it last woke the collector */
-	struct usniff_event hdr;
+	struct usniff_event lost; /* output_record's pending loss: too big for the bounded stack */
+	struct usniff_event hdr; /* the record: hdr and data are output as one */
 	/* twice the chunk: lets the verifier bound "fill + n" without a proof */
 	char data[2 * USNIFF_CHUNK];
 };
@@ -299,8 +308,9 @@ static __always_inline __u32 pid_nr(struct pid *p)
 	return BPF_CORE_READ(p, numbers[0].nr);
 }
 
-/* Per-send part of the filter: who is sending (or receiving). */
-static __always_inline int task_matches(struct usniff_config *cfg, __u32 pid, __u32 ppid)
+/* Per-send part of the filter: who is sending (or receiving), by pid, cgroup and comm. */
+static __always_inline int task_matches(struct usniff_config *cfg, __u32 pid, __u32 ppid, __u64 cg,
+					__u64 pcg)
 {
 	char comm[USNIFF_COMM_LEN] = {};
 
@@ -308,6 +318,9 @@ static __always_inline int task_matches(struct usniff_config *cfg, __u32 pid, __
 		return 0;
 	if (cfg->filter_pid && !bpf_map_lookup_elem(&pid_filter, &pid) &&
 	    !(ppid && bpf_map_lookup_elem(&pid_filter, &ppid)))
+		return 0;
+	if (cfg->filter_cgroup && !bpf_map_lookup_elem(&cgroup_filter, &cg) &&
+	    !(pcg && bpf_map_lookup_elem(&cgroup_filter, &pcg)))
 		return 0;
 	if (cfg->filter_comm) {
 		bpf_get_current_comm(comm, sizeof(comm));
@@ -398,20 +411,38 @@ static __always_inline struct usniff_sock_state *sock_state(struct sock *sk, __u
 	return bpf_map_lookup_elem(&sockets, &key);
 }
 
-/* The name of the process whose pid p is (its thread group leader's comm). */
-static __always_inline void pid_comm(struct pid *p, char *comm)
+/* The thread group leader of the process whose pid p is; NULL once it has exited. */
+static __always_inline struct task_struct *pid_leader(struct pid *p)
 {
 	struct hlist_node *first;
-	struct task_struct *t;
 
 	if (!p)
-		return;
+		return NULL;
 	first = BPF_CORE_READ(p, tasks[PIDTYPE_TGID].first);
 	if (!first)
-		return; /* the process has exited */
-	t = (void *)first - bpf_core_field_offset(struct task_struct, pid_links) -
-	    PIDTYPE_TGID * sizeof(struct hlist_node);
-	bpf_probe_read_kernel_str(comm, USNIFF_COMM_LEN, &t->comm);
+		return NULL;
+	return (void *)first - bpf_core_field_offset(struct task_struct, pid_links) -
+	       PIDTYPE_TGID * sizeof(struct hlist_node);
+}
+
+/*
+ * The cgroup v2 id of task t.  One variable for every hop: BPF_CORE_READ's
+ * temporaries, inlined into the bounded exit programs, took them past the
+ * 512-byte stack on 5.10 ("combined stack size of 3 calls is 544").
+ */
+static __always_inline __u64 task_cgroup(struct task_struct *t)
+{
+	void *p = NULL;
+	__u64 id = 0;
+
+	bpf_core_read(&p, sizeof(p), &t->cgroups);
+	if (p)
+		bpf_core_read(&p, sizeof(p), &((struct css_set *)p)->dfl_cgrp);
+	if (p)
+		bpf_core_read(&p, sizeof(p), &((struct cgroup *)p)->kn);
+	if (p)
+		bpf_core_read(&id, sizeof(id), &((struct kernfs_node *)p)->id);
+	return id;
 }
 
 /*
@@ -425,6 +456,7 @@ static __always_inline void cache_peer(struct usniff_sock_state *st, struct sock
 				       const int bounded)
 {
 	struct usniff_sock_state *ps;
+	struct task_struct *pt;
 	struct sock *peer;
 	struct pid *pp;
 
@@ -443,7 +475,12 @@ static __always_inline void cache_peer(struct usniff_sock_state *st, struct sock
 		pp = BPF_CORE_READ(sk, sk_peer_pid);
 		st->peer_pid = pid_nr(pp);
 		__builtin_memset(st->peer_comm, 0, sizeof(st->peer_comm));
-		pid_comm(pp, st->peer_comm);
+		st->peer_cgroup = 0;
+		pt = pid_leader(pp);
+		if (pt) {
+			bpf_probe_read_kernel_str(st->peer_comm, USNIFF_COMM_LEN, &pt->comm);
+			st->peer_cgroup = task_cgroup(pt);
+		}
 		st->sock_type = BPF_CORE_READ(sk, sk_type);
 	}
 }
@@ -465,6 +502,7 @@ static __always_inline void fill_hdr(struct usniff_event *h, struct usniff_sock_
 	h->peer_id = st->peer_id;
 	h->inode = ino;
 	h->peer_inode = st->peer_ino;
+	h->peer_cgroup = st->peer_cgroup; /* h->cgroup: set by the caller */
 	if (task) {
 		h->pid = task->tgid;
 		h->tid = task->pid;
@@ -555,17 +593,17 @@ static __always_inline void count_record(__u64 len)
 
 static __always_inline void output_record(struct scratch *s, struct usniff_sock_state *st)
 {
-	struct usniff_event lost;
+	struct usniff_event *lost = &s->lost;
 	__u32 size = sizeof(s->hdr) + (s->hdr.caplen & (2 * USNIFF_CHUNK - 1));
 
 	if (st->lost_len) {
-		__builtin_memcpy(&lost, &s->hdr, sizeof(lost));
-		lost.kind = USNIFF_EV_LOST;
-		lost.flags = 0;
-		lost.offset = st->lost_off;
-		lost.len = st->lost_len;
-		lost.caplen = 0;
-		if (ring_output(s, &lost, sizeof(lost)))
+		__builtin_memcpy(lost, &s->hdr, sizeof(*lost));
+		lost->kind = USNIFF_EV_LOST;
+		lost->flags = 0;
+		lost->offset = st->lost_off;
+		lost->len = st->lost_len;
+		lost->caplen = 0;
+		if (ring_output(s, lost, sizeof(*lost)))
 			goto lose;
 		st->lost_len = 0;
 	}
@@ -890,10 +928,13 @@ static __always_inline int emit_send_as(struct sock *sk, long sent, struct send_
 		return SEND_REJECTED;
 	cache_peer(st, sk, bounded);
 	task = bounded ? NULL : bpf_get_current_task_btf();
-	if (!task_matches(cfg, task ? task->tgid : bpf_get_current_pid_tgid() >> 32, st->peer_pid))
-		return 0;
 	s = get_scratch();
 	if (!s)
+		return 0;
+	/* in the scratch header rather than a local: the bounded variant's stack is full */
+	s->hdr.cgroup = task ? task->cgroups->dfl_cgrp->kn->id : bpf_get_current_cgroup_id();
+	if (!task_matches(cfg, task ? task->tgid : bpf_get_current_pid_tgid() >> 32, st->peer_pid,
+			  s->hdr.cgroup, st->peer_cgroup))
 		return 0;
 
 	/*

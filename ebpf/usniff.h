@@ -39,6 +39,8 @@ struct usniff_event {
 	__u64 peer_id; /* its peer's id; 0 when unconnected */
 	__u64 inode; /* sender socket inode */
 	__u64 peer_inode; /* 0 when unconnected, or while the peer waits to be accept()ed */
+	__u64 cgroup; /* the sender's cgroup v2 id (its directory's inode) */
+	__u64 peer_cgroup; /* the peer process's cgroup v2 id; 0 when unknown */
 	__u32 pid;
 	__u32 tid;
 	__u32 uid;
@@ -69,6 +71,7 @@ struct usniff_sock_state {
 	__u64 peer; /* the peer sock they describe */
 	__u64 peer_id;
 	__u64 peer_ino;
+	__u64 peer_cgroup;
 	__u32 peer_pid;
 	__u16 sock_type; /* 0 = not read yet */
 	__u8 announced; /* EV_SOCK delivered */
@@ -84,6 +87,8 @@ struct usniff_config {
 	__u8 filter_pid;
 	__u8 filter_comm;
 	__u8 type_mask; /* bit (1 << sk_type); 0 = every type */
+	__u8 filter_cgroup; /* sender's or peer's cgroup id is in cgroup_filter */
+	__u8 _pad[3];
 	__u32 wake_bytes; /* a CPU's ring output between wakeups of the collector */
 	__u32 copy_calls; /* bounded variant: calls of its copy loop per send (0: all; tests lower it) */
 };

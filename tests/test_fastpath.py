@@ -40,7 +40,8 @@ def event(kind: int, ino: int, peer: int, data: bytes = b"", **kw: int | bytes) 
     length = f.pop("length", len(data))
     hdr = records.EVENT.pack(
         f["ts"], f["off"], ino + 1000, peer + 1000 if peer else 0,
-        ino, f.get("peer_inode", peer), f["pid"], f["tid"], f["uid"], f["ppid"], length,
+        ino, f.get("peer_inode", peer), f.get("cgroup", 0), f.get("peer_cgroup", 0), f["pid"],
+        f["tid"], f["uid"], f["ppid"], length,
         len(data) if kind == records.EV_DATA else 0, kind, f["flags"], f.get("stype", 1),
         f.get("addr_len", 0), f.get("own", 0), f.get("comm", b"redis-cli\0"),
         f.get("peer_comm", b"redis-server\0"),

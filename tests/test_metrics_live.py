@@ -25,6 +25,7 @@ from usniff.decoders.base import Transaction
 from usniff.outputs.metrics import MAX_OPERATIONS, OTHER, SERIES_PER_PATH, Metrics
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+DASHBOARD = Path(__file__).resolve().parents[1] / "docs" / "grafana" / "usniff-dashboard.json"
 
 
 @pytest.fixture
@@ -87,6 +88,13 @@ def test_prometheus_scrapes_request_counts_equal_to_redis_counters(tmp: str) -> 
                     return got if ok else None
 
                 got = wait_until(stored, 60, "Prometheus to store usniff's counts", step=0.5)
+                queries = dashboard_queries()
+
+                def answered() -> dict[str, list[object] | None] | None:
+                    answers = {e: prom_query(prom_port, e) for e in queries}  # rate(): 2 scrapes
+                    return answers if answers[queries[0]] else None
+
+                answers = wait_until(answered, 30, "the dashboard's queries", step=0.5)
             finally:
                 prom.terminate()
                 prom.wait(30)
@@ -94,6 +102,37 @@ def test_prometheus_scrapes_request_counts_equal_to_redis_counters(tmp: str) -> 
     assert result.returncode == 0, result.stderr
     assert {c: got[c] for c in want} == want
     assert "transactions counted" in result.stderr
+    # every query of the Grafana dashboard in docs/ runs; those of the requests'
+    # and bytes' panels find the load's series
+    assert all(a is not None for a in answers.values()), answers
+    for expr, rows in answers.items():
+        if "usniff_requests_total" in expr or "usniff_socket_bytes_total" in expr:
+            assert rows, expr
+
+
+def dashboard_queries() -> list[str]:
+    """The PromQL of docs/grafana/usniff-dashboard.json, its variables filled in."""
+    dash = json.loads(DASHBOARD.read_text())
+    fill = {"$instance": ".*", "$path": ".*", "$job": ".*", "$__rate_interval": "30s"}
+    out = []
+    for panel in dash["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"]
+            for var, value in fill.items():
+                expr = expr.replace(var, value)
+            out.append(expr)
+    return out
+
+
+def prom_query(port: int, expr: str) -> list[object] | None:
+    """The result rows of an instant query; None when Prometheus refused it."""
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            body = json.load(r)
+    except OSError:
+        return None
+    return body["data"]["result"] if body.get("status") == "success" else None
 
 
 @pytest.mark.root
@@ -137,7 +176,8 @@ def test_unix_socket_endpoint_beside_text_agrees_with_the_lines(tmp: str) -> Non
     assert value("usniff_request_errors_total", "LPUSH") == 1
     assert value("usniff_request_duration_seconds_count", "SET") == 50
     assert value("usniff_request_duration_seconds_bucket", "SET", le="+Inf") == 50
-    sent_by_client = samples[("usniff_socket_bytes_total", (("path", sock), ("sender", "client")))]
+    client = (("container", ""), ("path", sock), ("sender", "client"))  # not in a container
+    sent_by_client = samples[("usniff_socket_bytes_total", client)]
     assert sent_by_client >= sum(
         value("usniff_request_bytes_total", op, direction="request") for op in ("SET", "GET")
     )

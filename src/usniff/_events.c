@@ -20,7 +20,7 @@
 
 #include "_events.h"
 
-_Static_assert(sizeof(struct usniff_event) == 120, "capture.records.EVENT is 120 bytes");
+_Static_assert(sizeof(struct usniff_event) == 136, "capture.records.EVENT is 136 bytes");
 
 #define MODULE "usniff._events"
 
@@ -215,6 +215,8 @@ static PyObject *make_record(const struct usniff_event *ev, double ts, const cha
 		id_int(ev->sock_id),
 		id_int(ev->peer_id),
 		comm_name(ev->peer_comm),
+		id_int(ev->cgroup),
+		id_int(ev->peer_cgroup),
 	};
 	for (int i = 0; i < RECORD_FIELDS; i++)
 		if (args[i] == NULL) {

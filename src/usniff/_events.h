@@ -31,15 +31,16 @@
 #error "usniff's C modules assume a little-endian host (as the BPF ring records are)"
 #endif
 
-#define RECORD_FIELDS 20
+#define RECORD_FIELDS 22
 static const char *const record_fields[RECORD_FIELDS] = {
 	"ts",	     "pid",    "tid",	 "uid",	   "comm", "inode",    "peer_inode",
 	"sock_type", "path",   "path_is_own", "offset", "length", "data",   "lost",
 	"flags",     "kind",   "peer_pid",    "sock_id", "peer_id", "peer_comm",
+	"cgroup",    "peer_cgroup",
 };
 enum { R_TS = 0, R_PID, R_TID, R_UID, R_COMM, R_INODE, R_PEER_INODE, R_SOCK_TYPE, R_PATH,
        R_PATH_IS_OWN, R_OFFSET, R_LENGTH, R_DATA, R_LOST, R_FLAGS, R_KIND, R_PEER_PID,
-       R_SOCK_ID, R_PEER_ID, R_PEER_COMM };
+       R_SOCK_ID, R_PEER_ID, R_PEER_COMM, R_CGROUP, R_PEER_CGROUP };
 #define RSLOT(offsets, r, i) (*(PyObject **)((char *)(r) + (offsets)[i]))
 
 #define STATS_FIELDS 3 /* CaptureStats slots the assembler adds to */

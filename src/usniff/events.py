@@ -56,6 +56,8 @@ class Record:
     sock_id: int = 0  # the sending socket's id in this capture (or file)
     peer_id: int = 0  # its peer's id; 0 when unconnected
     peer_comm: str = ""  # the peer process's name when the kernel knows it
+    cgroup: int = 0  # the sender's cgroup v2 id (usniff.containers names it); 0 unknown
+    peer_cgroup: int = 0  # the peer process's, when the kernel knows it
 
     @property
     def is_loss(self) -> bool:

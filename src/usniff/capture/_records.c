@@ -28,8 +28,8 @@
 
 #include "_events.h"
 
-_Static_assert(sizeof(struct usniff_event) == 120, "capture._EVENT is 120 bytes");
-_Static_assert(sizeof(struct usniff_sock_state) == 88, "capture._STATE is 88 bytes");
+_Static_assert(sizeof(struct usniff_event) == 136, "capture.records.EVENT is 136 bytes");
+_Static_assert(sizeof(struct usniff_sock_state) == 96, "capture.records.SOCK_STATE is 96 bytes");
 
 #define MODULE "usniff.capture._records"
 enum { SOCK_STREAM = 1 };

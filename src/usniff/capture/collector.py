@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import overload
 
+from ..containers import subtree_ids
 from ..events import (
     SOCK_TYPES,
     CaptureStats,
@@ -52,7 +53,7 @@ _MAP_TASK_STORAGE, _MAP_RINGBUF = 29, 27
 _NOT_CREATED = {False: ("stash_tid", "offset_locks", "cpu_ids"), True: ("stash", "task_sends")}
 
 # struct usniff_config and struct usniff_name_key (ebpf/usniff.h, which _records.c includes)
-_CONFIG = struct.Struct("<IIBBBBII")
+_CONFIG = struct.Struct("<IIBBBBB3xII")
 ADDR_MAX = 108
 if (_CONFIG.size, 4 + ADDR_MAX) != (CONFIG_SIZE, NAME_KEY_SIZE):
     raise ImportError("capture._CONFIG/ADDR_MAX no longer match ebpf/usniff.h")
@@ -69,6 +70,8 @@ class CaptureOptions:
     paths: list[str] = field(default_factory=list)  # filesystem paths and "@abstract" names
     pids: list[int] = field(default_factory=list)
     comms: list[str] = field(default_factory=list)
+    # cgroup directories (containers.Containers.select): traffic of processes in them or below
+    cgroups: list[str] = field(default_factory=list)
     types: list[str] = field(default_factory=list)
     snaplen: int = 0
     buffer_size: int = DEFAULT_BUFFER
@@ -274,6 +277,7 @@ class Capture:
         self.bounded_because: list[str] = []  # what the kernel lacks for the loop variant
         self.stats = CaptureStats()
         self._filters = resolve_filters(opts.paths)
+        self._cgroup_ids: set[int] = set()  # in the loaded object's cgroup_filter
         for t in opts.types:
             if t not in TYPE_BITS:
                 raise CaptureError(f"--type {t}: choose stream, dgram or seqpacket")
@@ -283,6 +287,17 @@ class Capture:
         self._ring = RingBuffer(self._obj.map("events").fd, self._ring_bytes)
         self.records = RecordAssembler(self.stats)
         self._next_close_check = time.monotonic() + CLOSE_CHECK
+
+    def _add_cgroups(self, obj: libbpf.Object) -> None:
+        """Put the ids of the --cgroup/--container cgroups and their descendants
+        in the kernel's filter: at load, then every CLOSE_CHECK seconds for
+        cgroups made since (a container's processes may start in new ones)."""
+        if not self.opts.cgroups:
+            return
+        new = subtree_ids(self.opts.cgroups) - self._cgroup_ids
+        for cg in new:
+            obj.map("cgroup_filter").update(struct.pack("<Q", cg), b"\1")
+        self._cgroup_ids |= new
 
     # ------------------------------------------------------------------ load
     def _load_backend(self) -> libbpf.Object:
@@ -350,6 +365,8 @@ class Capture:
             obj.map("pid_filter").update(struct.pack("<I", pid), b"\1")
         for comm in o.comms:
             obj.map("comm_filter").update(comm.encode()[:15].ljust(16, b"\0"), b"\1")
+        self._cgroup_ids = set()  # obj's map is new (an earlier backend's may have failed)
+        self._add_cgroups(obj)
         mask = 0
         for t in o.types:
             mask |= 1 << TYPE_BITS[t]
@@ -360,6 +377,7 @@ class Capture:
             int(bool(o.pids)),
             int(bool(o.comms)),
             mask,
+            int(bool(o.cgroups)),
             max(4096, self._ring_bytes // (8 * libbpf.num_possible_cpus())),
             o.copy_calls,
         )
@@ -379,6 +397,7 @@ class Capture:
             self._ring.wait(min(timeout, POLL))
         self._ring.drain(assembler.core, limit=self._ring_bytes // 2)
         if time.monotonic() >= self._next_close_check:
+            self._add_cgroups(self._obj)
             try:
                 alive = sockets.inodes()
             except OSError:

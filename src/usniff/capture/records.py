@@ -21,8 +21,8 @@ from . import sockets
 from ._records import EVENT_SIZE, SOCK_STATE_SIZE, Assembler
 
 # struct usniff_event and struct usniff_sock_state (ebpf/usniff.h, which _records.c includes)
-EVENT = struct.Struct("<QQQQQQIIIIIIHHHHB7x16s16s")
-SOCK_STATE = struct.Struct("<QQQQQQQQIHBB16s")
+EVENT = struct.Struct("<QQQQQQQQIIIIIIHHHHB7x16s16s")
+SOCK_STATE = struct.Struct("<QQQQQQQQQIHBB16s")
 if (EVENT.size, SOCK_STATE.size) != (EVENT_SIZE, SOCK_STATE_SIZE):
     raise ImportError("capture.records.EVENT/SOCK_STATE no longer match ebpf/usniff.h")
 EV_DATA, EV_LOST, EV_SOCK, EV_DEST = 1, 2, 3, 4
@@ -92,7 +92,7 @@ class RecordAssembler(Generic[R]):
         """An EV_SOCK or EV_DEST record (from the core): a socket's address,
         or the destination of the next datagram."""
         fields = EVENT.unpack_from(rec, 0)
-        sock_id, kind, addr_len, own = fields[2], fields[12], fields[15], fields[16]
+        sock_id, kind, addr_len, own = fields[2], fields[14], fields[17], fields[18]
         addr = _addr(rec[EVENT.size : EVENT.size + addr_len])
         if kind == EV_SOCK:
             self._sock_info[sock_id] = (addr, bool(own))

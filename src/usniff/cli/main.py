@@ -19,6 +19,7 @@ from ..capture.collector import (
     _ring_size,
     filter_warnings,
 )
+from ..containers import Containers
 from ..decoders.engine import DecoderOptions
 from ..decoders.registry import CHOICES
 from ..events import SOCK_TYPES, CaptureStats
@@ -144,17 +145,20 @@ def make_outputs(
     otlp: str | None = None,
     sinks_only: bool = False,
     proto_descriptor: str | None = None,
+    containers: Containers | None = None,
     lines: bool = True,
 ) -> list[Output]:
-    """The outputs the options ask for.  ``lines``: with ``stats``, the decoded lines
-    too (False: the table only, what --stats alone gives)."""
+    """The outputs the options ask for; ``containers`` names the records' cgroups
+    (the live host's by default; a file's own when reading one).  ``lines``: with
+    ``stats``, the decoded lines too (False: the table only, what --stats alone gives)."""
     outputs: list[Output] = []
+    containers = containers or Containers()
     options = _decoder_options(proto_descriptor)
     proto = protocol if protocol and protocol != "raw" else "auto"
     decoded_beside = stats or not (
         sinks_only or write or _byte_view(ascii_, hexdump, fmt, protocol)
     )
-    sinks = _sinks(metrics, otlp, decoded_beside, proto, redact, options)
+    sinks = _sinks(metrics, otlp, decoded_beside, proto, redact, options, containers)
     listeners = [sink.add for sink in sinks] if decoded_beside else []
     if sinks_only:
         return list(sinks)
@@ -169,6 +173,7 @@ def make_outputs(
                     rotate_count=rotate_count,
                     rotate_seconds=rotate_seconds,
                     snaplen=snaplen,
+                    containers=containers,
                 )
             )
         except ValueError as e:
@@ -179,11 +184,10 @@ def make_outputs(
         from ..outputs.raw import JsonOutput, TextOutput
 
         if fmt == "json":
-            outputs.append(JsonOutput(stream))
+            outputs.append(JsonOutput(stream, containers))
         else:
-            outputs.append(
-                TextOutput(stream, "ascii" if ascii_ else "hex" if hexdump else "preview")
-            )
+            view = "ascii" if ascii_ else "hex" if hexdump else "preview"
+            outputs.append(TextOutput(stream, view, containers))
     else:
         from ..outputs.decoded import DecodedOutput
 
@@ -213,6 +217,7 @@ def _sinks(
     protocol: str,
     redact: bool,
     options: DecoderOptions,
+    containers: Containers,
 ) -> list[TransactionSink]:
     """The --metrics and --otlp outputs.  Without a decoded output beside them the
     first decodes and hands each transaction to the others."""
@@ -221,10 +226,12 @@ def _sinks(
 
     sinks: list[TransactionSink] = []
     try:
-        for addr, kind in ((metrics, MetricsOutput), (otlp, OtlpOutput)):
-            if addr:
-                decode = not decoded_beside and not sinks
-                sinks.append(kind(addr, decode, protocol, redact, options))
+        if metrics:
+            sinks.append(MetricsOutput(metrics, not decoded_beside, protocol, redact, options,
+                                       containers=containers))  # fmt: skip
+        if otlp:
+            sinks.append(OtlpOutput(otlp, not decoded_beside and not sinks, protocol, redact,
+                                    options))  # fmt: skip
     except OutputError as e:
         for sink in sinks:
             sink.stop()
@@ -314,6 +321,22 @@ def summary(stats: CaptureStats, shown: str = "") -> str:
     "--pid", "pids", multiple=True, type=int, help="Process id on either end (repeatable)."
 )
 @click.option("--comm", "comms", multiple=True, help="Sending process name (repeatable).")
+@click.option(
+    "--cgroup",
+    "cgroups",
+    multiple=True,
+    metavar="PATH",
+    help="Processes on either end in this cgroup v2 or below it: a path under the cgroup2 "
+    "mount or absolute (repeatable).",
+)
+@click.option(
+    "--container",
+    "containers",
+    multiple=True,
+    metavar="ID|NAME",
+    help="Processes on either end in this container (docker, podman, containerd, CRI-O): "
+    "its name or an id prefix (repeatable).",
+)
 @click.option(
     "--type",
     "types",
@@ -419,10 +442,16 @@ def main(ctx: click.Context, /, **kw: Any) -> None:  # fmt: skip
         kw["redact"], write=kw["write"], ascii_=kw["ascii_"], hexdump=kw["hexdump"],
         fmt=kw["fmt"], protocol=kw["protocol"], stats=kw["stats"],
     )  # fmt: skip
+    containers = Containers()
+    try:
+        cgroups = containers.select(kw["cgroups"], kw["containers"])
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     opts = CaptureOptions(
         paths=list(kw["paths"]),
         pids=list(kw["pids"]),
         comms=list(kw["comms"]),
+        cgroups=cgroups,
         types=list(kw["types"]),
         snaplen=kw["snaplen"],
         buffer_size=_buffer_size(kw["buffer_size"]),
@@ -459,6 +488,7 @@ def main(ctx: click.Context, /, **kw: Any) -> None:  # fmt: skip
             sinks_only=_sinks_only(ctx, kw),
             proto_descriptor=kw["proto_descriptor"],
             live=True,
+            containers=containers,
             lines=_lines(ctx, "fmt"),
         )
     except OutputError as e:
@@ -560,17 +590,19 @@ def read_cmd(file: str, protocol: str | None, fmt: str, stats: bool, redact: boo
             fields = " ".join(f"{k}={v}" for k, v in pkt.fields.items())
             out.write(f"{pkt.number} {pkt.ts:.6f} {pkt.protocol} {fields}\n")
         return
+    containers = Containers(root="")  # names from the file's comments, not this host's
     outputs = make_outputs(
         out, write=None, rotate_mb=None, rotate_count=None, rotate_seconds=None, snaplen=0,
         ascii_=ascii_, hexdump=hexdump, fmt=fmt, protocol=protocol, stats=stats, redact=redact,
-        proto_descriptor=proto_descriptor, lines=_lines(click.get_current_context(), "fmt"),
+        proto_descriptor=proto_descriptor, containers=containers,
+        lines=_lines(click.get_current_context(), "fmt"),
     )  # fmt: skip
     stats_ = CaptureStats(backend="file")
     damage = None
     batch = []
     try:
         try:
-            for rec in read_records(file):
+            for rec in read_records(file, containers):
                 batch.append(rec)
                 if rec.kind == "lost":
                     stats_.lost_records += 1

@@ -38,6 +38,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
+from usniff.containers import Containers
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, FLAG_TRUNCATED, SOCK_TYPES, Record
 from usniff.formats.pcapng import (
     BT_EPB,
@@ -62,6 +63,7 @@ from usniff.formats.pcapng import (
     TCP_PSH,
     TCP_RST,
     TCP_SYN,
+    comment_identity,
     parse_comment,
 )
 
@@ -481,8 +483,9 @@ def _endpoint_text(addr: bytes, port: int) -> str:
 
 
 class _Reassembler:
-    def __init__(self, names: _Names) -> None:
+    def __init__(self, names: _Names, containers: Containers | None = None) -> None:
         self._names = names
+        self._containers = containers
         self._flows: dict[tuple[tuple[bytes, int], tuple[bytes, int]], _Flow] = {}
         self._ids = 0
         self._fields: dict[str, dict[str, str]] = {}
@@ -550,6 +553,8 @@ class _Reassembler:
             sock_id=side.id,
             peer_id=peer.id if connected else 0,
             peer_comm=info.get("peer_comm", ""),
+            cgroup=_number(info, "cgroup", 0),
+            peer_cgroup=_number(info, "peer_cgroup", 0),
         )
         if seg.proto == IPPROTO_UDP:
             yield self._datagram(side, seg, pkt.comment, template)
@@ -619,6 +624,10 @@ class _Reassembler:
         info = self._fields.get(comment)
         if info is None:
             info = _comment_fields(comment) if "inode=" in comment else {}
+            for prefix in ("", "peer_"):
+                ident = comment_identity(info, prefix)
+                if ident is not None and self._containers is not None:
+                    self._containers.learn(ident)
             if len(self._fields) < 100_000:
                 self._fields[comment] = info
         return info
@@ -700,11 +709,12 @@ def read_packets(path: str, names: _Names | None = None) -> Iterator[Packet]:
         raise PcapReadError(f"{path}: damaged: {problems.text()}; {count} packets read")
 
 
-def read_records(path: str) -> Iterator[Record]:
+def read_records(path: str, containers: Containers | None = None) -> Iterator[Record]:
     """Records of every TCP (and UDP) flow in a pcap/pcapng file, in packet order;
-    PcapReadError after the last one when the file is damaged."""
+    PcapReadError after the last one when the file is damaged.  ``containers``
+    learns what the comments say of the records' cgroups (the writer's host)."""
     names = _Names()
-    flows = _Reassembler(names)
+    flows = _Reassembler(names, containers)
     try:
         for pkt in read_packets(path, names):
             seg = _segment(pkt)

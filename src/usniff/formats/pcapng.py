@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import re
 import struct
+from collections.abc import Callable
 
+from usniff.containers import Identity
 from usniff.events import Record
 
 LINKTYPE_RAW = 101  # raw IPv4/IPv6 packets, no link-layer header
@@ -77,8 +79,9 @@ def block(btype: int, body: bytes) -> bytes:
 _FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
 
 
-def record_comment(rec: Record) -> str:
-    """The per-packet comment; :func:`parse_comment` reads it back."""
+def record_comment(rec: Record, who: Callable[[int], Identity] | None = None) -> str:
+    """The per-packet comment; :func:`parse_comment` reads it back.  ``who``
+    names the record's cgroups (``cgroup_path``, ``container``, ``pod``)."""
     text = (
         f"pid={rec.pid} tid={rec.tid} uid={rec.uid} comm={json.dumps(rec.comm)} "
         f"inode={rec.inode} peer={rec.peer_inode}"
@@ -89,7 +92,31 @@ def record_comment(rec: Record) -> str:
         text += f" peer_comm={json.dumps(rec.peer_comm)}"
     if rec.sock_type != "stream":
         text += f" type={rec.sock_type}"
+    for prefix, cgroup in (("", rec.cgroup), ("peer_", rec.peer_cgroup)):
+        if cgroup:
+            text += _cgroup_text(prefix, who(cgroup) if who else Identity(cgroup))
     return f"{text} path={json.dumps(rec.path)}"
+
+
+def _cgroup_text(prefix: str, ident: Identity) -> str:
+    text = f" {prefix}cgroup={ident.cgroup}"
+    for key, value in (("cgroup_path", ident.path), ("container", ident.label), ("pod", ident.pod)):
+        if value:
+            text += f" {prefix}{key}={json.dumps(value)}"
+    return text
+
+
+def comment_identity(fields: dict[str, str], prefix: str = "") -> Identity | None:
+    """The cgroup a comment's fields name (``prefix`` "peer_" for the peer's), if any."""
+    cgroup = fields.get(prefix + "cgroup", "")
+    if not (cgroup.isascii() and cgroup.isdigit() and len(cgroup) < 21):
+        return None
+    return Identity(
+        int(cgroup),
+        path=fields.get(prefix + "cgroup_path", ""),
+        name=fields.get(prefix + "container", ""),
+        pod=fields.get(prefix + "pod", ""),
+    )
 
 
 def parse_comment(text: str) -> dict[str, str]:

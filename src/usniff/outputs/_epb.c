@@ -59,7 +59,7 @@ typedef struct {
 	char addrs[12]; /* source, destination address; source, destination port */
 	PyObject *peer; /* Direction: the other direction of the flow */
 	PyObject *note; /* str: extra comment for this direction's next packet */
-	PyObject *comment_key; /* tuple (pid, tid, uid, comm, peer_pid, peer_comm) or None */
+	PyObject *comment_key; /* tuple (pid, tid, uid, comm, peer_pid, peer_comm, cgroup, peer_cgroup) or None */
 	PyObject *comment_opts; /* bytes: the options of a packet with that comment */
 } Direction;
 
@@ -129,7 +129,7 @@ static PyMemberDef direction_members[] = {
 	{"peer", T_OBJECT_EX, offsetof(Direction, peer), 0, "the flow's other direction"},
 	{"note", T_OBJECT_EX, offsetof(Direction, note), 0, "extra comment for the next packet"},
 	{"comment_key", T_OBJECT_EX, offsetof(Direction, comment_key), 0,
-	 "(pid, tid, uid, comm, peer_pid, peer_comm) of comment_opts, or None"},
+	 "(pid, tid, uid, comm, peer_pid, peer_comm, cgroup, peer_cgroup) of comment_opts, or None"},
 	{"comment_opts", T_OBJECT_EX, offsetof(Direction, comment_opts), 0,
 	 "EPB options with the comment of comment_key"},
 	{NULL, 0, 0, 0, NULL},
@@ -616,7 +616,8 @@ static long long as_ll(PyObject *v, int *ok)
 	return x;
 }
 
-#define COMMENT_KEY 6 /* Direction.comment_key: pid, tid, uid, comm, peer_pid, peer_comm */
+#define COMMENT_KEY 8 /* Direction.comment_key: pid, tid, uid, comm, peer_pid, peer_comm,
+			   cgroup, peer_cgroup */
 
 /* The direction of socket ``sock_id`` if it may be framed here (borrowed), with
  * its comment key; NULL with no error if not. */
@@ -677,8 +678,8 @@ static int fast_record(PyObject *rec, PyObject *dirs, Sink *buf, double ts, int 
 	long long flags = as_ll(RSLOT_(rec, R_FLAGS), &ok);
 	if (!ok)
 		return 0;
-	static const int key_fields[COMMENT_KEY] = {R_PID,  R_TID,	R_UID,
-						    R_COMM, R_PEER_PID, R_PEER_COMM};
+	static const int key_fields[COMMENT_KEY] = {R_PID,	R_TID,	    R_UID,    R_COMM,
+						    R_PEER_PID, R_PEER_COMM, R_CGROUP, R_PEER_CGROUP};
 	for (int i = 0; i < COMMENT_KEY; i++) {
 		PyObject *v = RSLOT_(rec, key_fields[i]);
 		if (v == NULL)
@@ -697,7 +698,8 @@ static int fast_packed(struct packed *p, PyObject *dirs, Sink *buf, int *done)
 	Direction *d = fast_dir(dirs, p->sock_id);
 	if (d == NULL)
 		return PyErr_Occurred() ? -1 : 0;
-	const uint32_t ids[COMMENT_KEY] = {p->ev.pid, p->ev.tid, p->ev.uid, 0, p->ev.peer_pid, 0};
+	const uint64_t ids[COMMENT_KEY] = {p->ev.pid,	   p->ev.tid, p->ev.uid,    0,
+					   p->ev.peer_pid, 0,	      p->ev.cgroup, p->ev.peer_cgroup};
 	for (int i = 0; i < COMMENT_KEY; i++) {
 		PyObject *v = PyTuple_GET_ITEM(d->comment_key, i);
 		if (i == 3 || i == 5) { /* comms: usually the very objects */

@@ -23,7 +23,7 @@ class Direction:
     addrs: bytes  # source, destination address, source, destination port (network order)
     peer: Direction  # the flow's other direction
     note: str  # extra comment for the next packet ("" for none)
-    comment_key: tuple[int, int, int, str, int, str] | None  # what comment_opts says
+    comment_key: tuple[int, int, int, str, int, str, int, int] | None  # what comment_opts says
     comment_opts: bytes  # EPB options (comment, flags) of a packet with that comment
 
 Piece = bytes | memoryview | Packed  # what Sink keeps: bytes it held, payloads by reference

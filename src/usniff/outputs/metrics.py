@@ -6,7 +6,8 @@ classic histogram buckets in plain dicts); prometheus_client only turns them
 into metric families when scraped (a custom collector), so nothing of
 prometheus_client runs on the capture's hot path.  Label cardinality is
 bounded: at most ``MAX_PATHS`` socket paths and ``MAX_OPERATIONS`` operations
-per path and protocol; beyond, the label is ``other`` (docs/metrics.md).
+per path and protocol, ``MAX_CONTAINERS`` containers; beyond, the label is
+``other`` (docs/metrics.md).
 
 :class:`MetricsOutput` is the Output (a :class:`~usniff.outputs.sink.TransactionSink`).
 """
@@ -26,6 +27,7 @@ from prometheus_client import CollectorRegistry, MetricsHandler, ProcessCollecto
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from ..containers import Containers
 from ..decoders.base import Transaction
 from ..decoders.engine import DecoderOptions
 from ..events import Record
@@ -38,6 +40,7 @@ BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5
            0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # fmt: skip
 MAX_PATHS = 100
 MAX_OPERATIONS = 200  # per (path, protocol)
+MAX_CONTAINERS = 50  # the socket counters' container label ("" outside containers)
 OTHER = "other"
 # per operation: requests, errors, unanswered, 2 byte counters, the histogram's buckets
 # (+Inf too), sum and count; per path: 3 socket counters for each of 2 senders
@@ -62,12 +65,13 @@ class Metrics(Collector):
     """Counters of transactions per (path, protocol, operation) and of records per
     (path, sender role); a prometheus_client collector of them."""
 
-    def __init__(self) -> None:
+    def __init__(self, containers: Containers | None = None) -> None:
         self._lock = threading.Lock()
         self._ops: dict[tuple[str, str, str], _Op] = {}
         self._per_path: dict[str, int] = {}  # operations labelled per path
-        self._sides: dict[tuple[str, str], _Side] = {}
+        self._sides: dict[tuple[str, str, int], _Side] = {}  # path, sender role, cgroup
         self._paths: set[str] = set()
+        self._label = (containers or Containers()).label
         self.records = 0
 
     def _path(self, path: str) -> str:
@@ -104,7 +108,7 @@ class Metrics(Collector):
             for rec in batch:
                 if rec.kind == "close":
                     continue
-                key = (self._path(rec.path), "server" if rec.path_is_own else "client")
+                key = (self._path(rec.path), "server" if rec.path_is_own else "client", rec.cgroup)
                 side = self._sides.get(key)
                 if side is None:
                     side = self._sides[key] = _Side()
@@ -153,26 +157,47 @@ class Metrics(Collector):
                 running += n
                 cumulative.append((bound, running))
             latency.add_metric(values, cumulative, op.seconds)
+        side_labels = ["path", "sender", "container"]
         messages = CounterMetricFamily(
-            "usniff_socket_messages", "send() calls and datagrams seen.", labels=["path", "sender"]
+            "usniff_socket_messages", "send() calls and datagrams seen.", labels=side_labels
         )
         sent = CounterMetricFamily(
-            "usniff_socket_bytes", "Bytes sent (captured or lost).", labels=["path", "sender"]
+            "usniff_socket_bytes", "Bytes sent (captured or lost).", labels=side_labels
         )
         lost = CounterMetricFamily(
             "usniff_socket_bytes_lost",
             "Bytes sent that usniff could not copy (full ring, not in user memory).",
-            labels=["path", "sender"],
+            labels=side_labels,
         )
-        for (path, sender), side in sides:
-            messages.add_metric([path, sender], side.messages)
-            sent.add_metric([path, sender], side.bytes + side.lost)
-            lost.add_metric([path, sender], side.lost)
+        for (path, sender, container), side in self._by_container(sides).items():
+            messages.add_metric([path, sender, container], side.messages)
+            sent.add_metric([path, sender, container], side.bytes + side.lost)
+            lost.add_metric([path, sender, container], side.lost)
         seen = CounterMetricFamily("usniff_capture_records", "Records read from the ring buffer.")
         seen.add_metric([], records)
         paths = GaugeMetricFamily("usniff_socket_paths", "Socket paths labelled (at most 100).")
         paths.add_metric([], len(self._paths))
         yield from (requests, errors, unanswered, size, latency, messages, sent, lost, seen, paths)
+
+    def _by_container(
+        self, sides: list[tuple[tuple[str, str, int], _Side]]
+    ) -> dict[tuple[str, str, str], _Side]:
+        """The socket counters per (path, sender, container label): the sender's
+        container, "" outside one; beyond MAX_CONTAINERS labels, "other"."""
+        labels: dict[str, None] = {}
+        out: dict[tuple[str, str, str], _Side] = {}
+        for (path, sender, cgroup), side in sides:
+            label = self._label(cgroup)
+            if label and label not in labels:
+                if len(labels) >= MAX_CONTAINERS:
+                    label = OTHER
+                else:
+                    labels[label] = None
+            total = out.setdefault((path, sender, label), _Side())
+            total.messages += side.messages
+            total.bytes += side.bytes
+            total.lost += side.lost
+        return out
 
 
 def _le(bound: float) -> str:
@@ -222,10 +247,11 @@ class MetricsOutput(TransactionSink):
         protocol: str = "auto",
         redact: bool = False,
         options: DecoderOptions | None = None,
+        containers: Containers | None = None,
     ) -> None:
         super().__init__(decode, protocol, redact, options)
         self.addr = addr
-        self.metrics = Metrics()
+        self.metrics = Metrics(containers)
         self._server = serve(self.metrics, addr)
 
     def add(self, tx: Transaction) -> None:

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from usniff import __version__, events
 from usniff._events import Packed
+from usniff.containers import Containers
 from usniff.decoders import registry
 from usniff.events import FLAG_MSG_END, FLAG_MSG_START, CaptureStats, Record
 from usniff.formats.pcapng import (
@@ -161,8 +162,9 @@ class Framer:
     ``packets`` counts the packets produced so far.
     """
 
-    def __init__(self, snaplen: int = 0) -> None:
+    def __init__(self, snaplen: int = 0, containers: Containers | None = None) -> None:
         self.snaplen = snaplen
+        self._who = (containers or Containers()).identity
         self.packets = 0
         self._dirs: dict[object, _Dir] = {}  # sock_id (or sock_id + destination) -> direction
         self._open: dict[_Dir, None] = {}  # client directions of open TCP flows
@@ -270,15 +272,27 @@ class Framer:
                 self._emit_datagram(buf, d)
 
     def _comment_opts(self, d: _Dir, rec: Record) -> bytes:
-        key = (rec.pid, rec.tid, rec.uid, rec.comm, rec.peer_pid, rec.peer_comm)
+        key = (
+            rec.pid,
+            rec.tid,
+            rec.uid,
+            rec.comm,
+            rec.peer_pid,
+            rec.peer_comm,
+            rec.cgroup,
+            rec.peer_cgroup,
+        )
         if key != d.comment_key:
             d.comment_key = key
-            d.comment_opts = option(OPT_COMMENT, record_comment(rec).encode()) + d.epb_flags
+            d.comment_opts = (
+                option(OPT_COMMENT, record_comment(rec, self._who).encode()) + d.epb_flags
+            )
         note = d.note
         if not note:
             return d.comment_opts
         d.note = ""
-        return option(OPT_COMMENT, f"usniff: {note}; {record_comment(rec)}".encode()) + d.epb_flags
+        text = f"usniff: {note}; {record_comment(rec, self._who)}"
+        return option(OPT_COMMENT, text.encode()) + d.epb_flags
 
     def _segments(self, buf: Sink, d: _Dir, rec: Record) -> None:
         off = rec.offset
@@ -659,6 +673,7 @@ class PcapngOutput:
         rotate_seconds: float | None = None,
         snaplen: int = 0,
         clock: Callable[[], float] = time.time,
+        containers: Containers | None = None,
     ) -> None:
         if path == "-" and (rotate_bytes or rotate_seconds):
             raise ValueError("cannot rotate files when writing to stdout (-w -)")
@@ -670,7 +685,7 @@ class PcapngOutput:
         self._rotate_bytes = rotate_bytes or 0
         self._rotate_seconds = rotate_seconds or 0.0
         self._count = rotate_count or 0
-        self._framer = Framer(snaplen)
+        self._framer = Framer(snaplen, containers)
         self._buf = Sink()
         self._kept: deque[str] = deque()
         self._discarder = _Discarder()

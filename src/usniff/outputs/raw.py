@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
+from usniff.containers import Containers
 from usniff.events import FLAG_TRUNCATED, CaptureStats, Record, sender_is_server
 from usniff.outputs.base import clock_text
 from usniff.printable import printable
@@ -44,14 +45,19 @@ def hex_view(data: bytes) -> str:
     return "\n".join(lines)
 
 
-def header(rec: Record) -> str:
-    """The record's header line, terminal-safe (a process name or path may hold any byte)."""
+def header(rec: Record, label: Callable[[int], str] | None = None) -> str:
+    """The record's header line, terminal-safe (a process name or path may hold any byte).
+    ``label`` names a cgroup's container: shown as ``comm[pid/tid]@container``."""
     clock = clock_text(rec.ts)
     peer = rec.peer_inode or "-"
     where = rec.path or "(unnamed)"
-    to = f" to {rec.peer_comm or '?'}[{rec.peer_pid}]" if rec.peer_pid else ""
+    own = peer_in = ""
+    if label is not None:
+        own = f"@{name}" if rec.cgroup and (name := label(rec.cgroup)) else ""
+        peer_in = f"@{name}" if rec.peer_cgroup and (name := label(rec.peer_cgroup)) else ""
+    to = f" to {rec.peer_comm or '?'}[{rec.peer_pid}]{peer_in}" if rec.peer_pid else ""
     head = (
-        f"{clock} {rec.comm}[{rec.pid}/{rec.tid}] {rec.sock_type} ino {rec.inode}>{peer}{to} "
+        f"{clock} {rec.comm}[{rec.pid}/{rec.tid}]{own} {rec.sock_type} ino {rec.inode}>{peer}{to} "
         f"{where} {direction(rec)} off {rec.offset}"
     )
     if rec.kind == "lost":
@@ -65,16 +71,19 @@ def header(rec: Record) -> str:
 class TextOutput:
     """One header line per record, then the bytes: preview, -A or -X."""
 
-    def __init__(self, stream: TextIO, view: str = "preview") -> None:
+    def __init__(
+        self, stream: TextIO, view: str = "preview", containers: Containers | None = None
+    ) -> None:
         self.stream = stream
         self.view = view
+        self._label = (containers or Containers()).label
 
     def write(self, batch: Sequence[Record], limit: int = 0) -> int:
         if limit:
             batch = batch[:limit]
         out = []
         for rec in batch:
-            line = header(rec)
+            line = header(rec, self._label)
             if rec.kind == "lost" or not rec.data:
                 out.append(line)
             elif self.view == "ascii":
@@ -95,7 +104,8 @@ class TextOutput:
         return 0
 
 
-def record_json(rec: Record) -> dict[str, object]:
+def record_json(rec: Record, containers: Containers | None = None) -> dict[str, object]:
+    """The record as a JSON object; ``containers`` names its cgroups."""
     obj: dict[str, object] = {
         "ts": round(rec.ts, 6),
         "pid": rec.pid,
@@ -114,6 +124,16 @@ def record_json(rec: Record) -> dict[str, object]:
         "offset": rec.offset,
         "len": rec.length,
     }
+    for prefix, cgroup in (("", rec.cgroup), ("peer_", rec.peer_cgroup)):
+        if cgroup:
+            obj[prefix + "cgroup"] = cgroup
+            if containers is not None:
+                ident = containers.identity(cgroup)
+                named = (("cgroup_path", ident.path), ("container", ident.label),
+                         ("container_id", ident.container_id), ("pod", ident.pod))  # fmt: skip
+                for key, value in named:
+                    if value:
+                        obj[prefix + key] = value
     if rec.kind == "lost":
         obj["lost"] = rec.lost
     elif rec.kind == "close":
@@ -128,14 +148,16 @@ def record_json(rec: Record) -> dict[str, object]:
 class JsonOutput:
     """One JSON object per record (jq-friendly)."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, containers: Containers | None = None) -> None:
         self.stream = stream
+        self._containers = containers or Containers()
 
     def write(self, batch: Sequence[Record], limit: int = 0) -> int:
         if limit:
             batch = batch[:limit]
         if batch:
-            self.stream.write("".join(json.dumps(record_json(r)) + "\n" for r in batch))
+            c = self._containers
+            self.stream.write("".join(json.dumps(record_json(r, c)) + "\n" for r in batch))
         return len(batch)
 
     def flush(self) -> None:
