@@ -11,15 +11,17 @@ buckets (so every percentile) and maximum, and the slowest requests with their t
 
 from __future__ import annotations
 
+import io
 import random
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
 from tests.support.captures import CAPTURES, capture
-from usniff.decoders.base import Transaction
-from usniff.decoders.engine import Decoding, Event
-from usniff.events import Record, conn_key, server_id
+from usniff.decoders.base import Notice, Transaction
+from usniff.decoders.engine import Decoding, Event, Undecoded, decode_records
+from usniff.events import CaptureStats, Record, conn_key, server_id
+from usniff.outputs.decoded import DecodedOutput
 from usniff.outputs.fast import NativeStats
 from usniff.outputs.stats import Stats
 
@@ -276,3 +278,25 @@ def test_fuzzed_connections_give_the_same_table(seed: int) -> None:
     for records in fuzzed(seed, CASES // len(SEEDS)):
         handled += assert_same(records, rng)
     assert handled > 1500  # the native path ran (and handed back at the accidents)
+
+
+def test_the_table_alone_counts_what_it_leaves_out() -> None:
+    """--stats without lines: the records of connections not decoded and the losses of
+    sync are counted in a line under the table, as the engine's events give them."""
+    rng = random.Random(5)
+    unknown = list(Conn(1, rng).records([(0, b"hello?\n"), (1, b"who is there\n")], 1.0))
+    garbled = [(0, command([b"GET", b"k"])), (1, b"$1\r\nv\r\n"), (0, b"*x\r\n"), (1, b"+OK\r\n")]
+    resp = list(Conn(2, rng).records(garbled, 2.0))
+    records = unknown + resp
+    events = list(decode_records(records))
+    not_decoded = sum(isinstance(e, Undecoded) for e in events)
+    lost_sync = sum(isinstance(e, Notice) and e.kind == "undecodable" for e in events)
+    assert not_decoded and lost_sync  # the case is what it claims to be
+    table = io.StringIO()
+    out = DecodedOutput(None, stats=True, stats_stream=table)
+    assert out.write(records) == 1  # the transactions counted: the GET
+    out.close(CaptureStats())
+    assert (
+        f"usniff: not in the table: {not_decoded} records (protocol not recognised); "
+        f"{lost_sync} times a decoder lost sync" in table.getvalue().replace("\n", " ")
+    ), table.getvalue()
