@@ -191,3 +191,18 @@ def test_unknown_container_is_refused_with_what_was_searched() -> None:
     assert "no running container has that id or name" in r.stderr
     r = run([USNIFF, "--cgroup", "/no/such/cgroup"])
     assert r.returncode == 2 and "no such cgroup" in r.stderr
+
+
+def test_list_names_the_container_of_each_process(cgroups: Cgroups) -> None:
+    hold = "import socket, sys, time; a, b = socket.socketpair(); print(flush=True); time.sleep(30)"
+    proc = subprocess.Popen([sys.executable, "-c", JOIN, cgroups.container, hold],
+                            stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"\n"
+        listed = run([USNIFF, "list"])
+    finally:
+        proc.kill()
+        proc.wait()
+    assert listed.returncode == 0, listed.stderr
+    mine = [line for line in listed.stdout.splitlines() if f"[{proc.pid}]" in line]
+    assert len(mine) == 2 and all(f"[{proc.pid}]@{cgroups.name}" in line for line in mine), mine

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from tests.support.pcap_helpers import REDIS_EXCHANGE, Conn
 from tests.support.tshark import TSHARK, follow_all
 from usniff.cli.main import main
+from usniff.containers import Containers, Identity
 from usniff.events import CaptureStats
 from usniff.formats.pcapng import parse_comment
 from usniff.outputs.pcapng import PcapngOutput
@@ -21,7 +22,9 @@ from usniff.outputs.pcapng import PcapngOutput
 pytestmark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
 
 CAPTURES = Path(__file__).resolve().parent.parent / "captures"
-FIELDS = ("pid", "tid", "uid", "comm", "inode", "peer_inode", "peer_pid", "peer_comm", "path")
+FIELDS = ("pid", "tid", "uid", "comm", "inode", "peer_inode", "peer_pid", "peer_comm", "path",
+          "cgroup", "cgroup_path", "container", "pod", "peer_cgroup", "peer_cgroup_path",
+          "peer_container", "peer_pod")  # fmt: skip
 
 
 def tshark(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -81,6 +84,33 @@ def test_escaped_names_and_paths_round_trip(tmp_path: Path) -> None:
     assert sel.returncode == 0 and len(sel.stdout.splitlines()) == sum(
         g["comm"] == 'a"b\\c é' for g, _ in rows
     )
+
+
+def test_container_fields_and_filter(tmp_path: Path) -> None:
+    """The cgroup and container a record's comment names, as fields and in a filter."""
+    f = tmp_path / "containers.pcapng"
+    names = Containers(root="")
+    names.learn(Identity(2**40 + 7, "/machine.slice/libpod-ab.scope", name="web-1", pod="ns/p"))
+    names.learn(Identity(99, "/system.slice/redis.service"))
+    records = Conn().exchange(REDIS_EXCHANGE)
+    for rec in records:
+        client = not rec.path_is_own
+        rec.cgroup, rec.peer_cgroup = (2**40 + 7, 99) if client else (99, 2**40 + 7)
+    out = PcapngOutput(str(f), containers=names)
+    out.write(records)
+    out.close(CaptureStats())
+    install(tmp_path)
+    rows = [(g, w) for g, w in plugin_fields(tmp_path, f) if "pid" in w]
+    assert {(g["container"], g["cgroup"]) for g, _ in rows if "container" in g} == {
+        ("web-1", str(2**40 + 7))
+    }
+    for got, want in rows:
+        assert got == want
+    sel = tshark(tmp_path, "-r", str(f), "-Y", 'usniff.container == "web-1"')
+    peer = tshark(tmp_path, "-r", str(f), "-Y", 'usniff.peer_container == "web-1"')
+    client = sum("container" in g for g, _ in rows)
+    assert len(sel.stdout.splitlines()) == client > 0
+    assert len(peer.stdout.splitlines()) == len(rows) - client > 0
 
 
 def test_filter_selects_exactly_the_process_and_fastcgi_is_dissected(tmp_path: Path) -> None:

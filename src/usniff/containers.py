@@ -129,6 +129,17 @@ class Containers:
         self._known[cgroup] = ident
         return ident
 
+    def of_pid(self, pid: int) -> Identity:
+        """The cgroup v2 of process ``pid`` now (``/proc/PID/cgroup``); only an id of 0
+        when the process is gone or its cgroup is not in this mount's tree."""
+        try:
+            with open(f"/proc/{pid}/cgroup") as f:
+                path = next((line[3:].rstrip("\n") for line in f if line.startswith("0::")), "")
+            ino = os.stat(os.path.join(self.root, path.lstrip("/"))).st_ino if self.root else 0
+        except OSError:
+            return Identity(0)
+        return self.identity(ino) if ino else Identity(0)
+
     def label(self, cgroup: int) -> str:
         """:attr:`Identity.label` of ``cgroup`` ("" for 0 or an unknown id)."""
         return self.identity(cgroup).label if cgroup else ""

@@ -525,8 +525,9 @@ def list_cmd(path_filter: str | None) -> None:
     """Unix sockets: path, type, state, inode, peer inode, queues, processes (like `ss -xp`).
 
     Recv-Q and Send-Q are `ss -x`'s: bytes queued (for a listener: connections
-    not yet accepted, and the backlog).  Bytes of a name or process name that
-    do not print are shown as \\xNN."""
+    not yet accepted, and the backlog).  A process in a container is shown as
+    comm[pid]@container.  Bytes of a name or process name that do not print are
+    shown as \\xNN."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -537,6 +538,7 @@ def list_cmd(path_filter: str | None) -> None:
         socks = list_sockets()
     except OSError as e:
         raise click.ClickException(f"cannot list sockets (sock_diag): {e}") from None
+    containers = Containers()
     table = Table(box=None, header_style="bold")
     right = ("inode", "peer", "recv-q", "send-q")
     for col in ("path", "type", "state", *right, "processes"):
@@ -545,7 +547,11 @@ def list_cmd(path_filter: str | None) -> None:
         if path_filter and path_filter not in s.path:
             continue
         recv_q, send_q = (str(q) for q in s.queues) if s.queues else ("-", "-")
-        procs = ",".join(f"{printable(c)}[{p}]" for p, c in s.procs)
+        procs = ",".join(
+            f"{printable(c)}[{p}]"
+            + (f"@{printable(lb)}" if (lb := containers.of_pid(p).label) else "")
+            for p, c in s.procs
+        )
         path = "@" + printable(s.name[1:]) if s.name[:1] == b"\0" else printable(s.name)
         cells = (path or "-", s.type, s.state, str(s.inode), str(s.peer or "-"), recv_q, send_q)
         table.add_row(*(Text(c) for c in (*cells, procs)))  # Text: no rich markup in names

@@ -4,7 +4,8 @@
 --     dissector (the table below is filled in from usniff's protocol registry).
 -- (b) Shows the process metadata usniff writes in each packet's comment
 --     (pid=.. tid=.. uid=.. comm="..." inode=.. peer=.. peer_pid=.. peer_comm="..."
---     type=.. path="...") as fields: filter with `usniff.comm == "php-fpm8.2"`,
+--     type=.. cgroup=.. container="..." peer_container="..." path="...") as fields:
+--     filter with `usniff.comm == "php-fpm8.2"` or `usniff.container == "web-1"`,
 --     or right-click a field and "Apply as Column".
 
 local DECODE_AS = {} -- usniff: ports
@@ -21,11 +22,22 @@ local f = {
     peer_comm = ProtoField.string("usniff.peer_comm", "Peer process"),
     type = ProtoField.string("usniff.type", "Socket type"),
     path = ProtoField.string("usniff.path", "Socket path"),
+    -- cgroup ids are 64-bit: strings here (Lua numbers are doubles)
+    cgroup = ProtoField.string("usniff.cgroup", "Sender cgroup id"),
+    cgroup_path = ProtoField.string("usniff.cgroup_path", "Sender cgroup"),
+    container = ProtoField.string("usniff.container", "Sender container"),
+    pod = ProtoField.string("usniff.pod", "Sender pod"),
+    peer_cgroup = ProtoField.string("usniff.peer_cgroup", "Peer cgroup id"),
+    peer_cgroup_path = ProtoField.string("usniff.peer_cgroup_path", "Peer cgroup"),
+    peer_container = ProtoField.string("usniff.peer_container", "Peer container"),
+    peer_pod = ProtoField.string("usniff.peer_pod", "Peer pod"),
 }
 usniff.fields = { f.pid, f.tid, f.uid, f.comm, f.inode, f.peer, f.peer_pid, f.peer_comm,
-                  f.type, f.path }
+                  f.type, f.path, f.cgroup, f.cgroup_path, f.container, f.pod, f.peer_cgroup,
+                  f.peer_cgroup_path, f.peer_container, f.peer_pod }
 local NUMBERS = { "pid", "tid", "uid", "inode", "peer", "peer_pid" }
-local STRINGS = { "comm", "peer_comm", "type", "path" }
+local STRINGS = { "comm", "peer_comm", "type", "path", "cgroup", "cgroup_path", "container", "pod",
+                  "peer_cgroup", "peer_cgroup_path", "peer_container", "peer_pod" }
 
 local comment_field = Field.new("frame.comment")
 
@@ -101,7 +113,9 @@ function usniff.dissector(tvb, pinfo, tree)
         local meta = parse(tostring(comment.value))
         if meta.pid and meta.inode then
             local who = (meta.comm or "?") .. "[" .. meta.pid .. "]"
+            if meta.container then who = who .. "@" .. meta.container end
             local to = meta.peer_comm and (" -> " .. meta.peer_comm .. "[" .. (meta.peer_pid or "?") .. "]") or ""
+            if meta.peer_comm and meta.peer_container then to = to .. "@" .. meta.peer_container end
             local t = tree:add(usniff, tvb(0, 0), "usniff: " .. who .. to .. " " .. (meta.path or ""))
             for _, k in ipairs(NUMBERS) do
                 if meta[k] then t:add(f[k], tonumber(meta[k])) end
