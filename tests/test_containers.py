@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from usniff.containers import parse_path
+from usniff.containers import Containers, Identity, parse_path
+from usniff.decoders.base import Transaction
+from usniff.outputs.otlp import span
 
 CID = "0123456789abcdef" * 4
 POD = "1f2e3d4c-5b6a-4978-8695-a4b3c2d1e0f9"
@@ -38,3 +42,18 @@ POD = "1f2e3d4c-5b6a-4978-8695-a4b3c2d1e0f9"
 )
 def test_runtime_layouts(path: str, want: tuple[str, str, str]) -> None:
     assert parse_path(path) == want
+
+
+def test_span_carries_the_semantic_conventions_container_attributes() -> None:
+    names = Containers(root="")
+    names.learn(Identity(7, f"/kubepods/pod{POD}/{CID}", "kubernetes", CID, "web", "shop/web-0"))
+    names.learn(Identity(9, "/system.slice/redis.service"))
+    tx = Transaction("resp", "GET", "GET k", "$1", False, 1.0, 1.001, 7, 8)
+    tx.client_cgroup, tx.server_cgroup = 7, 9
+    got = {kv.key: kv.value.string_value for kv in span(tx, random.Random(1), names).attributes}
+    assert {k: got[k] for k in got if "container" in k or "k8s" in k} == {
+        "container.id": CID,
+        "container.name": "web",
+        "k8s.namespace.name": "shop",
+        "k8s.pod.name": "web-0",
+    }  # the server is in no container: no usniff.server.container.*

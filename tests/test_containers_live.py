@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.servers import start_redis
 from tests.support.tshark import tshark
 from tests.support.usniff import USNIFF, Usniff, run
 from usniff.containers import cgroup2_root
@@ -206,3 +207,32 @@ def test_list_names_the_container_of_each_process(cgroups: Cgroups) -> None:
     assert listed.returncode == 0, listed.stderr
     mine = [line for line in listed.stdout.splitlines() if f"[{proc.pid}]" in line]
     assert len(mine) == 2 and all(f"[{proc.pid}]@{cgroups.name}" in line for line in mine), mine
+
+
+def test_decoded_lines_name_both_ends_containers(cgroups: Cgroups, tmp_path: Path) -> None:
+    """A real redis-server in the server's cgroup, redis-cli in the container: the
+    decoded lines (text and JSON) name the client's container."""
+    cg = cgroups
+    cli = "import subprocess, sys; subprocess.run(sys.argv[3:], check=True, capture_output=True)"
+    with start_redis(tmp_path) as sock:
+        info = run(["redis-cli", "-s", sock, "INFO", "server"]).stdout
+        server_pid = int(re.search(r"process_id:(\d+)", info).group(1))  # type: ignore[union-attr]
+        Path(cg.server, "cgroup.procs").write_text(str(server_pid))
+        for fmt in ("text", "json"):
+            with Usniff("--container", cg.name, "--protocol", "auto", "--format", fmt) as u:
+                subprocess.run([sys.executable, "-c", JOIN, cg.container, cli,
+                                "redis-cli", "-s", sock, "SET", "k", fmt], check=True)  # fmt: skip
+                out = u.stop()
+            assert out.returncode == 0, out.stderr
+            lines = [line for line in out.text.splitlines() if '"k"' in line or " k " in line]
+            assert len(lines) == 1, out.text
+            if fmt == "text":
+                assert re.search(rf"redis-cli\[\d+\]@{cg.name} -> redis-server\[{server_pid}\] ",
+                                 lines[0]), lines  # fmt: skip
+            else:
+                tx = json.loads(lines[0])
+                assert (tx["command"], tx["client_container"]) == ("SET", cg.name)
+                assert tx["client_cgroup"] == os.stat(cg.container).st_ino
+                assert tx["server_cgroup"] == os.stat(cg.server).st_ino
+                assert "server_container" not in tx
+        Path(cg.root, "cgroup.procs").write_text(str(server_pid))  # so that its cgroup can go

@@ -62,6 +62,8 @@ class Data:
     peer_pid: int = 0
     peer_comm: str = ""
     inode: int = 0  # the sending socket's inode
+    cgroup: int = 0  # the sender's cgroup v2 id (Record.cgroup)
+    peer_cgroup: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +308,8 @@ class StreamAssembler:
                     rec.peer_pid,
                     rec.peer_comm,
                     rec.inode,
+                    rec.cgroup,
+                    rec.peer_cgroup,
                 )  # fmt: skip
             )
             start = data_end

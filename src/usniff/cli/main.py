@@ -194,7 +194,7 @@ def make_outputs(
         table_only = stats and (write or not lines)  # -w FILE --stats: the table, on stderr
         outputs.append(DecodedOutput(None if table_only else stream, proto, fmt, stats=stats,
                                      redact=redact, live=live, listeners=listeners,
-                                     options=options))  # fmt: skip
+                                     options=options, containers=containers))  # fmt: skip
     return outputs + sinks  # the first output's items are what -c counts
 
 
@@ -231,7 +231,7 @@ def _sinks(
                                        containers=containers))  # fmt: skip
         if otlp:
             sinks.append(OtlpOutput(otlp, not decoded_beside and not sinks, protocol, redact,
-                                    options))  # fmt: skip
+                                    options, containers=containers))  # fmt: skip
     except OutputError as e:
         for sink in sinks:
             sink.stop()

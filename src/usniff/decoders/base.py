@@ -39,6 +39,8 @@ class Transaction:
     client_comm: str = ""
     server_pid: int = 0
     server_comm: str = ""
+    client_cgroup: int = 0  # cgroup v2 ids (usniff.containers names them); 0 unknown
+    server_cgroup: int = 0
 
     @property
     def latency(self) -> float | None:

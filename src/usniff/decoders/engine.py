@@ -75,17 +75,19 @@ class _Conn:
     pids: list[int] = field(default_factory=lambda: [0, 0])
     comms: list[str] = field(default_factory=lambda: ["", ""])
     inodes: list[int] = field(default_factory=lambda: [0, 0])
+    cgroups: list[int] = field(default_factory=lambda: [0, 0])
     name: str = "?-?"  # client-server socket inodes, as `ss -x` shows them ("?": not known)
 
     def learn(self, ev: Data) -> None:
         """Both ends' process and inode, from one end's data (which names its peer)."""
         d = ev.direction
-        self.pids[d], self.comms[d] = ev.pid, ev.comm
+        self.pids[d], self.comms[d], self.cgroups[d] = ev.pid, ev.comm, ev.cgroup
         if self.inodes[d] != ev.inode:
             self.inodes[d] = ev.inode
             self.name = "-".join(str(i or "?") for i in self.inodes)
         if not self.pids[1 - d] and ev.peer_pid:
             self.pids[1 - d], self.comms[1 - d] = ev.peer_pid, ev.peer_comm
+            self.cgroups[1 - d] = ev.peer_cgroup
 
 
 class Decoding:
@@ -295,6 +297,7 @@ class Decoding:
                 ev.path = conn.open.path
                 ev.client_pid, ev.client_comm = conn.pids[0], conn.comms[0]
                 ev.server_pid, ev.server_comm = conn.pids[1], conn.comms[1]
+                ev.client_cgroup, ev.server_cgroup = conn.cgroups[0], conn.cgroups[1]
             out.append(ev)
 
 

@@ -18,6 +18,7 @@ from typing import TextIO
 from rich.console import Console
 from rich.live import Live
 
+from ..containers import Containers
 from ..decoders.base import Notice, Transaction
 from ..decoders.engine import DecoderOptions, Decoding, Event, Undecoded
 from ..events import CaptureStats, Record
@@ -30,20 +31,23 @@ from .stats import Stats
 WIDE = 1000  # columns for the statistics table when stderr is not a terminal (never cut)
 
 
-def _who(comm: str, pid: int) -> str:
-    return f"{comm or '?'}[{pid}]" if pid else comm or "?"
+def _who(comm: str, pid: int, container: str = "") -> str:
+    who = f"{comm or '?'}[{pid}]" if pid else comm or "?"
+    return f"{who}@{container}" if container else who
 
 
-def format_text(ev: Event) -> str:
-    """One line; every character that came from the capture is terminal-safe."""
+def format_text(ev: Event, containers: Containers | None = None) -> str:
+    """One line; every character that came from the capture is terminal-safe.
+    ``containers`` names the processes' containers (``comm[pid]@container``)."""
+    label = containers.label if containers is not None else None
     if isinstance(ev, Undecoded):
         rec = ev.record
-        line = f"{raw.header(rec)} [not decoded: {ev.reason}]"
+        line = f"{raw.header(rec, label)} [not decoded: {ev.reason}]"
         return printable(line + (" " + raw.escaped(rec.data) if rec.data else ""))
     if isinstance(ev, Notice):
         return printable(f"{clock_text(ev.ts)} {ev.conn} [{ev.kind}] {ev.summary}")
-    client = _who(ev.client_comm, ev.client_pid)
-    server = _who(ev.server_comm, ev.server_pid)
+    client = _who(ev.client_comm, ev.client_pid, label(ev.client_cgroup) if label else "")
+    server = _who(ev.server_comm, ev.server_pid, label(ev.server_cgroup) if label else "")
     parts = [f"{clock_text(ev.ts_request)} {client} -> {server}"]
     if ev.protocol == "mysql" and ev.details.get("conn_id"):
         db = ev.details.get("db")
@@ -62,9 +66,9 @@ def format_text(ev: Event) -> str:
     return printable("  ".join(parts))
 
 
-def to_json(ev: Event) -> str:
+def to_json(ev: Event, containers: Containers | None = None) -> str:
     if isinstance(ev, Undecoded):
-        row = raw.record_json(ev.record)
+        row = raw.record_json(ev.record, containers)
         row["sock_type"] = row.pop("type")
         row.update(type="record", conn=ev.conn, not_decoded=ev.reason)
     else:
@@ -72,6 +76,9 @@ def to_json(ev: Event) -> str:
         if isinstance(ev, Transaction):
             row["type"] = "transaction"
             row["latency"] = ev.latency
+            for end, cgroup in (("client", ev.client_cgroup), ("server", ev.server_cgroup)):
+                if containers is not None and (name := containers.label(cgroup)):
+                    row[f"{end}_container"] = name
         else:
             row["type"] = "notice"
             row["direction"] = ev.direction.name.lower()
@@ -95,6 +102,7 @@ class DecodedOutput:
         live: bool = False,
         listeners: Sequence[Callable[[Transaction], None]] = (),
         options: DecoderOptions | None = None,
+        containers: Containers | None = None,
     ) -> None:
         """``live``: records arrive as they are sent (not read from a file), so a
         connection undecided for ``Decoding.UNDECIDED_WAIT`` seconds of wall-clock
@@ -111,6 +119,7 @@ class DecodedOutput:
             raise ValueError("without a stream for the lines, the output is the table")
         self.stream = stream
         self.fmt = fmt
+        self.containers = containers or Containers()
         self.decoding = Decoding(protocol, redact, options)
         self.live = live
         self.stats = Stats() if stats else None
@@ -217,6 +226,7 @@ class DecodedOutput:
         if not events:
             return 0
         fmt = to_json if self.fmt == "json" else format_text
+        names = self.containers
         lines = []
         for ev in events:
             if isinstance(ev, Transaction):
@@ -224,6 +234,6 @@ class DecodedOutput:
                     self.stats.add(ev)
                 for listener in self.listeners:
                     listener(ev)
-            lines.append(fmt(ev))
+            lines.append(fmt(ev, names))
         self.stream.write("\n".join(lines) + "\n")
         return len(lines)

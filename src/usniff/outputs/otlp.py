@@ -25,6 +25,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 from .. import __version__
+from ..containers import Containers, Identity
 from ..decoders.base import Transaction
 from ..decoders.engine import DecoderOptions
 from .base import OutputError
@@ -47,9 +48,24 @@ def _kv(key: str, value: str | int) -> KeyValue:
     return KeyValue(key=key, value=AnyValue(string_value=value))
 
 
-def span(tx: Transaction, rng: random.Random) -> Span:
+def _container_attrs(prefix: str, ident: Identity) -> list[KeyValue]:
+    """The semantic conventions' container and Kubernetes attributes of a cgroup."""
+    attrs = []
+    if ident.container_id:
+        attrs.append(_kv(f"{prefix}container.id", ident.container_id))
+    if ident.name:
+        attrs.append(_kv(f"{prefix}container.name", ident.name))
+    namespace, _, pod = ident.pod.rpartition("/")
+    if namespace:  # a uid alone names no pod
+        attrs += [_kv(f"{prefix}k8s.namespace.name", namespace), _kv(f"{prefix}k8s.pod.name", pod)]
+    return attrs
+
+
+def span(tx: Transaction, rng: random.Random, containers: Containers | None = None) -> Span:
     """The span of one transaction: from the request's last byte to the reply's first
-    byte (the server time usniff measures); no reply: a zero-length span."""
+    byte (the server time usniff measures); no reply: a zero-length span.  The
+    client is the span's process (``process.*``, ``container.*``); ``usniff.server.*``
+    says who answered."""
     start = int(tx.ts_request * 1e9)
     end = int(tx.ts_reply * 1e9) if tx.ts_reply is not None else start
     attrs = [
@@ -71,6 +87,11 @@ def span(tx: Transaction, rng: random.Random) -> Span:
             _kv("db.operation.name", tx.command),
             _kv("db.query.text", tx.request),
         ]
+    if containers is not None:
+        if tx.client_cgroup:
+            attrs += _container_attrs("", containers.identity(tx.client_cgroup))
+        if tx.server_cgroup:
+            attrs += _container_attrs("usniff.server.", containers.identity(tx.server_cgroup))
     if tx.reply:
         attrs.append(_kv("usniff.reply", tx.reply))
     if tx.unanswered:
@@ -98,8 +119,10 @@ class OtlpOutput(TransactionSink):
         protocol: str = "auto",
         redact: bool = False,
         options: DecoderOptions | None = None,
+        containers: Containers | None = None,
     ) -> None:
         super().__init__(decode, protocol, redact, options)
+        self.containers = containers or Containers()
         if not url.startswith(("http://", "https://")):
             raise OutputError(f"--otlp {url}: give the collector's http:// or https:// URL")
         self.endpoint = url.rstrip("/") + ("" if url.endswith("/v1/traces") else "/v1/traces")
@@ -139,7 +162,7 @@ class OtlpOutput(TransactionSink):
             resource=self._resource,
             scope_spans=[ScopeSpans(
                 scope=InstrumentationScope(name="usniff", version=__version__),
-                spans=[span(tx, self._rng) for tx in batch],
+                spans=[span(tx, self._rng, self.containers) for tx in batch],
             )],
         )])  # fmt: skip
         post = urllib.request.Request(
