@@ -29,7 +29,7 @@ from pathlib import Path
 from fetch_kernels import SERIES, apt_options, apt_update, newest_package
 from initramfs import Cpio
 from kernels import CACHE, VM_DIR
-from run import PANIC_MARKERS, stream
+from run import PANIC_MARKERS, run_qemu
 
 ARCH = "arm64"
 HOME = CACHE / ARCH
@@ -201,15 +201,7 @@ def boot(series: str, initrd: Path) -> bool:
         "-append", "console=ttyAMA0 loglevel=4 panic=-1 oops=panic mitigations=off",
     ]  # fmt: skip
     console = Tee()
-    started = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
-    try:
-        timed_out, tail = stream(proc, console, started + TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    took = time.monotonic() - started
+    timed_out, tail, _, took = run_qemu(argv, console, TIMEOUT)
     seen = outcomes("".join(console.text))
     expected = EXPECTED[series]
     for backend, outcome in seen.items():
