@@ -8,6 +8,7 @@ ARCH := $(shell uname -m | sed 's/x86_64/x86/;s/aarch64/arm64/')
 # CO-RE relocates the object on every kernel it loads on.
 VMLINUX_BTF ?= /sys/kernel/btf/vmlinux
 BPF_OBJ := src/usniff/capture/bpf/usniff.bpf.o
+BPF_CFLAGS := -g -O2 -target bpf -mcpu=v3
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 PODMAN ?= podman
 IMAGE ?= usniff:$(VERSION)
@@ -26,7 +27,7 @@ ebpf/vmlinux.h:
 # DWARF (966 KB -> the size the wheel ships), keeping .BTF and .BTF.ext.
 $(BPF_OBJ): ebpf/usniff.bpf.c ebpf/usniff.h ebpf/vmlinux.h
 	@mkdir -p $(dir $@)
-	$(CLANG) -g -O2 -target bpf -mcpu=v3 -D__TARGET_ARCH_$(ARCH) -Iebpf -fdebug-prefix-map=$(CURDIR)=. -c $< -o $@.tmp
+	$(CLANG) $(BPF_CFLAGS) -D__TARGET_ARCH_$(ARCH) -Iebpf -fdebug-prefix-map=$(CURDIR)=. -c $< -o $@.tmp
 	$(LLVM_STRIP) -g $@.tmp && mv $@.tmp $@
 
 # What a production user installs: dist/usniff-*.tar.gz (with the BPF sources) and

@@ -60,36 +60,45 @@ def host_mirrors() -> tuple[str, str]:
     return main, security
 
 
-def apt_options() -> list[str]:
+def apt_dir(arch: str) -> Path:
+    return APT if arch == "amd64" else CACHE / f"apt-{arch}"
+
+
+def apt_options(arch: str = "amd64") -> list[str]:
+    """apt-get's options for this cache's own state, package lists of ``arch`` only."""
+    apt = apt_dir(arch)
     return [
-        f"-oDir::State={APT / 'state'}",
-        f"-oDir::Cache={APT / 'cache'}",
-        f"-oDir::Etc::SourceList={APT / 'sources.list'}",
+        f"-oDir::State={apt / 'state'}",
+        f"-oDir::Cache={apt / 'cache'}",
+        f"-oDir::Etc::SourceList={apt / 'sources.list'}",
         "-oDir::Etc::SourceParts=/dev/null",
         "-oAcquire::Languages=none",
-        "-oAPT::Architectures=amd64",
+        f"-oAPT::Architectures={arch}",
         "-oAPT::Sandbox::User=root",
         "-oDebug::NoLocking=1",
     ]
 
 
-def apt_update(suites: set[str]) -> None:
+def apt_update(suites: set[str], arch: str = "amd64") -> None:
+    apt = apt_dir(arch)
     main, security = host_mirrors()
     lines = []
     for suite in sorted(suites):
         lines.append(f"deb [signed-by={KEYRING}] {main} {suite} main")
         lines.append(f"deb [signed-by={KEYRING}] {security} {suite}-security main")
     for sub in ("state/lists/partial", "cache/archives/partial"):
-        (APT / sub).mkdir(parents=True, exist_ok=True)
-    (APT / "sources.list").write_text("\n".join(lines) + "\n")
-    print(f"apt-get update ({', '.join(sorted(suites))}) from {main}", flush=True)
-    subprocess.run(["apt-get", *apt_options(), "-qq", "update"], check=True)
+        (apt / sub).mkdir(parents=True, exist_ok=True)
+    (apt / "sources.list").write_text("\n".join(lines) + "\n")
+    print(f"apt-get update ({', '.join(sorted(suites))}, {arch}) from {main}", flush=True)
+    subprocess.run(["apt-get", *apt_options(arch), "-qq", "update"], check=True)
 
 
-def newest_package(series: str) -> str:
+def newest_package(series: str, arch: str = "amd64") -> str:
+    """The newest unsigned kernel image package of ``series`` built for ``arch``."""
     spec = SERIES[series]
+    pattern = re.compile(spec.package.pattern.replace("amd64", arch))
     out = subprocess.run(
-        ["apt-cache", *apt_options(), "search", "--names-only", f"^linux-image-{series}"],
+        ["apt-cache", *apt_options(arch), "search", "--names-only", f"^linux-image-{series}"],
         check=True,
         capture_output=True,
         text=True,
@@ -97,11 +106,11 @@ def newest_package(series: str) -> str:
     builds = {}
     for line in out.splitlines():
         name = line.split(" ", 1)[0]
-        match = spec.package.fullmatch(name)
+        match = pattern.fullmatch(name)
         if match:
             builds[int(match.group(1))] = name
     if not builds:
-        raise SystemExit(f"no package matching {spec.package.pattern} in Debian {spec.suite}")
+        raise SystemExit(f"no package matching {pattern.pattern} in Debian {spec.suite}")
     return builds[max(builds)]
 
 

@@ -60,7 +60,7 @@ def _module_bytes(path: Path) -> bytes:
     return lzma.decompress(data) if path.name.endswith(".ko.xz") else data
 
 
-class _Cpio:
+class Cpio:
     """Writer of the newc format the kernel unpacks (see early_userspace_support)."""
 
     def __init__(self) -> None:
@@ -89,7 +89,7 @@ def build(kernel: Kernel) -> Path:
     """Write the kernel's initramfs (only when its bytes changed) and return its path."""
     if not BUSYBOX.is_file():
         raise SystemExit(f"{BUSYBOX} is missing: apt-get install busybox-static")
-    cpio = _Cpio()
+    cpio = Cpio()
     for directory in ("bin", "dev", "proc", "sys", "modules", "host", "rw", "newroot"):
         cpio.add(directory, 0o040755)
     cpio.add("dev/console", 0o020600, rdev=(5, 1))

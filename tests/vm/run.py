@@ -130,6 +130,21 @@ def stream(proc: subprocess.Popen[bytes], console: Console, deadline: float) -> 
             tail = (tail + text)[-8192:]
 
 
+def run_qemu(argv: Sequence[str], console: Console, timeout: float) -> tuple[bool, str, int, float]:
+    """Run QEMU, its console to ``console``, until it exits or ``timeout`` s have passed.
+
+    Returns (timed out, the console's last few KiB, QEMU's exit status, seconds taken)."""
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    try:
+        timed_out, tail = stream(proc, console, started + timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        status = proc.wait()
+    return timed_out, tail, status, time.monotonic() - started
+
+
 def run_vm(
     series: str,
     command: Sequence[str],
@@ -154,15 +169,7 @@ def run_vm(
         (out / ".vm-command").write_text(guest_script(command, env or {}, cwd))
 
         argv = qemu_command(kernel.vmlinuz, initrd, out, memory, cpus, accel, cwd)
-        started = time.monotonic()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
-        try:
-            timed_out, tail = stream(proc, console, started + timeout)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            qemu_status = proc.wait()
-        took = time.monotonic() - started
+        timed_out, tail, qemu_status, took = run_qemu(argv, console, timeout)
 
         def report(message: str) -> None:
             console.write(f"vm: {kernel.release}: {message} after {took:.1f} s\n")
