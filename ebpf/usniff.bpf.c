@@ -14,7 +14,7 @@
  * by the collector from what the kernel offers (helper and map probes):
  *   the loop variant copies with bpf_loop (>= 5.17), stashes in task storage
  *   and reserves offsets with an atomic fetch-add (>= 5.12);
- *   the bounded variant (fentry only; programs named *_bounded, for 5.8 - 5.16) copies with
+ *   the bounded variant (programs named *_bounded, for 5.8 - 5.16) copies with
  *   bounded loops (COPY_STEPS steps per send at most: the rest is an explicit
  *   loss), stashes in a hash keyed by pid_tgid and reserves offsets under a
  *   per-socket lock (a hash insert).
@@ -1394,10 +1394,7 @@ FENTRY_PAIR(unix_stream_sendmsg, , 0)
 FENTRY_PAIR(unix_dgram_sendmsg, , 0)
 KPROBE_PAIR(unix_stream_sendmsg, , 0)
 KPROBE_PAIR(unix_dgram_sendmsg, , 0)
-/*
- * No bounded kprobe pair: on 5.10 it missed a third of the bytes of 8 threads
- * sending on one socket, with no loss counted (fentry: none missed); the
- * collector refuses kprobe there instead.
- */
 FENTRY_PAIR(unix_stream_sendmsg, _bounded, 1)
 FENTRY_PAIR(unix_dgram_sendmsg, _bounded, 1)
+KPROBE_PAIR(unix_stream_sendmsg, _bounded, 1)
+KPROBE_PAIR(unix_dgram_sendmsg, _bounded, 1)

@@ -109,5 +109,7 @@ class CaptureStats:
     unwritten_bytes: int = 0  # captured, but an output could not write them (disk full)
     # lost in a full ring on sockets that went away before their loss could be reported
     unattributed_lost: int = 0
+    # sends the kernel's kprobes did not hand to the programs (kprobe backend): lost, size unknown
+    missed_sends: int = 0
     backend: str = ""
     per_socket_lost: dict[int, int] = field(default_factory=dict)

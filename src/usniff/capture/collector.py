@@ -25,7 +25,7 @@ from ..events import (
     CaptureStats,
     Record,
 )
-from . import libbpf, sockets
+from . import kprobes, libbpf, sockets
 from ._records import CONFIG_SIZE, NAME_KEY_SIZE
 from .records import CLOSE_CHECK, SOCK_STATE, R, RecordAssembler
 from .ringbuf import RingBuffer
@@ -78,6 +78,7 @@ class CaptureOptions:
     backend: str = "auto"
     log: Callable[[int, str], None] | None = None  # libbpf's messages (--verbose)
     copy_calls: int = 0  # bounded variant: copy calls of 16 steps per send (0: all); for tests
+    kretprobe_maxactive: int = kprobes.MAXACTIVE  # kprobe backend; tests lower it to see misses
 
 
 def bpf_object_path() -> str:
@@ -275,6 +276,7 @@ class Capture:
         self.reasons: dict[str, str] = {}
         self.bounded = False  # the loaded programs are the bounded variant
         self.bounded_because: list[str] = []  # what the kernel lacks for the loop variant
+        self._kprobes: kprobes.KprobeEvents | None = None  # the kprobe backend's probes
         self.stats = CaptureStats()
         self._filters = resolve_filters(opts.paths)
         self._cgroup_ids: set[int] = set()  # in the loaded object's cgroup_filter
@@ -307,13 +309,6 @@ class Capture:
         self._ring_bytes = _ring_size(self.opts.buffer_size)
         self.bounded_because = loop_variant_missing()
         for name in wanted:
-            if name == "kprobe" and self.bounded_because:
-                self.reasons[name] = (
-                    f"this kernel lacks {', '.join(self.bounded_because)}, and the kprobe "
-                    "backend has no bounded variant (on 5.10 it missed sends of 8 threads on "
-                    "one socket, uncounted: docs/capture.md); use --backend fentry"
-                )
-                continue
             try:
                 obj = self._try(name)
             except libbpf.LibbpfError as e:
@@ -325,9 +320,10 @@ class Capture:
         raise CaptureError(f"no capture backend could be loaded ({detail})")
 
     def _try(self, backend: str) -> libbpf.Object:
-        # only fentry has a bounded variant (kprobe: _load_backend; tracepoint needs >= 6.3)
-        bounded = bool(self.bounded_because) and backend == "fentry"
+        # the tracepoint backend has no bounded variant: it needs >= 6.3 anyway
+        bounded = bool(self.bounded_because) and backend != "tracepoint"
         obj = libbpf.Object(bpf_object_path())
+        events = None
         try:
             for prog in obj.programs():
                 ours = _backend_of(prog.section) == backend
@@ -338,11 +334,23 @@ class Capture:
             obj.map("scratch_map").set_max_entries(libbpf.num_possible_cpus())
             obj.load()
             self._program(obj)
-            obj.attach()
+            if backend == "kprobe":
+                events = kprobes.KprobeEvents(self.opts.kretprobe_maxactive)
+                obj.attach(lambda prog: _kprobe_event(events, prog))
+            else:
+                obj.attach()
+        except OSError as e:  # kprobes.KprobeEvents (LibbpfError is no OSError)
+            obj.close()
+            if events:
+                events.close()
+            raise libbpf.LibbpfError(f"kprobe event: {e.strerror}", e.errno or errno.EINVAL) from e
         except BaseException:
             obj.close()
+            if events:
+                events.close()
             raise
         self.bounded = bounded
+        self._kprobes = events
         return obj
 
     def copy_note(self) -> str:
@@ -429,6 +437,8 @@ class Capture:
         # here; a socket that closed first had its entry reused or evicted: the
         # kernel's total still counts those bytes.
         unattributed = self.kernel_stats()["lost_bytes"] - assembler.ring_lost
+        if self._kprobes:
+            self.stats.missed_sends = self._kprobes.misses()
         if unattributed > 0:
             st = self.stats
             st.unattributed_lost, st.lost_bytes = unattributed, st.lost_bytes + unattributed
@@ -447,6 +457,8 @@ class Capture:
     def close(self) -> None:
         self._ring.close()
         self._obj.close()
+        if self._kprobes:
+            self._kprobes.close()
 
 
 def loop_variant_missing() -> list[str]:
@@ -461,6 +473,12 @@ def loop_variant_missing() -> list[str]:
     if libbpf.has_map_type(_MAP_TASK_STORAGE) is False:
         missing.append("task storage maps")
     return missing
+
+
+def _kprobe_event(events: kprobes.KprobeEvents, prog: libbpf.Program) -> int:
+    """The perf event fd of the tracefs kprobe event ``prog`` (kprobe/FN, kretprobe/FN) runs on."""
+    kind, func = prog.section.split("/", 1)
+    return events.open(func, retprobe=kind == "kretprobe")
 
 
 def _has_btf_type(name: bytes) -> bool:

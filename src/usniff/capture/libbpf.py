@@ -106,6 +106,7 @@ def _declare(b: ctypes.CDLL) -> None:
         "bpf_program__set_autoload": (ctypes.c_int, [c_void_p, ctypes.c_bool]),
         "bpf_program__autoload": (ctypes.c_bool, [c_void_p]),
         "bpf_program__attach": (c_void_p, [c_void_p]),
+        "bpf_program__attach_perf_event": (c_void_p, [c_void_p, ctypes.c_int]),
         "bpf_link__destroy": (ctypes.c_int, [c_void_p]),
         "bpf_map__fd": (ctypes.c_int, [c_void_p]),
         "bpf_map__set_max_entries": (ctypes.c_int, [c_void_p, ctypes.c_uint32]),
@@ -223,6 +224,15 @@ class Program:
         ptr = lib().bpf_program__attach(self._ptr)
         return Link(_check_ptr(ptr, f"attach {self.section}"))
 
+    def attach_perf_event(self, fd: int) -> Link:
+        """Run on the perf event ``fd`` (a tracefs kprobe event); the link owns ``fd``."""
+        ptr = lib().bpf_program__attach_perf_event(self._ptr, fd)
+        if not ptr:
+            e = ctypes.get_errno() or 22
+            os.close(fd)
+            raise LibbpfError(f"attach {self.section}", e)
+        return Link(ptr)
+
 
 class Link:
     def __init__(self, ptr: int) -> None:
@@ -255,10 +265,13 @@ class Object:
     def load(self) -> None:
         _check_rc(lib().bpf_object__load(self._ptr), "load BPF object")
 
-    def attach(self) -> None:
+    def attach(self, perf_event: Callable[[Program], int | None] | None = None) -> None:
+        """Attach the programs that load; ``perf_event(prog)``, if given, may name the
+        fd of a perf event to run ``prog`` on instead of its section's own hook."""
         for prog in self.programs():
             if prog.autoload:
-                self._links.append(prog.attach())
+                fd = perf_event(prog) if perf_event else None
+                self._links.append(prog.attach() if fd is None else prog.attach_perf_event(fd))
 
     def detach(self) -> None:
         """Destroy the links attach() made: the programs stop running; maps stay."""

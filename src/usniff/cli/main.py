@@ -295,6 +295,11 @@ def summary(stats: CaptureStats, shown: str = "") -> str:
             f"\nusniff:   {stats.unattributed_lost} of the bytes lost were on sockets that "
             "closed before their loss could be reported"
         )
+    if stats.missed_sends:
+        text += (
+            f"\nusniff:   {stats.missed_sends} sends were missed by the kernel's kprobes "
+            "(their bytes are lost; how many is not known)"
+        )
     worst = sorted(stats.per_socket_lost.items(), key=lambda kv: (-kv[1], kv[0]))
     for ino, lost in worst[:SUMMARY_SOCKETS]:
         text += f"\nusniff:   socket {ino}: {lost} bytes lost"
