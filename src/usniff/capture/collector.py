@@ -339,15 +339,12 @@ class Capture:
                 obj.attach(lambda prog: _kprobe_event(events, prog))
             else:
                 obj.attach()
-        except OSError as e:  # kprobes.KprobeEvents (LibbpfError is no OSError)
+        except BaseException as e:
             obj.close()
             if events:
                 events.close()
-            raise libbpf.LibbpfError(f"kprobe event: {e.strerror}", e.errno or errno.EINVAL) from e
-        except BaseException:
-            obj.close()
-            if events:
-                events.close()
+            if isinstance(e, OSError):  # from kprobes (a LibbpfError is no OSError)
+                raise libbpf.LibbpfError(f"kprobe event: {e.strerror}", e.errno or 22) from e
             raise
         self.bounded = bounded
         self._kprobes = events
