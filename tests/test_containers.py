@@ -57,3 +57,10 @@ def test_span_carries_the_semantic_conventions_container_attributes() -> None:
         "k8s.namespace.name": "shop",
         "k8s.pod.name": "web-0",
     }  # the server is in no container: no usniff.server.container.*
+
+
+def test_no_cgroup_filter_needs_no_cgroup2_mount() -> None:
+    # a container without /sys/fs/cgroup (the podman image's test) must still capture
+    assert Containers(root="").select() == []
+    with pytest.raises(ValueError, match="no cgroup v2 file system"):
+        Containers(root="").select(containers=["web"])

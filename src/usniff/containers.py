@@ -170,10 +170,13 @@ class Containers:
         """The cgroup directories of ``--cgroup`` paths (absolute, or relative to
         the cgroup2 root) and ``--container`` ids (a prefix of at least 4 hex
         digits) or names; ValueError saying what was not found."""
+        given_paths, wanted = list(cgroups), list(containers)
+        if not (given_paths or wanted):
+            return []
         if not self.root:
             raise ValueError("no cgroup v2 file system is mounted (see /proc/self/mountinfo)")
         dirs = []
-        for given in cgroups:
+        for given in given_paths:
             full = (
                 given
                 if given.startswith(self.root + "/") or given == self.root
@@ -182,7 +185,6 @@ class Containers:
             if not os.path.isdir(full):
                 raise ValueError(f"cgroup {given!r}: no such cgroup under {self.root}")
             dirs.append(full)
-        wanted = list(containers)
         if wanted:
             found = self._container_dirs()
             for want in wanted:
