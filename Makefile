@@ -36,12 +36,19 @@ $(BPF_OBJ): ebpf/usniff.bpf.c ebpf/usniff.h ebpf/vmlinux.h
 # machine with neither a compiler nor libbpf. Built from the sdist, as an index would;
 # the same commit gives the same wheel bytes (SOURCE_DATE_EPOCH, no debug paths, no
 # build-host RUNPATH: LDSHARED replaces an interpreter's own -rpath, as pyenv's adds).
+# The libelf bundled is Debian 11's (tests/vm/fetch_libelf.py says why), which makes the
+# wheel manylinux_2_28; WHEEL_LIBELF= (empty) bundles the build host's instead.
+WHEEL_LIBELF ?= tests/vm/cache/libelf-bullseye
 wheel: export SOURCE_DATE_EPOCH := $(shell git log -1 --format=%ct 2>/dev/null || echo 315532800)
-wheel:
+wheel: $(if $(WHEEL_LIBELF),$(WHEEL_LIBELF)/libelf.so.1)
 	rm -rf dist
 	LDSHARED="$(CC) -shared" CFLAGS="-g0" $(PYTHON) -m build --outdir dist/raw .
-	PATH="$(abspath $(dir $(PYTHON))):$$PATH" $(PYTHON) -m auditwheel repair --wheel-dir dist dist/raw/*.whl
+	PATH="$(abspath $(dir $(PYTHON))):$$PATH" $(if $(WHEEL_LIBELF),LD_LIBRARY_PATH=$(abspath $(WHEEL_LIBELF))) \
+		$(PYTHON) -m auditwheel repair --wheel-dir dist dist/raw/*.whl
 	mv dist/raw/*.tar.gz dist/ && rm -rf dist/raw
+
+tests/vm/cache/libelf-bullseye/libelf.so.1:
+	$(PYTHON) tests/vm/fetch_libelf.py $(dir $@)
 
 # dist/wheels: the wheel and its dependencies' wheels (for this interpreter's version),
 # to install with `pip install --no-index --find-links dist/wheels usniff`.

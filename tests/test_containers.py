@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from usniff import containers
 from usniff.containers import Containers, Identity, parse_path
 from usniff.decoders.base import Transaction
 from usniff.outputs.otlp import span
@@ -64,3 +68,30 @@ def test_no_cgroup_filter_needs_no_cgroup2_mount() -> None:
     assert Containers(root="").select() == []
     with pytest.raises(ValueError, match="no cgroup v2 file system"):
         Containers(root="").select(containers=["web"])
+
+
+def test_unknown_ids_are_cached_until_the_tree_may_be_walked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    walks: list[str] = []
+    real_walk = containers._walk
+
+    def counting_walk(root: str) -> Iterator[tuple[int, str]]:
+        walks.append(root)
+        return real_walk(root)
+
+    clock = [1000.0]
+    monkeypatch.setattr(containers, "_walk", counting_walk)
+    monkeypatch.setattr(containers, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    tree = Containers(root=str(tmp_path))
+    gone = 2**40 + 7  # an id in no tree: a removed cgroup, or one out of this mount's view
+    for _ in range(1000):
+        assert tree.identity(gone) == Identity(gone)
+    assert len(walks) == 1, "an unknown id walked the tree more than once per RESCAN"
+    (tmp_path / "system.slice" / "redis.service").mkdir(parents=True)
+    new = (tmp_path / "system.slice" / "redis.service").stat().st_ino
+    assert tree.identity(new).path == ""  # created after the walk, inside RESCAN
+    clock[0] += containers.RESCAN
+    assert tree.identity(new).path == "/system.slice/redis.service"
+    assert tree.identity(gone) == Identity(gone)
+    assert len(walks) == 2

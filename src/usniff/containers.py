@@ -112,6 +112,7 @@ class Containers:
         self.root = cgroup2_root() if root is None else root
         self._paths: dict[int, str] = {}
         self._known: dict[int, Identity] = {}
+        self._unknown: dict[int, Identity] = {}  # ids not in the tree at the last walk
         self._names: dict[str, tuple[str, str]] = {}  # container id -> (name, pod)
         self._walked = -RESCAN
 
@@ -120,9 +121,13 @@ class Containers:
         known = self._known.get(cgroup)
         if known is not None:
             return known
+        unknown = self._unknown.get(cgroup)
+        if unknown is not None and time.monotonic() - self._walked < RESCAN:
+            return unknown
         path = self._path(cgroup)
         if path is None:
-            return Identity(cgroup)
+            unknown = self._unknown[cgroup] = Identity(cgroup)
+            return unknown
         runtime, cid, pod_uid = parse_path(path)
         name, pod = self._name(cid) if cid else ("", "")
         ident = Identity(cgroup, path, runtime, cid, name, pod or pod_uid)
@@ -154,6 +159,7 @@ class Containers:
             if now - self._walked >= RESCAN:
                 self._walked = now
                 self._paths = {i: p for i, p in _walk(self.root)}
+                self._unknown.clear()
         full = self._paths.get(cgroup)
         if full is None:
             return None

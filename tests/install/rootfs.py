@@ -11,6 +11,7 @@ there on the host's kernel exactly as on a machine running that release.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,8 @@ from fetch_kernels import host_mirrors  # noqa: E402  (tests/vm is not a package
 PACKAGES = {
     "minimal": "python3,python3-venv",
     "build": "python3-dev,python3-venv,gcc,libc6-dev,make,clang,llvm,libbpf-dev,bpftool,git",
+    # what building CPython (cpython() below) needs: ctypes, ssl and zlib included
+    "cpython": "gcc,libc6-dev,make,xz-utils,zlib1g-dev,libssl-dev,libffi-dev",
 }
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
 
@@ -51,6 +54,41 @@ def tarball(suite: str, kind: str = "minimal") -> Path:
         subprocess.run(["tar", "-C", root, "-cf", f"{path}.tmp", "."], check=True)
     Path(f"{path}.tmp").rename(path)
     print(f"debootstrap {suite} {kind}: {time.monotonic() - started:.0f} s", file=sys.stderr)
+    return path
+
+
+def cpython(suite: str, version: str, source_suite: str) -> Path:
+    """``tests/install/cache/<suite>-cpython<version>-amd64.tar``: /opt/python<version>, the
+    CPython that Debian ``source_suite``'s python<version> source package carries (its
+    upstream tarball), built in ``suite``'s root file system as pyenv would build it on
+    such a host; made once (~6 min on 2 cores) and kept."""
+    path = CACHE / f"{suite}-cpython{version}-amd64.tar"
+    if path.is_file():
+        return path
+    tarball(suite, "cpython")
+    started = time.monotonic()
+    prefix = f"/opt/python{version}"
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp, Chroot(suite, Path(tmp), "cpython") as root:
+        root.host_path("/etc/apt/sources.list.d/source.list").write_text(
+            f"deb-src {host_mirrors()[0]} {source_suite} main\n"
+        )
+        script = (
+            f"cd /tmp && apt-get -qq update"
+            f" && apt-get -qq source --download-only python{version}/{source_suite}"
+            f" && tar -xf python{version}_*.orig.tar.* && cd Python-{version}.*"
+            f" && ./configure -q --prefix={prefix}"
+            f" && make -s -j{os.cpu_count()} && make -s altinstall"
+        )
+        done = root.run("sh", "-c", script, timeout=3600)
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"building CPython {version}: {done.stdout[-2000:]}{done.stderr[-3000:]}"
+            )
+        subprocess.run(
+            ["tar", "-C", root.root, "-cf", f"{path}.tmp", prefix.lstrip("/")], check=True
+        )
+    Path(f"{path}.tmp").rename(path)
+    print(f"CPython {version} in {suite}: {time.monotonic() - started:.0f} s", file=sys.stderr)
     return path
 
 

@@ -14,11 +14,12 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from jsoncapture import capture_sends
-from rootfs import Chroot
+from rootfs import Chroot, cpython
 from wheelbuild import clone_and_build, manylinux_wheel
 
 from tests.support.live import UXWORK, Workload
@@ -52,26 +53,45 @@ def test_wheel_is_reproducible_and_self_contained(
             assert path.startswith("$ORIGIN"), f"{so.name}: build-host search path {path}"
 
 
-# each Debian release with the wheel for its own python3: Debian 12 has 3.11 (the wheel
-# `make wheel` built here), Debian 13 has 3.13 (built in a Debian 13 root file system)
-@pytest.fixture(
-    scope="module", params=[("bookworm", "wheelhouse"), ("trixie", "trixie_wheelhouse")],
-    ids=["debian12-py3.11", "debian13-py3.13"],
-)  # fmt: skip
+@dataclass(frozen=True)
+class Release:
+    suite: str
+    wheels: str  # the fixture of the wheelhouse installed
+    python: str = "python3"  # the interpreter the venv is made with
+    cpython: str = ""  # CPython built from source first (rootfs.cpython): its version
+
+
+# Debian 12 has Python 3.11 (the wheel `make wheel` built here); Debian 13 has 3.13 (the
+# wheel built in a Debian 13 root file system); Debian 11 has glibc 2.31 and Python 3.9,
+# too old for usniff, so it gets the manylinux_2_28 wheel of Debian 12 and a CPython 3.11
+# built from source, as pyenv gives a user there
+RELEASES = {
+    "debian12-py3.11": Release("bookworm", "wheelhouse"),
+    "debian13-py3.13": Release("trixie", "trixie_wheelhouse"),
+    "debian11-py3.11-source": Release(
+        "bullseye", "wheelhouse", "/opt/python3.11/bin/python3.11", cpython="3.11"
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=list(RELEASES.values()), ids=list(RELEASES))
 def installed(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Chroot]:
     """A minimal root file system of one Debian release with the wheel installed by pip."""
-    suite, wheels = request.param
-    wheelhouse: Path = request.getfixturevalue(wheels)
-    with Chroot(suite, tmp_path_factory.mktemp("rootfs")) as rootfs:
+    release: Release = request.param
+    wheelhouse: Path = request.getfixturevalue(release.wheels)
+    with Chroot(release.suite, tmp_path_factory.mktemp("rootfs")) as rootfs:
         for tool in ("cc", "gcc", "clang"):
             assert rootfs.run("sh", "-c", f"command -v {tool}").returncode != 0, tool
         assert not list(rootfs.root.glob("usr/lib/*/libbpf.so*")), "the system has a libbpf"
+        if release.cpython:
+            built = cpython(release.suite, release.cpython, source_suite="bookworm")
+            subprocess.run(["tar", "-C", rootfs.root, "-xf", built], check=True)
         for f in wheelhouse.iterdir():
             rootfs.copy_in(f, f"/tmp/wheels/{f.name}")
         for argv in (
-            ["python3", "-m", "venv", VENV],
+            [release.python, "-m", "venv", VENV],
             [f"{VENV}/bin/pip", "install", "-q", "--no-index", "--find-links", "/tmp/wheels",
              "usniff"],
         ):  # fmt: skip
@@ -83,7 +103,7 @@ def installed(
 
 def capture_socketpair(rootfs: Chroot, *as_user: str) -> None:
     """usniff --pid (run inside as ``as_user``: a setpriv prefix) captures every byte sent."""
-    work = Workload(rootfs.argv("python3", "/tmp/uxwork.py", "writev", "/tmp"))
+    work = Workload(rootfs.argv(f"{VENV}/bin/python", "/tmp/uxwork.py", "writev", "/tmp"))
     done, got, _ = capture_sends(work, rootfs.argv(*as_user, f"{VENV}/bin/usniff"))
     assert got == rootfs.host_path(done["sent"][str(work.ready["a"])]).read_bytes()
 

@@ -47,7 +47,7 @@ SERIES: dict[str, Series] = {
 
 def host_mirrors() -> tuple[str, str]:
     """The (debian, debian-security) archive URLs the host's apt already uses."""
-    main, security = "http://deb.debian.org/debian", "http://deb.debian.org/debian-security"
+    main = security = ""
     sources = [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*")]
     for source in sources:
         if not source.is_file() or source.suffix not in (".list", ".sources", ""):
@@ -57,7 +57,9 @@ def host_mirrors() -> tuple[str, str]:
                 security = url
             elif url.endswith("/debian"):
                 main = url
-    return main, security
+    if not main:
+        raise SystemExit("no Debian archive (an URL ending in /debian) in /etc/apt/sources*")
+    return main, security or main.removesuffix("/debian") + "/debian-security"
 
 
 def apt_dir(arch: str) -> Path:
