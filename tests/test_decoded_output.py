@@ -191,3 +191,12 @@ def test_clock_text_matches_datetime_around_second_boundaries() -> None:
     for i in range(50_000):
         ts = 1.7e9 + rng.randint(0, 3) + (edges[i % len(edges)] if i % 2 else rng.random())
         assert clock_text(ts) == datetime.fromtimestamp(ts).strftime("%H:%M:%S.%f"), ts
+
+
+def test_only_the_table_alone_takes_packed_records() -> None:
+    # the capture runs packed (records read from their C fields) only for outputs that
+    # all take Packed: the table alone, counted natively; lines or listeners need Records
+    assert DecodedOutput(None, stats=True, stats_stream=io.StringIO()).takes_packed
+    assert not DecodedOutput(io.StringIO(), stats=True, stats_stream=io.StringIO()).takes_packed
+    listened = DecodedOutput(None, stats=True, stats_stream=io.StringIO(), listeners=[print])
+    assert not listened.takes_packed

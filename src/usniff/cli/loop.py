@@ -84,16 +84,19 @@ def run(
     # docs/performance.md, "Collector").
     thresholds = gc.get_threshold()
     gc.set_threshold(GC_YOUNG, 50, 50)
-    # Only pcapng written (-w, the extcap): the capture may hand over Packed
-    # records, framed from their C fields ("packed records" in _events.c).
+    # Only pcapng written (-w, the extcap) or only the table counted natively
+    # (--stats): the capture may hand over Packed records, read from their C
+    # fields ("packed records" in _events.c).
+    from ..outputs.decoded import DecodedOutput
     from ..outputs.pcapng import PcapngOutput
 
-    frames = [out for out in outputs if isinstance(out, PcapngOutput)]
+    takers = [out for out in outputs if isinstance(out, PcapngOutput | DecodedOutput)]
+    packers = [out for out in takers if out.takes_packed]
     emitted = 0
     try:
-        if outputs and len(frames) == len(outputs):
+        if outputs and len(packers) == len(outputs):
             packed = RecordAssembler(cap.stats, packed=True)
-            emitted = _pump(cap, packed, frames, count, duration, on_ready, flush_every)
+            emitted = _pump(cap, packed, packers, count, duration, on_ready, flush_every)
         else:
             emitted = _pump(cap, cap.records, outputs, count, duration, on_ready, flush_every)
     finally:

@@ -566,13 +566,84 @@ static int u64(PyObject *o, uint64_t *out)
 	return *out == (uint64_t)-1 && PyErr_Occurred() ? -1 : 0;
 }
 
-/* The connection of rec if Core owns it (NULL: not owned, or an error set). */
-static struct conn *owner(Core *self, PyObject *rec)
+/*
+ * What the core reads of a record, a Record or a Packed one (the capture makes
+ * Packed records when every output takes them: DecodedOutput.takes_packed).
+ * data is NULL when it is no data record with a payload.
+ */
+struct view {
+	PyObject *rec;
+	struct packed *packed; /* rec as a Packed, or NULL */
+	uint64_t sock, peer, off, len;
+	const unsigned char *data;
+	Py_ssize_t n;
+};
+
+/* 1: rec viewed; 0: not a record (the engine's: a notice, a close); -1: error */
+static int view_of(PyObject *rec, struct view *v)
 {
-	uint64_t a, b;
-	if (!self->cused)
-		return NULL;
-	if (u64(SLOT(rec, R_SOCK_ID), &a) < 0 || u64(SLOT(rec, R_PEER_ID), &b) < 0 || !b)
+	v->rec = rec;
+	if (Py_IS_TYPE(rec, API->packed_type)) {
+		struct packed *p = (struct packed *)rec;
+		v->packed = p;
+		v->sock = p->ev.sock_id;
+		v->peer = p->ev.peer_id;
+		v->off = p->ev.offset;
+		v->len = p->ev.len;
+		v->n = Py_SIZE(p);
+		v->data = v->n > 0 ? (const unsigned char *)p->data : NULL;
+		return 1;
+	}
+	if (!PyObject_TypeCheck(rec, API->record_type))
+		return 0;
+	v->packed = NULL;
+	v->data = NULL;
+	v->n = 0;
+	if (u64(SLOT(rec, R_SOCK_ID), &v->sock) < 0 || u64(SLOT(rec, R_PEER_ID), &v->peer) < 0)
+		return -1;
+	PyObject *data = SLOT(rec, R_DATA), *kind = SLOT(rec, R_KIND);
+	if (kind != s_data && (!PyUnicode_Check(kind) ||
+			       PyUnicode_CompareWithASCIIString(kind, "data") != 0))
+		return 1;
+	if (!PyBytes_Check(data) || PyBytes_GET_SIZE(data) == 0)
+		return 1;
+	if (u64(SLOT(rec, R_OFFSET), &v->off) < 0 || u64(SLOT(rec, R_LENGTH), &v->len) < 0)
+		return -1;
+	v->data = (const unsigned char *)PyBytes_AS_STRING(data);
+	v->n = PyBytes_GET_SIZE(data);
+	return 1;
+}
+
+static double view_ts(const struct view *v)
+{
+	return v->packed ? v->packed->ts : PyFloat_AsDouble(SLOT(v->rec, R_TS));
+}
+
+/* The field's object (a new reference): R_PID, R_COMM, R_INODE, R_PEER_PID or R_PEER_COMM */
+static PyObject *view_field(const struct view *v, int field)
+{
+	const struct packed *p = v->packed;
+	if (p == NULL)
+		return Py_NewRef(SLOT(v->rec, field));
+	switch (field) {
+	case R_PID:
+		return API->id_int(p->ev.pid);
+	case R_COMM:
+		return Py_NewRef(p->comm);
+	case R_INODE:
+		return API->id_int(p->ev.inode);
+	case R_PEER_PID:
+		return API->id_int(p->ev.peer_pid);
+	default:
+		return Py_NewRef(p->peer_comm);
+	}
+}
+
+/* The connection of v if Core owns it (NULL: not owned). */
+static struct conn *owner(Core *self, const struct view *v)
+{
+	uint64_t a = v->sock, b = v->peer;
+	if (!self->cused || !b)
 		return NULL;
 	return conn_get(self, a < b ? a : b, a < b ? b : a);
 }
@@ -580,29 +651,22 @@ static struct conn *owner(Core *self, PyObject *rec)
 #define MAX_MESSAGES 4096 /* per record; more: the Python decoder */
 
 /*
- * Handle rec of c if it can be done exactly: 1 done, 0 not (nothing
+ * Handle v of c if it can be done exactly: 1 done, 0 not (nothing
  * changed), -1 error.
  */
-static int handle(Core *self, struct conn *c, PyObject *rec)
+static int handle(Core *self, struct conn *c, const struct view *v)
 {
-	PyObject *data = SLOT(rec, R_DATA), *kind = SLOT(rec, R_KIND);
-	if (kind != s_data && (!PyUnicode_Check(kind) ||
-			       PyUnicode_CompareWithASCIIString(kind, "data") != 0))
+	if (v->data == NULL)
 		return 0;
-	if (!PyBytes_Check(data) || PyBytes_GET_SIZE(data) == 0)
-		return 0;
-	uint64_t sock, off, len;
-	if (u64(SLOT(rec, R_SOCK_ID), &sock) < 0 || u64(SLOT(rec, R_OFFSET), &off) < 0 ||
-	    u64(SLOT(rec, R_LENGTH), &len) < 0)
-		return -1;
-	Py_ssize_t n = PyBytes_GET_SIZE(data);
-	int d = sock == c->server;
+	uint64_t off = v->off, len = v->len;
+	Py_ssize_t n = v->n;
+	int d = v->sock == c->server;
 	if (len != (uint64_t)n || off != (c->started[d] ? (uint64_t)c->next[d] : 0))
 		return 0;
-	double ts = PyFloat_AsDouble(SLOT(rec, R_TS));
+	double ts = view_ts(v);
 	if (ts == -1.0 && PyErr_Occurred())
 		return -1;
-	const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(data), *end = p + n;
+	const unsigned char *p = v->data, *end = p + n;
 	const unsigned char *start[MAX_MESSAGES + 1];
 	struct row *rows[MAX_MESSAGES];
 	int m = 0;
@@ -622,17 +686,34 @@ static int handle(Core *self, struct conn *c, PyObject *rec)
 	c->next[d] = (int64_t)(off + len);
 	c->last_ts = ts;
 	self->records++;
-	PyObject *pid = SLOT(rec, R_PID), *comm = SLOT(rec, R_COMM);
-	Py_SETREF(c->pid[d], Py_NewRef(pid));
-	Py_SETREF(c->comm[d], Py_NewRef(comm));
-	Py_SETREF(c->inode[d], Py_NewRef(SLOT(rec, R_INODE)));
-	int known = PyObject_IsTrue(c->pid[1 - d]);
-	int peer = known ? 0 : PyObject_IsTrue(SLOT(rec, R_PEER_PID));
-	if (known < 0 || peer < 0)
+	PyObject *pid = view_field(v, R_PID), *comm = view_field(v, R_COMM);
+	PyObject *inode = view_field(v, R_INODE);
+	if (pid == NULL || comm == NULL || inode == NULL) {
+		Py_XDECREF(pid);
+		Py_XDECREF(comm);
+		Py_XDECREF(inode);
 		return -1;
-	if (peer) {
-		Py_SETREF(c->pid[1 - d], Py_NewRef(SLOT(rec, R_PEER_PID)));
-		Py_SETREF(c->comm[1 - d], Py_NewRef(SLOT(rec, R_PEER_COMM)));
+	}
+	Py_SETREF(c->pid[d], pid);
+	Py_SETREF(c->comm[d], comm);
+	Py_SETREF(c->inode[d], inode);
+	int known = PyObject_IsTrue(c->pid[1 - d]);
+	if (known < 0)
+		return -1;
+	if (!known) {
+		PyObject *peer = view_field(v, R_PEER_PID);
+		int has = peer == NULL ? -1 : PyObject_IsTrue(peer);
+		PyObject *peer_comm = has > 0 ? view_field(v, R_PEER_COMM) : NULL;
+		if (has < 0 || (has > 0 && peer_comm == NULL)) {
+			Py_XDECREF(peer);
+			return -1;
+		}
+		if (has) {
+			Py_SETREF(c->pid[1 - d], peer);
+			Py_SETREF(c->comm[1 - d], peer_comm);
+		} else {
+			Py_DECREF(peer);
+		}
 	}
 	for (int i = 0; i < m; i++) {
 		int64_t size = start[i + 1] - start[i];
@@ -697,17 +778,18 @@ static PyObject *core_feed(Core *self, PyObject *const *args, Py_ssize_t nargs)
 	if (i == -1 && PyErr_Occurred())
 		return NULL;
 	PyObject *state = Py_NewRef(Py_None);
+	struct view v;
 	for (; i < n; i++) {
-		PyObject *rec = PyList_GET_ITEM(batch, i);
-		if (!PyObject_TypeCheck(rec, API->record_type))
-			break;
-		struct conn *c = owner(self, rec);
-		if (c == NULL) {
-			if (PyErr_Occurred())
+		int rc = view_of(PyList_GET_ITEM(batch, i), &v);
+		if (rc <= 0) {
+			if (rc < 0)
 				goto error;
 			break;
 		}
-		int rc = handle(self, c, rec);
+		struct conn *c = owner(self, &v);
+		if (c == NULL)
+			break;
+		rc = handle(self, c, &v);
 		if (rc < 0)
 			goto error;
 		if (rc == 0) {
@@ -719,13 +801,11 @@ static PyObject *core_feed(Core *self, PyObject *const *args, Py_ssize_t nargs)
 	}
 	Py_ssize_t k = i < n ? i + 1 : n;
 	for (; k < n; k++) {
-		PyObject *rec = PyList_GET_ITEM(batch, k);
-		if (!PyObject_TypeCheck(rec, API->record_type))
-			continue;
-		if (owner(self, rec) != NULL)
-			break;
-		if (PyErr_Occurred())
+		int rc = view_of(PyList_GET_ITEM(batch, k), &v);
+		if (rc < 0)
 			goto error;
+		if (rc > 0 && owner(self, &v) != NULL)
+			break;
 	}
 	return Py_BuildValue("(nnN)", i, k, state);
 error:

@@ -1,5 +1,6 @@
 """The native path of the statistics table, in C (_fast.c); outputs/fast.py drives it."""
 
+from usniff._events import Packed
 from usniff.events import Record
 
 SUB_BITS: int  # the latency histogram's buckets: exact below 2**SUB_BITS ns
@@ -42,7 +43,7 @@ class Core:
     @property
     def owned(self) -> int:
         """Connections owned."""
-    def feed(self, batch: list[Record], start: int) -> tuple[int, int, Handback | None]:
+    def feed(self, batch: list[Record | Packed], start: int) -> tuple[int, int, Handback | None]:
         """Handle ``batch[start:]`` up to the first record not handled, ``j``; ``k``: the
         first record after it of a connection owned (len(batch): none); the state of the
         connection of ``batch[j]`` when it was owned and is handed back for that record."""

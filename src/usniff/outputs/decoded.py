@@ -13,11 +13,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from typing import TextIO
+from typing import TextIO, cast
 
 from rich.console import Console
 from rich.live import Live
 
+from .._events import Packed
 from ..containers import Containers
 from ..decoders.base import Notice, Transaction
 from ..decoders.engine import DecoderOptions, Decoding, Event, Undecoded
@@ -139,7 +140,13 @@ class DecodedOutput:
             self._live = Live(console=self._console, auto_refresh=False, transient=True)
             self._live.start()
 
-    def write(self, batch: Sequence[Record], limit: int = 0) -> int:
+    @property
+    def takes_packed(self) -> bool:
+        """Whether ``write`` takes the capture's Packed records: only when the table
+        alone is made, which the native core counts from their C fields."""
+        return self._native is not None
+
+    def write(self, batch: Sequence[Record | Packed], limit: int = 0) -> int:
         self._left = limit or None
         if self._native is not None and not limit:
             now = time.time() if self.live else None
@@ -150,7 +157,11 @@ class DecodedOutput:
                 self._left = max(0, limit - printed)
             else:
                 printed = 0
-            events = self.decoding.feed(batch)
+            if self._native is None:  # then no Packed records come (takes_packed)
+                records = cast("Sequence[Record]", batch)
+            else:
+                records = [r.record() if isinstance(r, Packed) else r for r in batch]
+            events = self.decoding.feed(records)
             if self.live:
                 self.decoding.expire(time.time(), events)
             printed += self._print(events)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .._events import Packed
 from ..decoders.engine import Decoding, Ends, Event
 from ..decoders.resp import CONTAINERS, STATEFUL, RespDecoder
 from ..events import ConnKey, Record, conn_key
@@ -44,9 +45,10 @@ class NativeStats:
         self.core = Core(containers=CONTAINERS, stateful=STATEFUL, top=stats.top)
         self._texts = RespDecoder(redact=decoding.redact)  # the slowest requests' text
 
-    def feed(self, batch: list[Record], now: float | None = None) -> int:
+    def feed(self, batch: list[Record | Packed], now: float | None = None) -> int:
         """Decode ``batch`` as ``Decoding.feed`` (then ``expire(now)`` when given);
-        returns the transactions counted."""
+        returns the transactions counted.  The core reads Packed records from their C
+        fields; the engine is given their Records."""
         counted, i, n = 0, 0, len(batch)
         asm = self.decoding.assembler
         while i < n:
@@ -61,7 +63,7 @@ class NativeStats:
             if self.core.owned and asm.open_connections + k - j >= asm.max_connections:
                 self.release()  # the assembler may evict: it must see every connection as is
             k = min(k, j + RUN)  # connections become plain within a run: adopt them soon
-            run = batch[j:k]
+            run = [r.record() if isinstance(r, Packed) else r for r in batch[j:k]]
             counted += self.on_events(self.decoding.feed(run, expire=False))
             if self.decoding.protocols_seen.get("resp") and (
                 asm.open_connections < asm.max_connections // 2

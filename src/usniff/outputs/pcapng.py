@@ -709,6 +709,8 @@ class PcapngOutput:
 
     # -- Output ----------------------------------------------------------
 
+    takes_packed = True  # the capture's Packed records are framed from their C fields
+
     def write(self, batch: Sequence[Record | Packed], limit: int = 0) -> int:
         """Frame a batch (its first ``limit`` records when ``limit`` > 0; returns
         how many) with :meth:`Framer.frame`: the common record (one TCP
