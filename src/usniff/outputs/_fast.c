@@ -1,6 +1,6 @@
 /*
  * usniff.outputs._fast: the native path of the statistics table (--stats
- * without decoded lines), driven by outputs/fast.py.
+ * without decoded lines) and of --metrics alone, driven by outputs/fast.py.
  *
  * The Python engine (decoders/engine.py, streams.py, decoders/resp.py) costs
  * a few microseconds per transaction; a traced Redis answers one in ten.
@@ -10,8 +10,10 @@
  * does in C what the engine would have: in-order reassembly (the next offset
  * of each direction), RESP framing, the command name, FIFO pairing and the
  * per-command counts, bytes and latency histogram (the buckets below, which
- * outputs/histogram.py uses too), plus the candidates for the slowest list.
- * Python is touched once per run of such records (Core.take).
+ * outputs/histogram.py uses too, or the given edges of --metrics' histogram),
+ * the latencies' sum and the candidates for the slowest list, per label (the
+ * connection's socket path for --metrics, 0 for --stats).  Python is touched
+ * once per run of such records (Core.take).
  *
  * A record it cannot handle exactly (out of order, a duplicate, a loss or
  * truncation, a close, a message split across records, a type it does not
@@ -165,8 +167,9 @@ static int hist_add(struct hist *h, int64_t key)
 	return 0;
 }
 
-/* A command (the --stats key): its counts since the last take. */
+/* A command (the --stats key) of a label: its counts since the last take. */
 struct row {
+	uint64_t label;
 	unsigned char *key; /* upper-cased name [+ " " + upper-cased subcommand] */
 	size_t keylen;
 	uint64_t hash;
@@ -174,7 +177,8 @@ struct row {
 	int stateful; /* a key of resp.STATEFUL: the connection goes back to Python */
 	int container; /* a name of resp.CONTAINERS: the subcommand is part of the key */
 	uint64_t count, errors, bytes_in, bytes_out;
-	struct hist hist;
+	struct hist hist; /* latency bucket (log-linear, or index among Core's edges) -> count */
+	int64_t nanoseconds; /* sum of the latencies, each rounded as Histogram.add does */
 	double max;
 	int has_max;
 };
@@ -188,7 +192,7 @@ struct pend {
 };
 
 struct conn {
-	uint64_t lo, hi, server;
+	uint64_t lo, hi, server, label;
 	int64_t next[2];
 	int started[2];
 	double last_ts;
@@ -204,6 +208,10 @@ typedef struct {
 	struct row **rows; /* open addressing on the key */
 	size_t rcap, rused;
 	PyObject *containers, *stateful; /* frozensets of bytes (resp.py) */
+	double *edges; /* the histogram's upper bounds, ascending (NULL: log-linear buckets) */
+	Py_ssize_t nedges;
+	struct row **touched; /* the rows counted since the last take, in order of first count */
+	size_t ntouched, ctouched;
 	double *heap; /* latencies of the slowest list as it would stand without Python's */
 	Py_ssize_t top, nheap;
 	PyObject *slow; /* list of (latency, comm, request) candidates since the last take */
@@ -284,20 +292,26 @@ static void conn_del(Core *self, struct conn *c)
 	}
 }
 
+static uint64_t row_hash(uint64_t label, const unsigned char *key, size_t n)
+{
+	return hash_bytes(key, n) ^ mix(label + 1);
+}
+
 /*
- * The row of key[0:n], made on first use (NULL and an exception on failure).
+ * The row of key[0:n] of label, made on first use (NULL and an exception on failure).
  * Its flags are of the key as a whole: a name alone when looked up by name
  * (the only lookup that reads ``container``); the stateful names are no
  * containers, so a key with a subcommand is stateful only as a whole (CLIENT REPLY).
  */
-static struct row *row_get(Core *self, const unsigned char *key, size_t n)
+static struct row *row_get(Core *self, uint64_t label, const unsigned char *key, size_t n)
 {
-	uint64_t h = hash_bytes(key, n);
+	uint64_t h = row_hash(label, key, n);
 	size_t mask = self->rcap - 1, j = self->rcap ? h & mask : 0;
 	if (self->rcap)
 		for (; self->rows[j] != NULL; j = (j + 1) & mask) {
 			struct row *r = self->rows[j];
-			if (r->hash == h && r->keylen == n && memcmp(r->key, key, n) == 0)
+			if (r->hash == h && r->label == label && r->keylen == n &&
+			    memcmp(r->key, key, n) == 0)
 				return r;
 		}
 	struct row *r = PyMem_Calloc(1, sizeof *r);
@@ -309,6 +323,7 @@ static struct row *row_get(Core *self, const unsigned char *key, size_t n)
 		return NULL;
 	}
 	memcpy(k, key, n);
+	r->label = label;
 	r->key = k;
 	r->keylen = n;
 	r->hash = h;
@@ -443,8 +458,8 @@ static void upper(unsigned char *out, const unsigned char *s, size_t n)
  * at p: the position after it, its row in *row.  NULL when it is anything
  * else, or a command of resp.STATEFUL (*row NULL then unless an error).
  */
-static const unsigned char *command(Core *self, const unsigned char *p, const unsigned char *end,
-				    struct row **row)
+static const unsigned char *command(Core *self, uint64_t label, const unsigned char *p,
+				    const unsigned char *end, struct row **row)
 {
 	int64_t n, size[2] = {0, 0};
 	const unsigned char *s, *arg[2] = {NULL, NULL};
@@ -463,11 +478,11 @@ static const unsigned char *command(Core *self, const unsigned char *p, const un
 	unsigned char key[2 * KEEP + 1];
 	size_t k = (size_t)size[0];
 	upper(key, arg[0], k);
-	struct row *r = row_get(self, key, k);
+	struct row *r = row_get(self, label, key, k);
 	if (r != NULL && r->container && n > 1) {
 		key[k] = ' ';
 		upper(key + k + 1, arg[1], (size_t)size[1]);
-		r = row_get(self, key, k + 1 + (size_t)size[1]);
+		r = row_get(self, label, key, k + 1 + (size_t)size[1]);
 	}
 	if (r == NULL || r->stateful)
 		return NULL;
@@ -532,17 +547,48 @@ static int slow_candidate(Core *self, double latency)
 	return 1;
 }
 
+/* The bucket of latency: log-linear, or the index of the first edge >= latency (bisect_left). */
+static int64_t bucket_key(Core *self, double latency, int64_t ns)
+{
+	if (self->edges == NULL)
+		return bucket_of(ns);
+	Py_ssize_t lo = 0, hi = self->nedges;
+	while (lo < hi) {
+		Py_ssize_t mid = (lo + hi) / 2;
+		if (self->edges[mid] < latency)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
 /* A transaction: req answered by a reply of nbytes sent at ts. */
 static int answer(Core *self, struct conn *c, struct pend *req, double ts, int64_t nbytes,
 		  int error)
 {
 	struct row *r = req->row;
 	double latency = ts - req->ts;
+	int64_t ns = nanoseconds(latency);
+	if (r->count == 0) {
+		if (self->ntouched == self->ctouched) {
+			size_t cap = self->ctouched ? 2 * self->ctouched : 64;
+			struct row **t = PyMem_Realloc(self->touched, cap * sizeof *t);
+			if (t == NULL) {
+				PyErr_NoMemory();
+				return -1;
+			}
+			self->touched = t;
+			self->ctouched = cap;
+		}
+		self->touched[self->ntouched++] = r;
+	}
 	r->count++;
 	r->errors += error;
 	r->bytes_in += (uint64_t)req->nbytes;
 	r->bytes_out += (uint64_t)nbytes;
-	if (hist_add(&r->hist, bucket_of(nanoseconds(latency))) < 0)
+	r->nanoseconds += ns;
+	if (hist_add(&r->hist, bucket_key(self, latency, ns)) < 0)
 		return -1;
 	if (!r->has_max || latency > r->max) {
 		r->max = latency;
@@ -610,7 +656,7 @@ static int handle(Core *self, struct conn *c, PyObject *rec)
 	while (p < end) { /* every message whole, all of a kind handled here */
 		if (m == MAX_MESSAGES)
 			return 0;
-		p = d ? reply(p, end, 0) : command(self, p, end, &rows[m]);
+		p = d ? reply(p, end, 0) : command(self, c->label, p, end, &rows[m]);
 		if (p == NULL)
 			return PyErr_Occurred() ? -1 : 0;
 		start[++m] = p;
@@ -734,18 +780,18 @@ error:
 }
 
 PyDoc_STRVAR(adopt_doc, "adopt(key, server, next, started, last_ts, pids, comms, inodes, "
-			"pending)\n--\n\nTake a connection over from the Python engine.");
+			"pending, label)\n--\n\nTake a connection over from the Python engine.");
 
 static PyObject *core_adopt(Core *self, PyObject *args)
 {
-	unsigned long long lo, hi, server;
+	unsigned long long lo, hi, server, label;
 	long long n0, n1;
 	int s0, s1;
 	double last_ts;
 	PyObject *p0, *p1, *c0, *c1, *i0, *i1, *pending;
-	if (!PyArg_ParseTuple(args, "(KK)K(LL)(pp)d(OO)(OO)(OO)O!", &lo, &hi, &server, &n0, &n1,
+	if (!PyArg_ParseTuple(args, "(KK)K(LL)(pp)d(OO)(OO)(OO)O!K", &lo, &hi, &server, &n0, &n1,
 			      &s0, &s1, &last_ts, &p0, &p1, &c0, &c1, &i0, &i1, &PyList_Type,
-			      &pending))
+			      &pending, &label))
 		return NULL;
 	if (conn_get(self, lo, hi) != NULL) {
 		PyErr_SetString(PyExc_ValueError, "connection already adopted");
@@ -757,6 +803,7 @@ static PyObject *core_adopt(Core *self, PyObject *args)
 	c->lo = lo;
 	c->hi = hi;
 	c->server = server;
+	c->label = label;
 	c->next[0] = n0;
 	c->next[1] = n1;
 	c->started[0] = s0;
@@ -776,7 +823,7 @@ static PyObject *core_adopt(Core *self, PyObject *args)
 		if (!PyArg_ParseTuple(PyList_GET_ITEM(pending, i), "OSdL", &obj, &key, &ts,
 				      &nbytes))
 			goto error;
-		struct row *r = row_get(self, (const unsigned char *)PyBytes_AS_STRING(key),
+		struct row *r = row_get(self, label, (const unsigned char *)PyBytes_AS_STRING(key),
 					(size_t)PyBytes_GET_SIZE(key));
 		if (r == NULL || push_pending(c, Py_NewRef(obj), r, ts, nbytes) < 0)
 			goto error;
@@ -836,10 +883,8 @@ static PyObject *core_take(Core *self, PyObject *unused)
 	PyObject *rows = PyList_New(0), *slow = self->slow;
 	if (rows == NULL)
 		return NULL;
-	for (size_t i = 0; i < self->rcap; i++) {
-		struct row *r = self->rows[i];
-		if (r == NULL || !r->count)
-			continue;
+	for (size_t i = 0; i < self->ntouched; i++) {
+		struct row *r = self->touched[i];
 		PyObject *hist = PyDict_New();
 		for (size_t j = 0; hist != NULL && j < r->hist.cap; j++) {
 			if (r->hist.keys[j] == INT64_MIN || !r->hist.counts[j])
@@ -853,9 +898,10 @@ static PyObject *core_take(Core *self, PyObject *unused)
 			r->hist.counts[j] = 0;
 		}
 		PyObject *t = hist == NULL ? NULL
-					   : Py_BuildValue("(OKKKKNd)", r->command, r->count,
-							   r->errors, r->bytes_in, r->bytes_out,
-							   hist, r->max);
+					   : Py_BuildValue("(KOKKKKNdL)", (unsigned long long)r->label,
+							   r->command, r->count, r->errors, r->bytes_in,
+							   r->bytes_out, hist, r->max,
+							   (long long)r->nanoseconds);
 		if (t == NULL || PyList_Append(rows, t) < 0) {
 			Py_XDECREF(t);
 			Py_DECREF(rows);
@@ -863,8 +909,10 @@ static PyObject *core_take(Core *self, PyObject *unused)
 		}
 		Py_DECREF(t);
 		r->count = r->errors = r->bytes_in = r->bytes_out = 0;
+		r->nanoseconds = 0;
 		r->has_max = 0;
 	}
+	self->ntouched = 0;
 	if ((self->slow = PyList_New(0)) == NULL) {
 		self->slow = slow;
 		Py_DECREF(rows);
@@ -881,13 +929,44 @@ static PyObject *core_owned(Core *self, void *closure)
 	return PyLong_FromSize_t(self->cused);
 }
 
+/* The histogram's edges, from a sequence of floats in ascending order. */
+static int core_edges(Core *self, PyObject *edges)
+{
+	PyObject *seq = PySequence_Fast(edges, "edges must be a sequence of floats");
+	if (seq == NULL)
+		return -1;
+	Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+	self->edges = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(double));
+	if (self->edges == NULL) {
+		Py_DECREF(seq);
+		PyErr_NoMemory();
+		return -1;
+	}
+	for (Py_ssize_t i = 0; i < n; i++) {
+		double v = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+		if (v == -1.0 && PyErr_Occurred()) {
+			Py_DECREF(seq);
+			return -1;
+		}
+		if (isnan(v) || (i && !(v > self->edges[i - 1]))) {
+			Py_DECREF(seq);
+			PyErr_SetString(PyExc_ValueError, "edges must be ascending numbers");
+			return -1;
+		}
+		self->edges[i] = v;
+	}
+	self->nedges = n;
+	Py_DECREF(seq);
+	return 0;
+}
+
 static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
-	static char *names[] = {"containers", "stateful", "top", NULL};
-	PyObject *containers, *stateful;
+	static char *names[] = {"containers", "stateful", "top", "edges", NULL};
+	PyObject *containers, *stateful, *edges = Py_None;
 	Py_ssize_t top;
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!n", names, &PyFrozenSet_Type,
-					 &containers, &PyFrozenSet_Type, &stateful, &top))
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!n|O", names, &PyFrozenSet_Type,
+					 &containers, &PyFrozenSet_Type, &stateful, &top, &edges))
 		return NULL;
 	if (top < 0) {
 		PyErr_SetString(PyExc_ValueError, "top must be >= 0");
@@ -904,6 +983,10 @@ static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 	if (self->heap == NULL || self->slow == NULL) {
 		Py_DECREF(self);
 		return PyErr_NoMemory();
+	}
+	if (edges != Py_None && core_edges(self, edges) < 0) {
+		Py_DECREF(self);
+		return NULL;
 	}
 	return (PyObject *)self;
 }
@@ -925,6 +1008,8 @@ static void core_dealloc(Core *self)
 		PyMem_Free(r);
 	}
 	PyMem_Free(self->rows);
+	PyMem_Free(self->touched);
+	PyMem_Free(self->edges);
 	PyMem_Free(self->heap);
 	Py_XDECREF(self->slow);
 	Py_XDECREF(self->containers);
@@ -966,7 +1051,7 @@ static PyMethodDef module_methods[] = {
 static struct PyModuleDef module = {
 	PyModuleDef_HEAD_INIT,
 	.m_name = MODULE,
-	.m_doc = "The native path of the statistics table (see _fast.c).",
+	.m_doc = "The native path of the statistics table and of --metrics (see _fast.c).",
 	.m_size = -1,
 	.m_methods = module_methods,
 };
