@@ -21,11 +21,11 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.support.captures import capture
-from tests.test_native_stats import CASES, NAMES, SEEDS, Conn, batched, command, fuzzed
-from usniff.decoders.base import Transaction
-from usniff.decoders.engine import Decoding, Event
+from tests.test_native_stats import CASES, NAMES, SEEDS, Conn, batched, command, counter, fuzzed
+from usniff.decoders.engine import Decoding
 from usniff.events import CaptureStats, Record
 from usniff.outputs import fast
+from usniff.outputs._fast import sockets as fast_sockets
 from usniff.outputs.metrics import BUCKETS, MAX_OPERATIONS, MAX_PATHS, OTHER, Metrics, MetricsOutput
 
 # the main path takes about a third of the connections, the others share the rest
@@ -69,13 +69,7 @@ def bookkeeping(metrics: Metrics) -> tuple[object, ...]:
 
 def python_metrics(batches: Sequence[list[Record]]) -> tuple[Metrics, int]:
     decoding, metrics = Decoding(), Metrics()
-
-    def add(events: list[Event]) -> int:
-        txs = [ev for ev in events if isinstance(ev, Transaction)]
-        for tx in txs:
-            metrics.add(tx)
-        return len(txs)
-
+    add = counter(metrics.add)
     n = 0
     for batch in batches:
         metrics.add_records(batch)
@@ -154,3 +148,46 @@ def test_latencies_on_the_bucket_edges_go_where_python_puts_them(
     for latency in latencies:
         by_python[sum(edge < latency for edge in BUCKETS)] += 1
     assert got._ops[("/run/redis.sock", "resp", "GET")].buckets == by_python
+
+
+def per_record(batch: Sequence[Record]) -> dict[tuple[str, bool, int], list[int]]:
+    """The socket counters as a loop over the records gives them, keys in order."""
+    out: dict[tuple[str, bool, int], list[int]] = {}
+    for rec in batch:
+        if rec.kind != "close":
+            side = out.setdefault((rec.path, rec.path_is_own, rec.cgroup), [0, 0, 0])
+            if rec.lost:
+                side[2] += rec.lost
+            else:
+                side[0] += rec.flags & 1
+                side[1] += rec.length
+    return out
+
+
+def test_socket_counters_counted_in_c_equal_a_loop_over_the_records() -> None:
+    """sockets() (every batch, whichever path decodes it) against the records one by one:
+    paths (equal strings that are distinct objects too), sides, cgroups, losses, closes,
+    message starts; and Metrics.add_records labels the paths in the order they came."""
+    rng = random.Random(7)
+    for size in (0, 1, 2, 17, 4096):
+        batch = []
+        for _ in range(size):
+            kind = rng.choice(("data", "data", "data", "lost", "close"))
+            length = rng.randrange(1, 5000)
+            path = "".join(["/run/s", str(rng.randrange(150))])  # a new str each time
+            batch.append(Record(
+                ts=1.0, pid=1, tid=1, uid=0, comm="c", inode=1, peer_inode=2,
+                sock_type="stream", offset=0, path=path, path_is_own=rng.random() < 0.5, kind=kind,
+                length=0 if kind == "close" else length, lost=length if kind == "lost" else 0,
+                data=b"x" if kind == "data" else b"", flags=rng.randrange(4),
+                cgroup=rng.choice((0, 0, 7, 2**63 + 5)),
+            ))  # fmt: skip
+        want = per_record(batch)
+        got = fast_sockets(batch)
+        assert [(p, o, c) for p, o, c, *_ in got] == list(want)
+        assert {(p, o, c): list(v) for p, o, c, *v in got} == want
+        metrics = Metrics()
+        metrics.add_records(batch)
+        labelled = list(dict.fromkeys(p for p, _, _ in want))[:MAX_PATHS]
+        assert metrics._paths == set(labelled)
+        assert metrics.records == size

@@ -42,11 +42,13 @@ def _table(stats: Stats) -> Table:
     return rows, sorted(stats.slowest, reverse=True)
 
 
-def _counter(stats: Stats) -> Callable[[list[Event]], int]:
+def counter(count: Callable[[Transaction], None]) -> Callable[[list[Event]], int]:
+    """``count`` each transaction among the events; how many there were."""
+
     def add(events: list[Event]) -> int:
         txs = [ev for ev in events if isinstance(ev, Transaction)]
         for tx in txs:
-            stats.add(tx)
+            count(tx)
         return len(txs)
 
     return add
@@ -54,7 +56,7 @@ def _counter(stats: Stats) -> Callable[[list[Event]], int]:
 
 def python_table(batches: Sequence[list[Record]]) -> tuple[Table, int]:
     decoding, stats = Decoding(), Stats()
-    add = _counter(stats)
+    add = counter(stats.add)
     n = sum(add(decoding.feed(batch)) for batch in batches)
     n += add(decoding.finish())
     return _table(stats), n
@@ -63,7 +65,7 @@ def python_table(batches: Sequence[list[Record]]) -> tuple[Table, int]:
 def native_table(batches: Sequence[list[Record]]) -> tuple[Table, int, int]:
     """The table, the transactions counted, the records the C core handled."""
     decoding, stats = Decoding(), Stats()
-    add = _counter(stats)
+    add = counter(stats.add)
     native = NativeStats(decoding, stats, add)
     handled = 0
     take = native._take

@@ -1,6 +1,7 @@
 /*
  * usniff.outputs._fast: the native path of the statistics table (--stats
- * without decoded lines) and of --metrics alone, driven by outputs/fast.py.
+ * without decoded lines) and of --metrics alone, driven by outputs/fast.py;
+ * and --metrics' per-record socket counters (sockets(), below).
  *
  * The Python engine (decoders/engine.py, streams.py, decoders/resp.py) costs
  * a few microseconds per transaction; a traced Redis answers one in ten.
@@ -34,7 +35,7 @@
 
 static const struct usniff_events_api *API;
 #define SLOT(r, i) RSLOT(API->record_offsets, r, i)
-static PyObject *s_data;
+static PyObject *s_data, *s_close;
 
 /* ---------------------------------------------------------- latency buckets */
 
@@ -729,6 +730,112 @@ static PyObject *release(Core *self, struct conn *c)
 	return state;
 }
 
+/* ------------------------------------------------------- socket counters */
+
+/*
+ * The per-record counters of --metrics (Metrics.add_records), for every
+ * record of a batch whichever path decodes it: a Python loop over the records
+ * costs about as much as the native path's decoding of them.
+ */
+struct side {
+	PyObject *path;
+	Py_hash_t hash;
+	int own;
+	uint64_t cgroup, messages, bytes, lost;
+};
+
+PyDoc_STRVAR(sockets_doc, "sockets(batch)\n--\n\n"
+	     "Per (path, path_is_own, cgroup), in the order of their first record, the "
+	     "messages, bytes and lost bytes of batch's records (closes left out).");
+
+static PyObject *py_sockets(PyObject *mod, PyObject *batch)
+{
+	(void)mod;
+	if (!PyList_Check(batch)) {
+		PyErr_SetString(PyExc_TypeError, "sockets(batch: list)");
+		return NULL;
+	}
+	Py_ssize_t n = PyList_GET_SIZE(batch);
+	size_t cap = 16, used = 0;
+	while (cap < 2 * (size_t)n)
+		cap *= 2;
+	struct side *sides = PyMem_Calloc((size_t)(n ? n : 1), sizeof *sides);
+	size_t *table = PyMem_Malloc(cap * sizeof *table);
+	PyObject *out = NULL;
+	if (sides == NULL || table == NULL) {
+		PyErr_NoMemory();
+		goto done;
+	}
+	for (size_t i = 0; i < cap; i++)
+		table[i] = SIZE_MAX;
+	for (Py_ssize_t i = 0; i < n; i++) {
+		PyObject *rec = PyList_GET_ITEM(batch, i);
+		if (!PyObject_TypeCheck(rec, API->record_type)) {
+			PyErr_SetString(PyExc_TypeError, "sockets() takes a list of Records");
+			goto done;
+		}
+		PyObject *kind = SLOT(rec, R_KIND), *path = SLOT(rec, R_PATH);
+		if (kind == s_close || (kind != s_data && PyUnicode_Check(kind) &&
+					PyUnicode_CompareWithASCIIString(kind, "close") == 0))
+			continue;
+		uint64_t cgroup, lost, length, flags;
+		Py_hash_t h = PyObject_Hash(path);
+		int own = PyObject_IsTrue(SLOT(rec, R_PATH_IS_OWN));
+		if (h == -1 || own < 0 || u64(SLOT(rec, R_CGROUP), &cgroup) < 0 ||
+		    u64(SLOT(rec, R_LOST), &lost) < 0 || u64(SLOT(rec, R_LENGTH), &length) < 0 ||
+		    u64(SLOT(rec, R_FLAGS), &flags) < 0)
+			goto done;
+		size_t j = mix((uint64_t)h ^ mix(cgroup + (uint64_t)own)) & (cap - 1);
+		struct side *side = NULL;
+		for (; table[j] != SIZE_MAX; j = (j + 1) & (cap - 1)) {
+			struct side *e = &sides[table[j]];
+			if (e->hash != h || e->own != own || e->cgroup != cgroup)
+				continue;
+			int eq = e->path == path ? 1 : PyObject_RichCompareBool(e->path, path, Py_EQ);
+			if (eq < 0)
+				goto done;
+			if (eq) {
+				side = e;
+				break;
+			}
+		}
+		if (side == NULL) {
+			table[j] = used;
+			side = &sides[used++];
+			side->path = Py_NewRef(path);
+			side->hash = h;
+			side->own = own;
+			side->cgroup = cgroup;
+		}
+		if (lost) {
+			side->lost += lost;
+		} else {
+			side->bytes += length;
+			side->messages += flags & 1; /* FLAG_MSG_START: one per send() */
+		}
+	}
+	if ((out = PyList_New((Py_ssize_t)used)) == NULL)
+		goto done;
+	for (size_t i = 0; i < used; i++) {
+		struct side *e = &sides[i];
+		PyObject *t = Py_BuildValue("(OOKKKK)", e->path, e->own ? Py_True : Py_False,
+					    (unsigned long long)e->cgroup,
+					    (unsigned long long)e->messages,
+					    (unsigned long long)e->bytes, (unsigned long long)e->lost);
+		if (t == NULL) {
+			Py_CLEAR(out);
+			goto done;
+		}
+		PyList_SET_ITEM(out, (Py_ssize_t)i, t);
+	}
+done:
+	for (size_t i = 0; sides != NULL && i < used; i++)
+		Py_DECREF(sides[i].path);
+	PyMem_Free(sides);
+	PyMem_Free(table);
+	return out;
+}
+
 PyDoc_STRVAR(feed_doc, "feed(batch, start)\n--\n\n"
 	     "Handle batch[start:] up to the first record not handled: (j, k, handback).");
 
@@ -1045,6 +1152,7 @@ static PyTypeObject CoreType = {
 static PyMethodDef module_methods[] = {
 	{"bucket", py_bucket, METH_O, bucket_doc},
 	{"bucket_middle", py_bucket_middle, METH_O, bucket_middle_doc},
+	{"sockets", py_sockets, METH_O, sockets_doc},
 	{NULL, NULL, 0, NULL},
 };
 
@@ -1060,7 +1168,8 @@ PyMODINIT_FUNC PyInit__fast(void)
 {
 	if ((API = events_api()) == NULL)
 		return NULL;
-	if ((s_data = PyUnicode_InternFromString("data")) == NULL)
+	if ((s_data = PyUnicode_InternFromString("data")) == NULL ||
+	    (s_close = PyUnicode_InternFromString("close")) == NULL)
 		return NULL;
 	if (PyType_Ready(&CoreType) < 0)
 		return NULL;

@@ -13,6 +13,10 @@ def bucket(ns: int) -> int:
 def bucket_middle(key: int) -> float:
     """The middle of bucket ``key``, in nanoseconds."""
 
+def sockets(batch: list[Record]) -> list[tuple[str, bool, int, int, int, int]]:
+    """Per (path, path_is_own, cgroup) of ``batch``'s records but closes, in the order of
+    their first record: (path, path_is_own, cgroup, messages, bytes, lost bytes)."""
+
 ConnKey = tuple[int, int]
 # what a connection hands back (Core.feed, Core.release_all): its key, its server's id,
 # the next offset and whether it started, per direction (client, server), the capture time

@@ -2,7 +2,8 @@
 in the exposition format while capturing.
 
 :class:`Metrics` aggregates in O(1) per transaction and per record (counters and
-classic histogram buckets in plain dicts); prometheus_client only turns them
+classic histogram buckets in plain dicts; the records' counters summed per socket
+in C first, ``_fast.sockets``); prometheus_client only turns them
 into metric families when scraped (a custom collector), so nothing of
 prometheus_client runs on the capture's hot path.  Label cardinality is
 bounded: at most ``MAX_PATHS`` socket paths and ``MAX_OPERATIONS`` operations
@@ -33,6 +34,7 @@ from ..containers import Containers
 from ..decoders.base import Transaction
 from ..decoders.engine import DecoderOptions
 from ..events import CaptureStats, Record
+from ._fast import sockets
 from .base import OutputError
 from .fast import NativeMetrics
 from .sink import TransactionSink
@@ -133,20 +135,19 @@ class Metrics(Collector):
                 op.nanoseconds += ns
 
     def add_records(self, batch: Sequence[Record]) -> None:
+        # counted per socket in C, in the order of each one's first record (which
+        # labels its path first)
+        counts = sockets(batch if isinstance(batch, list) else list(batch))
         with self._lock:
             self.records += len(batch)
-            for rec in batch:
-                if rec.kind == "close":
-                    continue
-                key = (self._path(rec.path), "server" if rec.path_is_own else "client", rec.cgroup)
+            for path, own, cgroup, messages, nbytes, lost in counts:
+                key = (self._path(path), "server" if own else "client", cgroup)
                 side = self._sides.get(key)
                 if side is None:
                     side = self._sides[key] = _Side()
-                if rec.lost:
-                    side.lost += rec.lost
-                else:
-                    side.bytes += rec.length
-                    side.messages += rec.flags & 1  # FLAG_MSG_START: one per send()
+                side.messages += messages
+                side.bytes += nbytes
+                side.lost += lost
 
     def collect(self) -> Iterator[Any]:
         with self._lock:
