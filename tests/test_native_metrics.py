@@ -191,3 +191,29 @@ def test_socket_counters_counted_in_c_equal_a_loop_over_the_records() -> None:
         labelled = list(dict.fromkeys(p for p, _, _ in want))[:MAX_PATHS]
         assert metrics._paths == set(labelled)
         assert metrics.records == size
+
+
+def test_a_limit_hands_the_count_back_to_python(endpoint: str, handled: list[int]) -> None:
+    """-c N (write's limit) counts each transaction in Python: a first write with a limit
+    never takes the native path; a limit after native writes releases the connections
+    the core owns (their transactions counted, not lost nor counted twice)."""
+    records = capture("redis")
+    batches = [records[i : i + 64] for i in range(0, len(records), 64)]
+    half = len(batches) // 2
+    want, n_py = python_metrics(batches)
+    out = MetricsOutput(endpoint, decode=True)
+    try:
+        n = sum(out.write(batch) for batch in batches[:half])
+        assert out._native is not None and out._native.core.owned  # connections in C
+        n += sum(out.write(batch, limit=10**9) for batch in batches[half:])
+        assert out._native is None
+    finally:
+        n += out.close(CaptureStats())
+    assert sum(handled) > 0
+    assert (scrape(out.metrics), n) == (scrape(want), n_py)
+    limited = MetricsOutput(f"{endpoint}.2", decode=True)
+    try:
+        assert limited.write(batches[0] + batches[1], limit=3) == 3
+        assert limited._native is None
+    finally:
+        limited.close(CaptureStats())
