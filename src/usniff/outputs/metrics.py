@@ -284,7 +284,6 @@ class MetricsOutput(TransactionSink):
         self.addr = addr
         self.metrics = Metrics(containers)
         self._server = serve(self.metrics, addr)
-
         # chosen at the first write: the listeners are known then
         self._native: NativeMetrics | None = None
         self._started = False
