@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.servers import free_port, start_redis
 from tests.support.usniff import Usniff, run, wait_until
+from tests.test_native_stats import command
 from usniff.decoders.base import Transaction
 from usniff.outputs.metrics import MAX_OPERATIONS, OTHER, SERIES_PER_PATH, Metrics
 
@@ -226,3 +227,58 @@ def test_series_of_a_busy_capture_stay_under_the_documented_bound() -> None:
     assert per_path["/run/postgresql/.s.PGSQL.5432"] <= SERIES_PER_PATH
     assert per_path["/run/redis.sock"] <= SERIES_PER_PATH
     assert per_path["/run/postgresql/.s.PGSQL.5432"] > 0.9 * SERIES_PER_PATH  # the cap is hit
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("pipeline", [1, 16])
+def test_metrics_alone_under_redis_benchmark_count_what_the_client_sent(
+    tmp: str, pipeline: int
+) -> None:
+    """--metrics alone (its plain RESP connections counted in C, outputs/fast.py): 50
+    clients, pipelined or not; every request counted, as Redis counted it and as
+    redis-benchmark sent it, each answered (in the histogram), with its bytes."""
+    n = 20_000
+    endpoint = f"{tmp}/metrics.sock"
+    with start_redis(tmp) as sock:
+        before = redis_calls(sock)
+        with Usniff("--path", sock, "--metrics", endpoint) as u:
+            subprocess.run(
+                ["redis-benchmark", "-s", sock, "-n", str(n), "-c", "50", "-P", str(pipeline),
+                 "-t", "set,get,incr", "-q"], check=True, capture_output=True, timeout=300,
+            )  # fmt: skip
+            after = redis_calls(sock)
+            ops = ("SET", "GET", "INCR")
+            by_redis = {c: after[c] - before.get(c, 0) for c in ops}
+
+            def value(s: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
+                      op: str, **extra: str) -> float:  # fmt: skip
+                labels = {"operation": op, "path": sock, "protocol": "resp", **extra}
+                return s.get((name, tuple(sorted(labels.items()))), 0.0)
+
+            def counted() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+                s = scrape_unix(endpoint)
+                done = all(value(s, "usniff_requests_total", op) >= n for op in ops)
+                return s if done else None
+
+            samples = wait_until(counted, 60, "every request on the metrics socket", step=0.5)
+            result = u.stop()
+    assert result.returncode == 0, result.stderr
+    assert by_redis == dict.fromkeys(ops, n)  # the load is what it claims to be
+    for op in ops:
+        assert value(samples, "usniff_requests_total", op) == n, op
+        assert value(samples, "usniff_request_errors_total", op) == 0, op
+        assert value(samples, "usniff_requests_unanswered_total", op) == 0, op
+        assert value(samples, "usniff_request_duration_seconds_count", op) == n, op
+        assert value(samples, "usniff_request_duration_seconds_bucket", op, le="+Inf") == n, op
+        assert value(samples, "usniff_request_duration_seconds_sum", op) > 0, op
+    # the bytes redis-benchmark sends (its fixed keys, 3-byte value) and Redis answers
+    key, counter = b"key:__rand_int__", b"counter:__rand_int__"
+    sent = {"SET": (command([b"SET", key, b"xxx"]), b"+OK\r\n"),
+            "GET": (command([b"GET", key]), b"$3\r\nxxx\r\n"),
+            "INCR": (command([b"INCR", counter]), None)}  # fmt: skip
+    for op, (request, reply) in sent.items():
+        size = value(samples, "usniff_request_bytes_total", op, direction="request")
+        assert size == n * len(request), op
+        if reply is not None:  # INCR's: the counter's value, growing
+            size = value(samples, "usniff_request_bytes_total", op, direction="response")
+            assert size == n * len(reply), op

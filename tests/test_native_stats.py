@@ -44,11 +44,13 @@ def _table(stats: Stats) -> Table:
     return rows, sorted(stats.slowest, reverse=True)
 
 
-def _counter(stats: Stats) -> Callable[[list[Event]], int]:
+def counter(count: Callable[[Transaction], None]) -> Callable[[list[Event]], int]:
+    """``count`` each transaction among the events; how many there were."""
+
     def add(events: list[Event]) -> int:
         txs = [ev for ev in events if isinstance(ev, Transaction)]
         for tx in txs:
-            stats.add(tx)
+            count(tx)
         return len(txs)
 
     return add
@@ -56,7 +58,7 @@ def _counter(stats: Stats) -> Callable[[list[Event]], int]:
 
 def python_table(batches: Sequence[list[Record | Packed]]) -> tuple[Table, int]:
     decoding, stats = Decoding(), Stats()
-    add = _counter(stats)
+    add = counter(stats.add)
     n = sum(add(decoding.feed([as_record(r) for r in batch])) for batch in batches)
     n += add(decoding.finish())
     return _table(stats), n
@@ -65,7 +67,7 @@ def python_table(batches: Sequence[list[Record | Packed]]) -> tuple[Table, int]:
 def native_table(batches: Sequence[list[Record | Packed]]) -> tuple[Table, int, int]:
     """The table, the transactions counted, the records the C core handled."""
     decoding, stats = Decoding(), Stats()
-    add = _counter(stats)
+    add = counter(stats.add)
     native = NativeStats(decoding, stats, add)
     handled = 0
     take = native._take
@@ -243,9 +245,10 @@ def capture_sends(rng: random.Random) -> list[tuple[int, bytes]]:
 class Conn:
     """Records of one connection from its sends, with the capture's accidents."""
 
-    def __init__(self, cid: int, rng: random.Random) -> None:
+    def __init__(self, cid: int, rng: random.Random, path: str = "/run/redis.sock") -> None:
         self.ids = (4 * cid + 1, 4 * cid + 2)  # client, server
         self.rng = rng
+        self.path = path
         self.next = [rng.choice((0, 0, 0, 0, 0, 100)), 0]  # sometimes seen mid-stream
 
     def records(self, sends: list[tuple[int, bytes]], ts: float) -> Iterator[Record]:
@@ -274,22 +277,37 @@ class Conn:
         return Record(
             ts=ts, pid=1000 + direction, tid=1000 + direction, uid=0,
             comm=("redis-benchmark", "redis-server")[direction], inode=sock, peer_inode=peer,
-            sock_type="stream", path="/run/redis.sock", path_is_own=direction == 1,
+            sock_type="stream", path=self.path, path_is_own=direction == 1,
             offset=offset, length=length, data=data, lost=length if kind == "lost" else 0,
             kind=kind, peer_pid=1000 + 1 - direction, sock_id=sock, peer_id=peer,
             peer_comm=("redis-benchmark", "redis-server")[1 - direction],
         )  # fmt: skip
 
 
-def fuzzed(seed: int, cases: int) -> Iterator[list[Record]]:
+def named(rng: random.Random, names: int) -> list[tuple[int, bytes]]:
+    """Sends of a few requests whose command is one of ``names`` made-up names."""
+    sends = []
+    for _ in range(rng.randint(1, 4)):
+        sends += [(0, command([b"OP%d" % rng.randrange(names), b"k"])), (1, b"+OK\r\n")]
+    return sends
+
+
+def fuzzed(
+    seed: int, cases: int, paths: Sequence[str] = ("/run/redis.sock",), names: int = 0
+) -> Iterator[list[Record]]:
     """Per CHUNK connections, their records interleaved (each one's in order but for
-    the occasional swap of two neighbours)."""
+    the occasional swap of two neighbours); each connection on one of ``paths``, a
+    fifth of them (when ``names``) sending commands of ``names`` made-up names."""
     rng = random.Random(seed)
     for first in range(0, cases, CHUNK):
         streams = []
         for cid in range(first, min(cases, first + CHUNK)):
-            sends = capture_sends(rng) if rng.random() < 0.3 else exchange(rng)
-            recs = list(Conn(cid, rng).records(split(sends, rng), 1.0 + rng.random()))
+            if names and rng.random() < 0.2:
+                sends = named(rng, names)
+            else:
+                sends = capture_sends(rng) if rng.random() < 0.3 else exchange(rng)
+            path = rng.choice(paths) if len(paths) > 1 else paths[0]
+            recs = list(Conn(cid, rng, path).records(split(sends, rng), 1.0 + rng.random()))
             if len(recs) > 2 and rng.random() < 0.05:  # out of order
                 i = rng.randrange(len(recs) - 1)
                 recs[i], recs[i + 1] = recs[i + 1], recs[i]

@@ -112,9 +112,12 @@ def test_wheel_captures_in_minimal_debian(installed: Chroot) -> None:
     capture_socketpair(installed)
 
 
+CAP_NUMBERS = {"bpf": 39, "perfmon": 38}  # Debian 11's setpriv knows them by number only
+
+
 def unprivileged(*caps: str) -> list[str]:
     """setpriv: the user nobody holding exactly ``caps`` (ambient, so they survive exec)."""
-    want = ",".join(f"+{c}" for c in caps)
+    want = ",".join(f"+cap_{CAP_NUMBERS[c]}" for c in caps)
     return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
             f"--inh-caps=-all,{want}", f"--ambient-caps={want}"]  # fmt: skip
 

@@ -60,6 +60,7 @@ class Handover:
     position: Position
     ends: Ends
     pending: list[Waiting]  # its requests waiting for a reply, oldest first
+    path: str  # its socket path (the transactions' path)
 
 
 @dataclass(slots=True)
@@ -148,7 +149,7 @@ class Decoding:
             return None
         ends = Ends((conn.pids[0], conn.pids[1]), (conn.comms[0], conn.comms[1]),
                     (conn.inodes[0], conn.inodes[1]))  # fmt: skip
-        return Handover(position, ends, conn.decoder.hand_over())
+        return Handover(position, ends, conn.decoder.hand_over(), conn.open.path)
 
     def take_back(
         self,

@@ -1,6 +1,7 @@
 /*
  * usniff.outputs._fast: the native path of the statistics table (--stats
- * without decoded lines), driven by outputs/fast.py.
+ * without decoded lines) and of --metrics alone, driven by outputs/fast.py;
+ * and --metrics' per-record socket counters (sockets(), below).
  *
  * The Python engine (decoders/engine.py, streams.py, decoders/resp.py) costs
  * a few microseconds per transaction; a traced Redis answers one in ten.
@@ -10,8 +11,10 @@
  * does in C what the engine would have: in-order reassembly (the next offset
  * of each direction), RESP framing, the command name, FIFO pairing and the
  * per-command counts, bytes and latency histogram (the buckets below, which
- * outputs/histogram.py uses too), plus the candidates for the slowest list.
- * Python is touched once per run of such records (Core.take).
+ * outputs/histogram.py uses too, or the given edges of --metrics' histogram),
+ * the latencies' sum and the candidates for the slowest list, per label (the
+ * connection's socket path for --metrics, 0 for --stats).  Python is touched
+ * once per run of such records (Core.take).
  *
  * A record it cannot handle exactly (out of order, a duplicate, a loss or
  * truncation, a close, a message split across records, a type it does not
@@ -32,7 +35,7 @@
 
 static const struct usniff_events_api *API;
 #define SLOT(r, i) RSLOT(API->record_offsets, r, i)
-static PyObject *s_data;
+static PyObject *s_data, *s_close;
 
 /* ---------------------------------------------------------- latency buckets */
 
@@ -165,8 +168,9 @@ static int hist_add(struct hist *h, int64_t key)
 	return 0;
 }
 
-/* A command (the --stats key): its counts since the last take. */
+/* A command (the --stats key) of a label: its counts since the last take. */
 struct row {
+	uint64_t label;
 	unsigned char *key; /* upper-cased name [+ " " + upper-cased subcommand] */
 	size_t keylen;
 	uint64_t hash;
@@ -174,7 +178,8 @@ struct row {
 	int stateful; /* a key of resp.STATEFUL: the connection goes back to Python */
 	int container; /* a name of resp.CONTAINERS: the subcommand is part of the key */
 	uint64_t count, errors, bytes_in, bytes_out;
-	struct hist hist;
+	struct hist hist; /* latency bucket (log-linear, or index among Core's edges) -> count */
+	int64_t nanoseconds; /* sum of the latencies, each rounded as Histogram.add does */
 	double max;
 	int has_max;
 };
@@ -188,7 +193,7 @@ struct pend {
 };
 
 struct conn {
-	uint64_t lo, hi, server;
+	uint64_t lo, hi, server, label;
 	int64_t next[2];
 	int started[2];
 	double last_ts;
@@ -204,6 +209,10 @@ typedef struct {
 	struct row **rows; /* open addressing on the key */
 	size_t rcap, rused;
 	PyObject *containers, *stateful; /* frozensets of bytes (resp.py) */
+	double *edges; /* the histogram's upper bounds, ascending (NULL: log-linear buckets) */
+	Py_ssize_t nedges;
+	struct row **touched; /* the rows counted since the last take, in order of first count */
+	size_t ntouched, ctouched;
 	double *heap; /* latencies of the slowest list as it would stand without Python's */
 	Py_ssize_t top, nheap;
 	PyObject *slow; /* list of (latency, comm, request) candidates since the last take */
@@ -284,20 +293,26 @@ static void conn_del(Core *self, struct conn *c)
 	}
 }
 
+static uint64_t row_hash(uint64_t label, const unsigned char *key, size_t n)
+{
+	return hash_bytes(key, n) ^ mix(label + 1);
+}
+
 /*
- * The row of key[0:n], made on first use (NULL and an exception on failure).
+ * The row of key[0:n] of label, made on first use (NULL and an exception on failure).
  * Its flags are of the key as a whole: a name alone when looked up by name
  * (the only lookup that reads ``container``); the stateful names are no
  * containers, so a key with a subcommand is stateful only as a whole (CLIENT REPLY).
  */
-static struct row *row_get(Core *self, const unsigned char *key, size_t n)
+static struct row *row_get(Core *self, uint64_t label, const unsigned char *key, size_t n)
 {
-	uint64_t h = hash_bytes(key, n);
+	uint64_t h = row_hash(label, key, n);
 	size_t mask = self->rcap - 1, j = self->rcap ? h & mask : 0;
 	if (self->rcap)
 		for (; self->rows[j] != NULL; j = (j + 1) & mask) {
 			struct row *r = self->rows[j];
-			if (r->hash == h && r->keylen == n && memcmp(r->key, key, n) == 0)
+			if (r->hash == h && r->label == label && r->keylen == n &&
+			    memcmp(r->key, key, n) == 0)
 				return r;
 		}
 	struct row *r = PyMem_Calloc(1, sizeof *r);
@@ -309,6 +324,7 @@ static struct row *row_get(Core *self, const unsigned char *key, size_t n)
 		return NULL;
 	}
 	memcpy(k, key, n);
+	r->label = label;
 	r->key = k;
 	r->keylen = n;
 	r->hash = h;
@@ -443,8 +459,8 @@ static void upper(unsigned char *out, const unsigned char *s, size_t n)
  * at p: the position after it, its row in *row.  NULL when it is anything
  * else, or a command of resp.STATEFUL (*row NULL then unless an error).
  */
-static const unsigned char *command(Core *self, const unsigned char *p, const unsigned char *end,
-				    struct row **row)
+static const unsigned char *command(Core *self, uint64_t label, const unsigned char *p,
+				    const unsigned char *end, struct row **row)
 {
 	int64_t n, size[2] = {0, 0};
 	const unsigned char *s, *arg[2] = {NULL, NULL};
@@ -463,11 +479,11 @@ static const unsigned char *command(Core *self, const unsigned char *p, const un
 	unsigned char key[2 * KEEP + 1];
 	size_t k = (size_t)size[0];
 	upper(key, arg[0], k);
-	struct row *r = row_get(self, key, k);
+	struct row *r = row_get(self, label, key, k);
 	if (r != NULL && r->container && n > 1) {
 		key[k] = ' ';
 		upper(key + k + 1, arg[1], (size_t)size[1]);
-		r = row_get(self, key, k + 1 + (size_t)size[1]);
+		r = row_get(self, label, key, k + 1 + (size_t)size[1]);
 	}
 	if (r == NULL || r->stateful)
 		return NULL;
@@ -532,17 +548,48 @@ static int slow_candidate(Core *self, double latency)
 	return 1;
 }
 
+/* The bucket of latency: log-linear, or the index of the first edge >= latency (bisect_left). */
+static int64_t bucket_key(Core *self, double latency, int64_t ns)
+{
+	if (self->edges == NULL)
+		return bucket_of(ns);
+	Py_ssize_t lo = 0, hi = self->nedges;
+	while (lo < hi) {
+		Py_ssize_t mid = (lo + hi) / 2;
+		if (self->edges[mid] < latency)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
 /* A transaction: req answered by a reply of nbytes sent at ts. */
 static int answer(Core *self, struct conn *c, struct pend *req, double ts, int64_t nbytes,
 		  int error)
 {
 	struct row *r = req->row;
 	double latency = ts - req->ts;
+	int64_t ns = nanoseconds(latency);
+	if (r->count == 0) {
+		if (self->ntouched == self->ctouched) {
+			size_t cap = self->ctouched ? 2 * self->ctouched : 64;
+			struct row **t = PyMem_Realloc(self->touched, cap * sizeof *t);
+			if (t == NULL) {
+				PyErr_NoMemory();
+				return -1;
+			}
+			self->touched = t;
+			self->ctouched = cap;
+		}
+		self->touched[self->ntouched++] = r;
+	}
 	r->count++;
 	r->errors += error;
 	r->bytes_in += (uint64_t)req->nbytes;
 	r->bytes_out += (uint64_t)nbytes;
-	if (hist_add(&r->hist, bucket_of(nanoseconds(latency))) < 0)
+	r->nanoseconds += ns;
+	if (hist_add(&r->hist, bucket_key(self, latency, ns)) < 0)
 		return -1;
 	if (!r->has_max || latency > r->max) {
 		r->max = latency;
@@ -674,7 +721,7 @@ static int handle(Core *self, struct conn *c, const struct view *v)
 	while (p < end) { /* every message whole, all of a kind handled here */
 		if (m == MAX_MESSAGES)
 			return 0;
-		p = d ? reply(p, end, 0) : command(self, p, end, &rows[m]);
+		p = d ? reply(p, end, 0) : command(self, c->label, p, end, &rows[m]);
 		if (p == NULL)
 			return PyErr_Occurred() ? -1 : 0;
 		start[++m] = p;
@@ -764,6 +811,112 @@ static PyObject *release(Core *self, struct conn *c)
 	return state;
 }
 
+/* ------------------------------------------------------- socket counters */
+
+/*
+ * The per-record counters of --metrics (Metrics.add_records), for every
+ * record of a batch whichever path decodes it: a Python loop over the records
+ * costs about as much as the native path's decoding of them.
+ */
+struct side {
+	PyObject *path;
+	Py_hash_t hash;
+	int own;
+	uint64_t cgroup, messages, bytes, lost;
+};
+
+PyDoc_STRVAR(sockets_doc, "sockets(batch)\n--\n\n"
+	     "Per (path, path_is_own, cgroup), in the order of their first record, the "
+	     "messages, bytes and lost bytes of batch's records (closes left out).");
+
+static PyObject *py_sockets(PyObject *mod, PyObject *batch)
+{
+	(void)mod;
+	if (!PyList_Check(batch)) {
+		PyErr_SetString(PyExc_TypeError, "sockets(batch: list)");
+		return NULL;
+	}
+	Py_ssize_t n = PyList_GET_SIZE(batch);
+	size_t cap = 16, used = 0;
+	while (cap < 2 * (size_t)n)
+		cap *= 2;
+	struct side *sides = PyMem_Calloc((size_t)(n ? n : 1), sizeof *sides);
+	size_t *table = PyMem_Malloc(cap * sizeof *table);
+	PyObject *out = NULL;
+	if (sides == NULL || table == NULL) {
+		PyErr_NoMemory();
+		goto done;
+	}
+	for (size_t i = 0; i < cap; i++)
+		table[i] = SIZE_MAX;
+	for (Py_ssize_t i = 0; i < n; i++) {
+		PyObject *rec = PyList_GET_ITEM(batch, i);
+		if (!PyObject_TypeCheck(rec, API->record_type)) {
+			PyErr_SetString(PyExc_TypeError, "sockets() takes a list of Records");
+			goto done;
+		}
+		PyObject *kind = SLOT(rec, R_KIND), *path = SLOT(rec, R_PATH);
+		if (kind == s_close || (kind != s_data && PyUnicode_Check(kind) &&
+					PyUnicode_CompareWithASCIIString(kind, "close") == 0))
+			continue;
+		uint64_t cgroup, lost, length, flags;
+		Py_hash_t h = PyObject_Hash(path);
+		int own = PyObject_IsTrue(SLOT(rec, R_PATH_IS_OWN));
+		if (h == -1 || own < 0 || u64(SLOT(rec, R_CGROUP), &cgroup) < 0 ||
+		    u64(SLOT(rec, R_LOST), &lost) < 0 || u64(SLOT(rec, R_LENGTH), &length) < 0 ||
+		    u64(SLOT(rec, R_FLAGS), &flags) < 0)
+			goto done;
+		size_t j = mix((uint64_t)h ^ mix(cgroup + (uint64_t)own)) & (cap - 1);
+		struct side *side = NULL;
+		for (; table[j] != SIZE_MAX; j = (j + 1) & (cap - 1)) {
+			struct side *e = &sides[table[j]];
+			if (e->hash != h || e->own != own || e->cgroup != cgroup)
+				continue;
+			int eq = e->path == path ? 1 : PyObject_RichCompareBool(e->path, path, Py_EQ);
+			if (eq < 0)
+				goto done;
+			if (eq) {
+				side = e;
+				break;
+			}
+		}
+		if (side == NULL) {
+			table[j] = used;
+			side = &sides[used++];
+			side->path = Py_NewRef(path);
+			side->hash = h;
+			side->own = own;
+			side->cgroup = cgroup;
+		}
+		if (lost) {
+			side->lost += lost;
+		} else {
+			side->bytes += length;
+			side->messages += flags & 1; /* FLAG_MSG_START: one per send() */
+		}
+	}
+	if ((out = PyList_New((Py_ssize_t)used)) == NULL)
+		goto done;
+	for (size_t i = 0; i < used; i++) {
+		struct side *e = &sides[i];
+		PyObject *t = Py_BuildValue("(OOKKKK)", e->path, e->own ? Py_True : Py_False,
+					    (unsigned long long)e->cgroup,
+					    (unsigned long long)e->messages,
+					    (unsigned long long)e->bytes, (unsigned long long)e->lost);
+		if (t == NULL) {
+			Py_CLEAR(out);
+			goto done;
+		}
+		PyList_SET_ITEM(out, (Py_ssize_t)i, t);
+	}
+done:
+	for (size_t i = 0; sides != NULL && i < used; i++)
+		Py_DECREF(sides[i].path);
+	PyMem_Free(sides);
+	PyMem_Free(table);
+	return out;
+}
+
 PyDoc_STRVAR(feed_doc, "feed(batch, start)\n--\n\n"
 	     "Handle batch[start:] up to the first record not handled: (j, k, handback).");
 
@@ -814,18 +967,18 @@ error:
 }
 
 PyDoc_STRVAR(adopt_doc, "adopt(key, server, next, started, last_ts, pids, comms, inodes, "
-			"pending)\n--\n\nTake a connection over from the Python engine.");
+			"pending, label)\n--\n\nTake a connection over from the Python engine.");
 
 static PyObject *core_adopt(Core *self, PyObject *args)
 {
-	unsigned long long lo, hi, server;
+	unsigned long long lo, hi, server, label;
 	long long n0, n1;
 	int s0, s1;
 	double last_ts;
 	PyObject *p0, *p1, *c0, *c1, *i0, *i1, *pending;
-	if (!PyArg_ParseTuple(args, "(KK)K(LL)(pp)d(OO)(OO)(OO)O!", &lo, &hi, &server, &n0, &n1,
+	if (!PyArg_ParseTuple(args, "(KK)K(LL)(pp)d(OO)(OO)(OO)O!K", &lo, &hi, &server, &n0, &n1,
 			      &s0, &s1, &last_ts, &p0, &p1, &c0, &c1, &i0, &i1, &PyList_Type,
-			      &pending))
+			      &pending, &label))
 		return NULL;
 	if (conn_get(self, lo, hi) != NULL) {
 		PyErr_SetString(PyExc_ValueError, "connection already adopted");
@@ -837,6 +990,7 @@ static PyObject *core_adopt(Core *self, PyObject *args)
 	c->lo = lo;
 	c->hi = hi;
 	c->server = server;
+	c->label = label;
 	c->next[0] = n0;
 	c->next[1] = n1;
 	c->started[0] = s0;
@@ -856,7 +1010,7 @@ static PyObject *core_adopt(Core *self, PyObject *args)
 		if (!PyArg_ParseTuple(PyList_GET_ITEM(pending, i), "OSdL", &obj, &key, &ts,
 				      &nbytes))
 			goto error;
-		struct row *r = row_get(self, (const unsigned char *)PyBytes_AS_STRING(key),
+		struct row *r = row_get(self, label, (const unsigned char *)PyBytes_AS_STRING(key),
 					(size_t)PyBytes_GET_SIZE(key));
 		if (r == NULL || push_pending(c, Py_NewRef(obj), r, ts, nbytes) < 0)
 			goto error;
@@ -916,10 +1070,8 @@ static PyObject *core_take(Core *self, PyObject *unused)
 	PyObject *rows = PyList_New(0), *slow = self->slow;
 	if (rows == NULL)
 		return NULL;
-	for (size_t i = 0; i < self->rcap; i++) {
-		struct row *r = self->rows[i];
-		if (r == NULL || !r->count)
-			continue;
+	for (size_t i = 0; i < self->ntouched; i++) {
+		struct row *r = self->touched[i];
 		PyObject *hist = PyDict_New();
 		for (size_t j = 0; hist != NULL && j < r->hist.cap; j++) {
 			if (r->hist.keys[j] == INT64_MIN || !r->hist.counts[j])
@@ -933,9 +1085,10 @@ static PyObject *core_take(Core *self, PyObject *unused)
 			r->hist.counts[j] = 0;
 		}
 		PyObject *t = hist == NULL ? NULL
-					   : Py_BuildValue("(OKKKKNd)", r->command, r->count,
-							   r->errors, r->bytes_in, r->bytes_out,
-							   hist, r->max);
+					   : Py_BuildValue("(KOKKKKNdL)", (unsigned long long)r->label,
+							   r->command, r->count, r->errors, r->bytes_in,
+							   r->bytes_out, hist, r->max,
+							   (long long)r->nanoseconds);
 		if (t == NULL || PyList_Append(rows, t) < 0) {
 			Py_XDECREF(t);
 			Py_DECREF(rows);
@@ -943,8 +1096,10 @@ static PyObject *core_take(Core *self, PyObject *unused)
 		}
 		Py_DECREF(t);
 		r->count = r->errors = r->bytes_in = r->bytes_out = 0;
+		r->nanoseconds = 0;
 		r->has_max = 0;
 	}
+	self->ntouched = 0;
 	if ((self->slow = PyList_New(0)) == NULL) {
 		self->slow = slow;
 		Py_DECREF(rows);
@@ -961,13 +1116,44 @@ static PyObject *core_owned(Core *self, void *closure)
 	return PyLong_FromSize_t(self->cused);
 }
 
+/* The histogram's edges, from a sequence of floats in ascending order. */
+static int core_edges(Core *self, PyObject *edges)
+{
+	PyObject *seq = PySequence_Fast(edges, "edges must be a sequence of floats");
+	if (seq == NULL)
+		return -1;
+	Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+	self->edges = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(double));
+	if (self->edges == NULL) {
+		Py_DECREF(seq);
+		PyErr_NoMemory();
+		return -1;
+	}
+	for (Py_ssize_t i = 0; i < n; i++) {
+		double v = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+		if (v == -1.0 && PyErr_Occurred()) {
+			Py_DECREF(seq);
+			return -1;
+		}
+		if (isnan(v) || (i && !(v > self->edges[i - 1]))) {
+			Py_DECREF(seq);
+			PyErr_SetString(PyExc_ValueError, "edges must be ascending numbers");
+			return -1;
+		}
+		self->edges[i] = v;
+	}
+	self->nedges = n;
+	Py_DECREF(seq);
+	return 0;
+}
+
 static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
-	static char *names[] = {"containers", "stateful", "top", NULL};
-	PyObject *containers, *stateful;
+	static char *names[] = {"containers", "stateful", "top", "edges", NULL};
+	PyObject *containers, *stateful, *edges = Py_None;
 	Py_ssize_t top;
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!n", names, &PyFrozenSet_Type,
-					 &containers, &PyFrozenSet_Type, &stateful, &top))
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!n|O", names, &PyFrozenSet_Type,
+					 &containers, &PyFrozenSet_Type, &stateful, &top, &edges))
 		return NULL;
 	if (top < 0) {
 		PyErr_SetString(PyExc_ValueError, "top must be >= 0");
@@ -984,6 +1170,10 @@ static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 	if (self->heap == NULL || self->slow == NULL) {
 		Py_DECREF(self);
 		return PyErr_NoMemory();
+	}
+	if (edges != Py_None && core_edges(self, edges) < 0) {
+		Py_DECREF(self);
+		return NULL;
 	}
 	return (PyObject *)self;
 }
@@ -1005,6 +1195,8 @@ static void core_dealloc(Core *self)
 		PyMem_Free(r);
 	}
 	PyMem_Free(self->rows);
+	PyMem_Free(self->touched);
+	PyMem_Free(self->edges);
 	PyMem_Free(self->heap);
 	Py_XDECREF(self->slow);
 	Py_XDECREF(self->containers);
@@ -1040,13 +1232,14 @@ static PyTypeObject CoreType = {
 static PyMethodDef module_methods[] = {
 	{"bucket", py_bucket, METH_O, bucket_doc},
 	{"bucket_middle", py_bucket_middle, METH_O, bucket_middle_doc},
+	{"sockets", py_sockets, METH_O, sockets_doc},
 	{NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
 	PyModuleDef_HEAD_INIT,
 	.m_name = MODULE,
-	.m_doc = "The native path of the statistics table (see _fast.c).",
+	.m_doc = "The native path of the statistics table and of --metrics (see _fast.c).",
 	.m_size = -1,
 	.m_methods = module_methods,
 };
@@ -1055,7 +1248,8 @@ PyMODINIT_FUNC PyInit__fast(void)
 {
 	if ((API = events_api()) == NULL)
 		return NULL;
-	if ((s_data = PyUnicode_InternFromString("data")) == NULL)
+	if ((s_data = PyUnicode_InternFromString("data")) == NULL ||
+	    (s_close = PyUnicode_InternFromString("close")) == NULL)
 		return NULL;
 	if (PyType_Ready(&CoreType) < 0)
 		return NULL;

@@ -1,4 +1,7 @@
-"""The native path of the statistics table, in C (_fast.c); outputs/fast.py drives it."""
+"""The native path of the statistics table and of --metrics, in C (_fast.c); outputs/fast.py
+drives it."""
+
+from collections.abc import Sequence
 
 from usniff._events import Packed
 from usniff.events import Record
@@ -10,6 +13,10 @@ def bucket(ns: int) -> int:
 
 def bucket_middle(key: int) -> float:
     """The middle of bucket ``key``, in nanoseconds."""
+
+def sockets(batch: list[Record]) -> list[tuple[str, bool, int, int, int, int]]:
+    """Per (path, path_is_own, cgroup) of ``batch``'s records but closes, in the order of
+    their first record: (path, path_is_own, cgroup, messages, bytes, lost bytes)."""
 
 ConnKey = tuple[int, int]
 # what a connection hands back (Core.feed, Core.release_all): its key, its server's id,
@@ -28,18 +35,28 @@ Handback = tuple[
     tuple[int, int],
     list[tuple[object, float, int]],
 ]
-# per command (the --stats key): command, count, errors, bytes in, bytes out, latency
-# counts per bucket, the largest latency (outputs.stats.NativeRow)
-Row = tuple[str, int, int, int, int, dict[int, int], float]
+# per label (adopt's) and command (the --stats key), in the order of their first transaction
+# since the last take: label, command, count, errors, bytes in, bytes out, latency counts
+# per bucket (log-linear, or the index among Core's edges), the largest latency, the sum of
+# the latencies in nanoseconds (each rounded as bucket's argument)
+Row = tuple[int, str, int, int, int, int, dict[int, int], float, int]
 # a candidate for the slowest list: latency, the client's comm, the request (as in Handback)
 Slow = tuple[float, str, object]
 
 class Core:
     """RESP connections taken over from the Python engine, decoded and counted in C."""
 
-    def __init__(self, containers: frozenset[bytes], stateful: frozenset[bytes], top: int) -> None:
+    def __init__(
+        self,
+        containers: frozenset[bytes],
+        stateful: frozenset[bytes],
+        top: int,
+        edges: Sequence[float] | None = None,
+    ) -> None:
         """``containers``: names whose subcommand is part of the key; ``stateful``: keys
-        after which a connection goes back to Python; ``top``: the slowest list's size."""
+        after which a connection goes back to Python; ``top``: the slowest list's size;
+        ``edges``: the histogram's upper bounds, ascending (a latency's bucket is the
+        index of the first edge >= it, len(edges) above them all); None: log-linear."""
     @property
     def owned(self) -> int:
         """Connections owned."""
@@ -58,8 +75,10 @@ class Core:
         comms: tuple[str, str],
         inodes: tuple[int, int],
         pending: list[tuple[object, bytes, float, int]],
+        label: int,
     ) -> None:
-        """Take a connection over; ``pending``: its requests (object, command key, ts, size)."""
+        """Take a connection over; ``pending``: its requests (object, command key, ts, size);
+        ``label``: its transactions are counted in the rows of this label."""
     def release_all(self) -> list[Handback]:
         """Hand every connection back."""
     def seed(self, latencies: list[float]) -> None:

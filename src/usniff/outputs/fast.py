@@ -1,5 +1,6 @@
-"""The native path of the statistics table: Records -> :class:`~usniff.outputs.stats.Stats`
-with the per-transaction work of plain RESP connections in C (``_fast.c``).
+"""The native paths of the statistics table (Records -> :class:`~usniff.outputs.stats.Stats`)
+and of the metrics alone (-> :class:`~usniff.outputs.metrics.Metrics`), with the
+per-transaction work of plain RESP connections in C (``_fast.c``).
 
 The Python engine (:class:`~usniff.decoders.engine.Decoding`) stays the owner of every
 connection and the reference: it detects protocols, reorders, resyncs, pairs the
@@ -9,12 +10,14 @@ over and handles its records for as long as each is the next in order and holds
 whole messages it frames exactly; at the first record that is not, it hands the
 connection back (``Decoding.take_back``) and the engine decodes that record.  The
 counts, bytes, latency buckets and slowest requests are those the engine's
-transactions would have given (tests/test_native_stats.py compares the two).
+transactions would have given (tests/test_native_stats.py and
+tests/test_native_metrics.py compare the two).  :class:`Native` drives the core;
+:class:`NativeStats` and :class:`NativeMetrics` merge what it counted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from .._events import Packed
@@ -25,25 +28,25 @@ from ..streams import Position
 from ._fast import Core
 from .stats import Stats
 
-if TYPE_CHECKING:  # types of _fast.pyi only
-    from ._fast import Handback
+if TYPE_CHECKING:
+    from ._fast import Handback, Row, Slow  # types of _fast.pyi only
+    from .metrics import Metrics  # which drives NativeMetrics
 
 
 RUN = 64  # most records the engine decodes before the connections they touched may be adopted
 
 
-class NativeStats:
-    """Feed Records, get ``stats`` counted; the engine's own events (of the connections
-    it decodes) go to ``on_events``, which returns how many it counted."""
+class Native:
+    """Feed Records, get what the core counted merged (:meth:`_merge`); the engine's own
+    events (of the connections it decodes) go to ``on_events``, which returns how many
+    it counted."""
 
     def __init__(
-        self, decoding: Decoding, stats: Stats, on_events: Callable[[list[Event]], int]
+        self, decoding: Decoding, core: Core, on_events: Callable[[list[Event]], int]
     ) -> None:
         self.decoding = decoding
-        self.stats = stats
+        self.core = core
         self.on_events = on_events
-        self.core = Core(containers=CONTAINERS, stateful=STATEFUL, top=stats.top)
-        self._texts = RespDecoder(redact=decoding.redact)  # the slowest requests' text
 
     def feed(self, batch: list[Record | Packed], now: float | None = None) -> int:
         """Decode ``batch`` as ``Decoding.feed`` (then ``expire(now)`` when given);
@@ -52,7 +55,7 @@ class NativeStats:
         counted, i, n = 0, 0, len(batch)
         asm = self.decoding.assembler
         while i < n:
-            self.core.seed([latency for latency, _, _ in self.stats.slowest])
+            self._seed()
             j, k, back = self.core.feed(batch, i)
             if j > i:
                 counted += self._take()
@@ -98,7 +101,7 @@ class NativeStats:
             (w, w.command.encode(), w.ts, w.nbytes) for w in over.pending
         ]
         self.core.adopt(key, pos.server_id, pos.next, pos.started, pos.last_ts, ends.pids,
-                        ends.comms, ends.inodes, pending)  # fmt: skip
+                        ends.comms, ends.inodes, pending, self._label(over.path))  # fmt: skip
 
     def _take_back(self, back: Handback) -> None:
         key, server, next_, started, last_ts, pids, comms, inodes, pending = back
@@ -108,10 +111,67 @@ class NativeStats:
     def _take(self) -> int:
         """Merge what the core counted since the last take; the transactions."""
         rows, slow, transactions, records = self.core.take()
+        self._merge(rows, slow)
+        self.decoding.assembler.stats.records += records
+        return transactions
+
+    def _label(self, path: str) -> int:
+        """The label the core counts a connection of socket ``path`` under."""
+        return 0
+
+    def _seed(self) -> None:
+        """Before the core feeds: what it must know of the consumer's state."""
+
+    def _merge(self, rows: list[Row], slow: list[Slow]) -> None:
+        raise NotImplementedError
+
+
+class NativeStats(Native):
+    """The statistics table: per command, whatever the socket path, and the slowest
+    requests."""
+
+    def __init__(
+        self, decoding: Decoding, stats: Stats, on_events: Callable[[list[Event]], int]
+    ) -> None:
+        core = Core(containers=CONTAINERS, stateful=STATEFUL, top=stats.top)
+        super().__init__(decoding, core, on_events)
+        self.stats = stats
+        self._texts = RespDecoder(redact=decoding.redact)  # the slowest requests' text
+
+    def _seed(self) -> None:
+        self.core.seed([latency for latency, _, _ in self.stats.slowest])
+
+    def _merge(self, rows: list[Row], slow: list[Slow]) -> None:
         self.stats.merge("resp", rows)
         for latency, comm, request in slow:
             if self.stats.takes(latency):
                 text = self._texts.request(request, 0.0, 0).text
                 self.stats.push(latency, f"{comm} {text}")
-        self.decoding.assembler.stats.records += records
-        return transactions
+
+
+class NativeMetrics(Native):
+    """The metrics: per socket path and command, the latencies counted against the
+    histogram's upper bounds ``edges`` (metrics.BUCKETS)."""
+
+    def __init__(
+        self,
+        decoding: Decoding,
+        metrics: Metrics,
+        on_events: Callable[[list[Event]], int],
+        edges: Sequence[float],
+    ) -> None:
+        core = Core(containers=CONTAINERS, stateful=STATEFUL, top=0, edges=edges)
+        super().__init__(decoding, core, on_events)
+        self.metrics = metrics
+        self._labels: dict[str, int] = {}
+        self._paths: list[str] = []  # by label
+
+    def _label(self, path: str) -> int:
+        label = self._labels.get(path)
+        if label is None:
+            label = self._labels[path] = len(self._paths)
+            self._paths.append(path)
+        return label
+
+    def _merge(self, rows: list[Row], slow: list[Slow]) -> None:
+        self.metrics.merge("resp", rows, self._paths)

@@ -2,7 +2,8 @@
 in the exposition format while capturing.
 
 :class:`Metrics` aggregates in O(1) per transaction and per record (counters and
-classic histogram buckets in plain dicts); prometheus_client only turns them
+classic histogram buckets in plain dicts; the records' counters summed per socket
+in C first, ``_fast.sockets``); prometheus_client only turns them
 into metric families when scraped (a custom collector), so nothing of
 prometheus_client runs on the capture's hot path.  Label cardinality is
 bounded: at most ``MAX_PATHS`` socket paths and ``MAX_OPERATIONS`` operations
@@ -10,6 +11,8 @@ per path and protocol, ``MAX_CONTAINERS`` containers; beyond, the label is
 ``other`` (docs/metrics.md).
 
 :class:`MetricsOutput` is the Output (a :class:`~usniff.outputs.sink.TransactionSink`).
+Alone (no decoded output beside it, no other sink to hand transactions to, no
+``-c``), it counts plain RESP connections in C (:class:`~usniff.outputs.fast.NativeMetrics`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from http.server import ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, MetricsHandler, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -30,10 +33,15 @@ from prometheus_client.registry import Collector
 from ..containers import Containers
 from ..decoders.base import Transaction
 from ..decoders.engine import DecoderOptions
-from ..events import Record
+from ..events import CaptureStats, Record
+from ._fast import sockets
 from .base import OutputError
+from .fast import NativeMetrics
 from .sink import TransactionSink
 from .stats import Tally
+
+if TYPE_CHECKING:
+    from ._fast import Row  # a type of _fast.pyi only
 
 # seconds; sub-millisecond resolution, as Unix-socket servers answer in tens of microseconds
 BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1,
@@ -51,7 +59,10 @@ SERIES_PER_PATH = (MAX_OPERATIONS + 1) * SERIES_PER_OPERATION + 6  # for one pro
 @dataclass(slots=True)
 class _Op(Tally):
     buckets: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
-    seconds: float = 0.0  # sum of the answered requests' latencies
+    # sum of the answered requests' latencies, each in whole nanoseconds (as the
+    # histogram of --stats rounds them): an integer sum is the same in whatever order
+    # and grouping it is added (the native path adds per batch)
+    nanoseconds: int = 0
 
 
 @dataclass(slots=True)
@@ -82,41 +93,61 @@ class Metrics(Collector):
         self._paths.add(path)
         return path
 
-    def add(self, tx: Transaction) -> None:
-        path = self._path(tx.path)
-        key = (path, tx.protocol, tx.command)
-        with self._lock:
-            op = self._ops.get(key)
+    def _op(self, path: str, protocol: str, operation: str) -> _Op:
+        """The counters of an operation, labelled on first use (under the lock)."""
+        path = self._path(path)
+        key = (path, protocol, operation)
+        op = self._ops.get(key)
+        if op is None:
+            seen = self._per_path.get(path + "\0" + protocol, 0)
+            if seen >= MAX_OPERATIONS:
+                key = (path, protocol, OTHER)
+                op = self._ops.get(key)
+            else:
+                self._per_path[path + "\0" + protocol] = seen + 1
             if op is None:
-                seen = self._per_path.get(path + "\0" + tx.protocol, 0)
-                if seen >= MAX_OPERATIONS:
-                    key = (path, tx.protocol, OTHER)
-                    op = self._ops.get(key)
-                else:
-                    self._per_path[path + "\0" + tx.protocol] = seen + 1
-                if op is None:
-                    op = self._ops[key] = _Op()
+                op = self._ops[key] = _Op()
+        return op
+
+    def add(self, tx: Transaction) -> None:
+        with self._lock:
+            op = self._op(tx.path, tx.protocol, tx.command)
             op.add(tx)
             latency = tx.latency
             if latency is not None:
                 op.buckets[bisect.bisect_left(BUCKETS, latency)] += 1
-                op.seconds += latency
+                op.nanoseconds += round(latency * 1e9)
+
+    def merge(self, protocol: str, rows: Sequence[Row], paths: Sequence[str]) -> None:
+        """Add the answered transactions counted elsewhere (outputs/fast.py), in the
+        order of each row's first transaction (which labels an operation first): per
+        (label: index in ``paths``, command), the counts, the bytes, the transactions
+        per bucket of BUCKETS (its index) and the nanoseconds."""
+        with self._lock:
+            for label, command, count, errors, bytes_in, bytes_out, buckets, _, ns in rows:
+                op = self._op(paths[label], protocol, command)
+                op.count += count
+                op.errors += errors
+                op.bytes_in += bytes_in
+                op.bytes_out += bytes_out
+                for index, n in buckets.items():
+                    op.buckets[index] += n
+                op.nanoseconds += ns
 
     def add_records(self, batch: Sequence[Record]) -> None:
+        # counted per socket in C, in the order of each one's first record (which
+        # labels its path first)
+        counts = sockets(batch if isinstance(batch, list) else list(batch))
         with self._lock:
             self.records += len(batch)
-            for rec in batch:
-                if rec.kind == "close":
-                    continue
-                key = (self._path(rec.path), "server" if rec.path_is_own else "client", rec.cgroup)
+            for path, own, cgroup, messages, nbytes, lost in counts:
+                key = (self._path(path), "server" if own else "client", cgroup)
                 side = self._sides.get(key)
                 if side is None:
                     side = self._sides[key] = _Side()
-                if rec.lost:
-                    side.lost += rec.lost
-                else:
-                    side.bytes += rec.length
-                    side.messages += rec.flags & 1  # FLAG_MSG_START: one per send()
+                side.messages += messages
+                side.bytes += nbytes
+                side.lost += lost
 
     def collect(self) -> Iterator[Any]:
         with self._lock:
@@ -156,7 +187,7 @@ class Metrics(Collector):
             for bound, n in zip((*map(_le, BUCKETS), "+Inf"), op.buckets, strict=True):
                 running += n
                 cumulative.append((bound, running))
-            latency.add_metric(values, cumulative, op.seconds)
+            latency.add_metric(values, cumulative, op.nanoseconds / 1e9)
         side_labels = ["path", "sender", "container"]
         messages = CounterMetricFamily(
             "usniff_socket_messages", "send() calls and datagrams seen.", labels=side_labels
@@ -253,12 +284,38 @@ class MetricsOutput(TransactionSink):
         self.addr = addr
         self.metrics = Metrics(containers)
         self._server = serve(self.metrics, addr)
+        # chosen at the first write: the listeners are known then
+        self._native: NativeMetrics | None = None
+        self._started = False
 
     def add(self, tx: Transaction) -> None:
         self.metrics.add(tx)
 
     def records(self, batch: Sequence[Record]) -> None:
         self.metrics.add_records(batch)
+
+    def write(self, batch: Sequence[Record], limit: int = 0) -> int:
+        if not self._started:
+            self._started = True
+            if self.decoding is not None and not self.listeners and not limit:
+                self._native = NativeMetrics(self.decoding, self.metrics, self._count, BUCKETS)
+        if self._native is None:
+            return super().write(batch, limit)
+        if limit:  # -c counts each transaction: in Python from here on
+            counted = self._native.release()
+            self._native = None
+            if counted < limit:
+                return counted + super().write(batch, limit - counted)
+            self.records(batch)
+            assert self.decoding is not None  # a native path decodes
+            self.decoding.feed(batch)  # beyond -c: decoded, not counted
+            return counted
+        self.records(batch)
+        return self._native.feed(batch if isinstance(batch, list) else list(batch))
+
+    def close(self, stats: CaptureStats) -> int:
+        counted = self._native.release() if self._native is not None else 0
+        return counted + super().close(stats)
 
     def stop(self) -> None:
         self._server.shutdown()

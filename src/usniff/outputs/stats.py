@@ -6,6 +6,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from rich.console import Group
 from rich.table import Table
@@ -15,13 +16,13 @@ from ..decoders.base import Transaction
 from ..printable import printable
 from .histogram import Histogram
 
+if TYPE_CHECKING:
+    from ._fast import Row  # a type of _fast.pyi only
+
 TITLE = "usniff: per command; latency = server time, request's last byte to reply's first byte"
 
 
 PERCENTILES = (50, 95, 99, 100)
-# one command's answered transactions counted natively (Stats.merge): command, count,
-# errors, bytes in, bytes out, latency counts per histogram bucket, the largest latency
-NativeRow = tuple[str, int, int, int, int, dict[int, int], float]
 
 
 @dataclass(slots=True)
@@ -72,10 +73,10 @@ class Stats:
         if self.takes(latency):
             self.push(latency, f"{tx.client_comm} {tx.request}")
 
-    def merge(self, protocol: str, rows: Sequence[NativeRow]) -> None:
+    def merge(self, protocol: str, rows: Sequence[Row]) -> None:
         """Add the counts of answered transactions counted elsewhere (outputs/fast.py):
         per command, count, errors, bytes in and out, latency buckets and the largest."""
-        for command, count, errors, bytes_in, bytes_out, buckets, largest in rows:
+        for _, command, count, errors, bytes_in, bytes_out, buckets, largest, _ in rows:
             row = self.rows.setdefault((protocol, command), _Row())
             row.count += count
             row.errors += errors
