@@ -21,7 +21,20 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.support.captures import capture
-from tests.test_native_stats import CASES, NAMES, SEEDS, Conn, batched, command, counter, fuzzed
+from tests.test_native_stats import (
+    CASES,
+    NAMES,
+    SEEDS,
+    Conn,
+    as_record,
+    batched,
+    command,
+    counter,
+    fuzzed,
+    mixed,
+    packed_twin,
+)  # fmt: skip
+from usniff._events import Packed
 from usniff.decoders.engine import Decoding
 from usniff.events import CaptureStats, Record
 from usniff.outputs import fast
@@ -67,18 +80,21 @@ def bookkeeping(metrics: Metrics) -> tuple[object, ...]:
     return ops, metrics._per_path, sorted(metrics._paths), metrics.records
 
 
-def python_metrics(batches: Sequence[list[Record]]) -> tuple[Metrics, int]:
+def python_metrics(batches: Sequence[Sequence[Record | Packed]]) -> tuple[Metrics, int]:
     decoding, metrics = Decoding(), Metrics()
     add = counter(metrics.add)
     n = 0
     for batch in batches:
-        metrics.add_records(batch)
-        n += add(decoding.feed(batch))
+        records = [as_record(r) for r in batch]
+        metrics.add_records(records)
+        n += add(decoding.feed(records))
     n += add(decoding.finish())
     return metrics, n
 
 
-def native_metrics(batches: Sequence[list[Record]], endpoint: str) -> tuple[Metrics, int]:
+def native_metrics(
+    batches: Sequence[Sequence[Record | Packed]], endpoint: str
+) -> tuple[Metrics, int]:
     out = MetricsOutput(endpoint, decode=True)
     try:
         n = sum(out.write(batch) for batch in batches)
@@ -88,7 +104,7 @@ def native_metrics(batches: Sequence[list[Record]], endpoint: str) -> tuple[Metr
     return out.metrics, n
 
 
-def assert_same(batches: Sequence[list[Record]], endpoint: str) -> Metrics:
+def assert_same(batches: Sequence[Sequence[Record | Packed]], endpoint: str) -> Metrics:
     want, n_py = python_metrics(batches)
     got, n_native = native_metrics(batches, endpoint)
     assert bookkeeping(got) == bookkeeping(want)
@@ -101,7 +117,8 @@ def assert_same(batches: Sequence[list[Record]], endpoint: str) -> Metrics:
 def test_every_capture_gives_the_same_metrics(name: str, endpoint: str, handled: list[int]) -> None:
     records = capture(name)
     for seed in range(3):
-        assert_same(batched(records, random.Random(seed)), endpoint)
+        rng = random.Random(seed)
+        assert_same(batched(mixed(records, rng), rng), endpoint)
     if name == "redis":  # the native path did the work, not only the engine
         assert sum(handled) > 3 * len(records) // 4, (sum(handled), len(records))
 
@@ -112,7 +129,7 @@ def test_fuzzed_connections_give_the_same_metrics(
 ) -> None:
     rng = random.Random(seed)
     records = [r for chunk in fuzzed(seed, CASES // len(SEEDS), PATHS, OP_NAMES) for r in chunk]
-    metrics = assert_same(batched(records, rng), endpoint)
+    metrics = assert_same(batched(mixed(records, rng), rng), endpoint)
     assert sum(handled) > 1500  # the native path ran (and handed back at the accidents)
     # the label bounds were reached, so their order was compared
     assert len(metrics._paths) == MAX_PATHS
@@ -176,14 +193,16 @@ def test_socket_counters_counted_in_c_equal_a_loop_over_the_records() -> None:
             length = rng.randrange(1, 5000)
             path = "".join(["/run/s", str(rng.randrange(150))])  # a new str each time
             batch.append(Record(
-                ts=1.0, pid=1, tid=1, uid=0, comm="c", inode=1, peer_inode=2,
+                ts=1.0, pid=1, tid=1, uid=0, comm="c", inode=1, peer_inode=2, sock_id=1, peer_id=2,
                 sock_type="stream", offset=0, path=path, path_is_own=rng.random() < 0.5, kind=kind,
                 length=0 if kind == "close" else length, lost=length if kind == "lost" else 0,
                 data=b"x" if kind == "data" else b"", flags=rng.randrange(4),
                 cgroup=rng.choice((0, 0, 7, 2**63 + 5)),
             ))  # fmt: skip
         want = per_record(batch)
-        got = fast_sockets(batch)
+        # the data records as a packed capture gives them, half of them
+        twins = [packed_twin(r) if r.kind == "data" and rng.random() < 0.5 else r for r in batch]
+        got = fast_sockets(twins)
         assert [(p, o, c) for p, o, c, *_ in got] == list(want)
         assert {(p, o, c): list(v) for p, o, c, *v in got} == want
         metrics = Metrics()
@@ -197,7 +216,7 @@ def test_a_limit_hands_the_count_back_to_python(endpoint: str, handled: list[int
     """-c N (write's limit) counts each transaction in Python: a first write with a limit
     never takes the native path; a limit after native writes releases the connections
     the core owns (their transactions counted, not lost nor counted twice)."""
-    records = capture("redis")
+    records = mixed(capture("redis"), random.Random(3))  # Packed ones too: unpacked in Python
     batches = [records[i : i + 64] for i in range(0, len(records), 64)]
     half = len(batches) // 2
     want, n_py = python_metrics(batches)
@@ -217,3 +236,18 @@ def test_a_limit_hands_the_count_back_to_python(endpoint: str, handled: list[int
         assert limited._native is None
     finally:
         limited.close(CaptureStats())
+
+
+def test_only_metrics_decoding_alone_take_packed_records(endpoint: str) -> None:
+    # the capture runs packed only when every output takes Packed records; --metrics
+    # beside a decoded output is handed that output's transactions and takes Records
+    alone = MetricsOutput(endpoint, decode=True)
+    beside = MetricsOutput(f"{endpoint}.2", decode=False)
+    listened = MetricsOutput(f"{endpoint}.3", decode=True)
+    listened.listeners = [print]
+    try:
+        assert alone.takes_packed
+        assert not beside.takes_packed and not listened.takes_packed
+    finally:
+        for out in (alone, beside, listened):
+            out.close(CaptureStats())

@@ -19,7 +19,7 @@ import pytest
 
 from tests.support.captures import CAPTURES, capture
 from usniff._events import Packed
-from usniff.capture.records import EV_DATA, EV_LOST, EVENT, RecordAssembler
+from usniff.capture.records import EV_DATA, EVENT, RecordAssembler
 from usniff.decoders.base import Notice, Transaction
 from usniff.decoders.engine import Decoding, Event, Undecoded, decode_records
 from usniff.events import CaptureStats, Record, conn_key, server_id
@@ -91,17 +91,17 @@ def as_record(rec: Record | Packed) -> Record:
 
 
 def packed_twin(rec: Record) -> Packed | Record:
-    """The record as a packed capture hands it over: the same ring record made into a
-    Packed by the C assembler (a Record still when it is not of the packed kind)."""
+    """A data record as a packed capture hands it over: the same ring record made into
+    a Packed by the C assembler (a Record still when it is not of the packed kind)."""
+    assert rec.kind == "data"
     asm = RecordAssembler(CaptureStats(), packed=True)
     asm.core.clock = 0.0
     asm._sock_info[rec.sock_id] = (rec.path, rec.path_is_own)
-    kind = EV_DATA if rec.kind == "data" else EV_LOST
     comm, peer_comm = (c.encode()[:15] + b"\0" for c in (rec.comm, rec.peer_comm))
     header = EVENT.pack(
         round(rec.ts * 1e9), rec.offset, rec.sock_id, rec.peer_id, rec.inode, rec.peer_inode,
         rec.cgroup, rec.peer_cgroup, rec.pid, rec.tid, rec.uid, rec.peer_pid, rec.length,
-        len(rec.data), kind, rec.flags, 1 if rec.sock_type == "stream" else 2, 0,
+        len(rec.data), EV_DATA, rec.flags, 1 if rec.sock_type == "stream" else 2, 0,
         int(rec.path_is_own), comm, peer_comm,
     )  # fmt: skip
     asm.core.handle(memoryview(header + rec.data))

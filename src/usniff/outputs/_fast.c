@@ -850,21 +850,33 @@ static PyObject *py_sockets(PyObject *mod, PyObject *batch)
 	for (size_t i = 0; i < cap; i++)
 		table[i] = SIZE_MAX;
 	for (Py_ssize_t i = 0; i < n; i++) {
-		PyObject *rec = PyList_GET_ITEM(batch, i);
-		if (!PyObject_TypeCheck(rec, API->record_type)) {
-			PyErr_SetString(PyExc_TypeError, "sockets() takes a list of Records");
+		PyObject *rec = PyList_GET_ITEM(batch, i), *path;
+		uint64_t cgroup, lost, length, flags;
+		int own;
+		if (Py_IS_TYPE(rec, API->packed_type)) { /* a data record: nothing lost */
+			struct packed *p = (struct packed *)rec;
+			path = p->path;
+			own = PyObject_IsTrue(p->path_is_own);
+			cgroup = p->ev.cgroup;
+			lost = 0;
+			length = p->ev.len;
+			flags = p->ev.flags;
+		} else if (PyObject_TypeCheck(rec, API->record_type)) {
+			PyObject *kind = SLOT(rec, R_KIND);
+			if (kind == s_close || (kind != s_data && PyUnicode_Check(kind) &&
+						PyUnicode_CompareWithASCIIString(kind, "close") == 0))
+				continue;
+			path = SLOT(rec, R_PATH);
+			own = PyObject_IsTrue(SLOT(rec, R_PATH_IS_OWN));
+			if (u64(SLOT(rec, R_CGROUP), &cgroup) < 0 || u64(SLOT(rec, R_LOST), &lost) < 0 ||
+			    u64(SLOT(rec, R_LENGTH), &length) < 0 || u64(SLOT(rec, R_FLAGS), &flags) < 0)
+				goto done;
+		} else {
+			PyErr_SetString(PyExc_TypeError, "sockets() takes a list of records");
 			goto done;
 		}
-		PyObject *kind = SLOT(rec, R_KIND), *path = SLOT(rec, R_PATH);
-		if (kind == s_close || (kind != s_data && PyUnicode_Check(kind) &&
-					PyUnicode_CompareWithASCIIString(kind, "close") == 0))
-			continue;
-		uint64_t cgroup, lost, length, flags;
 		Py_hash_t h = PyObject_Hash(path);
-		int own = PyObject_IsTrue(SLOT(rec, R_PATH_IS_OWN));
-		if (h == -1 || own < 0 || u64(SLOT(rec, R_CGROUP), &cgroup) < 0 ||
-		    u64(SLOT(rec, R_LOST), &lost) < 0 || u64(SLOT(rec, R_LENGTH), &length) < 0 ||
-		    u64(SLOT(rec, R_FLAGS), &flags) < 0)
+		if (h == -1 || own < 0)
 			goto done;
 		size_t j = mix((uint64_t)h ^ mix(cgroup + (uint64_t)own)) & (cap - 1);
 		struct side *side = NULL;

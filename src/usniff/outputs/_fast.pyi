@@ -14,7 +14,7 @@ def bucket(ns: int) -> int:
 def bucket_middle(key: int) -> float:
     """The middle of bucket ``key``, in nanoseconds."""
 
-def sockets(batch: list[Record]) -> list[tuple[str, bool, int, int, int, int]]:
+def sockets(batch: list[Record | Packed]) -> list[tuple[str, bool, int, int, int, int]]:
     """Per (path, path_is_own, cgroup) of ``batch``'s records but closes, in the order of
     their first record: (path, path_is_own, cgroup, messages, bytes, lost bytes)."""
 

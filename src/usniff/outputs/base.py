@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol, TypeVar
 
+from usniff._events import Packed
 from usniff.events import CaptureStats, Record
 
 
@@ -69,3 +70,9 @@ class Sink(Protocol[Item]):
 
 
 Output = Sink[Record]
+
+
+def unpacked(batch: Sequence[Record | Packed]) -> list[Record]:
+    """The Records of a batch that may hold the capture's Packed records (an output
+    whose ``takes_packed`` is true gets them; its Python parts need Records)."""
+    return [r.record() if isinstance(r, Packed) else r for r in batch]

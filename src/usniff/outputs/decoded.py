@@ -25,7 +25,7 @@ from ..decoders.engine import DecoderOptions, Decoding, Event, Undecoded
 from ..events import CaptureStats, Record
 from ..printable import printable
 from . import raw
-from .base import clock_text
+from .base import clock_text, unpacked
 from .fast import NativeStats
 from .stats import Stats
 
@@ -157,10 +157,10 @@ class DecodedOutput:
                 self._left = max(0, limit - printed)
             else:
                 printed = 0
-            if self._native is None:  # then no Packed records come (takes_packed)
-                records = cast("Sequence[Record]", batch)
-            else:
-                records = [r.record() if isinstance(r, Packed) else r for r in batch]
+            # Packed records come only when takes_packed (cast: no copy)
+            records = (
+                unpacked(batch) if self._native is not None else cast("Sequence[Record]", batch)
+            )
             events = self.decoding.feed(records)
             if self.live:
                 self.decoding.expire(time.time(), events)

@@ -26,6 +26,7 @@ from ..decoders.resp import CONTAINERS, STATEFUL, RespDecoder
 from ..events import ConnKey, Record, conn_key
 from ..streams import Position
 from ._fast import Core
+from .base import unpacked
 from .stats import Stats
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ class Native:
             if self.core.owned and asm.open_connections + k - j >= asm.max_connections:
                 self.release()  # the assembler may evict: it must see every connection as is
             k = min(k, j + RUN)  # connections become plain within a run: adopt them soon
-            run = [r.record() if isinstance(r, Packed) else r for r in batch[j:k]]
+            run = unpacked(batch[j:k])
             counted += self.on_events(self.decoding.feed(run, expire=False))
             if self.decoding.protocols_seen.get("resp") and (
                 asm.open_connections < asm.max_connections // 2

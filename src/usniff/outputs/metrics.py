@@ -24,18 +24,19 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from http.server import ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from prometheus_client import CollectorRegistry, MetricsHandler, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from .._events import Packed
 from ..containers import Containers
 from ..decoders.base import Transaction
 from ..decoders.engine import DecoderOptions
 from ..events import CaptureStats, Record
 from ._fast import sockets
-from .base import OutputError
+from .base import OutputError, unpacked
 from .fast import NativeMetrics
 from .sink import TransactionSink
 from .stats import Tally
@@ -134,7 +135,7 @@ class Metrics(Collector):
                     op.buckets[index] += n
                 op.nanoseconds += ns
 
-    def add_records(self, batch: Sequence[Record]) -> None:
+    def add_records(self, batch: Sequence[Record | Packed]) -> None:
         # counted per socket in C, in the order of each one's first record (which
         # labels its path first)
         counts = sockets(batch if isinstance(batch, list) else list(batch))
@@ -291,24 +292,32 @@ class MetricsOutput(TransactionSink):
     def add(self, tx: Transaction) -> None:
         self.metrics.add(tx)
 
-    def records(self, batch: Sequence[Record]) -> None:
+    @property
+    def takes_packed(self) -> bool:
+        """Whether ``write`` takes the capture's Packed records: when it decodes alone
+        (the native path, which reads their C fields, as the socket counters do)."""
+        return self.decoding is not None and not self.listeners
+
+    def records(self, batch: Sequence[Record | Packed]) -> None:
         self.metrics.add_records(batch)
 
-    def write(self, batch: Sequence[Record], limit: int = 0) -> int:
+    def write(self, batch: Sequence[Record | Packed], limit: int = 0) -> int:
         if not self._started:
             self._started = True
-            if self.decoding is not None and not self.listeners and not limit:
+            if self.decoding is not None and self.takes_packed and not limit:
                 self._native = NativeMetrics(self.decoding, self.metrics, self._count, BUCKETS)
-        if self._native is None:
-            return super().write(batch, limit)
+        if self._native is None:  # Packed records only when takes_packed (cast: no copy)
+            records = unpacked(batch) if self.takes_packed else cast("Sequence[Record]", batch)
+            return super().write(records, limit)
         if limit:  # -c counts each transaction: in Python from here on
             counted = self._native.release()
             self._native = None
+            records = unpacked(batch)
             if counted < limit:
-                return counted + super().write(batch, limit - counted)
-            self.records(batch)
+                return counted + super().write(records, limit - counted)
+            self.records(records)
             assert self.decoding is not None  # a native path decodes
-            self.decoding.feed(batch)  # beyond -c: decoded, not counted
+            self.decoding.feed(records)  # beyond -c: decoded, not counted
             return counted
         self.records(batch)
         return self._native.feed(batch if isinstance(batch, list) else list(batch))
