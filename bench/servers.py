@@ -1,4 +1,5 @@
-"""Overhead of ``usniff --stats`` on real PostgreSQL, memcached, podman and php-fpm servers.
+"""Overhead of ``usniff --stats`` on real PostgreSQL, MariaDB, memcached, podman and php-fpm
+servers.
 
     python -m bench servers [--quick] [--rounds N] [--seconds S]
 
@@ -11,13 +12,16 @@ Loads (one closed-loop client each, pinned to the second CPU like bench/overhead
 the servers are not pinned, php-fpm, nginx and postgres being several processes):
 
 * PostgreSQL: ``pgbench -S`` (4 clients) over the socket, after ``pgbench -i -s 1``;
+* MariaDB: ``mariadb-slap`` (4 clients) sending ``SELECT 1``, runs of SLAP_QUERIES
+  until the round's time is up;
 * memcached: a Python client, ``set`` then ``get`` of one key, on one connection;
 * podman's Docker API: a Python client, ``GET /v1.41/_ping`` on one kept-alive connection;
 * nginx -> php-fpm: the same client, ``GET /hello.php`` from nginx, the trace on
   php-fpm's socket (FastCGI).
 
 Completeness: in each traced round, usniff's --stats count of the load's operation
-equals what the client sent (pgbench's "number of transactions actually processed").
+equals what the client sent (pgbench's "number of transactions actually processed",
+the queries mariadb-slap was told to send).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from typing import Any
 from tests.support.servers import (
     connect,
     nginx_socket,
+    start_mariadb,
     start_memcached,
     start_php_app,
     start_podman,
@@ -45,7 +50,7 @@ from tests.support.servers import (
 )
 
 from .common import Usniff, median, table
-from .overhead import CLIENT_CPU
+from .overhead import CLIENT_CPU, SLAP
 
 CONFIGS = ("untraced", "usniff --stats")
 
@@ -79,6 +84,28 @@ def _pgbench(sock: str, seconds: float) -> int:
     if m is None:
         raise RuntimeError(f"unexpected pgbench output: {out!r}")
     return int(m[1])
+
+
+SLAP_QUERIES = 4000  # per mariadb-slap run: 1000 for each of its 4 clients
+
+
+def _slap_init(sock: str) -> None:
+    subprocess.run(["mariadb", f"--socket={sock}", "--user=root", "-e", "CREATE DATABASE slap"],
+                   check=True, capture_output=True)  # fmt: skip
+
+
+def _slap(sock: str, seconds: float) -> int:
+    """mariadb-slap runs of SELECT 1 until ``seconds`` are up; the queries sent."""
+    sent, t0 = 0, time.monotonic()
+    while not sent or time.monotonic() - t0 < seconds:
+        subprocess.run(
+            [SLAP, f"--socket={sock}", "--user=root", "--concurrency=4", "--iterations=1",
+             "--query=SELECT 1", f"--number-of-queries={SLAP_QUERIES}", "--create-schema=slap",
+             "--no-drop"],
+            check=True, capture_output=True, preexec_fn=_on_client_cpu,
+        )  # fmt: skip
+        sent += SLAP_QUERIES
+    return sent
 
 
 def _on_client_cpu() -> None:
@@ -156,6 +183,8 @@ def _nothing(sock: str) -> None:
 SERVICES = (
     Service("postgres", "pgbench -S -c 4", start_postgres, _pgbench_init, _pgbench,
             ("postgres", "SELECT abalance FROM pgbench_accounts WHERE aid = ?;")),
+    Service("mariadb", "mariadb-slap -c 4, SELECT 1", start_mariadb, _slap_init, _slap,
+            ("mysql", "SELECT ?")),
     Service("memcached", "set+get, 1 connection", start_memcached, _nothing, _memcached,
             ("memcached", "get")),
     Service("podman", "GET /_ping, keep-alive", start_podman, _nothing,
