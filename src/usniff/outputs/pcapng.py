@@ -85,6 +85,7 @@ CLIENT_NET = 0x0A800000  # 10.128.0.0/9: one address per client process
 NET_SIZE = 1 << 23
 MAX_DATAGRAM = 65535 - 20 - 8  # UDP payload that fits one IPv4 packet
 FLUSH_BYTES = 1 << 20  # write out as soon as this much is buffered, also within a batch
+ISB_ROOM = 512  # bytes left free when the disk fills, for the statistics block (~300)
 IOV_MAX = 1024  # buffers per writev(2)
 MAX_NAMES = 1 << 16  # server paths and client processes with an address at once
 WSCALE = 14  # window scale announced in the SYNs: window 65535 << 14 never fills
@@ -777,8 +778,8 @@ class PcapngOutput:
     def _account(self, stats: CaptureStats) -> None:
         """After a write error: count what never reached the file as lost
         (datagrams still waiting for their end too), then try to end the file
-        with the statistics block saying so; it usually fits in the space the
-        cut-off partial block left (tmpfs and ext4 allocate whole pages)."""
+        with the statistics block saying so, in the ISB_ROOM bytes ``_cut`` left
+        (space the file already held)."""
         pending = Sink()
         self._framer.finish(pending)
         self._unwritten += _payloads(b"".join(pending.pieces()))[1]
@@ -899,14 +900,33 @@ class PcapngOutput:
     def _cut(self, data: bytes, written: int) -> None:
         """A write failed after ``written`` bytes of ``data``: keep the whole
         blocks among them (a disk with 0.5 MiB free takes 0.5 MiB of a 1 MiB
-        buffer), cut off the partial one, count the packets after it as not
-        written."""
+        buffer) but the last ISB_ROOM bytes, where the statistics block will go
+        (``_account``: space the file already holds, so it is written), cut off
+        the rest, count the packets after it as not written."""
+        room = self._size + written - ISB_ROOM  # where the kept blocks must end
         kept = 0
         for _start, end in _block_ends(data):
-            if end > written:
+            if self._size + end > room:
                 break
             kept = end
+        dropped = self._unwind(room) if not kept else b""
         self._size += kept
         self._truncate()
-        self._durable += _payloads(data[:kept])[0]
-        self._unwritten += _payloads(data[kept:])[1]
+        self._durable += _payloads(data[:kept])[0] - _payloads(dropped)[0]
+        self._unwritten += _payloads(data[kept:])[1] + _payloads(dropped)[1]
+
+    def _unwind(self, room: int) -> bytes:
+        """Packets at the end of the file (EPBs, read back by their trailing block
+        lengths) dropped until it ends by ``room``; their blocks."""
+        end = self._size
+        with contextlib.suppress(OSError):  # a FIFO or device cannot be read back
+            while end > room:
+                (length,) = struct.unpack("<I", os.pread(self._fd, 4, end - 4))
+                start = end - length
+                head = os.pread(self._fd, 4, start) if 0 < start < end else b""
+                if len(head) < 4 or struct.unpack("<I", head)[0] != BT_EPB:
+                    break
+                end = start
+        dropped = os.pread(self._fd, self._size - end, end) if end < self._size else b""
+        self._size = end
+        return dropped
