@@ -12,6 +12,7 @@ order the operations were labelled in), and so must the labels' bookkeeping.
 
 from __future__ import annotations
 
+import io
 import math
 import random
 import tempfile
@@ -39,7 +40,10 @@ from usniff.decoders.engine import Decoding
 from usniff.events import CaptureStats, Record
 from usniff.outputs import fast
 from usniff.outputs._fast import sockets as fast_sockets
+from usniff.outputs.base import packed_sinks
+from usniff.outputs.decoded import DecodedOutput
 from usniff.outputs.metrics import BUCKETS, MAX_OPERATIONS, MAX_PATHS, OTHER, Metrics, MetricsOutput
+from usniff.outputs.pcapng import PcapngOutput
 
 # the main path takes about a third of the connections, the others share the rest
 PATHS = ("/run/redis.sock",) * 60 + tuple(f"/run/r{i}.sock" for i in range(MAX_PATHS + 20))
@@ -238,16 +242,26 @@ def test_a_limit_hands_the_count_back_to_python(endpoint: str, handled: list[int
         limited.close(CaptureStats())
 
 
-def test_only_metrics_decoding_alone_take_packed_records(endpoint: str) -> None:
+def test_the_capture_runs_packed_when_every_output_takes_packed(
+    endpoint: str,
+) -> None:
     # the capture runs packed only when every output takes Packed records; --metrics
     # beside a decoded output is handed that output's transactions and takes Records
     alone = MetricsOutput(endpoint, decode=True)
     beside = MetricsOutput(f"{endpoint}.2", decode=False)
     listened = MetricsOutput(f"{endpoint}.3", decode=True)
     listened.listeners = [print]
+    table = DecodedOutput(None, stats=True, stats_stream=io.StringIO())
+    lines = DecodedOutput(io.StringIO(), stats=True, stats_stream=io.StringIO())
+    pcapng = PcapngOutput(f"{endpoint}.pcapng")
     try:
         assert alone.takes_packed
         assert not beside.takes_packed and not listened.takes_packed
+        # what the capture loop runs packed (cli.loop.run): every output takes them
+        for outputs in ([alone], [alone, pcapng], [table, alone], [pcapng]):
+            assert packed_sinks(outputs) == outputs
+        for outputs in ([], [beside], [listened], [alone, lines], [pcapng, lines]):
+            assert packed_sinks(outputs) is None
     finally:
-        for out in (alone, beside, listened):
+        for out in (alone, beside, listened, table, lines, pcapng):
             out.close(CaptureStats())

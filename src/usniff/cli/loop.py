@@ -13,7 +13,7 @@ from types import FrameType
 from ..capture.collector import Capture, CaptureOptions
 from ..capture.records import R, RecordAssembler
 from ..events import CaptureStats
-from ..outputs.base import Output, OutputError, Sink
+from ..outputs.base import Output, OutputError, Sink, packed_sinks
 from .extcap import CaptureOptions as ExtcapOptions
 
 FLUSH_EVERY = 1.0  # seconds between write-outs of the outputs (-U: after every batch)
@@ -84,17 +84,13 @@ def run(
     # docs/performance.md, "Collector").
     thresholds = gc.get_threshold()
     gc.set_threshold(GC_YOUNG, 50, 50)
-    # Only pcapng written (-w, the extcap) or only the table counted natively
-    # (--stats): the capture may hand over Packed records, read from their C
-    # fields ("packed records" in _events.c).
-    from ..outputs.decoded import DecodedOutput
-    from ..outputs.pcapng import PcapngOutput
-
-    takers = [out for out in outputs if isinstance(out, PcapngOutput | DecodedOutput)]
-    packers = [out for out in takers if out.takes_packed]
+    # Only outputs that read Packed records from their C fields (-w, the extcap,
+    # --stats or --metrics counted natively): the capture hands them over
+    # ("packed records" in _events.c).
+    packers = packed_sinks(outputs)
     emitted = 0
     try:
-        if outputs and len(packers) == len(outputs):
+        if packers is not None:
             packed = RecordAssembler(cap.stats, packed=True)
             emitted = _pump(cap, packed, packers, count, duration, on_ready, flush_every)
         else:

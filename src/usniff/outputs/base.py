@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 from usniff._events import Packed
 from usniff.events import CaptureStats, Record
@@ -54,7 +54,7 @@ Item = TypeVar("Item", contravariant=True)
 
 class Sink(Protocol[Item]):
     """What consumes batches of ``Item``: every output takes Records
-    (:data:`Output`); the pcapng output also takes the capture's Packed records."""
+    (:data:`Output`); some also take the capture's Packed records (:class:`PackedSink`)."""
 
     def write(self, batch: Sequence[Item], limit: int = 0) -> int:
         """Emit ``batch``: at most ``limit`` items when ``limit`` > 0 (and nothing more
@@ -70,6 +70,23 @@ class Sink(Protocol[Item]):
 
 
 Output = Sink[Record]
+
+
+@runtime_checkable
+class PackedSink(Sink[Record | Packed], Protocol):
+    """An output that can take the capture's Packed records as well as Records, and
+    says whether it does as it is set up (``takes_packed``): pcapng, and the natively
+    counted --stats table and --metrics."""
+
+    @property
+    def takes_packed(self) -> bool: ...
+
+
+def packed_sinks(outputs: Sequence[object]) -> list[PackedSink] | None:
+    """``outputs`` when every one takes Packed records (the capture then hands them
+    over: ``RecordAssembler(packed=True)``), else None."""
+    takers = [out for out in outputs if isinstance(out, PackedSink) and out.takes_packed]
+    return takers if outputs and len(takers) == len(outputs) else None
 
 
 def unpacked(batch: Sequence[Record | Packed]) -> list[Record]:
