@@ -57,6 +57,11 @@ def tarball(suite: str, kind: str = "minimal") -> Path:
     return path
 
 
+def cpython_prefix(version: str) -> str:
+    """Where cpython() installs CPython ``version`` (bin/python<version> in it)."""
+    return f"/opt/python{version}"
+
+
 def cpython(suite: str, version: str, source_suite: str) -> Path:
     """``tests/install/cache/<suite>-cpython<version>-amd64.tar``: /opt/python<version>, the
     CPython that Debian ``source_suite``'s python<version> source package carries (its
@@ -67,7 +72,7 @@ def cpython(suite: str, version: str, source_suite: str) -> Path:
         return path
     tarball(suite, "cpython")
     started = time.monotonic()
-    prefix = f"/opt/python{version}"
+    prefix = cpython_prefix(version)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp, Chroot(suite, Path(tmp), "cpython") as root:
         root.host_path("/etc/apt/sources.list.d/source.list").write_text(
             f"deb-src {host_mirrors()[0]} {source_suite} main\n"

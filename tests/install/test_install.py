@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from jsoncapture import capture_sends
-from rootfs import Chroot, cpython
+from rootfs import Chroot, cpython, cpython_prefix
 from wheelbuild import clone_and_build, manylinux_wheel
 
 from tests.support.live import UXWORK, Workload
@@ -57,8 +57,13 @@ def test_wheel_is_reproducible_and_self_contained(
 class Release:
     suite: str
     wheels: str  # the fixture of the wheelhouse installed
-    python: str = "python3"  # the interpreter the venv is made with
     cpython: str = ""  # CPython built from source first (rootfs.cpython): its version
+
+    @property
+    def python(self) -> str:
+        """The interpreter the venv is made with."""
+        v = self.cpython
+        return f"{cpython_prefix(v)}/bin/python{v}" if v else "python3"
 
 
 # Debian 12 has Python 3.11 (the wheel `make wheel` built here); Debian 13 has 3.13 (the
@@ -68,9 +73,7 @@ class Release:
 RELEASES = {
     "debian12-py3.11": Release("bookworm", "wheelhouse"),
     "debian13-py3.13": Release("trixie", "trixie_wheelhouse"),
-    "debian11-py3.11-source": Release(
-        "bullseye", "wheelhouse", "/opt/python3.11/bin/python3.11", cpython="3.11"
-    ),
+    "debian11-py3.11-source": Release("bullseye", "wheelhouse", cpython="3.11"),
 }
 
 

@@ -615,7 +615,7 @@ static int u64(PyObject *o, uint64_t *out)
 
 /*
  * What the core reads of a record, a Record or a Packed one (the capture makes
- * Packed records when every output takes them: DecodedOutput.takes_packed).
+ * Packed records when every output takes them: outputs.base.packed_sinks).
  * data is NULL when it is no data record with a payload.
  */
 struct view {
