@@ -929,19 +929,25 @@ done:
 	return out;
 }
 
-PyDoc_STRVAR(feed_doc, "feed(batch, start)\n--\n\n"
-	     "Handle batch[start:] up to the first record not handled: (j, k, handback).");
+PyDoc_STRVAR(feed_doc, "feed(batch, start, most)\n--\n\n"
+	     "Handle batch[start:] up to the first record not handled, j: (j, k, handback),\n"
+	     "k the next record Core owns after j, or j + most, or the end.");
 
 static PyObject *core_feed(Core *self, PyObject *const *args, Py_ssize_t nargs)
 {
-	if (nargs != 2 || !PyList_Check(args[0])) {
-		PyErr_SetString(PyExc_TypeError, "feed(batch: list, start: int)");
+	if (nargs != 3 || !PyList_Check(args[0])) {
+		PyErr_SetString(PyExc_TypeError, "feed(batch: list, start: int, most: int)");
 		return NULL;
 	}
 	PyObject *batch = args[0];
 	Py_ssize_t n = PyList_GET_SIZE(batch), i = PyLong_AsSsize_t(args[1]);
-	if (i == -1 && PyErr_Occurred())
+	Py_ssize_t most = PyLong_AsSsize_t(args[2]);
+	if ((i == -1 || most == -1) && PyErr_Occurred())
 		return NULL;
+	if (most < 1) {
+		PyErr_SetString(PyExc_ValueError, "feed: most must be positive");
+		return NULL;
+	}
 	PyObject *state = Py_NewRef(Py_None);
 	struct view v;
 	for (; i < n; i++) {
@@ -964,8 +970,9 @@ static PyObject *core_feed(Core *self, PyObject *const *args, Py_ssize_t nargs)
 			break;
 		}
 	}
-	Py_ssize_t k = i < n ? i + 1 : n;
-	for (; k < n; k++) {
+	/* bounded: a batch of records Core does not own is scanned once, not once per run */
+	Py_ssize_t k = i < n ? i + 1 : n, end = i < n - most ? i + most : n;
+	for (; k < end; k++) {
 		int rc = view_of(PyList_GET_ITEM(batch, k), &v);
 		if (rc < 0)
 			goto error;

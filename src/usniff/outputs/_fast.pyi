@@ -60,10 +60,13 @@ class Core:
     @property
     def owned(self) -> int:
         """Connections owned."""
-    def feed(self, batch: list[Record | Packed], start: int) -> tuple[int, int, Handback | None]:
+    def feed(
+        self, batch: list[Record | Packed], start: int, most: int
+    ) -> tuple[int, int, Handback | None]:
         """Handle ``batch[start:]`` up to the first record not handled, ``j``; ``k``: the
-        first record after it of a connection owned (len(batch): none); the state of the
-        connection of ``batch[j]`` when it was owned and is handed back for that record."""
+        first record after it of a connection owned, or ``j + most``, or len(batch); the
+        state of the connection of ``batch[j]`` when it was owned and is handed back for
+        that record."""
     def adopt(
         self,
         key: ConnKey,

@@ -57,7 +57,7 @@ class Native:
         asm = self.decoding.assembler
         while i < n:
             self._seed()
-            j, k, back = self.core.feed(batch, i)
+            j, k, back = self.core.feed(batch, i, RUN)
             if j > i:
                 counted += self._take()
             if j == n:
@@ -66,7 +66,6 @@ class Native:
                 self._take_back(back)
             if self.core.owned and asm.open_connections + k - j >= asm.max_connections:
                 self.release()  # the assembler may evict: it must see every connection as is
-            k = min(k, j + RUN)  # connections become plain within a run: adopt them soon
             run = unpacked(batch[j:k])
             counted += self.on_events(self.decoding.feed(run, expire=False))
             if self.decoding.protocols_seen.get("resp") and (
