@@ -365,9 +365,9 @@ def _text_row(payload: bytes, ncols: int) -> str:
 
 # --------------------------------------------------------------------------- SQL text
 
-_LITERAL = re.compile(
-    r"""'(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.|"")*"|\b0x[0-9a-fA-F]+\b|"""
-    r"""(?<![\w.$])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\b"""
+_LITERAL = re.compile(  # the lookahead: as postgres._LITERAL's
+    r"""(?=['"\d-])(?:'(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.|"")*"|\b0x[0-9a-fA-F]+\b|"""
+    r"""(?<![\w.$])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\b)"""
 )
 _SECRETS = re.compile(
     r"""(?P<pre>\bIDENTIFIED\s+(?:(?:WITH|VIA)\s+\w+\s+)?(?:BY|AS|USING)\s+(?:PASSWORD\s*)?\(?\s*"""

@@ -72,9 +72,12 @@ _ENCRYPTION_REQUESTS = (
 # PostgreSQL literals: standard strings ('' doubles a quote, no backslash escape),
 # E'' strings (backslash escapes), dollar-quoted strings, numbers; $1 parameters
 # and identifiers ("quoted" ones included) are kept.
+# The lookahead lets the regex engine skip, at one test, a character where no literal
+# can begin (it tries every alternative at every character otherwise: twice the time).
 _LITERAL = re.compile(
+    r"""(?=[eExXbB]'|['$\d-])(?:"""
     r"""[eE]'(?:[^'\\]|\\.|'')*'|'(?:[^']|'')*'|(\$\w*\$).*?\1|"""
-    r"""\b[xXbB]'[0-9a-fA-F]*'|(?<![\w.$])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\b""",
+    r"""\b[xXbB]'[0-9a-fA-F]*'|(?<![\w.$])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\b)""",
     re.DOTALL,
 )
 _SECRETS = re.compile(
