@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from usniff.decoders import mysql, postgres, sql
+from usniff.decoders.base import clip
 
 CASES = 20_000
 ALPHABET = "'\"$`\\-+.,()?;:_eExXbB0179af SELECTINWHERE\t\n\r\x0b\x0c\x1c\x1f\x85\xa0\u2028\u3000"
@@ -23,7 +24,7 @@ def reference(text: str, literal: re.Pattern[str]) -> str:
                       literal.flags)  # fmt: skip
     assert bare.pattern != literal.pattern  # the lookahead is there, and gone
     shape = sql._IN_LIST.sub("(?+)", bare.sub("?", text))
-    return sql.clip(re.sub(r"\s+", " ", shape).strip(), sql.SHAPE)
+    return clip(re.sub(r"\s+", " ", shape).strip(), sql.SHAPE)
 
 
 def texts(rng: random.Random) -> list[str]:
