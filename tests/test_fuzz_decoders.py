@@ -29,8 +29,8 @@ from usniff.decoders.fastcgi import FastcgiDecoder
 from usniff.decoders.http import HttpDecoder
 from usniff.decoders.http2 import PREFACE, Http2Decoder
 from usniff.decoders.memcached import MemcachedDecoder
-from usniff.decoders.mysql import MysqlDecoder
-from usniff.decoders.postgres import PostgresDecoder
+from usniff.decoders.mysql import MysqlDecoder, PacketReader
+from usniff.decoders.postgres import SSL_REQUEST, Framer, PostgresDecoder
 from usniff.decoders.resp import RespDecoder
 from usniff.events import server_id
 from usniff.streams import Direction, conn_key
@@ -329,3 +329,52 @@ def test_one_connection_fed_fuzz_keeps_bounded_memory(name: str) -> None:
             held = max(held, held_bytes(decoder))
     assert fed > 2 * RETAINED_LIMIT
     assert held < RETAINED_LIMIT, held
+
+
+def _pieces(data: bytes, cut: random.Random | int) -> list[bytes]:
+    """``data`` cut at random points, or in pieces of ``cut`` bytes."""
+    if isinstance(cut, int):
+        return [data[i : i + cut] for i in range(0, len(data), cut)]
+    points = sorted(cut.sample(range(1, len(data)), min(len(data) - 1, cut.randint(0, 4))))
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+
+
+def _framed(
+    name: str, chunks: list[bytes], cut: random.Random | int, start: tuple[bool, bool]
+) -> list[object]:
+    """What the decoder's framing gives of one direction's ``chunks``, each cut in pieces;
+    ``start``: PostgreSQL's framer begins untyped (a client), single (SSLRequest's answer)."""
+    out: list[object] = []
+    if name == "mysql":
+        reader = PacketReader()
+        for chunk in chunks:
+            for piece in _pieces(chunk, cut):
+                out += reader.feed(piece)
+    else:
+        framer = Framer()
+        framer.untyped, framer.single = start
+        for chunk in chunks:
+            for piece in _pieces(chunk, cut):
+                out += framer.feed(piece, 1.0)
+    return out
+
+
+@pytest.mark.parametrize("name", ["mysql", "postgres"])
+def test_how_the_bytes_are_cut_changes_no_message(name: str) -> None:
+    """MySQL's PacketReader and PostgreSQL's Framer read whole packets in place (_whole)
+    and the rest through their buffers: the same packets whatever the cuts."""
+    rng, streams = random.Random(3), 0
+    for steps in SESSIONS[name]:
+        ssl = steps[0][1][4:8] == SSL_REQUEST.to_bytes(4, "big")  # type: ignore[index]
+        for direction in Direction:
+            chunks = [item for d, item in steps if d is direction and isinstance(item, bytes)]
+            if not chunks:
+                continue
+            start = (direction is Direction.CLIENT, ssl and direction is Direction.SERVER)
+            whole = _framed(name, chunks, 1 << 30, start)
+            assert whole, "the framing read the capture's packets"
+            assert whole == _framed(name, chunks, 1, start)
+            for _ in range(5):
+                assert whole == _framed(name, chunks, rng, start)
+            streams += 1
+    assert streams >= 4

@@ -241,10 +241,15 @@ class PacketReader:
         return self.feed(b"")
 
     def feed(self, data: bytes) -> list[Packet]:
+        out: list[Packet] = []
+        if self.cur is None and not self.buf:
+            pos = self._whole(data, out)
+            if pos == len(data):
+                return out
+            data = data[pos:]
         self.buf += data
         buf = self.buf
         pos = 0
-        out: list[Packet] = []
         while True:
             cur = self.cur
             if cur is None or (self.body_left == 0 and self.more):
@@ -278,6 +283,22 @@ class PacketReader:
             self.cur = None
         del buf[:pos]
         return out
+
+    @staticmethod
+    def _whole(data: bytes, out: list[Packet]) -> int:
+        """The packets wholly in ``data`` (no continuation) read in place, as ``feed``
+        reads them through its buffer (a third of MySQL's decoding time); the end."""
+        pos, n = 0, len(data)
+        while n - pos >= 4:
+            length = data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16
+            end = pos + 4 + length
+            if length == 0xFFFFFF or end > n:
+                break
+            seq = data[pos + 3]
+            out.append(Packet(seq, seq, data[pos + 4 : pos + 4 + min(length, KEEP)], length,
+                              length + 4))  # fmt: skip
+            pos = end
+        return pos
 
 
 # --------------------------------------------------------------------------- values
