@@ -163,7 +163,11 @@ class _Reader:
         return int.from_bytes(self.take(n), "little")
 
     def lenenc(self) -> int | None:
-        first = self.uint(1)
+        pos = self.pos
+        if pos >= len(self.data):
+            raise ProtocolError("packet too short")
+        first = self.data[pos]  # read in place: a result's every value starts so
+        self.pos = pos + 1
         if first < 0xFB:
             return first
         if first == 0xFB:
