@@ -85,6 +85,10 @@ _SECRETS = re.compile(
 )
 
 _DONE = {"1": "parsed", "2": "bound", "3": "closed", "n": "no data"}
+# server messages that answer what a transaction expects next: kind -> what it may answer
+_ANSWERS = {"1": "1", "2": "2", "3": "3", "t": "t", "n": "T", "C": "EZ", "I": "EZ", "s": "E",
+            "Z": "Z"}  # fmt: skip
+_STATUS = {"I": "idle", "T": "in transaction", "E": "failed transaction"}  # ReadyForQuery's
 _AUTH = {
     0: "ok",
     2: "KerberosV5",
@@ -837,18 +841,7 @@ class PostgresDecoder:
             n = _Reader(msg.body).i32() if msg.size >= 4 else -1
             txn.tags.append("result NULL" if n < 0 else f"result {n} bytes")
             return
-        ok = {
-            "1": "1",
-            "2": "2",
-            "3": "3",
-            "t": "t",
-            "n": "T",
-            "C": "EZ",
-            "I": "EZ",
-            "s": "E",
-            "Z": "Z",
-        }.get(kind, "")
-        if want not in ok:
+        if want not in _ANSWERS.get(kind, ""):
             raise ProtocolError(f"server message {kind!r} while expecting {want!r}")
         if kind in _DONE:
             txn.answers.append(_DONE[kind])
@@ -864,11 +857,7 @@ class PostgresDecoder:
             txn.tags.append("suspended")
         elif kind == "Z":
             status = msg.body[:1].decode("ascii", "replace")
-            txn.details["status"] = {
-                "I": "idle",
-                "T": "in transaction",
-                "E": "failed transaction",
-            }.get(status, status)
+            txn.details["status"] = _STATUS.get(status, status)
         if kind in "CI" and want == "Z":
             return  # one statement of a multi-statement Query: more may follow
         txn.expect.popleft()
