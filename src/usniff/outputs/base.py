@@ -82,7 +82,7 @@ Output = Sink[Record]
 class PackedSink(Sink[Record | Packed], Protocol):
     """An output that can take the capture's Packed records as well as Records, and
     says whether it does as it is set up (``takes_packed``): pcapng, and the natively
-    counted --stats table and --metrics."""
+    counted --stats table and --metrics, and text lines alone."""
 
     @property
     def takes_packed(self) -> bool: ...
