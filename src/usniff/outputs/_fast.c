@@ -1,7 +1,8 @@
 /*
  * usniff.outputs._fast: the native path of the statistics table (--stats
- * without decoded lines) and of --metrics alone, driven by outputs/fast.py;
- * and --metrics' per-record socket counters (sockets(), below).
+ * without decoded lines), of --metrics alone and of text lines alone, driven
+ * by outputs/fast.py; and --metrics' per-record socket counters (sockets(),
+ * below).
  *
  * The Python engine (decoders/engine.py, streams.py, decoders/resp.py) costs
  * a few microseconds per transaction; a traced Redis answers one in ten.
@@ -13,13 +14,17 @@
  * per-command counts, bytes and latency histogram (the buckets below, which
  * outputs/histogram.py uses too, or the given edges of --metrics' histogram),
  * the latencies' sum and the candidates for the slowest list, per label (the
- * connection's socket path for --metrics, 0 for --stats).  Python is touched
- * once per run of such records (Core.take).
+ * connection's socket path for --metrics, 0 for --stats).  Given the clock
+ * (outputs.base.clock_text), the core also writes each transaction's text line
+ * as outputs/decoded.py format_text would (the section "text lines" below),
+ * with the ends named by Python at adoption.  Python is touched once per run
+ * of such records (Core.take, Core.lines), and for the clock once a second.
  *
  * A record it cannot handle exactly (out of order, a duplicate, a loss or
  * truncation, a close, a message split across records, a type it does not
  * frame, a reply without a request, a command whose pairing is not FIFO:
- * resp.STATEFUL) ends the run: the connection is handed back (the state
+ * resp.STATEFUL; with lines, anything they would not show exactly, or that
+ * would rename an end) ends the run: the connection is handed back (the state
  * fast.py gives the Python engine) before the record, and the Python engine
  * decodes it.  Records of connections Core does not own are the engine's.
  */

@@ -1,6 +1,7 @@
-"""The native paths of the statistics table (Records -> :class:`~usniff.outputs.stats.Stats`)
-and of the metrics alone (-> :class:`~usniff.outputs.metrics.Metrics`), with the
-per-transaction work of plain RESP connections in C (``_fast.c``).
+"""The native paths of the statistics table (Records -> :class:`~usniff.outputs.stats.Stats`),
+of the metrics alone (-> :class:`~usniff.outputs.metrics.Metrics`) and of text lines alone
+(-> the lines ``outputs/decoded.py format_text`` makes), with the per-transaction work of
+plain RESP connections in C (``_fast.c``).
 
 The Python engine (:class:`~usniff.decoders.engine.Decoding`) stays the owner of every
 connection and the reference: it detects protocols, reorders, resyncs, pairs the
@@ -11,8 +12,11 @@ whole messages it frames exactly; at the first record that is not, it hands the
 connection back (``Decoding.take_back``) and the engine decodes that record.  The
 counts, bytes, latency buckets and slowest requests are those the engine's
 transactions would have given (tests/test_native_stats.py and
-tests/test_native_metrics.py compare the two).  :class:`Native` drives the core;
-:class:`NativeStats` and :class:`NativeMetrics` merge what it counted.
+tests/test_native_metrics.py compare the two), and so are the lines and their order
+(tests/test_native_text.py): for text lines the core renders each line only when it
+renders it exactly, and otherwise hands the connection back before the record.
+:class:`Native` drives the core; :class:`NativeStats` and :class:`NativeMetrics` merge
+what it counted, :class:`NativeText` writes the lines it rendered.
 """
 
 from __future__ import annotations
