@@ -15,9 +15,9 @@
  * outputs/histogram.py uses too, or the given edges of --metrics' histogram),
  * the latencies' sum and the candidates for the slowest list, per label (the
  * connection's socket path for --metrics, 0 for --stats).  Given the clock
- * (outputs.base.clock_text), the core also writes each transaction's text line
- * as outputs/decoded.py format_text would (the section "text lines" below),
- * with the ends named by Python at adoption.  Python is touched once per run
+ * (outputs.base.clock_text), the core writes each transaction's text line as
+ * outputs/decoded.py format_text would instead (the section "text lines"
+ * below), with the ends named by Python at adoption.  Python is touched once per run
  * of such records (Core.take, Core.lines), and for the clock once a second.
  *
  * A record it cannot handle exactly (out of order, a duplicate, a loss or
@@ -854,10 +854,12 @@ static int64_t bucket_key(Core *self, double latency, int64_t ns)
 static int answer(Core *self, struct conn *c, struct pend *req, double ts,
 		  const unsigned char *rp, const unsigned char *re)
 {
+	if (self->clock != NULL) { /* the lines are the output: nothing else to count */
+		self->transactions++;
+		return line(self, c, req, ts, rp, re);
+	}
 	int64_t nbytes = re - rp;
 	int error = *rp == '-';
-	if (self->clock != NULL && line(self, c, req, ts, rp, re) < 0)
-		return -1;
 	struct row *r = req->row;
 	double latency = ts - req->ts;
 	int64_t ns = nanoseconds(latency);

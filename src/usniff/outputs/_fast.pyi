@@ -60,8 +60,9 @@ class Core:
         ``edges``: the histogram's upper bounds, ascending (a latency's bucket is the
         index of the first edge >= it, len(edges) above them all); None: log-linear;
         ``clock``: given (outputs.base.clock_text), the core renders each transaction's
-        text line as outputs/decoded.py format_text does (:meth:`lines`), and leaves to
-        Python the records whose line it does not render exactly."""
+        text line as outputs/decoded.py format_text does (:meth:`lines`) instead of
+        counting it in rows, and leaves to Python the records whose line it does not
+        render exactly."""
     @property
     def owned(self) -> int:
         """Connections owned."""

@@ -238,4 +238,4 @@ class NativeText(Native):
         return transactions
 
     def _merge(self, rows: list[Row], slow: list[Slow]) -> None:
-        """The counts are not needed: the lines are the output."""
+        """None: with lines, the core counts transactions only."""
