@@ -51,6 +51,7 @@ class Ends:
     pids: tuple[int, int]
     comms: tuple[str, str]
     inodes: tuple[int, int]
+    cgroups: tuple[int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +148,9 @@ class Decoding:
         position = self.assembler.hand_over(key)
         if position is None:
             return None
-        ends = Ends((conn.pids[0], conn.pids[1]), (conn.comms[0], conn.comms[1]),
-                    (conn.inodes[0], conn.inodes[1]))  # fmt: skip
+        pids, comms, inodes, cgroups = conn.pids, conn.comms, conn.inodes, conn.cgroups
+        ends = Ends((pids[0], pids[1]), (comms[0], comms[1]), (inodes[0], inodes[1]),
+                    (cgroups[0], cgroups[1]))  # fmt: skip
         return Handover(position, ends, conn.decoder.hand_over(), conn.open.path)
 
     def take_back(
@@ -164,6 +166,7 @@ class Decoding:
         self.assembler.take_back(key, position)
         conn = self._conns[key]
         conn.pids, conn.comms, conn.inodes = list(ends.pids), list(ends.comms), list(ends.inodes)
+        conn.cgroups = list(ends.cgroups)
         conn.name = "-".join(str(i or "?") for i in conn.inodes)
         assert isinstance(conn.decoder, RespDecoder)
         conn.decoder.take_back(pending)

@@ -797,5 +797,11 @@ def _masked_reply(command: str, value: object) -> object:
     return Agg(value.kind, items, value.size)
 
 
+# the command keys (name, or name and subcommand) whose request text or reply _redact or
+# _masked_reply may mask: with --redact, the native text path (_fast.c) leaves them to Python
+MASKED = frozenset(
+    (b"AUTH", b"HELLO", b"MIGRATE", b"ACL SETUSER", b"ACL GETUSER", b"ACL LIST", b"CONFIG SET",
+     b"CONFIG GET")
+)  # fmt: skip
 _PASSWORD_RULES = frozenset((b">", b"<", b"#", b"!"))  # ACL SETUSER: add/remove a password or hash
 _SECRET_CONFIG = frozenset((b"requirepass", b"masterauth"))

@@ -1,7 +1,8 @@
 /*
  * usniff.outputs._fast: the native path of the statistics table (--stats
- * without decoded lines) and of --metrics alone, driven by outputs/fast.py;
- * and --metrics' per-record socket counters (sockets(), below).
+ * without decoded lines), of --metrics alone and of text lines alone, driven
+ * by outputs/fast.py; and --metrics' per-record socket counters (sockets(),
+ * below).
  *
  * The Python engine (decoders/engine.py, streams.py, decoders/resp.py) costs
  * a few microseconds per transaction; a traced Redis answers one in ten.
@@ -13,13 +14,17 @@
  * per-command counts, bytes and latency histogram (the buckets below, which
  * outputs/histogram.py uses too, or the given edges of --metrics' histogram),
  * the latencies' sum and the candidates for the slowest list, per label (the
- * connection's socket path for --metrics, 0 for --stats).  Python is touched
- * once per run of such records (Core.take).
+ * connection's socket path for --metrics, 0 for --stats).  Given the clock
+ * (outputs.base.clock_text), the core writes each transaction's text line as
+ * outputs/decoded.py format_text would instead (the section "text lines"
+ * below), with the ends named by Python at adoption.  Python is touched once per run
+ * of such records (Core.take, Core.lines), and for the clock once a second.
  *
  * A record it cannot handle exactly (out of order, a duplicate, a loss or
  * truncation, a close, a message split across records, a type it does not
  * frame, a reply without a request, a command whose pairing is not FIFO:
- * resp.STATEFUL) ends the run: the connection is handed back (the state
+ * resp.STATEFUL; with lines, anything they would not show exactly, or that
+ * would rename an end) ends the run: the connection is handed back (the state
  * fast.py gives the Python engine) before the record, and the Python engine
  * decodes it.  Records of connections Core does not own are the engine's.
  */
@@ -187,6 +192,7 @@ struct row {
 /* A request waiting for its reply. */
 struct pend {
 	PyObject *obj; /* bytes: the request as sent; or the decoder's own request (adopted) */
+	PyObject *text; /* lines: an adopted request's text (bytes, utf-8, printable); else NULL */
 	struct row *row;
 	double ts;
 	int64_t nbytes;
@@ -198,6 +204,8 @@ struct conn {
 	int started[2];
 	double last_ts;
 	PyObject *pid[2], *comm[2], *inode[2];
+	uint64_t cgroup[2];
+	PyObject *names; /* lines: " client -> server  " (bytes, utf-8, printable) */
 	struct pend *q;
 	size_t head, len, cap;
 };
@@ -217,11 +225,19 @@ typedef struct {
 	Py_ssize_t top, nheap;
 	PyObject *slow; /* list of (latency, comm, request) candidates since the last take */
 	uint64_t transactions, records;
+	/* lines: the clock_text function (NULL: no lines), the lines since the last take */
+	PyObject *clock;
+	char *out;
+	size_t olen, ocap;
+	double second; /* the whole second whose HH:MM:SS is in hms (clock_text's cache) */
+	char hms[8];
+	int has_second;
 } Core;
 
 static void pend_clear(struct pend *p)
 {
 	Py_CLEAR(p->obj);
+	Py_CLEAR(p->text);
 }
 
 static void conn_free(struct conn *c)
@@ -233,6 +249,7 @@ static void conn_free(struct conn *c)
 		Py_XDECREF(c->comm[d]);
 		Py_XDECREF(c->inode[d]);
 	}
+	Py_XDECREF(c->names);
 	PyMem_Free(c->q);
 	PyMem_Free(c);
 }
@@ -376,6 +393,17 @@ static struct row *row_get(Core *self, uint64_t label, const unsigned char *key,
 
 #define KEEP 256 /* bytes of a bulk string the decoder keeps: of a name, all it upper-cases */
 #define MAX_DEPTH 8 /* deeper replies go to the Python decoder */
+#define MAX_ITEMS 16 /* elements of an array the decoder keeps (and shows) */
+#define SUMMARY 160 /* characters of a request's or a reply's text (resp.SUMMARY) */
+
+/* printable ASCII, space included: what the lines show as it is */
+static int plain_text(const unsigned char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (s[i] < 0x20 || s[i] > 0x7e)
+			return 0;
+	return 1;
+}
 
 /*
  * A decimal number of at most 18 digits ending at a CRLF, from p (neg: a
@@ -415,8 +443,13 @@ static const unsigned char *bulk(const unsigned char *p, const unsigned char *en
 	return p + *n + 2;
 }
 
-/* A reply the Python decoder reads alike and pairs FIFO: + - : $ and * of them. */
-static const unsigned char *reply(const unsigned char *p, const unsigned char *end, int depth)
+/*
+ * A reply the Python decoder reads alike and pairs FIFO: + - : $ and * of them.
+ * With lines, only those the lines render exactly (line_reply): no array in an
+ * array but a null one, no simple string or error but of printable ASCII.
+ */
+static const unsigned char *reply(int lines, const unsigned char *p, const unsigned char *end,
+				  int depth)
 {
 	int64_t n;
 	const unsigned char *s;
@@ -428,7 +461,9 @@ static const unsigned char *reply(const unsigned char *p, const unsigned char *e
 		s = memchr(p, '\r', (size_t)(end - p));
 		while (s != NULL && s + 1 < end && s[1] != '\n')
 			s = memchr(s + 1, '\r', (size_t)(end - s - 1));
-		return s == NULL || s + 1 >= end ? NULL : s + 2;
+		if (s == NULL || s + 1 >= end)
+			return NULL;
+		return lines && !plain_text(p + 1, (size_t)(s - p - 1)) ? NULL : s + 2;
 	case ':':
 		return number(p + 1, end, 1, &n);
 	case '$':
@@ -438,10 +473,10 @@ static const unsigned char *reply(const unsigned char *p, const unsigned char *e
 	case '*':
 		if (end - p >= 5 && memcmp(p, "*-1\r\n", 5) == 0)
 			return p + 5;
-		if (depth >= MAX_DEPTH || (p = number(p + 1, end, 0, &n)) == NULL)
+		if (depth >= (lines ? 1 : MAX_DEPTH) || (p = number(p + 1, end, 0, &n)) == NULL)
 			return NULL;
 		for (int64_t i = 0; i < n && p != NULL; i++)
-			p = reply(p, end, depth + 1);
+			p = reply(lines, p, end, depth + 1);
 		return p;
 	}
 	return NULL;
@@ -476,6 +511,8 @@ static const unsigned char *command(Core *self, uint64_t label, const unsigned c
 			size[i] = len < KEEP ? len : KEEP;
 		}
 	}
+	if (self->clock != NULL && !plain_text(arg[0], (size_t)size[0]))
+		return NULL; /* a name the lines would show escaped */
 	unsigned char key[2 * KEEP + 1];
 	size_t k = (size_t)size[0];
 	upper(key, arg[0], k);
@@ -491,10 +528,258 @@ static const unsigned char *command(Core *self, uint64_t label, const unsigned c
 	return p;
 }
 
+/* ------------------------------------------------------------ text lines */
+
+/*
+ * The text of a request or a reply as resp.py renders it, clipped to SUMMARY
+ * characters as base.clip does (all of it ASCII: one character a byte).
+ * Only the first SUMMARY + 1 characters are kept: enough to know the clip.
+ */
+struct text {
+	size_t n;
+	char b[SUMMARY + 1];
+};
+
+static void add(struct text *t, const char *s, size_t n)
+{
+	size_t room = sizeof t->b - t->n;
+	n = n < room ? n : room;
+	memcpy(t->b + t->n, s, n);
+	t->n += n;
+}
+
+static void addf(struct text *t, const char *fmt, long long v)
+{
+	char tmp[48];
+	int n = snprintf(tmp, sizeof tmp, fmt, v);
+	add(t, tmp, (size_t)n);
+}
+
+static void clip(struct text *t)
+{
+	if (t->n > SUMMARY) {
+		memcpy(t->b + SUMMARY - 3, "...", 3);
+		t->n = SUMMARY;
+	}
+}
+
+/* base.show_bytes(s[:size], limit): bare when printable without spaces, else quoted */
+static void show_bytes(struct text *t, const unsigned char *s, int64_t size, int64_t limit)
+{
+	int64_t n = size < limit ? size : limit, i = 0;
+	for (; i < n; i++)
+		if (s[i] <= 0x20 || s[i] > 0x7e || s[i] == '"' || s[i] == '\\')
+			break;
+	if (n && i == n && size == n) {
+		add(t, (const char *)s, (size_t)n);
+		return;
+	}
+	add(t, "\"", 1);
+	add(t, (const char *)s, (size_t)i);
+	for (; i < n && t->n < sizeof t->b; i++) {
+		unsigned char b = s[i];
+		char esc[5] = {'\\', 0, 0, 0, 0};
+		size_t len = 2;
+		switch (b) {
+		case '"':
+		case '\\':
+			esc[1] = (char)b;
+			break;
+		case '\n':
+			esc[1] = 'n';
+			break;
+		case '\r':
+			esc[1] = 'r';
+			break;
+		case '\t':
+			esc[1] = 't';
+			break;
+		default:
+			if (b >= 0x20 && b <= 0x7e) {
+				esc[0] = (char)b;
+				len = 1;
+			} else {
+				esc[1] = 'x';
+				esc[2] = "0123456789abcdef"[b >> 4];
+				esc[3] = "0123456789abcdef"[b & 15];
+				len = 4;
+			}
+		}
+		add(t, esc, len);
+	}
+	add(t, "\"", 1);
+	if (size > n)
+		addf(t, "...(%lld bytes)", (long long)size);
+}
+
+/* RespDecoder._request_text of a command framed by command() (unredacted) */
+static void line_request(struct text *t, const unsigned char *p, const unsigned char *end)
+{
+	int64_t n = 0, len = 0; /* framed before: every read succeeds */
+	const unsigned char *s = NULL;
+	p = number(p + 1, end, 0, &n);
+	for (int64_t i = 0; i < n && i < MAX_ITEMS; i++) {
+		p = bulk(p, end, &s, &len);
+		if (i) {
+			add(t, " ", 1);
+			show_bytes(t, s, len, 48);
+			continue;
+		}
+		for (int64_t j = 0; j < len && j < KEEP; j++) {
+			char c = (char)(s[j] >= 'a' && s[j] <= 'z' ? s[j] - 32 : s[j]);
+			add(t, &c, 1);
+		}
+	}
+	if (n > MAX_ITEMS)
+		addf(t, " ...+%lld args", (long long)(n - MAX_ITEMS));
+	clip(t);
+}
+
+/* resp._render of a reply framed by reply() with lines; the position after it */
+static const unsigned char *line_reply(struct text *t, const unsigned char *p,
+				       const unsigned char *end, int depth)
+{
+	int64_t n = 0; /* framed before: every read succeeds */
+	const unsigned char *s = NULL;
+	switch (*p) {
+	case '+':
+	case '-':
+		s = memchr(p, '\r', (size_t)(end - p));
+		add(t, (const char *)p, (size_t)(s - p));
+		return s + 2;
+	case ':':
+		p = number(p + 1, end, 1, &n);
+		addf(t, ":%lld", (long long)n);
+		return p;
+	case '$':
+		if (memcmp(p, "$-1\r\n", 5) == 0) {
+			add(t, "(nil)", 5);
+			return p + 5;
+		}
+		p = bulk(p, end, &s, &n);
+		show_bytes(t, s, n, 64);
+		return p;
+	}
+	if (memcmp(p, "*-1\r\n", 5) == 0) {
+		add(t, "(nil)", 5);
+		return p + 5;
+	}
+	p = number(p + 1, end, 0, &n);
+	addf(t, "*%lld [", (long long)n);
+	for (int64_t i = 0; i < n; i++) {
+		if (i >= MAX_ITEMS) {
+			p = reply(1, p, end, depth + 1);
+			continue;
+		}
+		if (i)
+			add(t, ", ", 2);
+		p = line_reply(t, p, end, depth + 1);
+	}
+	if (n > MAX_ITEMS)
+		addf(t, ", ...+%lld", (long long)(n - MAX_ITEMS));
+	add(t, "]", 1);
+	return p;
+}
+
+/* Room for n more bytes of lines (NULL and an exception when there is none). */
+static char *room(Core *self, size_t n)
+{
+	if (self->olen + n > self->ocap) {
+		size_t cap = self->ocap ? self->ocap : 65536;
+		while (cap < self->olen + n)
+			cap *= 2;
+		char *out = PyMem_Realloc(self->out, cap);
+		if (out == NULL) {
+			PyErr_NoMemory();
+			return NULL;
+		}
+		self->out = out;
+		self->ocap = cap;
+	}
+	return self->out + self->olen;
+}
+
+/*
+ * outputs.base.clock_text(ts), with its cache of the last second's HH:MM:SS:
+ * the Python function is called once a second.
+ */
+static int line_clock(Core *self, double ts)
+{
+	double whole, frac = modf(ts, &whole), micros = nearbyint(frac * 1e6);
+	int exact = micros >= 0 && micros < 1e6;
+	char *o = room(self, 16);
+	if (o == NULL)
+		return -1;
+	if (exact && self->has_second && whole == self->second) {
+		memcpy(o, self->hms, 8);
+		snprintf(o + 8, 8, ".%06d", (int)micros);
+		self->olen += 15;
+		return 0;
+	}
+	PyObject *text = PyObject_CallFunction(self->clock, "d", ts);
+	if (text == NULL)
+		return -1;
+	Py_ssize_t n;
+	const char *s = PyUnicode_Check(text) ? PyUnicode_AsUTF8AndSize(text, &n) : NULL;
+	if (s == NULL || (o = room(self, (size_t)n)) == NULL) {
+		if (!PyErr_Occurred())
+			PyErr_SetString(PyExc_TypeError, "clock() must return a str");
+		Py_DECREF(text);
+		return -1;
+	}
+	memcpy(o, s, (size_t)n);
+	self->olen += (size_t)n;
+	if (ts >= 0 && exact && n == 15 && s[2] == ':' && s[5] == ':' && s[8] == '.') {
+		self->second = whole;
+		memcpy(self->hms, s, 8);
+		self->has_second = 1;
+	}
+	Py_DECREF(text);
+	return 0;
+}
+
+/*
+ * outputs/decoded.py format_text of the transaction of req and the reply
+ * [rp, re) sent at ts: clock, ends, request, reply, latency, two spaces apart.
+ */
+static int line(Core *self, struct conn *c, const struct pend *req, double ts,
+		const unsigned char *rp, const unsigned char *re)
+{
+	struct text request, answer;
+	const char *rq = request.b;
+	size_t rn;
+	if (req->text != NULL) {
+		rq = PyBytes_AS_STRING(req->text);
+		rn = (size_t)PyBytes_GET_SIZE(req->text);
+	} else {
+		request.n = 0;
+		line_request(&request, (const unsigned char *)PyBytes_AS_STRING(req->obj),
+			     (const unsigned char *)PyBytes_AS_STRING(req->obj) +
+				     PyBytes_GET_SIZE(req->obj));
+		rn = request.n;
+	}
+	answer.n = 0;
+	line_reply(&answer, rp, re, 0);
+	clip(&answer);
+	char latency[400];
+	int ln = snprintf(latency, sizeof latency, "  %.3f ms\n", (ts - req->ts) * 1000.0);
+	size_t hn = (size_t)PyBytes_GET_SIZE(c->names);
+	if (line_clock(self, req->ts) < 0 || room(self, hn + rn + 2 + answer.n + (size_t)ln) == NULL)
+		return -1;
+	char *o = self->out + self->olen;
+	memcpy(o, PyBytes_AS_STRING(c->names), hn);
+	memcpy(o += hn, rq, rn);
+	memcpy(o += rn, "  ", 2);
+	memcpy(o += 2, answer.b, answer.n);
+	memcpy(o + answer.n, latency, (size_t)ln);
+	self->olen += hn + rn + 2 + answer.n + (size_t)ln;
+	return 0;
+}
+
 /* ------------------------------------------------------------- the core */
 
-static int push_pending(struct conn *c, PyObject *obj, struct row *row, double ts,
-			int64_t nbytes)
+static int push_pending(struct conn *c, PyObject *obj, PyObject *text, struct row *row,
+			double ts, int64_t nbytes)
 {
 	if (c->len == c->cap) {
 		size_t cap = c->cap ? 2 * c->cap : 16;
@@ -512,6 +797,7 @@ static int push_pending(struct conn *c, PyObject *obj, struct row *row, double t
 	}
 	struct pend *p = &c->q[(c->head + c->len) % c->cap];
 	p->obj = obj;
+	p->text = text;
 	p->row = row;
 	p->ts = ts;
 	p->nbytes = nbytes;
@@ -564,10 +850,16 @@ static int64_t bucket_key(Core *self, double latency, int64_t ns)
 	return lo;
 }
 
-/* A transaction: req answered by a reply of nbytes sent at ts. */
-static int answer(Core *self, struct conn *c, struct pend *req, double ts, int64_t nbytes,
-		  int error)
+/* A transaction: req answered by the reply [rp, re) sent at ts. */
+static int answer(Core *self, struct conn *c, struct pend *req, double ts,
+		  const unsigned char *rp, const unsigned char *re)
 {
+	if (self->clock != NULL) { /* the lines are the output: nothing else to count */
+		self->transactions++;
+		return line(self, c, req, ts, rp, re);
+	}
+	int64_t nbytes = re - rp;
+	int error = *rp == '-';
 	struct row *r = req->row;
 	double latency = ts - req->ts;
 	int64_t ns = nanoseconds(latency);
@@ -695,6 +987,69 @@ static struct conn *owner(Core *self, const struct view *v)
 	return conn_get(self, a < b ? a : b, a < b ? b : a);
 }
 
+static int view_cgroup(const struct view *v, int peer, uint64_t *out)
+{
+	if (v->packed != NULL) {
+		*out = peer ? v->packed->ev.peer_cgroup : v->packed->ev.cgroup;
+		return 0;
+	}
+	return u64(SLOT(v->rec, peer ? R_PEER_CGROUP : R_CGROUP), out);
+}
+
+/*
+ * Decoding's _Conn.learn of v, of direction d: the process, inode and cgroup of
+ * its end, and of the other end when not known.  1 done; -1 error; 0 (nothing
+ * changed) with lines when it would rename an end: the ends are named at
+ * adoption (Containers.label is Python's), so the engine renames them.
+ */
+static int learn(Core *self, struct conn *c, const struct view *v, int d)
+{
+	PyObject *pid = view_field(v, R_PID), *comm = view_field(v, R_COMM);
+	PyObject *inode = view_field(v, R_INODE), *peer = NULL, *peer_comm = NULL;
+	uint64_t cgroup, peer_cgroup = 0;
+	int rc = -1, known, has = 0;
+	if (pid == NULL || comm == NULL || inode == NULL || view_cgroup(v, 0, &cgroup) < 0 ||
+	    (known = PyObject_IsTrue(c->pid[1 - d])) < 0)
+		goto done;
+	if (!known) {
+		if ((peer = view_field(v, R_PEER_PID)) == NULL || (has = PyObject_IsTrue(peer)) < 0)
+			goto done;
+		if (has && ((peer_comm = view_field(v, R_PEER_COMM)) == NULL ||
+			    view_cgroup(v, 1, &peer_cgroup) < 0))
+			goto done;
+	}
+	if (self->clock != NULL) {
+		int same = has ? 0 : PyObject_RichCompareBool(pid, c->pid[d], Py_EQ);
+		if (same > 0)
+			same = PyObject_RichCompareBool(comm, c->comm[d], Py_EQ);
+		if (same < 0)
+			goto done;
+		if (!same || cgroup != c->cgroup[d]) {
+			rc = 0;
+			goto done;
+		}
+	}
+	Py_SETREF(c->pid[d], pid);
+	Py_SETREF(c->comm[d], comm);
+	Py_SETREF(c->inode[d], inode);
+	pid = comm = inode = NULL;
+	c->cgroup[d] = cgroup;
+	if (has) {
+		Py_SETREF(c->pid[1 - d], peer);
+		Py_SETREF(c->comm[1 - d], peer_comm);
+		peer = peer_comm = NULL;
+		c->cgroup[1 - d] = peer_cgroup;
+	}
+	rc = 1;
+done:
+	Py_XDECREF(pid);
+	Py_XDECREF(comm);
+	Py_XDECREF(inode);
+	Py_XDECREF(peer);
+	Py_XDECREF(peer_comm);
+	return rc;
+}
+
 #define MAX_MESSAGES 4096 /* per record; more: the Python decoder */
 
 /*
@@ -721,52 +1076,27 @@ static int handle(Core *self, struct conn *c, const struct view *v)
 	while (p < end) { /* every message whole, all of a kind handled here */
 		if (m == MAX_MESSAGES)
 			return 0;
-		p = d ? reply(p, end, 0) : command(self, c->label, p, end, &rows[m]);
+		p = d ? reply(self->clock != NULL, p, end, 0)
+		      : command(self, c->label, p, end, &rows[m]);
 		if (p == NULL)
 			return PyErr_Occurred() ? -1 : 0;
 		start[++m] = p;
 	}
 	if (d && (size_t)m > c->len)
 		return 0; /* a reply without a request: the decoder's "unpaired" notice */
-	/* commit: as StreamAssembler._deliver and Decoding's _Conn.learn */
+	int rc = learn(self, c, v, d);
+	if (rc <= 0)
+		return rc;
+	/* commit: as StreamAssembler._deliver */
 	c->started[d] = 1;
 	c->next[d] = (int64_t)(off + len);
 	c->last_ts = ts;
 	self->records++;
-	PyObject *pid = view_field(v, R_PID), *comm = view_field(v, R_COMM);
-	PyObject *inode = view_field(v, R_INODE);
-	if (pid == NULL || comm == NULL || inode == NULL) {
-		Py_XDECREF(pid);
-		Py_XDECREF(comm);
-		Py_XDECREF(inode);
-		return -1;
-	}
-	Py_SETREF(c->pid[d], pid);
-	Py_SETREF(c->comm[d], comm);
-	Py_SETREF(c->inode[d], inode);
-	int known = PyObject_IsTrue(c->pid[1 - d]);
-	if (known < 0)
-		return -1;
-	if (!known) {
-		PyObject *peer = view_field(v, R_PEER_PID);
-		int has = peer == NULL ? -1 : PyObject_IsTrue(peer);
-		PyObject *peer_comm = has > 0 ? view_field(v, R_PEER_COMM) : NULL;
-		if (has < 0 || (has > 0 && peer_comm == NULL)) {
-			Py_XDECREF(peer);
-			return -1;
-		}
-		if (has) {
-			Py_SETREF(c->pid[1 - d], peer);
-			Py_SETREF(c->comm[1 - d], peer_comm);
-		} else {
-			Py_DECREF(peer);
-		}
-	}
 	for (int i = 0; i < m; i++) {
 		int64_t size = start[i + 1] - start[i];
 		if (!d) {
 			PyObject *raw = PyBytes_FromStringAndSize((const char *)start[i], size);
-			if (raw == NULL || push_pending(c, raw, rows[i], ts, size) < 0) {
+			if (raw == NULL || push_pending(c, raw, NULL, rows[i], ts, size) < 0) {
 				Py_XDECREF(raw);
 				return -1;
 			}
@@ -775,7 +1105,7 @@ static int handle(Core *self, struct conn *c, const struct view *v)
 		struct pend req = c->q[c->head];
 		c->head = (c->head + 1) % c->cap;
 		c->len--;
-		int rc = answer(self, c, &req, ts, size, *start[i] == '-');
+		rc = answer(self, c, &req, ts, start[i], start[i + 1]);
 		pend_clear(&req);
 		if (rc < 0)
 			return -1;
@@ -799,11 +1129,12 @@ static PyObject *release(Core *self, struct conn *c)
 		PyList_SET_ITEM(pending, (Py_ssize_t)i, t);
 	}
 	PyObject *state = Py_BuildValue(
-		"((KK)K(LL)(OO)d(OO)(OO)(OO)N)", (unsigned long long)c->lo,
+		"((KK)K(LL)(OO)d(OO)(OO)(OO)(KK)N)", (unsigned long long)c->lo,
 		(unsigned long long)c->hi, (unsigned long long)c->server, (long long)c->next[0],
 		(long long)c->next[1], c->started[0] ? Py_True : Py_False,
 		c->started[1] ? Py_True : Py_False, c->last_ts, c->pid[0], c->pid[1], c->comm[0],
-		c->comm[1], c->inode[0], c->inode[1], pending);
+		c->comm[1], c->inode[0], c->inode[1], (unsigned long long)c->cgroup[0],
+		(unsigned long long)c->cgroup[1], pending);
 	if (state == NULL)
 		return NULL;
 	conn_del(self, c);
@@ -986,21 +1317,26 @@ error:
 }
 
 PyDoc_STRVAR(adopt_doc, "adopt(key, server, next, started, last_ts, pids, comms, inodes, "
-			"pending, label)\n--\n\nTake a connection over from the Python engine.");
+			"cgroups, pending, label, names)\n--\n\n"
+			"Take a connection over from the Python engine.");
 
 static PyObject *core_adopt(Core *self, PyObject *args)
 {
-	unsigned long long lo, hi, server, label;
+	unsigned long long lo, hi, server, label, g0, g1;
 	long long n0, n1;
 	int s0, s1;
 	double last_ts;
-	PyObject *p0, *p1, *c0, *c1, *i0, *i1, *pending;
-	if (!PyArg_ParseTuple(args, "(KK)K(LL)(pp)d(OO)(OO)(OO)O!K", &lo, &hi, &server, &n0, &n1,
-			      &s0, &s1, &last_ts, &p0, &p1, &c0, &c1, &i0, &i1, &PyList_Type,
-			      &pending, &label))
+	PyObject *p0, *p1, *c0, *c1, *i0, *i1, *pending, *names;
+	if (!PyArg_ParseTuple(args, "(KK)K(LL)(pp)d(OO)(OO)(OO)(KK)O!KO", &lo, &hi, &server, &n0,
+			      &n1, &s0, &s1, &last_ts, &p0, &p1, &c0, &c1, &i0, &i1, &g0, &g1,
+			      &PyList_Type, &pending, &label, &names))
 		return NULL;
 	if (conn_get(self, lo, hi) != NULL) {
 		PyErr_SetString(PyExc_ValueError, "connection already adopted");
+		return NULL;
+	}
+	if (self->clock != NULL && !PyBytes_Check(names)) {
+		PyErr_SetString(PyExc_TypeError, "a core with lines needs each connection's names");
 		return NULL;
 	}
 	struct conn *c = PyMem_Calloc(1, sizeof *c);
@@ -1021,17 +1357,26 @@ static PyObject *core_adopt(Core *self, PyObject *args)
 	c->comm[1] = Py_NewRef(c1);
 	c->inode[0] = Py_NewRef(i0);
 	c->inode[1] = Py_NewRef(i1);
-	/* pending: (request, command key bytes, ts, nbytes) of the decoder's requests */
+	c->cgroup[0] = g0;
+	c->cgroup[1] = g1;
+	c->names = self->clock != NULL ? Py_NewRef(names) : NULL;
+	/* pending: (request, command key bytes, ts, nbytes, text) of the decoder's requests */
 	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(pending); i++) {
-		PyObject *obj, *key;
+		PyObject *obj, *key, *text;
 		double ts;
 		long long nbytes;
-		if (!PyArg_ParseTuple(PyList_GET_ITEM(pending, i), "OSdL", &obj, &key, &ts,
-				      &nbytes))
+		if (!PyArg_ParseTuple(PyList_GET_ITEM(pending, i), "OSdLO", &obj, &key, &ts, &nbytes,
+				      &text))
 			goto error;
+		if (self->clock != NULL && !PyBytes_Check(text)) {
+			PyErr_SetString(PyExc_TypeError, "a core with lines needs each request's text");
+			goto error;
+		}
 		struct row *r = row_get(self, label, (const unsigned char *)PyBytes_AS_STRING(key),
 					(size_t)PyBytes_GET_SIZE(key));
-		if (r == NULL || push_pending(c, Py_NewRef(obj), r, ts, nbytes) < 0)
+		if (r == NULL ||
+		    push_pending(c, Py_NewRef(obj), self->clock != NULL ? Py_NewRef(text) : NULL,
+				 r, ts, nbytes) < 0)
 			goto error;
 	}
 	if (conn_put(self, c) < 0)
@@ -1129,6 +1474,17 @@ static PyObject *core_take(Core *self, PyObject *unused)
 	return out;
 }
 
+PyDoc_STRVAR(lines_doc, "lines()\n--\n\nThe text lines rendered since the last call.");
+
+static PyObject *core_lines(Core *self, PyObject *unused)
+{
+	(void)unused;
+	PyObject *text = PyUnicode_DecodeUTF8(self->out, (Py_ssize_t)self->olen, "strict");
+	if (text != NULL)
+		self->olen = 0;
+	return text;
+}
+
 static PyObject *core_owned(Core *self, void *closure)
 {
 	(void)closure;
@@ -1168,11 +1524,12 @@ static int core_edges(Core *self, PyObject *edges)
 
 static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
-	static char *names[] = {"containers", "stateful", "top", "edges", NULL};
-	PyObject *containers, *stateful, *edges = Py_None;
+	static char *names[] = {"containers", "stateful", "top", "edges", "clock", NULL};
+	PyObject *containers, *stateful, *edges = Py_None, *clock = Py_None;
 	Py_ssize_t top;
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!n|O", names, &PyFrozenSet_Type,
-					 &containers, &PyFrozenSet_Type, &stateful, &top, &edges))
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!n|OO", names, &PyFrozenSet_Type,
+					 &containers, &PyFrozenSet_Type, &stateful, &top, &edges,
+					 &clock))
 		return NULL;
 	if (top < 0) {
 		PyErr_SetString(PyExc_ValueError, "top must be >= 0");
@@ -1184,6 +1541,7 @@ static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 	self->containers = Py_NewRef(containers);
 	self->stateful = Py_NewRef(stateful);
 	self->top = top;
+	self->clock = clock != Py_None ? Py_NewRef(clock) : NULL;
 	self->heap = PyMem_Malloc((size_t)(top ? top : 1) * sizeof(double));
 	self->slow = PyList_New(0);
 	if (self->heap == NULL || self->slow == NULL) {
@@ -1220,6 +1578,8 @@ static void core_dealloc(Core *self)
 	Py_XDECREF(self->slow);
 	Py_XDECREF(self->containers);
 	Py_XDECREF(self->stateful);
+	Py_XDECREF(self->clock);
+	PyMem_Free(self->out);
 	Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1229,6 +1589,7 @@ static PyMethodDef core_methods[] = {
 	{"release_all", (PyCFunction)core_release_all, METH_NOARGS, release_all_doc},
 	{"seed", (PyCFunction)core_seed, METH_O, seed_doc},
 	{"take", (PyCFunction)core_take, METH_NOARGS, take_doc},
+	{"lines", (PyCFunction)core_lines, METH_NOARGS, lines_doc},
 	{NULL, NULL, 0, NULL},
 };
 

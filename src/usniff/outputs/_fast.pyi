@@ -1,7 +1,7 @@
 """The native path of the statistics table and of --metrics, in C (_fast.c); outputs/fast.py
 drives it."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from usniff._events import Packed
 from usniff.events import Record
@@ -21,7 +21,7 @@ def sockets(batch: list[Record | Packed]) -> list[tuple[str, bool, int, int, int
 ConnKey = tuple[int, int]
 # what a connection hands back (Core.feed, Core.release_all): its key, its server's id,
 # the next offset and whether it started, per direction (client, server), the capture time
-# of its last record, the pids, comms and inodes of both ends (client, server), the
+# of its last record, the pids, comms, inodes and cgroups of both ends (client, server), the
 # requests waiting for a reply (each the request as sent, bytes, or the object adopted,
 # with its ts and size)
 Handback = tuple[
@@ -32,6 +32,7 @@ Handback = tuple[
     float,
     tuple[int, int],
     tuple[str, str],
+    tuple[int, int],
     tuple[int, int],
     list[tuple[object, float, int]],
 ]
@@ -52,11 +53,16 @@ class Core:
         stateful: frozenset[bytes],
         top: int,
         edges: Sequence[float] | None = None,
+        clock: Callable[[float], str] | None = None,
     ) -> None:
         """``containers``: names whose subcommand is part of the key; ``stateful``: keys
         after which a connection goes back to Python; ``top``: the slowest list's size;
         ``edges``: the histogram's upper bounds, ascending (a latency's bucket is the
-        index of the first edge >= it, len(edges) above them all); None: log-linear."""
+        index of the first edge >= it, len(edges) above them all); None: log-linear;
+        ``clock``: given (outputs.base.clock_text), the core renders each transaction's
+        text line as outputs/decoded.py format_text does (:meth:`lines`) instead of
+        counting it in rows, and leaves to Python the records whose line it does not
+        render exactly."""
     @property
     def owned(self) -> int:
         """Connections owned."""
@@ -77,11 +83,15 @@ class Core:
         pids: tuple[int, int],
         comms: tuple[str, str],
         inodes: tuple[int, int],
-        pending: list[tuple[object, bytes, float, int]],
+        cgroups: tuple[int, int],
+        pending: list[tuple[object, bytes, float, int, bytes | None]],
         label: int,
+        names: bytes | None,
     ) -> None:
-        """Take a connection over; ``pending``: its requests (object, command key, ts, size);
-        ``label``: its transactions are counted in the rows of this label."""
+        """Take a connection over; ``pending``: its requests (object, command key, ts, size,
+        and with lines its text: utf-8, printable); ``label``: its transactions are counted
+        in the rows of this label; ``names``: with lines, " client -> server  " as the
+        lines name the ends (utf-8, printable)."""
     def release_all(self) -> list[Handback]:
         """Hand every connection back."""
     def seed(self, latencies: list[float]) -> None:
@@ -89,3 +99,6 @@ class Core:
     def take(self) -> tuple[list[Row], list[Slow], int, int]:
         """Counted since the last take: rows, slowest candidates in order, transactions,
         records handled."""
+    def lines(self) -> str:
+        """The text lines rendered since the last call (with ``clock``), each ending in a
+        newline."""

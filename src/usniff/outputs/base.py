@@ -41,6 +41,12 @@ def clock_text(ts: float) -> str:
 _last_second = (-1.0, "")  # clock_text's last whole second and its HH:MM:SS
 
 
+def who(comm: str, pid: int, container: str = "") -> str:
+    """How a line names a process: ``comm[pid]``, ``comm[pid]@container``."""
+    name = f"{comm or '?'}[{pid}]" if pid else comm or "?"
+    return f"{name}@{container}" if container else name
+
+
 class OutputError(Exception):
     """Writing failed for good (disk full, I/O error, closed pipe).
 
@@ -76,7 +82,7 @@ Output = Sink[Record]
 class PackedSink(Sink[Record | Packed], Protocol):
     """An output that can take the capture's Packed records as well as Records, and
     says whether it does as it is set up (``takes_packed``): pcapng, and the natively
-    counted --stats table and --metrics."""
+    counted --stats table and --metrics, and text lines alone."""
 
     @property
     def takes_packed(self) -> bool: ...

@@ -25,16 +25,11 @@ from ..decoders.engine import DecoderOptions, Decoding, Event, Undecoded
 from ..events import CaptureStats, Record
 from ..printable import printable
 from . import raw
-from .base import clock_text, unpacked
-from .fast import NativeStats
+from .base import clock_text, unpacked, who
+from .fast import Native, NativeStats, NativeText
 from .stats import Stats
 
 WIDE = 1000  # columns for the statistics table when stderr is not a terminal (never cut)
-
-
-def _who(comm: str, pid: int, container: str = "") -> str:
-    who = f"{comm or '?'}[{pid}]" if pid else comm or "?"
-    return f"{who}@{container}" if container else who
 
 
 def format_text(ev: Event, containers: Containers | None = None) -> str:
@@ -47,8 +42,8 @@ def format_text(ev: Event, containers: Containers | None = None) -> str:
         return printable(line + (" " + raw.escaped(rec.data) if rec.data else ""))
     if isinstance(ev, Notice):
         return printable(f"{clock_text(ev.ts)} {ev.conn} [{ev.kind}] {ev.summary}")
-    client = _who(ev.client_comm, ev.client_pid, label(ev.client_cgroup) if label else "")
-    server = _who(ev.server_comm, ev.server_pid, label(ev.server_cgroup) if label else "")
+    client = who(ev.client_comm, ev.client_pid, label(ev.client_cgroup) if label else "")
+    server = who(ev.server_comm, ev.server_pid, label(ev.server_cgroup) if label else "")
     parts = [f"{clock_text(ev.ts_request)} {client} -> {server}"]
     if ev.protocol == "mysql" and ev.details.get("conn_id"):
         db = ev.details.get("db")
@@ -113,7 +108,9 @@ class DecodedOutput:
         ``stream`` None: no lines, the table only (``stats`` must be True); the items
         (``write``'s count, -c) are then the transactions counted, and what was not
         decoded is counted in a line at the end.  Without listeners, the plain RESP
-        connections are then counted in C (:class:`~usniff.outputs.fast.NativeStats`)."""
+        connections are then counted in C (:class:`~usniff.outputs.fast.NativeStats`); with
+        text lines alone, their lines are rendered in C
+        (:class:`~usniff.outputs.fast.NativeText`)."""
         if fmt not in ("text", "json"):
             raise ValueError(f"format must be text or json, not {fmt!r}")
         if stream is None and not stats:
@@ -127,9 +124,11 @@ class DecodedOutput:
         self.listeners = listeners
         self.not_decoded: Counter[str] = Counter()  # without lines: records, by reason
         self.lost_sync = 0  # without lines: notices of a decoder that lost sync
-        self._native: NativeStats | None = None
+        self._native: Native | None = None
         if stream is None and self.stats is not None and not listeners:
             self._native = NativeStats(self.decoding, self.stats, self._print)
+        elif stream is not None and fmt == "text" and self.stats is None and not listeners:
+            self._native = NativeText(self.decoding, stream, self.containers, self._print)
         self._console = Console(file=stats_stream, stderr=stats_stream is None)
         if not self._console.is_terminal:  # a file or pipe: print the table whole
             self._console.width = WIDE
@@ -143,7 +142,8 @@ class DecodedOutput:
     @property
     def takes_packed(self) -> bool:
         """Whether ``write`` takes the capture's Packed records: only when the table
-        alone is made, which the native core counts from their C fields."""
+        alone or text lines alone are made, which the native core reads from their C
+        fields."""
         return self._native is not None
 
     def write(self, batch: Sequence[Record | Packed], limit: int = 0) -> int:

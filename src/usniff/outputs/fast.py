@@ -1,6 +1,7 @@
-"""The native paths of the statistics table (Records -> :class:`~usniff.outputs.stats.Stats`)
-and of the metrics alone (-> :class:`~usniff.outputs.metrics.Metrics`), with the
-per-transaction work of plain RESP connections in C (``_fast.c``).
+"""The native paths of the statistics table (Records -> :class:`~usniff.outputs.stats.Stats`),
+of the metrics alone (-> :class:`~usniff.outputs.metrics.Metrics`) and of text lines alone
+(-> the lines ``outputs/decoded.py format_text`` makes), with the per-transaction work of
+plain RESP connections in C (``_fast.c``).
 
 The Python engine (:class:`~usniff.decoders.engine.Decoding`) stays the owner of every
 connection and the reference: it detects protocols, reorders, resyncs, pairs the
@@ -11,22 +12,27 @@ whole messages it frames exactly; at the first record that is not, it hands the
 connection back (``Decoding.take_back``) and the engine decodes that record.  The
 counts, bytes, latency buckets and slowest requests are those the engine's
 transactions would have given (tests/test_native_stats.py and
-tests/test_native_metrics.py compare the two).  :class:`Native` drives the core;
-:class:`NativeStats` and :class:`NativeMetrics` merge what it counted.
+tests/test_native_metrics.py compare the two), and so are the lines and their order
+(tests/test_native_text.py): for text lines the core renders each line only when it
+renders it exactly, and otherwise hands the connection back before the record.
+:class:`Native` drives the core; :class:`NativeStats` and :class:`NativeMetrics` merge
+what it counted, :class:`NativeText` writes the lines it rendered.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from .._events import Packed
-from ..decoders.engine import Decoding, Ends, Event
-from ..decoders.resp import CONTAINERS, STATEFUL, RespDecoder
+from ..containers import Containers
+from ..decoders.engine import Decoding, Ends, Event, Handover
+from ..decoders.resp import CONTAINERS, MASKED, STATEFUL, RespDecoder, Waiting
 from ..events import ConnKey, Record, conn_key
+from ..printable import printable
 from ..streams import Position
 from ._fast import Core
-from .base import unpacked
+from .base import clock_text, unpacked, who
 from .stats import Stats
 
 if TYPE_CHECKING:
@@ -97,16 +103,21 @@ class Native:
         if over is None:
             return
         pos, ends = over.position, over.ends
-        pending: list[tuple[object, bytes, float, int]] = [
-            (w, w.command.encode(), w.ts, w.nbytes) for w in over.pending
+        if not self._adoptable(over):
+            pending: list[tuple[object, float, int]] = [(w, w.ts, w.nbytes) for w in over.pending]
+            self.decoding.take_back(key, pos, ends, pending)
+            return
+        adopted: list[tuple[object, bytes, float, int, bytes | None]] = [
+            (w, w.command.encode(), w.ts, w.nbytes, self._text(w)) for w in over.pending
         ]
         self.core.adopt(key, pos.server_id, pos.next, pos.started, pos.last_ts, ends.pids,
-                        ends.comms, ends.inodes, pending, self._label(over.path))  # fmt: skip
+                        ends.comms, ends.inodes, ends.cgroups, adopted, self._label(over.path),
+                        self._names(ends))  # fmt: skip
 
     def _take_back(self, back: Handback) -> None:
-        key, server, next_, started, last_ts, pids, comms, inodes, pending = back
+        key, server, next_, started, last_ts, pids, comms, inodes, cgroups, pending = back
         position = Position(server, next_, started, last_ts)
-        self.decoding.take_back(key, position, Ends(pids, comms, inodes), pending)
+        self.decoding.take_back(key, position, Ends(pids, comms, inodes, cgroups), pending)
 
     def _take(self) -> int:
         """Merge what the core counted since the last take; the transactions."""
@@ -118,6 +129,18 @@ class Native:
     def _label(self, path: str) -> int:
         """The label the core counts a connection of socket ``path`` under."""
         return 0
+
+    def _adoptable(self, over: Handover) -> bool:
+        """Whether the core may take over the connection handed over as ``over``."""
+        return True
+
+    def _text(self, request: Waiting) -> bytes | None:
+        """A request adopted, as the core's lines show it (None: no lines)."""
+        return None
+
+    def _names(self, ends: Ends) -> bytes | None:
+        """A connection's ends, as the core's lines name them (None: no lines)."""
+        return None
 
     def _seed(self) -> None:
         """Before the core feeds: what it must know of the consumer's state."""
@@ -175,3 +198,44 @@ class NativeMetrics(Native):
 
     def _merge(self, rows: list[Row], slow: list[Slow]) -> None:
         self.metrics.merge("resp", rows, self._paths)
+
+
+class NativeText(Native):
+    """Text lines alone (outputs/decoded.py ``format_text``): the lines of the plain
+    connections' transactions are rendered in C and written to ``stream`` in one write
+    per take, in their place among the engine's lines (printed by ``on_events``)."""
+
+    def __init__(
+        self,
+        decoding: Decoding,
+        stream: TextIO,
+        containers: Containers,
+        on_events: Callable[[list[Event]], int],
+    ) -> None:
+        # with --redact, the commands whose text or reply may be masked go to Python
+        stateful = STATEFUL | MASKED if decoding.redact else STATEFUL
+        core = Core(containers=CONTAINERS, stateful=stateful, top=0, clock=clock_text)
+        super().__init__(decoding, core, on_events)
+        self.stream = stream
+        self.containers = containers
+
+    def _adoptable(self, over: Handover) -> bool:
+        return not any(w.cut for w in over.pending)  # the core's lines have no [cut: ...]
+
+    def _text(self, request: Waiting) -> bytes:
+        return printable(request.text).encode()
+
+    def _names(self, ends: Ends) -> bytes:
+        label = self.containers.label
+        client, server = (who(ends.comms[d], ends.pids[d], label(ends.cgroups[d])) for d in (0, 1))
+        return printable(f" {client} -> {server}  ").encode()
+
+    def _take(self) -> int:
+        transactions = super()._take()
+        lines = self.core.lines()
+        if lines:
+            self.stream.write(lines)
+        return transactions
+
+    def _merge(self, rows: list[Row], slow: list[Slow]) -> None:
+        """None: with lines, the core counts transactions only."""
