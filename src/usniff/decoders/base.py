@@ -81,6 +81,22 @@ class Pending:
         )
 
 
+class Request(Protocol):
+    """A request waiting for its reply as a decoder hands it over to the native path
+    (outputs/fast.py): RESP's Waiting, MySQL's command."""
+
+    @property
+    def command(self) -> str: ...  # the statistics key
+    @property
+    def text(self) -> str: ...
+    @property
+    def ts(self) -> float: ...
+    @property
+    def nbytes(self) -> int: ...
+    @property
+    def cut(self) -> int: ...
+
+
 @dataclass(slots=True)
 class Notice:
     protocol: str

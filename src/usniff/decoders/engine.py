@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..events import Record
@@ -23,10 +23,11 @@ from ..streams import (
     StreamEvent,
     conn_key,
 )
-from .base import Decoder, DecoderEvent, Transaction
+from .base import Decoder, DecoderEvent, Request, Transaction
 from .detect import ENOUGH
+from .mysql import MysqlDecoder
 from .registry import BY_NAME, CHOICES, detect
-from .resp import RespDecoder, Waiting
+from .resp import RespDecoder
 
 MAX_UNDECIDED = 64 * 1024  # bytes buffered per connection while detecting
 
@@ -60,8 +61,10 @@ class Handover:
 
     position: Position
     ends: Ends
-    pending: list[Waiting]  # its requests waiting for a reply, oldest first
+    pending: Sequence[Request]  # its requests waiting for a reply, oldest first
     path: str  # its socket path (the transactions' path)
+    protocol: str  # its decoder's: "resp" or "mysql"
+    state: object  # what else the reader must know of the decoder (its hand_over)
 
 
 @dataclass(slots=True)
@@ -137,13 +140,17 @@ class Decoding:
             self.expire(ts, out)
         return out
 
-    def hand_over(self, key: ConnKey) -> Handover | None:
-        """Connection ``key`` for another reader (outputs/fast.py), when it is RESP in a
-        plain state (RespDecoder.plain) and nothing of it is buffered: its position, ends
-        and requests waiting for a reply (taken out).  None otherwise.  The reader
+    def hand_over(self, key: ConnKey, protocols: Collection[str]) -> Handover | None:
+        """Connection ``key`` for another reader (outputs/fast.py), when it is of one of
+        ``protocols`` (RESP, MySQL) in a plain state (RespDecoder.plain,
+        MysqlDecoder.plain) and nothing of it is buffered: its position, ends, requests
+        waiting for a reply (taken out) and decoder state.  None otherwise.  The reader
         delivers and decodes its records until it hands it back (:meth:`take_back`)."""
         conn = self._conns.get(key)
-        if conn is None or not isinstance(conn.decoder, RespDecoder) or not conn.decoder.plain():
+        decoder = conn.decoder if conn is not None else None
+        if not isinstance(decoder, (RespDecoder, MysqlDecoder)) or conn is None:
+            return None
+        if decoder.protocol not in protocols or not decoder.plain():
             return None
         position = self.assembler.hand_over(key)
         if position is None:
@@ -151,7 +158,8 @@ class Decoding:
         pids, comms, inodes, cgroups = conn.pids, conn.comms, conn.inodes, conn.cgroups
         ends = Ends((pids[0], pids[1]), (comms[0], comms[1]), (inodes[0], inodes[1]),
                     (cgroups[0], cgroups[1]))  # fmt: skip
-        return Handover(position, ends, conn.decoder.hand_over(), conn.open.path)
+        pending, state = decoder.hand_over()
+        return Handover(position, ends, pending, conn.open.path, decoder.protocol, state)
 
     def take_back(
         self,
@@ -159,17 +167,18 @@ class Decoding:
         position: Position,
         ends: Ends,
         pending: list[tuple[object, float, int]],
+        state: object,
     ) -> None:
         """Connection ``key`` handed back, as the other reader leaves it: its position,
         its ends, its requests waiting for a reply (each handed over, or the request's
-        bytes; RespDecoder.take_back)."""
+        bytes) and the decoder's state (RespDecoder.take_back, MysqlDecoder.take_back)."""
         self.assembler.take_back(key, position)
         conn = self._conns[key]
         conn.pids, conn.comms, conn.inodes = list(ends.pids), list(ends.comms), list(ends.inodes)
         conn.cgroups = list(ends.cgroups)
         conn.name = "-".join(str(i or "?") for i in conn.inodes)
-        assert isinstance(conn.decoder, RespDecoder)
-        conn.decoder.take_back(pending)
+        assert isinstance(conn.decoder, (RespDecoder, MysqlDecoder))
+        conn.decoder.take_back(pending, state)
 
     def expire(self, now: float, out: list[Event]) -> None:
         """Show the records of connections undecided since before ``now - UNDECIDED_WAIT``."""

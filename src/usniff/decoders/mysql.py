@@ -230,6 +230,10 @@ class PacketReader:
         self.body_left = 0
         self.more = False  # current physical packet is 0xffffff long: another follows
 
+    def idle(self) -> bool:
+        """No packet half read."""
+        return self.cur is None and not self.buf
+
     def skip(self, n: int) -> list[Packet] | None:
         """``n`` bytes not captured here (snap length).  When they lie inside the
         payload of the packet being read, its framing is intact: they are counted
@@ -408,6 +412,14 @@ def query_shape(sql: str) -> str:
     return sql_shape(sql, _LITERAL)
 
 
+def stats_key(sql: bytes) -> bytes | None:
+    """The --stats key (the shape, utf-8) of a COM_QUERY whose SQL bytes are ``sql``, as
+    MysqlDecoder keys it; None for a USE statement, which changes the decoder's state
+    (the native path, outputs/fast.py, leaves it to the decoder)."""
+    text = sql.decode("utf-8", "replace")
+    return None if _USE.match(text) else query_shape(text).encode()
+
+
 def redact_sql(sql: str) -> str:
     return _SECRETS.sub(lambda m: f"{m['pre']}'{REDACTED}'", sql)
 
@@ -450,6 +462,11 @@ class _Command:
     samples: list[str] = field(default_factory=list)
     stmt: _Stmt | None = None
     prepared: _Stmt | None = None  # statement being described by a PREPARE reply
+
+    @property
+    def command(self) -> str:
+        """The statistics key (base.Request's)."""
+        return self.shape
 
 
 def _ok(r: _Reader) -> tuple[str, int, Details]:
@@ -572,6 +589,67 @@ class MysqlDecoder:
         while self._commands:
             self._finish(self._commands.popleft(), events)
         return events
+
+    # -- the native --stats path (outputs/fast.py) takes plain connections over
+
+    def plain(self) -> bool:
+        """In the command phase, uncompressed, no packet half read, CLIENT_DEPRECATE_EOF
+        known, no metadata cache or query attributes, and the commands in flight whole
+        COM_QUERY statements (not USE) whose reply has not begun: the state in which the
+        native path reads COM_QUERY exchanges exactly."""
+        return (
+            self.phase is Phase.COMMAND
+            and all(
+                c.code == Command.QUERY
+                and c.state is Reply.FIRST
+                and c.seq == 1
+                and not (c.reply_bytes or c.cut or c.progress or "use_db" in c.details)
+                and "query_bytes" not in c.details
+                for c in self._commands
+            )  # fmt: skip
+            and self.deprecate_eof is not None
+            and not self.client_caps & (MARIADB_CACHE_METADATA | CLIENT_QUERY_ATTRIBUTES)
+            and not any(self._sync_buf)
+            and all(r.idle() for r in self._readers)
+        )
+
+    def hand_over(self) -> tuple[list[_Command], object]:
+        """The commands waiting for a reply, taken out (the connection is :meth:`plain`),
+        and what the native path must know: (CLIENT_DEPRECATE_EOF, the next sequence id
+        of the last command done or None)."""
+        pending = list(self._commands)
+        self._commands.clear()
+        return pending, (self.deprecate_eof, self._done_seq)
+
+    def take_back(self, pending: list[tuple[object, float, int]], state: object) -> None:
+        """Handed back: the COM_QUERY commands waiting for a reply, each one taken out by
+        :meth:`hand_over`, or (its packet as sent, the ts of its last byte, its size), and
+        ``state``: (CLIENT_DEPRECATE_EOF,
+        the next sequence id of the last command done, where the oldest command's reply
+        stands or None).  The reply's column definitions and sample rows read natively are
+        not kept (the native path serves --stats and --metrics, which do not show them);
+        placeholders stand for the samples, so that the decoder parses the same rows."""
+        assert isinstance(state, tuple)
+        self.deprecate_eof, self._done_seq, head = state
+        for raw, ts, nbytes in pending:
+            self._commands.append(self.request(raw, ts, nbytes))
+        if head is None:
+            return
+        cmd = self._commands[0]
+        reply, cmd.left, cmd.eof_pending, cmd.seq, cmd.reply_bytes = head[:5]
+        cmd.ts_reply, cmd.error, cmd.ncols, cmd.rows = head[5:]
+        cmd.state = Reply(reply)
+        cmd.samples = ["?"] * min(cmd.rows, SAMPLE_ROWS)
+
+    def request(self, raw: object, ts: float, nbytes: int) -> _Command:
+        """The command whose packet (header included, whole) was ``raw``, its last byte
+        sent at ``ts``, ``nbytes`` long; or ``raw`` itself when it was handed over."""
+        if isinstance(raw, _Command):
+            return raw
+        assert isinstance(raw, bytes)
+        [packet] = PacketReader().feed(raw)
+        packet.nbytes = nbytes
+        return self._command(packet, ts)
 
     # -- sync
 

@@ -642,13 +642,14 @@ class RespDecoder(FramedDecoder[Message]):
             )  # fmt: skip
         )
 
-    def hand_over(self) -> list[Waiting]:
-        """The requests waiting for a reply, taken out (the connection is :meth:`plain`)."""
+    def hand_over(self) -> tuple[list[Waiting], None]:
+        """The requests waiting for a reply, taken out (the connection is :meth:`plain`),
+        and no more state."""
         pending = list(self._pending)
         self._pending.clear()
-        return pending
+        return pending, None
 
-    def take_back(self, pending: list[tuple[object, float, int]]) -> None:
+    def take_back(self, pending: list[tuple[object, float, int]], state: object = None) -> None:
         """The requests waiting for a reply, handed back: each one taken out by
         :meth:`hand_over`, or (the request as sent, the ts of its last byte, its size)."""
         for item, ts, nbytes in pending:

@@ -173,20 +173,39 @@ static int hist_add(struct hist *h, int64_t key)
 	return 0;
 }
 
-/* A command (the --stats key) of a label: its counts since the last take. */
+/* The protocols Core decodes: a connection's, a row's. */
+enum proto { RESP, MYSQL, NPROTOS };
+static const char *const PROTOCOLS[NPROTOS] = {"resp", "mysql"};
+
+/* A command (the --stats key) of a protocol and label: its counts since the last take. */
 struct row {
+	enum proto proto;
 	uint64_t label;
-	unsigned char *key; /* upper-cased name [+ " " + upper-cased subcommand] */
+	unsigned char *key; /* RESP: upper-cased name [+ " " + upper-cased subcommand]; SQL: shape */
 	size_t keylen;
 	uint64_t hash;
 	PyObject *command; /* the key decoded as the decoder does (utf-8, errors replaced) */
-	int stateful; /* a key of resp.STATEFUL: the connection goes back to Python */
-	int container; /* a name of resp.CONTAINERS: the subcommand is part of the key */
+	int stateful; /* RESP: a key of resp.STATEFUL: the connection goes back to Python */
+	int container; /* RESP: a name of resp.CONTAINERS: the subcommand is part of the key */
 	uint64_t count, errors, bytes_in, bytes_out;
 	struct hist hist; /* latency bucket (log-linear, or index among Core's edges) -> count */
 	int64_t nanoseconds; /* sum of the latencies, each rounded as Histogram.add does */
 	double max;
 	int has_max;
+};
+
+/*
+ * Where the reply of a MySQL connection's oldest command stands (MysqlDecoder's
+ * _Command: state, left, eof_pending, seq, reply_bytes, ts_reply, error, ncols, rows).
+ */
+enum reply { FIRST, COLUMNS, ROWS, DONE };
+static const char *const REPLIES[] = {"first", "columns", "rows"}; /* mysql.Reply's values */
+
+struct mysql_reply {
+	enum reply state;
+	int eof_pending, seq, error, has_reply;
+	int64_t left, ncols, rows, reply_bytes;
+	double ts_reply;
 };
 
 /* A request waiting for its reply. */
@@ -199,6 +218,7 @@ struct pend {
 };
 
 struct conn {
+	enum proto proto;
 	uint64_t lo, hi, server, label;
 	int64_t next[2];
 	int started[2];
@@ -208,6 +228,18 @@ struct conn {
 	PyObject *names; /* lines: " client -> server  " (bytes, utf-8, printable) */
 	struct pend *q;
 	size_t head, len, cap;
+	/* MySQL: CLIENT_DEPRECATE_EOF, the next sequence id of the last command done
+	 * (-1: none), and the reply of the oldest command in q */
+	int deprecate_eof, done_seq;
+	struct mysql_reply my;
+};
+
+/* An SQL text's --stats key, as the Python decoder computes it (SHAPES of them kept). */
+struct shape {
+	enum proto proto;
+	uint64_t hash;
+	unsigned char *sql, *key; /* key NULL: the decoder must see the statement (USE) */
+	size_t sqllen, keylen;
 };
 
 typedef struct {
@@ -217,6 +249,9 @@ typedef struct {
 	struct row **rows; /* open addressing on the key */
 	size_t rcap, rused;
 	PyObject *containers, *stateful; /* frozensets of bytes (resp.py) */
+	PyObject *shape; /* shape(protocol, sql): an SQL text's --stats key (NULL: no SQL) */
+	struct shape **shapes; /* its answers, open addressing on (protocol, text) */
+	size_t scap, sused, sbytes;
 	double *edges; /* the histogram's upper bounds, ascending (NULL: log-linear buckets) */
 	Py_ssize_t nedges;
 	struct row **touched; /* the rows counted since the last take, in order of first count */
@@ -310,9 +345,9 @@ static void conn_del(Core *self, struct conn *c)
 	}
 }
 
-static uint64_t row_hash(uint64_t label, const unsigned char *key, size_t n)
+static uint64_t row_hash(enum proto proto, uint64_t label, const unsigned char *key, size_t n)
 {
-	return hash_bytes(key, n) ^ mix(label + 1);
+	return hash_bytes(key, n) ^ mix(label + 1) ^ mix(~(uint64_t)proto);
 }
 
 /*
@@ -321,14 +356,15 @@ static uint64_t row_hash(uint64_t label, const unsigned char *key, size_t n)
  * (the only lookup that reads ``container``); the stateful names are no
  * containers, so a key with a subcommand is stateful only as a whole (CLIENT REPLY).
  */
-static struct row *row_get(Core *self, uint64_t label, const unsigned char *key, size_t n)
+static struct row *row_get(Core *self, enum proto proto, uint64_t label,
+			   const unsigned char *key, size_t n)
 {
-	uint64_t h = row_hash(label, key, n);
+	uint64_t h = row_hash(proto, label, key, n);
 	size_t mask = self->rcap - 1, j = self->rcap ? h & mask : 0;
 	if (self->rcap)
 		for (; self->rows[j] != NULL; j = (j + 1) & mask) {
 			struct row *r = self->rows[j];
-			if (r->hash == h && r->label == label && r->keylen == n &&
+			if (r->hash == h && r->label == label && r->proto == proto && r->keylen == n &&
 			    memcmp(r->key, key, n) == 0)
 				return r;
 		}
@@ -341,15 +377,20 @@ static struct row *row_get(Core *self, uint64_t label, const unsigned char *key,
 		return NULL;
 	}
 	memcpy(k, key, n);
+	r->proto = proto;
 	r->label = label;
 	r->key = k;
 	r->keylen = n;
 	r->hash = h;
-	PyObject *whole = PyBytes_FromStringAndSize((const char *)key, (Py_ssize_t)n);
+	PyObject *whole = NULL;
 	r->command = PyUnicode_DecodeUTF8((const char *)key, (Py_ssize_t)n, "replace");
-	int st = whole == NULL ? -1 : PySet_Contains(self->stateful, whole);
-	int ct = st < 0 ? -1 : PySet_Contains(self->containers, whole);
-	Py_XDECREF(whole);
+	int st = 0, ct = 0;
+	if (proto == RESP) {
+		whole = PyBytes_FromStringAndSize((const char *)key, (Py_ssize_t)n);
+		st = whole == NULL ? -1 : PySet_Contains(self->stateful, whole);
+		ct = st < 0 ? -1 : PySet_Contains(self->containers, whole);
+		Py_XDECREF(whole);
+	}
 	if (r->command == NULL || ct < 0) {
 		Py_XDECREF(r->command);
 		PyMem_Free(k);
@@ -516,11 +557,11 @@ static const unsigned char *command(Core *self, uint64_t label, const unsigned c
 	unsigned char key[2 * KEEP + 1];
 	size_t k = (size_t)size[0];
 	upper(key, arg[0], k);
-	struct row *r = row_get(self, label, key, k);
+	struct row *r = row_get(self, RESP, label, key, k);
 	if (r != NULL && r->container && n > 1) {
 		key[k] = ' ';
 		upper(key + k + 1, arg[1], (size_t)size[1]);
-		r = row_get(self, label, key, k + 1 + (size_t)size[1]);
+		r = row_get(self, RESP, label, key, k + 1 + (size_t)size[1]);
 	}
 	if (r == NULL || r->stateful)
 		return NULL;
@@ -850,16 +891,10 @@ static int64_t bucket_key(Core *self, double latency, int64_t ns)
 	return lo;
 }
 
-/* A transaction: req answered by the reply [rp, re) sent at ts. */
-static int answer(Core *self, struct conn *c, struct pend *req, double ts,
-		  const unsigned char *rp, const unsigned char *re)
+/* A transaction counted: req answered by nbytes (an error or not), the first sent at ts. */
+static int count(Core *self, struct conn *c, struct pend *req, double ts, int64_t nbytes,
+		 int error)
 {
-	if (self->clock != NULL) { /* the lines are the output: nothing else to count */
-		self->transactions++;
-		return line(self, c, req, ts, rp, re);
-	}
-	int64_t nbytes = re - rp;
-	int error = *rp == '-';
 	struct row *r = req->row;
 	double latency = ts - req->ts;
 	int64_t ns = nanoseconds(latency);
@@ -889,7 +924,8 @@ static int answer(Core *self, struct conn *c, struct pend *req, double ts,
 	}
 	self->transactions++;
 	if (slow_candidate(self, latency)) {
-		PyObject *t = Py_BuildValue("(dOO)", latency, c->comm[0], req->obj);
+		PyObject *t = Py_BuildValue("(dsOO)", latency, PROTOCOLS[c->proto], c->comm[0],
+					    req->obj);
 		if (t == NULL || PyList_Append(self->slow, t) < 0) {
 			Py_XDECREF(t);
 			return -1;
@@ -1052,23 +1088,28 @@ done:
 
 #define MAX_MESSAGES 4096 /* per record; more: the Python decoder */
 
-/*
- * Handle v of c if it can be done exactly: 1 done, 0 not (nothing
- * changed), -1 error.
- */
-static int handle(Core *self, struct conn *c, const struct view *v)
+/* As StreamAssembler._deliver: v, of direction d sent at ts, is delivered. */
+static void advance(Core *self, struct conn *c, const struct view *v, int d, double ts)
 {
-	if (v->data == NULL)
-		return 0;
-	uint64_t off = v->off, len = v->len;
-	Py_ssize_t n = v->n;
-	int d = v->sock == c->server;
-	if (len != (uint64_t)n || off != (c->started[d] ? (uint64_t)c->next[d] : 0))
-		return 0;
-	double ts = view_ts(v);
-	if (ts == -1.0 && PyErr_Occurred())
-		return -1;
-	const unsigned char *p = v->data, *end = p + n;
+	c->started[d] = 1;
+	c->next[d] = (int64_t)(v->off + v->len);
+	c->last_ts = ts;
+	self->records++;
+}
+
+/* The oldest request of c, taken out of its queue (c->len > 0). */
+static struct pend pop_pending(struct conn *c)
+{
+	struct pend req = c->q[c->head];
+	c->head = (c->head + 1) % c->cap;
+	c->len--;
+	return req;
+}
+
+/* RESP: v of direction d, sent at ts (see handle). */
+static int resp_record(Core *self, struct conn *c, const struct view *v, int d, double ts)
+{
+	const unsigned char *p = v->data, *end = p + v->n;
 	const unsigned char *start[MAX_MESSAGES + 1];
 	struct row *rows[MAX_MESSAGES];
 	int m = 0;
@@ -1087,11 +1128,7 @@ static int handle(Core *self, struct conn *c, const struct view *v)
 	int rc = learn(self, c, v, d);
 	if (rc <= 0)
 		return rc;
-	/* commit: as StreamAssembler._deliver */
-	c->started[d] = 1;
-	c->next[d] = (int64_t)(off + len);
-	c->last_ts = ts;
-	self->records++;
+	advance(self, c, v, d, ts);
 	for (int i = 0; i < m; i++) {
 		int64_t size = start[i + 1] - start[i];
 		if (!d) {
@@ -1102,15 +1139,350 @@ static int handle(Core *self, struct conn *c, const struct view *v)
 			}
 			continue;
 		}
-		struct pend req = c->q[c->head];
-		c->head = (c->head + 1) % c->cap;
-		c->len--;
-		rc = answer(self, c, &req, ts, start[i], start[i + 1]);
+		struct pend req = pop_pending(c);
+		if (self->clock != NULL) { /* the lines are the output: nothing else to count */
+			self->transactions++;
+			rc = line(self, c, &req, ts, start[i], start[i + 1]);
+		} else {
+			rc = count(self, c, &req, ts, size, *start[i] == '-');
+		}
 		pend_clear(&req);
 		if (rc < 0)
 			return -1;
 	}
 	return 1;
+}
+
+/* ------------------------------------------------------------------ MySQL */
+
+#define MY_KEEP (64 * 1024) /* mysql.KEEP: a longer packet is not kept whole */
+#define MY_SAMPLES 3 /* mysql.SAMPLE_ROWS: the rows of a resultset the decoder parses */
+#define MY_MORE_RESULTS 0x8
+#define COM_QUERY 0x03
+
+/* _Reader.lenenc at *p: 1 (the value, 0 for NULL: null set), 0 where it raises */
+static int my_lenenc(const unsigned char **p, const unsigned char *end, uint64_t *v, int *null)
+{
+	*null = 0;
+	if (*p >= end)
+		return 0;
+	unsigned char first = *(*p)++;
+	if (first < 0xfb || first == 0xfb) {
+		*null = first == 0xfb;
+		*v = first < 0xfb ? first : 0;
+		return 1;
+	}
+	if (first == 0xff)
+		return 0;
+	int size = first == 0xfc ? 2 : first == 0xfd ? 3 : 8;
+	if (end - *p < size)
+		return 0;
+	*v = 0;
+	for (int i = size - 1; i >= 0; i--)
+		*v = *v << 8 | (*p)[i];
+	*p += size;
+	return 1;
+}
+
+/* _Reader.lenstr at *p: 1 read, 0 where it raises */
+static int my_lenstr(const unsigned char **p, const unsigned char *end)
+{
+	uint64_t n;
+	int null;
+	if (!my_lenenc(p, end, &n, &null))
+		return 0;
+	if (n > (uint64_t)(end - *p))
+		return 0;
+	*p += n;
+	return 1;
+}
+
+/* mysql._ok of an OK payload read from p: its status flags, -1 where it raises */
+static int my_ok(const unsigned char *p, const unsigned char *end)
+{
+	uint64_t v;
+	int null;
+	if (!my_lenenc(&p, end, &v, &null) || !my_lenenc(&p, end, &v, &null))
+		return -1;
+	return end - p >= 2 ? p[0] | p[1] << 8 : 0;
+}
+
+/* mysql._err reads the ERR payload [p, end) without raising */
+static int my_err(const unsigned char *p, const unsigned char *end)
+{
+	int64_t n = end - p;
+	return n >= 3 && (n == 3 || p[3] != '#' || n >= 9);
+}
+
+/* mysql._column reads the column definition [p, end) without raising */
+static int my_column(const unsigned char *p, const unsigned char *end)
+{
+	uint64_t v;
+	int null;
+	for (int i = 0; i < 6; i++) /* catalog, schema, table, org_table, name, org_name */
+		if (!my_lenstr(&p, end))
+			return 0;
+	return my_lenenc(&p, end, &v, &null) && end - p >= 9;
+}
+
+/* mysql._text_row reads the row [p, end) of ncols values without raising */
+static int my_row(const unsigned char *p, const unsigned char *end, int64_t ncols)
+{
+	for (int64_t i = 0; i < ncols; i++)
+		if (!my_lenstr(&p, end))
+			return 0;
+	return 1;
+}
+
+/*
+ * One server packet (sequence id seq, payload [p, end)) of the reply st:
+ * as MysqlDecoder._server and the readers of a COM_QUERY's reply.  1 read;
+ * 0 where the decoder would do what is not done here (hand back).
+ */
+static int my_reply(struct conn *c, struct mysql_reply *st, int seq, const unsigned char *p,
+		    const unsigned char *end, double ts)
+{
+	int64_t n = end - p;
+	if (seq != st->seq || n == 0)
+		return 0;
+	st->seq = (seq + 1) & 0xff;
+	st->reply_bytes += n + 4;
+	if (!st->has_reply) {
+		st->ts_reply = ts;
+		st->has_reply = 1;
+	}
+	if (n >= 3 && p[0] == 0xff && p[1] == 0xff && p[2] == 0xff)
+		return 0; /* a MariaDB progress report */
+	if (st->eof_pending) {
+		st->eof_pending = 0;
+		if (p[0] == 0xfe && n < 9)
+			return 1; /* the EOF after the column definitions */
+	}
+	uint64_t ncols;
+	int null, status;
+	switch (st->state) {
+	case FIRST:
+		if (p[0] == 0xff) {
+			st->error = 1;
+			st->state = DONE;
+			return my_err(p, end);
+		}
+		if (p[0] == 0x00) {
+			status = my_ok(p + 1, end);
+			st->state = DONE;
+			return status >= 0 && !(status & MY_MORE_RESULTS);
+		}
+		if (p[0] == 0xfb || p[0] == 0xfe) /* LOCAL INFILE; a count the decoder reads so */
+			return 0;
+		if (!my_lenenc(&p, end, &ncols, &null) || ncols == 0 || ncols > INT32_MAX)
+			return 0;
+		st->state = COLUMNS;
+		st->left = st->ncols = (int64_t)ncols;
+		st->rows = 0;
+		return 1;
+	case COLUMNS:
+		if (!my_column(p, end))
+			return 0;
+		if (--st->left == 0) {
+			st->eof_pending = c->deprecate_eof != 1;
+			st->state = ROWS;
+		}
+		return 1;
+	case ROWS:
+		if (p[0] == 0xfe) { /* the resultset's end: EOF or OK */
+			if (n < 9)
+				status = n < 3 ? -1 : n >= 5 ? p[3] | p[4] << 8 : 0;
+			else
+				status = my_ok(p + 1, end);
+			st->state = DONE;
+			return status >= 0 && !(status & MY_MORE_RESULTS);
+		}
+		if (p[0] == 0xff) {
+			st->error = 1;
+			st->state = DONE;
+			return my_err(p, end);
+		}
+		return ++st->rows > MY_SAMPLES || my_row(p, end, st->ncols);
+	default:
+		return 0;
+	}
+}
+
+/* The reply of a command just sent (_Command's defaults, seq after a one-packet command) */
+static const struct mysql_reply MY_FRESH = {.state = FIRST, .seq = 1};
+
+/* A finished command's reply: (bytes, error, when its first packet was sent). */
+struct my_done {
+	int64_t nbytes;
+	int error;
+	double ts;
+};
+
+/*
+ * The --stats key of sql[0:n] (the shape callable's, kept: SHAPES of them):
+ * 1 and *out (NULL: the decoder must see the statement), -1 error.
+ */
+#define SHAPES 4096
+#define SHAPE_BYTES (16 << 20)
+
+static void shapes_clear(Core *self)
+{
+	for (size_t i = 0; i < self->scap; i++) {
+		struct shape *e = self->shapes[i];
+		if (e == NULL)
+			continue;
+		PyMem_Free(e->sql);
+		PyMem_Free(e->key);
+		PyMem_Free(e);
+		self->shapes[i] = NULL;
+	}
+	self->sused = 0;
+	self->sbytes = 0;
+}
+
+static int shape_of(Core *self, enum proto proto, const unsigned char *sql, size_t n,
+		    const struct shape **out)
+{
+	uint64_t h = hash_bytes(sql, n) ^ mix(~(uint64_t)proto);
+	size_t mask = self->scap - 1, j = h & mask;
+	for (; self->shapes[j] != NULL; j = (j + 1) & mask) {
+		struct shape *e = self->shapes[j];
+		if (e->hash == h && e->proto == proto && e->sqllen == n && !memcmp(e->sql, sql, n)) {
+			*out = e;
+			return 1;
+		}
+	}
+	PyObject *key = PyObject_CallFunction(self->shape, "sy#", PROTOCOLS[proto], sql,
+					      (Py_ssize_t)n);
+	if (key == NULL)
+		return -1;
+	if (key != Py_None && !PyBytes_Check(key)) {
+		Py_DECREF(key);
+		PyErr_SetString(PyExc_TypeError, "shape() must return bytes or None");
+		return -1;
+	}
+	size_t keylen = key == Py_None ? 0 : (size_t)PyBytes_GET_SIZE(key);
+	if (self->sused == SHAPES || self->sbytes + n + keylen > SHAPE_BYTES) {
+		shapes_clear(self); /* bounded: a client of ever new texts starts it over */
+		j = h & mask;
+	}
+	struct shape *e = PyMem_Calloc(1, sizeof *e);
+	unsigned char *copy = PyMem_Malloc(n ? n : 1), *k = PyMem_Malloc(keylen ? keylen : 1);
+	if (e == NULL || copy == NULL || k == NULL) {
+		PyMem_Free(e);
+		PyMem_Free(copy);
+		PyMem_Free(k);
+		Py_DECREF(key);
+		PyErr_NoMemory();
+		return -1;
+	}
+	memcpy(copy, sql, n);
+	e->proto = proto;
+	e->hash = h;
+	e->sql = copy;
+	e->sqllen = n;
+	if (key == Py_None) {
+		PyMem_Free(k);
+	} else {
+		memcpy(k, PyBytes_AS_STRING(key), keylen);
+		e->key = k;
+		e->keylen = keylen;
+	}
+	Py_DECREF(key);
+	self->shapes[j] = e;
+	self->sused++;
+	self->sbytes += n + keylen;
+	*out = e;
+	return 1;
+}
+
+/*
+ * MySQL in the command phase: v of direction d, sent at ts.  The client's
+ * records hold whole COM_QUERY packets; the server's whole packets of the
+ * replies (OK, ERR, a text resultset) to the commands sent (see handle).
+ */
+static int mysql_record(Core *self, struct conn *c, const struct view *v, int d, double ts)
+{
+	const unsigned char *p = v->data, *end = p + v->n;
+	const unsigned char *start[MAX_MESSAGES + 1];
+	struct row *rows[MAX_MESSAGES];
+	struct my_done done[MAX_MESSAGES];
+	struct mysql_reply st = c->my;
+	int m = 0, ndone = 0, done_seq = c->done_seq;
+	start[0] = p;
+	while (p < end) { /* every packet whole, all of a kind handled here */
+		if (m == MAX_MESSAGES || end - p < 4)
+			return 0;
+		int64_t len = p[0] | p[1] << 8 | p[2] << 16;
+		int seq = p[3];
+		const unsigned char *payload = p + 4;
+		if (len > MY_KEEP || len > end - payload)
+			return 0;
+		p = payload + len;
+		start[++m] = p;
+		if (!d) { /* a COM_QUERY, the query's text whole */
+			const struct shape *shape;
+			if (seq != 0 || len < 1 || payload[0] != COM_QUERY)
+				return 0;
+			if (shape_of(self, MYSQL, payload + 1, (size_t)len - 1, &shape) < 0)
+				return -1;
+			if (shape->key == NULL)
+				return 0;
+			rows[m - 1] = row_get(self, MYSQL, c->label, shape->key, shape->keylen);
+			if (rows[m - 1] == NULL)
+				return -1;
+			continue;
+		}
+		if ((size_t)ndone >= c->len || !my_reply(c, &st, seq, payload, p, ts))
+			return 0; /* a packet without a command; or one the decoder reads alone */
+		if (st.state == DONE) {
+			done[ndone++] = (struct my_done){st.reply_bytes, st.error, st.ts_reply};
+			done_seq = st.seq;
+			st = MY_FRESH;
+		}
+	}
+	int rc = learn(self, c, v, d);
+	if (rc <= 0)
+		return rc;
+	advance(self, c, v, d, ts);
+	if (!d) {
+		for (int i = 0; i < m; i++) {
+			int64_t size = start[i + 1] - start[i];
+			PyObject *raw = PyBytes_FromStringAndSize((const char *)start[i], size);
+			if (raw == NULL || push_pending(c, raw, NULL, rows[i], ts, size) < 0) {
+				Py_XDECREF(raw);
+				return -1;
+			}
+		}
+		return 1;
+	}
+	c->my = st;
+	c->done_seq = done_seq;
+	for (int i = 0; i < ndone; i++) {
+		struct pend req = pop_pending(c);
+		rc = count(self, c, &req, done[i].ts, done[i].nbytes, done[i].error);
+		pend_clear(&req);
+		if (rc < 0)
+			return -1;
+	}
+	return 1;
+}
+
+/*
+ * Handle v of c if it can be done exactly: 1 done, 0 not (nothing
+ * changed), -1 error.
+ */
+static int handle(Core *self, struct conn *c, const struct view *v)
+{
+	if (v->data == NULL)
+		return 0;
+	int d = v->sock == c->server;
+	if (v->len != (uint64_t)v->n || v->off != (c->started[d] ? (uint64_t)c->next[d] : 0))
+		return 0;
+	double ts = view_ts(v);
+	if (ts == -1.0 && PyErr_Occurred())
+		return -1;
+	return c->proto == MYSQL ? mysql_record(self, c, v, d, ts) : resp_record(self, c, v, d, ts);
 }
 
 /* The state of c for the Python engine (fast.py: Handback), and c forgotten. */
@@ -1128,13 +1500,39 @@ static PyObject *release(Core *self, struct conn *c)
 		}
 		PyList_SET_ITEM(pending, (Py_ssize_t)i, t);
 	}
+	PyObject *mine = Py_NewRef(Py_None); /* the protocol's own state (mysql: MysqlDecoder.take_back) */
+	if (c->proto == MYSQL) {
+		const struct mysql_reply *st = &c->my;
+		PyObject *head = Py_NewRef(Py_None), *ts_reply = Py_NewRef(Py_None);
+		if (st->has_reply)
+			Py_SETREF(ts_reply, PyFloat_FromDouble(st->ts_reply));
+		if (c->len && ts_reply != NULL)
+			Py_SETREF(head, Py_BuildValue("(sLOiLOOLL)", REPLIES[st->state],
+						      (long long)st->left,
+						      st->eof_pending ? Py_True : Py_False, st->seq,
+						      (long long)st->reply_bytes, ts_reply,
+						      st->error ? Py_True : Py_False,
+						      (long long)st->ncols, (long long)st->rows));
+		Py_XDECREF(ts_reply);
+		PyObject *done = c->done_seq < 0 ? Py_NewRef(Py_None) : PyLong_FromLong(c->done_seq);
+		Py_SETREF(mine, head == NULL || done == NULL
+					? NULL
+					: Py_BuildValue("(OOO)", c->deprecate_eof ? Py_True : Py_False,
+							done, head));
+		Py_XDECREF(done);
+		Py_XDECREF(head);
+	}
+	if (mine == NULL) {
+		Py_DECREF(pending);
+		return NULL;
+	}
 	PyObject *state = Py_BuildValue(
-		"((KK)K(LL)(OO)d(OO)(OO)(OO)(KK)N)", (unsigned long long)c->lo,
+		"((KK)K(LL)(OO)d(OO)(OO)(OO)(KK)NN)", (unsigned long long)c->lo,
 		(unsigned long long)c->hi, (unsigned long long)c->server, (long long)c->next[0],
 		(long long)c->next[1], c->started[0] ? Py_True : Py_False,
 		c->started[1] ? Py_True : Py_False, c->last_ts, c->pid[0], c->pid[1], c->comm[0],
 		c->comm[1], c->inode[0], c->inode[1], (unsigned long long)c->cgroup[0],
-		(unsigned long long)c->cgroup[1], pending);
+		(unsigned long long)c->cgroup[1], pending, mine);
 	if (state == NULL)
 		return NULL;
 	conn_del(self, c);
@@ -1317,7 +1715,7 @@ error:
 }
 
 PyDoc_STRVAR(adopt_doc, "adopt(key, server, next, started, last_ts, pids, comms, inodes, "
-			"cgroups, pending, label, names)\n--\n\n"
+			"cgroups, pending, label, names, protocol, state)\n--\n\n"
 			"Take a connection over from the Python engine.");
 
 static PyObject *core_adopt(Core *self, PyObject *args)
@@ -1326,11 +1724,29 @@ static PyObject *core_adopt(Core *self, PyObject *args)
 	long long n0, n1;
 	int s0, s1;
 	double last_ts;
-	PyObject *p0, *p1, *c0, *c1, *i0, *i1, *pending, *names;
-	if (!PyArg_ParseTuple(args, "(KK)K(LL)(pp)d(OO)(OO)(OO)(KK)O!KO", &lo, &hi, &server, &n0,
+	PyObject *p0, *p1, *c0, *c1, *i0, *i1, *pending, *names, *mine;
+	const char *protocol;
+	if (!PyArg_ParseTuple(args, "(KK)K(LL)(pp)d(OO)(OO)(OO)(KK)O!KOsO", &lo, &hi, &server, &n0,
 			      &n1, &s0, &s1, &last_ts, &p0, &p1, &c0, &c1, &i0, &i1, &g0, &g1,
-			      &PyList_Type, &pending, &label, &names))
+			      &PyList_Type, &pending, &label, &names, &protocol, &mine))
 		return NULL;
+	enum proto proto = RESP;
+	int deprecate_eof = 0, done_seq = -1;
+	if (strcmp(protocol, "mysql") == 0) {
+		PyObject *done;
+		proto = MYSQL;
+		if (!PyArg_ParseTuple(mine, "pO", &deprecate_eof, &done))
+			return NULL;
+		if (done != Py_None && ((done_seq = (int)PyLong_AsLong(done)) == -1 && PyErr_Occurred()))
+			return NULL;
+		if (self->clock != NULL || self->shape == NULL) {
+			PyErr_SetString(PyExc_ValueError, "a mysql connection: no lines, shapes given");
+			return NULL;
+		}
+	} else if (strcmp(protocol, "resp") != 0) {
+		PyErr_Format(PyExc_ValueError, "no native path for %s", protocol);
+		return NULL;
+	}
 	if (conn_get(self, lo, hi) != NULL) {
 		PyErr_SetString(PyExc_ValueError, "connection already adopted");
 		return NULL;
@@ -1342,6 +1758,10 @@ static PyObject *core_adopt(Core *self, PyObject *args)
 	struct conn *c = PyMem_Calloc(1, sizeof *c);
 	if (c == NULL)
 		return PyErr_NoMemory();
+	c->proto = proto;
+	c->deprecate_eof = deprecate_eof;
+	c->done_seq = done_seq;
+	c->my = MY_FRESH;
 	c->lo = lo;
 	c->hi = hi;
 	c->server = server;
@@ -1372,7 +1792,8 @@ static PyObject *core_adopt(Core *self, PyObject *args)
 			PyErr_SetString(PyExc_TypeError, "a core with lines needs each request's text");
 			goto error;
 		}
-		struct row *r = row_get(self, label, (const unsigned char *)PyBytes_AS_STRING(key),
+		struct row *r = row_get(self, proto, label,
+					(const unsigned char *)PyBytes_AS_STRING(key),
 					(size_t)PyBytes_GET_SIZE(key));
 		if (r == NULL ||
 		    push_pending(c, Py_NewRef(obj), self->clock != NULL ? Py_NewRef(text) : NULL,
@@ -1449,8 +1870,8 @@ static PyObject *core_take(Core *self, PyObject *unused)
 			r->hist.counts[j] = 0;
 		}
 		PyObject *t = hist == NULL ? NULL
-					   : Py_BuildValue("(KOKKKKNdL)", (unsigned long long)r->label,
-							   r->command, r->count, r->errors, r->bytes_in,
+					   : Py_BuildValue("(KsOKKKKNdL)", (unsigned long long)r->label,
+							   PROTOCOLS[r->proto], r->command, r->count, r->errors, r->bytes_in,
 							   r->bytes_out, hist, r->max,
 							   (long long)r->nanoseconds);
 		if (t == NULL || PyList_Append(rows, t) < 0) {
@@ -1524,12 +1945,12 @@ static int core_edges(Core *self, PyObject *edges)
 
 static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
-	static char *names[] = {"containers", "stateful", "top", "edges", "clock", NULL};
-	PyObject *containers, *stateful, *edges = Py_None, *clock = Py_None;
+	static char *names[] = {"containers", "stateful", "top", "edges", "clock", "shape", NULL};
+	PyObject *containers, *stateful, *edges = Py_None, *clock = Py_None, *shape = Py_None;
 	Py_ssize_t top;
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!n|OO", names, &PyFrozenSet_Type,
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!n|OOO", names, &PyFrozenSet_Type,
 					 &containers, &PyFrozenSet_Type, &stateful, &top, &edges,
-					 &clock))
+					 &clock, &shape))
 		return NULL;
 	if (top < 0) {
 		PyErr_SetString(PyExc_ValueError, "top must be >= 0");
@@ -1542,6 +1963,14 @@ static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 	self->stateful = Py_NewRef(stateful);
 	self->top = top;
 	self->clock = clock != Py_None ? Py_NewRef(clock) : NULL;
+	if (shape != Py_None) {
+		self->shape = Py_NewRef(shape);
+		self->scap = 2 * SHAPES;
+		if ((self->shapes = PyMem_Calloc(self->scap, sizeof *self->shapes)) == NULL) {
+			Py_DECREF(self);
+			return PyErr_NoMemory();
+		}
+	}
 	self->heap = PyMem_Malloc((size_t)(top ? top : 1) * sizeof(double));
 	self->slow = PyList_New(0);
 	if (self->heap == NULL || self->slow == NULL) {
@@ -1572,6 +2001,10 @@ static void core_dealloc(Core *self)
 		PyMem_Free(r);
 	}
 	PyMem_Free(self->rows);
+	if (self->shapes != NULL)
+		shapes_clear(self);
+	PyMem_Free(self->shapes);
+	Py_XDECREF(self->shape);
 	PyMem_Free(self->touched);
 	PyMem_Free(self->edges);
 	PyMem_Free(self->heap);

@@ -23,7 +23,7 @@ ConnKey = tuple[int, int]
 # the next offset and whether it started, per direction (client, server), the capture time
 # of its last record, the pids, comms, inodes and cgroups of both ends (client, server), the
 # requests waiting for a reply (each the request as sent, bytes, or the object adopted,
-# with its ts and size)
+# with its ts and size), the protocol's own state (RESP: None; MySQL: MysqlDecoder.take_back's)
 Handback = tuple[
     ConnKey,
     int,
@@ -35,17 +35,20 @@ Handback = tuple[
     tuple[int, int],
     tuple[int, int],
     list[tuple[object, float, int]],
+    object,
 ]
-# per label (adopt's) and command (the --stats key), in the order of their first transaction
-# since the last take: label, command, count, errors, bytes in, bytes out, latency counts
-# per bucket (log-linear, or the index among Core's edges), the largest latency, the sum of
-# the latencies in nanoseconds (each rounded as bucket's argument)
-Row = tuple[int, str, int, int, int, int, dict[int, int], float, int]
-# a candidate for the slowest list: latency, the client's comm, the request (as in Handback)
-Slow = tuple[float, str, object]
+# per label (adopt's), protocol and command (the --stats key), in the order of their first
+# transaction since the last take: label, protocol, command, count, errors, bytes in, bytes
+# out, latency counts per bucket (log-linear, or the index among Core's edges), the largest
+# latency, the sum of the latencies in nanoseconds (each rounded as bucket's argument)
+Row = tuple[int, str, str, int, int, int, int, dict[int, int], float, int]
+# a candidate for the slowest list: latency, protocol, the client's comm, the request (as in
+# Handback)
+Slow = tuple[float, str, str, object]
 
 class Core:
-    """RESP connections taken over from the Python engine, decoded and counted in C."""
+    """RESP and MySQL connections taken over from the Python engine, decoded and counted
+    in C."""
 
     def __init__(
         self,
@@ -54,6 +57,7 @@ class Core:
         top: int,
         edges: Sequence[float] | None = None,
         clock: Callable[[float], str] | None = None,
+        shape: Callable[[str, bytes], bytes | None] | None = None,
     ) -> None:
         """``containers``: names whose subcommand is part of the key; ``stateful``: keys
         after which a connection goes back to Python; ``top``: the slowest list's size;
@@ -62,7 +66,9 @@ class Core:
         ``clock``: given (outputs.base.clock_text), the core renders each transaction's
         text line as outputs/decoded.py format_text does (:meth:`lines`) instead of
         counting it in rows, and leaves to Python the records whose line it does not
-        render exactly."""
+        render exactly; ``shape``: given, the --stats key of an SQL text of a protocol
+        (utf-8; None: the decoder must see the statement), called once per distinct text
+        (4096 of them kept); needed to adopt MySQL connections."""
     @property
     def owned(self) -> int:
         """Connections owned."""
@@ -87,11 +93,16 @@ class Core:
         pending: list[tuple[object, bytes, float, int, bytes | None]],
         label: int,
         names: bytes | None,
+        protocol: str,
+        state: object,
     ) -> None:
         """Take a connection over; ``pending``: its requests (object, command key, ts, size,
         and with lines its text: utf-8, printable); ``label``: its transactions are counted
         in the rows of this label; ``names``: with lines, " client -> server  " as the
-        lines name the ends (utf-8, printable)."""
+        lines name the ends (utf-8, printable); ``protocol``: "resp" or "mysql" (no
+        lines; pending: COM_QUERY commands whose reply has not begun); ``state``: the
+        decoder's (Decoding.hand_over): RESP None, MySQL (CLIENT_DEPRECATE_EOF, the next
+        sequence id of the last command done)."""
     def release_all(self) -> list[Handback]:
         """Hand every connection back."""
     def seed(self, latencies: list[float]) -> None:

@@ -26,8 +26,11 @@ from typing import TYPE_CHECKING, TextIO
 
 from .._events import Packed
 from ..containers import Containers
+from ..decoders import mysql
+from ..decoders.base import Request
 from ..decoders.engine import Decoding, Ends, Event, Handover
-from ..decoders.resp import CONTAINERS, MASKED, STATEFUL, RespDecoder, Waiting
+from ..decoders.mysql import MysqlDecoder
+from ..decoders.resp import CONTAINERS, MASKED, STATEFUL, RespDecoder
 from ..events import ConnKey, Record, conn_key
 from ..printable import printable
 from ..streams import Position
@@ -41,12 +44,20 @@ if TYPE_CHECKING:
 
 
 RUN = 64  # most records the engine decodes before the connections they touched may be adopted
+SQL_KEYS = {"mysql": mysql.stats_key}  # the --stats key of an SQL text, per protocol
+
+
+def stats_key(protocol: str, sql: bytes) -> bytes | None:
+    """Core's ``shape``: the key the protocol's decoder counts the SQL text ``sql`` under."""
+    return SQL_KEYS[protocol](sql)
 
 
 class Native:
     """Feed Records, get what the core counted merged (:meth:`_merge`); the engine's own
     events (of the connections it decodes) go to ``on_events``, which returns how many
     it counted."""
+
+    protocols: tuple[str, ...] = ("resp", "mysql")  # those whose connections the core takes
 
     def __init__(
         self, decoding: Decoding, core: Core, on_events: Callable[[list[Event]], int]
@@ -74,7 +85,8 @@ class Native:
                 self.release()  # the assembler may evict: it must see every connection as is
             run = unpacked(batch[j:k])
             counted += self.on_events(self.decoding.feed(run, expire=False))
-            if self.decoding.protocols_seen.get("resp") and (
+            seen = self.decoding.protocols_seen
+            if any(seen.get(p) for p in self.protocols) and (
                 asm.open_connections < asm.max_connections // 2
             ):
                 for key in {conn_key(rec) for rec in run}:
@@ -99,25 +111,25 @@ class Native:
     def _adopt(self, key: ConnKey) -> None:
         if len(key) != 2:  # an unconnected datagram's
             return
-        over = self.decoding.hand_over(key)
+        over = self.decoding.hand_over(key, self.protocols)
         if over is None:
             return
         pos, ends = over.position, over.ends
         if not self._adoptable(over):
             pending: list[tuple[object, float, int]] = [(w, w.ts, w.nbytes) for w in over.pending]
-            self.decoding.take_back(key, pos, ends, pending)
+            self.decoding.take_back(key, pos, ends, pending, over.state)
             return
         adopted: list[tuple[object, bytes, float, int, bytes | None]] = [
-            (w, w.command.encode(), w.ts, w.nbytes, self._text(w)) for w in over.pending
+            (r, r.command.encode(), r.ts, r.nbytes, self._text(r)) for r in over.pending
         ]
         self.core.adopt(key, pos.server_id, pos.next, pos.started, pos.last_ts, ends.pids,
                         ends.comms, ends.inodes, ends.cgroups, adopted, self._label(over.path),
-                        self._names(ends))  # fmt: skip
+                        self._names(ends), over.protocol, over.state)  # fmt: skip
 
     def _take_back(self, back: Handback) -> None:
-        key, server, next_, started, last_ts, pids, comms, inodes, cgroups, pending = back
+        key, server, next_, started, last_ts, pids, comms, inodes, cgroups, pending, state = back
         position = Position(server, next_, started, last_ts)
-        self.decoding.take_back(key, position, Ends(pids, comms, inodes, cgroups), pending)
+        self.decoding.take_back(key, position, Ends(pids, comms, inodes, cgroups), pending, state)
 
     def _take(self) -> int:
         """Merge what the core counted since the last take; the transactions."""
@@ -134,7 +146,7 @@ class Native:
         """Whether the core may take over the connection handed over as ``over``."""
         return True
 
-    def _text(self, request: Waiting) -> bytes | None:
+    def _text(self, request: Request) -> bytes | None:
         """A request adopted, as the core's lines show it (None: no lines)."""
         return None
 
@@ -156,20 +168,24 @@ class NativeStats(Native):
     def __init__(
         self, decoding: Decoding, stats: Stats, on_events: Callable[[list[Event]], int]
     ) -> None:
-        core = Core(containers=CONTAINERS, stateful=STATEFUL, top=stats.top)
+        core = Core(containers=CONTAINERS, stateful=STATEFUL, top=stats.top, shape=stats_key)
         super().__init__(decoding, core, on_events)
         self.stats = stats
-        self._texts = RespDecoder(redact=decoding.redact)  # the slowest requests' text
+        # the slowest requests' text, as each protocol's decoder gives it
+        resp, sql = RespDecoder(redact=decoding.redact), MysqlDecoder(redact=decoding.redact)
+        self._texts: dict[str, Callable[[object], str]] = {
+            "resp": lambda request: resp.request(request, 0.0, 0).text,
+            "mysql": lambda request: sql.request(request, 0.0, 0).text,
+        }
 
     def _seed(self) -> None:
         self.core.seed([latency for latency, _, _ in self.stats.slowest])
 
     def _merge(self, rows: list[Row], slow: list[Slow]) -> None:
-        self.stats.merge("resp", rows)
-        for latency, comm, request in slow:
+        self.stats.merge(rows)
+        for latency, protocol, comm, request in slow:
             if self.stats.takes(latency):
-                text = self._texts.request(request, 0.0, 0).text
-                self.stats.push(latency, f"{comm} {text}")
+                self.stats.push(latency, f"{comm} {self._texts[protocol](request)}")
 
 
 class NativeMetrics(Native):
@@ -183,7 +199,7 @@ class NativeMetrics(Native):
         on_events: Callable[[list[Event]], int],
         edges: Sequence[float],
     ) -> None:
-        core = Core(containers=CONTAINERS, stateful=STATEFUL, top=0, edges=edges)
+        core = Core(containers=CONTAINERS, stateful=STATEFUL, top=0, edges=edges, shape=stats_key)
         super().__init__(decoding, core, on_events)
         self.metrics = metrics
         self._labels: dict[str, int] = {}
@@ -197,13 +213,15 @@ class NativeMetrics(Native):
         return label
 
     def _merge(self, rows: list[Row], slow: list[Slow]) -> None:
-        self.metrics.merge("resp", rows, self._paths)
+        self.metrics.merge(rows, self._paths)
 
 
 class NativeText(Native):
     """Text lines alone (outputs/decoded.py ``format_text``): the lines of the plain
     connections' transactions are rendered in C and written to ``stream`` in one write
     per take, in their place among the engine's lines (printed by ``on_events``)."""
+
+    protocols = ("resp",)
 
     def __init__(
         self,
@@ -222,7 +240,7 @@ class NativeText(Native):
     def _adoptable(self, over: Handover) -> bool:
         return not any(w.cut for w in over.pending)  # the core's lines have no [cut: ...]
 
-    def _text(self, request: Waiting) -> bytes:
+    def _text(self, request: Request) -> bytes:
         return printable(request.text).encode()
 
     def _names(self, ends: Ends) -> bytes:

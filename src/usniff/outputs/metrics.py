@@ -119,13 +119,24 @@ class Metrics(Collector):
                 op.buckets[bisect.bisect_left(BUCKETS, latency)] += 1
                 op.nanoseconds += round(latency * 1e9)
 
-    def merge(self, protocol: str, rows: Sequence[Row], paths: Sequence[str]) -> None:
+    def merge(self, rows: Sequence[Row], paths: Sequence[str]) -> None:
         """Add the answered transactions counted elsewhere (outputs/fast.py), in the
         order of each row's first transaction (which labels an operation first): per
-        (label: index in ``paths``, command), the counts, the bytes, the transactions
-        per bucket of BUCKETS (its index) and the nanoseconds."""
+        (label: index in ``paths``, protocol, command), the counts, the bytes, the
+        transactions per bucket of BUCKETS (its index) and the nanoseconds."""
         with self._lock:
-            for label, command, count, errors, bytes_in, bytes_out, buckets, _, ns in rows:
+            for (
+                label,
+                protocol,
+                command,
+                count,
+                errors,
+                bytes_in,
+                bytes_out,
+                buckets,
+                _,
+                ns,
+            ) in rows:
                 op = self._op(paths[label], protocol, command)
                 op.count += count
                 op.errors += errors

@@ -73,10 +73,11 @@ class Stats:
         if self.takes(latency):
             self.push(latency, f"{tx.client_comm} {tx.request}")
 
-    def merge(self, protocol: str, rows: Sequence[Row]) -> None:
+    def merge(self, rows: Sequence[Row]) -> None:
         """Add the counts of answered transactions counted elsewhere (outputs/fast.py):
-        per command, count, errors, bytes in and out, latency buckets and the largest."""
-        for _, command, count, errors, bytes_in, bytes_out, buckets, largest, _ in rows:
+        per protocol and command, count, errors, bytes in and out, latency buckets and the
+        largest."""
+        for _, protocol, command, count, errors, bytes_in, bytes_out, buckets, largest, _ in rows:
             row = self.rows.setdefault((protocol, command), _Row())
             row.count += count
             row.errors += errors
