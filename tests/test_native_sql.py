@@ -32,7 +32,11 @@ from tests.test_native_stats import (
     python_table,
     split,
 )
-from usniff.decoders.mysql import CLIENT_DEPRECATE_EOF, CLIENT_QUERY_ATTRIBUTES
+from usniff.decoders.mysql import (
+    CLIENT_DEPRECATE_EOF,
+    CLIENT_QUERY_ATTRIBUTES,
+    MARIADB_CACHE_METADATA,
+)
 from usniff.events import Record, conn_key, server_id
 
 CASES = 16_000  # fuzzed connections for the table (and a quarter as many for the metrics)
@@ -78,30 +82,35 @@ SQL = (
 )  # fmt: skip
 
 
-def handshake(rng: random.Random, deprecate_eof: bool) -> list[tuple[int, bytes]]:
-    """A login: greeting, HandshakeResponse41 (CLIENT_DEPRECATE_EOF as given, now and
-    then query attributes, with which the core does not adopt), OK."""
+def handshake(rng: random.Random, deprecate_eof: bool, cache: bool) -> list[tuple[int, bytes]]:
+    """A login: greeting, HandshakeResponse41 (CLIENT_DEPRECATE_EOF as given; with
+    ``cache`` a MariaDB client's, asking for the metadata cache as mariadb-slap does; now
+    and then query attributes, with which the core does not adopt), OK."""
     caps = 0x1 | 0x200 | 0x8000 | 0x80000 | CLIENT_DEPRECATE_EOF
     greeting = (b"\x0a10.11.6-MariaDB\0" + struct.pack("<I", 7) + b"12345678\0"
                 + struct.pack("<HBHHB", caps & 0xFFFF, 33, 2, caps >> 16, 21) + bytes(10)
                 + b"123456789012\0mysql_native_password\0")  # fmt: skip
-    client = 0x1 | 0x200 | 0x8000 | 0x80000 | (CLIENT_DEPRECATE_EOF if deprecate_eof else 0)
+    client = 0x200 | 0x8000 | 0x80000 | (CLIENT_DEPRECATE_EOF if deprecate_eof else 0)
+    client |= 0 if cache else 0x1  # CLIENT_MYSQL off: MariaDB's capabilities in the filler
     if rng.random() < 0.05:
         client |= CLIENT_QUERY_ATTRIBUTES
-    response = (struct.pack("<IIB", client, 1 << 24, 33) + bytes(23) + b"root\0" + b"\x14"
+    mariadb = (MARIADB_CACHE_METADATA | 1 << 32) >> 32 if cache else 0  # and progress reports
+    filler = bytes(19) + struct.pack("<I", mariadb)
+    response = (struct.pack("<IIB", client, 1 << 24, 33) + filler + b"root\0" + b"\x14"
                 + bytes(20) + b"mysql_native_password\0")  # fmt: skip
     return [(1, packet(0, greeting)), (0, packet(1, response)), (1, packet(2, ok()))]
 
 
 def resultset(
-    rng: random.Random, deprecate_eof: bool, seq: int, damage: float = 0.02
+    rng: random.Random, deprecate_eof: bool, cache: bool, seq: int, damage: float = 0.02
 ) -> list[bytes]:
     """The packets of a text resultset from sequence id ``seq``, a row malformed at the
-    rate ``damage``."""
+    rate ``damage``; with the metadata ``cache``, the column definitions sent or not."""
     ncols = rng.choice((1, 1, 1, 2, 3, 20)) if rng.random() < 0.995 else 300
-    out = [lenenc(ncols)] + [column(b"c%d" % i) for i in range(ncols)]
-    if not deprecate_eof:
-        out.append(EOF)
+    send = not cache or rng.random() < 0.5
+    out = [lenenc(ncols) + (bytes((send,)) if cache else b"")]
+    if send:
+        out += [column(b"c%d" % i) for i in range(ncols)] + ([] if deprecate_eof else [EOF])
     for _ in range(rng.choice((0, 1, 1, 2, 5)) if rng.random() < 0.98 else 40):
         values = [rng.choice((None, b"1", b"abc", b"x" * 300)) for _ in range(min(ncols, 2))]
         values += [b"v"] * (ncols - len(values))
@@ -119,7 +128,7 @@ def resultset(
     return [packet(seq + i, p) for i, p in enumerate(out)]
 
 
-def reply(rng: random.Random, deprecate_eof: bool) -> list[bytes]:
+def reply(rng: random.Random, deprecate_eof: bool, cache: bool) -> list[bytes]:
     """The server's packets answering a COM_QUERY (sequence ids from 1)."""
     roll = rng.random()
     if roll < 0.2:
@@ -127,7 +136,7 @@ def reply(rng: random.Random, deprecate_eof: bool) -> list[bytes]:
     if roll < 0.3:
         return [packet(1, err())]
     if roll < 0.9:
-        return resultset(rng, deprecate_eof, 1)
+        return resultset(rng, deprecate_eof, cache, 1)
     if roll < 0.92:  # multi-results: the core hands back
         return [packet(1, ok(0x0A)), packet(2, ok())]
     if roll < 0.94:  # a progress report first
@@ -136,13 +145,14 @@ def reply(rng: random.Random, deprecate_eof: bool) -> list[bytes]:
         return [packet(3, ok())]
     if roll < 0.97:  # an empty packet, a short ERR
         return [packet(1, rng.choice((b"", b"\xff\x01", b"\x00\xfc\x01")))]
-    return resultset(rng, deprecate_eof, 1)[:-1]  # cut short (the next query interleaves)
+    return resultset(rng, deprecate_eof, cache, 1)[:-1]  # cut short (the next query interleaves)
 
 
 def session(rng: random.Random) -> list[tuple[int, bytes]]:
     """(direction, bytes) sends of a MySQL conversation in the command phase."""
-    deprecate_eof = rng.random() < 0.6
-    sends = handshake(rng, deprecate_eof) if rng.random() < 0.8 else []  # else mid-stream
+    deprecate_eof, cache = rng.random() < 0.6, rng.random() < 0.3
+    sends = handshake(rng, deprecate_eof, cache) if rng.random() < 0.8 else []  # or mid-stream
+    cache = cache and bool(sends)
     for _ in range(rng.randint(1, 3)):
         roll = rng.random()
         sql = rng.choice(SQL)
@@ -156,10 +166,10 @@ def session(rng: random.Random) -> list[tuple[int, bytes]]:
                       (1, packet(1, b"\xfbf")), (0, packet(2, b"1,2\n") + packet(3, b"")),
                       (1, packet(4, ok()))]  # fmt: skip
         elif roll < 0.08:  # pipelined
-            sends += [(0, query + query)] + [(1, b"".join(reply(rng, deprecate_eof)))] * 2
+            sends += [(0, query + query)] + [(1, b"".join(reply(rng, deprecate_eof, cache)))] * 2
         else:
             sends.append((0, query))
-            packets = reply(rng, deprecate_eof)
+            packets = reply(rng, deprecate_eof, cache)
             if rng.random() < 0.15:  # a packet per send
                 sends += [(1, p) for p in packets]
             else:
@@ -235,13 +245,14 @@ def test_fuzzed_mysql_connections_give_the_same_metrics(endpoint: str) -> None: 
 
 def test_a_plain_session_is_handled_natively() -> None:
     """Logged in, then COM_QUERY exchanges only: after the first RUN records the core
-    handles (nearly) every record, with and without CLIENT_DEPRECATE_EOF."""
+    handles (nearly) every record, with and without CLIENT_DEPRECATE_EOF, with the
+    metadata cache (as mariadb-slap asks for it)."""
     rng = random.Random(3)
-    for deprecate_eof in (True, False):
-        sends = handshake(random.Random(1), deprecate_eof)
+    for deprecate_eof, cache in ((True, False), (False, False), (False, True)):
+        sends = handshake(random.Random(1), deprecate_eof, cache)
         for i in range(300):
             sends += [(0, packet(0, b"\x03SELECT %d" % i)),
-                      (1, b"".join(resultset(rng, deprecate_eof, 1, damage=0)))]  # fmt: skip
+                      (1, b"".join(resultset(rng, deprecate_eof, cache, 1, damage=0)))]  # fmt: skip
         conn, offsets, records = Conn(1, rng, PATH), [0, 0], []
         for i, (direction, data) in enumerate(sends):  # no accidents
             records.append(

@@ -594,7 +594,7 @@ class MysqlDecoder:
 
     def plain(self) -> bool:
         """In the command phase, uncompressed, no packet half read, CLIENT_DEPRECATE_EOF
-        known, no metadata cache or query attributes, and the commands in flight whole
+        known, no query attributes, and the commands in flight whole
         COM_QUERY statements (not USE) whose reply has not begun: the state in which the
         native path reads COM_QUERY exchanges exactly."""
         return (
@@ -608,7 +608,7 @@ class MysqlDecoder:
                 for c in self._commands
             )  # fmt: skip
             and self.deprecate_eof is not None
-            and not self.client_caps & (MARIADB_CACHE_METADATA | CLIENT_QUERY_ATTRIBUTES)
+            and not self.client_caps & CLIENT_QUERY_ATTRIBUTES
             and not any(self._sync_buf)
             and all(r.idle() for r in self._readers)
         )
@@ -616,10 +616,11 @@ class MysqlDecoder:
     def hand_over(self) -> tuple[list[_Command], object]:
         """The commands waiting for a reply, taken out (the connection is :meth:`plain`),
         and what the native path must know: (CLIENT_DEPRECATE_EOF, the next sequence id
-        of the last command done or None)."""
+        of the last command done or None, whether the client asked for the metadata cache)."""
         pending = list(self._commands)
         self._commands.clear()
-        return pending, (self.deprecate_eof, self._done_seq)
+        cache = bool(self.client_caps & MARIADB_CACHE_METADATA)
+        return pending, (self.deprecate_eof, self._done_seq, cache)
 
     def take_back(self, pending: list[tuple[object, float, int]], state: object) -> None:
         """Handed back: the COM_QUERY commands waiting for a reply, each one taken out by

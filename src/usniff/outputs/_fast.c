@@ -228,9 +228,9 @@ struct conn {
 	PyObject *names; /* lines: " client -> server  " (bytes, utf-8, printable) */
 	struct pend *q;
 	size_t head, len, cap;
-	/* MySQL: CLIENT_DEPRECATE_EOF, the next sequence id of the last command done
-	 * (-1: none), and the reply of the oldest command in q */
-	int deprecate_eof, done_seq;
+	/* MySQL: CLIENT_DEPRECATE_EOF, MARIADB_CLIENT_CACHE_METADATA, the next sequence
+	 * id of the last command done (-1: none), and the reply of the oldest command in q */
+	int deprecate_eof, cache_metadata, done_seq;
 	struct mysql_reply my;
 };
 
@@ -1276,7 +1276,8 @@ static int my_reply(struct conn *c, struct mysql_reply *st, int seq, const unsig
 			return 0;
 		if (!my_lenenc(&p, end, &ncols, &null) || ncols == 0 || ncols > INT32_MAX)
 			return 0;
-		st->state = COLUMNS;
+		/* with the metadata cache, a flag: are the column definitions sent? */
+		st->state = c->cache_metadata && p < end && *p == 0 ? ROWS : COLUMNS;
 		st->left = st->ncols = (int64_t)ncols;
 		st->rows = 0;
 		return 1;
@@ -1731,11 +1732,11 @@ static PyObject *core_adopt(Core *self, PyObject *args)
 			      &PyList_Type, &pending, &label, &names, &protocol, &mine))
 		return NULL;
 	enum proto proto = RESP;
-	int deprecate_eof = 0, done_seq = -1;
+	int deprecate_eof = 0, cache_metadata = 0, done_seq = -1;
 	if (strcmp(protocol, "mysql") == 0) {
 		PyObject *done;
 		proto = MYSQL;
-		if (!PyArg_ParseTuple(mine, "pO", &deprecate_eof, &done))
+		if (!PyArg_ParseTuple(mine, "pOp", &deprecate_eof, &done, &cache_metadata))
 			return NULL;
 		if (done != Py_None && ((done_seq = (int)PyLong_AsLong(done)) == -1 && PyErr_Occurred()))
 			return NULL;
@@ -1760,6 +1761,7 @@ static PyObject *core_adopt(Core *self, PyObject *args)
 		return PyErr_NoMemory();
 	c->proto = proto;
 	c->deprecate_eof = deprecate_eof;
+	c->cache_metadata = cache_metadata;
 	c->done_seq = done_seq;
 	c->my = MY_FRESH;
 	c->lo = lo;

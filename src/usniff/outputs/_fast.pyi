@@ -102,7 +102,7 @@ class Core:
         lines name the ends (utf-8, printable); ``protocol``: "resp" or "mysql" (no
         lines; pending: COM_QUERY commands whose reply has not begun); ``state``: the
         decoder's (Decoding.hand_over): RESP None, MySQL (CLIENT_DEPRECATE_EOF, the next
-        sequence id of the last command done)."""
+        sequence id of the last command done, MARIADB_CLIENT_CACHE_METADATA)."""
     def release_all(self) -> list[Handback]:
         """Hand every connection back."""
     def seed(self, latencies: list[float]) -> None:
