@@ -293,16 +293,23 @@ def named(rng: random.Random, names: int) -> list[tuple[int, bytes]]:
 
 
 def fuzzed(
-    seed: int, cases: int, paths: Sequence[str] = ("/run/redis.sock",), names: int = 0
+    seed: int,
+    cases: int,
+    paths: Sequence[str] = ("/run/redis.sock",),
+    names: int = 0,
+    sends_of: Callable[[random.Random], list[tuple[int, bytes]]] | None = None,
 ) -> Iterator[list[Record]]:
     """Per CHUNK connections, their records interleaved (each one's in order but for
     the occasional swap of two neighbours); each connection on one of ``paths``, a
-    fifth of them (when ``names``) sending commands of ``names`` made-up names."""
+    fifth of them (when ``names``) sending commands of ``names`` made-up names; with
+    ``sends_of``, each connection's sends made by it instead (another protocol's)."""
     rng = random.Random(seed)
     for first in range(0, cases, CHUNK):
         streams = []
         for cid in range(first, min(cases, first + CHUNK)):
-            if names and rng.random() < 0.2:
+            if sends_of is not None:
+                sends = sends_of(rng)
+            elif names and rng.random() < 0.2:
                 sends = named(rng, names)
             else:
                 sends = capture_sends(rng) if rng.random() < 0.3 else exchange(rng)
