@@ -1,5 +1,5 @@
-"""The native --stats and --metrics paths of MySQL connections (outputs/fast.py,
-_fast.c) against the Python engine.
+"""The native --stats and --metrics paths of MySQL and PostgreSQL connections
+(outputs/fast.py, _fast.c) against the Python engine.
 
 Both are fed the same Records in the same batches: the MySQL sessions of the captures
 (tests/test_native_stats.py and tests/test_native_metrics.py compare every capture),
@@ -7,8 +7,11 @@ mutated, and generated sessions of COM_QUERY exchanges (OK, ERR, text resultsets
 and without CLIENT_DEPRECATE_EOF, many columns and rows, NULLs, malformed rows, varying
 SQL texts) with the accidents the core hands back at (other commands, USE, LOCAL
 INFILE, multi-results, progress reports, wrong sequence ids, packets split across
-records), their records reordered, duplicated, lost, truncated, closed and
-interleaved.  The tables and the scrapes must be equal.
+records); and of PostgreSQL simple queries (resultsets, command tags, errors, empty
+queries, multi-statement queries, pipelined queries; notices, parameter statuses, COPY,
+the extended protocol, a Query without its NUL) and the postgres capture's sessions;
+their records reordered, duplicated, lost, truncated, closed and interleaved.  The
+tables and the scrapes must be equal.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import pytest
 from tests.test_native_metrics import assert_same as assert_same_metrics
 from tests.test_native_metrics import endpoint  # noqa: F401 (a fixture)
 from tests.test_native_stats import (
-    CHUNK,
     Conn,
     assert_same,
     batched,
@@ -30,8 +32,8 @@ from tests.test_native_stats import (
     mixed,
     native_table,
     python_table,
-    split,
 )
+from tests.test_native_stats import fuzzed as fuzzed_conns
 from usniff.decoders.mysql import (
     CLIENT_DEPRECATE_EOF,
     CLIENT_QUERY_ATTRIBUTES,
@@ -179,24 +181,27 @@ def session(rng: random.Random) -> list[tuple[int, bytes]]:
     return sends
 
 
-def _capture_conns() -> list[list[tuple[int, bytes]]]:
-    """The sends of the mysql capture's connections, but the few large ones (its 16 MiB
-    packets, tested there): this test is about exchanges the core may take."""
+def capture_conns(name: str) -> list[list[tuple[int, bytes]]]:
+    """The sends of the connections of a capture, but the few large ones (the mysql
+    capture's 16 MiB packets, tested there): this test is about exchanges the core may
+    take."""
     conns: dict[object, list[tuple[int, bytes]]] = {}
-    for rec in capture("mysql"):
+    for rec in capture(name):
         if rec.kind == "data" and len(rec.data) <= 8192:
             direction = int(rec.sock_id == server_id(rec))
             conns.setdefault(conn_key(rec), []).append((direction, rec.data))
     return list(conns.values())
 
 
-CONNS = _capture_conns()
+CONNS = capture_conns("mysql")
 
 
-def capture_sends(rng: random.Random) -> list[tuple[int, bytes]]:
-    """Sends of a connection of the mysql capture, from its start or mid-stream, a byte
-    changed now and then."""
-    sends = list(rng.choice(CONNS))
+def capture_sends(
+    conns: list[list[tuple[int, bytes]]], rng: random.Random
+) -> list[tuple[int, bytes]]:
+    """Sends of one of ``conns``, from its start or mid-stream, a byte changed now and
+    then."""
+    sends = list(rng.choice(conns))
     start = rng.randrange(len(sends)) if rng.random() < 0.3 else 0
     sends = sends[start : start + rng.randint(4, 16)]
     if sends and rng.random() < 0.3:
@@ -207,27 +212,13 @@ def capture_sends(rng: random.Random) -> list[tuple[int, bytes]]:
     return sends
 
 
+def sends_of(rng: random.Random) -> list[tuple[int, bytes]]:
+    """A connection's sends: of the capture, mutated, or generated."""
+    return capture_sends(CONNS, rng) if rng.random() < 0.15 else session(rng)
+
+
 def fuzzed(seed: int, cases: int) -> Iterator[list[Record]]:
-    """Per CHUNK connections, their records interleaved (each one's in order but for the
-    occasional swap of two neighbours)."""
-    rng = random.Random(seed)
-    for first in range(0, cases, CHUNK):
-        streams = []
-        for cid in range(first, min(cases, first + CHUNK)):
-            sends = capture_sends(rng) if rng.random() < 0.15 else session(rng)
-            recs = list(Conn(cid, rng, PATH).records(split(sends, rng), 1.0 + rng.random()))
-            if len(recs) > 2 and rng.random() < 0.05:
-                i = rng.randrange(len(recs) - 1)
-                recs[i], recs[i + 1] = recs[i + 1], recs[i]
-            streams.append(recs)
-        out: list[Record] = []
-        while streams:
-            s = rng.randrange(len(streams))
-            out.extend(streams[s][:3])
-            del streams[s][:3]
-            if not streams[s]:
-                streams.pop(s)
-        yield out
+    return fuzzed_conns(seed, cases, (PATH,), sends_of=sends_of)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -263,3 +254,141 @@ def test_a_plain_session_is_handled_natively() -> None:
         got, n_native, handled = native_table(batches)
         assert (got, n_native) == python_table(batches)
         assert handled > 0.85 * len(records), (handled, len(records))  # all but the first RUN
+
+
+# ----------------------------------------------------------------- PostgreSQL
+
+PG_PATH = "/run/postgresql/.s.PGSQL.5432"
+
+
+def message(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack(">I", len(body) + 4) + body
+
+
+def pg_login() -> list[tuple[int, bytes]]:
+    """StartupMessage, then AuthenticationOk, a ParameterStatus, BackendKeyData,
+    ReadyForQuery."""
+    params = b"user\0postgres\0database\0app\0\0"
+    startup = struct.pack(">II", len(params) + 8, 196608) + params
+    server = (message(b"R", struct.pack(">i", 0)) + message(b"S", b"server_version\x0016\0")
+              + message(b"K", struct.pack(">ii", 77, 1234)) + message(b"Z", b"I"))  # fmt: skip
+    return [(0, startup), (1, server)]
+
+
+def pg_reply(rng: random.Random) -> list[bytes]:
+    """The server's messages answering a simple Query: resultsets, a command tag, an
+    error, an empty query; now and then what the core hands back at (a notice, a
+    parameter status, COPY, an unknown message) or a reply cut short."""
+    out: list[bytes] = []
+    for _ in range(1 if rng.random() < 0.9 else 2):  # a multi-statement Query
+        roll = rng.random()
+        if roll < 0.6:
+            ncols = rng.choice((1, 1, 2, 3, 20))
+            names = b"".join(b"c%d\0" % i + bytes(18) for i in range(ncols))
+            out.append(message(b"T", struct.pack(">h", ncols) + names))
+            for _ in range(rng.choice((0, 1, 1, 2, 5)) if rng.random() < 0.98 else 40):
+                values = [rng.choice((None, b"1", b"abc", b"x" * 300)) for _ in range(ncols)]
+                row = b"".join(b"\xff\xff\xff\xff" if v is None else struct.pack(">i", len(v)) + v
+                               for v in values)  # fmt: skip
+                out.append(message(b"D", struct.pack(">h", ncols) + row))
+            out.append(message(b"C", b"SELECT %d\0" % ncols))
+        elif roll < 0.75:
+            out.append(message(b"C", b"INSERT 0 1\0"))
+        elif roll < 0.85:
+            out.append(message(b"E", b"SERROR\0VERROR\0C42P01\0Mrelation does not exist\0\0"))
+            break
+        elif roll < 0.88:
+            out.append(message(b"I", b""))
+        elif roll < 0.91:
+            out.append(message(b"N", b"SNOTICE\0C00000\0Mhello\0\0"))
+            out.append(message(b"C", b"DO\0"))
+        elif roll < 0.93:
+            out.append(message(b"S", b"TimeZone\0UTC\0"))
+            out.append(message(b"C", b"SET\0"))
+        elif roll < 0.95:
+            out.append(message(b"H", b"\0\0\0"))  # COPY OUT
+            out.append(message(b"d", b"1\n") + message(b"c", b"") + message(b"C", b"COPY 1\0"))
+        elif roll < 0.96:
+            out.append(message(b"?", b"x"))
+        else:
+            return out  # no ReadyForQuery: the next Query's reply follows
+    return [*out, message(b"Z", rng.choice((b"I", b"T", b"E")))]
+
+
+PG_SQL = (*SQL, b"SELECT $1::int", b"SELECT 1; SELECT 2", b"SELECT E'a\\'b%d'", b"  ")
+
+
+def pg_session(rng: random.Random) -> list[tuple[int, bytes]]:
+    """(direction, bytes) sends of a PostgreSQL conversation: simple queries, now and
+    then a pipelined pair, an extended-protocol batch or a Terminate."""
+    sends = pg_login() if rng.random() < 0.8 else []  # else mid-stream
+    for _ in range(rng.randint(1, 3)):
+        sql = rng.choice(PG_SQL)
+        query = message(b"Q", (sql % rng.randrange(50) if b"%d" in sql else sql) + b"\0")
+        roll = rng.random()
+        if roll < 0.04:  # the extended protocol
+            batch = (message(b"P", b"\0SELECT 1\0\0\0") + message(b"B", b"\0\0" + bytes(6))
+                     + message(b"E", b"\0" + bytes(4)) + message(b"S", b""))  # fmt: skip
+            reply = message(b"1", b"") + message(b"2", b"") + message(b"C", b"SELECT 1\0")
+            sends += [(0, batch), (1, reply + message(b"Z", b"I"))]
+        elif roll < 0.06:  # pipelined
+            sends += [(0, query + query)] + [(1, b"".join(pg_reply(rng)))] * 2
+        elif roll < 0.07:
+            sends.append((0, query[:-1] + b"x"))  # no NUL: the decoder loses sync
+        else:
+            sends.append((0, query))
+            messages = pg_reply(rng)
+            if rng.random() < 0.15:
+                sends += [(1, m) for m in messages]
+            else:
+                sends.append((1, b"".join(messages)))
+    if rng.random() < 0.3:
+        sends.append((0, message(b"X", b"")))
+    return sends
+
+
+PG_CONNS = capture_conns("postgres")
+
+
+def pg_sends_of(rng: random.Random) -> list[tuple[int, bytes]]:
+    """A connection's sends: of the postgres capture, mutated, or generated."""
+    return capture_sends(PG_CONNS, rng) if rng.random() < 0.15 else pg_session(rng)
+
+
+PG_CASES = 4_000
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_fuzzed_postgres_connections_give_the_same_table(seed: int) -> None:
+    rng = random.Random(seed)
+    handled = 0
+    for records in fuzzed_conns(seed, PG_CASES // 2, (PG_PATH,), sends_of=pg_sends_of):
+        handled += assert_same(records, rng)
+    assert handled > PG_CASES // 4  # the native path ran (and handed back)
+
+
+def test_fuzzed_postgres_connections_give_the_same_metrics(endpoint: str) -> None:  # noqa: F811
+    rng = random.Random(7)
+    chunks = fuzzed_conns(7, PG_CASES // 3, (PG_PATH,), sends_of=pg_sends_of)
+    records = [r for chunk in chunks for r in chunk]
+    assert_same_metrics(batched(mixed(records, rng), rng), endpoint)
+
+
+def test_a_plain_postgres_session_is_handled_natively() -> None:
+    """After the startup, simple queries only: after the first RUN records the core
+    handles nearly every record."""
+    rng = random.Random(4)
+    sends = pg_login()
+    for i in range(300):
+        reply = [m for m in pg_reply(rng) if m[:1] in b"TDCIEZ"]
+        if not reply or reply[-1][:1] != b"Z":
+            reply.append(message(b"Z", b"I"))
+        sends += [(0, message(b"Q", b"SELECT %d\0" % i)), (1, b"".join(reply))]
+    conn, offsets, records = Conn(1, rng, PG_PATH), [0, 0], []
+    for i, (direction, data) in enumerate(sends):  # no accidents
+        records.append(conn._record(direction, offsets[direction], len(data), data, 1 + i / 1e4))
+        offsets[direction] += len(data)
+    batches = [list(records[i : i + 300]) for i in range(0, len(records), 300)]
+    got, n_native, handled = native_table(batches)
+    assert (got, n_native) == python_table(batches)
+    assert handled > 0.85 * len(records), (handled, len(records))  # all but the first RUN

@@ -26,6 +26,7 @@ from ..streams import (
 from .base import Decoder, DecoderEvent, Request, Transaction
 from .detect import ENOUGH
 from .mysql import MysqlDecoder
+from .postgres import PostgresDecoder
 from .registry import BY_NAME, CHOICES, detect
 from .resp import RespDecoder
 
@@ -142,13 +143,13 @@ class Decoding:
 
     def hand_over(self, key: ConnKey, protocols: Collection[str]) -> Handover | None:
         """Connection ``key`` for another reader (outputs/fast.py), when it is of one of
-        ``protocols`` (RESP, MySQL) in a plain state (RespDecoder.plain,
-        MysqlDecoder.plain) and nothing of it is buffered: its position, ends, requests
-        waiting for a reply (taken out) and decoder state.  None otherwise.  The reader
-        delivers and decodes its records until it hands it back (:meth:`take_back`)."""
+        ``protocols`` (RESP, MySQL, PostgreSQL) in a plain state (the decoder's ``plain``) and
+        nothing of it is buffered: its position, ends, requests waiting for a reply (taken out)
+        and decoder state. None otherwise. The reader delivers and decodes its records until it
+        hands it back (:meth:`take_back`)."""
         conn = self._conns.get(key)
         decoder = conn.decoder if conn is not None else None
-        if not isinstance(decoder, (RespDecoder, MysqlDecoder)) or conn is None:
+        if not isinstance(decoder, (RespDecoder, MysqlDecoder, PostgresDecoder)) or conn is None:
             return None
         if decoder.protocol not in protocols or not decoder.plain():
             return None
@@ -171,13 +172,13 @@ class Decoding:
     ) -> None:
         """Connection ``key`` handed back, as the other reader leaves it: its position,
         its ends, its requests waiting for a reply (each handed over, or the request's
-        bytes) and the decoder's state (RespDecoder.take_back, MysqlDecoder.take_back)."""
+        bytes) and the decoder's state (the decoder's ``take_back``)."""
         self.assembler.take_back(key, position)
         conn = self._conns[key]
         conn.pids, conn.comms, conn.inodes = list(ends.pids), list(ends.comms), list(ends.inodes)
         conn.cgroups = list(ends.cgroups)
         conn.name = "-".join(str(i or "?") for i in conn.inodes)
-        assert isinstance(conn.decoder, (RespDecoder, MysqlDecoder))
+        assert isinstance(conn.decoder, (RespDecoder, MysqlDecoder, PostgresDecoder))
         conn.decoder.take_back(pending, state)
 
     def expire(self, now: float, out: list[Event]) -> None:

@@ -108,6 +108,13 @@ def query_shape(sql: str) -> str:
     return sql_shape(sql, _LITERAL)
 
 
+def stats_key(sql: bytes) -> bytes | None:
+    """The --stats key (the shape, utf-8) of a Query whose SQL bytes are ``sql``, as
+    PostgresDecoder keys it; None when the shape is empty (the decoder names it)."""
+    shape = query_shape(sql.decode("utf-8", "replace"))
+    return shape.encode() if shape else None
+
+
 def redact_sql(sql: str) -> str:
     """``ALTER/CREATE ROLE ... PASSWORD '...'`` with the password masked."""
     return _SECRETS.sub(lambda m: f"{m['pre']}'{REDACTED}'", sql)
@@ -218,6 +225,10 @@ class Framer:
         if cur.kind == 0 and cur.body[:4] not in _ENCRYPTION_REQUESTS:
             self.untyped = False  # an SSL/GSSENC request refused: the StartupMessage follows
         return cur
+
+    def idle(self) -> bool:
+        """No message half read, typed messages next."""
+        return self._cur is None and not (self.buf or self.untyped or self.single)
 
     def skip(self, n: int) -> list[Message] | None:
         """``n`` bytes not captured here: fine inside a message's body (counted as
@@ -414,6 +425,67 @@ class PostgresDecoder:
         while self._pending:
             self._finish(self._pending.popleft(), events)
         return events
+
+    # -- the native --stats path (outputs/fast.py) takes plain connections over
+
+    def plain(self) -> bool:
+        """Both sides in sync after the startup, not encrypted, no message half read, no
+        extended-protocol batch open or failed, and every transaction waiting only for
+        its ReadyForQuery with no answer yet and a key (an empty one the decoder names
+        when it reports it): the state in which the native path reads
+        simple queries exactly."""
+        return (
+            self._server_synced
+            and self._sync_ts is not None
+            and not (self._opaque or self._skipping)
+            and self._building is None
+            and self._startup is None
+            and self._ssl_request is None
+            and all(f.idle() for f in self._framers)
+            and all(
+                list(t.expect) == ["Z"]
+                and t.command
+                and t.ts_reply is None
+                and not (t.error or t.cut)
+                for t in self._pending
+            )  # fmt: skip
+        )
+
+    def hand_over(self) -> tuple[list[_Txn], object]:
+        """The transactions waiting for a reply, taken out (the connection is
+        :meth:`plain`), and no more state."""
+        pending = list(self._pending)
+        self._pending.clear()
+        return pending, None
+
+    def take_back(self, pending: list[tuple[object, float, int]], state: object) -> None:
+        """Handed back: the transactions waiting for a reply, each one taken out by
+        :meth:`hand_over`, or (its Query as sent, the ts of its last byte, its size), and
+        ``state``: (where the oldest one's reply stands: None, or (its bytes, the ts of its
+        first message, the body of its last ErrorResponse or None, rows, row bytes)).  The
+        command tags, columns and sample rows read natively are not kept (the native path
+        serves --stats and --metrics, which do not show them)."""
+        assert isinstance(state, tuple)
+        (head,) = state
+        for raw, ts, nbytes in pending:
+            self._pending.append(self.request(raw, ts, nbytes))
+        if head is None:
+            return
+        txn = self._pending[0]
+        txn.reply_bytes, txn.ts_reply, error, txn.rows, txn.row_bytes = head
+        if error is not None:
+            self._error(txn, Message(ord("E"), error, len(error), len(error) + 5, txn.ts_reply))
+
+    def request(self, raw: object, ts: float, nbytes: int) -> _Txn:
+        """The transaction of the Query whose message (whole) was ``raw``, its last byte
+        sent at ``ts``, ``nbytes`` long; or ``raw`` itself when it was handed over."""
+        if isinstance(raw, _Txn):
+            return raw
+        assert isinstance(raw, bytes)
+        [msg] = Framer().feed(raw, ts)
+        sql = _Reader(msg.body).cstr()
+        msg.nbytes = nbytes
+        return self._new(query_shape(sql), self._sql_text(sql), ts, msg, "Z")
 
     # -- sync
 

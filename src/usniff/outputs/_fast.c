@@ -20,11 +20,25 @@
  * below), with the ends named by Python at adoption.  Python is touched once per run
  * of such records (Core.take, Core.lines), and for the clock once a second.
  *
+ * A MySQL connection is taken over the same way (MysqlDecoder.plain(): in the
+ * command phase, no packet half read, CLIENT_DEPRECATE_EOF known, only COM_QUERY
+ * commands in flight whose reply has not begun; no lines).  Each connection has
+ * its protocol and its record handler (resp_record, mysql_record), each row its
+ * protocol.  mysql_record reads whole COM_QUERY packets and whole packets of
+ * their replies (OK, ERR, one text resultset) as the decoder does, checking
+ * whatever the decoder would reject; the row's key is the statement's shape,
+ * asked of Python (the shape callable) once per distinct SQL text and kept here
+ * (struct shape, SHAPES texts).  PostgreSQL's simple queries likewise
+ * (pg_record: Query, then RowDescription, DataRow, CommandComplete,
+ * EmptyQueryResponse, ErrorResponse up to ReadyForQuery).
+ *
  * A record it cannot handle exactly (out of order, a duplicate, a loss or
  * truncation, a close, a message split across records, a type it does not
  * frame, a reply without a request, a command whose pairing is not FIFO:
  * resp.STATEFUL; with lines, anything they would not show exactly, or that
- * would rename an end) ends the run: the connection is handed back (the state
+ * would rename an end; of MySQL, any other command, USE, LOCAL INFILE, more
+ * results, a progress report, an unexpected sequence id; of PostgreSQL, any
+ * other message) ends the run: the connection is handed back (the state
  * fast.py gives the Python engine) before the record, and the Python engine
  * decodes it.  Records of connections Core does not own are the engine's.
  */
@@ -174,8 +188,8 @@ static int hist_add(struct hist *h, int64_t key)
 }
 
 /* The protocols Core decodes: a connection's, a row's. */
-enum proto { RESP, MYSQL, NPROTOS };
-static const char *const PROTOCOLS[NPROTOS] = {"resp", "mysql"};
+enum proto { RESP, MYSQL, POSTGRES, NPROTOS };
+static const char *const PROTOCOLS[NPROTOS] = {"resp", "mysql", "postgres"};
 
 /* A command (the --stats key) of a protocol and label: its counts since the last take. */
 struct row {
@@ -195,16 +209,17 @@ struct row {
 };
 
 /*
- * Where the reply of a MySQL connection's oldest command stands (MysqlDecoder's
- * _Command: state, left, eof_pending, seq, reply_bytes, ts_reply, error, ncols, rows).
+ * Where the reply of an SQL connection's oldest request stands: MysqlDecoder's
+ * _Command (state, left, eof_pending, seq, reply_bytes, ts_reply, error, ncols,
+ * rows), PostgresDecoder's _Txn (reply_bytes, ts_reply, error, rows, row_bytes).
  */
 enum reply { FIRST, COLUMNS, ROWS, DONE };
 static const char *const REPLIES[] = {"first", "columns", "rows"}; /* mysql.Reply's values */
 
-struct mysql_reply {
+struct sql_reply {
 	enum reply state;
 	int eof_pending, seq, error, has_reply;
-	int64_t left, ncols, rows, reply_bytes;
+	int64_t left, ncols, rows, row_bytes, reply_bytes;
 	double ts_reply;
 };
 
@@ -229,9 +244,11 @@ struct conn {
 	struct pend *q;
 	size_t head, len, cap;
 	/* MySQL: CLIENT_DEPRECATE_EOF, MARIADB_CLIENT_CACHE_METADATA, the next sequence
-	 * id of the last command done (-1: none), and the reply of the oldest command in q */
+	 * id of the last command done (-1: none); SQL: the reply of the oldest request in
+	 * q, and (PostgreSQL) the body of its last ErrorResponse */
 	int deprecate_eof, cache_metadata, done_seq;
-	struct mysql_reply my;
+	struct sql_reply reply;
+	PyObject *error;
 };
 
 /* An SQL text's --stats key, as the Python decoder computes it (SHAPES of them kept). */
@@ -285,6 +302,7 @@ static void conn_free(struct conn *c)
 		Py_XDECREF(c->inode[d]);
 	}
 	Py_XDECREF(c->names);
+	Py_XDECREF(c->error);
 	PyMem_Free(c->q);
 	PyMem_Free(c);
 }
@@ -1088,13 +1106,20 @@ done:
 
 #define MAX_MESSAGES 4096 /* per record; more: the Python decoder */
 
-/* As StreamAssembler._deliver: v, of direction d sent at ts, is delivered. */
-static void advance(Core *self, struct conn *c, const struct view *v, int d, double ts)
+/*
+ * As StreamAssembler._deliver: v, of direction d sent at ts, is delivered, its
+ * ends learnt (learn's 1; 0 or -1 and nothing done as it says).
+ */
+static int deliver(Core *self, struct conn *c, const struct view *v, int d, double ts)
 {
+	int rc = learn(self, c, v, d);
+	if (rc <= 0)
+		return rc;
 	c->started[d] = 1;
 	c->next[d] = (int64_t)(v->off + v->len);
 	c->last_ts = ts;
 	self->records++;
+	return 1;
 }
 
 /* The oldest request of c, taken out of its queue (c->len > 0). */
@@ -1125,10 +1150,9 @@ static int resp_record(Core *self, struct conn *c, const struct view *v, int d, 
 	}
 	if (d && (size_t)m > c->len)
 		return 0; /* a reply without a request: the decoder's "unpaired" notice */
-	int rc = learn(self, c, v, d);
+	int rc = deliver(self, c, v, d, ts);
 	if (rc <= 0)
 		return rc;
-	advance(self, c, v, d, ts);
 	for (int i = 0; i < m; i++) {
 		int64_t size = start[i + 1] - start[i];
 		if (!d) {
@@ -1239,7 +1263,7 @@ static int my_row(const unsigned char *p, const unsigned char *end, int64_t ncol
  * as MysqlDecoder._server and the readers of a COM_QUERY's reply.  1 read;
  * 0 where the decoder would do what is not done here (hand back).
  */
-static int my_reply(struct conn *c, struct mysql_reply *st, int seq, const unsigned char *p,
+static int my_reply(struct conn *c, struct sql_reply *st, int seq, const unsigned char *p,
 		    const unsigned char *end, double ts)
 {
 	int64_t n = end - p;
@@ -1309,15 +1333,43 @@ static int my_reply(struct conn *c, struct mysql_reply *st, int seq, const unsig
 	}
 }
 
-/* The reply of a command just sent (_Command's defaults, seq after a one-packet command) */
-static const struct mysql_reply MY_FRESH = {.state = FIRST, .seq = 1};
+/* The reply of a request just sent (MySQL: seq after a one-packet command) */
+static const struct sql_reply SQL_FRESH = {.state = FIRST, .seq = 1};
 
-/* A finished command's reply: (bytes, error, when its first packet was sent). */
-struct my_done {
+/* A finished request's reply: (bytes, error, when its first packet was sent). */
+struct sql_done {
 	int64_t nbytes;
 	int error;
 	double ts;
 };
+
+/* SQL: the m requests [start[i], start[i + 1]) of rows[i] sent at ts, queued as sent. */
+static int queue_requests(struct conn *c, const unsigned char *const *start, struct row **rows,
+			  int m, double ts)
+{
+	for (int i = 0; i < m; i++) {
+		int64_t size = start[i + 1] - start[i];
+		PyObject *raw = PyBytes_FromStringAndSize((const char *)start[i], size);
+		if (raw == NULL || push_pending(c, raw, NULL, rows[i], ts, size) < 0) {
+			Py_XDECREF(raw);
+			return -1;
+		}
+	}
+	return 1;
+}
+
+/* SQL: the oldest n requests of c answered as done[0:n] says, counted. */
+static int answer_done(Core *self, struct conn *c, const struct sql_done *done, int n)
+{
+	for (int i = 0; i < n; i++) {
+		struct pend req = pop_pending(c);
+		int rc = count(self, c, &req, done[i].ts, done[i].nbytes, done[i].error);
+		pend_clear(&req);
+		if (rc < 0)
+			return -1;
+	}
+	return 1;
+}
 
 /*
  * The --stats key of sql[0:n] (the shape callable's, kept: SHAPES of them):
@@ -1326,15 +1378,18 @@ struct my_done {
 #define SHAPES 4096
 #define SHAPE_BYTES (16 << 20)
 
+static void shape_free(struct shape *e)
+{
+	PyMem_Free(e->sql);
+	PyMem_Free(e->key);
+	PyMem_Free(e);
+}
+
 static void shapes_clear(Core *self)
 {
 	for (size_t i = 0; i < self->scap; i++) {
-		struct shape *e = self->shapes[i];
-		if (e == NULL)
-			continue;
-		PyMem_Free(e->sql);
-		PyMem_Free(e->key);
-		PyMem_Free(e);
+		if (self->shapes[i] != NULL)
+			shape_free(self->shapes[i]);
 		self->shapes[i] = NULL;
 	}
 	self->sused = 0;
@@ -1397,6 +1452,19 @@ static int shape_of(Core *self, enum proto proto, const unsigned char *sql, size
 	return 1;
 }
 
+/* The row of c's request of SQL text sql[0:n]: 1 (*row); 0 the decoder must see it; -1 error */
+static int sql_row(Core *self, struct conn *c, const unsigned char *sql, size_t n,
+		   struct row **row)
+{
+	const struct shape *shape;
+	if (shape_of(self, c->proto, sql, n, &shape) < 0)
+		return -1;
+	if (shape->key == NULL)
+		return 0;
+	*row = row_get(self, c->proto, c->label, shape->key, shape->keylen);
+	return *row == NULL ? -1 : 1;
+}
+
 /*
  * MySQL in the command phase: v of direction d, sent at ts.  The client's
  * records hold whole COM_QUERY packets; the server's whole packets of the
@@ -1407,8 +1475,8 @@ static int mysql_record(Core *self, struct conn *c, const struct view *v, int d,
 	const unsigned char *p = v->data, *end = p + v->n;
 	const unsigned char *start[MAX_MESSAGES + 1];
 	struct row *rows[MAX_MESSAGES];
-	struct my_done done[MAX_MESSAGES];
-	struct mysql_reply st = c->my;
+	struct sql_done done[MAX_MESSAGES];
+	struct sql_reply st = c->reply;
 	int m = 0, ndone = 0, done_seq = c->done_seq;
 	start[0] = p;
 	while (p < end) { /* every packet whole, all of a kind handled here */
@@ -1422,51 +1490,118 @@ static int mysql_record(Core *self, struct conn *c, const struct view *v, int d,
 		p = payload + len;
 		start[++m] = p;
 		if (!d) { /* a COM_QUERY, the query's text whole */
-			const struct shape *shape;
 			if (seq != 0 || len < 1 || payload[0] != COM_QUERY)
 				return 0;
-			if (shape_of(self, MYSQL, payload + 1, (size_t)len - 1, &shape) < 0)
-				return -1;
-			if (shape->key == NULL)
-				return 0;
-			rows[m - 1] = row_get(self, MYSQL, c->label, shape->key, shape->keylen);
-			if (rows[m - 1] == NULL)
-				return -1;
+			int rc = sql_row(self, c, payload + 1, (size_t)len - 1, &rows[m - 1]);
+			if (rc <= 0)
+				return rc;
 			continue;
 		}
 		if ((size_t)ndone >= c->len || !my_reply(c, &st, seq, payload, p, ts))
 			return 0; /* a packet without a command; or one the decoder reads alone */
 		if (st.state == DONE) {
-			done[ndone++] = (struct my_done){st.reply_bytes, st.error, st.ts_reply};
+			done[ndone++] = (struct sql_done){st.reply_bytes, st.error, st.ts_reply};
 			done_seq = st.seq;
-			st = MY_FRESH;
+			st = SQL_FRESH;
 		}
 	}
-	int rc = learn(self, c, v, d);
+	int rc = deliver(self, c, v, d, ts);
 	if (rc <= 0)
 		return rc;
-	advance(self, c, v, d, ts);
-	if (!d) {
-		for (int i = 0; i < m; i++) {
-			int64_t size = start[i + 1] - start[i];
-			PyObject *raw = PyBytes_FromStringAndSize((const char *)start[i], size);
-			if (raw == NULL || push_pending(c, raw, NULL, rows[i], ts, size) < 0) {
-				Py_XDECREF(raw);
-				return -1;
-			}
-		}
-		return 1;
-	}
-	c->my = st;
+	if (!d)
+		return queue_requests(c, start, rows, m, ts);
+	c->reply = st;
 	c->done_seq = done_seq;
-	for (int i = 0; i < ndone; i++) {
-		struct pend req = pop_pending(c);
-		rc = count(self, c, &req, done[i].ts, done[i].nbytes, done[i].error);
-		pend_clear(&req);
-		if (rc < 0)
-			return -1;
+	return answer_done(self, c, done, ndone);
+}
+
+/* ------------------------------------------------------------- PostgreSQL */
+
+#define PG_KEEP (64 * 1024) /* postgres.KEEP: a longer body is not kept whole */
+#define PG_MAX_PENDING 4096 /* postgres.MAX_PENDING */
+
+/*
+ * PostgreSQL's simple query protocol: v of direction d, sent at ts.  The
+ * client's records hold whole Query messages; the server's whole messages of
+ * the replies to the requests waiting (RowDescription, DataRow,
+ * CommandComplete, EmptyQueryResponse, ErrorResponse, ReadyForQuery), which
+ * PostgresDecoder reads without fail (see handle).
+ */
+static int pg_record(Core *self, struct conn *c, const struct view *v, int d, double ts)
+{
+	const unsigned char *p = v->data, *end = p + v->n, *err = NULL;
+	const unsigned char *start[MAX_MESSAGES + 1];
+	struct row *rows[MAX_MESSAGES];
+	struct sql_done done[MAX_MESSAGES];
+	struct sql_reply st = c->reply;
+	int m = 0, ndone = 0;
+	size_t errlen = 0;
+	start[0] = p;
+	while (p < end) { /* every message whole, all of a kind handled here */
+		if (m == MAX_MESSAGES || end - p < 5)
+			return 0;
+		int kind = p[0];
+		uint64_t length = (uint64_t)p[1] << 24 | p[2] << 16 | p[3] << 8 | p[4];
+		const unsigned char *body = p + 5;
+		if (length < 4 || length - 4 > PG_KEEP || length - 4 > (uint64_t)(end - body))
+			return 0;
+		size_t size = (size_t)length - 4;
+		p = body + size;
+		start[++m] = p;
+		if (!d) { /* a Query, its text NUL-terminated */
+			const unsigned char *nul = memchr(body, 0, size);
+			if (kind != 'Q' || nul == NULL || c->len + (size_t)m > PG_MAX_PENDING)
+				return 0;
+			int rc = sql_row(self, c, body, (size_t)(nul - body), &rows[m - 1]);
+			if (rc <= 0)
+				return rc;
+			continue;
+		}
+		if ((size_t)ndone >= c->len)
+			return 0; /* a message without a request */
+		st.reply_bytes += (int64_t)length + 1;
+		if (!st.has_reply) {
+			st.ts_reply = ts;
+			st.has_reply = 1;
+		}
+		switch (kind) {
+		case 'T':
+		case 'C':
+		case 'I':
+			break;
+		case 'D':
+			st.rows++;
+			st.row_bytes += (int64_t)size;
+			break;
+		case 'E':
+			st.error = 1;
+			err = body;
+			errlen = size;
+			break;
+		case 'Z':
+			done[ndone++] = (struct sql_done){st.reply_bytes, st.error, st.ts_reply};
+			st = SQL_FRESH;
+			err = NULL;
+			break;
+		default:
+			return 0; /* notices, parameters, notifications, COPY, the extended protocol */
+		}
 	}
-	return 1;
+	int rc = deliver(self, c, v, d, ts);
+	if (rc <= 0)
+		return rc;
+	if (!d)
+		return queue_requests(c, start, rows, m, ts);
+	if (err != NULL) {
+		PyObject *body = PyBytes_FromStringAndSize((const char *)err, (Py_ssize_t)errlen);
+		if (body == NULL)
+			return -1;
+		Py_XSETREF(c->error, body);
+	} else if (ndone) {
+		Py_CLEAR(c->error);
+	}
+	c->reply = st;
+	return answer_done(self, c, done, ndone);
 }
 
 /*
@@ -1483,7 +1618,14 @@ static int handle(Core *self, struct conn *c, const struct view *v)
 	double ts = view_ts(v);
 	if (ts == -1.0 && PyErr_Occurred())
 		return -1;
-	return c->proto == MYSQL ? mysql_record(self, c, v, d, ts) : resp_record(self, c, v, d, ts);
+	switch (c->proto) {
+	case MYSQL:
+		return mysql_record(self, c, v, d, ts);
+	case POSTGRES:
+		return pg_record(self, c, v, d, ts);
+	default:
+		return resp_record(self, c, v, d, ts);
+	}
 }
 
 /* The state of c for the Python engine (fast.py: Handback), and c forgotten. */
@@ -1503,7 +1645,7 @@ static PyObject *release(Core *self, struct conn *c)
 	}
 	PyObject *mine = Py_NewRef(Py_None); /* the protocol's own state (mysql: MysqlDecoder.take_back) */
 	if (c->proto == MYSQL) {
-		const struct mysql_reply *st = &c->my;
+		const struct sql_reply *st = &c->reply;
 		PyObject *head = Py_NewRef(Py_None), *ts_reply = Py_NewRef(Py_None);
 		if (st->has_reply)
 			Py_SETREF(ts_reply, PyFloat_FromDouble(st->ts_reply));
@@ -1522,6 +1664,14 @@ static PyObject *release(Core *self, struct conn *c)
 							done, head));
 		Py_XDECREF(done);
 		Py_XDECREF(head);
+	}
+	if (c->proto == POSTGRES) {
+		const struct sql_reply *st = &c->reply;
+		Py_SETREF(mine, Py_BuildValue("(O)", Py_None));
+		if (c->len && st->has_reply && mine != NULL)
+			Py_SETREF(mine, Py_BuildValue("((LdOLL))", (long long)st->reply_bytes,
+						      st->ts_reply, c->error ? c->error : Py_None,
+						      (long long)st->rows, (long long)st->row_bytes));
 	}
 	if (mine == NULL) {
 		Py_DECREF(pending);
@@ -1744,6 +1894,12 @@ static PyObject *core_adopt(Core *self, PyObject *args)
 			PyErr_SetString(PyExc_ValueError, "a mysql connection: no lines, shapes given");
 			return NULL;
 		}
+	} else if (strcmp(protocol, "postgres") == 0) {
+		proto = POSTGRES;
+		if (self->clock != NULL || self->shape == NULL) {
+			PyErr_SetString(PyExc_ValueError, "a postgres connection: no lines, shapes given");
+			return NULL;
+		}
 	} else if (strcmp(protocol, "resp") != 0) {
 		PyErr_Format(PyExc_ValueError, "no native path for %s", protocol);
 		return NULL;
@@ -1763,7 +1919,7 @@ static PyObject *core_adopt(Core *self, PyObject *args)
 	c->deprecate_eof = deprecate_eof;
 	c->cache_metadata = cache_metadata;
 	c->done_seq = done_seq;
-	c->my = MY_FRESH;
+	c->reply = SQL_FRESH;
 	c->lo = lo;
 	c->hi = hi;
 	c->server = server;
@@ -2038,7 +2194,7 @@ static PyTypeObject CoreType = {
 	.tp_basicsize = sizeof(Core),
 	.tp_dealloc = (destructor)core_dealloc,
 	.tp_flags = Py_TPFLAGS_DEFAULT,
-	.tp_doc = PyDoc_STR("RESP connections decoded and counted in C (see _fast.c)."),
+	.tp_doc = PyDoc_STR("RESP and SQL connections decoded and counted in C (see _fast.c)."),
 	.tp_methods = core_methods,
 	.tp_getset = core_getset,
 	.tp_new = core_new,

@@ -23,7 +23,8 @@ ConnKey = tuple[int, int]
 # the next offset and whether it started, per direction (client, server), the capture time
 # of its last record, the pids, comms, inodes and cgroups of both ends (client, server), the
 # requests waiting for a reply (each the request as sent, bytes, or the object adopted,
-# with its ts and size), the protocol's own state (RESP: None; MySQL: MysqlDecoder.take_back's)
+# with its ts and size), the protocol's own state (RESP: None; MySQL, PostgreSQL: the
+# decoder's take_back's)
 Handback = tuple[
     ConnKey,
     int,
@@ -47,8 +48,8 @@ Row = tuple[int, str, str, int, int, int, int, dict[int, int], float, int]
 Slow = tuple[float, str, str, object]
 
 class Core:
-    """RESP and MySQL connections taken over from the Python engine, decoded and counted
-    in C."""
+    """RESP, MySQL and PostgreSQL connections taken over from the Python engine, decoded
+    and counted in C."""
 
     def __init__(
         self,
@@ -99,10 +100,11 @@ class Core:
         """Take a connection over; ``pending``: its requests (object, command key, ts, size,
         and with lines its text: utf-8, printable); ``label``: its transactions are counted
         in the rows of this label; ``names``: with lines, " client -> server  " as the
-        lines name the ends (utf-8, printable); ``protocol``: "resp" or "mysql" (no
-        lines; pending: COM_QUERY commands whose reply has not begun); ``state``: the
-        decoder's (Decoding.hand_over): RESP None, MySQL (CLIENT_DEPRECATE_EOF, the next
-        sequence id of the last command done, MARIADB_CLIENT_CACHE_METADATA)."""
+        lines name the ends (utf-8, printable); ``protocol``: "resp", "mysql" or
+        "postgres" (the last two: no lines, pending requests whose reply has not begun);
+        ``state``: the decoder's (Decoding.hand_over): RESP and PostgreSQL None, MySQL
+        (CLIENT_DEPRECATE_EOF, the next sequence id of the last command done,
+        MARIADB_CLIENT_CACHE_METADATA)."""
     def release_all(self) -> list[Handback]:
         """Hand every connection back."""
     def seed(self, latencies: list[float]) -> None:

@@ -1,18 +1,20 @@
 """The native paths of the statistics table (Records -> :class:`~usniff.outputs.stats.Stats`),
 of the metrics alone (-> :class:`~usniff.outputs.metrics.Metrics`) and of text lines alone
 (-> the lines ``outputs/decoded.py format_text`` makes), with the per-transaction work of
-plain RESP connections in C (``_fast.c``).
+plain RESP connections, and for the table and the metrics of plain MySQL (COM_QUERY)
+and PostgreSQL (simple query) connections, in C (``_fast.c``).
 
 The Python engine (:class:`~usniff.decoders.engine.Decoding`) stays the owner of every
 connection and the reference: it detects protocols, reorders, resyncs, pairs the
-stateful commands, and decodes everything else.  When a RESP connection is plain
-(``Decoding.hand_over``: in sync, nothing buffered, FIFO pairing), the C core takes it
-over and handles its records for as long as each is the next in order and holds
-whole messages it frames exactly; at the first record that is not, it hands the
-connection back (``Decoding.take_back``) and the engine decodes that record.  The
-counts, bytes, latency buckets and slowest requests are those the engine's
-transactions would have given (tests/test_native_stats.py and
-tests/test_native_metrics.py compare the two), and so are the lines and their order
+stateful commands, and decodes everything else. When a RESP, MySQL or PostgreSQL
+connection is plain (``Decoding.hand_over``: in sync, nothing buffered, FIFO pairing;
+SQL: past the login, only queries in flight whose reply has not begun), the C core takes
+it over and handles its records for as long as each is the next in order and holds whole
+messages it frames exactly; at the first record that is not, it hands the connection
+back (``Decoding.take_back``) and the engine decodes that record. The counts, bytes,
+latency buckets and slowest requests are those the engine's transactions would have
+given (tests/test_native_stats.py, tests/test_native_metrics.py and
+tests/test_native_sql.py compare the two), and so are the lines and their order
 (tests/test_native_text.py): for text lines the core renders each line only when it
 renders it exactly, and otherwise hands the connection back before the record.
 :class:`Native` drives the core; :class:`NativeStats` and :class:`NativeMetrics` merge
@@ -26,10 +28,11 @@ from typing import TYPE_CHECKING, TextIO
 
 from .._events import Packed
 from ..containers import Containers
-from ..decoders import mysql
+from ..decoders import mysql, postgres
 from ..decoders.base import Request
 from ..decoders.engine import Decoding, Ends, Event, Handover
 from ..decoders.mysql import MysqlDecoder
+from ..decoders.postgres import PostgresDecoder
 from ..decoders.resp import CONTAINERS, MASKED, STATEFUL, RespDecoder
 from ..events import ConnKey, Record, conn_key
 from ..printable import printable
@@ -44,7 +47,7 @@ if TYPE_CHECKING:
 
 
 RUN = 64  # most records the engine decodes before the connections they touched may be adopted
-SQL_KEYS = {"mysql": mysql.stats_key}  # the --stats key of an SQL text, per protocol
+SQL_KEYS = {"mysql": mysql.stats_key, "postgres": postgres.stats_key}  # of an SQL text
 
 
 def stats_key(protocol: str, sql: bytes) -> bytes | None:
@@ -57,7 +60,7 @@ class Native:
     events (of the connections it decodes) go to ``on_events``, which returns how many
     it counted."""
 
-    protocols: tuple[str, ...] = ("resp", "mysql")  # those whose connections the core takes
+    protocols: tuple[str, ...] = ("resp", "mysql", "postgres")  # the core takes their connections
 
     def __init__(
         self, decoding: Decoding, core: Core, on_events: Callable[[list[Event]], int]
@@ -172,10 +175,12 @@ class NativeStats(Native):
         super().__init__(decoding, core, on_events)
         self.stats = stats
         # the slowest requests' text, as each protocol's decoder gives it
-        resp, sql = RespDecoder(redact=decoding.redact), MysqlDecoder(redact=decoding.redact)
+        redact = decoding.redact
+        resp, sql, pg = RespDecoder(redact), MysqlDecoder(redact), PostgresDecoder(redact)
         self._texts: dict[str, Callable[[object], str]] = {
             "resp": lambda request: resp.request(request, 0.0, 0).text,
             "mysql": lambda request: sql.request(request, 0.0, 0).text,
+            "postgres": lambda request: pg.request(request, 0.0, 0).text,
         }
 
     def _seed(self) -> None:
