@@ -107,10 +107,10 @@ class DecodedOutput:
 
         ``stream`` None: no lines, the table only (``stats`` must be True); the items
         (``write``'s count, -c) are then the transactions counted, and what was not
-        decoded is counted in a line at the end.  Without listeners, the plain RESP
-        connections are then counted in C (:class:`~usniff.outputs.fast.NativeStats`); with
-        text lines alone, their lines are rendered in C
-        (:class:`~usniff.outputs.fast.NativeText`)."""
+        decoded is counted in a line at the end.  Without listeners, the plain RESP, MySQL
+        and PostgreSQL connections are then counted in C
+        (:class:`~usniff.outputs.fast.NativeStats`); with text lines alone, their lines
+        are rendered in C (:class:`~usniff.outputs.fast.NativeText`)."""
         if fmt not in ("text", "json"):
             raise ValueError(f"format must be text or json, not {fmt!r}")
         if stream is None and not stats:

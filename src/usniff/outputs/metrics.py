@@ -12,7 +12,8 @@ per path and protocol, ``MAX_CONTAINERS`` containers; beyond, the label is
 
 :class:`MetricsOutput` is the Output (a :class:`~usniff.outputs.sink.TransactionSink`).
 Alone (no decoded output beside it, no other sink to hand transactions to, no
-``-c``), it counts plain RESP connections in C (:class:`~usniff.outputs.fast.NativeMetrics`).
+``-c``), it counts plain RESP, MySQL and PostgreSQL connections in C
+(:class:`~usniff.outputs.fast.NativeMetrics`).
 """
 
 from __future__ import annotations
