@@ -95,3 +95,24 @@ def test_unknown_ids_are_cached_until_the_tree_may_be_walked_again(
     assert tree.identity(new).path == "/system.slice/redis.service"
     assert tree.identity(gone) == Identity(gone)
     assert len(walks) == 2
+
+
+def test_an_id_is_settled_once_no_later_walk_can_name_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """settled(): the native text lines name a connection's ends once, so they take it
+    only when label() can no longer change: an id in the tree, or one missing from a
+    walk begun after the caller held its records (then no walk ever finds it)."""
+    clock = [1000.0]
+    monkeypatch.setattr(containers, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    tree = Containers(root=str(tmp_path))
+    assert tree.settled(0) and Containers(root="").settled(12345)
+    gone = 2**40 + 7
+    assert not tree.settled(gone)  # missing at a walk made when it was first asked about
+    (tmp_path / "docker-1.scope").mkdir()
+    new = (tmp_path / "docker-1.scope").stat().st_ino
+    clock[0] += containers.RESCAN / 2
+    assert not tree.settled(gone) and not tree.settled(new)  # no walk since: either may
+    clock[0] += containers.RESCAN / 2
+    assert tree.settled(new) and tree.identity(new).path == "/docker-1.scope"
+    assert tree.settled(gone)  # the walk began after it was asked about

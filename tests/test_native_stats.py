@@ -365,7 +365,7 @@ def test_records_the_core_does_not_own_are_scanned_once() -> None:
     records ahead: the engine decodes ``most`` at a time, and a batch of other protocols'
     records must not be scanned again at every run (which made --stats of MariaDB and
     PostgreSQL quadratic in the batch: a sixth of usniff's CPU under mariadb-slap)."""
-    records = [r for r in capture("mysql") if r.data]
+    records: list[Record | Packed] = [r for r in capture("mysql") if r.data]
     assert len(records) > 100
     core = NativeStats(Decoding(), Stats(), counter(lambda tx: None)).core
     assert core.feed(records, 0, 64) == (0, 64, None)

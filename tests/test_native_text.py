@@ -15,7 +15,7 @@ import dataclasses
 import io
 import itertools
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -171,3 +171,55 @@ def test_names_of_the_ends_as_the_engine_gives_them() -> None:
     interleaved = [rec for recs in itertools.zip_longest(*conns) for rec in recs if rec]
     for redact in (False, True):
         assert assert_same(interleaved, random.Random(1), redact, containers) > 200
+
+
+def test_a_container_named_mid_run_is_named_as_the_engine_names_it() -> None:
+    """The core names a connection's ends once, when it takes the connection: an end
+    whose cgroup is not in the tree yet (a container just started) stays with the
+    engine, which names it at each line, until no later walk can name it otherwise
+    (Containers.settled); lines before and after the container is known are the
+    engine's lines, character for character."""
+    rng = random.Random(6)
+    unknown = 2**40 + 11  # in no cgroup tree: learnt mid-run below
+    conns = []
+    for cid in range(20):
+        sends = [(d, command([b"GET", b"k"]) if d == 0 else b"+OK\r\n") for _ in range(40)
+                 for d in (0, 1)]  # fmt: skip
+        recs = Conn(cid, rng).records(sends, 1.0 + cid)
+        conns.append([dataclasses.replace(r, cgroup=unknown) if r.sock_id % 4 == 1 else r
+                      for r in recs])  # fmt: skip
+    records = [rec for recs in itertools.zip_longest(*conns) for rec in recs if rec]
+    batches = [records[i : i + 200] for i in range(0, len(records), 200)]
+    name = Identity(cgroup=unknown, runtime="docker", container_id="", name="late")
+    outputs, rendered = [], 0
+    for native in (False, True):
+        containers, lines = Containers(), []
+        decoding, stream = Decoding(), io.StringIO()
+        out = DecodedOutput(stream, stats_stream=io.StringIO(), containers=containers)
+        assert isinstance(out._native, NativeText)
+        take = out._native._take
+
+        def counting_take(take: Callable[[], int] = take) -> int:
+            nonlocal rendered
+            n = take()
+            rendered += n
+            return n
+
+        out._native._take = counting_take  # type: ignore[method-assign]
+        for i, batch in enumerate(batches):
+            if i == len(batches) // 2:
+                containers.learn(name)
+            if native:
+                out.write(batch)
+            else:
+                lines += [format_text(ev, containers) for ev in decoding.feed(batch)]
+        if native:
+            out.close(CaptureStats())
+            lines = stream.getvalue().splitlines()
+        else:
+            lines += [format_text(ev, containers) for ev in decoding.finish()]
+        outputs.append(lines)
+    python, native = outputs
+    assert any("@late" in line for line in python) and not all("@late" in line for line in python)
+    assert native == python
+    assert rendered > 100  # the core took the connections once the name was known

@@ -114,6 +114,7 @@ class Containers:
         self._known: dict[int, Identity] = {}
         self._unknown: dict[int, Identity] = {}  # ids not in the tree at the last walk
         self._names: dict[str, tuple[str, str]] = {}  # container id -> (name, pod)
+        self._asked: dict[int, float] = {}  # unknown id -> when settled() first asked of it
         self._walked = -RESCAN
 
     def identity(self, cgroup: int) -> Identity:
@@ -148,6 +149,19 @@ class Containers:
     def label(self, cgroup: int) -> str:
         """:attr:`Identity.label` of ``cgroup`` ("" for 0 or an unknown id)."""
         return self.identity(cgroup).label if cgroup else ""
+
+    def settled(self, cgroup: int) -> bool:
+        """Whether :meth:`label` of ``cgroup`` can no longer change, for a cgroup whose
+        processes have sent what the caller holds: 0, no tree, an id in the tree, or
+        one missing from a walk begun after it was first asked about here (a process's
+        cgroup exists before the process runs in it).  An id asked about too early is
+        not settled until the next walk (at most RESCAN seconds later)."""
+        if not cgroup or not self.root:
+            return True
+        self.identity(cgroup)  # walks the tree again when RESCAN has passed
+        if cgroup in self._known:
+            return True
+        return self._walked > self._asked.setdefault(cgroup, time.monotonic())
 
     def learn(self, ident: Identity) -> None:
         """Take ``ident`` as what its id names (a file read back: the writer's host)."""

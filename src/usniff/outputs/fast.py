@@ -243,7 +243,10 @@ class NativeText(Native):
         self.containers = containers
 
     def _adoptable(self, over: Handover) -> bool:
-        return not any(w.cut for w in over.pending)  # the core's lines have no [cut: ...]
+        """Not with requests cut (the core's lines have no ``[cut: ...]``), nor while an
+        end's container may still be named (the core names the ends once, here)."""
+        settled = self.containers.settled
+        return not any(w.cut for w in over.pending) and all(map(settled, over.ends.cgroups))
 
     def _text(self, request: Request) -> bytes:
         return printable(request.text).encode()
