@@ -40,6 +40,7 @@ from usniff.decoders.mysql import (
     MARIADB_CACHE_METADATA,
 )
 from usniff.events import Record, conn_key, server_id
+from usniff.outputs import fast
 
 CASES = 16_000  # fuzzed connections for the table (and a quarter as many for the metrics)
 SEEDS = range(4)
@@ -81,6 +82,7 @@ SQL = (
     b"INSERT INTO t VALUES (%d, 'x'), (2, 'y')", b"UPDATE t SET n = n + %d WHERE id IN (1, 2, 3)",
     b"SELECT /* comment %d */ now()", b"SELECT '\xc3\xa9t\xc3\xa9 %d'", b"SELECT '\xff\xfe%d'",
     b"  SELECT\n\t%d  ", b"", b"CREATE USER u IDENTIFIED BY 'secret%d'", b"SELECT " + b"x, " * 200,
+    b"SELECT -%d.5e-3, 1.5.3, a-1, 12e5x FROM t1",
 )  # fmt: skip
 
 
@@ -374,21 +376,50 @@ def test_fuzzed_postgres_connections_give_the_same_metrics(endpoint: str) -> Non
     assert_same_metrics(batched(mixed(records, rng), rng), endpoint)
 
 
-def test_a_plain_postgres_session_is_handled_natively() -> None:
-    """After the startup, simple queries only: after the first RUN records the core
-    handles nearly every record."""
-    rng = random.Random(4)
+def plain_postgres(rng: random.Random, queries: list[bytes]) -> list[list[Record]]:
+    """Batches of the records of a session of the simple ``queries``, no accidents."""
     sends = pg_login()
-    for i in range(300):
+    for sql in queries:
         reply = [m for m in pg_reply(rng) if m[:1] in b"TDCIEZ"]
         if not reply or reply[-1][:1] != b"Z":
             reply.append(message(b"Z", b"I"))
-        sends += [(0, message(b"Q", b"SELECT %d\0" % i)), (1, b"".join(reply))]
+        sends += [(0, message(b"Q", sql + b"\0")), (1, b"".join(reply))]
     conn, offsets, records = Conn(1, rng, PG_PATH), [0, 0], []
-    for i, (direction, data) in enumerate(sends):  # no accidents
+    for i, (direction, data) in enumerate(sends):
         records.append(conn._record(direction, offsets[direction], len(data), data, 1 + i / 1e4))
         offsets[direction] += len(data)
-    batches = [list(records[i : i + 300]) for i in range(0, len(records), 300)]
+    return [list(records[i : i + 300]) for i in range(0, len(records), 300)]
+
+
+def test_a_plain_postgres_session_is_handled_natively() -> None:
+    """After the startup, simple queries only: after the first RUN records the core
+    handles nearly every record."""
+    batches = plain_postgres(random.Random(4), [b"SELECT %d" % i for i in range(300)])
     got, n_native, handled = native_table(batches)
     assert (got, n_native) == python_table(batches)
-    assert handled > 0.85 * len(records), (handled, len(records))  # all but the first RUN
+    records = sum(map(len, batches))
+    assert handled > 0.85 * records, (handled, records)  # all but the first RUN
+
+
+def test_texts_of_other_numbers_are_asked_their_shape_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pgbench -S's statements differ in a number: the core asks Python the shape of
+    their folded text once (_fast.fold_numbers), and counts them as the engine does."""
+    rng = random.Random(5)
+    forms = (b"SELECT abalance FROM pgbench_accounts WHERE aid = %d;", b"SELECT -%d.5e-3, 2",
+             b"SELECT 1 FROM t1 WHERE x IN (%d, 1.5.3, a-1, 12e5x)", b"SELECT '%d'")  # fmt: skip
+    queries = [rng.choice(forms) % rng.randrange(10**6) for _ in range(2000)]
+    asked: list[bytes] = []
+    shape = fast.stats_key
+
+    def stats_key(protocol: str, sql: bytes) -> bytes | None:
+        asked.append(sql)
+        return shape(protocol, sql)
+
+    monkeypatch.setattr(fast, "stats_key", stats_key)
+    batches = plain_postgres(rng, queries)
+    got, n_native, _ = native_table(batches)
+    assert (got, n_native) == python_table(batches)
+    assert len(set(asked)) == len(asked)  # kept
+    assert sorted(a for a in asked if b"'" not in a) == [  # a quote: the text its own key
+        b"SELECT ? FROM t1 WHERE x IN (?, ?.3, a-?, 12e5x)", b"SELECT ?, ?",
+        b"SELECT abalance FROM pgbench_accounts WHERE aid = ?;"]  # fmt: skip

@@ -27,10 +27,11 @@
  * protocol.  mysql_record reads whole COM_QUERY packets and whole packets of
  * their replies (OK, ERR, one text resultset) as the decoder does, checking
  * whatever the decoder would reject; the row's key is the statement's shape,
- * asked of Python (the shape callable) once per distinct SQL text and kept here
- * (struct shape, SHAPES texts).  PostgreSQL's simple queries likewise
- * (pg_record: Query, then RowDescription, DataRow, CommandComplete,
- * EmptyQueryResponse, ErrorResponse up to ReadyForQuery).
+ * asked of Python (the shape callable) once per distinct SQL text, its plain
+ * numbers folded (fold_numbers), and kept here (struct shape, SHAPES texts).
+ * PostgreSQL's simple queries likewise (pg_record: Query, then RowDescription,
+ * DataRow, CommandComplete, EmptyQueryResponse, ErrorResponse up to
+ * ReadyForQuery).
  *
  * A record it cannot handle exactly (out of order, a duplicate, a loss or
  * truncation, a close, a message split across records, a type it does not
@@ -1371,9 +1372,102 @@ static int answer_done(Core *self, struct conn *c, const struct sql_done *done, 
 	return 1;
 }
 
+static int is_digit(unsigned char ch)
+{
+	return ch >= '0' && ch <= '9';
+}
+
+static int is_word(unsigned char ch) /* re's \w of an ASCII text */
+{
+	return ch == '_' || is_digit(ch) || ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'z');
+}
+
+static size_t digits_end(const unsigned char *s, size_t i, size_t n)
+{
+	while (i < n && is_digit(s[i]))
+		i++;
+	return i;
+}
+
+/*
+ * The end of the match at i of the literals' number alternative,
+ * (?<![\w.$])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\b, as re finds it; 0 none.  A
+ * shorter digit run than the longest is followed by a digit, where every later
+ * part and \b fail: re's backtracking comes down to the choices tried below.
+ */
+static size_t number_end(const unsigned char *s, size_t i, size_t n)
+{
+	if (i > 0 && (is_word(s[i - 1]) || s[i - 1] == '.' || s[i - 1] == '$'))
+		return 0;
+	size_t j = i < n && s[i] == '-' ? i + 1 : i, a = digits_end(s, j, n);
+	if (a == j)
+		return 0;
+	size_t b = a + 1 < n && s[a] == '.' && is_digit(s[a + 1]) ? digits_end(s, a + 1, n) : 0;
+	for (size_t end = b ? b : a;; end = a, b = 0) { /* with the fraction, then without */
+		if (end < n && (s[end] | 0x20) == 'e') {
+			size_t k = end + 1;
+			if (k < n && (s[k] == '-' || s[k] == '+'))
+				k++;
+			size_t c = digits_end(s, k, n);
+			if (c > k && (c == n || !is_word(s[c])))
+				return c;
+		}
+		if (end == n || !is_word(s[end]))
+			return end;
+		if (!b)
+			return 0;
+	}
+}
+
+/*
+ * sql[0:n] with every number the literals' regexes would replace replaced by
+ * ?, as re.sub would, into out (n bytes): its length, or -1 when the text has
+ * what another literal or Unicode's \w and \s could take (a byte past ASCII, a
+ * quote, $, a backslash, MySQL's 0x).  Without those the regexes replace
+ * exactly these numbers, and none in the result: the result's shape is the
+ * text's (tests/test_native_sql_fold.py compares them).
+ */
+static Py_ssize_t fold_numbers(const unsigned char *sql, size_t n, unsigned char *out)
+{
+	size_t m = 0;
+	for (size_t i = 0; i < n;) {
+		unsigned char ch = sql[i];
+		if (ch >= 0x80 || ch == '\'' || ch == '"' || ch == '$' || ch == '\\' ||
+		    (ch == 'x' && i > 0 && sql[i - 1] == '0'))
+			return -1;
+		size_t end = ch == '-' || is_digit(ch) ? number_end(sql, i, n) : 0;
+		out[m++] = end ? '?' : ch;
+		i = end ? end : i + 1;
+	}
+	return (Py_ssize_t)m;
+}
+
+PyDoc_STRVAR(fold_numbers_doc,
+	     "fold_numbers(sql)\n--\n\nThe cache key of the SQL text sql (its numbers ?), "
+	     "or None: the text itself.");
+
+static PyObject *py_fold_numbers(PyObject *mod, PyObject *args)
+{
+	(void)mod;
+	const char *sql;
+	Py_ssize_t n;
+	if (!PyArg_ParseTuple(args, "y#:fold_numbers", &sql, &n))
+		return NULL;
+	unsigned char *out = PyMem_Malloc(n ? (size_t)n : 1);
+	if (out == NULL)
+		return PyErr_NoMemory();
+	Py_ssize_t m = fold_numbers((const unsigned char *)sql, (size_t)n, out);
+	PyObject *folded = m < 0 ? Py_NewRef(Py_None) : PyBytes_FromStringAndSize((char *)out, m);
+	PyMem_Free(out);
+	return folded;
+}
+
 /*
  * The --stats key of sql[0:n] (the shape callable's, kept: SHAPES of them):
- * 1 and *out (NULL: the decoder must see the statement), -1 error.
+ * 1 and *out (NULL: the decoder must see the statement), -1 error.  Texts
+ * that differ only in numbers (pgbench -S: aid = 52345) are one entry, the
+ * numbers folded (fold_numbers), and the callable is asked of the folded text:
+ * a query of a new number costs no call of Python.
  */
 #define SHAPES 4096
 #define SHAPE_BYTES (16 << 20)
@@ -1396,7 +1490,7 @@ static void shapes_clear(Core *self)
 	self->sbytes = 0;
 }
 
-static int shape_of(Core *self, enum proto proto, const unsigned char *sql, size_t n,
+static int shape_at(Core *self, enum proto proto, const unsigned char *sql, size_t n,
 		    const struct shape **out)
 {
 	uint64_t h = hash_bytes(sql, n) ^ mix(~(uint64_t)proto);
@@ -1450,6 +1544,21 @@ static int shape_of(Core *self, enum proto proto, const unsigned char *sql, size
 	self->sbytes += n + keylen;
 	*out = e;
 	return 1;
+}
+
+static int shape_of(Core *self, enum proto proto, const unsigned char *sql, size_t n,
+		    const struct shape **out)
+{
+	unsigned char *folded = PyMem_Malloc(n ? n : 1);
+	if (folded == NULL) {
+		PyErr_NoMemory();
+		return -1;
+	}
+	Py_ssize_t m = fold_numbers(sql, n, folded);
+	int rc = m < 0 ? shape_at(self, proto, sql, n, out)
+		       : shape_at(self, proto, folded, (size_t)m, out);
+	PyMem_Free(folded);
+	return rc;
 }
 
 /* The row of c's request of SQL text sql[0:n]: 1 (*row); 0 the decoder must see it; -1 error */
@@ -2204,6 +2313,7 @@ static PyMethodDef module_methods[] = {
 	{"bucket", py_bucket, METH_O, bucket_doc},
 	{"bucket_middle", py_bucket_middle, METH_O, bucket_middle_doc},
 	{"sockets", py_sockets, METH_O, sockets_doc},
+	{"fold_numbers", py_fold_numbers, METH_VARARGS, fold_numbers_doc},
 	{NULL, NULL, 0, NULL},
 };
 

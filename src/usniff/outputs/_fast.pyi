@@ -14,6 +14,11 @@ def bucket(ns: int) -> int:
 def bucket_middle(key: int) -> float:
     """The middle of bucket ``key``, in nanoseconds."""
 
+def fold_numbers(sql: bytes) -> bytes | None:
+    """The key the shape cache keeps ``sql`` under: its numbers (as the literals' regexes
+    find them) replaced by ``?``; None when the text is its own key (a quote, ``$``, a
+    backslash, ``0x`` or a byte past ASCII in it)."""
+
 def sockets(batch: list[Record | Packed]) -> list[tuple[str, bool, int, int, int, int]]:
     """Per (path, path_is_own, cgroup) of ``batch``'s records but closes, in the order of
     their first record: (path, path_is_own, cgroup, messages, bytes, lost bytes)."""
