@@ -2,9 +2,10 @@
 Python engine.
 
 Both are fed the same Records in the same batches: every capture in captures/, and
-100k fuzzed connections (those of tests/test_native_stats.py, spread over more
-socket paths than MAX_PATHS, with more command names on one path than
-MAX_OPERATIONS).  The Python side is Metrics fed the engine's transactions; the
+30k fuzzed connections (three of the ten seeds of tests/test_native_stats.py, whose
+100k the table's differential test runs through the same core; bounded for the CI's
+time), spread over more socket paths than MAX_PATHS, with more command names on one
+path than MAX_OPERATIONS.  The Python side is Metrics fed the engine's transactions; the
 native side is MetricsOutput alone, as ``usniff --metrics`` runs it.  The scrapes
 must be equal byte for byte (every series, its value, and their order, which is the
 order the operations were labelled in), and so must the labels' bookkeeping.
@@ -127,7 +128,7 @@ def test_every_capture_gives_the_same_metrics(name: str, endpoint: str, handled:
         assert sum(handled) > 3 * len(records) // 4, (sum(handled), len(records))
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SEEDS[:3])
 def test_fuzzed_connections_give_the_same_metrics(
     seed: int, endpoint: str, handled: list[int]
 ) -> None:
