@@ -64,7 +64,7 @@ class Handover:
     ends: Ends
     pending: Sequence[Request]  # its requests waiting for a reply, oldest first
     path: str  # its socket path (the transactions' path)
-    protocol: str  # its decoder's: "resp" or "mysql"
+    protocol: str  # its decoder's: "resp", "mysql" or "postgres"
     state: object  # what else the reader must know of the decoder (its hand_over)
 
 

@@ -175,13 +175,8 @@ class NativeStats(Native):
         super().__init__(decoding, core, on_events)
         self.stats = stats
         # the slowest requests' text, as each protocol's decoder gives it
-        redact = decoding.redact
-        resp, sql, pg = RespDecoder(redact), MysqlDecoder(redact), PostgresDecoder(redact)
-        self._texts: dict[str, Callable[[object], str]] = {
-            "resp": lambda request: resp.request(request, 0.0, 0).text,
-            "mysql": lambda request: sql.request(request, 0.0, 0).text,
-            "postgres": lambda request: pg.request(request, 0.0, 0).text,
-        }
+        decoders = (RespDecoder, MysqlDecoder, PostgresDecoder)
+        self._texts = {d.protocol: d(decoding.redact) for d in decoders}
 
     def _seed(self) -> None:
         self.core.seed([latency for latency, _, _ in self.stats.slowest])
@@ -190,7 +185,8 @@ class NativeStats(Native):
         self.stats.merge(rows)
         for latency, protocol, comm, request in slow:
             if self.stats.takes(latency):
-                self.stats.push(latency, f"{comm} {self._texts[protocol](request)}")
+                text = self._texts[protocol].request(request, 0.0, 0).text
+                self.stats.push(latency, f"{comm} {text}")
 
 
 class NativeMetrics(Native):
