@@ -34,6 +34,7 @@ from tests.test_native_stats import (
     python_table,
 )
 from tests.test_native_stats import fuzzed as fuzzed_conns
+from usniff.decoders.engine import Handover
 from usniff.decoders.mysql import (
     CLIENT_DEPRECATE_EOF,
     CLIENT_QUERY_ATTRIBUTES,
@@ -423,3 +424,29 @@ def test_texts_of_other_numbers_are_asked_their_shape_once(monkeypatch: pytest.M
     assert sorted(a for a in asked if b"'" not in a) == [  # a quote: the text its own key
         b"SELECT ? FROM t1 WHERE x IN (?, ?.3, a-?, 12e5x)", b"SELECT ?, ?",
         b"SELECT abalance FROM pgbench_accounts WHERE aid = ?;"]  # fmt: skip
+
+
+@pytest.mark.parametrize("protocol", ["mysql", "postgres"])
+def test_a_connection_handed_straight_back_decodes_as_before(
+    protocol: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader may refuse a connection handed over (NativeText does, for a cut request
+    or a container not yet named) and hand it straight back with the decoder's state as
+    the decoder gave it: the decoder takes back what it handed over and the table is the
+    Python engine's."""
+    refused: list[str] = []
+
+    def adoptable(self: fast.Native, over: Handover) -> bool:
+        refused.append(over.protocol)
+        return False
+
+    monkeypatch.setattr(fast.NativeStats, "_adoptable", adoptable)
+    rng = random.Random(11)
+    sends_of_, path = (sends_of, PATH) if protocol == "mysql" else (pg_sends_of, PG_PATH)
+    chunks = fuzzed_conns(11, 1000, (path,), sends_of=sends_of_)
+    records = [*capture(protocol), *(r for chunk in chunks for r in chunk)]
+    batches = batched(mixed(records, rng), rng)
+    got, n_native, handled = native_table(batches)
+    assert (got, n_native) == python_table(batches)
+    assert handled == 0
+    assert refused.count(protocol) > 100  # handed over (and back) again and again

@@ -25,8 +25,8 @@ from ..streams import (
 )
 from .base import Decoder, DecoderEvent, Request, Transaction
 from .detect import ENOUGH
-from .mysql import MysqlDecoder
-from .postgres import PostgresDecoder
+from .mysql import MysqlDecoder, MysqlState
+from .postgres import PostgresDecoder, PostgresState
 from .registry import BY_NAME, CHOICES, detect
 from .resp import RespDecoder
 
@@ -56,6 +56,11 @@ class Ends:
     cgroups: tuple[int, int]
 
 
+# What a decoder hands a native reader besides its pending requests, and takes back
+# (RESP: nothing).
+HandoverState = MysqlState | PostgresState | None
+
+
 @dataclass(frozen=True, slots=True)
 class Handover:
     """A connection handed to another reader (Decoding.hand_over)."""
@@ -65,7 +70,7 @@ class Handover:
     pending: Sequence[Request]  # its requests waiting for a reply, oldest first
     path: str  # its socket path (the transactions' path)
     protocol: str  # its decoder's: "resp", "mysql" or "postgres"
-    state: object  # what else the reader must know of the decoder (its hand_over)
+    state: HandoverState  # what else the reader must know of the decoder (its hand_over)
 
 
 @dataclass(slots=True)
@@ -168,7 +173,7 @@ class Decoding:
         position: Position,
         ends: Ends,
         pending: list[tuple[object, float, int]],
-        state: object,
+        state: HandoverState,
     ) -> None:
         """Connection ``key`` handed back, as the other reader leaves it: its position,
         its ends, its requests waiting for a reply (each handed over, or the request's
@@ -178,8 +183,16 @@ class Decoding:
         conn.pids, conn.comms, conn.inodes = list(ends.pids), list(ends.comms), list(ends.inodes)
         conn.cgroups = list(ends.cgroups)
         conn.name = "-".join(str(i or "?") for i in conn.inodes)
-        assert isinstance(conn.decoder, (RespDecoder, MysqlDecoder, PostgresDecoder))
-        conn.decoder.take_back(pending, state)
+        decoder = conn.decoder
+        if isinstance(decoder, RespDecoder) and state is None:
+            decoder.take_back(pending)
+        # each branch narrows the state to its decoder's (so not one `or`)
+        elif isinstance(decoder, MysqlDecoder) and state and len(state) == 4:  # noqa: SIM114
+            decoder.take_back(pending, state)
+        elif isinstance(decoder, PostgresDecoder) and state and len(state) == 1:
+            decoder.take_back(pending, state)
+        else:
+            raise TypeError(f"{type(decoder).__name__} handed back with state {state!r}")
 
     def expire(self, now: float, out: list[Event]) -> None:
         """Show the records of connections undecided since before ``now - UNDECIDED_WAIT``."""

@@ -511,6 +511,17 @@ def _status_of_terminator(payload: bytes) -> int:
     return _ok(r)[1]
 
 
+# Where the oldest command's reply stands when a native reader hands the connection
+# back: (Reply's value, packets left of its part, an EOF due, the next sequence id, its
+# bytes, the ts of its first packet, ERR, columns, rows).
+MysqlHead = tuple[str, int, bool, int, int, float, bool, int, int]
+# What a native reader must know of the decoder besides the commands waiting for a reply
+# (MysqlDecoder.hand_over, .take_back): CLIENT_DEPRECATE_EOF, the next sequence id of the
+# last command done or None, MARIADB_CLIENT_CACHE_METADATA, and the oldest reply (None
+# when not begun; always None handed over).
+MysqlState = tuple[bool, int | None, bool, MysqlHead | None]
+
+
 class MysqlDecoder:
     protocol = "mysql"
 
@@ -613,25 +624,23 @@ class MysqlDecoder:
             and all(r.idle() for r in self._readers)
         )
 
-    def hand_over(self) -> tuple[list[_Command], object]:
+    def hand_over(self) -> tuple[list[_Command], MysqlState]:
         """The commands waiting for a reply, taken out (the connection is :meth:`plain`),
-        and what the native path must know: (CLIENT_DEPRECATE_EOF, the next sequence id
-        of the last command done or None, whether the client asked for the metadata cache)."""
+        and what the native path must know (:data:`MysqlState`)."""
         pending = list(self._commands)
         self._commands.clear()
         cache = bool(self.client_caps & MARIADB_CACHE_METADATA)
-        return pending, (self.deprecate_eof, self._done_seq, cache)
+        assert self.deprecate_eof is not None  # known when plain()
+        return pending, (self.deprecate_eof, self._done_seq, cache, None)
 
-    def take_back(self, pending: list[tuple[object, float, int]], state: object) -> None:
+    def take_back(self, pending: list[tuple[object, float, int]], state: MysqlState) -> None:
         """Handed back: the COM_QUERY commands waiting for a reply, each one taken out by
         :meth:`hand_over`, or (its packet as sent, the ts of its last byte, its size), and
-        ``state``: (CLIENT_DEPRECATE_EOF,
-        the next sequence id of the last command done, where the oldest command's reply
-        stands or None).  The reply's column definitions and sample rows read natively are
-        not kept (the native path serves --stats and --metrics, which do not show them);
-        placeholders stand for the samples, so that the decoder parses the same rows."""
-        assert isinstance(state, tuple)
-        self.deprecate_eof, self._done_seq, head = state
+        ``state`` (:data:`MysqlState`, the cache flag unchanged).  The reply's column
+        definitions and sample rows read natively are not kept (the native path serves
+        --stats and --metrics, which do not show them); placeholders stand for the
+        samples, so that the decoder parses the same rows."""
+        self.deprecate_eof, self._done_seq, _, head = state
         for raw, ts, nbytes in pending:
             self._commands.append(self.request(raw, ts, nbytes))
         if head is None:

@@ -360,6 +360,16 @@ class _Txn:
     details: Details = field(default_factory=dict)
 
 
+# Where the oldest transaction's reply stands when a native reader hands the connection
+# back: (its bytes, the ts of its first message, the body of its last ErrorResponse or
+# None, rows, row bytes).
+PostgresHead = tuple[int, float, bytes | None, int, int]
+# What a native reader must know of the decoder besides the transactions waiting for a
+# reply (PostgresDecoder.hand_over, .take_back): the oldest reply (None when not begun;
+# always None handed over).
+PostgresState = tuple[PostgresHead | None]
+
+
 class PostgresDecoder:
     protocol = "postgres"
 
@@ -451,21 +461,19 @@ class PostgresDecoder:
             )  # fmt: skip
         )
 
-    def hand_over(self) -> tuple[list[_Txn], object]:
+    def hand_over(self) -> tuple[list[_Txn], PostgresState]:
         """The transactions waiting for a reply, taken out (the connection is
-        :meth:`plain`), and no more state."""
+        :meth:`plain`), and no reply begun (:data:`PostgresState`)."""
         pending = list(self._pending)
         self._pending.clear()
-        return pending, None
+        return pending, (None,)
 
-    def take_back(self, pending: list[tuple[object, float, int]], state: object) -> None:
+    def take_back(self, pending: list[tuple[object, float, int]], state: PostgresState) -> None:
         """Handed back: the transactions waiting for a reply, each one taken out by
         :meth:`hand_over`, or (its Query as sent, the ts of its last byte, its size), and
-        ``state``: (where the oldest one's reply stands: None, or (its bytes, the ts of its
-        first message, the body of its last ErrorResponse or None, rows, row bytes)).  The
-        command tags, columns and sample rows read natively are not kept (the native path
-        serves --stats and --metrics, which do not show them)."""
-        assert isinstance(state, tuple)
+        ``state`` (:data:`PostgresState`).  The command tags, columns and sample rows read
+        natively are not kept (the native path serves --stats and --metrics, which do not
+        show them)."""
         (head,) = state
         for raw, ts, nbytes in pending:
             self._pending.append(self.request(raw, ts, nbytes))

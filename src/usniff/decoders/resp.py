@@ -649,7 +649,7 @@ class RespDecoder(FramedDecoder[Message]):
         self._pending.clear()
         return pending, None
 
-    def take_back(self, pending: list[tuple[object, float, int]], state: object = None) -> None:
+    def take_back(self, pending: list[tuple[object, float, int]], state: None = None) -> None:
         """The requests waiting for a reply, handed back: each one taken out by
         :meth:`hand_over`, or (the request as sent, the ts of its last byte, its size)."""
         for item, ts, nbytes in pending:

@@ -1752,7 +1752,7 @@ static PyObject *release(Core *self, struct conn *c)
 		}
 		PyList_SET_ITEM(pending, (Py_ssize_t)i, t);
 	}
-	PyObject *mine = Py_NewRef(Py_None); /* the protocol's own state (mysql: MysqlDecoder.take_back) */
+	PyObject *mine = Py_NewRef(Py_None); /* the decoder's state (decoders.engine.HandoverState) */
 	if (c->proto == MYSQL) {
 		const struct sql_reply *st = &c->reply;
 		PyObject *head = Py_NewRef(Py_None), *ts_reply = Py_NewRef(Py_None);
@@ -1769,8 +1769,9 @@ static PyObject *release(Core *self, struct conn *c)
 		PyObject *done = c->done_seq < 0 ? Py_NewRef(Py_None) : PyLong_FromLong(c->done_seq);
 		Py_SETREF(mine, head == NULL || done == NULL
 					? NULL
-					: Py_BuildValue("(OOO)", c->deprecate_eof ? Py_True : Py_False,
-							done, head));
+					: Py_BuildValue("(OOOO)", c->deprecate_eof ? Py_True : Py_False,
+							done, c->cache_metadata ? Py_True : Py_False,
+							head));
 		Py_XDECREF(done);
 		Py_XDECREF(head);
 	}
@@ -1995,8 +1996,13 @@ static PyObject *core_adopt(Core *self, PyObject *args)
 	if (strcmp(protocol, "mysql") == 0) {
 		PyObject *done;
 		proto = MYSQL;
-		if (!PyArg_ParseTuple(mine, "pOp", &deprecate_eof, &done, &cache_metadata))
+		PyObject *head;
+		if (!PyArg_ParseTuple(mine, "pOpO", &deprecate_eof, &done, &cache_metadata, &head))
 			return NULL;
+		if (head != Py_None) {
+			PyErr_SetString(PyExc_ValueError, "a mysql connection whose reply has begun");
+			return NULL;
+		}
 		if (done != Py_None && ((done_seq = (int)PyLong_AsLong(done)) == -1 && PyErr_Occurred()))
 			return NULL;
 		if (self->clock != NULL || self->shape == NULL) {

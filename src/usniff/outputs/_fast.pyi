@@ -4,6 +4,7 @@ drives it."""
 from collections.abc import Callable, Sequence
 
 from usniff._events import Packed
+from usniff.decoders.engine import HandoverState
 from usniff.events import Record
 
 SUB_BITS: int  # the latency histogram's buckets: exact below 2**SUB_BITS ns
@@ -28,8 +29,7 @@ ConnKey = tuple[int, int]
 # the next offset and whether it started, per direction (client, server), the capture time
 # of its last record, the pids, comms, inodes and cgroups of both ends (client, server), the
 # requests waiting for a reply (each the request as sent, bytes, or the object adopted,
-# with its ts and size), the protocol's own state (RESP: None; MySQL, PostgreSQL: the
-# decoder's take_back's)
+# with its ts and size), the decoder's state (decoders.engine.HandoverState)
 Handback = tuple[
     ConnKey,
     int,
@@ -41,7 +41,7 @@ Handback = tuple[
     tuple[int, int],
     tuple[int, int],
     list[tuple[object, float, int]],
-    object,
+    HandoverState,
 ]
 # per label (adopt's), protocol and command (the --stats key), in the order of their first
 # transaction since the last take: label, protocol, command, count, errors, bytes in, bytes
@@ -100,16 +100,14 @@ class Core:
         label: int,
         names: bytes | None,
         protocol: str,
-        state: object,
+        state: HandoverState,
     ) -> None:
         """Take a connection over; ``pending``: its requests (object, command key, ts, size,
         and with lines its text: utf-8, printable); ``label``: its transactions are counted
         in the rows of this label; ``names``: with lines, " client -> server  " as the
         lines name the ends (utf-8, printable); ``protocol``: "resp", "mysql" or
         "postgres" (the last two: no lines, pending requests whose reply has not begun);
-        ``state``: the decoder's (Decoding.hand_over): RESP and PostgreSQL None, MySQL
-        (CLIENT_DEPRECATE_EOF, the next sequence id of the last command done,
-        MARIADB_CLIENT_CACHE_METADATA)."""
+        ``state``: the decoder's (Decoding.hand_over; a reply not begun)."""
     def release_all(self) -> list[Handback]:
         """Hand every connection back."""
     def seed(self, latencies: list[float]) -> None:
