@@ -47,7 +47,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="shorter runs (3 s, fewer requests)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
     ap.add_argument("--seconds", type=float, help="length of each writer run (default 10, quick 3)")
-    ap.add_argument("--only", choices=("redis", "mariadb"), help="overhead: one service only")
+    ap.add_argument(
+        "--only",
+        choices=("redis", "mariadb", "postgres"),
+        help="overhead (redis, mariadb), windows: one server only",
+    )
     ap.add_argument("--cycles", type=int, help="windows: alternations per configuration (40)")
     ap.add_argument("--window", type=float, default=0.5, help="windows: seconds per window")
     ap.add_argument("--connections", type=int, help="soak: short connections (1,000,000)")
@@ -86,7 +90,7 @@ def main() -> None:
         results["overhead"] = res
         out += ["", "1+2. overhead on the traced service, completeness", overhead.report(res)]
     if a.what in ("all", "windows"):
-        res = windows.run(a.quick, a.cycles, a.window, log)
+        res = windows.run(a.quick, a.cycles, a.window, a.only, log)
         results["windows"] = res
         out += ["", "1b. overhead in alternating windows of one continuous load",
                 windows.report(res)]  # fmt: skip

@@ -142,9 +142,9 @@ def mariadb_slap(sock: str, queries: int) -> float:
 def _pid_of(pidfile: Path) -> int:
     wait_for_path(pidfile)
     for _ in range(100):
-        text = pidfile.read_text().strip()
+        text = pidfile.read_text().split()
         if text:
-            return int(text)
+            return int(text[0])  # PostgreSQL's postmaster.pid: the pid, then more lines
         time.sleep(0.05)
     raise RuntimeError(f"{pidfile} stays empty")
 

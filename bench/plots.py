@@ -42,7 +42,7 @@ def plot(results: dict[str, Any], outdir: Path) -> None:
         plt.close(fig)
     if results.get("windows"):
         fig, ax = plt.subplots(figsize=(9, 4.5))
-        series = [(f"{r['config'].removeprefix('usniff ')}\nredis {res['workload']}", r["ratios"])
+        series = [(f"{r['config'].removeprefix('usniff ')}\n{res['workload']}", r["ratios"])
                   for res in results["windows"] for r in res["rows"]]  # fmt: skip
         ax.boxplot([v for _, v in series], showfliers=False)
         for i, (_, v) in enumerate(series, 1):

@@ -1,34 +1,40 @@
 """Overhead of usniff on one continuous load, in alternating half-second windows.
 
-    python -m bench windows [--quick] [--cycles N] [--window S]
+    python -m bench windows [--quick] [--cycles N] [--window S] [--only redis|mariadb|postgres]
 
 Why: on the shared development VM the traced service's own speed changes by
 15-20 % for seconds at a time, within one redis-benchmark run (its CPU time
 per request goes from 7.7 to 12.4 us and back, measured in one-second
-windows), so whole runs taken one after the other (bench/overhead.py) give
-ratios that move by +-0.1 from run to run.  Here one redis-benchmark runs
-throughout, and each usniff configuration is loaded once, in an agent
-process that runs the CLI's own capture loop and outputs
+windows), so whole runs taken one after the other (bench/overhead.py,
+bench/servers.py) give ratios that move by +-0.1 from run to run.  Here one
+client load runs throughout, and each usniff configuration is loaded once, in
+an agent process that runs the CLI's own capture loop and outputs
 (``cli.loop.run``, ``cli.main.make_outputs``); the agent only detaches and
 re-attaches its BPF programs.  The windows go: untraced, configuration A,
 untraced, configuration B, ... and each traced window is taken as a ratio to
 the mean of the untraced windows on either side.  Reported per configuration:
 the median of those ratios, their mean with its standard error, the
-quartiles, and the CPU time per request of redis-server, redis-benchmark
-and usniff (schedstat) in traced and untraced windows.
+quartiles, and the CPU time per request of the server (with its child
+processes), the client and usniff (schedstat) in traced and untraced windows.
 
-Configurations: ``redis-cli MONITOR`` (Redis's own command feed, read and
+Loads, the client pinned to the second CPU, the request rate read from the
+server at the edges of each window:
+
+* redis-benchmark SET/GET, 50 clients, -P 1 and -P 16, against a redis-server
+  pinned to the first CPU (INFO's total_commands_processed);
+* mariadb-slap, 4 clients sending ``SELECT 1`` (Com_select of SHOW GLOBAL STATUS);
+* pgbench -S, 4 clients (the calls of its query in pg_stat_statements, which
+  counts each statement as it ends).
+
+Configurations: ``redis-cli MONITOR`` (Redis only: Redis's own command feed, read and
 discarded: what an operator who only wants the commands pays),
 ``usniff --path SOCK -w FILE -C 1000 -W 2`` (pcapng on disk, rotated so that
 a long run stays within 2 GB), ``usniff --path SOCK`` (decoded text, to
-/dev/null), ``usniff --path SOCK --stats`` (the table only, as the CLI gives it: plain
-RESP connections counted in C, outputs/fast.py),
-``usniff --path SOCK --metrics S`` alone and beside ``-w`` (Prometheus
+/dev/null), ``usniff --path SOCK --stats`` (the table only, as the CLI gives it:
+plain RESP, MySQL and PostgreSQL connections counted in C, outputs/fast.py),
+``usniff --path SOCK --metrics S`` alone and (Redis only) beside ``-w`` (Prometheus
 metrics served on a Unix socket, not scraped) and
-``usniff --path OTHER -w FILE`` (filtered out: the kernel-side filter
-alone).  redis-server and redis-benchmark are pinned as in bench/overhead.py.
-The request rate is read from INFO (total_commands_processed) at the edges of
-each window.
+``usniff --path OTHER -w FILE`` (filtered out: the kernel-side filter alone).
 """
 
 from __future__ import annotations
@@ -44,11 +50,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .common import SUMMARY, median, table
-from .overhead import CLIENT_CPU, SERVER_CPU, _pid_of, pin_process
+from .overhead import CLIENT_CPU, SERVER_CPU, SLAP, _pid_of, pin_process
 
 CONFIGS = (
     "redis MONITOR",
@@ -59,6 +66,7 @@ CONFIGS = (
     "usniff --stats",
     "usniff other path",
 )
+SQL_CONFIGS = tuple(c for c in CONFIGS if c not in ("redis MONITOR", "usniff -w --metrics"))
 SETTLE = 0.05  # s after attaching, before the window opens
 QUIET = 0.002  # CPU s per 50 ms under which a detached agent has caught up
 
@@ -192,18 +200,43 @@ def cpu_ns(pid: int) -> int:
     return total
 
 
+def children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            kids += map(int, Path(f"/proc/{pid}/task/{tid}/children").read_text().split())
+    return kids
+
+
+@dataclass(frozen=True)
+class Load:
+    """One continuous client load and how the server counts what it completed."""
+
+    name: str  # as the tables show it
+    configs: tuple[str, ...]
+    argv: list[str]  # the client, run pinned until stopped
+    warmup: float  # s before the first window
+
+
+@dataclass
+class Server:
+    name: str
+    sock: str
+    pid: int  # its CPU is this process's and its children's (PostgreSQL's backends)
+    done: Callable[[], int]  # requests completed so far, read from the server
+    loads: list[Load]
+
+
 @contextlib.contextmanager
-def redis_load(sock: str, pipeline: int) -> Iterator[subprocess.Popen[bytes]]:
-    """redis-benchmark SET/GET, 50 clients, in a loop until stopped (pinned)."""
-    n = 3_000_000 if pipeline == 1 else 30_000_000  # ~25 s per SET or GET phase
+def client_load(load: Load) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(
-        ["redis-benchmark", "-s", sock, "-t", "set,get", "-c", "50", "-P", str(pipeline),
-         "-n", str(n), "-l", "-q"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        load.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         preexec_fn=lambda: os.sched_setaffinity(0, CLIENT_CPU),
     )  # fmt: skip
     try:
-        time.sleep(1.5)
+        time.sleep(load.warmup)
+        if proc.poll() is not None:
+            raise RuntimeError(f"{load.name}: the client exited ({proc.returncode})")
         yield proc
     finally:
         proc.kill()
@@ -211,32 +244,29 @@ def redis_load(sock: str, pipeline: int) -> Iterator[subprocess.Popen[bytes]]:
 
 
 def measure(
-    sock: str, server_pid: int, work: Path, pipeline: int, cycles: int, window: float,
-    log: Callable[[str], None],
-) -> dict[str, Any]:  # fmt: skip
-    import redis
-
-    client = redis.Redis(unix_socket_path=sock)
-    agents = {c: Agent(c, sock, work) for c in CONFIGS}
-    ratios: dict[str, list[float]] = {c: [] for c in CONFIGS}
-    cpu: dict[str, list[tuple[float, float, float]]] = {c: [] for c in ("untraced", *CONFIGS)}
+    server: Server, load: Load, work: Path, cycles: int, window: float, log: Callable[[str], None]
+) -> dict[str, Any]:
+    agents = {c: Agent(c, server.sock, work) for c in load.configs}
+    ratios: dict[str, list[float]] = {c: [] for c in load.configs}
+    cpu: dict[str, list[tuple[float, float, float]]] = {c: [] for c in ("untraced", *load.configs)}
     untraced: list[float] = []
     try:
-        with redis_load(sock, pipeline) as load:
-            pids = {"server": server_pid, "client": load.pid}
+        with client_load(load) as client:
+
+            def server_cpu() -> int:
+                return sum(cpu_ns(p) for p in (server.pid, *children(server.pid)))
 
             def win(tag: str, collector: int) -> float:
-                procs = (pids["server"], pids["client"], collector)
-                c0 = client.info("stats")["total_commands_processed"]
-                t0, n0 = time.monotonic(), [cpu_ns(p) for p in procs]
+                c0, t0 = server.done(), time.monotonic()
+                n0 = (server_cpu(), cpu_ns(client.pid), cpu_ns(collector))
                 time.sleep(window)
-                c1 = client.info("stats")["total_commands_processed"]
-                t1, n1 = time.monotonic(), [cpu_ns(p) for p in procs]
+                c1, t1 = server.done(), time.monotonic()
+                n1 = (server_cpu(), cpu_ns(client.pid), cpu_ns(collector))
                 req = max(1, c1 - c0)
                 cpu[tag].append(tuple((b - a) / req for a, b in zip(n0, n1, strict=True)))  # type: ignore[arg-type]
                 return req / (t1 - t0)
 
-            before = win("untraced", agents[CONFIGS[0]].proc.pid)
+            before = win("untraced", agents[load.configs[0]].proc.pid)
             for k in range(cycles):
                 for config, ag in agents.items():
                     ag.command("attach")
@@ -249,12 +279,12 @@ def measure(
                     ratios[config].append(rate / ((before + after) / 2))
                     before = after
                 if (k + 1) % 10 == 0:
-                    log(f"  -P {pipeline}: {k + 1}/{cycles} cycles; " + ", ".join(
+                    log(f"  {load.name}: {k + 1}/{cycles} cycles; " + ", ".join(
                         f"{c} {median(r):.3f}" for c, r in ratios.items()))  # fmt: skip
     finally:
         losses = {c: ag.stop() for c, ag in agents.items()}
     rows = []
-    for config in CONFIGS:
+    for config in load.configs:
         x = ratios[config]
         q = statistics.quantiles(x, n=4) if len(x) > 1 else [x[0]] * 3
         se = statistics.stdev(x) / len(x) ** 0.5 if len(x) > 1 else float("nan")
@@ -268,33 +298,120 @@ def measure(
         for tag, vals in cpu.items()
     }
     return {
-        "workload": f"-P {pipeline}", "cycles": cycles, "window": window,
+        "workload": load.name, "cycles": cycles, "window": window,
         "untraced_median": median(untraced), "rows": rows, "cpu_ns_per_request": per_req,
     }  # fmt: skip
 
 
-def run(quick: bool, cycles: int | None, window: float, log: Callable[[str], None]) -> list[Any]:
+@contextlib.contextmanager
+def redis(work: Path) -> Iterator[Server]:
+    """redis-server pinned to the first CPU; redis-benchmark SET/GET, 50 clients, -P 1 and
+    -P 16 (~25 s per SET or GET phase, looped); INFO's total_commands_processed."""
+    import redis as redis_py
+
     from tests.support.servers import start_redis
 
+    with start_redis(work, "--pidfile", str(work / "redis.pid")) as sock:
+        pid = _pid_of(work / "redis.pid")
+        pin_process(pid, SERVER_CPU)
+        client = redis_py.Redis(unix_socket_path=sock)
+
+        def bench(pipeline: int) -> Load:
+            n = 3_000_000 if pipeline == 1 else 30_000_000
+            argv = ["redis-benchmark", "-s", sock, "-t", "set,get", "-c", "50",
+                    "-P", str(pipeline), "-n", str(n), "-l", "-q"]  # fmt: skip
+            return Load(f"redis -P {pipeline}", CONFIGS, argv, 1.5)
+
+        def done() -> int:
+            return int(client.info("stats")["total_commands_processed"])
+
+        yield Server("redis", sock, pid, done, [bench(1), bench(16)])
+
+
+@contextlib.contextmanager
+def mariadb(work: Path) -> Iterator[Server]:
+    """mariadbd (not pinned: a thread per connection); mariadb-slap, 4 clients sending
+    SELECT 1 (bench/servers.py's load, one long run); Com_select from SHOW GLOBAL STATUS."""
+    import pymysql
+
+    from tests.support.servers import start_mariadb
+
+    with start_mariadb(work) as sock:
+        conn = pymysql.connect(unix_socket=sock, user="root", autocommit=True)
+        with conn.cursor() as cur:
+            cur.execute("CREATE DATABASE slap")
+
+        def done() -> int:
+            with conn.cursor() as cur:
+                cur.execute("SHOW GLOBAL STATUS LIKE 'Com_select'")
+                return int(cur.fetchone()[1])  # type: ignore[index]
+
+        argv = [SLAP, f"--socket={sock}", "--user=root", "--concurrency=4", "--iterations=1",
+                "--query=SELECT 1", "--number-of-queries=1000000000", "--create-schema=slap",
+                "--no-drop"]  # fmt: skip
+        load = Load("mariadb-slap -c 4", SQL_CONFIGS, argv, 1.5)
+        try:
+            yield Server("mariadb", sock, _pid_of(work / "mysqld.pid"), done, [load])
+        finally:
+            conn.close()
+
+
+@contextlib.contextmanager
+def postgres(work: Path) -> Iterator[Server]:
+    """postgres (not pinned: a process per connection); pgbench -S, 4 clients, after
+    pgbench -i -s 1; its query's calls from pg_stat_statements (counted as each ends)."""
+    import psycopg
+
+    from tests.support.servers import start_postgres
+
+    with start_postgres(work) as sock:
+        host = ["-h", os.path.dirname(sock), "-U", "postgres"]
+        subprocess.run(["pgbench", *host, "-i", "-s", "1", "-q", "postgres"],
+                       check=True, capture_output=True)  # fmt: skip
+        conn = psycopg.connect(host=os.path.dirname(sock), user="postgres", dbname="postgres",
+                               autocommit=True)  # fmt: skip
+
+        def done() -> int:
+            row = conn.execute(
+                "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements"
+                " WHERE query LIKE 'SELECT abalance FROM pgbench_accounts%'"
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+        argv = ["pgbench", *host, "-S", "-n", "-c", "4", "-j", "1", "-T", "100000", "postgres"]
+        load = Load("pgbench -S -c 4", SQL_CONFIGS, argv, 1.5)
+        try:
+            yield Server("postgres", sock, _pid_of(work / "pg/data/postmaster.pid"), done, [load])
+        finally:
+            conn.close()
+
+
+SERVERS = {"redis": redis, "mariadb": mariadb, "postgres": postgres}
+
+
+def run(
+    quick: bool, cycles: int | None, window: float, only: str | None, log: Callable[[str], None]
+) -> list[Any]:
     cycles = cycles or (15 if quick else 40)
     out = []
-    with tempfile.TemporaryDirectory(prefix="usniff-bench-") as tmp:
-        work = Path(tmp)
-        other = socket.socket(socket.AF_UNIX)
-        other.bind(str(work / "other.sock"))
-        with start_redis(tmp, "--pidfile", str(work / "redis.pid")) as sock:
-            pid = _pid_of(work / "redis.pid")
-            pin_process(pid, SERVER_CPU)
-            for pipeline in (1, 16):
-                out.append(measure(sock, pid, work, pipeline, cycles, window, log))
-        other.close()
+    for name, start in SERVERS.items():
+        if only not in (None, name):
+            continue
+        with tempfile.TemporaryDirectory(prefix="usb-", dir="/tmp") as tmp:
+            work = Path(tmp)
+            other = socket.socket(socket.AF_UNIX)
+            other.bind(str(work / "other.sock"))
+            with start(work) as server:
+                for load in server.loads:
+                    out.append(measure(server, load, work, cycles, window, log))
+            other.close()
     return out
 
 
 def report(results: list[dict[str, Any]]) -> str:
     rows, cpu_rows = [], []
     for res in results:
-        load = f"redis {res['workload']}"
+        load = res["workload"]
         for r in res["rows"]:
             quartiles = f"{r['q1']:.3f}-{r['q3']:.3f}"
             rows.append((load, r["config"], r["median"], r["mean"], r["se"], quartiles,
@@ -306,20 +423,19 @@ def report(results: list[dict[str, Any]]) -> str:
                "lost B"), rows),
         "",
         "CPU time per request, ns (medians over windows)",
-        table(("load", "windows", "redis-server", "redis-benchmark", "usniff"), cpu_rows),
+        table(("load", "windows", "server", "client", "usniff"), cpu_rows),
     ])  # fmt: skip
 
 
 def key(results: list[dict[str, Any]]) -> list[str]:
     parts = []
     for res in results:
-        r = {x["config"]: x for x in res["rows"]}
-        parts.append(
-            f"windows redis {res['workload']}: pcapng {r['usniff -w pcapng']['median']:.3f} "
-            f"text {r['usniff text']['median']:.3f} stats {r['usniff --stats']['median']:.3f} "
-            f"metrics {r['usniff --metrics']['median']:.3f} "
-            f"filtered-out {r['usniff other path']['median']:.3f}"
+        medians = ", ".join(
+            f"{r['config'].removeprefix('usniff ')} {r['median']:.3f}"
+            for r in res["rows"]
+            if r["config"] != "usniff -w --metrics"
         )
+        parts.append(f"windows {res['workload']}: {medians}")
     return parts
 
 

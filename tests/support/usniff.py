@@ -183,5 +183,5 @@ class Usniff:
 
 
 def run(args: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
-    kw.setdefault("timeout", 60)
+    kw.setdefault("timeout", TIMEOUT)
     return subprocess.run(args, capture_output=True, text=True, check=False, **kw)
