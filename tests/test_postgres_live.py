@@ -7,6 +7,7 @@ server's pg_stat_statements calls."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import tempfile
 from collections import Counter
@@ -172,3 +173,31 @@ def test_redact_masks_passwords_and_scram_proofs(pg_run: PgRun) -> None:
     assert scram[0] == "SASL SCRAM-SHA-256"
     assert any(step.startswith("client-final ") and step.endswith(",p=***") for step in scram)
     assert any(step == "server-final v=***" for step in scram)
+
+
+def test_connections_open_before_the_capture_are_decoded() -> None:
+    """An operator attaches to a server whose clients are connected already (a pool): the
+    first Query after the capture starts syncs each connection, and --stats counts every
+    query sent after it, as the server does."""
+    import psycopg
+
+    queries = 200
+    with tempfile.TemporaryDirectory(prefix="usniff-live-") as tmp, start_postgres(tmp) as sock:
+        host = sock.rsplit("/", 1)[0]
+        conns = [psycopg.connect(host=host, user="postgres", dbname="postgres") for _ in range(3)]
+        for conn in conns:
+            conn.execute("SELECT now()").fetchall()  # before usniff: never seen
+        before = _server_calls(sock)
+        with Usniff("--path", sock, "--stats") as u:
+            for i in range(queries):
+                conns[i % 3].execute(f"SELECT {i} AS n").fetchall()
+            result = u.stop(signal.SIGINT)
+        for conn in conns:
+            conn.close()
+        after = _server_calls(sock)
+    assert result.returncode == 0, result.stderr
+    table = stats_table(result.stderr)
+    server = after["SELECT $1 AS n"] - before["SELECT $1 AS n"]
+    assert server == queries, after
+    assert table[("postgres", "SELECT ? AS n")] == server, result.stderr
+    assert "protocol not recognised" not in result.stderr

@@ -16,6 +16,9 @@ need the other side's confirmation.
 * MySQL: a server greeting (protocol 10, version, connection id, filler);
   the client's HandshakeResponse41; or, mid-connection, a command packet
   answered by a packet of sequence 1 (OK, ERR, EOF or a column count).
+* PostgreSQL: a StartupMessage (or SSL, GSSENC, cancel request); the server's
+  AuthenticationRequest; or, mid-connection, a Query, Parse, Bind or FunctionCall
+  answered by backend messages (``postgres.query_exchange``).
 """
 
 from __future__ import annotations

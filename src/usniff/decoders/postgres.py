@@ -1029,3 +1029,40 @@ def _message_start(data: bytes, kinds: frozenset[int]) -> bool:
     return (
         len(data) >= 5 and data[0] in kinds and 4 <= int.from_bytes(data[1:5], "big") <= MAX_LENGTH
     )
+
+
+# ------------------------------------------------ detection (decoders/registry.py)
+
+_FRONTEND = frozenset(b"BCcDdEfFHPpQSX")
+# messages of one length only: ReadyForQuery (5), ParseComplete, BindComplete,
+# CloseComplete, NoData, EmptyQueryResponse, PortalSuspended, CopyDone (4)
+_FIXED = {ord("Z"): 5, **dict.fromkeys(b"123nIsc", 4)}
+
+
+def _tiled(data: bytes, kinds: frozenset[int]) -> int:
+    """How many messages of ``kinds`` ``data`` begins with, each of a length its type
+    allows (a Query ending in its NUL, a ReadyForQuery's status I, T or E), the last
+    one possibly cut; -1 when one does not fit."""
+    i = n = 0
+    while i + 5 <= len(data):
+        kind, length = data[i], int.from_bytes(data[i + 1 : i + 5], "big")
+        end = i + 1 + length
+        if kind not in kinds or not 4 <= length <= MAX_LENGTH or _FIXED.get(kind, length) != length:
+            return -1
+        if kind == ord("Q") and end <= len(data) and data[end - 1] != 0:
+            return -1
+        if kind == ord("Z") and end <= len(data) and data[end - 1] not in b"ITE":
+            return -1
+        n, i = n + 1, end
+    return n
+
+
+def query_exchange(client: bytes, server: bytes) -> bool | None:
+    """Mid-connection: the client's bytes begin with a Query, Parse, Bind or FunctionCall
+    message and are all frontend messages, the server's all backend messages (types and
+    big-endian lengths checked, as far as detection keeps them)."""
+    if len(client) < 5 or len(server) < 5:
+        return None
+    if client[0] not in _SYNC_START:
+        return False
+    return _tiled(client, _FRONTEND) > 0 and _tiled(server, _BACKEND) > 0

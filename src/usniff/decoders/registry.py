@@ -22,6 +22,7 @@ from . import dbus, fastcgi, http2
 from . import detect as d
 from . import http as h
 from . import memcached as mc
+from . import postgres as pg
 from .base import Decoder
 from .http import HttpDecoder
 from .mysql import MysqlDecoder
@@ -73,6 +74,7 @@ PROTOCOLS: tuple[Protocol, ...] = (
         PostgresDecoder,
         client_first=d.pg_startup,
         server_first=d.pg_authentication,
+        exchange=pg.query_exchange,
     ),
     Protocol(
         "memcached",
