@@ -138,21 +138,23 @@ def test_detect() -> None:
 
 def test_closed_connections_release_their_decoders() -> None:
     """Decoder state lives as long as the connection: none is left after the
-    closes (a busy server's millions of short connections, memory flat)."""
+    closes, or close_grace after the client's close when the server never answers (a
+    busy server's millions of short connections, memory flat)."""
     decoding = Decoding("resp")
     for i in range(300):
-        c, s = 10_000 + 2 * i, 10_001 + 2 * i
-        base = Record(0.0, 1, 1, 0, "cli", c, s, "stream", "/r.sock", False, 0, 14,
+        c, s, t = 10_000 + 2 * i, 10_001 + 2 * i, 2.0 * i
+        base = Record(t, 1, 1, 0, "cli", c, s, "stream", "/r.sock", False, 0, 14,
                       b"*1\r\n$4\r\nPING\r\n", sock_id=c, peer_id=s)  # fmt: skip
-        reply = Record(0.001, 2, 2, 0, "srv", s, c, "stream", "/r.sock", True, 0, 7,
+        reply = Record(t + 0.001, 2, 2, 0, "srv", s, c, "stream", "/r.sock", True, 0, 7,
                        b"+PONG\r\n", sock_id=s, peer_id=c)  # fmt: skip
         closes = [
-            dataclasses.replace(r, offset=r.length, length=0, data=b"", kind="close", ts=0.002)
+            dataclasses.replace(r, offset=r.length, length=0, data=b"", kind="close", ts=t + 0.002)
             for r in (base, reply)
         ]
         # the server answers, or never does (then only the client's socket closes)
         records = [base, reply, *closes] if i % 2 else [base, closes[0]]
         events = decoding.feed(records)
+        decoding.expire(t + 0.002 + decoding.assembler.close_grace, events)
         replies = [e.reply for e in events if isinstance(e, Transaction)]
         assert replies == (["+PONG"] if i % 2 else [""])
     assert decoding.open_connections == 0

@@ -156,8 +156,31 @@ def test_close_flushes_direction_and_forgets_connection() -> None:
         ("data", 5, b"f"),
     ]
     assert isinstance(events[-1], Close) and events[-1].direction is Direction.CLIENT
-    assert events[-1].final  # the server never sent: it never will, the client is gone
-    assert asm.feed(rec(0, kind="close", inode=SERVER)) == []  # connection already forgotten
+    assert not events[-1].final  # the server has not sent: its last send may be on its way
+    assert asm.feed(rec(0, b"x", inode=7, sock_id=7, peer_id=8, ts=0.5)) != []  # another
+    assert asm.open_connections == 2
+    # the server never sent within close_grace (capture time) of the client's close: over
+    (last,) = asm.expire(1.0)
+    assert isinstance(last, Close) and last.final and last.direction is Direction.CLIENT
+    assert last.ts == 1.0 and asm.open_connections == 1
+    assert asm.feed(rec(0, kind="close", inode=SERVER, ts=1.5)) == []  # already forgotten
+
+
+def test_a_reply_recorded_after_the_readers_close_is_paired() -> None:
+    """The client reads the reply and closes before the server's send is recorded (a
+    send is recorded when it ends; its sender's CPU may stall meanwhile, past the
+    collector's reorder hold): the reply still belongs to the connection, which the
+    server's close ends."""
+    asm = StreamAssembler()
+    events = asm.feed(rec(0, b"GET", ts=1.0))
+    events += asm.feed(rec(3, kind="close", ts=1.2))
+    events += asm.feed(rec(0, b"+OK", inode=SERVER, ts=1.1))  # recorded late
+    events += asm.feed(rec(3, kind="close", inode=SERVER, ts=1.3))
+    assert stream(events, Direction.SERVER) == [("data", 0, b"+OK")]
+    assert sum(isinstance(ev, Open) for ev in events) == 1
+    closes = [ev for ev in events if isinstance(ev, Close)]
+    assert [c.final for c in closes] == [False, True] and asm.open_connections == 0
+    assert asm.expire(9.0) == []
 
 
 def test_connection_is_over_when_both_ends_closed() -> None:
@@ -214,13 +237,15 @@ def conn_records(i: int, server_replies: bool) -> list[Record]:
 
 
 def test_closed_connections_are_forgotten() -> None:
-    """Both ends closed, or one closed and the other never sent: nothing is
-    kept (memory is bounded by the connections alive, not ever seen)."""
+    """Both ends closed, or one closed and the other never sent within close_grace:
+    nothing is kept (memory is bounded by the connections alive, not ever seen)."""
     asm = StreamAssembler()
     finals = 0
     for i in range(1000):
         for r in conn_records(i, server_replies=i % 2 == 0):
+            r = dataclasses.replace(r, ts=i * 0.01)
             finals += sum(1 for ev in asm.feed(r) if isinstance(ev, Close) and ev.final)
+    finals += sum(1 for ev in asm.expire(10 + asm.close_grace) if isinstance(ev, Close))
     assert asm.open_connections == 0 and finals == 1000
 
 

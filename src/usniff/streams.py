@@ -123,6 +123,7 @@ class _Conn:
     server_id: int
     sides: tuple[_Side, _Side] = field(default_factory=lambda: (_Side(), _Side()))
     last_ts: float = 0.0  # capture time of its newest record
+    handed: bool = False  # its records go to another reader (hand_over .. take_back)
 
 
 class StreamAssembler:
@@ -134,19 +135,26 @@ class StreamAssembler:
         max_pending_bytes: int = 8 << 20,
         max_delay: float = 1.0,
         max_connections: int = 65536,
+        close_grace: float = 1.0,
     ) -> None:
         self.max_pending_records = max_pending_records
         self.max_pending_bytes = max_pending_bytes
         self.max_delay = max_delay
+        self.close_grace = close_grace
         self.max_connections = max_connections
         self.stats = AssemblerStats()
         self._conns: dict[ConnKey, _Conn] = {}
         self._seq = 0
+        # (deadline, seq, key, direction): connections one end closed while the other had
+        # not sent (close_grace in capture time after that close, they are over)
+        self._closing: list[tuple[float, int, ConnKey, Direction]] = []
 
     def feed(self, rec: Record) -> list[StreamEvent]:
         self.stats.records += 1
         key = conn_key(rec)
         events: list[StreamEvent] = []
+        if self._closing and self._closing[0][0] <= rec.ts:
+            self._expire(rec.ts, events)
         conn = self._conns.get(key)
         if conn is None:
             if rec.kind == "close":
@@ -160,10 +168,17 @@ class StreamAssembler:
         if rec.kind == "close":  # deliver everything buffered for the connection first
             events += self._drain_all(conn, rec.ts)
             side.closed = True
-            # over when both ends closed; or when the other never sent: it never will
-            # (a socket closed, its peer's sends fail; records arrive in send order)
+            # over when both ends closed; or close_grace after this close when the other
+            # has not sent: a socket closed, its peer's sends fail, but the peer's last
+            # send may still be on its way (a send is recorded when it ends, and the
+            # reader may take the bytes and close before that: kprobe and fentry
+            # backends, a sender's CPU stalled past REORDER)
             other = conn.sides[1 - direction]
-            final = other.closed or not rec.peer_id or (other.start is None and not other.heap)
+            final = other.closed or not rec.peer_id
+            if not final and other.start is None and not other.heap:
+                self._seq += 1
+                deadline = rec.ts + self.close_grace
+                heapq.heappush(self._closing, (deadline, self._seq, key, direction))
             events.append(Close(key, direction, rec.ts, final))
             if final:
                 del self._conns[key]
@@ -195,6 +210,26 @@ class StreamAssembler:
     def open_connections(self) -> int:
         return len(self._conns)
 
+    def expire(self, now: float) -> list[StreamEvent]:
+        """The final Close of connections one end closed ``close_grace`` before ``now``
+        (capture time) while the other had not sent and still has not."""
+        events: list[StreamEvent] = []
+        self._expire(now, events)
+        return events
+
+    def _expire(self, now: float, events: list[StreamEvent]) -> None:
+        while self._closing and self._closing[0][0] <= now:
+            deadline, _, key, direction = heapq.heappop(self._closing)
+            conn = self._conns.get(key)
+            if conn is None or conn.handed:
+                continue  # over already; or another reader's, whose close ends it
+            other = conn.sides[1 - direction]
+            if other.closed or other.start is not None or other.heap:
+                continue  # the other end has sent since: its close ends it
+            events += self._drain_all(conn, deadline)
+            events.append(Close(key, direction, deadline, True))
+            del self._conns[key]
+
     def hand_over(self, key: ConnKey) -> Position | None:
         """Where connection ``key`` stands, when nothing of it is buffered (None otherwise):
         another reader (outputs/fast.py) may then deliver its in-order records itself,
@@ -203,6 +238,7 @@ class StreamAssembler:
         if conn is None or conn.sides[0].heap or conn.sides[1].heap:
             return None
         client, server = conn.sides
+        conn.handed = True
         return Position(
             conn.server_id,
             (client.next, server.next),
@@ -214,6 +250,7 @@ class StreamAssembler:
         """Connection ``key`` handed back at ``position`` (the other reader counts the
         records it delivered in ``stats.records``)."""
         conn = self._conns[key]
+        conn.handed = False
         for side, next_, started in zip(conn.sides, position.next, position.started, strict=True):
             side.next = next_
             if started and side.start is None:

@@ -195,7 +195,10 @@ class Decoding:
             raise TypeError(f"{type(decoder).__name__} handed back with state {state!r}")
 
     def expire(self, now: float, out: list[Event]) -> None:
-        """Show the records of connections undecided since before ``now - UNDECIDED_WAIT``."""
+        """Show the records of connections undecided since before ``now - UNDECIDED_WAIT``;
+        end connections whose close the assembler held (``StreamAssembler.expire``)."""
+        for ev in self.assembler.expire(now):
+            self._stream_event(ev, out)
         while self._undecided:
             conn = next(iter(self._undecided.values()))
             if now - conn.held[0].ts < self.UNDECIDED_WAIT:
