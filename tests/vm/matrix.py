@@ -29,6 +29,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +56,7 @@ PROBE_OBJ = CACHE / "probe.bpf.o"
 LOGS = CACHE / "logs"
 DOC = REPO / "docs" / "kernel-matrix.md"
 BEGIN, END = "<!-- matrix:begin -->", "<!-- matrix:end -->"
+SAY = threading.Lock()
 
 
 @dataclass
@@ -141,25 +143,30 @@ def run_cell(cell: Cell, pytest_args: list[str], args: argparse.Namespace) -> No
     judge(cell, status, out)
     if cell.problem and not args.verbose:
         lines = log_path.read_text(errors="replace").splitlines()
-        print(f"--- last 40 lines of {log_path}", *lines[-40:], "---", sep="\n")
+        say("\n".join([f"--- last 40 lines of {log_path}", *lines[-40:], "---"]))
+
+
+def say(line: str) -> None:
+    """A whole line on stdout (cells run side by side on threads)."""
+    with SAY:
+        print(line, flush=True)
 
 
 def run_tries(cell: Cell, args: argparse.Namespace) -> None:
     """Run a cell, and again while it fails, up to ``--retries`` more times."""
-    print(f"== {cell.kernel.release} {cell.backend}", flush=True)
+    say(f"== {cell.kernel.release} {cell.backend}")
     run_cell(cell, shlex.split(args.pytest_args), args)
     while cell.problem and len(cell.earlier) < args.retries:
         keep = LOGS / f"{cell.kernel.release}-{cell.backend}.try{len(cell.earlier) + 1}.log"
         (LOGS / f"{cell.kernel.release}-{cell.backend}.log").replace(keep)
-        print(f"== {cell.kernel.release} {cell.backend}: {cell.problem}; again", flush=True)
+        say(f"== {cell.kernel.release} {cell.backend}: {cell.problem}; again")
         cell.earlier.append(cell.problem)
         cell.problem = ""
         run_cell(cell, shlex.split(args.pytest_args), args)
     verdict = f"FAIL: {cell.problem}" if cell.problem else "ok"
-    print(
+    say(
         f"== {cell.kernel.release} {cell.backend}: {verdict} "
-        f"({cell.usniff}; {cell.tests}) in {cell.seconds:.0f} s",
-        flush=True,
+        f"({cell.usniff}; {cell.tests}) in {cell.seconds:.0f} s"
     )
 
 
