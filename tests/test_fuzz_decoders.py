@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.support.captures import capture
+from tests.support.captures import connection_sends
 from tests.support.replay import Step, drive
 from usniff.decoders.base import Decoder, Notice, Transaction
 from usniff.decoders.dbus import DbusDecoder
@@ -32,8 +32,7 @@ from usniff.decoders.memcached import MemcachedDecoder
 from usniff.decoders.mysql import MysqlDecoder, PacketReader
 from usniff.decoders.postgres import SSL_REQUEST, Framer, PostgresDecoder
 from usniff.decoders.resp import RespDecoder
-from usniff.events import server_id
-from usniff.streams import Direction, conn_key
+from usniff.streams import Direction
 
 DECODERS: dict[str, Callable[[], Decoder]] = {
     "resp": RespDecoder,
@@ -200,17 +199,8 @@ def random_stream(name: str, rng: random.Random) -> list[Step]:
     return steps
 
 
-def _sessions(name: str) -> list[list[Step]]:
-    """Per connection, the chunks of both directions in capture order (small ones only)."""
-    conns: dict[object, list[Step]] = {}
-    for rec in capture(CAPTURE[name]):
-        if rec.kind == "data" and len(rec.data) < 4096:
-            direction = Direction.SERVER if rec.sock_id == server_id(rec) else Direction.CLIENT
-            conns.setdefault(conn_key(rec), []).append((direction, rec.data))
-    return list(conns.values())
-
-
-SESSIONS = {name: _sessions(name) for name in DECODERS}
+# per connection, the chunks of both directions in capture order (small ones only)
+SESSIONS = {name: connection_sends(CAPTURE[name], max_size=4095) for name in DECODERS}
 
 
 def mutate(steps: list[Step], rng: random.Random) -> list[Step]:

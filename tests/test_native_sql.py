@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.captures import connection_sends
 from tests.test_native_metrics import assert_same as assert_same_metrics
 from tests.test_native_metrics import endpoint  # noqa: F401 (a fixture)
 from tests.test_native_stats import (
@@ -40,8 +41,9 @@ from usniff.decoders.mysql import (
     CLIENT_QUERY_ATTRIBUTES,
     MARIADB_CACHE_METADATA,
 )
-from usniff.events import Record, conn_key, server_id
+from usniff.events import Record
 from usniff.outputs import fast
+from usniff.streams import Direction
 
 CASES = 16_000  # fuzzed connections for the table (and a quarter as many for the metrics)
 SEEDS = range(4)
@@ -184,16 +186,11 @@ def session(rng: random.Random) -> list[tuple[int, bytes]]:
     return sends
 
 
-def capture_conns(name: str) -> list[list[tuple[int, bytes]]]:
+def capture_conns(name: str) -> list[list[tuple[Direction, bytes]]]:
     """The sends of the connections of a capture, but the few large ones (the mysql
     capture's 16 MiB packets, tested there): this test is about exchanges the core may
     take."""
-    conns: dict[object, list[tuple[int, bytes]]] = {}
-    for rec in capture(name):
-        if rec.kind == "data" and len(rec.data) <= 8192:
-            direction = int(rec.sock_id == server_id(rec))
-            conns.setdefault(conn_key(rec), []).append((direction, rec.data))
-    return list(conns.values())
+    return connection_sends(name, max_size=8192)
 
 
 CONNS = capture_conns("mysql")

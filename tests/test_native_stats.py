@@ -17,12 +17,12 @@ from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
-from tests.support.captures import CAPTURES, capture
+from tests.support.captures import CAPTURES, capture, connection_sends
 from usniff._events import Packed
 from usniff.capture.records import EV_DATA, EVENT, RecordAssembler
 from usniff.decoders.base import Notice, Transaction
 from usniff.decoders.engine import Decoding, Event, Undecoded, decode_records
-from usniff.events import CaptureStats, Record, conn_key, server_id
+from usniff.events import CaptureStats, Record
 from usniff.outputs.decoded import DecodedOutput
 from usniff.outputs.fast import NativeStats
 from usniff.outputs.stats import Stats
@@ -216,16 +216,7 @@ def split(sends: list[tuple[int, bytes]], rng: random.Random) -> list[tuple[int,
     return out
 
 
-def _conns() -> list[list[tuple[int, bytes]]]:
-    conns: dict[object, list[tuple[int, bytes]]] = {}
-    for rec in capture("redis"):
-        if rec.kind == "data":
-            direction = int(rec.sock_id == server_id(rec))
-            conns.setdefault(conn_key(rec), []).append((direction, rec.data))
-    return list(conns.values())
-
-
-CONNS = _conns()
+CONNS = connection_sends("redis")
 
 
 def capture_sends(rng: random.Random) -> list[tuple[int, bytes]]:

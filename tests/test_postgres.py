@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.captures import capture
+from tests.support.captures import connection_sends
 from tests.support.pg_session import PIPELINE_INSERTS, PREPARED_RUNS
 from tests.support.servers import PG_PASSWORD
 from tests.support.usniff import USNIFF
@@ -25,7 +25,6 @@ from usniff.decoders.base import Notice, Transaction
 from usniff.decoders.detect import ENOUGH
 from usniff.decoders.postgres import KEEP, MAX_PENDING, PostgresDecoder, query_exchange, query_shape
 from usniff.decoders.registry import detect
-from usniff.events import conn_key, server_id
 from usniff.streams import Direction
 
 CAPTURE = Path(__file__).resolve().parent.parent / "captures" / "postgres.pcapng"
@@ -299,18 +298,9 @@ def test_bind_with_fewer_formats_than_parameters() -> None:
     dec.feed(Direction.CLIENT, bind, 1.0)
 
 
-def _sends(name: str) -> list[list[tuple[int, bytes]]]:
-    """The (0 client / 1 server, bytes) sends of each connection of a capture, in order."""
-    conns: dict[object, list[tuple[int, bytes]]] = {}
-    for rec in capture(name):
-        if rec.kind == "data" and rec.peer_id:
-            conns.setdefault(conn_key(rec), []).append(
-                (int(rec.sock_id == server_id(rec)), rec.data)
-            )
-    return list(conns.values())
-
-
-def _mid_stream(sends: list[tuple[int, bytes]]) -> Iterator[tuple[bytes, bytes, bytes, bytes]]:
+def _mid_stream(
+    sends: list[tuple[Direction, bytes]],
+) -> Iterator[tuple[bytes, bytes, bytes, bytes]]:
     """Per client send: (it, the client's bytes from it, the server's from the send after
     it, the server's from the server send before it), each as detection keeps them, for a
     capture begun there."""
@@ -329,7 +319,7 @@ def test_detected_mid_connection_at_a_unit_of_work() -> None:
     """A capture begun on a live connection: detected at a client send beginning with a
     Query, Parse, Bind or FunctionCall once the server has answered."""
     starts = 0
-    for sends in _sends("postgres"):
+    for sends in connection_sends("postgres"):
         for first, client, server, _ in _mid_stream(sends):
             if first[:1] in (b"Q", b"P", b"B", b"F") and server:
                 assert detect(client, server) == "postgres", (client, server)
@@ -342,7 +332,7 @@ def test_no_other_protocol_taken_for_postgres_mid_connection(name: str) -> None:
     """Wherever a capture of another protocol begins (any client send, with the server's
     bytes from there or from its send before), detection never says postgres."""
     checked = 0
-    for sends in _sends(name):
+    for sends in connection_sends(name):
         for _, client, server, earlier in _mid_stream(sends):
             for answer in (server, earlier):
                 assert detect(client, answer) != "postgres", (client, answer)
