@@ -220,7 +220,6 @@ class Load:
 
 @dataclass
 class Server:
-    name: str
     sock: str
     pid: int  # its CPU is this process's and its children's (PostgreSQL's backends)
     done: Callable[[], int]  # requests completed so far, read from the server
@@ -325,7 +324,7 @@ def redis(work: Path) -> Iterator[Server]:
         def done() -> int:
             return int(client.info("stats")["total_commands_processed"])
 
-        yield Server("redis", sock, pid, done, [bench(1), bench(16)])
+        yield Server(sock, pid, done, [bench(1), bench(16)])
 
 
 @contextlib.contextmanager
@@ -351,7 +350,7 @@ def mariadb(work: Path) -> Iterator[Server]:
                 "--no-drop"]  # fmt: skip
         load = Load("mariadb-slap -c 4", SQL_CONFIGS, argv, 1.5)
         try:
-            yield Server("mariadb", sock, _pid_of(work / "mysqld.pid"), done, [load])
+            yield Server(sock, _pid_of(work / "mysqld.pid"), done, [load])
         finally:
             conn.close()
 
@@ -381,7 +380,7 @@ def postgres(work: Path) -> Iterator[Server]:
         argv = ["pgbench", *host, "-S", "-n", "-c", "4", "-j", "1", "-T", "100000", "postgres"]
         load = Load("pgbench -S -c 4", SQL_CONFIGS, argv, 1.5)
         try:
-            yield Server("postgres", sock, _pid_of(work / "pg/data/postmaster.pid"), done, [load])
+            yield Server(sock, _pid_of(work / "pg/data/postmaster.pid"), done, [load])
         finally:
             conn.close()
 
