@@ -3,7 +3,7 @@
 
     python tests/vm/matrix.py                     # all fetched kernels, all backends
     python tests/vm/matrix.py --kernels 6.1 --backends fentry -v
-    python tests/vm/matrix.py --jobs 2            # two guests at a time
+    python tests/vm/matrix.py --jobs 2            # two guests at a time (4+ host cores)
 
 For each cell the guest (tests/vm/run.py) runs, with USNIFF_BACKEND forced:
   1. guest/probe.py: can this kernel attach what the backend needs at all?
@@ -16,15 +16,17 @@ hooks (a clear refusal elsewhere is the expected result), stops cleanly, and its
 tests ran and passed.  The table goes to stdout and into docs/kernel-matrix.md;
 guest console logs go to tests/vm/cache/logs/.  Exit status 1 if any cell failed.
 
-A guest under TCG keeps about one host CPU busy whatever its vCPUs (QEMU ~100 % of
-a core while the live tests run on 2 vCPUs), so ``--jobs 2`` on a 2-core host runs
-two cells side by side, each 1.4-1.9 times as long as alone (docs/kernel-matrix.md).
+Each guest needs host cores for its 2 vCPUs: tests that spin on two CPUs at once
+(test_answer_never_stamped_before_its_request) starve when two guests share 2 host
+cores (200,000 rounds: 17-26 s alone, over 300 s side by side), so ``--jobs`` is
+refused beyond one guest per two host cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -39,7 +41,7 @@ from pathlib import Path
 
 import initramfs
 from kernels import CACHE, REPO, VM_DIR, Kernel, find_kernel, load_index
-from run import NO_STATUS, TIMEOUT_STATUS, Console, run_vm
+from run import GUEST_CPUS, NO_STATUS, TIMEOUT_STATUS, Console, run_vm
 
 BACKENDS = ("fentry", "kprobe", "tracepoint")
 # probe.py kinds each backend's hooks need
@@ -267,6 +269,11 @@ def main() -> int:
     args = parser.parse_args()
     if args.verbose and args.jobs > 1:
         parser.error("-v streams one guest's console: use it with --jobs 1")
+    if args.jobs > 1 and args.jobs * GUEST_CPUS > (os.cpu_count() or 1):
+        parser.error(
+            f"--jobs {args.jobs}: each guest's {GUEST_CPUS} vCPUs need host cores of their own"
+            f" ({os.cpu_count()} here); guests sharing cores starve tests that spin on two CPUs"
+        )
 
     series = args.kernels.split(",") if args.kernels else list(load_index())
     if not series:

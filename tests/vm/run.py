@@ -44,6 +44,7 @@ TIMEOUT_STATUS = 124
 NO_STATUS = 125
 
 GUEST_PATH = f"{REPO}/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+GUEST_CPUS = 2  # the live tests race a sender against a receiver on two CPUs
 KERNEL_ARGS = (
     "console=ttyS0",
     "loglevel=4",  # errors, and warnings (WARN_ON splats) from BPF code under test
@@ -153,7 +154,7 @@ def run_vm(
     cwd: str = str(REPO),
     out_dir: Path | None = None,
     memory: str = "2G",
-    cpus: int = 2,
+    cpus: int = GUEST_CPUS,
     timeout: float = 600,
     accel: str = "tcg",
     console: Console = sys.stdout,
@@ -195,7 +196,7 @@ def main() -> int:
     )
     parser.add_argument("--kernel", required=True, help="kernel series, e.g. 6.1")
     parser.add_argument("--memory", default="2G", help="guest memory (default 2G)")
-    parser.add_argument("--cpus", type=int, default=2, help="guest CPUs (default 2)")
+    parser.add_argument("--cpus", type=int, default=GUEST_CPUS, help="guest CPUs (default %(default)s)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds (default 600)")
     parser.add_argument(
         "--accel",
