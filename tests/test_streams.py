@@ -3,6 +3,8 @@ from __future__ import annotations
 import dataclasses
 import random
 
+import pytest
+
 from tests.support.captures import capture
 from usniff.events import Record
 from usniff.streams import (
@@ -181,6 +183,20 @@ def test_a_reply_recorded_after_the_readers_close_is_paired() -> None:
     closes = [ev for ev in events if isinstance(ev, Close)]
     assert [c.final for c in closes] == [False, True] and asm.open_connections == 0
     assert asm.expire(9.0) == []
+
+
+def test_a_connection_one_end_closed_is_not_handed_over() -> None:
+    """Its ending close_grace after that close is the assembler's: handed to another
+    reader, which hands a connection back only at a record, it would never end."""
+    asm = StreamAssembler()
+    asm.feed(rec(0, b"GET", ts=1.0))
+    key = conn_key(rec(0))
+    assert asm.hand_over(key) is not None
+    asm.take_back(key, asm.hand_over(key) or pytest.fail("not handed over"))
+    asm.feed(rec(3, kind="close", ts=1.2))
+    assert asm.hand_over(key) is None
+    (last,) = asm.expire(1.2 + asm.close_grace)
+    assert isinstance(last, Close) and last.final and asm.open_connections == 0
 
 
 def test_connection_is_over_when_both_ends_closed() -> None:

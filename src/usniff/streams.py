@@ -123,7 +123,6 @@ class _Conn:
     server_id: int
     sides: tuple[_Side, _Side] = field(default_factory=lambda: (_Side(), _Side()))
     last_ts: float = 0.0  # capture time of its newest record
-    handed: bool = False  # its records go to another reader (hand_over .. take_back)
 
 
 class StreamAssembler:
@@ -221,8 +220,8 @@ class StreamAssembler:
         while self._closing and self._closing[0][0] <= now:
             deadline, _, key, direction = heapq.heappop(self._closing)
             conn = self._conns.get(key)
-            if conn is None or conn.handed:
-                continue  # over already; or another reader's, whose close ends it
+            if conn is None:
+                continue  # over already
             other = conn.sides[1 - direction]
             if other.closed or other.start is not None or other.heap:
                 continue  # the other end has sent since: its close ends it
@@ -231,14 +230,14 @@ class StreamAssembler:
             del self._conns[key]
 
     def hand_over(self, key: ConnKey) -> Position | None:
-        """Where connection ``key`` stands, when nothing of it is buffered (None otherwise):
-        another reader (outputs/fast.py) may then deliver its in-order records itself,
-        until it hands the connection back (:meth:`take_back`)."""
+        """Where connection ``key`` stands, when nothing of it is buffered and neither end
+        has closed (None otherwise): another reader (outputs/fast.py) may then deliver its
+        in-order records itself, until it hands the connection back (:meth:`take_back`).
+        A closed end's connection stays here: its close_grace ending is this reader's."""
         conn = self._conns.get(key)
-        if conn is None or conn.sides[0].heap or conn.sides[1].heap:
+        if conn is None or any(side.heap or side.closed for side in conn.sides):
             return None
         client, server = conn.sides
-        conn.handed = True
         return Position(
             conn.server_id,
             (client.next, server.next),
@@ -250,7 +249,6 @@ class StreamAssembler:
         """Connection ``key`` handed back at ``position`` (the other reader counts the
         records it delivered in ``stats.records``)."""
         conn = self._conns[key]
-        conn.handed = False
         for side, next_, started in zip(conn.sides, position.next, position.started, strict=True):
             side.next = next_
             if started and side.start is None:

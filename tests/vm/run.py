@@ -196,7 +196,9 @@ def main() -> int:
     )
     parser.add_argument("--kernel", required=True, help="kernel series, e.g. 6.1")
     parser.add_argument("--memory", default="2G", help="guest memory (default 2G)")
-    parser.add_argument("--cpus", type=int, default=GUEST_CPUS, help="guest CPUs (default %(default)s)")
+    parser.add_argument(
+        "--cpus", type=int, default=GUEST_CPUS, help="guest CPUs (default %(default)s)"
+    )
     parser.add_argument("--timeout", type=float, default=600, help="seconds (default 600)")
     parser.add_argument(
         "--accel",
