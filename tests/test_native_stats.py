@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import random
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
@@ -23,6 +24,7 @@ from usniff.capture.records import EV_DATA, EVENT, RecordAssembler
 from usniff.decoders.base import Notice, Transaction
 from usniff.decoders.engine import Decoding, Event, Undecoded, decode_records
 from usniff.events import CaptureStats, Record
+from usniff.outputs.base import unpacked
 from usniff.outputs.decoded import DecodedOutput
 from usniff.outputs.fast import NativeStats
 from usniff.outputs.stats import Stats
@@ -327,6 +329,48 @@ def test_fuzzed_connections_give_the_same_table(seed: int) -> None:
     for records in fuzzed(seed, CASES // len(SEEDS)):
         handled += assert_same(records, rng)
     assert handled > 1500  # the native path ran (and handed back at the accidents)
+
+
+def opaque_sends(rng: random.Random) -> list[tuple[int, bytes]]:
+    """A conversation no decoder reads: TLS records ("tls, no decoder") or bytes of no
+    protocol ("protocol not recognised"), both sides sending."""
+    head = b"\x16\x03\x01" if rng.random() < 0.5 else b"\x7fXQ"
+    return [(i % 2, head + rng.randbytes(rng.randint(1, 60))) for i in range(rng.randint(2, 40))]
+
+
+def not_decoded_by_reason(batches: Sequence[list[Record | Packed]], native: bool) -> Counter[str]:
+    """The --stats line under the table: the records left out, by reason (DecodedOutput)."""
+    decoding = Decoding()
+    left_out = Counter[str]()
+
+    def count(events: list[Event]) -> int:
+        left_out.update(ev.reason for ev in events if isinstance(ev, Undecoded))
+        return 0
+
+    if native:
+        path = NativeStats(decoding, Stats(), count, left_out)
+        for batch in batches:
+            path.feed(batch)
+        path.release()
+    else:
+        for batch in batches:
+            count(decoding.feed(unpacked(batch)))
+    count(decoding.finish())
+    return left_out
+
+
+def test_records_shown_raw_are_counted_in_c() -> None:
+    """The table shows no raw records: the native path delivers those of connections with
+    no decoder in C, and counts them by reason as the engine's Undecoded records."""
+    rng = random.Random(3)
+    handled = 0
+    for records in fuzzed(3, 2000, sends_of=opaque_sends):
+        batches = batched(mixed(records, rng), rng)
+        want = not_decoded_by_reason(batches, native=False)
+        assert {"tls, no decoder", "protocol not recognised"} <= set(want)
+        assert not_decoded_by_reason(batches, native=True) == want
+        handled += native_table(batches)[2]
+    assert handled > 10_000  # most records: in C
 
 
 def test_the_table_alone_counts_what_it_leaves_out() -> None:

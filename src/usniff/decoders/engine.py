@@ -31,6 +31,7 @@ from .registry import BY_NAME, CHOICES, detect
 from .resp import RespDecoder
 
 MAX_UNDECIDED = 64 * 1024  # bytes buffered per connection while detecting
+OPAQUE = "opaque"  # Decoding.hand_over of a connection decided without a decoder
 
 
 @dataclass(slots=True)
@@ -69,8 +70,9 @@ class Handover:
     ends: Ends
     pending: Sequence[Request]  # its requests waiting for a reply, oldest first
     path: str  # its socket path (the transactions' path)
-    protocol: str  # its decoder's: "resp", "mysql" or "postgres"
+    protocol: str  # its decoder's: "resp", "mysql" or "postgres"; or OPAQUE
     state: HandoverState  # what else the reader must know of the decoder (its hand_over)
+    reason: str = ""  # OPAQUE: why its records are shown raw (Undecoded.reason)
 
 
 @dataclass(slots=True)
@@ -122,7 +124,7 @@ class Decoding:
         self.redact = redact
         self.options = options or {}
         self.assembler = StreamAssembler()
-        self.protocols_seen: dict[str, int] = {}
+        self.protocols_seen: dict[str, int] = {}  # connections decided; OPAQUE: no decoder
         self._conns: dict[ConnKey, _Conn] = {}
         self._decoded = 0  # connections in _conns with a decoder (all of them: nothing to route)
         self._undecided: dict[ConnKey, _Conn] = {}  # holding records, oldest first
@@ -148,24 +150,33 @@ class Decoding:
 
     def hand_over(self, key: ConnKey, protocols: Collection[str]) -> Handover | None:
         """Connection ``key`` for another reader (outputs/fast.py), when it is of one of
-        ``protocols`` (RESP, MySQL, PostgreSQL) in a plain state (the decoder's ``plain``) and
-        nothing of it is buffered: its position, ends, requests waiting for a reply (taken out)
-        and decoder state. None otherwise. The reader delivers and decodes its records until it
-        hands it back (:meth:`take_back`)."""
+        ``protocols`` (RESP, MySQL, PostgreSQL) in a plain state (the decoder's ``plain``), or
+        decided without a decoder and ``OPAQUE`` is among them, and nothing of it is buffered:
+        its position, ends, requests waiting for a reply (taken out) and decoder state. None
+        otherwise. The reader delivers (and decodes) its records until it hands it back
+        (:meth:`take_back`)."""
         conn = self._conns.get(key)
-        decoder = conn.decoder if conn is not None else None
-        if not isinstance(decoder, (RespDecoder, MysqlDecoder, PostgresDecoder)) or conn is None:
+        if conn is None:
             return None
-        if decoder.protocol not in protocols or not decoder.plain():
+        decoder = conn.decoder
+        if decoder is None and conn.protocol is not None and OPAQUE in protocols:
+            protocol = OPAQUE  # decided, no decoder: its records are shown raw
+        elif (
+            not isinstance(decoder, (RespDecoder, MysqlDecoder, PostgresDecoder))
+            or decoder.protocol not in protocols
+            or not decoder.plain()
+        ):
             return None
+        else:
+            protocol = decoder.protocol
         position = self.assembler.hand_over(key)
         if position is None:
             return None
         pids, comms, inodes, cgroups = conn.pids, conn.comms, conn.inodes, conn.cgroups
         ends = Ends((pids[0], pids[1]), (comms[0], comms[1]), (inodes[0], inodes[1]),
                     (cgroups[0], cgroups[1]))  # fmt: skip
-        pending, state = decoder.hand_over()
-        return Handover(position, ends, pending, conn.open.path, decoder.protocol, state)
+        pending, state = decoder.hand_over() if decoder is not None else ([], None)
+        return Handover(position, ends, pending, conn.open.path, protocol, state, conn.reason)
 
     def take_back(
         self,
@@ -184,7 +195,9 @@ class Decoding:
         conn.cgroups = list(ends.cgroups)
         conn.name = "-".join(str(i or "?") for i in conn.inodes)
         decoder = conn.decoder
-        if isinstance(decoder, RespDecoder) and state is None:
+        if decoder is None and not pending and state is None:
+            pass  # opaque: only its records were delivered
+        elif isinstance(decoder, RespDecoder) and state is None:
             decoder.take_back(pending)
         # each branch narrows the state to its decoder's (so not one `or`)
         elif isinstance(decoder, MysqlDecoder) and state and len(state) == 4:  # noqa: SIM114
@@ -283,6 +296,7 @@ class Decoding:
         held, conn.held = conn.held, []
         self._undecided.pop(conn.open.conn, None)
         if factory is None:
+            self.protocols_seen[OPAQUE] = self.protocols_seen.get(OPAQUE, 0) + 1
             conn.reason = self._reason(conn, protocol)
             out.extend(Undecoded(rec, conn.reason, conn.name) for rec in held)
         else:

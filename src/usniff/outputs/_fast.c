@@ -188,9 +188,14 @@ static int hist_add(struct hist *h, int64_t key)
 	return 0;
 }
 
-/* The protocols Core decodes: a connection's, a row's. */
-enum proto { RESP, MYSQL, POSTGRES, NPROTOS };
-static const char *const PROTOCOLS[NPROTOS] = {"resp", "mysql", "postgres"};
+/*
+ * The protocols Core decodes: a connection's, a row's.  OPAQUE: a connection the
+ * engine decodes with no decoder (its records shown raw, which a table or metrics
+ * alone do not show): Core only delivers its records, in order, and counts them in
+ * the row (OPAQUE, label, "") of the connection's label.
+ */
+enum proto { RESP, MYSQL, POSTGRES, OPAQUE, NPROTOS };
+static const char *const PROTOCOLS[NPROTOS] = {"resp", "mysql", "postgres", "opaque"};
 
 /* A command (the --stats key) of a protocol and label: its counts since the last take. */
 struct row {
@@ -250,6 +255,7 @@ struct conn {
 	int deprecate_eof, cache_metadata, done_seq;
 	struct sql_reply reply;
 	PyObject *error;
+	struct row *opaque; /* OPAQUE: the row its records are counted in */
 };
 
 /* An SQL text's --stats key, as the Python decoder computes it (SHAPES of them kept). */
@@ -910,13 +916,9 @@ static int64_t bucket_key(Core *self, double latency, int64_t ns)
 	return lo;
 }
 
-/* A transaction counted: req answered by nbytes (an error or not), the first sent at ts. */
-static int count(Core *self, struct conn *c, struct pend *req, double ts, int64_t nbytes,
-		 int error)
+/* r counted once more (take() returns it). */
+static int tally(Core *self, struct row *r)
 {
-	struct row *r = req->row;
-	double latency = ts - req->ts;
-	int64_t ns = nanoseconds(latency);
 	if (r->count == 0) {
 		if (self->ntouched == self->ctouched) {
 			size_t cap = self->ctouched ? 2 * self->ctouched : 64;
@@ -931,6 +933,18 @@ static int count(Core *self, struct conn *c, struct pend *req, double ts, int64_
 		self->touched[self->ntouched++] = r;
 	}
 	r->count++;
+	return 0;
+}
+
+/* A transaction counted: req answered by nbytes (an error or not), the first sent at ts. */
+static int count(Core *self, struct conn *c, struct pend *req, double ts, int64_t nbytes,
+		 int error)
+{
+	struct row *r = req->row;
+	double latency = ts - req->ts;
+	int64_t ns = nanoseconds(latency);
+	if (tally(self, r) < 0)
+		return -1;
 	r->errors += error;
 	r->bytes_in += (uint64_t)req->nbytes;
 	r->bytes_out += (uint64_t)nbytes;
@@ -1732,6 +1746,10 @@ static int handle(Core *self, struct conn *c, const struct view *v)
 		return mysql_record(self, c, v, d, ts);
 	case POSTGRES:
 		return pg_record(self, c, v, d, ts);
+	case OPAQUE: {
+		int rc = deliver(self, c, v, d, ts);
+		return rc <= 0 ? rc : tally(self, c->opaque) < 0 ? -1 : 1;
+	}
 	default:
 		return resp_record(self, c, v, d, ts);
 	}
@@ -1992,6 +2010,7 @@ static PyObject *core_adopt(Core *self, PyObject *args)
 			      &PyList_Type, &pending, &label, &names, &protocol, &mine))
 		return NULL;
 	enum proto proto = RESP;
+	struct row *opaque = NULL;
 	int deprecate_eof = 0, cache_metadata = 0, done_seq = -1;
 	if (strcmp(protocol, "mysql") == 0) {
 		PyObject *done;
@@ -2015,6 +2034,14 @@ static PyObject *core_adopt(Core *self, PyObject *args)
 			PyErr_SetString(PyExc_ValueError, "a postgres connection: no lines, shapes given");
 			return NULL;
 		}
+	} else if (strcmp(protocol, "opaque") == 0) {
+		proto = OPAQUE;
+		if (self->clock != NULL || PyList_GET_SIZE(pending) != 0) {
+			PyErr_SetString(PyExc_ValueError, "an opaque connection: no lines, no requests");
+			return NULL;
+		}
+		if ((opaque = row_get(self, OPAQUE, label, (const unsigned char *)"", 0)) == NULL)
+			return NULL;
 	} else if (strcmp(protocol, "resp") != 0) {
 		PyErr_Format(PyExc_ValueError, "no native path for %s", protocol);
 		return NULL;
@@ -2031,6 +2058,7 @@ static PyObject *core_adopt(Core *self, PyObject *args)
 	if (c == NULL)
 		return PyErr_NoMemory();
 	c->proto = proto;
+	c->opaque = opaque;
 	c->deprecate_eof = deprecate_eof;
 	c->cache_metadata = cache_metadata;
 	c->done_seq = done_seq;

@@ -106,7 +106,8 @@ class Core:
         and with lines its text: utf-8, printable); ``label``: its transactions are counted
         in the rows of this label; ``names``: with lines, " client -> server  " as the
         lines name the ends (utf-8, printable); ``protocol``: "resp", "mysql" or
-        "postgres" (the last two: no lines, pending requests whose reply has not begun);
+        "postgres" (the last two: no lines, pending requests whose reply has not begun), or
+        "opaque" (no decoder: its records only delivered and counted; no lines, no pending);
         ``state``: the decoder's (Decoding.hand_over; a reply not begun)."""
     def release_all(self) -> list[Handback]:
         """Hand every connection back."""

@@ -126,7 +126,7 @@ class DecodedOutput:
         self.lost_sync = 0  # without lines: notices of a decoder that lost sync
         self._native: Native | None = None
         if stream is None and self.stats is not None and not listeners:
-            self._native = NativeStats(self.decoding, self.stats, self._print)
+            self._native = NativeStats(self.decoding, self.stats, self._print, self.not_decoded)
         elif stream is not None and fmt == "text" and self.stats is None and not listeners:
             self._native = NativeText(self.decoding, stream, self.containers, self._print)
         self._console = Console(file=stats_stream, stderr=stats_stream is None)

@@ -17,12 +17,16 @@ given (tests/test_native_stats.py, tests/test_native_metrics.py and
 tests/test_native_sql.py compare the two), and so are the lines and their order
 (tests/test_native_text.py): for text lines the core renders each line only when it
 renders it exactly, and otherwise hands the connection back before the record.
+The table and the metrics, which show no raw records, also hand the core the
+connections the engine decides to show raw (no decoder: a protocol not recognised,
+datagrams): it only delivers their records in order and counts them.
 :class:`Native` drives the core; :class:`NativeStats` and :class:`NativeMetrics` merge
 what it counted, :class:`NativeText` writes the lines it rendered.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
 
@@ -30,7 +34,7 @@ from .._events import Packed
 from ..containers import Containers
 from ..decoders import mysql, postgres
 from ..decoders.base import Request
-from ..decoders.engine import Decoding, Ends, Event, Handover
+from ..decoders.engine import OPAQUE, Decoding, Ends, Event, Handover
 from ..decoders.mysql import MysqlDecoder
 from ..decoders.postgres import PostgresDecoder
 from ..decoders.resp import CONTAINERS, MASKED, STATEFUL, RespDecoder
@@ -60,14 +64,24 @@ class Native:
     events (of the connections it decodes) go to ``on_events``, which returns how many
     it counted."""
 
-    protocols: tuple[str, ...] = ("resp", "mysql", "postgres")  # the core takes their connections
+    # the core takes their connections (OPAQUE: those decoded without a decoder, whose
+    # records only the raw views show, it only delivers and counts)
+    protocols: tuple[str, ...] = ("resp", "mysql", "postgres", OPAQUE)
 
     def __init__(
-        self, decoding: Decoding, core: Core, on_events: Callable[[list[Event]], int]
+        self,
+        decoding: Decoding,
+        core: Core,
+        on_events: Callable[[list[Event]], int],
+        not_decoded: Counter[str] | None = None,
     ) -> None:
+        """``not_decoded``: where the records of OPAQUE connections the core delivered are
+        counted, by reason (as the engine's Undecoded records would be)."""
         self.decoding = decoding
         self.core = core
         self.on_events = on_events
+        self.not_decoded = Counter[str]() if not_decoded is None else not_decoded
+        self._reasons: list[str] = []  # an OPAQUE connection's label: its reason's index
 
     def feed(self, batch: list[Record | Packed], now: float | None = None) -> int:
         """Decode ``batch`` as ``Decoding.feed`` (then ``expire(now)`` when given);
@@ -125,8 +139,14 @@ class Native:
         adopted: list[tuple[object, bytes, float, int, bytes | None]] = [
             (r, r.command.encode(), r.ts, r.nbytes, self._text(r)) for r in over.pending
         ]
+        if over.protocol == OPAQUE:
+            if over.reason not in self._reasons:
+                self._reasons.append(over.reason)
+            label = self._reasons.index(over.reason)
+        else:
+            label = self._label(over.path)
         self.core.adopt(key, pos.server_id, pos.next, pos.started, pos.last_ts, ends.pids,
-                        ends.comms, ends.inodes, ends.cgroups, adopted, self._label(over.path),
+                        ends.comms, ends.inodes, ends.cgroups, adopted, label,
                         self._names(ends), over.protocol, over.state)  # fmt: skip
 
     def _take_back(self, back: Handback) -> None:
@@ -137,7 +157,12 @@ class Native:
     def _take(self) -> int:
         """Merge what the core counted since the last take; the transactions."""
         rows, slow, transactions, records = self.core.take()
-        self._merge(rows, slow)
+        decoded = [row for row in rows if row[1] != OPAQUE]
+        if len(decoded) < len(rows):
+            for label, protocol, _, count, *_ in rows:
+                if protocol == OPAQUE:
+                    self.not_decoded[self._reasons[label]] += count
+        self._merge(decoded, slow)
         self.decoding.assembler.stats.records += records
         return transactions
 
@@ -169,10 +194,14 @@ class NativeStats(Native):
     requests."""
 
     def __init__(
-        self, decoding: Decoding, stats: Stats, on_events: Callable[[list[Event]], int]
+        self,
+        decoding: Decoding,
+        stats: Stats,
+        on_events: Callable[[list[Event]], int],
+        not_decoded: Counter[str] | None = None,
     ) -> None:
         core = Core(containers=CONTAINERS, stateful=STATEFUL, top=stats.top, shape=stats_key)
-        super().__init__(decoding, core, on_events)
+        super().__init__(decoding, core, on_events, not_decoded)
         self.stats = stats
         # the slowest requests' text, as each protocol's decoder gives it
         decoders = (RespDecoder, MysqlDecoder, PostgresDecoder)
