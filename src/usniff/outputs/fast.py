@@ -157,11 +157,12 @@ class Native:
     def _take(self) -> int:
         """Merge what the core counted since the last take; the transactions."""
         rows, slow, transactions, records = self.core.take()
-        decoded = [row for row in rows if row[1] != OPAQUE]
-        if len(decoded) < len(rows):
-            for label, protocol, _, count, *_ in rows:
-                if protocol == OPAQUE:
-                    self.not_decoded[self._reasons[label]] += count
+        decoded = []
+        for row in rows:
+            if row[1] == OPAQUE:  # (label, protocol, command, count, ...)
+                self.not_decoded[self._reasons[row[0]]] += row[3]
+            else:
+                decoded.append(row)
         self._merge(decoded, slow)
         self.decoding.assembler.stats.records += records
         return transactions
