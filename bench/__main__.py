@@ -55,6 +55,9 @@ def main() -> None:
     ap.add_argument("--cycles", type=int, help="windows: alternations per configuration (40)")
     ap.add_argument("--window", type=float, default=0.5, help="windows: seconds per window")
     ap.add_argument("--connections", type=int, help="soak: short connections (1,000,000)")
+    ap.add_argument(
+        "--bpf-object", type=Path, help="kernel: also time this BPF object, alternating"
+    )
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
     ap.add_argument("--plots", type=Path, help="write PNG plots into this directory")
     a = ap.parse_args()
@@ -114,6 +117,9 @@ def main() -> None:
         k = capacity.kernel_cost(seconds, a.rounds, log)
         results["kernel"] = k
         out += ["", "4. kernel cost per event", capacity.report_kernel(k)]
+        send = capacity.send_cost(seconds, a.rounds, log, a.bpf_object)
+        results["kernel_send"] = send
+        out += ["", capacity.report_send_cost(send)]
     results["elapsed"] = time.monotonic() - t0
     out += ["", key_figures(results)]
     print("\n".join(out))

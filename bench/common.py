@@ -63,14 +63,15 @@ class Usniff:
     block ends (SIGTERM); ``u.result`` then holds its summary line's figures.  stdout
     goes to the file ``stdout`` (default: discarded); ``workdir`` keeps its stderr."""
 
-    def __init__(self, args: list[str], workdir: Path, stdout: str | None = None) -> None:
-        self.args, self.workdir, self.stdout = args, workdir, stdout
+    def __init__(self, args: list[str], workdir: Path, stdout: str | None = None,
+                 env: dict[str, str] | None = None) -> None:  # fmt: skip
+        self.args, self.workdir, self.stdout, self.env = args, workdir, stdout, env
         self.result = UsniffResult()
 
     def __enter__(self) -> Usniff:
         self._out = open(self.stdout or os.devnull, "wb")  # noqa: SIM115 (closed at exit)
         try:
-            self._run = Runner(*self.args, stdout=self._out)
+            self._run = Runner(*self.args, stdout=self._out, env=self.env)
         except BaseException:
             self._out.close()
             raise

@@ -1013,23 +1013,32 @@ extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 /*
  * fd -> struct sock and its inode, if fd is an AF_UNIX socket of the current
  * task.  It walks the kernel pointers with direct (BTF) loads, not one
- * bpf_probe_read_kernel call per hop; only the fd array is indexed, which
- * needs a helper.  bpf_rdonly_cast (>= 6.2) gives the loaded pointers back
- * their types; only the tracepoint backend (>= 6.3) uses it.
+ * bpf_probe_read_kernel call per hop.  bpf_rdonly_cast (>= 6.2) types what
+ * the verifier cannot (a computed address); only the tracepoint backend
+ * (>= 6.3) uses it.
  */
 static __always_inline struct sock *fd_unix_sock(struct task_struct *t, long fd, __u64 *ino)
 {
 	struct fdtable *fdt = t->files->fdt;
-	struct file *f = NULL;
+	struct kiocb *slot;
 	struct inode *inode;
 	struct socket *sock;
+	struct file *f;
 	struct sock *sk;
 
 	if (fd < 0 || fd >= fdt->max_fds)
 		return NULL;
-	if (bpf_probe_read_kernel(&f, sizeof(f), (void *)((__u64)fdt->fd + fd * sizeof(f))) || !f)
+	/*
+	 * The verifier takes no variable offset into a typed pointer, so the
+	 * slot fd[fd] is cast to a struct whose member is a struct file *:
+	 * a direct load, not a bpf_probe_read_kernel call (~50 ns here).
+	 */
+	slot = bpf_rdonly_cast((void *)((__u64)fdt->fd + fd * sizeof(f) -
+					bpf_core_field_offset(struct kiocb, ki_filp)),
+			       bpf_core_type_id_kernel(struct kiocb));
+	f = slot->ki_filp;
+	if (!f)
 		return NULL;
-	f = bpf_rdonly_cast(f, bpf_core_type_id_kernel(struct file));
 	inode = f->f_inode;
 	if (!inode || (inode->i_mode & S_IFMT) != S_IFSOCK)
 		return NULL;

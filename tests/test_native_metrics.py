@@ -34,6 +34,7 @@ from tests.test_native_stats import (
     counter,
     fuzzed,
     mixed,
+    opaque_sends,
     packed_twin,
 )  # fmt: skip
 from usniff._events import Packed
@@ -140,6 +141,17 @@ def test_fuzzed_connections_give_the_same_metrics(
     assert len(metrics._paths) == MAX_PATHS
     assert any(path == OTHER for path, _, _ in metrics._ops)
     assert ("/run/redis.sock", "resp", OTHER) in metrics._ops
+
+
+def test_connections_with_no_decoder_leave_the_metrics_as_python_does(
+    endpoint: str, handled: list[int]
+) -> None:
+    """The core takes connections no decoder reads (their records only count in the
+    socket counters, never as requests): the metrics are the engine's."""
+    rng = random.Random(11)
+    records = [r for chunk in fuzzed(11, 2000, sends_of=opaque_sends) for r in chunk]
+    assert_same(batched(mixed(records, rng), rng), endpoint)
+    assert sum(handled) > len(records) // 2, (sum(handled), len(records))  # most in C
 
 
 def test_latencies_on_the_bucket_edges_go_where_python_puts_them(

@@ -76,11 +76,12 @@ class Native:
         not_decoded: Counter[str] | None = None,
     ) -> None:
         """``not_decoded``: where the records of OPAQUE connections the core delivered are
-        counted, by reason (as the engine's Undecoded records would be)."""
+        counted, by reason (as the engine's Undecoded records would be); None: nowhere
+        (an output that shows no such count)."""
         self.decoding = decoding
         self.core = core
         self.on_events = on_events
-        self.not_decoded = Counter[str]() if not_decoded is None else not_decoded
+        self.not_decoded = not_decoded
         self._reasons: list[str] = []  # an OPAQUE connection's label: its reason's index
 
     def feed(self, batch: list[Record | Packed], now: float | None = None) -> int:
@@ -159,10 +160,10 @@ class Native:
         rows, slow, transactions, records = self.core.take()
         decoded = []
         for row in rows:
-            if row[1] == OPAQUE:  # (label, protocol, command, count, ...)
-                self.not_decoded[self._reasons[row[0]]] += row[3]
-            else:
+            if row[1] != OPAQUE:
                 decoded.append(row)
+            elif self.not_decoded is not None:  # (label, protocol, command, count, ...)
+                self.not_decoded[self._reasons[row[0]]] += row[3]
         self._merge(decoded, slow)
         self.decoding.assembler.stats.records += records
         return transactions
