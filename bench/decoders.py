@@ -9,7 +9,9 @@ captures/record_live.py, read back from their pcapng) many times through
 detection -> decoder -> Transaction objects), then the --stats table's pipeline
 (Records -> table) through the Python engine and through the native path that
 ``usniff --stats`` runs (outputs/fast.py) side by side (and the records per second of
-a connection the table leaves out: no decoder), and compares the RESP
+a connection the table leaves out: no decoder), the same for text lines (Records ->
+lines: the engine and ``format_text``, against the core's lines that ``usniff --path
+SOCK`` writes), and compares the RESP
 parser with hiredis.Reader on the same reply bytes.  A message (msg/s) is one request paired
 with its reply (a Transaction); MB/s counts both directions' bytes.
 Prints figures measured in this run; not a test.
@@ -18,6 +20,7 @@ Prints figures measured in this run; not a test.
 from __future__ import annotations
 
 import dataclasses
+import io
 import sys
 import time
 from collections.abc import Callable
@@ -37,8 +40,9 @@ from usniff.decoders.memcached import MemcachedDecoder
 from usniff.decoders.mysql import MysqlDecoder
 from usniff.decoders.postgres import PostgresDecoder
 from usniff.decoders.resp import Parser, RespDecoder
-from usniff.events import Record
-from usniff.outputs.fast import NativeStats
+from usniff.events import CaptureStats, Record
+from usniff.outputs.decoded import DecodedOutput, format_text
+from usniff.outputs.fast import NativeStats, NativeText
 from usniff.outputs.stats import Stats
 from usniff.streams import Direction, conn_key
 
@@ -161,6 +165,27 @@ def stats_pipeline(records: list[Record], native: bool) -> int:
     return n + add(decoding.finish())
 
 
+class _Discard(io.StringIO):
+    def write(self, s: str) -> int:
+        return len(s)
+
+
+def text_pipeline(records: list[Record], native: bool) -> int:
+    """Lines of text mode over ``records`` in batches: the engine's events through
+    ``format_text``, or DecodedOutput with text lines alone (the core's lines)."""
+    batches = [records[i : i + BATCH] for i in range(0, len(records), BATCH)]
+    stream = _Discard()
+    if not native:
+        decoding, n = Decoding(), 0
+        for events in [*map(decoding.feed, batches), decoding.finish()]:
+            stream.write("".join(format_text(ev) + "\n" for ev in events))
+            n += len(events)
+        return n
+    out = DecodedOutput(stream, stats_stream=io.StringIO())
+    assert isinstance(out._native, NativeText)
+    return sum(out.write(b) for b in batches) + out.close(CaptureStats())
+
+
 def opaque(records: list[Record]) -> list[Record]:
     """The records with their bytes made TLS records' (no decoder: shown raw), lengths kept."""
     return [
@@ -223,6 +248,11 @@ def main() -> None:
         native = _best(lambda r=records: stats_pipeline(r, True))  # type: ignore[misc]
         print(f"{label:48s} python {python:>10,.0f} tx/s   native {native:>10,.0f} tx/s"
               f"   x{native / python:.1f}")  # fmt: skip
+    lines = long_connection(redis_bench, 200)
+    python = _best(lambda: text_pipeline(lines, False))
+    native = _best(lambda: text_pipeline(lines, True))
+    print(f"{'text lines (the -P 4 connection, x200)':48s} python {python:>10,.0f} lines/s"
+          f"   native {native:>10,.0f} lines/s   x{native / python:.1f}")  # fmt: skip
     tls = long_connection(opaque(redis_bench), 200)
     python = _best(lambda: records_left_out(tls, False))
     native = _best(lambda: records_left_out(tls, True))

@@ -140,6 +140,40 @@ def test_every_rendering_as_the_engine_gives_it() -> None:
     assert assert_same(interleaved, random.Random(2)) > 300
 
 
+# seconds between a request and its reply, exact in the records: ties of %.3f ms (2**-7 s
+# is 7.8125 ms), a hair off them, and latencies whose ms * 1000 rounds to a tie as a double
+# when the exact value is not one (printf rounds 5.1754999... ms down, rint(5175.5) up)
+EXACT = (
+    0.0, 2**-7, 3 * 2**-7, 2**-7 + 2**-40, 2**-7 - 2**-40, 2**-20,
+    *map(float.fromhex, ("0x1.532e7b3d8e000p-8", "0x1.acd184c272000p-7", "0x1.2cd184c272000p-6")),
+)  # fmt: skip
+
+
+def exchanges(conn: Conn, first: float, gaps: Sequence[float], step: float) -> list[Record]:
+    """PING and its PONG ``gap`` later, each request ``step`` after the one before."""
+    ping, pong = command([b"PING"]), b"+PONG\r\n"
+    records = []
+    for i, gap in enumerate(gaps):
+        ts = first + i * step
+        records.append(conn._record(0, i * len(ping), len(ping), ping, ts))
+        records.append(conn._record(1, i * len(pong), len(pong), pong, ts + gap))
+    return records
+
+
+def test_latencies_formatted_as_printf_formats_them() -> None:
+    """The core rounds a latency to microseconds itself (not by printf's %f) and must
+    print what ``f"{latency * 1000:.3f} ms"`` prints: ties, near ties, any size."""
+    rng = random.Random(9)
+    start, step = 4.0, 1 / 16  # in [4, 8): request + gap is exact, so is their difference
+    assert all((start + i * step + g) - (start + i * step) == g for i, g in enumerate(EXACT))
+    gaps = [10 ** rng.uniform(-7, 3) for _ in range(3000)]
+    gaps += [5e-7, 4.999999e-7, 2.5e-4, 0.1234565, 999.9999995, 1e3, 1234.5, 86400.25]
+    records = exchanges(Conn(0, rng), start, EXACT * 4, step)
+    records += exchanges(Conn(1, rng), 5.0, gaps, 1e5)
+    records.sort(key=lambda r: r.ts)
+    assert assert_same(records, random.Random(1)) > len(gaps) // 2
+
+
 def test_names_of_the_ends_as_the_engine_gives_them() -> None:
     """Containers name the ends (``comm[pid]@container``), an end's process changes mid
     connection (the core hands it back to be renamed), an end not known at first is
