@@ -128,6 +128,34 @@ def test_assembler_takes_only_what_its_contract_says() -> None:
                            count_loss=print, announce=print, clock=0.0)  # fmt: skip
 
 
+def test_records_sorted_in_c_as_list_sort_sorts_them() -> None:
+    """sort_by_ts orders Packed and Records by ts as ``list.sort(key=ts)``: stably (one
+    send's chunks share a ts), sorted runs kept, and refuses what has no float ts."""
+    rng = random.Random(7)
+    cap = assembler(packed=True)
+    for i in range(3000):
+        ts = 123_456_789_000 + rng.choice((0, 1, 2, 1000, rng.randrange(10**6)))
+        cap.core.handle(event(records.EV_DATA, 1 + i % 7, 2 + i % 7, b"x", ts=ts, off=i))
+        if rng.random() < 0.1:  # a loss record: a Record
+            cap.core.handle(event(records.EV_LOST, 1 + i % 7, 2 + i % 7, ts=ts, length=3))
+    made = cap.core.take()
+    assert {type(r) for r in made} == {_events.Packed, Record}
+    for trial in range(50):
+        batch = list(made) if trial else made[:]
+        if trial > 1:
+            rng.shuffle(batch)
+        batch = batch[: rng.randrange(len(batch) + 1)] if trial > 2 else batch
+        want = sorted(batch, key=lambda r: r.ts)
+        _records.sort_by_ts(batch)
+        assert [id(r) for r in batch] == [id(r) for r in want]
+    rng.shuffle(made)
+    before = {id(r): sys.getrefcount(r) for r in made}
+    _records.sort_by_ts(made)
+    assert {id(r): sys.getrefcount(r) for r in made} == before  # permuted, none leaked
+    with pytest.raises(TypeError):
+        _records.sort_by_ts([made[0], object()])  # type: ignore[list-item]
+
+
 def test_packed_records_are_the_same_records() -> None:
     """With Capture.packed, data on a connected stream socket comes as a
     Packed: its record() is the Record made without it; losses, datagrams

@@ -18,7 +18,7 @@ from typing import Any, Generic, Literal, TypeVar, cast, overload
 from .._events import Packed
 from ..events import FLAG_ADDR, FLAG_MSG_END, FLAG_MSG_START, FLAG_UNCOPYABLE, CaptureStats, Record
 from . import sockets
-from ._records import EVENT_SIZE, SOCK_STATE_SIZE, Assembler
+from ._records import EVENT_SIZE, SOCK_STATE_SIZE, Assembler, sort_by_ts
 
 # struct usniff_event and struct usniff_sock_state (ebpf/usniff.h, which _records.c includes)
 EVENT = struct.Struct("<QQQQQQQQIIIIIIHHHHB7x16s16s")
@@ -194,11 +194,12 @@ class RecordAssembler(Generic[R]):
         taken: list[Any] = self.core.take()
         pending, batch = self._pending, cast(list[R], taken)
         if batch:  # only the part of ``pending`` the new records fall into is re-sorted
-            batch.sort(key=_ts)
+            sort_by_ts(batch)  # in C: list.sort(key=_ts) made a float per record
             start = bisect_right(pending, batch[0].ts, key=_ts)
-            pending[start:] = (
-                sorted(pending[start:] + batch, key=_ts) if start < len(pending) else batch
-            )
+            if start < len(pending):
+                batch = pending[start:] + batch
+                sort_by_ts(batch)
+            pending[start:] = batch
         if not pending:
             return []
         cut = bisect_right(pending, cutoff, key=_ts)
