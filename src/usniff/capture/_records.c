@@ -535,23 +535,33 @@ static void merge_sort(struct stamped *a, struct stamped *tmp, Py_ssize_t n)
 }
 
 PyDoc_STRVAR(sort_by_ts_doc,
-	     "sort_by_ts(records)\n--\n\n"
-	     "Sort the list ``records`` (Records and Packed) in place by ts, stably:\n"
-	     "as ``records.sort(key=attrgetter(\"ts\"))``, without a float per record.");
+	     "sort_by_ts(records, start=0)\n--\n\n"
+	     "Sort ``records[start:]`` (Records and Packed) in place by ts, stably: as\n"
+	     "``records[start:] = sorted(records[start:], key=attrgetter(\"ts\"))``\n"
+	     "without a float per record, nor a copy of the list.");
 
-static PyObject *rec_sort_by_ts(PyObject *mod, PyObject *list)
+static PyObject *rec_sort_by_ts(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
 	(void)mod;
-	if (!PyList_CheckExact(list)) {
-		PyErr_SetString(PyExc_TypeError, "sort_by_ts(): a list");
+	Py_ssize_t start = 0;
+	if (nargs < 1 || nargs > 2 || !PyList_CheckExact(args[0])) {
+		PyErr_SetString(PyExc_TypeError, "sort_by_ts(records: list, start: int = 0)");
 		return NULL;
 	}
-	Py_ssize_t n = PyList_GET_SIZE(list), sorted = 1;
-	struct stamped *a = PyMem_Malloc((size_t)(2 * n + 1) * sizeof *a);
+	if (nargs == 2 && (start = PyLong_AsSsize_t(args[1])) < 0) {
+		if (!PyErr_Occurred())
+			PyErr_SetString(PyExc_ValueError, "sort_by_ts(): start < 0");
+		return NULL;
+	}
+	PyObject *list = args[0];
+	Py_ssize_t n = PyList_GET_SIZE(list) - start, sorted = 1;
+	if (n < 2)
+		Py_RETURN_NONE;
+	struct stamped *a = PyMem_Malloc((size_t)(2 * n) * sizeof *a);
 	if (a == NULL)
 		return PyErr_NoMemory();
 	for (Py_ssize_t i = 0; i < n; i++) {
-		a[i].obj = PyList_GET_ITEM(list, i);
+		a[i].obj = PyList_GET_ITEM(list, start + i);
 		if (record_ts(a[i].obj, &a[i].ts) < 0) {
 			PyMem_Free(a);
 			return NULL;
@@ -561,7 +571,7 @@ static PyObject *rec_sort_by_ts(PyObject *mod, PyObject *list)
 	if (!sorted) {
 		merge_sort(a, a + n, n);
 		for (Py_ssize_t i = 0; i < n; i++) /* the same references, permuted */
-			PyList_SET_ITEM(list, i, a[i].obj);
+			PyList_SET_ITEM(list, start + i, a[i].obj);
 	}
 	PyMem_Free(a);
 	Py_RETURN_NONE;
@@ -571,7 +581,7 @@ static PyObject *rec_sort_by_ts(PyObject *mod, PyObject *list)
 
 static PyMethodDef module_methods[] = {
 	{"drain", (PyCFunction)(void (*)(void))rec_drain, METH_FASTCALL, drain_doc},
-	{"sort_by_ts", rec_sort_by_ts, METH_O, sort_by_ts_doc},
+	{"sort_by_ts", (PyCFunction)(void (*)(void))rec_sort_by_ts, METH_FASTCALL, sort_by_ts_doc},
 	{NULL, NULL, 0, NULL},
 };
 

@@ -58,5 +58,5 @@ class Assembler:
 def drain(assembler: Assembler, cons: Buffer, prod: Buffer, limit: int) -> int:
     """Walk a BPF ring's mapping (ringbuf.py): each record to ``assembler``."""
 
-def sort_by_ts(records: list[Record] | list[Record | Packed]) -> None:
-    """Sort ``records`` in place by ts, stably (as ``list.sort(key=...ts)``)."""
+def sort_by_ts(records: list[Record] | list[Record | Packed], start: int = 0) -> None:
+    """Sort ``records[start:]`` in place by ts, stably (as ``sorted(..., key=...ts)``)."""

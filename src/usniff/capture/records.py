@@ -193,17 +193,15 @@ class RecordAssembler(Generic[R]):
         # the core makes Packed records only when packed, as R says
         taken: list[Any] = self.core.take()
         pending, batch = self._pending, cast(list[R], taken)
+        # in C, in place: list.sort(key=_ts) made a float per record, slices a copy
         if batch:  # only the part of ``pending`` the new records fall into is re-sorted
-            sort_by_ts(batch)  # in C: list.sort(key=_ts) made a float per record
+            sort_by_ts(batch)
             start = bisect_right(pending, batch[0].ts, key=_ts)
-            if start < len(pending):
-                batch = pending[start:] + batch
-                sort_by_ts(batch)
-            pending[start:] = batch
-        if not pending:
-            return []
+            pending += batch
+            sort_by_ts(pending, start)
         cut = bisect_right(pending, cutoff, key=_ts)
-        out, self._pending = pending[:cut], pending[cut:]
+        out = pending[:cut]
+        del pending[:cut]
         return out
 
     def ripe(self) -> list[R]:
