@@ -193,7 +193,8 @@ class RecordAssembler(Generic[R]):
         # the core makes Packed records only when packed, as R says
         taken: list[Any] = self.core.take()
         pending, batch = self._pending, cast(list[R], taken)
-        # in C, in place: list.sort(key=_ts) made a float per record, slices a copy
+        # ordered in C, in place: list.sort(key=_ts) made a float per record, and
+        # re-slicing the window at every poll copied it
         if batch:  # only the part of ``pending`` the new records fall into is re-sorted
             sort_by_ts(batch)
             start = bisect_right(pending, batch[0].ts, key=_ts)

@@ -233,6 +233,10 @@ struct sql_reply {
 struct pend {
 	PyObject *obj; /* bytes: the request as sent; or the decoder's own request (adopted) */
 	PyObject *text; /* lines: an adopted request's text (bytes, utf-8, printable); else NULL */
+	/* obj NULL: the request is raw[0:nbytes], inside owner (its record's payload): the
+	 * bytes object is made only if asked for (the slowest list, a hand-back) */
+	PyObject *owner;
+	const unsigned char *raw;
 	struct row *row;
 	double ts;
 	int64_t nbytes;
@@ -297,6 +301,19 @@ static void pend_clear(struct pend *p)
 {
 	Py_CLEAR(p->obj);
 	Py_CLEAR(p->text);
+	Py_CLEAR(p->owner);
+}
+
+/* p's request object: the bytes as sent made from raw on first use (NULL: error) */
+static PyObject *pend_obj(struct pend *p)
+{
+	if (p->obj == NULL) {
+		p->obj = PyBytes_FromStringAndSize((const char *)p->raw, p->nbytes);
+		if (p->obj == NULL)
+			return NULL;
+		Py_CLEAR(p->owner);
+	}
+	return p->obj;
 }
 
 static void conn_free(struct conn *c)
@@ -852,9 +869,10 @@ static int line(Core *self, struct conn *c, const struct pend *req, double ts,
 		rn = (size_t)PyBytes_GET_SIZE(req->text);
 	} else {
 		request.n = 0;
-		line_request(&request, (const unsigned char *)PyBytes_AS_STRING(req->obj),
-			     (const unsigned char *)PyBytes_AS_STRING(req->obj) +
-				     PyBytes_GET_SIZE(req->obj));
+		const unsigned char *raw = req->obj == NULL
+						   ? req->raw
+						   : (const unsigned char *)PyBytes_AS_STRING(req->obj);
+		line_request(&request, raw, raw + req->nbytes);
 		rn = request.n;
 	}
 	answer.n = 0;
@@ -877,8 +895,12 @@ static int line(Core *self, struct conn *c, const struct pend *req, double ts,
 
 /* ------------------------------------------------------------- the core */
 
-static int push_pending(struct conn *c, PyObject *obj, PyObject *text, struct row *row,
-			double ts, int64_t nbytes)
+/*
+ * Queue a request: obj and text are stolen on success; or obj NULL and the
+ * request raw[0:nbytes] inside owner (a new reference taken on success).
+ */
+static int push_pending(struct conn *c, PyObject *obj, PyObject *text, PyObject *owner,
+			const unsigned char *raw, struct row *row, double ts, int64_t nbytes)
 {
 	if (c->len == c->cap) {
 		size_t cap = c->cap ? 2 * c->cap : 16;
@@ -897,6 +919,8 @@ static int push_pending(struct conn *c, PyObject *obj, PyObject *text, struct ro
 	struct pend *p = &c->q[(c->head + c->len) % c->cap];
 	p->obj = obj;
 	p->text = text;
+	p->owner = Py_XNewRef(owner);
+	p->raw = raw;
 	p->row = row;
 	p->ts = ts;
 	p->nbytes = nbytes;
@@ -990,8 +1014,10 @@ static int count(Core *self, struct conn *c, struct pend *req, double ts, int64_
 	}
 	self->transactions++;
 	if (slow_candidate(self, latency)) {
-		PyObject *t = Py_BuildValue("(dsOO)", latency, PROTOCOLS[c->proto], c->comm[0],
-					    req->obj);
+		PyObject *obj = pend_obj(req);
+		PyObject *t = obj == NULL ? NULL
+					  : Py_BuildValue("(dsOO)", latency, PROTOCOLS[c->proto],
+							  c->comm[0], obj);
 		if (t == NULL || PyList_Append(self->slow, t) < 0) {
 			Py_XDECREF(t);
 			return -1;
@@ -1053,6 +1079,12 @@ static int view_of(PyObject *rec, struct view *v)
 	v->data = (const unsigned char *)PyBytes_AS_STRING(data);
 	v->n = PyBytes_GET_SIZE(data);
 	return 1;
+}
+
+/* what holds v's payload alive: the Packed record, or the Record's bytes */
+static PyObject *payload_owner(const struct view *v)
+{
+	return v->packed ? v->rec : SLOT(v->rec, R_DATA);
 }
 
 static double view_ts(const struct view *v)
@@ -1204,11 +1236,9 @@ static int resp_record(Core *self, struct conn *c, const struct view *v, int d, 
 	for (int i = 0; i < m; i++) {
 		int64_t size = start[i + 1] - start[i];
 		if (!d) {
-			PyObject *raw = PyBytes_FromStringAndSize((const char *)start[i], size);
-			if (raw == NULL || push_pending(c, raw, NULL, rows[i], ts, size) < 0) {
-				Py_XDECREF(raw);
+			if (push_pending(c, NULL, NULL, payload_owner(v), start[i], rows[i], ts,
+					 size) < 0)
 				return -1;
-			}
 			continue;
 		}
 		struct pend req = pop_pending(c);
@@ -1391,18 +1421,14 @@ struct sql_done {
 	double ts;
 };
 
-/* SQL: the m requests [start[i], start[i + 1]) of rows[i] sent at ts, queued as sent. */
-static int queue_requests(struct conn *c, const unsigned char *const *start, struct row **rows,
-			  int m, double ts)
+/* SQL: the m requests [start[i], start[i + 1]) of v of rows[i] sent at ts, queued as sent. */
+static int queue_requests(struct conn *c, const struct view *v, const unsigned char *const *start,
+			  struct row **rows, int m, double ts)
 {
-	for (int i = 0; i < m; i++) {
-		int64_t size = start[i + 1] - start[i];
-		PyObject *raw = PyBytes_FromStringAndSize((const char *)start[i], size);
-		if (raw == NULL || push_pending(c, raw, NULL, rows[i], ts, size) < 0) {
-			Py_XDECREF(raw);
+	for (int i = 0; i < m; i++)
+		if (push_pending(c, NULL, NULL, payload_owner(v), start[i], rows[i], ts,
+				 start[i + 1] - start[i]) < 0)
 			return -1;
-		}
-	}
 	return 1;
 }
 
@@ -1665,7 +1691,7 @@ static int mysql_record(Core *self, struct conn *c, const struct view *v, int d,
 	if (rc <= 0)
 		return rc;
 	if (!d)
-		return queue_requests(c, start, rows, m, ts);
+		return queue_requests(c, v, start, rows, m, ts);
 	c->reply = st;
 	c->done_seq = done_seq;
 	return answer_done(self, c, done, ndone);
@@ -1747,7 +1773,7 @@ static int pg_record(Core *self, struct conn *c, const struct view *v, int d, do
 	if (rc <= 0)
 		return rc;
 	if (!d)
-		return queue_requests(c, start, rows, m, ts);
+		return queue_requests(c, v, start, rows, m, ts);
 	if (err != NULL) {
 		PyObject *body = PyBytes_FromStringAndSize((const char *)err, (Py_ssize_t)errlen);
 		if (body == NULL)
@@ -1796,7 +1822,8 @@ static PyObject *release(Core *self, struct conn *c)
 		return NULL;
 	for (size_t i = 0; i < c->len; i++) {
 		struct pend *p = &c->q[(c->head + i) % c->cap];
-		PyObject *t = Py_BuildValue("(OdL)", p->obj, p->ts, (long long)p->nbytes);
+		PyObject *obj = pend_obj(p);
+		PyObject *t = obj == NULL ? NULL : Py_BuildValue("(OdL)", obj, p->ts, (long long)p->nbytes);
 		if (t == NULL) {
 			Py_DECREF(pending);
 			return NULL;
@@ -2131,7 +2158,7 @@ static PyObject *core_adopt(Core *self, PyObject *args)
 					(size_t)PyBytes_GET_SIZE(key));
 		if (r == NULL ||
 		    push_pending(c, Py_NewRef(obj), self->clock != NULL ? Py_NewRef(text) : NULL,
-				 r, ts, nbytes) < 0)
+				 NULL, NULL, r, ts, nbytes) < 0)
 			goto error;
 	}
 	if (conn_put(self, c) < 0)
