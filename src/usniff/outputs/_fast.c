@@ -141,7 +141,11 @@ static uint64_t hash_bytes(const unsigned char *p, size_t n)
 	return mix(h ^ n);
 }
 
-/* bucket -> count, open addressing (INT64_MIN: empty, never a bucket of a latency we count) */
+/*
+ * bucket -> count, open addressing (INT64_MIN: empty, never a bucket of a latency we
+ * count).  A row's buckets are a few neighbouring small integers: the key itself is
+ * the slot (no hash to compute on every transaction).
+ */
 struct hist {
 	int64_t *keys;
 	uint64_t *counts;
@@ -165,7 +169,7 @@ static int hist_add(struct hist *h, int64_t key)
 		for (size_t i = 0; i < h->cap; i++) {
 			if (h->keys[i] == INT64_MIN)
 				continue;
-			size_t j = mix((uint64_t)h->keys[i]) & (cap - 1);
+			size_t j = (uint64_t)h->keys[i] & (cap - 1);
 			while (keys[j] != INT64_MIN)
 				j = (j + 1) & (cap - 1);
 			keys[j] = h->keys[i];
@@ -177,7 +181,7 @@ static int hist_add(struct hist *h, int64_t key)
 		h->counts = counts;
 		h->cap = cap;
 	}
-	size_t j = mix((uint64_t)key) & (h->cap - 1);
+	size_t j = (uint64_t)key & (h->cap - 1);
 	while (h->keys[j] != INT64_MIN && h->keys[j] != key)
 		j = (j + 1) & (h->cap - 1);
 	if (h->keys[j] == INT64_MIN) {
@@ -275,6 +279,7 @@ typedef struct {
 	struct conn **conns; /* open addressing on (lo, hi); NULL: empty */
 	size_t ccap, cused;
 	struct row **rows; /* open addressing on the key */
+	struct row *last_row; /* the row row_get found last (rows live as long as the core) */
 	size_t rcap, rused;
 	PyObject *containers, *stateful; /* frozensets of bytes (resp.py) */
 	PyObject *shape; /* shape(protocol, sql): an SQL text's --stats key (NULL: no SQL) */
@@ -401,6 +406,10 @@ static uint64_t row_hash(enum proto proto, uint64_t label, const unsigned char *
 static struct row *row_get(Core *self, enum proto proto, uint64_t label,
 			   const unsigned char *key, size_t n)
 {
+	struct row *last = self->last_row; /* a pipeline repeats its command: no hash then */
+	if (last != NULL && last->label == label && last->proto == proto && last->keylen == n &&
+	    memcmp(last->key, key, n) == 0)
+		return last;
 	uint64_t h = row_hash(proto, label, key, n);
 	size_t mask = self->rcap - 1, j = self->rcap ? h & mask : 0;
 	if (self->rcap)
@@ -408,7 +417,7 @@ static struct row *row_get(Core *self, enum proto proto, uint64_t label,
 			struct row *r = self->rows[j];
 			if (r->hash == h && r->label == label && r->proto == proto && r->keylen == n &&
 			    memcmp(r->key, key, n) == 0)
-				return r;
+				return self->last_row = r;
 		}
 	struct row *r = PyMem_Calloc(1, sizeof *r);
 	unsigned char *k = PyMem_Malloc(n ? n : 1);
@@ -469,7 +478,7 @@ static struct row *row_get(Core *self, enum proto proto, uint64_t label,
 	}
 	self->rows[j] = r;
 	self->rused++;
-	return r;
+	return self->last_row = r;
 }
 
 /* ------------------------------------------------------------ RESP framing */
