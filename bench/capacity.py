@@ -26,11 +26,12 @@ second part alternates the installed object with OBJ (a variant to judge).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,18 @@ def capacity(size: int, seconds: float, steps: int, confirm: int,
                 "failed_confirm": failed}  # fmt: skip
 
 
+@contextlib.contextmanager
+def bpf_stats() -> Iterator[None]:
+    """The kernel's run time per BPF program (bpf_stats) on, as it was afterwards."""
+    knob = Path("/proc/sys/kernel/bpf_stats_enabled")
+    old = knob.read_text().strip()
+    knob.write_text("1")
+    try:
+        yield
+    finally:
+        knob.write_text(old)
+
+
 def _bpf_progs() -> dict[int, dict[str, Any]]:
     out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
     return {p["id"]: p for p in json.loads(out.stdout or "[]")}
@@ -135,12 +148,9 @@ def kernel_cost(seconds: float, rounds: int, log: Callable[[str], None]) -> dict
     with tempfile.TemporaryDirectory(prefix="usniff-bench-") as tmp:
         work = Path(tmp)
         exe = build(work)
-        other = socket.socket(socket.AF_UNIX)
-        other.bind(str(work / "other.sock"))
-        old = Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip()
-        Path("/proc/sys/kernel/bpf_stats_enabled").write_text("1")
         plain, attached, per_call = [], [], []
-        try:
+        with socket.socket(socket.AF_UNIX) as other, bpf_stats():
+            other.bind(str(work / "other.sock"))
             for _ in range(rounds):
                 w, _b, t = write(exe, 31, 0, seconds)
                 plain.append(w / t)
@@ -155,9 +165,6 @@ def kernel_cost(seconds: float, rounds: int, log: Callable[[str], None]) -> dict
                 per_call.append(ns / w if w else 0.0)
                 log(f"  31-byte writes: untraced {plain[-1]:,.0f}/s, attached+filtered out "
                     f"{attached[-1]:,.0f}/s, BPF {per_call[-1]:.0f} ns per write")  # fmt: skip
-        finally:
-            Path("/proc/sys/kernel/bpf_stats_enabled").write_text(old)
-            other.close()
         base, att = median(plain), median(attached)
         return {"untraced": base, "attached": att, "ratio": att / base,
                 "ns_per_write_bpf": median(per_call),
@@ -177,9 +184,7 @@ def send_cost(seconds: float, rounds: int, log: Callable[[str], None],
     with tempfile.TemporaryDirectory(prefix="usniff-bench-") as tmp:
         work = Path(tmp)
         exe = build(work)
-        old = Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip()
-        Path("/proc/sys/kernel/bpf_stats_enabled").write_text("1")
-        try:
+        with bpf_stats():
             for _ in range(rounds):
                 for name, env in objects.items():
                     before = set(_bpf_progs())
@@ -196,8 +201,6 @@ def send_cost(seconds: float, rounds: int, log: Callable[[str], None],
                             runs[name].setdefault(p["name"], []).append(ns / n)
                     log(f"  {name}: " + ", ".join(f"{prog} {v[-1]:.0f} ns"
                                                   for prog, v in runs[name].items()))  # fmt: skip
-        finally:
-            Path("/proc/sys/kernel/bpf_stats_enabled").write_text(old)
     return {name: {prog: median(v) for prog, v in progs.items()} for name, progs in runs.items()}
 
 
