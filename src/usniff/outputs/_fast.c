@@ -237,8 +237,9 @@ struct sql_reply {
 struct pend {
 	PyObject *obj; /* bytes: the request as sent; or the decoder's own request (adopted) */
 	PyObject *text; /* lines: an adopted request's text (bytes, utf-8, printable); else NULL */
-	/* obj NULL: the request is raw[0:nbytes], inside owner (its record's payload): the
-	 * bytes object is made only if asked for (the slowest list, a hand-back) */
+	/* the request as sent is raw[0:nbytes], inside owner (its record's payload) until
+	 * the bytes obj is asked for (the slowest list, a hand-back), then inside obj;
+	 * raw NULL: an adopted request (obj the decoder's) */
 	PyObject *owner;
 	const unsigned char *raw;
 	struct row *row;
@@ -316,6 +317,7 @@ static PyObject *pend_obj(struct pend *p)
 		p->obj = PyBytes_FromStringAndSize((const char *)p->raw, p->nbytes);
 		if (p->obj == NULL)
 			return NULL;
+		p->raw = (const unsigned char *)PyBytes_AS_STRING(p->obj);
 		Py_CLEAR(p->owner);
 	}
 	return p->obj;
@@ -878,10 +880,7 @@ static int line(Core *self, struct conn *c, const struct pend *req, double ts,
 		rn = (size_t)PyBytes_GET_SIZE(req->text);
 	} else {
 		request.n = 0;
-		const unsigned char *raw = req->obj == NULL
-						   ? req->raw
-						   : (const unsigned char *)PyBytes_AS_STRING(req->obj);
-		line_request(&request, raw, raw + req->nbytes);
+		line_request(&request, req->raw, req->raw + req->nbytes);
 		rn = request.n;
 	}
 	answer.n = 0;
