@@ -62,7 +62,7 @@ def ring_records(size: int, count: int) -> list[bytes]:
 def collector(out_path: str) -> tuple[records.RecordAssembler[Record | Packed], PcapngOutput]:
     """The capture's record handling without a kernel side, packed as for `usniff -w`
     (cli/loop.py: data records come as Packed)."""
-    cap = records.RecordAssembler(CaptureStats(), packed=True)
+    cap = records.RecordAssembler(CaptureStats(), packed=True, sums=True)
     cap._sock_info.update(
         {ino: (PATH, ino % 2 == 1) for ino in range(1000, 1000 + 2 * CONNECTIONS)}
     )

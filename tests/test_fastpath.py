@@ -24,11 +24,11 @@ from usniff.outputs.pcapng import PcapngOutput, _Dir
 Assembler = records.RecordAssembler[Record | _events.Packed]
 
 
-def assembler(packed: bool = False, **methods: object) -> Assembler:
+def assembler(packed: bool = False, sums: bool = False, **methods: object) -> Assembler:
     """The capture's record handling alone, at a fixed clock; ``methods``
     replace the callbacks its core is given (``_lookup=lambda self, ...: ...``)."""
     cls = type("Assembler", (records.RecordAssembler,), methods)
-    cap: Assembler = cls(CaptureStats(), packed=packed)
+    cap: Assembler = cls(CaptureStats(), packed=packed, sums=sums)
     cap.core.clock = 1.7e9
     return cap
 
@@ -226,10 +226,16 @@ def _records_for_pcapng() -> list[memoryview]:
     return evs
 
 
-def pcapng_of_records(path: str, packed: bool, fast: bool) -> tuple[bytes, int]:
+def pcapng_of_records(path: str, packed: str, fast: bool) -> tuple[bytes, int]:
     """The pcapng file of _records_for_pcapng(), and how many records went
-    through Framer.add; ``fast=False``: all of them (write_batch frames none)."""
-    cap = assembler(packed, _lookup=lambda self, sock_id, ino, peer: ("/run/other.sock", False))
+    through Framer.add; ``fast=False``: all of them (write_batch frames none).
+    ``packed``: "records", "packed" (Packed payloads summed by the encoder) or
+    "summed" (summed as the assembler copies them)."""
+    cap = assembler(
+        packed != "records",
+        packed == "summed",
+        _lookup=lambda self, sock_id, ino, peer: ("/run/other.sock", False),
+    )
     out = PcapngOutput(path, snaplen=0, clock=lambda: 1.7e9)
     framer, added = out._framer, list[Record]()
     if not fast:  # PcapngOutput.write then adds each record itself
@@ -252,11 +258,12 @@ def pcapng_of_records(path: str, packed: bool, fast: bool) -> tuple[bytes, int]:
         return f.read(), len(added)
 
 
-@pytest.mark.parametrize("packed", [False, True], ids=["records", "packed"])
-def test_pcapng_is_byte_identical_either_way(tmp_path: object, packed: bool) -> None:
-    """The same ring records, framed as Packed or as Records by the C fast
-    path (write_batch) where it applies, give the file Framer.add alone
-    (Python deciding every packet) gives; its blocks are checked against the
+@pytest.mark.parametrize("packed", ["records", "packed", "summed"])
+def test_pcapng_is_byte_identical_either_way(tmp_path: object, packed: str) -> None:
+    """The same ring records, framed as Packed (their payloads summed by the
+    assembler or by the encoder) or as Records by the C fast path (write_batch)
+    where it applies, give the file Framer.add alone (Python deciding every
+    packet) gives; its blocks, checksums included, are checked against the
     reference encoder below."""
     reference, all_added = pcapng_of_records(f"{tmp_path}/ref.pcapng", packed, fast=False)
     fast, added = pcapng_of_records(f"{tmp_path}/fast.pcapng", packed, fast=True)

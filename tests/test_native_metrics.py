@@ -276,6 +276,8 @@ def test_the_capture_runs_packed_when_every_output_takes_packed(
             assert packed_sinks(outputs) == outputs
         for outputs in ([], [beside], [listened], [alone, lines], [pcapng, lines]):
             assert packed_sinks(outputs) is None
+        # only pcapng sums the payloads: with it, the capture sums them as it copies them
+        assert [out.frames_packed for out in (alone, table, pcapng)] == [False, False, True]
     finally:
         for out in (alone, beside, listened, table, lines, pcapng):
             out.close(CaptureStats())

@@ -244,7 +244,7 @@ typedef struct packed Packed;
 static PyTypeObject PackedType;
 
 static Packed *packed_new(const struct usniff_event *ev, double ts, const char *body,
-			  Py_ssize_t n, PyObject *path, PyObject *is_own, PyObject *sock_id)
+			  Py_ssize_t n, PyObject *path, PyObject *is_own, PyObject *sock_id, int sum)
 {
 	PyObject *comm = comm_name(ev->comm), *peer_comm = comm_name(ev->peer_comm);
 	Packed *p = comm == NULL || peer_comm == NULL ? NULL
@@ -262,7 +262,7 @@ static Packed *packed_new(const struct usniff_event *ev, double ts, const char *
 	p->path = Py_NewRef(path);
 	p->path_is_own = Py_NewRef(is_own);
 	memcpy(p->data, body, (size_t)n);
-	p->sum = csum_words((const unsigned char *)p->data, n);
+	p->sum = sum ? csum_words((const unsigned char *)p->data, n) : PACKED_UNSUMMED;
 	return p;
 }
 

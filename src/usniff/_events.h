@@ -13,8 +13,9 @@
  *  - struct packed: a Packed record (the compact data record of a capture
  *    that only writes pcapng) as all three modules see it.
  *  - csum_words(): the Internet checksum's sum, computed for a Packed payload
- *    right after its copy out of the ring, while it is still in the CPU
- *    cache, and by the encoder for every other payload.
+ *    right after its copy out of the ring, while it is still in the CPU cache,
+ *    when pcapng will frame it (else by the encoder if it ever needs it), and
+ *    by the encoder for every other payload.
  */
 #ifndef USNIFF_EVENTS_H
 #define USNIFF_EVENTS_H
@@ -60,7 +61,7 @@ struct packed {
 	PyObject *sock_id; /* int: ev.sock_id, the encoder's key of the flow */
 	PyObject *comm, *peer_comm; /* str: ev.comm and ev.peer_comm, as Record has them */
 	PyObject *path, *path_is_own; /* str and bool, as Record has them */
-	uint64_t sum; /* csum_words(data) */
+	uint64_t sum; /* csum_words(data), or PACKED_UNSUMMED until the encoder needs it */
 	char data[];
 };
 
@@ -76,13 +77,15 @@ struct usniff_events_api {
 	/* the Record of a ring record whose payload is body[0:n] (new reference) */
 	PyObject *(*make_record)(const struct usniff_event *ev, double ts, const char *body,
 				 Py_ssize_t n, PyObject *path, PyObject *is_own, PyObject *flags);
-	/* the Packed of a data record (new reference) */
+	/* the Packed of a data record, its payload summed if sum (new reference) */
 	struct packed *(*packed_new)(const struct usniff_event *ev, double ts, const char *body,
 				     Py_ssize_t n, PyObject *path, PyObject *is_own,
-				     PyObject *sock_id);
+				     PyObject *sock_id, int sum);
 	/* Packed.record() (new reference) */
 	PyObject *(*packed_record)(PyObject *packed, PyObject *unused);
 };
+
+#define PACKED_UNSUMMED UINT64_MAX /* csum_words() is below 65535 */
 
 #define USNIFF_EVENTS_API "usniff._events._C_API"
 

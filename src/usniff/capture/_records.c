@@ -51,6 +51,7 @@ typedef struct {
 	PyObject *lookup, *destination, *count_loss, *announce; /* callables */
 	double clock; /* wall clock - CLOCK_MONOTONIC, seconds */
 	char packed; /* common data records become Packed */
+	char sums; /* their payloads summed as they are copied (csum_words: pcapng will frame them) */
 } Assembler;
 
 static PyTypeObject AssemblerType;
@@ -88,15 +89,15 @@ static PyObject *assembler_new(PyTypeObject *type, PyObject *args, PyObject *kwd
 {
 	static char *kwlist[] = {"stats",	"sock_info",  "last",	   "dest",  "in_dest",
 				 "lookup",	"destination", "count_loss", "announce", "clock",
-				 "packed",	NULL};
+				 "packed",	"sums",	       NULL};
 	PyObject *stats, *sock_info, *last, *dest, *in_dest, *lookup = NULL, *destination = NULL,
 		*count_loss = NULL, *announce = NULL, *clock_obj = NULL;
-	int packed = 0;
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!O!|$OOOOOp:Assembler", kwlist,
+	int packed = 0, sums = 0;
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!O!|$OOOOOpp:Assembler", kwlist,
 					 api->stats_type, &stats, &PyDict_Type,
 					 &sock_info, &PyDict_Type, &last, &PyDict_Type, &dest,
 					 &PyDict_Type, &in_dest, &lookup, &destination, &count_loss,
-					 &announce, &clock_obj, &packed))
+					 &announce, &clock_obj, &packed, &sums))
 		return NULL;
 	PyObject *const required[5] = {lookup, destination, count_loss, announce, clock_obj};
 	for (int i = 0; i < 5; i++)
@@ -132,6 +133,7 @@ static PyObject *assembler_new(PyTypeObject *type, PyObject *args, PyObject *kwd
 	a->announce = Py_NewRef(announce);
 	a->clock = clock;
 	a->packed = (char)packed;
+	a->sums = (char)sums;
 	return (PyObject *)a;
 }
 
@@ -224,7 +226,7 @@ static int handle_record(Assembler *a, const struct usniff_event *ev, const char
 
 	if (a->packed && !lost && ev->peer_id && ev->sock_type == SOCK_STREAM &&
 	    !PyDict_GET_SIZE(a->dest) && !PyDict_GET_SIZE(a->in_dest)) {
-		if ((r = (PyObject *)api->packed_new(ev, ts, body, n, path, is_own, id)) == NULL)
+		if ((r = (PyObject *)api->packed_new(ev, ts, body, n, path, is_own, id, a->sums)) == NULL)
 			goto out;
 	} else {
 		/* datagram destinations, only while one is known */
@@ -364,6 +366,7 @@ static PyMethodDef assembler_methods[] = {
 static PyMemberDef assembler_members[] = {
 	{"clock", T_DOUBLE, offsetof(Assembler, clock), 0, "wall clock - CLOCK_MONOTONIC, s"},
 	{"packed", T_BOOL, offsetof(Assembler, packed), 0, "common data records become Packed"},
+	{"sums", T_BOOL, offsetof(Assembler, sums), 0, "Packed payloads summed as they are made"},
 	{"batch", T_OBJECT, offsetof(Assembler, batch), READONLY, "the records made, not taken"},
 	{"stats", T_OBJECT, offsetof(Assembler, stats), READONLY, "the CaptureStats counted in"},
 	{NULL, 0, 0, 0, NULL},

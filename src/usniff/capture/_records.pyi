@@ -30,6 +30,7 @@ class Assembler:
 
     clock: float  # wall clock - CLOCK_MONOTONIC, seconds: Record.ts = clock + ring ts
     packed: bool  # data on connected stream sockets becomes Packed
+    sums: bool  # a Packed payload is summed as it is copied (pcapng will frame it)
     @property
     def batch(self) -> list[Record | Packed]:
         """The records made and not taken yet."""
@@ -49,6 +50,7 @@ class Assembler:
         announce: Callable[[memoryview], object],
         clock: float,
         packed: bool = False,
+        sums: bool = False,
     ) -> None: ...
     def handle(self, rec: Buffer) -> None:
         """One ring record (header and payload) -> a record in ``batch``."""

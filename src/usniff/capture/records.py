@@ -47,9 +47,11 @@ class RecordAssembler(Generic[R]):
     in C because the per-record Python cost was the collector's limit
     (docs/performance.md, "Collector").
 
-    ``packed=True`` (every output frames pcapng): common data records come as
+    ``packed=True`` (every output takes them): common data records come as
     :class:`usniff._events.Packed` (``.record()`` gives the Record),
-    which is what the type parameter says.
+    which is what the type parameter says.  ``sums=True`` (an output frames
+    them into pcapng): their payloads' checksum sums are taken as they are
+    copied out of the ring, while in the CPU cache.
     """
 
     @overload
@@ -58,9 +60,13 @@ class RecordAssembler(Generic[R]):
     ) -> None: ...
     @overload
     def __init__(
-        self: RecordAssembler[Record | Packed], stats: CaptureStats, *, packed: bool
+        self: RecordAssembler[Record | Packed],
+        stats: CaptureStats,
+        *,
+        packed: bool,
+        sums: bool = False,
     ) -> None: ...
-    def __init__(self, stats: CaptureStats, *, packed: bool = False) -> None:
+    def __init__(self, stats: CaptureStats, *, packed: bool = False, sums: bool = False) -> None:
         self.stats = stats
         # all keyed by sock_id, shared with the core
         self._sock_info: dict[int, tuple[str, bool]] = {}
@@ -71,7 +77,7 @@ class RecordAssembler(Generic[R]):
             stats, self._sock_info, self._last, self._dest, self._in_dest,
             lookup=self._lookup, destination=self._destination,
             count_loss=self._count_loss, announce=self._announce,
-            clock=time.time() - time.monotonic(), packed=packed,
+            clock=time.time() - time.monotonic(), packed=packed, sums=sums,
         )  # fmt: skip
         self._pending: list[R] = []  # ordered by ts, waiting for REORDER
         self._ring_lost = 0  # bytes of full-ring losses reported by loss records

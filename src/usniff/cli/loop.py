@@ -91,7 +91,8 @@ def run(
     emitted = 0
     try:
         if packers is not None:
-            packed = RecordAssembler(cap.stats, packed=True)
+            sums = any(out.frames_packed for out in packers)
+            packed = RecordAssembler(cap.stats, packed=True, sums=sums)
             emitted = _pump(cap, packed, packers, count, duration, on_ready, flush_every)
         else:
             emitted = _pump(cap, cap.records, outputs, count, duration, on_ready, flush_every)

@@ -424,23 +424,29 @@ static int tcp_block(Sink *buf, Direction *d, double ts, long flags, uint64_t of
 	return epb(buf, ts, hdr, 40 + olen, payload, total, opts);
 }
 
-/* The payload of obj: a Packed's own (summed when it was made), or any other
- * buffer's (summed here; released with PyBuffer_Release(view)). */
-static int get_payload(PyObject *obj, struct payload *pl, Py_buffer *view)
+/* The payload of obj, summed when sum (a Packed keeps its sum); any other
+ * buffer's view is released with PyBuffer_Release(view). */
+static int get_payload(PyObject *obj, struct payload *pl, Py_buffer *view, int sum)
 {
 	view->obj = NULL;
 	pl->obj = obj;
+	pl->sum = 0;
 	if (Py_IS_TYPE(obj, PackedType)) {
-		pl->buf = ((struct packed *)obj)->data;
+		struct packed *p = (struct packed *)obj;
+		pl->buf = p->data;
 		pl->len = Py_SIZE(obj);
-		pl->sum = ((struct packed *)obj)->sum;
+		if (sum && p->sum == PACKED_UNSUMMED)
+			p->sum = csum_words((const unsigned char *)p->data, Py_SIZE(obj));
+		if (sum)
+			pl->sum = p->sum;
 		return 0;
 	}
 	if (PyObject_GetBuffer(obj, view, PyBUF_SIMPLE) < 0)
 		return -1;
 	pl->buf = view->buf;
 	pl->len = view->len;
-	pl->sum = csum_words(view->buf, view->len);
+	if (sum)
+		pl->sum = csum_words(view->buf, view->len);
 	return 0;
 }
 
@@ -456,7 +462,7 @@ static Py_ssize_t segments(Sink *buf, Direction *d, double ts, int push, uint64_
 	struct payload pl;
 	Py_buffer view;
 	Py_ssize_t packets = 0;
-	if (get_payload(data, &pl, &view) < 0)
+	if (get_payload(data, &pl, &view, length <= MAX_SEGMENT) < 0) /* else summed by parts */
 		return -1;
 	long last_flags = TCP_ACK | (push ? TCP_PSH : 0);
 	if (length <= MAX_SEGMENT) {
@@ -528,7 +534,7 @@ static PyObject *epb_tcp(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 		return NULL;
 	struct payload pl;
 	Py_buffer view;
-	if (get_payload(args[5], &pl, &view) < 0)
+	if (get_payload(args[5], &pl, &view, 1) < 0)
 		return NULL;
 	int rc = tcp_block((Sink *)args[0], d, ts, flags, off, &pl, length, opts, tcp_opts);
 	if (view.obj != NULL)
@@ -588,7 +594,7 @@ static PyObject *epb_udp(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 	ipv4_header(d, IPPROTO_UDP, total, hdr);
 	struct payload pl;
 	Py_buffer view;
-	if (get_payload(args[3], &pl, &view) < 0)
+	if (get_payload(args[3], &pl, &view, 1) < 0)
 		return NULL;
 	uint64_t l4 = d->l4_sum + 2 * (uint64_t)udp_len + pl.sum;
 	put_be16(hdr + 24, (unsigned)udp_len);

@@ -257,7 +257,7 @@ struct conn {
 	uint64_t cgroup[2];
 	PyObject *names; /* lines: " client -> server  " (bytes, utf-8, printable) */
 	struct pend *q;
-	size_t head, len, cap;
+	size_t head, len, cap; /* q's ring: cap a power of two */
 	/* MySQL: CLIENT_DEPRECATE_EOF, MARIADB_CLIENT_CACHE_METADATA, the next sequence
 	 * id of the last command done (-1: none); SQL: the reply of the oldest request in
 	 * q, and (PostgreSQL) the body of its last ErrorResponse */
@@ -326,7 +326,7 @@ static PyObject *pend_obj(struct pend *p)
 static void conn_free(struct conn *c)
 {
 	for (size_t i = 0; i < c->len; i++)
-		pend_clear(&c->q[(c->head + i) % c->cap]);
+		pend_clear(&c->q[(c->head + i) & (c->cap - 1)]);
 	for (int d = 0; d < 2; d++) {
 		Py_XDECREF(c->pid[d]);
 		Py_XDECREF(c->comm[d]);
@@ -405,12 +405,23 @@ static uint64_t row_hash(enum proto proto, uint64_t label, const unsigned char *
  * (the only lookup that reads ``container``); the stateful names are no
  * containers, so a key with a subcommand is stateful only as a whole (CLIENT REPLY).
  */
+/* a == b for n bytes: inline for command names (a libc call was 6 % of --metrics at -P 16) */
+static int same_bytes(const unsigned char *a, const unsigned char *b, size_t n)
+{
+	if (n > 16)
+		return memcmp(a, b, n) == 0;
+	unsigned char d = 0;
+	for (size_t i = 0; i < n; i++)
+		d |= a[i] ^ b[i];
+	return d == 0;
+}
+
 static struct row *row_get(Core *self, enum proto proto, uint64_t label,
 			   const unsigned char *key, size_t n)
 {
 	struct row *last = self->last_row; /* a pipeline repeats its command: no hash then */
 	if (last != NULL && last->label == label && last->proto == proto && last->keylen == n &&
-	    memcmp(last->key, key, n) == 0)
+	    same_bytes(last->key, key, n))
 		return last;
 	uint64_t h = row_hash(proto, label, key, n);
 	size_t mask = self->rcap - 1, j = self->rcap ? h & mask : 0;
@@ -418,7 +429,7 @@ static struct row *row_get(Core *self, enum proto proto, uint64_t label,
 		for (; self->rows[j] != NULL; j = (j + 1) & mask) {
 			struct row *r = self->rows[j];
 			if (r->hash == h && r->label == label && r->proto == proto && r->keylen == n &&
-			    memcmp(r->key, key, n) == 0)
+			    same_bytes(r->key, key, n))
 				return self->last_row = r;
 		}
 	struct row *r = PyMem_Calloc(1, sizeof *r);
@@ -918,13 +929,13 @@ static int push_pending(struct conn *c, PyObject *obj, PyObject *text, PyObject 
 			return -1;
 		}
 		for (size_t i = 0; i < c->len; i++)
-			q[i] = c->q[(c->head + i) % c->cap];
+			q[i] = c->q[(c->head + i) & (c->cap - 1)];
 		PyMem_Free(c->q);
 		c->q = q;
 		c->cap = cap;
 		c->head = 0;
 	}
-	struct pend *p = &c->q[(c->head + c->len) % c->cap];
+	struct pend *p = &c->q[(c->head + c->len) & (c->cap - 1)];
 	p->obj = obj;
 	p->text = text;
 	p->owner = Py_XNewRef(owner);
@@ -1214,7 +1225,7 @@ static int deliver(Core *self, struct conn *c, const struct view *v, int d, doub
 static struct pend pop_pending(struct conn *c)
 {
 	struct pend req = c->q[c->head];
-	c->head = (c->head + 1) % c->cap;
+	c->head = (c->head + 1) & (c->cap - 1);
 	c->len--;
 	return req;
 }
@@ -1829,7 +1840,7 @@ static PyObject *release(Core *self, struct conn *c)
 	if (pending == NULL)
 		return NULL;
 	for (size_t i = 0; i < c->len; i++) {
-		struct pend *p = &c->q[(c->head + i) % c->cap];
+		struct pend *p = &c->q[(c->head + i) & (c->cap - 1)];
 		PyObject *obj = pend_obj(p);
 		PyObject *t = obj == NULL ? NULL : Py_BuildValue("(OdL)", obj, p->ts, (long long)p->nbytes);
 		if (t == NULL) {

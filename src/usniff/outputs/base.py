@@ -87,6 +87,12 @@ class PackedSink(Sink[Record | Packed], Protocol):
     @property
     def takes_packed(self) -> bool: ...
 
+    @property
+    def frames_packed(self) -> bool:
+        """Whether it frames their payloads into pcapng (which sums them: the capture
+        then sums each as it copies it out of the ring, while it is in the CPU cache)."""
+        ...
+
 
 def packed_sinks(outputs: Sequence[object]) -> list[PackedSink] | None:
     """``outputs`` when every one takes Packed records (the capture then hands them

@@ -146,6 +146,8 @@ class DecodedOutput:
         fields."""
         return self._native is not None
 
+    frames_packed = False
+
     def write(self, batch: Sequence[Record | Packed], limit: int = 0) -> int:
         self._left = limit or None
         if self._native is not None and not limit:

@@ -310,6 +310,8 @@ class MetricsOutput(TransactionSink):
         (the native path, which reads their C fields, as the socket counters do)."""
         return self.decoding is not None and not self.listeners
 
+    frames_packed = False
+
     def records(self, batch: Sequence[Record | Packed]) -> None:
         self.metrics.add_records(batch)
 

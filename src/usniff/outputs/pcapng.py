@@ -711,6 +711,7 @@ class PcapngOutput:
     # -- Output ----------------------------------------------------------
 
     takes_packed = True  # the capture's Packed records are framed from their C fields
+    frames_packed = True
 
     def write(self, batch: Sequence[Record | Packed], limit: int = 0) -> int:
         """Frame a batch (its first ``limit`` records when ``limit`` > 0; returns
