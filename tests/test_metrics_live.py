@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
 import urllib.parse
 import urllib.request
 from collections import Counter
@@ -23,7 +25,14 @@ from tests.support.servers import free_port, start_redis
 from tests.support.usniff import Usniff, run, wait_until
 from tests.test_native_stats import command
 from usniff.decoders.base import Transaction
-from usniff.outputs.metrics import MAX_OPERATIONS, OTHER, SERIES_PER_PATH, Metrics
+from usniff.decoders.registry import PROTOCOLS
+from usniff.outputs.metrics import (
+    MAX_OPERATIONS,
+    NOT_DECODED_REASONS,
+    OTHER,
+    SERIES_PER_PATH,
+    Metrics,
+)
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 DASHBOARD = Path(__file__).resolve().parents[1] / "docs" / "grafana" / "usniff-dashboard.json"
@@ -220,6 +229,14 @@ def test_series_of_a_busy_capture_stay_under_the_documented_bound() -> None:
         shape = f"SELECT c{i} FROM t WHERE id = ?"
         metrics.add(Transaction("postgres", shape, shape, "1 row", False, 0.0, 2e-3, 60, 90,
                                 path="/run/postgresql/.s.PGSQL.5432"))  # fmt: skip
+    # and records not decoded, for every reason the engine gives (Decoding._reason)
+    unknown = "protocol not recognised"
+    reasons = [unknown, f"{unknown}; only the client's side seen",
+               f"{unknown}; only the server's side seen", "datagram",
+               *(f"{p.name}, no decoder" for p in PROTOCOLS if p.decoder is None)]  # fmt: skip
+    assert len(reasons) == NOT_DECODED_REASONS
+    for reason in reasons:
+        metrics.add_undecoded("/run/postgresql/.s.PGSQL.5432", reason, 3)
     registry = CollectorRegistry()
     registry.register(metrics)
     lines = [x for x in generate_latest(registry).decode().splitlines() if not x.startswith("#")]
@@ -282,3 +299,60 @@ def test_metrics_alone_under_redis_benchmark_count_what_the_client_sent(
         if reply is not None:  # INCR's: the counter's value, growing
             size = value(samples, "usniff_request_bytes_total", op, direction="response")
             assert size == n * len(reply), op
+
+
+def serve_echo(path: str, replies: int) -> threading.Thread:
+    """A server of no protocol usniff knows on ``path``: one connection, ``replies``
+    answers, one send each."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn, listener:
+            for _ in range(replies):
+                conn.sendall(b"ZQ-ACK " + conn.recv(4096))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(
+    "beside", [(), ("--format", "text"), ("--stats",)], ids=["alone", "beside-text", "beside-table"]
+)
+def test_records_no_decoder_reads_are_counted_by_reason(tmp: str, beside: tuple[str, ...]) -> None:
+    """A connection of an unknown protocol: every record of it (the client's sends and
+    the server's, one record each) is in usniff_records_not_decoded_total, whether the
+    metrics decode alone (the native core) or the text lines or the table beside them
+    hand them their events."""
+    n = 40
+    endpoint, sock = f"{tmp}/metrics.sock", f"{tmp}/odd.sock"
+    server = serve_echo(sock, n)
+    key = ("usniff_records_not_decoded_total",
+           (("path", sock), ("reason", "protocol not recognised")))  # fmt: skip
+    with (
+        Usniff("--path", sock, "--metrics", endpoint, *beside) as u,
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client,
+    ):
+        client.connect(sock)
+        for i in range(n):
+            client.sendall(b"ZQ %d\n" % i)
+            assert client.recv(4096) == b"ZQ-ACK ZQ %d\n" % i
+
+        def counted() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+            s = scrape_unix(endpoint)
+            return s if s.get(key, 0) >= 2 * n else None
+
+        # the connection still open: no close record yet, the count is the sends'
+        samples = wait_until(counted, 20, "the connection's records on the metrics socket")
+        client.close()
+        server.join(10)
+        result = u.stop()
+    assert result.returncode == 0, result.stderr
+    assert samples[key] == 2 * n
+    assert not any(name == "usniff_requests_total" for name, _ in samples)
+    sent = sum(v for (name, labels), v in samples.items() if name == "usniff_socket_messages_total")
+    assert sent == 2 * n  # the socket counters saw the same sends

@@ -38,7 +38,7 @@ from tests.test_native_stats import (
     packed_twin,
 )  # fmt: skip
 from usniff._events import Packed
-from usniff.decoders.engine import Decoding
+from usniff.decoders.engine import Decoding, Event, Undecoded
 from usniff.events import CaptureStats, Record
 from usniff.outputs import fast
 from usniff.outputs._fast import sockets as fast_sockets
@@ -83,12 +83,22 @@ def scrape(metrics: Metrics) -> str:
 def bookkeeping(metrics: Metrics) -> tuple[object, ...]:
     ops = [(key, op.count, op.errors, op.unanswered, op.bytes_in, op.bytes_out, op.buckets,
             op.nanoseconds) for key, op in metrics._ops.items()]  # fmt: skip
-    return ops, metrics._per_path, sorted(metrics._paths), metrics.records
+    undecoded = sorted(metrics._undecoded.items())
+    return ops, metrics._per_path, sorted(metrics._paths), metrics.records, undecoded
 
 
 def python_metrics(batches: Sequence[Sequence[Record | Packed]]) -> tuple[Metrics, int]:
+    """The engine's events counted by hand: the transactions, and the records it does
+    not decode (by path and reason)."""
     decoding, metrics = Decoding(), Metrics()
-    add = counter(metrics.add)
+    transactions = counter(metrics.add)
+
+    def add(events: list[Event]) -> int:
+        for ev in events:
+            if isinstance(ev, Undecoded):
+                metrics.add_undecoded(ev.record.path, ev.reason)
+        return transactions(events)
+
     n = 0
     for batch in batches:
         records = [as_record(r) for r in batch]
@@ -146,12 +156,15 @@ def test_fuzzed_connections_give_the_same_metrics(
 def test_connections_with_no_decoder_leave_the_metrics_as_python_does(
     endpoint: str, handled: list[int]
 ) -> None:
-    """The core takes connections no decoder reads (their records only count in the
-    socket counters, never as requests): the metrics are the engine's."""
+    """The core takes connections no decoder reads (their records count in the socket
+    counters and as records not decoded, never as requests): the metrics are the
+    engine's."""
     rng = random.Random(11)
     records = [r for chunk in fuzzed(11, 2000, sends_of=opaque_sends) for r in chunk]
-    assert_same(batched(mixed(records, rng), rng), endpoint)
+    metrics = assert_same(batched(mixed(records, rng), rng), endpoint)
     assert sum(handled) > len(records) // 2, (sum(handled), len(records))  # most in C
+    # every data record is one no decoder reads: counted once, by its reason
+    assert sum(metrics._undecoded.values()) == sum(r.kind == "data" for r in records)
 
 
 def test_latencies_on_the_bucket_edges_go_where_python_puts_them(

@@ -159,7 +159,7 @@ def make_outputs(
         sinks_only or write or _byte_view(ascii_, hexdump, fmt, protocol)
     )
     sinks = _sinks(metrics, otlp, decoded_beside, proto, redact, options, containers)
-    listeners = [sink.add for sink in sinks] if decoded_beside else []
+    listeners = [sink.event for sink in sinks] if decoded_beside else []
     if sinks_only:
         return list(sinks)
     if write:
@@ -237,7 +237,7 @@ def _sinks(
             sink.stop()
         raise click.UsageError(str(e)) from None
     if sinks and not decoded_beside:
-        sinks[0].listeners = [sink.add for sink in sinks[1:]]
+        sinks[0].listeners = [sink.event for sink in sinks[1:]]
     return sinks
 
 

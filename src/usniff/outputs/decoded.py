@@ -96,14 +96,15 @@ class DecodedOutput:
         redact: bool = False,
         stats_stream: TextIO | None = None,
         live: bool = False,
-        listeners: Sequence[Callable[[Transaction], None]] = (),
+        listeners: Sequence[Callable[[Transaction | Undecoded], None]] = (),
         options: DecoderOptions | None = None,
         containers: Containers | None = None,
     ) -> None:
         """``live``: records arrive as they are sent (not read from a file), so a
         connection undecided for ``Decoding.UNDECIDED_WAIT`` seconds of wall-clock
         time is shown raw at the next ``write``, even when no record follows.
-        ``listeners`` are given every transaction printed (--metrics, --otlp).
+        ``listeners`` are given every transaction printed and every record not decoded
+        (--metrics, --otlp).
 
         ``stream`` None: no lines, the table only (``stats`` must be True); the items
         (``write``'s count, -c) are then the transactions counted, and what was not
@@ -222,6 +223,8 @@ class DecodedOutput:
                 counted += 1
             elif isinstance(ev, Undecoded):
                 self.not_decoded[ev.reason] += 1
+                for listener in self.listeners:
+                    listener(ev)
             elif ev.kind == "undecodable":
                 self.lost_sync += 1
         if self._left is not None:
@@ -245,6 +248,9 @@ class DecodedOutput:
             if isinstance(ev, Transaction):
                 if self.stats is not None:
                     self.stats.add(ev)
+                for listener in self.listeners:
+                    listener(ev)
+            elif isinstance(ev, Undecoded):
                 for listener in self.listeners:
                     listener(ev)
             lines.append(fmt(ev, names))

@@ -69,20 +69,14 @@ class Native:
     protocols: tuple[str, ...] = ("resp", "mysql", "postgres", OPAQUE)
 
     def __init__(
-        self,
-        decoding: Decoding,
-        core: Core,
-        on_events: Callable[[list[Event]], int],
-        not_decoded: Counter[str] | None = None,
+        self, decoding: Decoding, core: Core, on_events: Callable[[list[Event]], int]
     ) -> None:
-        """``not_decoded``: where the records of OPAQUE connections the core delivered are
-        counted, by reason (as the engine's Undecoded records would be); None: nowhere
-        (an output that shows no such count)."""
         self.decoding = decoding
         self.core = core
         self.on_events = on_events
-        self.not_decoded = not_decoded
-        self._reasons: list[str] = []  # an OPAQUE connection's label: its reason's index
+        # an OPAQUE connection's label: the index of its (path, reason)
+        self._opaque: list[tuple[str, str]] = []
+        self._opaque_labels: dict[tuple[str, str], int] = {}
 
     def feed(self, batch: list[Record | Packed], now: float | None = None) -> int:
         """Decode ``batch`` as ``Decoding.feed`` (then ``expire(now)`` when given);
@@ -141,9 +135,10 @@ class Native:
             (r, r.command.encode(), r.ts, r.nbytes, self._text(r)) for r in over.pending
         ]
         if over.protocol == OPAQUE:
-            if over.reason not in self._reasons:
-                self._reasons.append(over.reason)
-            label = self._reasons.index(over.reason)
+            opaque = (over.path, over.reason)
+            label = self._opaque_labels.setdefault(opaque, len(self._opaque))
+            if label == len(self._opaque):
+                self._opaque.append(opaque)
         else:
             label = self._label(over.path)
         self.core.adopt(key, pos.server_id, pos.next, pos.started, pos.last_ts, ends.pids,
@@ -162,8 +157,8 @@ class Native:
         for row in rows:
             if row[1] != OPAQUE:
                 decoded.append(row)
-            elif self.not_decoded is not None:  # (label, protocol, command, count, ...)
-                self.not_decoded[self._reasons[row[0]]] += row[3]
+            else:  # (label, protocol, command, count, ...)
+                self._undecoded(*self._opaque[row[0]], row[3])
         self._merge(decoded, slow)
         self.decoding.assembler.stats.records += records
         return transactions
@@ -190,6 +185,11 @@ class Native:
     def _merge(self, rows: list[Row], slow: list[Slow]) -> None:
         raise NotImplementedError
 
+    def _undecoded(self, path: str, reason: str, records: int) -> None:
+        """Records of OPAQUE connections the core delivered, counted as the engine's
+        Undecoded records would be."""
+        raise NotImplementedError
+
 
 class NativeStats(Native):
     """The statistics table: per command, whatever the socket path, and the slowest
@@ -202,15 +202,22 @@ class NativeStats(Native):
         on_events: Callable[[list[Event]], int],
         not_decoded: Counter[str] | None = None,
     ) -> None:
+        """``not_decoded``: where the records of connections with no decoder are counted,
+        by reason; None: nowhere (an output that shows no such count)."""
         core = Core(containers=CONTAINERS, stateful=STATEFUL, top=stats.top, shape=stats_key)
-        super().__init__(decoding, core, on_events, not_decoded)
+        super().__init__(decoding, core, on_events)
         self.stats = stats
+        self.not_decoded = not_decoded
         # the slowest requests' text, as each protocol's decoder gives it
         decoders = (RespDecoder, MysqlDecoder, PostgresDecoder)
         self._texts = {d.protocol: d(decoding.redact) for d in decoders}
 
     def _seed(self) -> None:
         self.core.seed([latency for latency, _, _ in self.stats.slowest])
+
+    def _undecoded(self, path: str, reason: str, records: int) -> None:
+        if self.not_decoded is not None:
+            self.not_decoded[reason] += records
 
     def _merge(self, rows: list[Row], slow: list[Slow]) -> None:
         self.stats.merge(rows)
@@ -246,6 +253,9 @@ class NativeMetrics(Native):
 
     def _merge(self, rows: list[Row], slow: list[Slow]) -> None:
         self.metrics.merge(rows, self._paths)
+
+    def _undecoded(self, path: str, reason: str, records: int) -> None:
+        self.metrics.add_undecoded(path, reason, records)
 
 
 class NativeText(Native):

@@ -34,7 +34,8 @@ from prometheus_client.registry import Collector
 from .._events import Packed
 from ..containers import Containers
 from ..decoders.base import Transaction
-from ..decoders.engine import DecoderOptions
+from ..decoders.engine import DecoderOptions, Undecoded
+from ..decoders.registry import PROTOCOLS
 from ..events import CaptureStats, Record
 from ._fast import sockets
 from .base import OutputError, unpacked
@@ -53,9 +54,12 @@ MAX_OPERATIONS = 200  # per (path, protocol)
 MAX_CONTAINERS = 50  # the socket counters' container label ("" outside containers)
 OTHER = "other"
 # per operation: requests, errors, unanswered, 2 byte counters, the histogram's buckets
-# (+Inf too), sum and count; per path: 3 socket counters for each of 2 senders
+# (+Inf too), sum and count; per path: 3 socket counters for each of 2 senders, and the
+# records not decoded per reason (Decoding._reason: not recognised with both sides seen
+# or one of them, a datagram, or a protocol detected that has no decoder)
+NOT_DECODED_REASONS = 4 + sum(p.decoder is None for p in PROTOCOLS)
 SERIES_PER_OPERATION = 5 + len(BUCKETS) + 1 + 2
-SERIES_PER_PATH = (MAX_OPERATIONS + 1) * SERIES_PER_OPERATION + 6  # for one protocol
+SERIES_PER_PATH = (MAX_OPERATIONS + 1) * SERIES_PER_OPERATION + 6 + NOT_DECODED_REASONS
 
 
 @dataclass(slots=True)
@@ -83,6 +87,7 @@ class Metrics(Collector):
         self._ops: dict[tuple[str, str, str], _Op] = {}
         self._per_path: dict[str, int] = {}  # operations labelled per path
         self._sides: dict[tuple[str, str, int], _Side] = {}  # path, sender role, cgroup
+        self._undecoded: dict[tuple[str, str], int] = {}  # records not decoded: path, reason
         self._paths: set[str] = set()
         self._label = (containers or Containers()).label
         self.records = 0
@@ -119,6 +124,12 @@ class Metrics(Collector):
             if latency is not None:
                 op.buckets[bisect.bisect_left(BUCKETS, latency)] += 1
                 op.nanoseconds += round(latency * 1e9)
+
+    def add_undecoded(self, path: str, reason: str, records: int = 1) -> None:
+        """Records of a connection no decoder decodes (engine.Undecoded), by reason."""
+        with self._lock:
+            key = (self._path(path), reason)
+            self._undecoded[key] = self._undecoded.get(key, 0) + records
 
     def merge(self, rows: Sequence[Row], paths: Sequence[str]) -> None:
         """Add the answered transactions counted elsewhere (outputs/fast.py), in the
@@ -166,6 +177,7 @@ class Metrics(Collector):
         with self._lock:
             ops = [(k, replace(o, buckets=list(o.buckets))) for k, o in self._ops.items()]
             sides = [(k, _Side(s.messages, s.bytes, s.lost)) for k, s in self._sides.items()]
+            undecoded = list(self._undecoded.items())
             records = self.records
         labels = ["path", "protocol", "operation"]
         requests = CounterMetricFamily(
@@ -217,11 +229,21 @@ class Metrics(Collector):
             messages.add_metric([path, sender, container], side.messages)
             sent.add_metric([path, sender, container], side.bytes + side.lost)
             lost.add_metric([path, sender, container], side.lost)
+        not_decoded = CounterMetricFamily(
+            "usniff_records_not_decoded",
+            "Records of connections no decoder decodes (text mode shows them raw), by reason.",
+            labels=["path", "reason"],
+        )
+        for (path, reason), n in undecoded:
+            not_decoded.add_metric([path, reason], n)
         seen = CounterMetricFamily("usniff_capture_records", "Records read from the ring buffer.")
         seen.add_metric([], records)
         paths = GaugeMetricFamily("usniff_socket_paths", "Socket paths labelled (at most 100).")
         paths.add_metric([], len(self._paths))
-        yield from (requests, errors, unanswered, size, latency, messages, sent, lost, seen, paths)
+        yield from (
+            requests, errors, unanswered, size, latency, messages, sent, lost, not_decoded, seen,
+            paths,
+        )  # fmt: skip
 
     def _by_container(
         self, sides: list[tuple[tuple[str, str, int], _Side]]
@@ -303,6 +325,9 @@ class MetricsOutput(TransactionSink):
 
     def add(self, tx: Transaction) -> None:
         self.metrics.add(tx)
+
+    def undecoded(self, ev: Undecoded) -> None:
+        self.metrics.add_undecoded(ev.record.path, ev.reason)
 
     @property
     def takes_packed(self) -> bool:

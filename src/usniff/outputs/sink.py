@@ -1,10 +1,10 @@
 """Outputs of decoded transactions only (``--metrics``, ``--otlp``).
 
 A sink decodes on its own only when no decoded output runs beside it;
-otherwise the decoded output hands it each transaction it prints (``add``), so
-a capture decodes once whatever the outputs.  When several sinks run without
-a decoded output, the first decodes and hands every transaction to the others
-(``listeners``).
+otherwise the decoded output hands it each transaction it prints and each
+record it does not decode (``event``), so a capture decodes once whatever the
+outputs.  When several sinks run without a decoded output, the first decodes
+and hands the same events to the others (``listeners``).
 """
 
 from __future__ import annotations
@@ -12,14 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from ..decoders.base import Transaction
-from ..decoders.engine import DecoderOptions, Decoding
+from ..decoders.engine import DecoderOptions, Decoding, Undecoded
 from ..events import CaptureStats, Record
 
 
 class TransactionSink:
     """An Output whose items are transactions (``-c N`` counts them when it
-    decodes); subclasses implement ``add`` and may override ``records`` (every
-    batch, decoded or not) and ``stop`` (end of the capture)."""
+    decodes); subclasses implement ``add`` and may override ``undecoded`` (a
+    record of a connection no decoder decodes), ``records`` (every batch,
+    decoded or not) and ``stop`` (end of the capture)."""
 
     def __init__(
         self,
@@ -29,10 +30,20 @@ class TransactionSink:
         options: DecoderOptions | None = None,
     ) -> None:
         self.decoding = Decoding(protocol, redact, options) if decode else None
-        self.listeners: list[Callable[[Transaction], None]] = []
+        self.listeners: list[Callable[[Transaction | Undecoded], None]] = []
 
     def add(self, tx: Transaction) -> None:
         raise NotImplementedError
+
+    def undecoded(self, ev: Undecoded) -> None:
+        """A record of a connection no decoder decodes (shown raw by text mode)."""
+
+    def event(self, ev: Transaction | Undecoded) -> None:
+        """What a decoded output beside the sink hands it (its listener)."""
+        if isinstance(ev, Transaction):
+            self.add(ev)
+        else:
+            self.undecoded(ev)
 
     def records(self, batch: Sequence[Record]) -> None:
         """Every batch of records, before it is decoded."""
@@ -59,14 +70,19 @@ class TransactionSink:
         return counted
 
     def _count(self, events: Sequence[object], limit: int = 0) -> int:
-        """Hand the transactions among ``events`` on (at most ``limit``, when > 0)."""
+        """Hand the transactions among ``events`` on (at most ``limit``, when > 0), and
+        the records not decoded; returns the transactions."""
         counted = 0
         for ev in events:
             if isinstance(ev, Transaction):
                 if limit and counted >= limit:
                     break
                 self.add(ev)
-                for listener in self.listeners:
-                    listener(ev)
                 counted += 1
+            elif isinstance(ev, Undecoded):
+                self.undecoded(ev)
+            else:
+                continue
+            for listener in self.listeners:
+                listener(ev)
         return counted
