@@ -2045,6 +2045,14 @@ static PyObject *core_feed(Core *self, PyObject *const *args, Py_ssize_t nargs)
 	PyObject *state = Py_NewRef(Py_None);
 	struct view v;
 	for (; i < n; i++) {
+		if (i + 4 < n) { /* as in sockets(): a header and a payload's start, ahead */
+			struct packed *ahead = (struct packed *)PyList_GET_ITEM(batch, i + 4);
+			__builtin_prefetch(ahead);
+			__builtin_prefetch(&ahead->ev.len);
+			__builtin_prefetch(&ahead->path);
+			__builtin_prefetch(ahead->data + 40);
+			__builtin_prefetch(ahead->data + 104);
+		}
 		int rc = view_of(PyList_GET_ITEM(batch, i), &v);
 		if (rc <= 0) {
 			if (rc < 0)
