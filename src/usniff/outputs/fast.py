@@ -136,8 +136,9 @@ class Native:
         ]
         if over.protocol == OPAQUE:
             opaque = (over.path, over.reason)
-            label = self._opaque_labels.setdefault(opaque, len(self._opaque))
-            if label == len(self._opaque):
+            label = self._opaque_labels.get(opaque)
+            if label is None:
+                label = self._opaque_labels[opaque] = len(self._opaque)
                 self._opaque.append(opaque)
         else:
             label = self._label(over.path)
