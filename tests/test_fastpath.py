@@ -189,6 +189,29 @@ def test_packed_records_are_the_same_records() -> None:
     assert caps[1]._last[1015] is packed[-1]
 
 
+def test_freed_packed_records_are_reused_whole() -> None:
+    """Packed records are kept for reuse when freed (_events.c, recycled): every
+    size, reused for one of another size in the same class or made anew, has exactly
+    its own payload, length and fields; larger ones are not kept."""
+    rng = random.Random(5)
+    sizes = [0, 1, 7, 8, 63, 64, 65, 500, 1800, 1900, 2100, 5000, 70_000]
+    cap = assembler(True, _lookup=lambda self, sock_id, ino, peer: ("/run/r.sock", False))
+    for _ in range(40):
+        want = []
+        for size in rng.choices(sizes, k=200):
+            data = rng.randbytes(size)
+            pid = rng.randrange(1, 1 << 20)
+            cap.core.handle(event(records.EV_DATA, 11, 12, data, pid=pid))
+            want.append((data, pid))
+        made = cap.core.take()
+        assert all(isinstance(r, _events.Packed) for r in made)
+        got = [(bytes(memoryview(r)), r.record().pid) for r in made]
+        assert [len(r) for r in made] == [len(d) for d, _ in want]
+        assert got == want
+        del made  # freed: the next round reuses them
+        cap._last.clear()
+
+
 def _records_for_pcapng() -> list[memoryview]:
     """Two connections, both directions, a tid change (new comment), a gap
     (loss record), a snap-length cut, a payload spliced by reference (>= 4 KiB),

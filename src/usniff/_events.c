@@ -243,12 +243,52 @@ static PyObject *make_record(const struct usniff_event *ev, double ts, const cha
 typedef struct packed Packed;
 static PyTypeObject PackedType;
 
+/*
+ * Freed Packed records of up to RECYCLE_MAX bytes are kept for the next ones,
+ * by size class, up to RECYCLE_KEEP bytes in all (the GIL guards the lists).
+ * A capture frees as many as it makes, a reorder hold later; given back to
+ * pymalloc, the emptied arenas were unmapped and fresh pages faulted in for
+ * the next batch (docs/performance.md, section 5).
+ */
+#define RECYCLE_STEP 64
+#define RECYCLE_MAX 2048
+#define RECYCLE_KEEP (16 << 20)
+static struct recycled {
+	struct recycled *next;
+} *recycled[RECYCLE_MAX / RECYCLE_STEP + 1];
+static size_t recycled_bytes;
+
+/* the size class of a Packed of n payload bytes (above RECYCLE_MAX: not kept) */
+static size_t packed_class(Py_ssize_t n)
+{
+	return (offsetof(Packed, data) + (size_t)n + RECYCLE_STEP - 1) / RECYCLE_STEP;
+}
+
+static Packed *packed_alloc(Py_ssize_t n)
+{
+	size_t cls = packed_class(n);
+	void *mem;
+	if (cls * RECYCLE_STEP > RECYCLE_MAX) {
+		mem = PyObject_Malloc(offsetof(Packed, data) + (size_t)n);
+	} else if (recycled[cls] != NULL) {
+		mem = recycled[cls];
+		recycled[cls] = recycled[cls]->next;
+		recycled_bytes -= cls * RECYCLE_STEP;
+	} else {
+		mem = PyObject_Malloc(cls * RECYCLE_STEP);
+	}
+	if (mem == NULL) {
+		PyErr_NoMemory();
+		return NULL;
+	}
+	return (Packed *)PyObject_InitVar((PyVarObject *)mem, &PackedType, n);
+}
+
 static Packed *packed_new(const struct usniff_event *ev, double ts, const char *body,
 			  Py_ssize_t n, PyObject *path, PyObject *is_own, PyObject *sock_id, int sum)
 {
 	PyObject *comm = comm_name(ev->comm), *peer_comm = comm_name(ev->peer_comm);
-	Packed *p = comm == NULL || peer_comm == NULL ? NULL
-						       : PyObject_NewVar(Packed, &PackedType, n);
+	Packed *p = comm == NULL || peer_comm == NULL ? NULL : packed_alloc(n);
 	if (p == NULL) {
 		Py_XDECREF(comm);
 		Py_XDECREF(peer_comm);
@@ -274,6 +314,14 @@ static void packed_dealloc(PyObject *self)
 	Py_DECREF(p->peer_comm);
 	Py_DECREF(p->path);
 	Py_DECREF(p->path_is_own);
+	size_t cls = packed_class(Py_SIZE(self)), size = cls * RECYCLE_STEP;
+	if (size <= RECYCLE_MAX && recycled_bytes + size <= RECYCLE_KEEP) {
+		struct recycled *r = (struct recycled *)self;
+		r->next = recycled[cls];
+		recycled[cls] = r;
+		recycled_bytes += size;
+		return;
+	}
 	PyObject_Free(self);
 }
 
