@@ -435,10 +435,11 @@ static int get_payload(PyObject *obj, struct payload *pl, Py_buffer *view, int s
 		struct packed *p = (struct packed *)obj;
 		pl->buf = p->data;
 		pl->len = Py_SIZE(obj);
-		if (sum && p->sum == PACKED_UNSUMMED)
-			p->sum = csum_words((const unsigned char *)p->data, Py_SIZE(obj));
-		if (sum)
+		if (sum) {
+			if (p->sum == PACKED_UNSUMMED)
+				p->sum = csum_words((const unsigned char *)p->data, Py_SIZE(obj));
 			pl->sum = p->sum;
+		}
 		return 0;
 	}
 	if (PyObject_GetBuffer(obj, view, PyBUF_SIMPLE) < 0)

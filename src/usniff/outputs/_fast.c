@@ -1901,6 +1901,25 @@ static PyObject *release(Core *self, struct conn *c)
 /* ------------------------------------------------------- socket counters */
 
 /*
+ * Start loading a record a loop over a batch reaches a few steps later: its
+ * header fields and (payload) its payload's first lines.  By the time an
+ * output reads a batch it has left the cache (docs/performance.md, section 5).
+ * Read as a Packed: a Record's fields are elsewhere, and a prefetch never faults.
+ */
+static void fetch_ahead(PyObject *rec, int payload)
+{
+	const struct packed *p = (const struct packed *)rec;
+	__builtin_prefetch(p);
+	__builtin_prefetch(&p->ev.cgroup);
+	__builtin_prefetch(&p->ev.flags);
+	__builtin_prefetch(&p->path);
+	if (payload) {
+		__builtin_prefetch(p->data);
+		__builtin_prefetch(p->data + 64);
+	}
+}
+
+/*
  * The per-record counters of --metrics (Metrics.add_records), for every
  * record of a batch whichever path decodes it: a Python loop over the records
  * costs about as much as the native path's decoding of them.
@@ -1939,13 +1958,8 @@ static PyObject *py_sockets(PyObject *mod, PyObject *batch)
 	for (Py_ssize_t i = 0; i < n; i++) {
 		PyObject *rec = PyList_GET_ITEM(batch, i), *path;
 		uint64_t cgroup, lost, length, flags;
-		if (i + 8 < n) { /* the batch has left the cache by now (docs/performance.md, 5) */
-			struct packed *ahead = (struct packed *)PyList_GET_ITEM(batch, i + 8);
-			__builtin_prefetch(ahead);
-			__builtin_prefetch(&ahead->ev.cgroup);
-			__builtin_prefetch(&ahead->ev.flags);
-			__builtin_prefetch(&ahead->path);
-		}
+		if (i + 8 < n)
+			fetch_ahead(PyList_GET_ITEM(batch, i + 8), 0);
 		int own;
 		if (Py_IS_TYPE(rec, API->packed_type)) { /* a data record: nothing lost */
 			struct packed *p = (struct packed *)rec;
@@ -2045,14 +2059,8 @@ static PyObject *core_feed(Core *self, PyObject *const *args, Py_ssize_t nargs)
 	PyObject *state = Py_NewRef(Py_None);
 	struct view v;
 	for (; i < n; i++) {
-		if (i + 4 < n) { /* as in sockets(): a header and a payload's start, ahead */
-			struct packed *ahead = (struct packed *)PyList_GET_ITEM(batch, i + 4);
-			__builtin_prefetch(ahead);
-			__builtin_prefetch(&ahead->ev.len);
-			__builtin_prefetch(&ahead->path);
-			__builtin_prefetch(ahead->data + 40);
-			__builtin_prefetch(ahead->data + 104);
-		}
+		if (i + 4 < n)
+			fetch_ahead(PyList_GET_ITEM(batch, i + 4), 1);
 		int rc = view_of(PyList_GET_ITEM(batch, i), &v);
 		if (rc <= 0) {
 			if (rc < 0)

@@ -245,12 +245,9 @@ class DecodedOutput:
         names = self.containers
         lines = []
         for ev in events:
-            if isinstance(ev, Transaction):
-                if self.stats is not None:
-                    self.stats.add(ev)
-                for listener in self.listeners:
-                    listener(ev)
-            elif isinstance(ev, Undecoded):
+            if isinstance(ev, Transaction) and self.stats is not None:
+                self.stats.add(ev)
+            if isinstance(ev, (Transaction, Undecoded)):
                 for listener in self.listeners:
                     listener(ev)
             lines.append(fmt(ev, names))

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Generic, TextIO, TypeVar
 
 from .._events import Packed
 from ..containers import Containers
@@ -54,6 +54,25 @@ RUN = 64  # most records the engine decodes before the connections they touched 
 SQL_KEYS = {"mysql": mysql.stats_key, "postgres": postgres.stats_key}  # of an SQL text
 
 
+K = TypeVar("K")
+
+
+class Labels(Generic[K]):
+    """Keys numbered in the order they are first seen: the labels the core counts
+    connections under, ``keys[label]`` the key of each."""
+
+    def __init__(self) -> None:
+        self.keys: list[K] = []
+        self._index: dict[K, int] = {}
+
+    def of(self, key: K) -> int:
+        label = self._index.get(key)
+        if label is None:
+            label = self._index[key] = len(self.keys)
+            self.keys.append(key)
+        return label
+
+
 def stats_key(protocol: str, sql: bytes) -> bytes | None:
     """Core's ``shape``: the key the protocol's decoder counts the SQL text ``sql`` under."""
     return SQL_KEYS[protocol](sql)
@@ -74,9 +93,7 @@ class Native:
         self.decoding = decoding
         self.core = core
         self.on_events = on_events
-        # an OPAQUE connection's label: the index of its (path, reason)
-        self._opaque: list[tuple[str, str]] = []
-        self._opaque_labels: dict[tuple[str, str], int] = {}
+        self._opaque: Labels[tuple[str, str]] = Labels()  # an OPAQUE connection's label
 
     def feed(self, batch: list[Record | Packed], now: float | None = None) -> int:
         """Decode ``batch`` as ``Decoding.feed`` (then ``expire(now)`` when given);
@@ -135,11 +152,7 @@ class Native:
             (r, r.command.encode(), r.ts, r.nbytes, self._text(r)) for r in over.pending
         ]
         if over.protocol == OPAQUE:
-            opaque = (over.path, over.reason)
-            label = self._opaque_labels.get(opaque)
-            if label is None:
-                label = self._opaque_labels[opaque] = len(self._opaque)
-                self._opaque.append(opaque)
+            label = self._opaque.of((over.path, over.reason))
         else:
             label = self._label(over.path)
         self.core.adopt(key, pos.server_id, pos.next, pos.started, pos.last_ts, ends.pids,
@@ -159,7 +172,7 @@ class Native:
             if row[1] != OPAQUE:
                 decoded.append(row)
             else:  # (label, protocol, command, count, ...)
-                self._undecoded(*self._opaque[row[0]], row[3])
+                self._undecoded(*self._opaque.keys[row[0]], row[3])
         self._merge(decoded, slow)
         self.decoding.assembler.stats.records += records
         return transactions
@@ -242,18 +255,13 @@ class NativeMetrics(Native):
         core = Core(containers=CONTAINERS, stateful=STATEFUL, top=0, edges=edges, shape=stats_key)
         super().__init__(decoding, core, on_events)
         self.metrics = metrics
-        self._labels: dict[str, int] = {}
-        self._paths: list[str] = []  # by label
+        self._paths: Labels[str] = Labels()
 
     def _label(self, path: str) -> int:
-        label = self._labels.get(path)
-        if label is None:
-            label = self._labels[path] = len(self._paths)
-            self._paths.append(path)
-        return label
+        return self._paths.of(path)
 
     def _merge(self, rows: list[Row], slow: list[Slow]) -> None:
-        self.metrics.merge(rows, self._paths)
+        self.metrics.merge(rows, self._paths.keys)
 
     def _undecoded(self, path: str, reason: str, records: int) -> None:
         self.metrics.add_undecoded(path, reason, records)
