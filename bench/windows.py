@@ -34,7 +34,9 @@ a long run stays within 2 GB), ``usniff --path SOCK`` (decoded text, to
 plain RESP, MySQL and PostgreSQL connections counted in C, outputs/fast.py),
 ``usniff --path SOCK --metrics S`` alone and (Redis only) beside ``-w`` (Prometheus
 metrics served on a Unix socket, not scraped) and
-``usniff --path OTHER -w FILE`` (filtered out: the kernel-side filter alone).
+``usniff --path OTHER -w FILE`` (filtered out: the kernel-side filter alone) and
+``usniff kernel only`` (the programs capture into the ring as always, and the
+agent releases the records unread: the kernel's share of every usniff mode).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ CONFIGS = (
     "usniff text",
     "usniff --stats",
     "usniff other path",
+    "usniff kernel only",
 )
 SQL_CONFIGS = tuple(c for c in CONFIGS if c not in ("redis MONITOR", "usniff -w --metrics"))
 SETTLE = 0.05  # s after attaching, before the window opens
@@ -81,7 +84,7 @@ def agent(config: str, sock: str, work: str) -> None:
     if config == "redis MONITOR":
         monitor(sock)
         return
-    from usniff.capture.collector import Capture, CaptureOptions
+    from usniff.capture.collector import POLL, Capture, CaptureOptions
     from usniff.cli.loop import run
     from usniff.cli.main import make_outputs, summary
 
@@ -92,13 +95,6 @@ def agent(config: str, sock: str, work: str) -> None:
     elif config == "usniff other path":
         path, write = f"{work}/other.sock", f"{work}/other.pcapng"
     cap = Capture(CaptureOptions(paths=[path]))
-    devnull = open(os.devnull, "w")  # noqa: SIM115 (the text output's stream, for the run)
-    outputs = make_outputs(
-        devnull, write=write, rotate_mb=1000 if write else None, rotate_count=2 if write else None,
-        rotate_seconds=None, snaplen=0, ascii_=False, hexdump=False, fmt="text", protocol=None,
-        stats=config == "usniff --stats", redact=False, metrics=metrics,
-        sinks_only=config == "usniff --metrics", lines=config != "usniff --stats",
-    )  # fmt: skip
     # Capture has no public detach: bytes sent while detached are not counted,
     # so a stream would resume without a gap mark; only a measurement wants it.
     obj = cap._obj
@@ -113,6 +109,24 @@ def agent(config: str, sock: str, work: str) -> None:
             print("ok", flush=True)
 
     threading.Thread(target=commands, daemon=True).start()
+    if config == "usniff kernel only":
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        print("ready", flush=True)
+        while not stop.is_set():
+            cap.discard(POLL)
+        k, st = cap.kernel_stats(), cap.stats
+        st.records, st.bytes, st.bytes_kept = k["records"], k["bytes"], k["bytes"]
+        st.lost_records, st.lost_bytes = k["lost_records"], k["lost_bytes"]
+        print(summary(st), file=sys.stderr, flush=True)
+        return
+    devnull = open(os.devnull, "w")  # noqa: SIM115 (the text output's stream, for the run)
+    outputs = make_outputs(
+        devnull, write=write, rotate_mb=1000 if write else None, rotate_count=2 if write else None,
+        rotate_seconds=None, snaplen=0, ascii_=False, hexdump=False, fmt="text", protocol=None,
+        stats=config == "usniff --stats", redact=False, metrics=metrics,
+        sinks_only=config == "usniff --metrics", lines=config != "usniff --stats",
+    )  # fmt: skip
     outcome = run(cap, outputs, on_ready=lambda: print("ready", flush=True))
     print(summary(outcome.stats), file=sys.stderr, flush=True)
 
