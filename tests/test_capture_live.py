@@ -541,6 +541,7 @@ def test_losses_with_tiny_ring(start: Any, work: Any) -> None:
     assert cap.stats.lost_bytes == lost_total == cap.kernel_stats()["lost_bytes"]
 
 
+@pytest.mark.any_kernel
 def test_discard_releases_the_ring_to_the_kernel(start: Any, work: Any) -> None:
     """Capture.discard (bench windows' "kernel only") hands the space of what the
     kernel wrote back unread: three times the ring's size goes through it, with
