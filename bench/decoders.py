@@ -127,21 +127,30 @@ def pipeline(records: list[Record], repeat: int) -> int:
     return n
 
 
-def long_connection(records: list[Record], times: int) -> list[Record]:
+def long_connection(records: list[Record], times: int, spread: bool = False) -> list[Record]:
     """One connection's records, then ``times`` - 1 more copies of its data records
     as if sent after them on the same connection (offsets and times shifted): a
-    long-lived client, as redis-benchmark's 50 connections are."""
+    long-lived client, as redis-benchmark's 50 connections are.  With ``spread``
+    each copy's replies come 10 us to 1 s later than recorded (log-uniform over
+    the copies; the client is the first data record's sender), the copies 2 s
+    apart: latency histograms over 17 powers of two, as a long capture fills."""
     data = [r for r in records if r.kind == "data"]
     sent = {
         sock: sum(r.length for r in data if r.sock_id == sock) for sock in {r.sock_id for r in data}
     }
     span = data[-1].ts - data[0].ts + 1e-4
-    out = list(data)
-    for i in range(1, times):
+    client = data[0].sock_id
+    out = []
+    for i in range(times):
+        shift = i * (span + 2.0 if spread else span)
+        late = 10 ** (-5 + 5 * (i * 0.6180339887 % 1.0)) if spread else 0.0
         out += [
-            dataclasses.replace(r, offset=r.offset + i * sent[r.sock_id], ts=r.ts + i * span)
+            dataclasses.replace(
+                r, offset=r.offset + i * sent[r.sock_id],
+                ts=r.ts + shift + (0.0 if r.sock_id == client else late),
+            )
             for r in data
-        ]
+        ]  # fmt: skip
     return out
 
 
@@ -241,6 +250,7 @@ def main() -> None:
     print("--stats pipeline (Records -> table), Python engine vs native path (outputs/fast.py):")
     for label, records in (
         ("resp  (redis-benchmark -P 4 connection, x200)", long_connection(redis_bench, 200)),
+        ("resp  (the same x3000, latencies 10 us - 1 s)", long_connection(redis_bench, 3000, True)),
         ("resp  (redis capture as recorded, 5 replays)", pipeline_replays(REDIS, 5)),
         ("mysql (mysql capture as recorded, 5 replays)", pipeline_replays(MYSQL, 5)),
     ):
