@@ -398,8 +398,7 @@ class Capture:
     ) -> list[R] | list[Record]:
         """Wait up to ``timeout`` s for data; return what the ring holds (maybe [])."""
         assembler = self.records if records is None else records
-        if self._ring.pending() < self._ring_bytes // 8:
-            self._ring.wait(min(timeout, POLL))
+        self._wait(timeout)
         self._ring.drain(assembler.core, limit=self._ring_bytes // 2)
         if time.monotonic() >= self._next_close_check:
             self._add_cgroups(self._obj)
@@ -416,9 +415,14 @@ class Capture:
         """Wait as ``poll()`` does, then release unread what the kernel had written
         by the last call (``RingBuffer.skip``); returns the bytes released.  What
         the programs cost on their own: ``bench windows``' "kernel only"."""
+        self._wait(timeout)
+        return self._ring.skip()
+
+    def _wait(self, timeout: float) -> None:
+        """Up to ``timeout`` (at most POLL) s for the kernel's wakeup, unless an
+        eighth of the ring is already waiting."""
         if self._ring.pending() < self._ring_bytes // 8:
             self._ring.wait(min(timeout, POLL))
-        return self._ring.skip()
 
     @overload
     def finish(self) -> list[Record]: ...

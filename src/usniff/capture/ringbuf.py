@@ -76,9 +76,10 @@ class RingBuffer:
         """
         seen, self._seen = self._seen, self._prod_pos[0]
         done: int = self._cons_pos[0]
-        if seen > done:
-            self._cons_pos[0] = seen
-        return max(0, seen - done)
+        if seen <= done:
+            return 0
+        self._cons_pos[0] = seen
+        return seen - done
 
     def close(self) -> None:
         self._epoll.close()
